@@ -1,0 +1,39 @@
+"""Volumes and gateways as the API lists them (network storage and service ingress)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from dstack.models.wire import WireModel
+
+
+class Volume(WireModel):
+    id: str
+    name: str
+    project_name: str
+    user: str | None = None
+    configuration: dict[str, Any]
+    external: bool = False
+    created_at: datetime
+    status: str
+    status_message: str | None = None
+    deleted: bool = False
+    volume_id: str | None = None
+    provisioning_data: dict[str, Any] | None = None
+    attachments: list[dict[str, Any]] | None = None
+
+
+class Gateway(WireModel):
+    name: str
+    configuration: dict[str, Any]
+    created_at: datetime
+    status: str
+    status_message: str | None = None
+    hostname: str | None = None
+    ip_address: str | None = None
+    instance_id: str | None = None
+    wildcard_domain: str | None = None
+    default: bool = False
+    backend: str | None = None
+    region: str | None = None
