@@ -1,0 +1,454 @@
+"""The six `.dstack.yml` configuration types and the entry points that parse them.
+
+`parse_configuration` (a mapping) and `load_configuration` (a file) are the only ways in; both
+raise nothing but `ConfigurationError`, whose text names the field (and the file and line).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from dstack.errors import ConfigurationError
+from dstack.models.common import (
+    GROUP_NAME_RE,
+    EntityRef,
+    InactivityDuration,
+    Port,
+    Shorthand,
+    field_error,
+    parse_entity_ref,
+    parse_python_version,
+)
+from dstack.models.envs import Env
+from dstack.models.fleets_config import FleetConfiguration
+from dstack.models.gateways_config import GatewayConfiguration
+from dstack.models.mounts import Files, MountPoint, Repos
+from dstack.models.profiles import ProfileParams
+from dstack.models.resources import ResourcesSpec
+from dstack.models.services import (
+    GROUP_LEVEL_FIELDS,
+    ModelSpec,
+    ProbeConfig,
+    RateLimit,
+    ReplicaGroup,
+    Replicas,
+    ScalingSpec,
+    check_scaling,
+)
+from dstack.models.volumes_config import VolumeConfiguration
+
+_WINDSURF_VERSION_RE = re.compile(r"^.+@[0-9a-fA-F]+$")
+
+
+class RegistryAuth(BaseModel):
+    model_config = {"extra": "forbid", "coerce_numbers_to_str": True}
+
+    username: str
+    password: str
+
+
+def _check_user(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    parts = value.split(":")
+    if len(parts) > 2 or any(not p.strip() for p in parts):
+        raise ValueError(f"invalid user '{value}': expected user[:group]")
+    if any(p.strip().startswith("-") and p.strip()[1:].isdigit() for p in parts):
+        raise ValueError(f"invalid user '{value}': ids must not be negative")
+    return value
+
+
+def _check_shell(value: Any) -> Any:
+    if isinstance(value, str) and value not in ("sh", "bash") and not value.startswith("/"):
+        raise ValueError(f"unsupported shell '{value}': use sh, bash or an absolute path")
+    return value
+
+
+class BaseRunConfiguration(ProfileParams):
+    """Fields common to dev environments, tasks and services (§4) plus profile parameters."""
+
+    name: str | None = None
+    image: str | None = None
+    user: Annotated[str | None, BeforeValidator(_check_user)] = None
+    privileged: bool = False
+    entrypoint: str | None = None
+    working_dir: str | None = None
+    home_dir: str = "/root"
+    registry_auth: RegistryAuth | None = None
+    python: Annotated[
+        str | None, BeforeValidator(parse_python_version), Shorthand(({"type": "number"},))
+    ] = None
+    nvcc: bool | None = None
+    docker: bool | None = None
+    single_branch: bool | None = None
+    env: Env = Field(default_factory=dict)
+    shell: Annotated[str | None, BeforeValidator(_check_shell)] = None
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    priority: int | None = Field(default=None, ge=0, le=100)
+    volumes: list[MountPoint] = Field(default_factory=list)
+    repos: Repos = Field(default_factory=list)
+    files: Files = Field(default_factory=list)
+    dstack: bool = False
+    setup: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _image_sources(self) -> BaseRunConfiguration:
+        if self.image is not None and self.python is not None:
+            raise field_error("python", "`image` and `python` are mutually exclusive")
+        if self.docker:
+            for other in ("image", "python", "nvcc"):
+                if getattr(self, other):
+                    raise field_error("docker", f"`docker` and `{other}` are mutually exclusive")
+        return self
+
+
+class DevEnvironmentConfiguration(BaseRunConfiguration):
+    type: Literal["dev-environment"]
+    ports: list[Port] = Field(default_factory=list)
+    ide: Literal["vscode", "cursor", "windsurf", "zed"] | None = None
+    version: str | None = None
+    init: list[str] = Field(default_factory=list)
+    inactivity_duration: InactivityDuration = None
+
+    @model_validator(mode="after")
+    def _dev_rules(self) -> DevEnvironmentConfiguration:
+        if self.entrypoint is not None:
+            raise field_error("entrypoint", "entrypoint is not supported for dev environments")
+        if self.version is not None and self.ide is None:
+            raise field_error("version", "`version` requires `ide`")
+        if self.ide == "windsurf" and self.version and not _WINDSURF_VERSION_RE.match(self.version):
+            raise field_error("version", "windsurf version must be `version@commit`")
+        if self.dstack and self.inactivity_duration is not None:
+            raise field_error(
+                "inactivity_duration", "`inactivity_duration` is not allowed with `dstack: true`"
+            )
+        return self
+
+
+class NodeGroup(BaseModel):
+    """Nodes of one kind in a heterogeneous task; resources are not inherited."""
+
+    model_config = {"extra": "forbid", "coerce_numbers_to_str": True}
+
+    name: str | None = None
+    nodes: int = Field(default=1, ge=1)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    commands: list[str] | None = None
+    ports: list[Port] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and not GROUP_NAME_RE.match(value):
+            raise ValueError(f"invalid group name '{value}' (lowercase letters, digits, -)")
+        return value
+
+
+def _name_groups(groups: list[Any]) -> None:
+    """Give unnamed groups their index as name and reject duplicates."""
+    seen: set[str] = set()
+    for index, group in enumerate(groups):
+        if group.name is None:
+            group.name = str(index)
+        if group.name in seen:
+            raise field_error(f"groups.{index}.name", f"duplicate group name '{group.name}'")
+        seen.add(group.name)
+
+
+class TaskConfiguration(BaseRunConfiguration):
+    type: Literal["task"]
+    commands: list[str] = Field(default_factory=list)
+    ports: list[Port] = Field(default_factory=list)
+    nodes: int = Field(default=1, ge=1)
+    groups: list[NodeGroup] | None = None
+
+    @model_validator(mode="after")
+    def _task_rules(self) -> TaskConfiguration:
+        if self.groups is None:
+            if not self.commands and self.image is None:
+                raise field_error("commands", "either `commands` or `image` must be set")
+            return self
+        if "nodes" in self.model_fields_set:
+            raise field_error("groups", "`nodes` and `groups` are mutually exclusive")
+        if not self.groups:
+            raise field_error("groups", "groups must not be empty")
+        for field in ("commands", "ports", "entrypoint"):
+            if getattr(self, field):
+                raise field_error(field, f"top-level `{field}` is not allowed with `groups`")
+        _name_groups(self.groups)
+        for index, group in enumerate(self.groups):
+            if not group.commands and self.image is None:
+                raise field_error(
+                    f"groups.{index}.commands",
+                    "each group needs `commands` unless the task sets `image`",
+                )
+        return self
+
+    @property
+    def total_nodes(self) -> int:
+        return sum(g.nodes for g in self.groups) if self.groups else self.nodes
+
+
+def _gateway(value: Any) -> Any:
+    if value is None or isinstance(value, bool):
+        return value
+    return parse_entity_ref(value)
+
+
+def _replicas_default() -> Any:
+    from dstack.models.common import int_range
+
+    return int_range(1, 1)
+
+
+class ServiceConfiguration(BaseRunConfiguration):
+    type: Literal["service"]
+    commands: list[str] = Field(default_factory=list)
+    port: Port
+    gateway: Annotated[bool | str | None, BeforeValidator(_gateway)] = None
+    strip_prefix: bool = True
+    model: ModelSpec | None = None
+    https: bool | Literal["auto"] | None = None
+    auth: bool = True
+    replicas: Replicas = Field(default_factory=_replicas_default)
+    scaling: ScalingSpec | None = None
+    rate_limits: list[RateLimit] = Field(default_factory=list)
+    probes: list[ProbeConfig] | None = None
+    groups: list[ReplicaGroup] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_groups(cls, value: Any) -> Any:
+        if isinstance(value, dict) and isinstance(value.get("replicas"), list):
+            if "groups" in value:
+                raise ValueError("`replicas` (as a list) and `groups` are mutually exclusive")
+            value = dict(value)
+            value["groups"] = value.pop("replicas")
+        return value
+
+    @model_validator(mode="after")
+    def _service_rules(self) -> ServiceConfiguration:
+        _unique_prefixes(self.rate_limits)
+        if self.probes is not None and len({p.model_dump_json() for p in self.probes}) != len(
+            self.probes
+        ):
+            raise field_error("probes", "probes must be unique")
+        if self.groups is None:
+            check_scaling(self.replicas, self.scaling)
+            if not self.commands and self.image is None:
+                raise field_error("commands", "either `commands` or `image` must be set")
+            return self
+        self._check_groups(self.groups)
+        return self
+
+    def _check_groups(self, groups: list[ReplicaGroup]) -> None:
+        if "replicas" in self.model_fields_set:
+            raise field_error("groups", "`replicas` and `groups` are mutually exclusive")
+        if not groups:
+            raise field_error("groups", "groups must not be empty")
+        for field in ("scaling", "commands"):
+            if getattr(self, field):
+                raise field_error(field, f"top-level `{field}` is not allowed with `groups`")
+        _name_groups(groups)
+        set_here = {f for f in GROUP_LEVEL_FIELDS if f in self.model_fields_set}
+        routers = 0
+        for index, group in enumerate(groups):
+            where = f"groups.{index}"
+            for field in GROUP_LEVEL_FIELDS:
+                if field in set_here and field in group.model_fields_set:
+                    raise field_error(
+                        f"{where}.{field}",
+                        f"`{field}` may be set on the service or in groups, not both",
+                    )
+            _check_image_sources(self, group, where)
+            if not group.commands and not (group.image or self.image):
+                raise field_error(f"{where}.commands", "each group needs `commands` or an `image`")
+            routers += group.router is not None
+        if routers > 1:
+            raise field_error("groups", "at most one group may have a `router`")
+
+
+def _check_image_sources(service: ServiceConfiguration, group: ReplicaGroup, where: str) -> None:
+    """An image comes from one place: `image`, `docker`, or the default (`python`/`nvcc`)."""
+    service_kind = _image_kind(service.image, service.docker, service.python, service.nvcc)
+    group_kind = _image_kind(group.image, group.docker, group.python, group.nvcc)
+    if service_kind and group_kind and service_kind != group_kind:
+        raise field_error(where, f"group uses {group_kind} but the service uses {service_kind}")
+
+
+def _image_kind(image: Any, docker: Any, python: Any, nvcc: Any) -> str | None:
+    if image:
+        return "`image`"
+    if docker:
+        return "`docker`"
+    if python or nvcc:
+        return "the default image (`python`/`nvcc`)"
+    return None
+
+
+def _unique_prefixes(limits: list[RateLimit]) -> None:
+    seen: set[str] = set()
+    for index, limit in enumerate(limits):
+        if limit.prefix in seen:
+            raise field_error(
+                f"rate_limits.{index}.prefix", f"duplicate rate limit prefix '{limit.prefix}'"
+            )
+        seen.add(limit.prefix)
+
+
+RunConfiguration = DevEnvironmentConfiguration | TaskConfiguration | ServiceConfiguration
+AnyConfiguration = (
+    DevEnvironmentConfiguration
+    | TaskConfiguration
+    | ServiceConfiguration
+    | FleetConfiguration
+    | VolumeConfiguration
+    | GatewayConfiguration
+)
+CONFIGURATION_TYPES: dict[str, type[BaseModel]] = {
+    "dev-environment": DevEnvironmentConfiguration,
+    "task": TaskConfiguration,
+    "service": ServiceConfiguration,
+    "fleet": FleetConfiguration,
+    "volume": VolumeConfiguration,
+    "gateway": GatewayConfiguration,
+}
+
+# --- Entry points ------------------------------------------------------------------------------
+
+_TYPE_LIST = ", ".join(CONFIGURATION_TYPES)
+_UNION_LABEL_RE = re.compile(r"^(@.*|[a-z-]+\[.*\]|int|str|float|bool|none)$")
+M = TypeVar("M", bound=BaseModel)
+
+
+def _error_from_validation(exc: ValidationError) -> ConfigurationError:
+    """The first pydantic error as one line: dotted field path and a human message."""
+    error = exc.errors(include_url=False)[0]
+    loc: list[Any] = [
+        p for p in error["loc"] if not (isinstance(p, str) and _UNION_LABEL_RE.match(p))
+    ]
+    ctx = error.get("ctx") or {}
+    if isinstance(ctx.get("field"), str):
+        loc.extend(int(p) if p.isdigit() else p for p in ctx["field"].split("."))
+    message = error["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if message.startswith(prefix):
+            message = message[len(prefix) :]
+    err = ConfigurationError(message, path=format_path(loc) or None)
+    err.loc = tuple(loc)  # type: ignore[attr-defined]
+    return err
+
+
+def format_path(loc: list[Any] | tuple[Any, ...]) -> str:
+    """`resources.gpu`, `volumes[0].path`."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _validate(model: type[M], data: Any) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise _error_from_validation(exc) from None
+    except RecursionError:
+        raise ConfigurationError("configuration is nested too deeply") from None
+
+
+def parse_configuration(data: Any) -> AnyConfiguration:
+    """Validate a mapping (as loaded from YAML or JSON) into its typed configuration."""
+    if not isinstance(data, dict):
+        raise ConfigurationError("configuration must be a mapping")
+    kind = data.get("type")
+    if kind is None:
+        raise ConfigurationError(f"`type` is required (one of {_TYPE_LIST})", path="type")
+    model = CONFIGURATION_TYPES.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        raise ConfigurationError(
+            f"unknown configuration type '{kind}' (expected one of {_TYPE_LIST})", path="type"
+        )
+    return _validate(model, data)  # type: ignore[return-value]
+
+
+def load_configuration(path: str | Path) -> AnyConfiguration:
+    """Read and validate a `.dstack.yml` file; errors carry the file and line."""
+    return _load_file(path, parse_configuration)
+
+
+def load_yaml_model(path: str | Path, model: type[M]) -> M:
+    """Read a YAML file into any strict model (used for `profiles.yml`)."""
+    return _load_file(path, lambda data: _validate(model, data))
+
+
+def _load_file(path: str | Path, parse: Any) -> Any:
+    from dstack.models import yaml_lines
+
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"cannot read file: {exc}", file=name) from None
+    try:
+        data = yaml_lines.load_yaml(text)
+    except yaml_error() as exc:
+        line = yaml_lines.error_line(exc)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigurationError(f"invalid YAML: {problem}", file=name, line=line) from None
+    if data is None:
+        raise ConfigurationError("configuration file is empty", file=name, line=1)
+    if not isinstance(data, dict):
+        raise ConfigurationError("configuration must be a mapping", file=name, line=1)
+    try:
+        return parse(data)
+    except ConfigurationError as exc:
+        lines = yaml_lines.line_map(text)
+        loc = getattr(exc, "loc", None) or ((exc.path,) if exc.path else ())
+        raise ConfigurationError(
+            exc.message, path=exc.path, file=name, line=yaml_lines.find_line(lines, loc) or 1
+        ) from None
+
+
+def yaml_error() -> type[Exception]:
+    import yaml
+
+    return yaml.YAMLError
+
+
+def configuration_json_schema() -> dict:
+    """JSON Schema of every configuration type, as `dstack schema` prints it."""
+    from dstack.models.schema import build_schema
+
+    return build_schema()
+
+
+__all__ = [
+    "AnyConfiguration",
+    "BaseRunConfiguration",
+    "ConfigurationError",
+    "DevEnvironmentConfiguration",
+    "EntityRef",
+    "FleetConfiguration",
+    "GatewayConfiguration",
+    "NodeGroup",
+    "RegistryAuth",
+    "RunConfiguration",
+    "ServiceConfiguration",
+    "TaskConfiguration",
+    "VolumeConfiguration",
+    "configuration_json_schema",
+    "load_configuration",
+    "load_yaml_model",
+    "parse_configuration",
+]

@@ -1,0 +1,65 @@
+"""`type: volume` (§14). One model for all backends; `backend` decides which fields apply.
+
+A field that the chosen backend does not know is reported exactly like an unknown key
+("Extra inputs are not permitted"), which is what a per-backend model would say.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import model_validator
+
+from dstack.models.common import ConfigModel, IdleDuration, Memory, Tags, field_error
+
+VolumeBackend = Literal["aws", "gcp", "runpod", "kubernetes", "daytona", "lium"]
+
+_COMMON = {"type", "name", "backend", "auto_cleanup_duration", "tags"}
+_BACKEND_FIELDS: dict[str, set[str]] = {
+    "aws": {"region", "availability_zone", "size", "volume_id"},
+    "gcp": {"region", "availability_zone", "size", "volume_id"},
+    "runpod": {"region", "size", "volume_id"},
+    "kubernetes": {
+        "region",
+        "size",
+        "claim_name",
+        "storage_class_name",
+        "access_modes",
+        "read_only",
+    },
+    "daytona": {"volume_id"},
+    "lium": {"volume_id"},
+}
+_REGION_REQUIRED = {"aws", "gcp", "runpod"}
+
+
+class VolumeConfiguration(ConfigModel):
+    type: Literal["volume"]
+    name: str | None = None
+    backend: VolumeBackend
+    region: str | None = None
+    availability_zone: str | None = None
+    size: Memory | None = None
+    volume_id: str | None = None
+    claim_name: str | None = None
+    storage_class_name: str | None = None
+    access_modes: list[str] | None = None
+    read_only: bool | None = None
+    auto_cleanup_duration: IdleDuration = None
+    tags: Tags | None = None
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> VolumeConfiguration:
+        allowed = _COMMON | _BACKEND_FIELDS[self.backend]
+        for field in sorted(self.model_fields_set - allowed):
+            raise field_error(field, f"Extra inputs are not permitted (backend {self.backend})")
+        if self.backend in _REGION_REQUIRED and self.region is None:
+            raise field_error("region", "Field required")
+        if self.backend == "kubernetes":
+            if self.region is None:
+                self.region = ""
+            if self.access_modes is None:
+                self.access_modes = ["ReadWriteOnce"]
+            if self.read_only is None:
+                self.read_only = False
+        return self
