@@ -1,0 +1,5 @@
+import sys
+
+from dstack.agent.main import main
+
+sys.exit(main())

@@ -1,0 +1,262 @@
+"""The agent's job store: every operation reads or writes the job's directory.
+
+The agent keeps no job state in memory that matters; supervisors own running jobs,
+so the agent may be killed and restarted at any moment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import uuid
+from pathlib import Path
+from typing import IO, Any
+
+from dstack.agent import docker
+from dstack.agent.logs import read_page
+from dstack.agent.spec import BadRequest, validate_spec
+from dstack.agent.state import derive_state, is_finished
+from dstack.agent.tarsafe import unpack_code
+from dstack.agent.util import (
+    CODE_DIR,
+    JOB_ID_RE,
+    LOGS_FILE,
+    PORTS_FILE,
+    READY_FILE,
+    RESULT_FILE,
+    SPEC_FILE,
+    STOP_FILE,
+    SUPERVISOR_FILE,
+    SUPERVISOR_LOG,
+    now_iso,
+    pid_alive,
+    proc_start_time,
+    read_json,
+    write_json_atomic,
+)
+
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SPOOL_CHUNK = 1024 * 1024
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Conflict(RuntimeError):
+    pass
+
+
+class JobStore:
+    def __init__(self, home: Path) -> None:
+        self.root = home / "jobs"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._job_locks: dict[str, threading.Lock] = {}
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+
+    # --- helpers -------------------------------------------------------------------
+    def _dir(self, job_id: str) -> Path:
+        if not JOB_ID_RE.match(job_id):
+            raise NotFound(f"job {job_id!r} not found")
+        path = self.root / job_id
+        if not (path / SPEC_FILE).is_file():
+            raise NotFound(f"job {job_id!r} not found")
+        return path
+
+    def _job_lock(self, job_id: str) -> threading.Lock:
+        with self._lock:
+            return self._job_locks.setdefault(job_id, threading.Lock())
+
+    def _alive(self, job_id: str, supervisor: dict[str, Any]) -> bool:
+        child = self._children.get(job_id)
+        if child is not None and child.poll() is not None:
+            self._children.pop(job_id, None)  # reaped: no zombie keeps looking alive
+            return False
+        return pid_alive(int(supervisor.get("pid", 0)), supervisor.get("proc_start"))
+
+    def _state_at(self, path: Path) -> dict[str, Any]:
+        spec = read_json(path / SPEC_FILE)
+        if not isinstance(spec, dict):
+            raise NotFound(f"job {path.name!r} not found")
+        supervisor = read_json(path / SUPERVISOR_FILE)
+        alive = bool(supervisor) and self._alive(path.name, supervisor)
+        result = read_json(path / RESULT_FILE)
+        try:
+            log_bytes = (path / LOGS_FILE).stat().st_size
+        except OSError:
+            log_bytes = 0
+        return derive_state(
+            spec,
+            supervisor,
+            alive,
+            result,
+            read_json(path / PORTS_FILE),
+            log_bytes,
+            read_json(path / STOP_FILE),
+        )
+
+    # --- API -----------------------------------------------------------------------
+    def state(self, job_id: str) -> dict[str, Any]:
+        return self._state_at(self._dir(job_id))
+
+    def list(self) -> list[dict[str, Any]]:
+        states = []
+        for path in sorted(self.root.iterdir()):
+            if path.name.startswith("."):
+                continue
+            try:
+                states.append(self._state_at(path))
+            except NotFound:
+                continue
+        states.sort(key=lambda s: s.get("submitted_at") or "")
+        return states
+
+    def submit(self, body: Any) -> dict[str, Any]:
+        spec = validate_spec(body)
+        with self._lock:
+            path = self.root / spec["id"]
+            if (path / SPEC_FILE).is_file():
+                return self._state_at(path)
+            spec["submitted_at"] = now_iso()
+            tmp = self.root / f".new-{uuid.uuid4().hex}"
+            tmp.mkdir()
+            write_json_atomic(tmp / SPEC_FILE, spec, mode=0o600)
+            shutil.rmtree(path, ignore_errors=True)  # a leftover without spec.json
+            os.replace(tmp, path)
+            return self._state_at(path)
+
+    def upload_code(self, job_id: str, body: IO[bytes], length: int) -> dict[str, Any]:
+        path = self._dir(job_id)
+        with self._job_lock(job_id):
+            if (path / SUPERVISOR_FILE).exists() or (path / RESULT_FILE).exists():
+                _drain(body, length)
+                return self._state_at(path)  # already started: a retried upload is a no-op
+            with tempfile.TemporaryFile(dir=str(path)) as spool:
+                _copy(body, spool, length)
+                spool.seek(0)
+                if length == 0:
+                    shutil.rmtree(path / CODE_DIR, ignore_errors=True)
+                    (path / CODE_DIR).mkdir()
+                else:
+                    unpack_code(spool, path / CODE_DIR)
+        return self._state_at(path)
+
+    def run(self, job_id: str) -> dict[str, Any]:
+        path = self._dir(job_id)
+        with self._job_lock(job_id), self._lock:
+            state = self._state_at(path)
+            if state["status"] != "submitted":
+                return state
+            (path / CODE_DIR).mkdir(exist_ok=True)
+            self._spawn_supervisor(job_id, path)
+            return self._state_at(path)
+
+    def _spawn_supervisor(self, job_id: str, path: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "DSTACK_AGENT_TOKEN"}
+        env["PYTHONPATH"] = PACKAGE_ROOT
+        with open(path / SUPERVISOR_LOG, "ab") as log:
+            child = subprocess.Popen(
+                [sys.executable, "-s", "-m", "dstack.agent.supervisor", str(path)],
+                cwd=str(path),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                close_fds=True,
+            )
+        self._children[job_id] = child
+        info = {"pid": child.pid, "proc_start": proc_start_time(child.pid), "started_at": now_iso()}
+        write_json_atomic(path / SUPERVISOR_FILE, info)
+
+    def stop(
+        self, job_id: str, abort: bool, reason: str | None, message: str | None = None
+    ) -> dict[str, Any]:
+        path = self._dir(job_id)
+        reason = reason or "terminated_by_server"
+        with self._lock:
+            state = self._state_at(path)
+            if is_finished(state):
+                return state
+            if state["status"] == "submitted":
+                result = {
+                    "status": "terminated",
+                    "exit_status": None,
+                    "termination_reason": reason,
+                    "termination_message": message,
+                    "finished_at": now_iso(),
+                }
+                write_json_atomic(path / RESULT_FILE, result)
+                return self._state_at(path)
+            previous = read_json(path / STOP_FILE) or {}
+            request = {
+                "abort": abort or bool(previous.get("abort")),
+                "reason": previous.get("reason") or reason,
+                "message": previous.get("message") or message,
+                "requested_at": previous.get("requested_at") or now_iso(),
+            }
+            write_json_atomic(path / STOP_FILE, request)
+            self._notify(path)
+            return self._state_at(path)
+
+    def _notify(self, path: Path) -> None:
+        """Signal only a supervisor that has its handlers installed (it wrote READY_FILE);
+        one that has not yet will read the stop file when its loop starts."""
+        if not (path / READY_FILE).exists():
+            return
+        supervisor = read_json(path / SUPERVISOR_FILE) or {}
+        pid = int(supervisor.get("pid", 0))
+        if pid_alive(pid, supervisor.get("proc_start")):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGUSR1)
+
+    def logs(self, job_id: str, offset: int, limit: int) -> dict[str, Any]:
+        path = self._dir(job_id)
+        finished = is_finished(self._state_at(path))  # before reading: no later growth missed
+        entries, next_offset, size = read_page(path / LOGS_FILE, offset, limit)
+        return {
+            "entries": entries,
+            "next_offset": next_offset,
+            "finished": finished and next_offset >= size,
+        }
+
+    def remove(self, job_id: str) -> dict[str, Any]:
+        path = self._dir(job_id)
+        with self._job_lock(job_id), self._lock:
+            state = self._state_at(path)
+            if not is_finished(state):
+                raise Conflict(f"job {job_id!r} is {state['status']}; stop it first")
+            if state["runtime"] == "docker":
+                docker.remove_container(job_id)
+            trash = self.root / f".removed-{uuid.uuid4().hex}"
+            os.replace(path, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+            self._children.pop(job_id, None)
+            self._job_locks.pop(job_id, None)
+        return {"id": job_id, "removed": True}
+
+
+def _copy(src: IO[bytes], dst: IO[bytes], length: int) -> None:
+    remaining = length
+    while remaining > 0:
+        chunk = src.read(min(SPOOL_CHUNK, remaining))
+        if not chunk:
+            raise BadRequest("body: shorter than its Content-Length")
+        dst.write(chunk)
+        remaining -= len(chunk)
+
+
+def _drain(src: IO[bytes], length: int) -> None:
+    remaining = length
+    while remaining > 0:
+        chunk = src.read(min(SPOOL_CHUNK, remaining))
+        if not chunk:
+            return
+        remaining -= len(chunk)

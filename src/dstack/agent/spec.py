@@ -1,0 +1,109 @@
+"""Validation of a job submission; every error names the offending field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dstack.agent.util import JOB_ID_RE
+
+DEFAULT_STOP_DURATION = 300
+
+
+class BadRequest(ValueError):
+    """A client error; the message names the field and becomes the 400 response."""
+
+
+def _int(body: dict[str, Any], field: str, default: Any, minimum: int | None = None) -> Any:
+    value = body.get(field, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"{field}: must be an integer")
+    if minimum is not None and value < minimum:
+        raise BadRequest(f"{field}: must be >= {minimum}")
+    return value
+
+
+def _opt_str(body: dict[str, Any], field: str) -> str | None:
+    value = body.get(field)
+    if value is not None and not isinstance(value, str):
+        raise BadRequest(f"{field}: must be a string or null")
+    return value
+
+
+def _str_list(body: dict[str, Any], field: str) -> list[str]:
+    value = body.get(field) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadRequest(f"{field}: must be a list of strings")
+    return value
+
+
+def _env(body: dict[str, Any]) -> dict[str, str]:
+    value = body.get("env") or {}
+    if not isinstance(value, dict):
+        raise BadRequest("env: must be an object of strings")
+    for key, val in value.items():
+        if not key or "=" in key or "\0" in key:
+            raise BadRequest(f"env: invalid variable name {key!r}")
+        if not isinstance(val, str) or "\0" in val:
+            raise BadRequest(f"env: value of {key} must be a string")
+    return dict(value)
+
+
+def _ports(body: dict[str, Any]) -> list[int]:
+    value = body.get("ports") or []
+    if not isinstance(value, list):
+        raise BadRequest("ports: must be a list of integers")
+    for port in value:
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise BadRequest(f"ports: invalid port {port!r}")
+    return value
+
+
+def _volumes(body: dict[str, Any]) -> list[dict[str, str]]:
+    value = body.get("volumes") or []
+    if not isinstance(value, list):
+        raise BadRequest("volumes: must be a list of {host, container}")
+    result = []
+    for item in value:
+        if not isinstance(item, dict) or not all(
+            isinstance(item.get(k), str) and item.get(k) for k in ("host", "container")
+        ):
+            raise BadRequest("volumes: each item must be {host: str, container: str}")
+        result.append({"host": item["host"], "container": item["container"]})
+    return result
+
+
+def validate_spec(body: Any) -> dict[str, Any]:
+    """Return a normalized spec with defaults filled in; unknown fields are ignored."""
+    if not isinstance(body, dict):
+        raise BadRequest("body: must be a JSON object")
+    job_id = body.get("id")
+    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
+        raise BadRequest("id: must be 1-128 characters of letters, digits, '_', '.', '-'")
+    runtime = body.get("runtime", "process")
+    if runtime not in ("process", "docker"):
+        raise BadRequest("runtime: must be 'process' or 'docker'")
+    name = body.get("name", job_id)
+    if not isinstance(name, str):
+        raise BadRequest("name: must be a string")
+    spec = {
+        "id": job_id,
+        "name": name,
+        "runtime": runtime,
+        "commands": _str_list(body, "commands"),
+        "env": _env(body),
+        "working_dir": _opt_str(body, "working_dir"),
+        "image": _opt_str(body, "image"),
+        "shm_size_mib": _int(body, "shm_size_mib", None, 1),
+        "ports": _ports(body),
+        "volumes": _volumes(body),
+        "gpus": _int(body, "gpus", 0, -1),
+        "max_duration": _int(body, "max_duration", None, 1),
+        "stop_duration": _int(body, "stop_duration", DEFAULT_STOP_DURATION, 0),
+    }
+    if runtime == "process" and not spec["commands"]:
+        raise BadRequest("commands: must not be empty for the process runtime")
+    if runtime == "docker" and not spec["image"]:
+        raise BadRequest("image: required for the docker runtime")
+    return spec

@@ -1,0 +1,62 @@
+"""A job's state, derived from its files alone, so an agent restart loses nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+FINISHED = ("done", "failed", "terminated")
+
+SUPERVISOR_LOST = (
+    "The job's supervisor process exited without recording a result "
+    "(the host rebooted or the process was killed); the job's outcome is unknown."
+)
+
+
+def derive_state(
+    spec: dict[str, Any],
+    supervisor: dict[str, Any] | None,
+    alive: bool,
+    result: dict[str, Any] | None,
+    ports: dict[str, int] | None,
+    log_bytes: int,
+    stop: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """`result` must be read after `alive` was checked, so a supervisor that finishes
+    in between is seen with its result rather than as lost."""
+    state: dict[str, Any] = {
+        "id": spec["id"],
+        "name": spec.get("name"),
+        "status": "submitted",
+        "exit_status": None,
+        "termination_reason": None,
+        "termination_message": None,
+        "submitted_at": spec.get("submitted_at"),
+        "started_at": supervisor.get("started_at") if supervisor else None,
+        "finished_at": None,
+        "runtime": spec.get("runtime", "process"),
+        "ports": {str(k): int(v) for k, v in (ports or {}).items()},
+        "log_bytes": log_bytes,
+        "stop_requested": stop is not None,
+    }
+    if result is not None:
+        state.update(
+            status=result.get("status", "failed"),
+            exit_status=result.get("exit_status"),
+            termination_reason=result.get("termination_reason"),
+            termination_message=result.get("termination_message"),
+            finished_at=result.get("finished_at"),
+        )
+    elif supervisor is not None:
+        if alive:
+            state["status"] = "running"
+        else:
+            state.update(
+                status="failed",
+                termination_reason="executor_error",
+                termination_message=SUPERVISOR_LOST,
+            )
+    return state
+
+
+def is_finished(state: dict[str, Any]) -> bool:
+    return state["status"] in FINISHED

@@ -1,0 +1,310 @@
+"""One small process per job: runs it, records its output, enforces stops and limits.
+
+It runs in its own session so that it outlives the agent; everything the agent needs
+to know about the job is written to files in the job directory, ending with an atomic
+result.json. Usage: python3 -m dstack.agent.supervisor JOB_DIR
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from dstack.agent import docker
+from dstack.agent.logs import CHUNK_SIZE, LogWriter
+from dstack.agent.util import (
+    CODE_DIR,
+    LOGS_FILE,
+    PORTS_FILE,
+    READY_FILE,
+    RESULT_FILE,
+    SPEC_FILE,
+    STOP_FILE,
+    now_iso,
+    read_json,
+    write_json_atomic,
+)
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+BASE_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "USER", "LOGNAME", "SHELL", "TZ")
+LEFTOVER_READ_TIMEOUT = 5.0
+PORTS_WAIT_SECONDS = 60.0
+
+
+class StartError(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def base_env() -> dict[str, str]:
+    """A clean environment: the agent's own variables (PYTHONPATH, tokens) never leak in."""
+    env = {k: os.environ[k] for k in BASE_ENV_KEYS if k in os.environ}
+    env.setdefault("PATH", DEFAULT_PATH)
+    env.setdefault("LANG", "C.UTF-8")
+    if "HOME" not in env or "USER" not in env:
+        try:
+            entry = pwd.getpwuid(os.getuid())
+            env.setdefault("HOME", entry.pw_dir)
+            env.setdefault("USER", entry.pw_name)
+            env.setdefault("SHELL", entry.pw_shell or "/bin/sh")
+        except KeyError:
+            pass
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def process_workdir(code_dir: Path, working_dir: str | None) -> Path:
+    if not working_dir:
+        return code_dir
+    return Path(working_dir) if working_dir.startswith("/") else code_dir / working_dir
+
+
+class Supervisor:
+    def __init__(self, job_dir: Path) -> None:
+        self.dir = job_dir
+        spec = read_json(job_dir / SPEC_FILE)
+        if not isinstance(spec, dict):
+            raise SystemExit(f"cannot read {job_dir / SPEC_FILE}")
+        self.spec: dict[str, Any] = spec
+        self.docker = spec["runtime"] == "docker"
+        self.log = LogWriter(job_dir / LOGS_FILE)
+        self.wake = threading.Event()
+        self.started = time.monotonic()
+        self.stop_reason: str | None = None
+        self.stop_message: str | None = None
+        self.graceful_sent = False
+        self.abort_sent = False
+        self.kill_deadline: float | None = None
+        self.signal_stop = False
+        self.child: subprocess.Popen[bytes] | None = None
+
+    # --- signals -------------------------------------------------------------------
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self.signal_stop = True
+        self.wake.set()
+
+    def _install_signals(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+            signal.signal(sig, self._on_signal)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    # --- start ---------------------------------------------------------------------
+    def _start(self) -> subprocess.Popen[bytes]:
+        code_dir = self.dir / CODE_DIR
+        code_dir.mkdir(exist_ok=True)
+        if self.docker:
+            return self._start_docker(code_dir)
+        workdir = process_workdir(code_dir, self.spec.get("working_dir"))
+        if not workdir.is_dir():
+            raise StartError("executor_error", f"working_dir {workdir} does not exist")
+        env = base_env()
+        env.update({"DSTACK_WORKING_DIR": str(workdir), "DSTACK_REPO_DIR": str(code_dir)})
+        env.update(self.spec.get("env") or {})
+        return self._popen(self.spec["commands"], env, str(workdir))
+
+    def _start_docker(self, code_dir: Path) -> subprocess.Popen[bytes]:
+        docker_bin = shutil.which("docker")
+        if docker_bin is None:
+            raise StartError("creating_container_error", "docker is not installed on the host")
+        spec = dict(self.spec)
+        job_env = {
+            "DSTACK_WORKING_DIR": docker.container_workdir(spec.get("working_dir")),
+            "DSTACK_REPO_DIR": docker.CODE_MOUNT,
+        }
+        job_env.update(spec.get("env") or {})
+        spec["env"] = job_env
+        argv = docker.run_argv(spec, str(code_dir), shutil.which("nvidia-smi") is not None)
+        argv[0] = docker_bin
+        env = dict(os.environ)
+        env.update(job_env)
+        return self._popen(argv, env, str(self.dir))
+
+    def _popen(self, argv: list[str], env: dict[str, str], cwd: str) -> subprocess.Popen[bytes]:
+        try:
+            return subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as e:
+            raise StartError("executor_error", f"cannot start {argv[0]}: {e}") from e
+
+    # --- output ----------------------------------------------------------------------
+    def _pump(self, pipe: Any, stream: str) -> None:
+        fd = pipe.fileno()
+        while True:
+            try:
+                data = os.read(fd, CHUNK_SIZE)
+            except OSError:
+                break
+            if not data:
+                break
+            self.log.write(stream, data)
+        pipe.close()
+
+    def _watch_ports(self) -> None:
+        wanted = {str(p) for p in self.spec.get("ports") or []}
+        deadline = time.monotonic() + PORTS_WAIT_SECONDS
+        name = docker.container_name(self.spec["id"])
+        while self.child is not None and self.child.poll() is None:
+            proc = docker.docker_cmd(["port", name], timeout=10)
+            ports = docker.parse_docker_port(proc.stdout) if proc and proc.returncode == 0 else {}
+            if ports and wanted.issubset(ports):
+                write_json_atomic(self.dir / PORTS_FILE, ports)
+                return
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.1)
+
+    # --- stopping --------------------------------------------------------------------
+    def _request_stop(self, abort: bool, reason: str, message: str | None = None) -> None:
+        if self.stop_reason is None:
+            self.stop_reason, self.stop_message = reason, message
+        if abort and not self.abort_sent:
+            self.abort_sent = True
+            self._kill()
+        elif not self.graceful_sent and not self.abort_sent:
+            self.graceful_sent = True
+            self.kill_deadline = time.monotonic() + int(self.spec.get("stop_duration", 300))
+            self._terminate()
+
+    def _signal_group(self, sig: int) -> None:
+        if self.child is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.child.pid, sig)
+
+    def _terminate(self) -> None:
+        if self.docker:
+            timeout = str(int(self.spec.get("stop_duration", 300)))
+            self._docker_async(["stop", "-t", timeout])
+        else:
+            self._signal_group(signal.SIGTERM)
+
+    def _kill(self) -> None:
+        if self.docker:
+            self._docker_async(["kill"])
+        else:
+            self._signal_group(signal.SIGKILL)
+
+    def _docker_async(self, args: list[str]) -> None:
+        """Docker commands block (stop waits); retry until the container exists or ends."""
+        name = docker.container_name(self.spec["id"])
+
+        def loop() -> None:
+            while self.child is not None and self.child.poll() is None:
+                proc = docker.docker_cmd([*args, name], timeout=None)
+                if proc is not None and proc.returncode == 0:
+                    return
+                time.sleep(0.3)
+
+        threading.Thread(target=loop, daemon=True).start()
+
+    def _check_requests(self) -> None:
+        stop = read_json(self.dir / STOP_FILE)
+        if isinstance(stop, dict):
+            reason = stop.get("reason") or "terminated_by_server"
+            self._request_stop(bool(stop.get("abort")), reason, stop.get("message"))
+        if self.signal_stop:
+            self._request_stop(False, "terminated_by_server")
+        max_duration = self.spec.get("max_duration")
+        if max_duration and time.monotonic() - self.started > max_duration:
+            self._request_stop(
+                False, "max_duration_exceeded", f"max_duration of {max_duration}s exceeded"
+            )
+        if self.kill_deadline is not None and time.monotonic() > self.kill_deadline:
+            self.kill_deadline = None
+            self._signal_group(signal.SIGKILL)
+            if self.docker:
+                self._docker_async(["kill"])
+
+    # --- main ------------------------------------------------------------------------
+    def run(self) -> None:
+        self._install_signals()
+        (self.dir / READY_FILE).touch()
+        try:
+            self.child = self._start()
+        except StartError as e:
+            self.log.write("stderr", (str(e) + "\n").encode())
+            self._finish(None, e.reason, str(e))
+            return
+        readers = [
+            threading.Thread(target=self._pump, args=(self.child.stdout, "stdout"), daemon=True),
+            threading.Thread(target=self._pump, args=(self.child.stderr, "stderr"), daemon=True),
+        ]
+        for thread in readers:
+            thread.start()
+        if self.docker and self.spec.get("ports"):
+            threading.Thread(target=self._watch_ports, daemon=True).start()
+        threading.Thread(target=self._wait_child, daemon=True).start()
+        while self.child.poll() is None:
+            self._check_requests()
+            self.wake.wait(0.2)
+            self.wake.clear()
+        if not self.docker:
+            self._signal_group(signal.SIGKILL)  # leftovers die with the job, as in a container
+        for thread in readers:
+            thread.join(LEFTOVER_READ_TIMEOUT)
+        self._finish(self.child.returncode, None, None)
+
+    def _wait_child(self) -> None:
+        assert self.child is not None
+        self.child.wait()
+        self.wake.set()
+
+    def _finish(self, returncode: int | None, reason: str | None, message: str | None) -> None:
+        exit_status = (
+            None if returncode is None else (returncode if returncode >= 0 else 128 - returncode)
+        )
+        if reason is not None:
+            status = "failed"
+        elif self.stop_reason is not None:
+            status, reason, message = "terminated", self.stop_reason, self.stop_message
+        elif exit_status == 0:
+            status, reason = "done", "done_by_runner"
+        else:
+            status = "failed"
+            docker_failed = self.docker and exit_status == 125
+            reason = "creating_container_error" if docker_failed else "container_exited_with_error"
+            message = f"Exited with code {exit_status}."
+            tail = self.log.tail_text()
+            if tail:
+                message += " Last output:\n" + tail
+        result = {
+            "status": status,
+            "exit_status": exit_status,
+            "termination_reason": reason,
+            "termination_message": message,
+            "finished_at": now_iso(),
+        }
+        self.log.close()
+        write_json_atomic(self.dir / RESULT_FILE, result)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python3 -m dstack.agent.supervisor JOB_DIR", file=sys.stderr)
+        return 2
+    Supervisor(Path(args[0])).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

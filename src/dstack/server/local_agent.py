@@ -1,0 +1,137 @@
+"""Start (or find) the agent of this machine for the local backend.
+
+The agent runs in its own session so it outlives the server: a restarted server finds
+it, and the jobs it supervises, still running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import dstack
+from dstack.agent.util import pid_alive
+from dstack.server.agent_client import AgentClient, AgentClientError
+
+START_TIMEOUT = 15.0
+POLL_INTERVAL = 0.02
+STOP_TIMEOUT = 5.0
+
+
+@dataclass
+class LocalAgent:
+    url: str
+    pid: int
+
+
+class LocalAgentError(RuntimeError):
+    pass
+
+
+def _read_agent_json(home: Path) -> dict | None:
+    try:
+        data = json.loads((home / "agent.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _token_matches(home: Path, token: str) -> bool:
+    try:
+        stored = (home / "token.sha256").read_text().strip()
+    except OSError:
+        return False
+    return stored == hashlib.sha256(token.encode()).hexdigest()
+
+
+async def _answers(url: str, token: str, timeout: float = 2.0) -> bool:
+    """Healthcheck plus an authenticated call, so a token mismatch is noticed."""
+    async with AgentClient(url, token, timeout=timeout) as client:
+        try:
+            await client.healthcheck()
+            await client.get_job("-")  # 404 proves the token is accepted; 401 raises
+        except AgentClientError as e:
+            return getattr(e, "status_code", None) == 404
+    return True
+
+
+async def _existing(home: Path, token: str) -> LocalAgent | None:
+    info = _read_agent_json(home)
+    if not info or not pid_alive(int(info.get("pid", 0))):
+        return None
+    url = f"http://127.0.0.1:{int(info['port'])}"
+    if _token_matches(home, token) and await _answers(url, token):
+        return LocalAgent(url=url, pid=int(info["pid"]))
+    await _stop_pid(int(info["pid"]))  # wrong token or wedged: replace it (jobs survive)
+    return None
+
+
+async def _stop_pid(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while pid_alive(pid) and time.monotonic() < deadline:
+        await asyncio.sleep(POLL_INTERVAL)
+    if pid_alive(pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _spawn(home: Path, token: str) -> subprocess.Popen[bytes]:
+    package_root = str(Path(dstack.__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["DSTACK_AGENT_TOKEN"] = token
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    with open(home / "agent.stdout.log", "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dstack.agent", "--home", str(home), "--port", "0"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            close_fds=True,
+        )
+    # Reap it if it ever exits while we live, so it never lingers as a zombie.
+    threading.Thread(target=proc.wait, daemon=True).start()
+    return proc
+
+
+def _log_tail(home: Path) -> str:
+    try:
+        return (home / "agent.stdout.log").read_text(errors="replace")[-2000:]
+    except OSError:
+        return ""
+
+
+async def ensure_local_agent(home: Path, token: str) -> LocalAgent:
+    """Reuse the live agent of `home` when it accepts `token`, else start one."""
+    home = Path(home)
+    home.mkdir(parents=True, exist_ok=True)
+    found = await _existing(home, token)
+    if found is not None:
+        return found
+    proc = _spawn(home, token)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        info = _read_agent_json(home)
+        if info and int(info.get("pid", 0)) == proc.pid:
+            url = f"http://127.0.0.1:{int(info['port'])}"
+            if await _answers(url, token, timeout=1.0):
+                return LocalAgent(url=url, pid=proc.pid)
+        if proc.poll() is not None:
+            raise LocalAgentError(f"agent exited with code {proc.returncode}: {_log_tail(home)}")
+        await asyncio.sleep(POLL_INTERVAL)
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    raise LocalAgentError(f"agent did not start within {START_TIMEOUT}s: {_log_tail(home)}")

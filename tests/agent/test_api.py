@@ -1,0 +1,259 @@
+"""The agent's HTTP API against a real agent process running real jobs."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import tarfile
+
+import httpx
+from tests.agent.conftest import TOKEN, AgentProcess, wait_for
+
+
+def make_tar(files: dict[str, str]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o755
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_healthcheck_and_files(agent: AgentProcess) -> None:
+    response = httpx.get(f"{agent.url}/api/healthcheck")
+    assert response.json() == {"service": "dstack-agent", "version": "0.1.0"}
+    info = json.loads((agent.home / "agent.json").read_text())
+    assert set(info) == {"pid", "port", "version", "started_at"}
+    stored = (agent.home / "token.sha256").read_text().strip()
+    assert stored == hashlib.sha256(TOKEN.encode()).hexdigest()
+    for path in agent.home.rglob("*"):
+        if path.is_file():
+            assert TOKEN.encode() not in path.read_bytes(), path
+
+
+def test_auth_required(agent: AgentProcess) -> None:
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+        response = httpx.get(f"{agent.url}/api/jobs", headers=headers)
+        assert response.status_code == 401
+        assert "error" in response.json()
+    response = httpx.post(f"{agent.url}/api/jobs", json={"id": "x"})
+    assert response.status_code == 401
+
+
+def test_bad_requests_name_the_field(agent: AgentProcess) -> None:
+    cases = [
+        ({"id": "a", "commands": "echo"}, "commands"),
+        ({"id": "a b", "commands": ["true"]}, "id"),
+        ({"id": "a", "commands": ["true"], "env": {"A": 1}}, "env"),
+        ({"id": "a", "commands": ["true"], "gpus": "all"}, "gpus"),
+        ({"id": "a", "commands": ["true"], "runtime": "vm"}, "runtime"),
+        ({"id": "a", "runtime": "docker"}, "image"),
+        ({"id": "a", "commands": ["true"], "stop_duration": -1}, "stop_duration"),
+    ]
+    for body, field in cases:
+        response = agent.post("/api/jobs", body)
+        assert response.status_code == 400, body
+        assert response.json()["error"].startswith(field), response.json()
+    response = agent.client.post("/api/jobs", content=b"{not json")  # type: ignore[union-attr]
+    assert response.status_code == 400 and "body" in response.json()["error"]
+    assert agent.get("/api/jobs").json() == {"jobs": []}
+
+
+def test_unknown_job_and_endpoint(agent: AgentProcess) -> None:
+    for path in ("/api/jobs/nope", "/api/jobs/nope/logs", "/api/nothing"):
+        response = agent.get(path)
+        assert response.status_code == 404, path
+        assert "error" in response.json()
+    assert agent.post("/api/jobs/nope/run").status_code == 404
+    assert agent.post("/api/jobs/nope/stop", {}).status_code == 404
+
+
+def test_job_success_env_and_clean_base_env(agent: AgentProcess) -> None:
+    script = (
+        'echo "FOO=$FOO"; echo "TOKEN=${DSTACK_AGENT_TOKEN:-unset}"; echo "PP=${PYTHONPATH:-unset}"'
+    )
+    state = agent.shell("ok", script, env={"FOO": "bar baz"})
+    assert state["status"] in ("running", "done")
+    assert state["started_at"] is not None
+    final = agent.wait_finished("ok")
+    assert final["status"] == "done"
+    assert final["termination_reason"] == "done_by_runner"
+    assert final["exit_status"] == 0
+    assert final["finished_at"] is not None
+    out = agent.output("ok")
+    assert "FOO=bar baz" in out
+    assert "TOKEN=unset" in out and "PP=unset" in out
+    assert final["log_bytes"] > 0
+
+
+def test_job_failure_reports_exit_status_and_tail(agent: AgentProcess) -> None:
+    agent.shell("bad", "echo line1; echo oops >&2; exit 3")
+    final = agent.wait_finished("bad")
+    assert final["status"] == "failed"
+    assert final["exit_status"] == 3
+    assert final["termination_reason"] == "container_exited_with_error"
+    assert "oops" in final["termination_message"]
+    assert agent.output("bad", "stderr") == "oops\n"
+    assert agent.output("bad", "stdout") == "line1\n"
+
+
+def test_code_upload_and_working_dir(agent: AgentProcess) -> None:
+    agent.submit(
+        "code", ["/bin/sh", "-c", "pwd; cat hello.txt; ./run.sh"], run=False, working_dir="sub"
+    )
+    data = make_tar({"sub/hello.txt": "hello from code\n", "sub/run.sh": "#!/bin/sh\necho ran\n"})
+    response = agent.client.put("/api/jobs/code/code", content=data)  # type: ignore[union-attr]
+    assert response.status_code == 200, response.text
+    response = agent.client.put("/api/jobs/code/code", content=data)  # type: ignore[union-attr]
+    assert response.status_code == 200  # idempotent
+    agent.ok("POST", "/api/jobs/code/run")
+    assert agent.wait_finished("code")["status"] == "done"
+    out = agent.output("code")
+    assert out.splitlines() == [str(agent.home / "jobs/code/code/sub"), "hello from code", "ran"]
+
+
+def test_unsafe_code_is_rejected(agent: AgentProcess) -> None:
+    agent.submit("evil", ["true"], run=False)
+    data = make_tar({"../escape.txt": "x"})
+    response = agent.client.put("/api/jobs/evil/code", content=data)  # type: ignore[union-attr]
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("code")
+    assert not (agent.home / "jobs" / "escape.txt").exists()
+    response = agent.client.put("/api/jobs/evil/code", content=b"not a tar")  # type: ignore[union-attr]
+    assert response.status_code == 400
+
+
+def test_logs_are_paged_by_cursor(agent: AgentProcess) -> None:
+    agent.shell("many", 'i=0; while [ $i -lt 300 ]; do echo "line $i"; i=$((i+1)); done')
+    agent.wait_finished("many")
+    offset, text, pages = 0, b"", 0
+    while True:
+        page = agent.ok("GET", "/api/jobs/many/logs", params={"offset": offset, "limit": 1000})
+        pages += 1
+        text += b"".join(base64.b64decode(e["message"]) for e in page["entries"])
+        if page["finished"]:
+            break
+        assert page["next_offset"] > offset
+        offset = page["next_offset"]
+    assert text.decode().splitlines() == [f"line {i}" for i in range(300)]
+    assert pages >= 1
+    response = agent.get("/api/jobs/many/logs", params={"offset": 1})
+    assert response.status_code == 400 and response.json()["error"].startswith("offset")
+    response = agent.get("/api/jobs/many/logs", params={"limit": 0})
+    assert response.status_code == 400 and response.json()["error"].startswith("limit")
+
+
+def test_logs_stream_while_running(agent: AgentProcess) -> None:
+    flag = agent.home / "go-stream"
+    agent.shell("live", f"echo first; while [ ! -f {flag} ]; do sleep 0.02; done; echo second")
+    wait_for(lambda: agent.output("live") == "first\n")
+    page = agent.ok("GET", "/api/jobs/live/logs")
+    assert page["finished"] is False
+    flag.touch()
+    agent.wait_finished("live")
+    page2 = agent.ok("GET", "/api/jobs/live/logs", params={"offset": page["next_offset"]})
+    assert [base64.b64decode(e["message"]) for e in page2["entries"]] == [b"second\n"]
+    assert page2["finished"] is True
+
+
+def test_graceful_stop_delivers_sigterm(agent: AgentProcess) -> None:
+    script = "trap 'echo got-term; exit 0' TERM; echo started; while true; do sleep 0.05; done"
+    agent.shell("grace", script)
+    agent.wait_output("grace", "started")
+    state = agent.ok("POST", "/api/jobs/grace/stop", {"abort": False, "reason": None})
+    assert state["stop_requested"] is True
+    final = agent.wait_finished("grace")
+    assert final["status"] == "terminated"
+    assert final["termination_reason"] == "terminated_by_server"
+    assert "got-term" in agent.output("grace")
+
+
+def test_graceful_stop_kills_after_stop_duration(agent: AgentProcess) -> None:
+    agent.shell(
+        "stubborn", "trap '' TERM; echo started; while true; do sleep 0.05; done", stop_duration=1
+    )
+    agent.wait_output("stubborn", "started")
+    agent.ok("POST", "/api/jobs/stubborn/stop", {"reason": "aborted_by_user"})
+    final = agent.wait_finished("stubborn", timeout=6)
+    assert final["status"] == "terminated"
+    assert final["termination_reason"] == "aborted_by_user"
+    assert final["exit_status"] == 137
+
+
+def test_abort_kills_at_once(agent: AgentProcess) -> None:
+    agent.shell("abort", "trap '' TERM; echo started; while true; do sleep 0.05; done")
+    agent.wait_output("abort", "started")
+    agent.ok("POST", "/api/jobs/abort/stop", {"abort": True, "reason": "aborted_by_user"})
+    final = agent.wait_finished("abort", timeout=3)
+    assert final["status"] == "terminated"
+    assert final["termination_reason"] == "aborted_by_user"
+
+
+def test_stop_finished_and_submitted_jobs(agent: AgentProcess) -> None:
+    agent.shell("quick", "true")
+    agent.wait_finished("quick")
+    state = agent.ok("POST", "/api/jobs/quick/stop", {"abort": True})
+    assert state["status"] == "done"
+    agent.submit("never", ["true"], run=False)
+    state = agent.ok("POST", "/api/jobs/never/stop", {})
+    assert state["status"] == "terminated"
+    assert state["termination_reason"] == "terminated_by_server"
+    assert agent.ok("POST", "/api/jobs/never/run")["status"] == "terminated"
+
+
+def test_max_duration(agent: AgentProcess) -> None:
+    agent.shell("long", "echo started; sleep 30", max_duration=1)
+    final = agent.wait_finished("long", timeout=6)
+    assert final["status"] == "terminated"
+    assert final["termination_reason"] == "max_duration_exceeded"
+
+
+def test_idempotent_submit_and_run(agent: AgentProcess) -> None:
+    first = agent.submit("idem", ["/bin/sh", "-c", "echo once"], run=False)
+    again = agent.submit("idem", ["/bin/sh", "-c", "echo twice"], run=False)
+    assert again["submitted_at"] == first["submitted_at"]
+    agent.ok("POST", "/api/jobs/idem/run")
+    agent.ok("POST", "/api/jobs/idem/run")
+    agent.wait_finished("idem")
+    agent.ok("POST", "/api/jobs/idem/run")
+    assert agent.output("idem") == "once\n"
+    assert [j["id"] for j in agent.ok("GET", "/api/jobs")["jobs"]] == ["idem"]
+
+
+def test_list_and_remove(agent: AgentProcess) -> None:
+    flag = agent.home / "go-remove"
+    agent.shell("r1", "true")
+    agent.shell("r2", f"while [ ! -f {flag} ]; do sleep 0.02; done")
+    agent.wait_finished("r1")
+    jobs = {j["id"]: j["status"] for j in agent.ok("GET", "/api/jobs")["jobs"]}
+    assert jobs == {"r1": "done", "r2": "running"}
+    response = agent.post("/api/jobs/r2/remove")
+    assert response.status_code == 409
+    flag.touch()
+    agent.wait_finished("r2")
+    assert agent.ok("POST", "/api/jobs/r2/remove")["removed"] is True
+    assert not (agent.home / "jobs" / "r2").exists()
+    assert agent.get("/api/jobs/r2").status_code == 404
+    assert [j["id"] for j in agent.ok("GET", "/api/jobs")["jobs"]] == ["r1"]
+
+
+def test_missing_working_dir_is_executor_error(agent: AgentProcess) -> None:
+    agent.submit("nowd", ["true"], working_dir="does/not/exist")
+    final = agent.wait_finished("nowd")
+    assert final["status"] == "failed"
+    assert final["termination_reason"] == "executor_error"
+    assert "does/not/exist" in final["termination_message"]
+
+
+def test_host_info(agent: AgentProcess) -> None:
+    info = agent.ok("GET", "/api/host_info")
+    assert info["cpus"] >= 1 and info["memory_mib"] > 0
+    assert info["cpu_arch"] in ("x86", "arm")
+    assert info["disk_size_mib"] >= info["disk_free_mib"] > 0
+    assert isinstance(info["gpus"], list) and isinstance(info["docker"], bool)
+    assert all(not a.startswith("127.") for a in info["addresses"])

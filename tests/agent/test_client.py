@@ -1,0 +1,96 @@
+"""The server-side AgentClient and the local agent launcher against a real agent."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from tests.agent.conftest import TOKEN, AgentProcess, _alive, wait_for
+
+from dstack.server.agent_client import AgentClient, AgentError, AgentUnreachableError
+from dstack.server.local_agent import ensure_local_agent
+
+
+async def _lifecycle(url: str) -> None:
+    async with AgentClient(url, TOKEN) as client:
+        assert (await client.healthcheck())["service"] == "dstack-agent"
+        assert (await client.host_info())["cpus"] >= 1
+        spec = {"id": "c1", "name": "c1", "commands": ["/bin/sh", "-c", "cat f.txt; exit 4"]}
+        assert (await client.submit_job(spec))["status"] == "submitted"
+        await client.upload_code("c1", _tar({"f.txt": "from client\n"}))
+        started = time.monotonic()
+        await client.run_job("c1")
+        while (await client.get_job("c1"))["status"] == "running":
+            assert time.monotonic() - started < 5
+            await asyncio.sleep(0.02)
+        state = await client.get_job("c1")
+        assert (state["status"], state["exit_status"]) == ("failed", 4)
+        page = await client.poll_logs("c1", 0, 1024)
+        assert base64.b64decode(page["entries"][0]["message"]) == b"from client\n"
+        assert page["finished"] is True
+        assert [j["id"] for j in await client.list_jobs()] == ["c1"]
+        assert (await client.stop_job("c1", abort=True, reason=None))["status"] == "failed"
+        await client.remove_job("c1")
+        with pytest.raises(AgentError) as err:
+            await client.get_job("c1")
+        assert err.value.status_code == 404 and "c1" in str(err.value)
+    async with AgentClient(url, "wrong") as client:
+        with pytest.raises(AgentError) as err:
+            await client.list_jobs()
+        assert err.value.status_code == 401
+
+
+def _tar(files: dict[str, str]) -> bytes:
+    from tests.agent.test_api import make_tar
+
+    return make_tar(files)
+
+
+def test_client_lifecycle(agent: AgentProcess) -> None:
+    asyncio.run(_lifecycle(agent.url))
+
+
+def test_client_unreachable(unused_port: int) -> None:
+    async def call() -> None:
+        async with AgentClient(f"http://127.0.0.1:{unused_port}", TOKEN, timeout=1) as client:
+            await client.healthcheck()
+
+    with pytest.raises(AgentUnreachableError):
+        asyncio.run(call())
+
+
+@pytest.fixture
+def unused_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ensure_local_agent_starts_and_reuses(tmp_path: Path) -> None:
+    home = tmp_path / "local"
+    try:
+        first = asyncio.run(ensure_local_agent(home, TOKEN))
+        assert _alive(first.pid)
+        again = asyncio.run(ensure_local_agent(home, TOKEN))
+        assert (again.url, again.pid) == (first.url, first.pid)
+        # A different token: the old agent is replaced by one that accepts it.
+        other = asyncio.run(ensure_local_agent(home, "another-token"))
+        assert other.pid != first.pid
+        wait_for(lambda: not _alive(first.pid))
+        # A dead agent (killed) is replaced too.
+        os.kill(other.pid, signal.SIGKILL)
+        wait_for(lambda: not _alive(other.pid))
+        third = asyncio.run(ensure_local_agent(home, "another-token"))
+        assert third.pid != other.pid
+        assert json.loads((home / "agent.json").read_text())["pid"] == third.pid
+    finally:
+        info = json.loads((home / "agent.json").read_text())
+        os.kill(info["pid"], signal.SIGKILL)
