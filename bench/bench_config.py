@@ -58,8 +58,10 @@ def main() -> None:
             parse_configuration(conf)
         timings.append(time.perf_counter() - start)
     median = statistics.median(timings)
-    print(f"parsed {args.count} configurations x {args.repeat}: median {median:.3f}s "
-          f"(min {min(timings):.3f}s, max {max(timings):.3f}s)")
+    print(
+        f"parsed {args.count} configurations x {args.repeat}: median {median:.3f}s "
+        f"(min {min(timings):.3f}s, max {max(timings):.3f}s)"
+    )
     sys.exit(0 if median < 1.0 else 1)
 
 

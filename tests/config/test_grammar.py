@@ -128,7 +128,8 @@ def test_range_errors(value, message):
     ("value", "arch", "low", "high"),
     [(4, None, 4, 4), ("4", None, 4, 4), ("4..", None, 4, None), ("..8", None, None, 8),
      ("2..8", None, 2, 8), ("arm:4", "arm", 4, 4), ("x86:8", "x86", 8, 8), ("8:x86", "x86", 8, 8),
-     ("ARM:4..", "arm", 4, None), ("x86", "x86", 2, None), ({"arch": "arm", "count": "2.."}, "arm", 2, None),
+     ("ARM:4..", "arm", 4, None), ("x86", "x86", 2, None),
+     ({"arch": "arm", "count": "2.."}, "arm", 2, None),
      ({"min": 2, "max": 4}, None, 2, 4)],
 )  # fmt: skip
 def test_cpu_forms(value, arch, low, high):
@@ -157,24 +158,27 @@ def test_cpu_errors(value, message):
     ("spec", "expected"),
     [
         ("A100", {"name": ["A100"]}),
-        ("A100:40GB:2", {"name": ["A100"], "memory": {"min": 40.0, "max": 40.0},
-                         "count": {"min": 2, "max": 2}}),
+        (
+            "A100:40GB:2",
+            {"name": ["A100"], "memory": {"min": 40.0, "max": 40.0}, "count": {"min": 2, "max": 2}},
+        ),
         ("24GB..", {"memory": {"min": 24.0, "max": None}}),
         ("80GB", {"memory": {"min": 80.0, "max": 80.0}}),
         ("H100:8", {"name": ["H100"], "count": {"min": 8, "max": 8}}),
         ("1..2", {"count": {"min": 1, "max": 2}}),
         ("nvidia:2", {"vendor": "nvidia", "count": {"min": 2, "max": 2}}),
         ("amd:MI300X:8", {"vendor": "amd", "name": ["MI300X"], "count": {"min": 8, "max": 8}}),
-        ("16GB..24GB:1..2", {"memory": {"min": 16.0, "max": 24.0},
-                             "count": {"min": 1, "max": 2}}),
+        ("16GB..24GB:1..2", {"memory": {"min": 16.0, "max": 24.0}, "count": {"min": 1, "max": 2}}),
         ("A10G,A100", {"name": ["A10G", "A100"]}),
         ("tpu:v5litepod-8", {"vendor": "google", "name": ["v5litepod-8"]}),
         ("google:v5p-8", {"vendor": "google", "name": ["v5p-8"]}),
         ("tt:32", {"vendor": "tenstorrent", "count": {"min": 32, "max": 32}}),
         ("intel:Gaudi2:8", {"vendor": "intel", "name": ["Gaudi2"], "count": {"min": 8, "max": 8}}),
         ("0", {"count": {"min": 0, "max": 0}}),
-        ("A100:1..2:80GB", {"name": ["A100"], "count": {"min": 1, "max": 2},
-                            "memory": {"min": 80.0, "max": 80.0}}),
+        (
+            "A100:1..2:80GB",
+            {"name": ["A100"], "count": {"min": 1, "max": 2}, "memory": {"min": 80.0, "max": 80.0}},
+        ),
         ("8:H100", {"name": ["H100"], "count": {"min": 8, "max": 8}}),
         ("512MB..", {"memory": {"min": 0.5, "max": None}}),
     ],
@@ -279,7 +283,8 @@ def test_resource_defaults_and_json():
     ("fields", "rendered"),
     [
         ({}, "cpu=2.. mem=8GB.. disk=100GB.. gpu=0.."),
-        ({"cpu": "x86:2..", "gpu": "A100:40GB:2"}, "cpu=x86:2.. mem=8GB.. disk=100GB.. gpu=A100:40GB:2"),
+        ({"cpu": "x86:2..", "gpu": "A100:40GB:2"},
+         "cpu=x86:2.. mem=8GB.. disk=100GB.. gpu=A100:40GB:2"),
         ({"gpu": 0}, "cpu=2.. mem=8GB.. disk=100GB.. gpu=0"),
         ({"gpu": "nvidia:24GB..:1", "memory": "32GB..64GB"},
          "cpu=2.. mem=32GB..64GB disk=100GB.. gpu=nvidia:24GB..:1"),
@@ -335,7 +340,8 @@ def test_env_list_form():
 
 
 def test_env_mapping_form_coerces_scalars():
-    conf = parse_configuration(task(env={"PORT": 8080, "RATE": 0.5, "ON": True, "S": "s", "N": None}))
+    env = {"PORT": 8080, "RATE": 0.5, "ON": True, "S": "s", "N": None}
+    conf = parse_configuration(task(env=env))
     assert conf.env == {"PORT": "8080", "RATE": "0.5", "ON": "true", "S": "s", "N": None}
 
 
@@ -404,7 +410,8 @@ def test_volume_errors(volume, message):
      ("https://git.example.com:8443/org/repo:/r", {"url": "https://git.example.com:8443/org/repo",
                                                    "path": "/r"}),
      ("git@github.com:org/repo.git", {"url": "git@github.com:org/repo.git"}),
-     ("git@github.com:org/repo.git:~/repo", {"url": "git@github.com:org/repo.git", "path": "~/repo"}),
+     ("git@github.com:org/repo.git:~/repo",
+      {"url": "git@github.com:org/repo.git", "path": "~/repo"}),
      ("C:\\src\\proj:/w", {"local_path": "C:\\src\\proj", "path": "/w"})],
 )  # fmt: skip
 def test_repo_shorthand(spec, expected):
@@ -447,8 +454,10 @@ def test_files_reject_windows_container_path():
 # --- misc scalars ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("value", "text"), [(3.12, "3.12"), ("3.9", "3.9"), (3.1, "3.10"),
-                                             ("3.15", "3.15"), (3.11, "3.11")])
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(3.12, "3.12"), ("3.9", "3.9"), (3.1, "3.10"), ("3.15", "3.15"), (3.11, "3.11")],
+)
 def test_python_versions(value, text):
     assert parse_configuration(task(python=value)).python == text
 
