@@ -1,0 +1,346 @@
+"""Typed HTTP client of the server API (docs/api.md).
+
+Every failure becomes a `ClientError` whose message is the text the original CLI prints, so
+the CLI never has to know about HTTP and SDK users get the same messages.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, TypeAdapter
+
+from dstack.errors import ClientError
+from dstack.models.events import Event
+from dstack.models.fleets import Fleet
+from dstack.models.logs import JobSubmissionLogs, PollLogsRequest
+from dstack.models.offers import InstanceOfferWithAvailability
+from dstack.models.runs import Run, RunPlan, RunSpec
+from dstack.models.users import Project, User
+from dstack.models.volumes import Gateway, Volume
+from dstack.version import __version__
+
+T = TypeVar("T")
+
+CONNECT_TRIES = 3
+
+
+class ServerError(ClientError):
+    """A refusal the server explained (HTTP 4xx with `detail`); `code` lets callers branch."""
+
+    def __init__(
+        self, message: str, *, status_code: int, code: str | None = None, field: str | None = None
+    ) -> None:
+        super().__init__(message, status_code=status_code)
+        self.code = code
+        self.field = field
+
+
+def _detail_items(response: httpx.Response) -> list[dict[str, Any]]:
+    try:
+        body = response.json()
+    except ValueError:
+        return []
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, str):
+        return [{"msg": detail}]
+    if isinstance(detail, dict):
+        return [detail]
+    if isinstance(detail, list):
+        return [d if isinstance(d, dict) else {"msg": str(d)} for d in detail]
+    return []
+
+
+def _validation_text(items: list[dict[str, Any]], fallback: str) -> str:
+    parts = []
+    for item in items:
+        loc = ".".join(str(x) for x in item.get("loc", []) if x != "body")
+        msg = item.get("msg", "")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(p for p in parts if p) or fallback
+
+
+def error_from_response(response: httpx.Response) -> ClientError:
+    """Map an HTTP error to the user-facing message of cli.md §1."""
+    status = response.status_code
+    url = str(response.request.url) if response.request is not None else ""
+    items = _detail_items(response)
+    first = items[0] if items else {}
+    if status == 403:
+        return ClientError(
+            f"Access to {url} is denied. Please check your access token", status_code=403
+        )
+    if status == 422:
+        text = _validation_text(items, response.text)
+        return ClientError(f"Server validation error: {text}", status_code=422)
+    if status == 404 and not first.get("msg"):
+        return ClientError(f"Status code 404 when requesting {url}", status_code=404)
+    if status in (400, 404, 409, 413) and first.get("msg"):
+        return ServerError(
+            str(first["msg"]), status_code=status, code=first.get("code"), field=first.get("field")
+        )
+    body = response.text[:500]
+    return ClientError(f"Unexpected error: status code {status} when requesting {url}. {body}",
+                       status_code=status)
+
+
+class APIClient:
+    """One server, one user token, one current project."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None,
+        project: str | None = None,
+        *,
+        timeout: float = 60.0,
+        retry_delay: float = 1.0,
+        api_version: str | None = None,
+    ) -> None:
+        import os
+
+        self.base_url = base_url.rstrip("/")
+        self.project = project
+        self.retry_delay = retry_delay
+        headers = {
+            "X-API-VERSION": api_version
+            or os.environ.get("DSTACK_CLIENT_API_VERSION")
+            or __version__
+        }
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    @classmethod
+    def from_config(cls, project: str | None = None, **kwargs: Any) -> APIClient:
+        """Build a client from `~/.dstack/config.yml` and the DSTACK_* environment."""
+        from dstack.client_config import get_project_config
+
+        cfg = get_project_config(project)
+        return cls(cfg.url, cfg.token, cfg.name, **kwargs)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> APIClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transport ---------------------------------------------------------------------
+
+    def request(self, path: str, body: Any = None, *, method: str = "POST", **kw: Any) -> Any:
+        """Send one call; retry only when the server could not be reached at all."""
+        if body is not None and "files" not in kw:
+            kw["json"] = body
+        for attempt in range(CONNECT_TRIES):
+            try:
+                response = self._http.request(method, path, **kw)
+                break
+            except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+                if attempt == CONNECT_TRIES - 1:
+                    raise ClientError(
+                        f"Failed to connect to dstack server {self.base_url}"
+                    ) from e
+                time.sleep(self.retry_delay)
+            except httpx.TimeoutException as e:
+                raise ClientError(f"Request to dstack server {self.base_url} timed out") from e
+            except httpx.HTTPError as e:
+                raise ClientError(f"Failed to talk to dstack server {self.base_url}: {e}") from e
+        if response.status_code >= 400:
+            raise error_from_response(response)
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError as e:
+            raise ClientError(f"Unexpected answer from {response.request.url}") from e
+
+    def _p(self, path: str, project: str | None = None) -> str:
+        name = project or self.project
+        if not name:
+            raise ClientError("No project specified")
+        return f"/api/project/{name}/{path}"
+
+    @staticmethod
+    def _parse(model: Callable[..., T] | type[T], data: Any) -> T:
+        from pydantic import ValidationError
+
+        try:
+            if isinstance(model, type) and not hasattr(model, "__origin__") and issubclass(
+                model, BaseModel
+            ):
+                return model.model_validate(data)
+            return TypeAdapter(model).validate_python(data)
+        except ValidationError as e:
+            raise ClientError(f"Unexpected answer from the server: {e}") from e
+
+    # -- server, users, projects -------------------------------------------------------
+
+    def get_server_info(self) -> dict[str, Any]:
+        return self.request("/api/server/get_info") or {}
+
+    def get_my_user(self) -> User:
+        return self._parse(User, self.request("/api/users/get_my_user"))
+
+    def list_projects(self) -> list[Project]:
+        return self._parse(list[Project], self.request("/api/projects/list"))
+
+    def get_project(self, name: str) -> Project:
+        return self._parse(Project, self.request(f"/api/projects/{name}/get"))
+
+    # -- runs ----------------------------------------------------------------------------
+
+    def upload_code(self, archive: bytes, repo_id: str = "none") -> str:
+        files = {"file": ("code.tar.gz", archive, "application/gzip")}
+        data = self.request(
+            self._p("repos/upload_code"), params={"repo_id": repo_id}, files=files
+        )
+        return (data or {}).get("hash", "")
+
+    def get_run_plan(self, run_spec: RunSpec, max_offers: int | None = None) -> RunPlan:
+        body = {"run_spec": run_spec.model_dump(mode="json"), "max_offers": max_offers}
+        return self._parse(RunPlan, self.request(self._p("runs/get_plan"), body))
+
+    def apply_run_plan(
+        self, run_spec: RunSpec, current_resource: Run | None = None, force: bool = False
+    ) -> Run:
+        plan = {
+            "run_spec": run_spec.model_dump(mode="json"),
+            "current_resource": current_resource.model_dump(mode="json")
+            if current_resource
+            else None,
+        }
+        body = {"plan": plan, "force": force}
+        return self._parse(Run, self.request(self._p("runs/apply"), body))
+
+    def get_run_raw(self, name: str | None = None, run_id: str | None = None) -> dict[str, Any]:
+        body = {"id": run_id} if run_id else {"run_name": name}
+        return self.request(self._p("runs/get"), body)
+
+    def get_run(self, name: str | None = None, run_id: str | None = None) -> Run:
+        return self._parse(Run, self.get_run_raw(name, run_id))
+
+    def stop_runs(self, names: list[str], abort: bool = False) -> None:
+        self.request(self._p("runs/stop"), {"runs_names": names, "abort": abort})
+
+    def delete_runs(self, names: list[str]) -> None:
+        self.request(self._p("runs/delete"), {"runs_names": names})
+
+    def list_runs_raw(
+        self,
+        project: str | None = None,
+        *,
+        only_active: bool = False,
+        limit: int = 100,
+        job_submissions_limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        body = {
+            "project_name": project or self.project,
+            "only_active": only_active,
+            "limit": limit,
+            "job_submissions_limit": job_submissions_limit,
+            "ascending": False,
+        }
+        return self.request("/api/runs/list", body) or []
+
+    def list_runs(self, project: str | None = None, **kwargs: Any) -> list[Run]:
+        return self._parse(list[Run], self.list_runs_raw(project, **kwargs))
+
+    def poll_logs(self, req: PollLogsRequest) -> JobSubmissionLogs:
+        body = req.model_dump(mode="json")
+        return self._parse(JobSubmissionLogs, self.request(self._p("logs/poll"), body))
+
+    def list_offers(self, run_spec: RunSpec, max_offers: int | None = None) -> dict[str, Any]:
+        """Raw answer (`offers`, `total_offers`) with the offers parsed into models."""
+        body = {"run_spec": run_spec.model_dump(mode="json"), "max_offers": max_offers}
+        data = self.request(self._p("offers/list"), body) or {}
+        offers = self._parse(list[InstanceOfferWithAvailability], data.get("offers", []))
+        return {"offers": offers, "total_offers": data.get("total_offers", len(offers))}
+
+    # -- fleets, volumes, gateways ----------------------------------------------------------
+
+    def list_fleets_raw(self) -> list[dict[str, Any]]:
+        return self.request(self._p("fleets/list")) or []
+
+    def list_fleets(self) -> list[Fleet]:
+        return self._parse(list[Fleet], self.list_fleets_raw())
+
+    def get_fleet_raw(self, name: str | None = None, fleet_id: str | None = None) -> dict:
+        body = {"id": fleet_id} if fleet_id else {"name": name}
+        return self.request(self._p("fleets/get"), body)
+
+    def get_fleet(self, name: str | None = None, fleet_id: str | None = None) -> Fleet:
+        return self._parse(Fleet, self.get_fleet_raw(name, fleet_id))
+
+    def delete_fleets(self, names: list[str]) -> None:
+        self.request(self._p("fleets/delete"), {"names": names})
+
+    def delete_fleet_instances(self, name: str, instance_nums: list[int]) -> None:
+        self.request(
+            self._p("fleets/delete_instances"), {"name": name, "instance_nums": instance_nums}
+        )
+
+    def get_fleet_plan(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return self.request(self._p("fleets/get_plan"), {"spec": spec}) or {}
+
+    def apply_fleet(self, spec: dict[str, Any], current: Any = None, force: bool = False) -> Fleet:
+        body = {"plan": {"spec": spec, "current_resource": current}, "force": force}
+        return self._parse(Fleet, self.request(self._p("fleets/apply"), body))
+
+    def list_volumes_raw(self) -> list[dict[str, Any]]:
+        return self.request(self._p("volumes/list")) or []
+
+    def list_volumes(self) -> list[Volume]:
+        return self._parse(list[Volume], self.list_volumes_raw())
+
+    def get_volume_raw(self, name: str) -> dict[str, Any]:
+        return self.request(self._p("volumes/get"), {"name": name})
+
+    def create_volume(self, configuration: dict[str, Any]) -> Volume:
+        data = self.request(self._p("volumes/create"), {"configuration": configuration})
+        return self._parse(Volume, data)
+
+    def delete_volumes(self, names: list[str]) -> None:
+        self.request(self._p("volumes/delete"), {"names": names})
+
+    def list_gateways_raw(self) -> list[dict[str, Any]]:
+        return self.request(self._p("gateways/list")) or []
+
+    def list_gateways(self) -> list[Gateway]:
+        return self._parse(list[Gateway], self.list_gateways_raw())
+
+    def get_gateway_raw(self, name: str) -> dict[str, Any]:
+        return self.request(self._p("gateways/get"), {"name": name})
+
+    def create_gateway(self, configuration: dict[str, Any]) -> Gateway:
+        data = self.request(self._p("gateways/create"), {"configuration": configuration})
+        return self._parse(Gateway, data)
+
+    def delete_gateways(self, names: list[str]) -> None:
+        self.request(self._p("gateways/delete"), {"names": names})
+
+    # -- events ------------------------------------------------------------------------------
+
+    def list_events(
+        self,
+        project: str | None = None,
+        *,
+        target_type: str | None = None,
+        target_name: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[Event]:
+        body: dict[str, Any] = {"project_name": project or self.project, "limit": limit}
+        if target_type:
+            body["target_type"] = target_type
+        if target_name:
+            body["target_name"] = target_name
+        if since is not None:
+            body["since"] = since.isoformat()
+        return self._parse(list[Event], self.request("/api/events/list", body))

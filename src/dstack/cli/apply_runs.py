@@ -1,0 +1,233 @@
+"""`dstack apply` for dev environments, tasks and services (cli.md §2 flow)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from dstack.api.client import APIClient
+from dstack.cli.apply_overrides import (
+    apply_overrides,
+    apply_profile,
+    check_exclusive,
+    resolve_env,
+)
+from dstack.cli.common import (
+    CLIError,
+    api_client,
+    check_run_name,
+    confirm,
+    echo,
+    out,
+)
+from dstack.models.runs import Run, RunPlan, RunSpec
+
+
+def build_configuration(
+    conf: Any, args: argparse.Namespace, environ: dict[str, str]
+) -> dict[str, Any]:
+    """File → profile → flags → resolved env, validated again as a whole."""
+    from dstack.models.configurations import parse_configuration
+
+    check_exclusive(args)
+    data = conf.model_dump(mode="json")
+    data = apply_profile(data, _profile(args))
+    data = apply_overrides(data, args, environ, getattr(args, "run_args", None))
+    merged = parse_configuration(data)
+    result = merged.model_dump(mode="json")
+    result["env"] = resolve_env(merged.env, environ)
+    if result.get("name"):
+        check_run_name(result["name"])
+    return result
+
+
+def _profile(args: argparse.Namespace) -> dict[str, Any] | None:
+    if getattr(args, "no_profile", False):
+        return None
+    from dstack.models.profiles import load_profiles
+
+    profile = load_profiles().find(getattr(args, "profile", None))
+    return profile.model_dump(mode="json") if profile is not None else None
+
+
+def upload_code(api: APIClient, root: Path) -> str:
+    from dstack.api.code import archive_hash, build_archive, upload_limit
+
+    data = build_archive(root, upload_limit())
+    code_hash = api.upload_code(data, repo_id="none")
+    return code_hash or archive_hash(data)
+
+
+def make_run_spec(configuration: dict[str, Any], path: str, code_hash: str | None) -> RunSpec:
+    profile_name = "default"
+    return RunSpec(
+        run_name=configuration.get("name"),
+        repo_code_hash=code_hash,
+        configuration_path=None if path == "-" else path,
+        configuration=configuration,
+        profile={"name": profile_name, "default": False},
+    )
+
+
+def apply_run(args: argparse.Namespace, conf: Any, path: str) -> int:
+    configuration = build_configuration(conf, args, dict(os.environ))
+    api = api_client(args)
+    code_hash = None
+    if not args.no_repo:
+        code_hash = upload_code(api, Path.cwd())
+    spec = make_run_spec(configuration, path, code_hash)
+    plan = _get_plan(api, spec, args.max_offers)
+    print_plan(plan, args.verbose, args.max_offers, lambda: _has_fleets(api))
+    current = plan.current_resource
+    name = spec.run_name
+    if current is not None and not current.status.is_finished():
+        decision = _decide_active(plan, current, args)
+        if decision is None:
+            return 0
+    else:
+        decision = "submit"
+        question = f"Submit the run {name}?" if name else "Submit a new run?"
+        if not args.yes and not confirm(question):
+            echo("Exiting...")
+            return 0
+    if decision == "override":
+        _stop_and_wait(api, current)
+        current = None
+    run = _submit(api, spec, current if decision == "update" else None)
+    verb = "updated" if decision == "update" else "submitted"
+    if args.detach:
+        echo(f"Run {run.run_spec.run_name} {verb}, detaching...")
+        return 0
+    from dstack.cli.attach_run import attach
+
+    return attach(api, run.run_spec.run_name or "", yes=args.yes)
+
+
+def _get_plan(api: APIClient, spec: RunSpec, max_offers: int) -> RunPlan:
+    from dstack.cli.progress import StatusReporter
+
+    reporter = StatusReporter("Getting apply plan...")
+    if not reporter.tty:
+        return api.get_run_plan(spec, max_offers)
+    with reporter:
+        return api.get_run_plan(spec, max_offers)
+
+
+def print_plan(
+    plan: RunPlan, verbose: bool, max_offers: int, has_fleets: Any = lambda: True
+) -> None:
+    from dstack.cli.render.offers import (
+        NO_FLEETS,
+        NO_OFFERS,
+        offers_footer,
+        offers_table,
+    )
+    from dstack.cli.render.plan import plan_properties
+    from dstack.cli.render.tables import properties_table
+
+    out(properties_table(plan_properties(plan, verbose)))
+    out()
+    job_plan = plan.job_plans[0] if plan.job_plans else None
+    offers = job_plan.offers[:max_offers] if job_plan else []
+    total = job_plan.total_offers if job_plan else 0
+    if offers:
+        out(offers_table(offers, total, dim_rest=True))
+        prices = [o.price for o in job_plan.offers]
+        max_price = job_plan.max_price if job_plan.max_price is not None else max(prices)
+        footer = offers_footer(len(offers), total, max_price)
+        if footer:
+            out(footer, style="secondary")
+    else:
+        message = NO_OFFERS if has_fleets() else NO_FLEETS
+        out(message, style="warning")
+    out()
+
+
+def _has_fleets(api: APIClient) -> bool:
+    """Only asked when there are no offers, to pick the more helpful of the two messages."""
+    from dstack.errors import ClientError
+
+    try:
+        return bool(api.list_fleets_raw())
+    except ClientError:
+        return True
+
+
+def configuration_changes(new: Any, current: Any, prefix: str = "") -> list[str]:
+    """Top-level keys whose values differ; a `None` in the new value matches anything,
+    because the server fills in defaults in the configuration it stores."""
+    if new is None:
+        return []
+    if isinstance(new, dict) and isinstance(current, dict):
+        changed = []
+        for key, value in new.items():
+            if configuration_changes(value, current.get(key), key):
+                changed.append(prefix or key)
+        return sorted(set(changed))
+    return [] if new == current else [prefix or "configuration"]
+
+
+def _changes(plan: RunPlan, current: Run) -> list[str]:
+    lines = []
+    conf_changes = configuration_changes(
+        plan.run_spec.configuration, current.run_spec.configuration
+    )
+    if conf_changes:
+        lines.append("- Configuration properties:")
+        lines.extend(f"  - {key}" for key in conf_changes)
+    if (plan.run_spec.repo_code_hash or None) != (current.run_spec.repo_code_hash or None):
+        lines.append("- Repo files")
+    return lines
+
+
+def _decide_active(plan: RunPlan, current: Run, args: argparse.Namespace) -> str | None:
+    """Which action against an active run of the same name; None means exit 0."""
+    name = current.run_spec.run_name
+    changes = _changes(plan, current)
+    if not changes:
+        echo(f"Active run {name} already exists. Detected no changes.")
+        if args.yes and not args.force:
+            echo("Use --force to apply anyway.")
+            return None
+        if not args.yes and not confirm("Stop and override the run?"):
+            echo("Exiting...")
+            return None
+        return "override"
+    if plan.action == "update":
+        echo(f"Active run {name} already exists. Detected changes that can be updated in-place:")
+        echo("\n".join(changes))
+        if not args.yes and not confirm("Update the run?"):
+            echo("Exiting...")
+            return None
+        return "update"
+    echo(f"Active run {name} already exists. Detected changes that cannot be updated in-place:")
+    echo("\n".join(changes))
+    if not args.yes and not confirm("Stop and override the run?"):
+        echo("Exiting...")
+        return None
+    return "override"
+
+
+def _stop_and_wait(api: APIClient, current: Run, timeout: float = 600.0) -> None:
+    name = current.run_spec.run_name or ""
+    api.stop_runs([name], abort=False)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = api.get_run(name)
+        if run.status.is_finished():
+            return
+        time.sleep(1.0)
+    raise CLIError(f"Run {name} did not stop within {int(timeout)}s; try `dstack stop -x {name}`")
+
+
+def _submit(api: APIClient, spec: RunSpec, current: Run | None) -> Run:
+    from dstack.cli.progress import StatusReporter
+
+    reporter = StatusReporter("Applying plan...")
+    if not reporter.tty:
+        return api.apply_run_plan(spec, current, force=False)
+    with reporter:
+        return api.apply_run_plan(spec, current, force=False)

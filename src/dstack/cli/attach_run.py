@@ -1,0 +1,74 @@
+"""Attached mode of `dstack apply`: wait for the run, stream logs, report how it ended.
+
+Ctrl+C detaches: with `-y`, or when stdin is not a terminal, the run keeps going (`Detached`);
+on a terminal the user is asked whether to stop it first.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from dstack.api.client import APIClient
+from dstack.cli.common import CancelledByUser, confirm, echo
+from dstack.cli.runs import finish_message, follow_logs, status_text
+
+
+def attach(api: APIClient, name: str, *, yes: bool) -> int:
+    from dstack.cli.progress import StatusReporter
+
+    try:
+        with StatusReporter(f"Launching {name}...") as reporter:
+            run = reporter.wait(api, name)
+        echo(f"{name} provisioning completed ({status_text(run)})")
+        _print_service(api, run)
+        final = follow_logs(api, name)
+    except KeyboardInterrupt:
+        return _on_interrupt(api, name, yes)
+    text, ok = finish_message(final)
+    echo(text)
+    return 0 if ok else 1
+
+
+def _print_service(api: APIClient, run) -> None:  # noqa: ANN001
+    if run.service is None:
+        return
+    url = run.service.url
+    if url.startswith("/"):
+        url = api.base_url + url
+    echo("Service is published at:")
+    echo(f"  {url}")
+    if run.service.model is not None:
+        base = run.service.model.base_url
+        if base.startswith("/"):
+            base = api.base_url + base
+        echo(f"Model {run.service.model.name} is published at:")
+        echo(f"  {base}")
+
+
+def _on_interrupt(api: APIClient, name: str, yes: bool) -> int:
+    echo("")
+    if yes or not sys.stdin.isatty():
+        echo("Detached")
+        return 0
+    try:
+        stop = confirm(f"Stop the run {name} before detaching?")
+    except CancelledByUser:
+        stop = False
+    if not stop:
+        echo("Detached")
+        return 0
+    try:
+        api.stop_runs([name], abort=False)
+        _wait_finished(api, name)
+        echo("Stopped")
+    except KeyboardInterrupt:
+        api.stop_runs([name], abort=True)
+        echo("Aborted")
+    return 0
+
+
+def _wait_finished(api: APIClient, name: str) -> None:
+    import time
+
+    while not api.get_run(name).status.is_finished():
+        time.sleep(1.0)

@@ -1,0 +1,1 @@
+"""One module per `dstack` command; each exposes `configure(parser)` that sets `handler`."""

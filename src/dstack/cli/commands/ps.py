@@ -1,0 +1,88 @@
+"""`dstack ps`: the runs of a project."""
+
+from __future__ import annotations
+
+import argparse
+
+from dstack.cli.common import CLIError, add_json_args, add_project_arg
+
+EPILOG = """examples:
+  dstack ps              active runs (or the latest run if none is active)
+  dstack ps -a           all recent runs
+  dstack ps -n 5 -v      the last 5 runs with resources, instance types and errors
+  dstack ps -w           refresh every 2 seconds until Ctrl+C
+  dstack ps --json       one line of JSON: {"project": ..., "runs": [...]}
+"""
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
+    add_project_arg(parser)
+    parser.add_argument("-a", "--all", action="store_true", help="show all recent runs")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show more columns")
+    parser.add_argument("-w", "--watch", action="store_true", help="refresh every 2 seconds")
+    parser.add_argument("-n", "--last", type=int, metavar="N", help="show the last N runs")
+    add_json_args(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dstack.cli.common import api_client
+
+    if args.watch and args.format == "json":
+        raise CLIError("JSON output is not supported together with --watch")
+    api = api_client(args)
+    if args.format == "json":
+        return _print_json(api, args)
+    if args.watch:
+        return _watch(api, args)
+    from dstack.cli.common import out
+
+    out(_table(api, args))
+    return 0
+
+
+def _fetch(api, args: argparse.Namespace) -> list:  # noqa: ANN001
+    from dstack.cli.render.runs import filter_runs
+
+    limit = args.last if args.last else 100
+    runs = api.list_runs(limit=limit, job_submissions_limit=1)
+    return filter_runs(runs, args.all, args.last)
+
+
+def _table(api, args: argparse.Namespace):  # noqa: ANN001, ANN202
+    from dstack.cli.render.runs import runs_table
+
+    return runs_table(_fetch(api, args), verbose=args.verbose)
+
+
+def _print_json(api, args: argparse.Namespace) -> int:  # noqa: ANN001
+    from dstack.cli.common import print_json
+    from dstack.models.runs import RunStatus
+
+    limit = args.last if args.last else 100
+    raw = api.list_runs_raw(limit=limit, job_submissions_limit=1)
+    if args.last:
+        raw = raw[: args.last]
+    elif not args.all:
+        finished = {s.value for s in RunStatus if s.is_finished()}
+        active = [r for r in raw if r.get("status") not in finished]
+        raw = active or raw[:1]
+    print_json({"project": api.project, "runs": raw})
+    return 0
+
+
+def _watch(api, args: argparse.Namespace) -> int:  # noqa: ANN001
+    import time
+
+    from rich.live import Live
+
+    from dstack.cli.common import console
+
+    try:
+        with Live(_table(api, args), console=console(), auto_refresh=False) as live:
+            while True:
+                time.sleep(2)
+                live.update(_table(api, args), refresh=True)
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,68 @@
+"""Offer tables shared by the `apply` plan and `dstack offer`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dstack.cli.render.format import backend_cell, format_price, resources_cell
+
+AVAILABILITY_TEXT = {
+    "not_available": "not available",
+    "no_quota": "no quota",
+    "no_balance": "no balance",
+    "idle": "idle",
+    "busy": "busy",
+}
+
+COLUMNS = ["#", "BACKEND", "RESOURCES", "INSTANCE TYPE", "PRICE", ""]
+
+
+def availability_text(offer: Any) -> str:
+    value = getattr(offer.availability, "value", offer.availability)
+    return AVAILABILITY_TEXT.get(value, "")
+
+
+def offer_row(index: int, offer: Any) -> list[str]:
+    res = offer.instance.resources
+    instance = offer.instance.name
+    if offer.total_blocks > 1:
+        instance += f" ({offer.blocks}/{offer.total_blocks})"
+    return [
+        str(index),
+        backend_cell(offer.backend, offer.region),
+        resources_cell(res, spot=res.spot),
+        instance,
+        format_price(offer.price),
+        availability_text(offer),
+    ]
+
+
+def offers_footer(shown: int, total: int, max_price: float | None) -> str | None:
+    """` Shown 3 of 12 offers, $40.96max` (upstream glues `max` to the price)."""
+    if total <= shown:
+        return None
+    price = format_price(max_price) if max_price is not None else ""
+    return f" Shown {shown} of {total} offers, {price}max"
+
+
+def offers_table(offers: list[Any], total: int, *, dim_rest: bool):  # noqa: ANN201
+    """The table plus a `...` row when offers were left out; the footer is printed apart."""
+    from dstack.cli.render.tables import make_table
+
+    rows = [offer_row(i + 1, o) for i, o in enumerate(offers)]
+    styles: list[str | None] = [None if i == 0 or not dim_rest else "secondary"
+                                for i in range(len(rows))]
+    if total > len(offers):
+        rows.append(["", "...", "", "", "", ""])
+        styles.append("secondary")
+    return make_table(COLUMNS, rows, styles=styles)
+
+
+NO_FLEETS = (
+    "The project has no fleets. Create one before submitting a run.\n"
+    "See https://dstack.ai/docs/concepts/fleets"
+)
+NO_OFFERS = (
+    "No matching instance offers available. Possible reasons: "
+    "https://dstack.ai/docs/guides/troubleshooting/#no-offers"
+)

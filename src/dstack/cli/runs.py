@@ -1,0 +1,195 @@
+"""Run helpers shared by `apply`, `attach`, `logs` and `stop`: lookup, waiting, log streaming.
+
+Logs are followed through the server's `logs/poll` cursor (not a direct connection to the
+host), so attaching works wherever the CLI can reach the server.
+"""
+
+from __future__ import annotations
+
+import base64
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from dstack.api.client import APIClient, ServerError
+from dstack.cli.common import CLIError
+from dstack.models.logs import PollLogsRequest
+from dstack.models.runs import Job, JobSubmission, Run, RunStatus
+
+POLL_INTERVAL = 1.0
+NO_CAPACITY = {"failed_to_start_due_to_no_capacity", "interrupted_by_no_capacity"}
+
+
+def is_not_found(error: ServerError) -> bool:
+    text = (error.message or "").lower()
+    return (
+        error.status_code == 404
+        or (error.code or "") in ("resource_not_exists", "not_found")
+        or "not found" in text
+        or "does not exist" in text
+    )
+
+
+def find_run(api: APIClient, name: str) -> Run | None:
+    try:
+        return api.get_run(name)
+    except ServerError as e:
+        if is_not_found(e):
+            return None
+        raise
+
+
+def get_job(run: Run, replica: int | None = 0, job_num: int = 0) -> Job:
+    """The job to show; without `replica`, a running replica, else the lowest one."""
+    jobs = [j for j in run.jobs if j.job_spec.job_num == job_num]
+    if replica is None:
+        running = [j for j in jobs if _latest(j) and _latest(j).status.value == "running"]
+        jobs = running or sorted(jobs, key=lambda j: j.job_spec.replica_num)[:1]
+    else:
+        jobs = [j for j in jobs if j.job_spec.replica_num == replica]
+    if not jobs:
+        raise CLIError(f"Run {run.run_spec.run_name} has no job replica={replica} job={job_num}")
+    return jobs[0]
+
+
+def _latest(job: Job) -> JobSubmission | None:
+    return job.job_submissions[-1] if job.job_submissions else None
+
+
+def parse_since(value: str, now: datetime | None = None) -> datetime:
+    """`10s`, `5m`, `1d` back from now, or an RFC 3339 time with a timezone."""
+    now = now or datetime.now(timezone.utc)
+    text = value.strip()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    if text[:-1].isdigit() and text[-1:] in units:
+        return now - timedelta(seconds=int(text[:-1]) * units[text[-1]])
+    if text.isdigit():
+        return now - timedelta(seconds=int(text))
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as e:
+        raise CLIError(f"Invalid --since value '{value}': use e.g. 10s, 5m, 1d or an RFC 3339 "
+                       "time such as 2026-01-05T10:00:00Z") from e
+    if when.tzinfo is None:
+        raise CLIError(f"Invalid --since value '{value}': the time needs a timezone")
+    return when
+
+
+class LogFollower:
+    """A cursor over one job submission's logs that survives empty pages.
+
+    The server answers `next_token: null` when there is nothing more for now; we then keep
+    the last timestamp and resume from it, skipping what we already printed.
+    """
+
+    def __init__(
+        self, api: APIClient, run_name: str, submission_id: str, *, diagnose: bool = False,
+        since: datetime | None = None, write: Callable[[bytes], None] | None = None,
+    ) -> None:
+        self.api, self.run_name, self.submission_id = api, run_name, submission_id
+        self.diagnose = diagnose
+        self.token: str | None = None
+        self.start_time = since
+        self.last_ts: datetime | None = None
+        self.write = write or _write_stdout
+
+    def drain(self) -> int:
+        """Print everything available now; return how many events were printed."""
+        printed = 0
+        while True:
+            req = PollLogsRequest(
+                run_name=self.run_name, job_submission_id=self.submission_id,
+                next_token=self.token, start_time=None if self.token else self.start_time,
+                diagnose=self.diagnose, limit=1000,
+            )
+            page = self.api.poll_logs(req)
+            for event in page.logs:
+                if self.token is None and self.last_ts is not None and (
+                    event.timestamp <= self.last_ts
+                ):
+                    continue
+                self.write(base64.b64decode(event.message))
+                self.last_ts = event.timestamp
+                printed += 1
+            if page.next_token is None:
+                if page.logs or self.token is not None:
+                    self.token, self.start_time = None, self.last_ts
+                return printed
+            self.token = page.next_token
+            if not page.logs:
+                return printed
+
+
+def _write_stdout(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+def status_text(run: Run) -> str:
+    return run.status_message or run.status.value
+
+
+def wait_until_started(
+    api: APIClient, name: str, on_change: Callable[[Run], None] | None = None
+) -> Run:
+    """Poll until the run leaves submitted/pending/provisioning; report each new status."""
+    seen = None
+    while True:
+        run = api.get_run(name)
+        text = status_text(run)
+        if text != seen and on_change is not None:
+            on_change(run)
+        seen = text
+        if run.status not in (RunStatus.PENDING, RunStatus.SUBMITTED, RunStatus.PROVISIONING):
+            return run
+        time.sleep(POLL_INTERVAL)
+
+
+def follow_logs(
+    api: APIClient, name: str, *, diagnose: bool = False, replica: int = 0, job_num: int = 0
+) -> Run:
+    """Stream the job's logs until the run finishes; re-attach to resubmissions (retry)."""
+    follower: LogFollower | None = None
+    while True:
+        run = api.get_run(name)
+        sub = _latest(get_job(run, replica, job_num)) if run.jobs else None
+        if sub is not None and (follower is None or follower.submission_id != sub.id):
+            follower = LogFollower(api, name, sub.id, diagnose=diagnose)
+        printed = follower.drain() if follower is not None else 0
+        if run.status.is_finished():
+            if follower is not None:
+                follower.drain()
+            return run
+        if not printed:
+            time.sleep(POLL_INTERVAL)
+
+
+def finish_message(run: Run) -> tuple[str, bool]:
+    """The closing line of an attached run and whether it counts as success."""
+    if run.status == RunStatus.DONE:
+        return (status_text(run).capitalize() or "Done"), True
+    sub = run.latest_job_submission
+    lines = [f"Run {run.run_spec.run_name} {status_text(run)}"]
+    if run.error:
+        lines.append(f"Error: {run.error}")
+    if sub is not None and sub.termination_reason_message:
+        lines.append(sub.termination_reason_message)
+    reason = sub.termination_reason if sub is not None else None
+    if run.status != RunStatus.TERMINATED and reason not in NO_CAPACITY:
+        lines.append(f"Check `dstack logs -d {run.run_spec.run_name}` for more details.")
+    return "\n".join(lines), False
+
+
+def job_submission_for_logs(
+    run: Run, replica: int, job_num: int
+) -> JobSubmission:
+    sub = _latest(get_job(run, replica, job_num))
+    if sub is None:
+        raise CLIError(f"Run {run.run_spec.run_name} has not been submitted yet")
+    return sub
+
+
+def dump(obj: Any) -> Any:
+    return obj.model_dump(mode="json")
