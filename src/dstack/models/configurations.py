@@ -334,7 +334,7 @@ M = TypeVar("M", bound=BaseModel)
 
 def _error_from_validation(exc: ValidationError) -> ConfigurationError:
     """The first pydantic error as one line: dotted field path and a human message."""
-    error = exc.errors(include_url=False)[0]
+    error = _most_relevant(exc.errors(include_url=False))
     loc: list[Any] = [
         p for p in error["loc"] if not (isinstance(p, str) and _UNION_LABEL_RE.match(p))
     ]
@@ -348,6 +348,17 @@ def _error_from_validation(exc: ValidationError) -> ConfigurationError:
     err = ConfigurationError(message, path=format_path(loc) or None)
     err.loc = tuple(loc)  # type: ignore[attr-defined]
     return err
+
+
+def _most_relevant(errors: list[Any]) -> Any:
+    """The first error, except that a misspelt key beats the "Field required" it causes."""
+    first = errors[0]
+    if first["type"] == "missing":
+        parent = first["loc"][:-1]
+        for error in errors[1:]:
+            if error["type"] == "extra_forbidden" and error["loc"][:-1] == parent:
+                return error
+    return first
 
 
 def format_path(loc: list[Any] | tuple[Any, ...]) -> str:
