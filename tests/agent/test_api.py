@@ -9,7 +9,8 @@ import json
 import tarfile
 
 import httpx
-from tests.agent.conftest import TOKEN, AgentProcess, wait_for
+
+from .helpers import TOKEN, AgentProcess, wait_for
 
 
 def make_tar(files: dict[str, str]) -> bytes:

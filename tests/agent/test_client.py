@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.agent.conftest import TOKEN, AgentProcess, _alive, wait_for
 
 from dstack.server.agent_client import AgentClient, AgentError, AgentUnreachableError
 from dstack.server.local_agent import ensure_local_agent
+
+from .helpers import TOKEN, AgentProcess, _alive, wait_for
 
 
 async def _lifecycle(url: str) -> None:
@@ -47,7 +48,7 @@ async def _lifecycle(url: str) -> None:
 
 
 def _tar(files: dict[str, str]) -> bytes:
-    from tests.agent.test_api import make_tar
+    from .test_api import make_tar
 
     return make_tar(files)
 

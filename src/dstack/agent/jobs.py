@@ -7,6 +7,7 @@ so the agent may be killed and restarted at any moment.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -21,9 +22,10 @@ from typing import IO, Any
 from dstack.agent import docker
 from dstack.agent.logs import read_page
 from dstack.agent.spec import BadRequest, validate_spec
-from dstack.agent.state import derive_state, is_finished
+from dstack.agent.state import SUPERVISOR_LOST, derive_state, is_finished
 from dstack.agent.tarsafe import unpack_code
 from dstack.agent.util import (
+    CHILD_FILE,
     CODE_DIR,
     JOB_ID_RE,
     LOGS_FILE,
@@ -40,6 +42,8 @@ from dstack.agent.util import (
     read_json,
     write_json_atomic,
 )
+
+log = logging.getLogger("dstack.agent")
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SPOOL_CHUNK = 1024 * 1024
@@ -88,6 +92,8 @@ class JobStore:
         supervisor = read_json(path / SUPERVISOR_FILE)
         alive = bool(supervisor) and self._alive(path.name, supervisor)
         result = read_json(path / RESULT_FILE)
+        if supervisor and not alive and result is None:
+            result = self._record_lost(path, spec)
         try:
             log_bytes = (path / LOGS_FILE).stat().st_size
         except OSError:
@@ -101,6 +107,31 @@ class JobStore:
             log_bytes,
             read_json(path / STOP_FILE),
         )
+
+    def _record_lost(self, path: Path, spec: dict[str, Any]) -> dict[str, Any]:
+        """A dead supervisor without a result can never write one: record the loss once
+        (so the state is stable) and kill what is left of the job."""
+        result = {
+            "status": "failed",
+            "exit_status": None,
+            "termination_reason": "executor_error",
+            "termination_message": SUPERVISOR_LOST,
+            "finished_at": now_iso(),
+        }
+        write_json_atomic(path / RESULT_FILE, result)
+        child = read_json(path / CHILD_FILE) or {}
+        pid = int(child.get("pid", 0))
+        if pid_alive(pid, child.get("proc_start")):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        if spec.get("runtime") == "docker":
+            threading.Thread(
+                target=docker.docker_cmd,
+                args=(["kill", docker.container_name(spec["id"])],),
+                daemon=True,
+            ).start()
+        log.warning("job %s: supervisor lost; recorded executor_error", spec["id"])
+        return result
 
     # --- API -----------------------------------------------------------------------
     def state(self, job_id: str) -> dict[str, Any]:

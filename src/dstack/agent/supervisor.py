@@ -22,6 +22,7 @@ from typing import Any
 from dstack.agent import docker
 from dstack.agent.logs import CHUNK_SIZE, LogWriter
 from dstack.agent.util import (
+    CHILD_FILE,
     CODE_DIR,
     LOGS_FILE,
     PORTS_FILE,
@@ -30,6 +31,7 @@ from dstack.agent.util import (
     SPEC_FILE,
     STOP_FILE,
     now_iso,
+    proc_start_time,
     read_json,
     write_json_atomic,
 )
@@ -244,6 +246,9 @@ class Supervisor:
             self.log.write("stderr", (str(e) + "\n").encode())
             self._finish(None, e.reason, str(e))
             return
+        # Lets the agent clean up the job's process group should this supervisor be lost.
+        child_info = {"pid": self.child.pid, "proc_start": proc_start_time(self.child.pid)}
+        write_json_atomic(self.dir / CHILD_FILE, child_info)
         readers = [
             threading.Thread(target=self._pump, args=(self.child.stdout, "stdout"), daemon=True),
             threading.Thread(target=self._pump, args=(self.child.stderr, "stderr"), daemon=True),
