@@ -77,7 +77,8 @@ def error_from_response(response: httpx.Response) -> ClientError:
     if status == 422:
         text = _validation_text(items, response.text)
         return ClientError(f"Server validation error: {text}", status_code=422)
-    if status == 404 and not first.get("msg"):
+    if status == 404 and not first.get("code"):
+        # FastAPI's `{"detail": "Not Found"}` for an unknown path: not the server's word.
         return ClientError(f"Status code 404 when requesting {url}", status_code=404)
     if status in (400, 404, 409, 413) and first.get("msg"):
         return ServerError(

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+# Named styles resolved here so tables render on any console, themed or not.
+THEME_STYLES = {"secondary": "grey58"}
+
 
 def make_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, styles: Any = None):  # noqa: ANN201
     """`rows` are cell sequences in column order; `styles` gives an optional style per row."""
@@ -15,6 +18,7 @@ def make_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, styles:
         table.add_column(col.upper(), no_wrap=True)
     for i, row in enumerate(rows):
         style = styles[i] if styles else None
+        style = THEME_STYLES.get(style, style) if style else None
         table.add_row(*[_cell(c) for c in row], style=style)
     return table
 
