@@ -374,7 +374,13 @@ def _check_tags(value: Any) -> Any:
     return {k: (v if isinstance(v, str) else str(v)) for k, v in value.items()}
 
 
-Tags = Annotated[dict[str, str], BeforeValidator(_check_tags)]
+Tags = Annotated[
+    dict[str, str],
+    BeforeValidator(_check_tags),
+    WithJsonSchema(
+        {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}}
+    ),
+]
 
 
 def normalize_container_path(value: Any) -> str:

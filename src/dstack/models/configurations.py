@@ -415,7 +415,8 @@ def _load_file(path: str | Path, parse: Any) -> Any:
         data = yaml_lines.load_yaml(text)
     except yaml_error() as exc:
         line = yaml_lines.error_line(exc)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        parts = [getattr(exc, "context", None), getattr(exc, "problem", None)]
+        problem = " ".join(p for p in parts if p) or str(exc).splitlines()[0]
         raise ConfigurationError(f"invalid YAML: {problem}", file=name, line=line) from None
     if data is None:
         raise ConfigurationError("configuration file is empty", file=name, line=1)

@@ -26,7 +26,7 @@ _STRING = ({"type": "string"},)
 class VolumeMountPoint(ConfigModel):
     """A network volume; several names = whichever exists in the run's backend/region."""
 
-    name: list[str]
+    name: Annotated[list[str], Shorthand(_STRING)]
     path: AbsolutePath
 
     @field_validator("name", mode="before")

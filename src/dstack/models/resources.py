@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, WithJsonSchema, field_validator, model_validator
 
 from dstack.models.common import (
     STR_OR_INT,
@@ -97,12 +97,15 @@ def _parse_compute_capability(value: Any) -> Any:
 class GPUSpec(ConfigModel):
     """Accelerator requirement; any listed `name` satisfies it."""
 
-    vendor: GPUVendor | None = None
-    name: list[str] | None = None
+    vendor: Annotated[GPUVendor | None, WithJsonSchema({"type": ["string", "null"]})] = None
+    name: Annotated[list[str] | None, Shorthand(({"type": "string"},))] = None
     count: IntRange = Field(default_factory=lambda: int_range(1))
     memory: MemoryRange | None = None
     total_memory: MemoryRange | None = None
-    compute_capability: tuple[int, int] | None = None
+    compute_capability: Annotated[
+        tuple[int, int] | None,
+        WithJsonSchema({"type": ["number", "string", "array", "null"]}),
+    ] = None
 
     @model_validator(mode="before")
     @classmethod
@@ -162,7 +165,9 @@ class GPUSpec(ConfigModel):
 class CPUSpec(ConfigModel):
     """CPU count and optional architecture (unset: the server infers it from the image)."""
 
-    arch: Literal["x86", "arm"] | None = None
+    arch: Annotated[Literal["x86", "arm"] | None, WithJsonSchema({"type": ["string", "null"]})] = (
+        None
+    )
     count: IntRange = Field(default_factory=lambda: int_range(2))
 
     @model_validator(mode="before")

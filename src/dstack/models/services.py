@@ -12,6 +12,7 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -126,7 +127,9 @@ class ProbeConfig(ConfigModel):
 
     type: Literal["http"]
     url: str = Field(default="/", max_length=2048)
-    method: Literal["get", "post", "put", "delete", "patch", "head"] = "get"
+    method: Annotated[
+        Literal["get", "post", "put", "delete", "patch", "head"], WithJsonSchema({"type": "string"})
+    ] = "get"
     headers: list[HTTPHeader] = Field(default_factory=list, max_length=16)
     body: str | None = Field(default=None, min_length=1, max_length=2048)
     timeout: Duration = 10
@@ -161,7 +164,9 @@ class ProbeConfig(ConfigModel):
 
 
 class RouterConfig(ConfigModel):
-    type: Literal["smg", "dynamo"] = "smg"
+    type: Annotated[
+        Literal["smg", "dynamo"], WithJsonSchema({"enum": ["smg", "dynamo", "sglang"]})
+    ] = "smg"
 
     @field_validator("type", mode="before")
     @classmethod
