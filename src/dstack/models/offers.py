@@ -38,4 +38,3 @@ class InstanceOfferWithAvailability(WireModel):
     # Set when the offer is an existing instance of a fleet (the scheduler reuses it).
     instance_id: str | None = None
     fleet_name: str | None = None
-

@@ -1,0 +1,101 @@
+"""The FastAPI application: routers, error mapping, and the lifespan that migrates the
+database, bootstraps the first user and starts the reconcilers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from dstack.errors import ResourceNotExistsError, ServerClientError
+from dstack.server.backends.local import LocalBackend
+from dstack.server.db.migrate import migrate
+from dstack.server.db.session import Database
+from dstack.server.reconcilers.agents import AgentRegistry
+from dstack.server.reconcilers.instance_worker import InstanceReconciler
+from dstack.server.reconcilers.job_worker import JobReconciler
+from dstack.server.reconcilers.run_worker import RunReconciler
+from dstack.server.routers import resources, runs
+from dstack.server.routers.deps import AuthError
+from dstack.server.services.bootstrap import BootstrapResult, bootstrap
+from dstack.server.services.codes import CodeTooLargeError
+from dstack.server.services.context import ServerContext
+from dstack.server.services.crypto import Box
+from dstack.server.settings import Settings
+from dstack.version import __version__
+
+log = logging.getLogger(__name__)
+
+
+def _detail(msg: str, code: str, field: str | None = None) -> dict:
+    return {"detail": [{"msg": msg, "code": code, "field": field}]}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AuthError)
+    async def _auth(_: Request, e: AuthError) -> JSONResponse:
+        return JSONResponse(_detail(e.message, "not_authenticated"), status_code=403)
+
+    @app.exception_handler(CodeTooLargeError)
+    async def _too_large(_: Request, e: CodeTooLargeError) -> JSONResponse:
+        return JSONResponse(_detail(e.message, e.code), status_code=413)
+
+    @app.exception_handler(ServerClientError)
+    async def _client(_: Request, e: ServerClientError) -> JSONResponse:
+        code = "resource_not_exists" if isinstance(e, ResourceNotExistsError) else e.code
+        return JSONResponse(_detail(e.message, code, e.field), status_code=400)
+
+
+async def start(ctx: ServerContext) -> tuple[BootstrapResult, list[asyncio.Task[None]]]:
+    await migrate(ctx.db.engine)
+    result = await bootstrap(ctx)
+    if ctx.settings.local_backend_enabled:
+        ctx.backends["local"] = LocalBackend(ctx.settings.local_agent_home)
+    agents = AgentRegistry(ctx)
+    ctx.agents = agents  # type: ignore[attr-defined]
+    reconcilers = [RunReconciler(ctx), JobReconciler(ctx, agents), InstanceReconciler(ctx, agents)]
+    tasks = [asyncio.create_task(r.run_forever(), name=r.kind) for r in reconcilers]
+    return result, tasks
+
+
+def create_app(settings: Settings, on_ready: object = None) -> FastAPI:
+    ctx = ServerContext(
+        settings=settings,
+        db=Database(settings.database_url),
+        box=Box(settings.data_dir / "encryption.key"),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        result, tasks = await start(ctx)
+        app.state.bootstrap = result
+        if callable(on_ready):
+            on_ready(result)
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with suppress(asyncio.CancelledError):
+                    await task
+            await ctx.agents.close()  # type: ignore[attr-defined]
+            await ctx.db.close()
+
+    app = FastAPI(
+        title="dstack server",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/api/docs",
+        openapi_url="/api/openapi.json",
+        redoc_url=None,
+    )
+    app.state.ctx = ctx
+    install_error_handlers(app)
+    app.include_router(resources.router)
+    app.include_router(runs.router)
+    return app

@@ -1,0 +1,259 @@
+"""The server's tables.
+
+Rows that reconcilers drive carry lease columns (`lock_owner`, `lock_token`, `lock_expires_at`)
+and a `version` that every write bumps: a writer that read an old version, or lost its lease,
+updates zero rows and discards its work. Specs and observations are JSON text so the schema
+does not churn with every configuration field.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timestamps in UTC on every database: SQLite keeps no zone, so one is put back on read."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(timezone.utc)
+            if getattr(dialect, "name", "") == "sqlite":
+                value = value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def _id() -> Mapped[str]:
+    return mapped_column(String(36), primary_key=True)
+
+
+class LeaseMixin:
+    """Claim columns shared by every reconciled table (DESIGN.md, 'How state moves')."""
+
+    lock_owner: Mapped[str | None] = mapped_column(String(100), default=None)
+    lock_token: Mapped[str | None] = mapped_column(String(36), default=None)
+    lock_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_processed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    # Set by whoever changes something this row's reconciler must react to; the claim clears
+    # it. A dirty row is due at once, whatever its resync interval.
+    dirty: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[str] = _id()
+    name: Mapped[str] = mapped_column(String(50), unique=True)
+    global_role: Mapped[str] = mapped_column(String(20), default="user")
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    email: Mapped[str | None] = mapped_column(String(200))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Project(Base):
+    __tablename__ = "projects"
+    id: Mapped[str] = _id()
+    name: Mapped[str] = mapped_column(String(50), unique=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    is_public: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ssh_private_key: Mapped[str | None] = mapped_column(Text)
+    ssh_public_key: Mapped[str | None] = mapped_column(Text)
+
+
+class Member(Base):
+    __tablename__ = "members"
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    project_role: Mapped[str] = mapped_column(String(20), default="user")
+
+
+class Fleet(LeaseMixin, Base):
+    __tablename__ = "fleets"
+    id: Mapped[str] = _id()
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
+    name: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(20))
+    status_message: Mapped[str | None] = mapped_column(Text)
+    spec: Mapped[str] = mapped_column(Text)  # FleetSpec JSON
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    __table_args__ = (
+        Index(
+            "ix_fleets_active_name",
+            "project_id",
+            "name",
+            unique=True,
+            sqlite_where=text("deleted = 0"),
+            postgresql_where=text("deleted = false"),
+        ),
+    )
+
+
+class Instance(LeaseMixin, Base):
+    __tablename__ = "instances"
+    id: Mapped[str] = _id()
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
+    fleet_id: Mapped[str | None] = mapped_column(ForeignKey("fleets.id"))
+    instance_num: Mapped[int] = mapped_column(Integer, default=0)
+    name: Mapped[str] = mapped_column(String(120))
+    backend: Mapped[str] = mapped_column(String(30))
+    region: Mapped[str] = mapped_column(String(60), default="")
+    status: Mapped[str] = mapped_column(String(20))
+    termination_reason: Mapped[str | None] = mapped_column(String(60))
+    termination_reason_message: Mapped[str | None] = mapped_column(Text)
+    unreachable: Mapped[bool] = mapped_column(Boolean, default=False)
+    unreachable_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    offer: Mapped[str | None] = mapped_column(Text)  # InstanceOfferWithAvailability JSON
+    price: Mapped[float] = mapped_column(Float, default=0.0)
+    hostname: Mapped[str | None] = mapped_column(String(200))
+    agent_url: Mapped[str | None] = mapped_column(String(200))
+    agent_token_enc: Mapped[str | None] = mapped_column(Text)
+    agent_pid: Mapped[int | None] = mapped_column(Integer)
+    host_info: Mapped[str | None] = mapped_column(Text)
+    total_blocks: Mapped[int] = mapped_column(Integer, default=1)
+    idle_duration: Mapped[int | None] = mapped_column(Integer)  # seconds, -1 never
+    provisioning_job_id: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_job_processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Run(LeaseMixin, Base):
+    __tablename__ = "runs"
+    id: Mapped[str] = _id()
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    run_name: Mapped[str] = mapped_column(String(100))
+    run_spec: Mapped[str] = mapped_column(Text)  # RunSpec JSON
+    status: Mapped[str] = mapped_column(String(20))
+    termination_reason: Mapped[str | None] = mapped_column(String(60))
+    stop_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    stop_abort: Mapped[bool] = mapped_column(Boolean, default=False)
+    fleet_id: Mapped[str | None] = mapped_column(ForeignKey("fleets.id"))
+    submitted_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    resubmission_attempt: Mapped[int] = mapped_column(Integer, default=0)
+    next_triggered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    deployment_num: Mapped[int] = mapped_column(Integer, default=0)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        # One active run per (project, name): enforced by the database, not the code.
+        Index(
+            "ix_runs_active_name",
+            "project_id",
+            "run_name",
+            unique=True,
+            sqlite_where=text("status NOT IN ('terminated', 'failed', 'done') AND deleted = 0"),
+            postgresql_where=text(
+                "status NOT IN ('terminated', 'failed', 'done') AND deleted = false"
+            ),
+        ),
+    )
+
+
+class Job(LeaseMixin, Base):
+    __tablename__ = "jobs"
+    id: Mapped[str] = _id()  # the job submission id
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    run_name: Mapped[str] = mapped_column(String(100))
+    job_num: Mapped[int] = mapped_column(Integer, default=0)
+    replica_num: Mapped[int] = mapped_column(Integer, default=0)
+    job_name: Mapped[str] = mapped_column(String(120))
+    submission_num: Mapped[int] = mapped_column(Integer, default=0)
+    deployment_num: Mapped[int] = mapped_column(Integer, default=0)
+    job_spec: Mapped[str] = mapped_column(Text)  # JobSpec JSON
+    status: Mapped[str] = mapped_column(String(20))
+    termination_reason: Mapped[str | None] = mapped_column(String(60))
+    termination_reason_message: Mapped[str | None] = mapped_column(Text)
+    exit_status: Mapped[int | None] = mapped_column(Integer)
+    instance_id: Mapped[str | None] = mapped_column(ForeignKey("instances.id"))
+    used_blocks: Mapped[int] = mapped_column(Integer, default=0)
+    job_provisioning_data: Mapped[str | None] = mapped_column(Text)
+    job_runtime_data: Mapped[str | None] = mapped_column(Text)
+    submitted_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    running_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    disconnected_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    stop_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    logs_drained: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Event(Base):
+    __tablename__ = "events"
+    id: Mapped[str] = _id()
+    project_id: Mapped[str | None] = mapped_column(ForeignKey("projects.id"), index=True)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    actor_user: Mapped[str | None] = mapped_column(String(50))
+    target_type: Mapped[str] = mapped_column(String(30))
+    target_id: Mapped[str] = mapped_column(String(36))
+    target_name: Mapped[str] = mapped_column(String(200))
+    within_run_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    message: Mapped[str] = mapped_column(Text)
+
+
+class Code(Base):
+    __tablename__ = "codes"
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), primary_key=True)
+    hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    blob: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Volume(LeaseMixin, Base):
+    __tablename__ = "volumes"
+    id: Mapped[str] = _id()
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    name: Mapped[str] = mapped_column(String(100))
+    configuration: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(20))
+    status_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Gateway(LeaseMixin, Base):
+    __tablename__ = "gateways"
+    id: Mapped[str] = _id()
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
+    name: Mapped[str] = mapped_column(String(100))
+    configuration: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(20))
+    status_message: Mapped[str | None] = mapped_column(Text)
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -1,0 +1,47 @@
+"""`dstack server`: start the API server on its embedded default (SQLite, local backend)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from dstack.server.services.bootstrap import MAIN_PROJECT, BootstrapResult
+from dstack.server.settings import load_settings
+
+
+def _announce(url: str, result: BootstrapResult) -> None:
+    from dstack import client_config
+
+    if result.admin_token:
+        print(f"The admin token is {result.admin_token}", flush=True)
+        try:
+            client_config.add_project(MAIN_PROJECT, url, result.admin_token, default=True)
+            print("The CLI is configured to use it (~/.dstack/config.yml)", flush=True)
+        except Exception as e:  # a broken client config must not stop the server
+            print(f"Could not update ~/.dstack/config.yml: {e}", file=sys.stderr, flush=True)
+    else:
+        print(
+            "The admin token was shown when it was created and is in ~/.dstack/config.yml; "
+            "set DSTACK_SERVER_ADMIN_TOKEN to choose a new one",
+            flush=True,
+        )
+    print(f"The dstack server is running at {url}", flush=True)
+
+
+def run_server(host: str, port: int, log_level: str = "INFO", token: str | None = None) -> None:
+    import uvicorn
+
+    from dstack.server.app import create_app
+
+    if token:
+        os.environ["DSTACK_SERVER_ADMIN_TOKEN"] = token
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per agent call is noise
+    settings = load_settings(host=host, port=port)
+    url = f"http://{host}:{port}"
+    app = create_app(settings, on_ready=lambda result: _announce(url, result))
+    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False)

@@ -1,0 +1,94 @@
+"""The job as the agent runs it: runtime, command, and the environment every job gets
+(configuration.md §10: DSTACK_RUN_NAME, DSTACK_NODE_RANK, DSTACK_GPUS_NUM, ...)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dstack.models.runs import JobSpec, RunSpec
+from dstack.server.db import tables as t
+
+
+def _gpu_count(host_info: dict[str, Any], used_blocks: int, total_blocks: int) -> int:
+    gpus = len(host_info.get("gpus") or [])
+    if total_blocks > 1:
+        return gpus * used_blocks // total_blocks
+    return gpus
+
+
+def _internal_ip(host_info: dict[str, Any]) -> str:
+    addresses = host_info.get("addresses") or []
+    return addresses[0] if addresses else "127.0.0.1"
+
+
+def job_env(
+    job: t.Job,
+    run: t.Run,
+    spec: JobSpec,
+    host_info: dict[str, Any],
+    gpus: int,
+    repo_dir: str | None,
+    working_dir: str | None,
+) -> dict[str, str]:
+    run_spec = RunSpec.model_validate_json(run.run_spec)
+    ip = _internal_ip(host_info)
+    env = {
+        "DSTACK_RUN_ID": run.id,
+        "DSTACK_JOB_ID": job.id,
+        "DSTACK_RUN_NAME": run.run_name,
+        "DSTACK_REPO_ID": run_spec.repo_id,
+        "DSTACK_NODES_IPS": ip,
+        "DSTACK_MASTER_NODE_IP": ip,
+        "DSTACK_NODE_RANK": str(spec.job_num),
+        "DSTACK_NODES_NUM": str(spec.jobs_per_replica),
+        "DSTACK_GPUS_PER_NODE": str(gpus),
+        "DSTACK_GPUS_NUM": str(gpus * spec.jobs_per_replica),
+    }
+    if repo_dir:
+        env["DSTACK_REPO_DIR"] = repo_dir
+    if working_dir:
+        env["DSTACK_WORKING_DIR"] = working_dir
+    env.update(spec.env)  # the user's env wins
+    return env
+
+
+def agent_job_spec(
+    job: t.Job, run: t.Run, spec: JobSpec, inst: t.Instance, host_info: dict[str, Any]
+) -> tuple[dict[str, Any], str | None]:
+    """The agent's job request, or an error text when this host cannot run the job."""
+    gpus = _gpu_count(host_info, job.used_blocks or 1, inst.total_blocks)
+    if spec.image_name:
+        if not host_info.get("docker"):
+            return {}, (
+                f"the configuration sets image {spec.image_name}, but instance {inst.name} has no "
+                "Docker engine; remove `image` to run the commands directly on the host, or "
+                "start Docker there"
+            )
+        runtime = "docker"
+        repo_dir = "/workflow"
+        working_dir = spec.working_dir or repo_dir
+    else:
+        runtime = "process"
+        repo_dir = None
+        working_dir = spec.working_dir if spec.working_dir not in (None, ".") else None
+    shm = None
+    res = (spec.requirements or {}).get("resources") or {}
+    if res.get("shm_size"):
+        shm = int(float(res["shm_size"]) * 1024)
+    body = {
+        "id": job.id,
+        "name": spec.job_name,
+        "runtime": runtime,
+        "commands": spec.commands,
+        "env": job_env(job, run, spec, host_info, gpus, repo_dir, working_dir),
+        "working_dir": working_dir,
+        "image": spec.image_name,
+        "shm_size_mib": shm,
+        "ports": [a["port"] for a in spec.app_specs]
+        + ([spec.service_port] if spec.service_port else []),
+        "volumes": [],
+        "gpus": -1 if gpus and inst.total_blocks <= 1 else gpus,
+        "max_duration": spec.max_duration,
+        "stop_duration": spec.stop_duration if spec.stop_duration is not None else 300,
+    }
+    return body, None

@@ -1,0 +1,375 @@
+"""Carries out the job decisions of `jobs.py`: loads a snapshot, observes the agent, acts
+outside any transaction and applies the result guarded by the lease."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import update
+
+from dstack.models.configurations import parse_configuration
+from dstack.models.offers import InstanceOfferWithAvailability
+from dstack.models.runs import JobProvisioningData, JobRuntimeData, JobSpec, RunSpec
+from dstack.models.wire import utcnow
+from dstack.server.agent_client import AgentClientError, AgentError, AgentUnreachableError
+from dstack.server.db import tables as t
+from dstack.server.reconcilers.agents import AgentRegistry
+from dstack.server.reconcilers.base import LeaseLost, Reconciler
+from dstack.server.reconcilers.job_start import agent_job_spec
+from dstack.server.reconcilers.jobs import Decision, JobView, decide
+from dstack.server.scheduler.placement import Candidate, no_capacity_message, rank
+from dstack.server.services import events, logs
+from dstack.server.services.codes import load_code
+from dstack.server.services.context import ServerContext
+from dstack.server.services.pool import fleet_conf, load_pool, requirements_for
+
+LOG_PAGES_PER_PASS = 16
+
+
+@dataclass
+class Snapshot:
+    job: t.Job
+    run: t.Run
+    project: t.Project
+    instance: t.Instance | None
+    spec: JobSpec
+    placement: Candidate | None = None
+    no_capacity: str | None = None
+
+
+class JobReconciler(Reconciler):
+    kind = "jobs"
+    table = t.Job
+    active_statuses = ("submitted", "provisioning", "pulling", "running", "terminating")
+    workers = 16
+
+    def __init__(self, ctx: ServerContext, agents: AgentRegistry) -> None:
+        super().__init__(ctx)
+        self.agents = agents
+
+    def interval(self, status: str) -> float:
+        if status in ("running", "terminating"):
+            return self.ctx.settings.running_job_poll_seconds
+        return self.ctx.settings.resync_seconds
+
+    async def process(self, row_id: str, token: str) -> None:
+        snap = await self._load(row_id, token)
+        if snap is None:
+            return
+        agent_job, reachable = await self._observe(snap)
+        view = self._view(snap, agent_job, reachable)
+        now = utcnow()
+        d = decide(view, now)
+        extra = await self._act(snap, d, agent_job)
+        await self._apply(snap, d, extra, token, now)
+
+    # -- load and observe -----------------------------------------------------------------
+
+    async def _load(self, row_id: str, token: str) -> Snapshot | None:
+        async with self.ctx.db.session() as s:
+            job = await self.load_row(s, row_id, token)
+            if job is None:
+                return None
+            run = await s.get(t.Run, job.run_id)
+            project = await s.get(t.Project, job.project_id)
+            inst = await s.get(t.Instance, job.instance_id) if job.instance_id else None
+            snap = Snapshot(job, run, project, inst, JobSpec.model_validate_json(job.job_spec))
+            if job.status == "submitted" and job.instance_id is None:
+                conf = parse_configuration(RunSpec.model_validate_json(run.run_spec).configuration)
+                pool = await load_pool(self.ctx, s, project.id)
+                ranking = rank(
+                    requirements_for(conf, snap.spec.requirements), pool.instances, pool.capacity
+                )
+                snap.placement = ranking.best
+                snap.no_capacity = no_capacity_message(ranking, pool.has_fleets)
+            return snap
+
+    async def _observe(self, snap: Snapshot) -> tuple[dict[str, Any] | None, bool]:
+        if snap.job.status not in ("running", "terminating") or snap.instance is None:
+            return None, snap.instance is not None and not snap.instance.unreachable
+        client = self.agents.client(snap.instance)
+        if client is None:
+            return None, True
+        try:
+            return await client.get_job(snap.job.id), True
+        except AgentUnreachableError:
+            return None, False
+        except AgentError as e:
+            if e.status_code == 404:
+                return None, True
+            return None, False
+
+    def _view(self, snap: Snapshot, agent_job: dict[str, Any] | None, reachable: bool) -> JobView:
+        inst, job, st = snap.instance, snap.job, self.ctx.settings
+        return JobView(
+            status=job.status,
+            termination_reason=job.termination_reason,
+            instance_id=job.instance_id,
+            instance_status=inst.status if inst else None,
+            instance_message=inst.termination_reason_message if inst else None,
+            agent_job=agent_job,
+            agent_reachable=reachable,
+            running_at=job.running_at,
+            disconnected_at=job.disconnected_at,
+            stop_sent_at=job.stop_sent_at,
+            max_duration=snap.spec.max_duration,
+            stop_duration=snap.spec.stop_duration or 0,
+            unreachable_grace=st.agent_unreachable_grace_seconds,
+            terminate_grace=st.terminate_grace_seconds,
+            placement=snap.placement,
+            no_capacity_message=snap.no_capacity,
+        )
+
+    # -- act ------------------------------------------------------------------------------
+
+    async def _act(
+        self, snap: Snapshot, d: Decision, agent_job: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        if d.action == "start":
+            return await self._start(snap, d)
+        client = self.agents.client(snap.instance) if snap.instance else None
+        if client is None:
+            return {}
+        try:
+            if d.action in ("stop", "abort"):
+                await client.stop_job(
+                    snap.job.id, abort=d.action == "abort", reason=snap.job.termination_reason
+                )
+            if d.action in ("copy_logs", "finalize", "stop", "abort"):
+                await self._copy_logs(snap, client, drain=d.action == "finalize")
+            if d.action == "finalize" and agent_job is not None:
+                await client.remove_job(snap.job.id)
+        except AgentClientError:
+            pass  # observed again on the next pass; finalize still completes
+        return {}
+
+    async def _copy_logs(self, snap: Snapshot, client: Any, drain: bool) -> None:
+        path = logs.log_path(
+            self.ctx.settings.logs_dir, snap.project.name, snap.job.run_name, snap.job.id
+        )
+        offset = logs.agent_offset(path)
+        for _ in range(LOG_PAGES_PER_PASS * (8 if drain else 1)):
+            page = await client.poll_logs(snap.job.id, offset)
+            entries = page.get("entries") or []
+            logs.append(path, entries, int(page.get("next_offset", offset)))
+            offset = int(page.get("next_offset", offset))
+            if not entries:
+                break
+
+    async def _start(self, snap: Snapshot, d: Decision) -> dict[str, Any]:
+        inst = snap.instance
+        client = self.agents.client(inst) if inst else None
+        if inst is None or client is None:
+            d.action, d.status = "wait", None
+            return {}
+        host_info = json.loads(inst.host_info or "{}")
+        spec, runtime_error = agent_job_spec(snap.job, snap.run, snap.spec, inst, host_info)
+        if runtime_error:
+            d.status, d.reason, d.message = "terminating", "executor_error", runtime_error
+            return {}
+        code = b""
+        if snap.spec.repo_code_hash:
+            async with self.ctx.db.session() as s:
+                code = await load_code(s, snap.project.id, snap.spec.repo_code_hash) or b""
+        try:
+            await client.submit_job(spec)
+            await client.upload_code(snap.job.id, code)
+            await client.run_job(snap.job.id)
+        except AgentUnreachableError:
+            d.action, d.status = "wait", None  # the instance check will notice; retry
+            return {}
+        except AgentError as e:
+            d.status, d.reason, d.message = "terminating", "executor_error", str(e)
+            return {}
+        jrd = JobRuntimeData(network_mode="host", working_dir=spec.get("working_dir"))
+        return {"job_runtime_data": jrd.model_dump_json()}
+
+    # -- apply ----------------------------------------------------------------------------
+
+    async def _apply(
+        self, snap: Snapshot, d: Decision, extra: dict[str, Any], token: str, now: datetime
+    ) -> None:
+        job = snap.job
+        values: dict[str, Any] = dict(d.values)
+        values.update(extra)
+        if d.status and d.status != job.status:
+            values["status"] = d.status
+            if d.reason and job.status != "terminating":
+                values["termination_reason"] = d.reason
+                values["termination_reason_message"] = d.message
+            if d.exit_status is not None:
+                values["exit_status"] = d.exit_status
+            if d.status == "running":
+                values["running_at"] = now
+            if d.status in ("done", "failed", "terminated", "aborted"):
+                values["finished_at"] = now
+            else:
+                values["dirty"] = True  # the next step of a new status is due at once
+        async with self.ctx.db.session() as s:
+            if d.action == "assign":
+                await self._reserve(s, snap, values, now, token)
+            elif d.action == "create_instance":
+                await self._add_instance(s, snap, values, now)
+            fleet_id = values.pop("_fleet_id", None)
+            await self.guarded_update(s, job.id, token, values, now)
+            if "status" in values:
+                await self._note_status(s, snap, values, now, fleet_id)
+            await s.commit()
+        if "status" in values:
+            self.ctx.hub.wake("runs")
+        if d.action == "create_instance":
+            self.ctx.hub.wake("instances")
+        if d.action == "assign":
+            self.ctx.hub.wake("jobs")
+
+    async def _reserve(
+        self, s: Any, snap: Snapshot, values: dict[str, Any], now: datetime, token: str
+    ) -> None:
+        """Take blocks on an existing instance: a compare-and-swap on its version, so two jobs
+        never take the same blocks and an idle-timeout termination in flight loses."""
+        c = snap.placement
+        inst = await s.get(t.Instance, c.instance_id)
+        res = await s.execute(
+            update(t.Instance)
+            .where(
+                t.Instance.id == c.instance_id,
+                t.Instance.version == inst.version,
+                t.Instance.status == "idle",
+            )
+            .values(version=t.Instance.version + 1)
+        )
+        if res.rowcount != 1:
+            await s.execute(
+                update(t.Job)
+                .where(t.Job.id == snap.job.id, t.Job.lock_token == token)
+                .values(dirty=True, lock_token=None, lock_owner=None, lock_expires_at=None)
+            )
+            await s.commit()
+            raise LeaseLost("instance changed under the job; retrying placement")
+        values.update(self._placement_values(snap, inst, c, now))
+
+    async def _add_instance(
+        self, s: Any, snap: Snapshot, values: dict[str, Any], now: datetime
+    ) -> None:
+        c = snap.placement
+        fleet = await s.get(t.Fleet, c.fleet_id)
+        conf = fleet_conf(fleet)
+        num = await _next_instance_num(s, fleet.id)
+        inst = t.Instance(
+            id=str(uuid.uuid4()),
+            project_id=snap.project.id,
+            fleet_id=fleet.id,
+            instance_num=num,
+            name=f"{fleet.name}-{num}",
+            backend=c.offer.backend,
+            region=c.offer.region,
+            status="pending",
+            offer=c.offer.model_dump_json(),
+            price=c.offer.price,
+            total_blocks=_total_blocks(conf),
+            provisioning_job_id=snap.job.id,
+            idle_duration=_idle_duration(conf, snap.run),
+            created_at=now,
+            last_processed_at=now,
+            dirty=True,
+        )
+        s.add(inst)
+        await s.flush()
+        events.record(
+            s,
+            project_id=snap.project.id,
+            target_type="instance",
+            target_id=inst.id,
+            target_name=inst.name,
+            message=f"Instance created for job {snap.job.job_name}",
+            now=now,
+        )
+        values.update(self._placement_values(snap, inst, c, now))
+
+    def _placement_values(
+        self, snap: Snapshot, inst: t.Instance, c: Candidate, now: datetime
+    ) -> dict[str, Any]:
+        offer = c.offer
+        jpd = JobProvisioningData(
+            backend=offer.backend,
+            instance_type=offer.instance,
+            instance_id=inst.id,
+            hostname=inst.hostname or "",
+            internal_ip=None,
+            region=offer.region,
+            price=offer.price,
+            username="root",
+            ssh_port=22,
+            dockerized=False,
+        )
+        return {
+            "instance_id": inst.id,
+            "used_blocks": c.blocks,
+            "job_provisioning_data": jpd.model_dump_json(),
+            "_fleet_id": c.fleet_id,
+        }
+
+    async def _note_status(
+        self, s: Any, snap: Snapshot, values: dict[str, Any], now: datetime, fleet_id: str | None
+    ) -> None:
+        job = snap.job
+        if fleet_id:
+            await s.execute(
+                update(t.Run)
+                .where(t.Run.id == job.run_id, t.Run.fleet_id.is_(None))
+                .values(fleet_id=fleet_id)
+            )
+        await s.execute(update(t.Run).where(t.Run.id == job.run_id).values(dirty=True))
+        reason = values.get("termination_reason")
+        msg = f"Job status changed {job.status.upper()} -> {values['status'].upper()}"
+        if reason:
+            msg += f". Termination reason: {reason.upper()}"
+            if values.get("termination_reason_message"):
+                msg += f" ({values['termination_reason_message']})"
+        events.record(
+            s,
+            project_id=job.project_id,
+            target_type="job",
+            target_id=job.id,
+            target_name=job.job_name,
+            message=msg,
+            now=now,
+            within_run_id=job.run_id,
+        )
+
+
+async def _next_instance_num(s: Any, fleet_id: str) -> int:
+    from sqlalchemy import func, select
+
+    n = (
+        await s.execute(
+            select(func.max(t.Instance.instance_num)).where(t.Instance.fleet_id == fleet_id)
+        )
+    ).scalar()
+    return 0 if n is None else n + 1
+
+
+def _total_blocks(conf: dict[str, Any]) -> int:
+    blocks = conf.get("blocks", 1)
+    return blocks if isinstance(blocks, int) and blocks > 0 else 1
+
+
+def _idle_duration(conf: dict[str, Any], run: t.Run) -> int | None:
+    """A job-provisioned instance lives idle for the shorter of the fleet's and the run's."""
+    run_conf = RunSpec.model_validate_json(run.run_spec).configuration
+    candidates = [
+        v for v in (conf.get("idle_duration"), run_conf.get("idle_duration")) if v is not None
+    ]
+    if not candidates:
+        return 300
+    if all(v == -1 for v in candidates):
+        return -1
+    return min(v for v in candidates if v != -1)
+
+
+def offer_of(inst: t.Instance) -> InstanceOfferWithAvailability:
+    return InstanceOfferWithAvailability.model_validate_json(inst.offer or "{}")

@@ -1,0 +1,197 @@
+"""Jobs: the lifecycle of one job submission, from `submitted` to a final status.
+
+| status       | observation                           | next status / effect                  |
+|--------------|---------------------------------------|---------------------------------------|
+| submitted    | a pool instance fits                  | provisioning; instance reserved       |
+| submitted    | only a backend offer fits             | provisioning; pending instance added  |
+| submitted    | nothing fits                          | terminating: no capacity (1)         |
+| provisioning | instance not ready yet                | (wait)                                |
+| provisioning | instance terminated                   | terminating: instance lost (2)        |
+| provisioning | instance ready                        | running; job sent to the agent        |
+| provisioning | the agent refuses the job             | terminating: executor_error           |
+| running      | agent: still running                  | (copy logs)                           |
+| running      | agent: finished                       | terminating, the agent's reason       |
+| running      | agent unreachable                     | disconnected_at; after the grace:     |
+|              |                                       | terminating: instance_unreachable     |
+| running      | past max_duration + 2 min (backstop)  | terminating: max_duration_exceeded    |
+| terminating  | agent job running, no stop sent       | stop sent (abort if aborted_by_user)  |
+| terminating  | stop sent, past stop_duration + grace | abort sent                            |
+| terminating  | agent job finished/unknown, host gone | logs drained, job removed: final      |
+
+(1) failed_to_start_due_to_no_capacity, (2) waiting_instance_limit_exceeded.
+
+Final status by termination reason: done_by_runner -> done; aborted_by_user -> aborted;
+the user's, server's and policy stops -> terminated; everything else -> failed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from dstack.server.scheduler.placement import Candidate
+
+MAX_DURATION_BACKSTOP = timedelta(minutes=2)
+
+TERMINATED_REASONS = {
+    "terminated_by_user",
+    "terminated_by_server",
+    "scaled_down",
+    "inactivity_duration_exceeded",
+    "terminated_due_to_utilization_policy",
+    "max_duration_exceeded",
+}
+
+
+def final_status(reason: str | None) -> str:
+    if reason == "done_by_runner":
+        return "done"
+    if reason == "aborted_by_user":
+        return "aborted"
+    if reason in TERMINATED_REASONS:
+        return "terminated"
+    return "failed"
+
+
+@dataclass(frozen=True)
+class JobView:
+    """Everything decide() needs, as plain values."""
+
+    status: str
+    termination_reason: str | None
+    instance_id: str | None
+    instance_status: str | None  # pending provisioning idle terminating terminated
+    instance_message: str | None
+    agent_job: dict[str, Any] | None  # the agent's state of this job, None if unknown
+    agent_reachable: bool
+    running_at: datetime | None
+    disconnected_at: datetime | None
+    stop_sent_at: datetime | None
+    max_duration: int | None
+    stop_duration: int
+    unreachable_grace: float
+    terminate_grace: float
+    placement: Candidate | None = None
+    no_capacity_message: str | None = None
+
+
+@dataclass
+class Decision:
+    action: str  # wait assign create_instance start copy_logs stop abort finalize
+    status: str | None = None  # new status, if it changes
+    reason: str | None = None
+    message: str | None = None
+    exit_status: int | None = None
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+def decide(v: JobView, now: datetime) -> Decision:
+    if v.status == "submitted":
+        return _decide_submitted(v)
+    if v.status == "provisioning":
+        return _decide_provisioning(v)
+    if v.status == "running":
+        return _decide_running(v, now)
+    if v.status == "terminating":
+        return _decide_terminating(v, now)
+    return Decision("wait")
+
+
+def _decide_submitted(v: JobView) -> Decision:
+    if v.instance_id is not None:
+        return Decision("wait", status="provisioning")
+    if v.placement is None:
+        return Decision(
+            "wait",
+            status="terminating",
+            reason="failed_to_start_due_to_no_capacity",
+            message=v.no_capacity_message,
+        )
+    if v.placement.instance_id is None:
+        return Decision("create_instance", status="provisioning")
+    return Decision("assign", status="provisioning")
+
+
+def _decide_provisioning(v: JobView) -> Decision:
+    if v.instance_status in ("terminating", "terminated") or v.instance_id is None:
+        return Decision(
+            "wait",
+            status="terminating",
+            reason="waiting_instance_limit_exceeded",
+            message=v.instance_message or "the instance was terminated before the job started",
+        )
+    if v.instance_status in ("idle", "busy") and v.agent_reachable:
+        return Decision("start", status="running")
+    return Decision("wait")
+
+
+def _agent_finished(job: dict[str, Any] | None) -> bool:
+    return job is not None and job.get("status") in ("done", "failed", "terminated")
+
+
+def _decide_running(v: JobView, now: datetime) -> Decision:
+    if not v.agent_reachable:
+        if v.disconnected_at is None:
+            return Decision("wait", values={"disconnected_at": now})
+        if (now - v.disconnected_at).total_seconds() >= v.unreachable_grace:
+            return Decision(
+                "wait",
+                status="terminating",
+                reason="instance_unreachable",
+                message="the instance stopped answering",
+            )
+        return Decision("wait")
+    values: dict[str, Any] = {"disconnected_at": None} if v.disconnected_at else {}
+    if v.agent_job is None:
+        return Decision(
+            "wait",
+            status="terminating",
+            reason="executor_error",
+            message="the agent has no record of the job",
+        )
+    if _agent_finished(v.agent_job):
+        reason = v.agent_job.get("termination_reason") or (
+            "done_by_runner" if v.agent_job.get("status") == "done" else "executor_error"
+        )
+        return Decision(
+            "copy_logs",
+            status="terminating",
+            reason=reason,
+            message=v.agent_job.get("termination_message"),
+            exit_status=v.agent_job.get("exit_status"),
+            values=values,
+        )
+    if v.max_duration is not None and v.running_at is not None:
+        deadline = v.running_at + timedelta(seconds=v.max_duration) + MAX_DURATION_BACKSTOP
+        if now >= deadline:
+            return Decision(
+                "copy_logs",
+                status="terminating",
+                reason="max_duration_exceeded",
+                message=f"the job ran longer than max_duration ({v.max_duration}s)",
+                values=values,
+            )
+    return Decision("copy_logs", values=values)
+
+
+def _decide_terminating(v: JobView, now: datetime) -> Decision:
+    gone = v.instance_id is None or v.instance_status in ("terminated", None)
+    if gone or v.agent_job is None and v.agent_reachable:
+        return Decision("finalize", status=final_status(v.termination_reason))
+    if not v.agent_reachable:
+        since = v.stop_sent_at or v.disconnected_at
+        if since is None:
+            return Decision("wait", values={"disconnected_at": now})
+        limit = v.stop_duration + v.terminate_grace + v.unreachable_grace
+        if (now - since).total_seconds() >= limit:
+            return Decision("finalize", status=final_status(v.termination_reason))
+        return Decision("wait")
+    if _agent_finished(v.agent_job):
+        return Decision("finalize", status=final_status(v.termination_reason))
+    if v.stop_sent_at is None:
+        abort = v.termination_reason == "aborted_by_user"
+        return Decision("abort" if abort else "stop", values={"stop_sent_at": now})
+    if (now - v.stop_sent_at).total_seconds() >= v.stop_duration + v.terminate_grace:
+        return Decision("abort", values={"stop_sent_at": now})
+    return Decision("copy_logs")

@@ -1,0 +1,167 @@
+"""Runs: a run's status follows its jobs; user stops and retries are carried out here.
+
+| status      | observation                        | next status / effect                  |
+|-------------|------------------------------------|---------------------------------------|
+| active      | stop requested                     | terminating: stopped/aborted_by_user; |
+|             |                                    | unfinished jobs -> terminating        |
+| active      | a job failed, retry covers it      | pending (resubmitted after backoff)   |
+| active      | a job failed, retry window passed  | terminating: retry_limit_exceeded     |
+| active      | a job failed, no retry             | terminating: job_failed               |
+| active      | every job done                     | terminating: all_jobs_done            |
+| active      | jobs in progress                   | running if any job runs, else         |
+|             |                                    | provisioning if any provisions,       |
+|             |                                    | else submitted                        |
+| pending     | backoff elapsed                    | submitted; new job submissions        |
+| terminating | unfinished jobs                    | they are sent to terminating          |
+| terminating | every job finished                 | done / failed / terminated            |
+
+Run termination reason -> run status: all_jobs_done -> done; stopped_by_user, aborted_by_user
+-> terminated; the rest -> failed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+FINISHED = ("terminated", "aborted", "failed", "done")
+RUN_FINAL = {
+    "all_jobs_done": "done",
+    "stopped_by_user": "terminated",
+    "aborted_by_user": "terminated",
+}
+JOB_REASON_FOR_RUN = {
+    "all_jobs_done": "done_by_runner",
+    "stopped_by_user": "terminated_by_user",
+    "aborted_by_user": "aborted_by_user",
+}
+RETRY_EVENT = {
+    "failed_to_start_due_to_no_capacity": "no-capacity",
+    "interrupted_by_no_capacity": "interruption",
+}
+
+
+def retry_event(reason: str | None) -> str | None:
+    """The retry event a failed job's reason maps to; None when it never retries."""
+    if reason in RETRY_EVENT:
+        return RETRY_EVENT[reason]
+    from dstack.server.reconcilers.jobs import final_status
+
+    return "error" if final_status(reason) == "failed" else None
+
+
+@dataclass(frozen=True)
+class JobState:
+    replica_num: int
+    job_num: int
+    status: str
+    termination_reason: str | None
+    submitted_at: datetime
+    finished_at: datetime | None
+    provisioned: bool
+
+
+@dataclass(frozen=True)
+class RunView:
+    status: str
+    termination_reason: str | None
+    stop_requested: bool
+    stop_abort: bool
+    submitted_at: datetime
+    resubmission_attempt: int
+    retry: dict[str, Any] | None  # {"on_events": [...], "duration": seconds}
+    latest_jobs: tuple[JobState, ...]
+    backoff: tuple[float, ...]
+
+
+@dataclass
+class RunDecision:
+    status: str | None = None
+    reason: str | None = None
+    terminate_jobs_reason: str | None = None  # unfinished jobs go terminating with this
+    resubmit: list[tuple[int, int]] = field(default_factory=list)
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+def decide(v: RunView, now: datetime) -> RunDecision:
+    if v.status == "terminating":
+        return _decide_terminating(v)
+    if v.stop_requested:
+        reason = "aborted_by_user" if v.stop_abort else "stopped_by_user"
+        return _terminate(v, reason)
+    if v.status == "pending":
+        return _decide_pending(v, now)
+    return _decide_active(v, now)
+
+
+def _terminate(v: RunView, reason: str) -> RunDecision:
+    unfinished = [j for j in v.latest_jobs if j.status not in FINISHED]
+    job_reason = JOB_REASON_FOR_RUN.get(reason, "terminated_by_server")
+    if not unfinished:
+        return RunDecision(status=RUN_FINAL.get(reason, "failed"), reason=reason)
+    return RunDecision(status="terminating", reason=reason, terminate_jobs_reason=job_reason)
+
+
+def _decide_terminating(v: RunView) -> RunDecision:
+    reason = v.termination_reason or "server_error"
+    if all(j.status in FINISHED for j in v.latest_jobs):
+        return RunDecision(status=RUN_FINAL.get(reason, "failed"))
+    return RunDecision(terminate_jobs_reason=JOB_REASON_FOR_RUN.get(reason, "terminated_by_server"))
+
+
+def _backoff(v: RunView) -> float:
+    i = min(max(v.resubmission_attempt - 1, 0), len(v.backoff) - 1)
+    return v.backoff[i]
+
+
+def _decide_pending(v: RunView, now: datetime) -> RunDecision:
+    """Backoff counts from the last failure, a time that does not move on every pass."""
+    failed = [j for j in v.latest_jobs if j.status in FINISHED]
+    since = max((j.finished_at or j.submitted_at for j in failed), default=v.submitted_at)
+    if v.resubmission_attempt and (now - since).total_seconds() < _backoff(v):
+        return RunDecision()
+    return RunDecision(status="submitted", resubmit=[(j.replica_num, j.job_num) for j in failed])
+
+
+def _retry_allowed(v: RunView, job: JobState, now: datetime) -> str:
+    """'retry', 'exceeded' or 'no'."""
+    event = retry_event(job.termination_reason)
+    if v.retry is None or event is None or event not in v.retry.get("on_events", []):
+        return "no"
+    start = v.submitted_at if not job.provisioned else (job.finished_at or now)
+    if (now - start).total_seconds() > float(v.retry.get("duration") or 3600):
+        return "exceeded"
+    return "retry"
+
+
+def _decide_active(v: RunView, now: datetime) -> RunDecision:
+    jobs = v.latest_jobs
+    failed = [j for j in jobs if j.status in FINISHED and j.status != "done"]
+    for job in failed:
+        verdict = _retry_allowed(v, job, now)
+        if verdict == "no":
+            return _terminate(v, "job_failed")
+        if verdict == "exceeded":
+            return _terminate(v, "retry_limit_exceeded")
+    if failed:
+        return RunDecision(
+            status="pending", values={"resubmission_attempt": v.resubmission_attempt + 1}
+        )
+    if jobs and all(j.status == "done" for j in jobs):
+        return _terminate(v, "all_jobs_done")
+    # A terminating job is on its way to a final status the next pass reads; it does not move
+    # the run back to `submitted`.
+    moving = [j for j in jobs if j.status != "terminating"]
+    if not moving:
+        return RunDecision()
+    if any(j.status == "running" for j in moving):
+        status = "running"
+    elif any(j.status in ("provisioning", "pulling") for j in moving):
+        status = "provisioning"
+    else:
+        status = "submitted"
+    if status == v.status:
+        return RunDecision()
+    values = {"resubmission_attempt": 0} if status in ("provisioning", "running") else {}
+    return RunDecision(status=status, values=values)

@@ -1,0 +1,86 @@
+"""Run endpoints: thin wrappers over `services.runs`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from dstack.models.requests import (
+    ApplyRunPlanRequest,
+    DeleteRunsRequest,
+    GetRunPlanRequest,
+    GetRunRequest,
+    ListRunsRequest,
+    StopRunsRequest,
+)
+from dstack.models.runs import Run, RunPlan
+from dstack.server.db import tables as t
+from dstack.server.routers.deps import ProjectAccess, get_ctx, get_session, get_user, project_access
+from dstack.server.services import runs as svc
+from dstack.server.services.context import ServerContext
+from dstack.server.services.users import list_projects, project_for_member
+
+router = APIRouter()
+
+
+@router.post("/api/project/{project_name}/runs/get_plan", response_model=RunPlan)
+async def get_plan(
+    body: GetRunPlanRequest,
+    a: ProjectAccess = Depends(project_access),
+    ctx: ServerContext = Depends(get_ctx),
+) -> RunPlan:
+    return await svc.get_plan(ctx, a.session, a.user, a.project, body.run_spec, body.max_offers)
+
+
+@router.post("/api/project/{project_name}/runs/apply", response_model=Run)
+async def apply(
+    body: ApplyRunPlanRequest,
+    a: ProjectAccess = Depends(project_access),
+    ctx: ServerContext = Depends(get_ctx),
+) -> Run:
+    return await svc.apply_plan(ctx, a.session, a.user, a.project, body.plan, body.force)
+
+
+@router.post("/api/project/{project_name}/runs/get", response_model=Run)
+async def get_run(body: GetRunRequest, a: ProjectAccess = Depends(project_access)) -> Run:
+    run = await svc.get_run_row(a.session, a.project, body.run_name, body.id)
+    return await svc.to_model(a.session, run, a.project)
+
+
+@router.post("/api/project/{project_name}/runs/stop")
+async def stop(
+    body: StopRunsRequest,
+    a: ProjectAccess = Depends(project_access),
+    ctx: ServerContext = Depends(get_ctx),
+) -> dict:
+    await svc.stop_runs(ctx, a.session, a.user, a.project, body.runs_names, body.abort)
+    return {}
+
+
+@router.post("/api/project/{project_name}/runs/delete")
+async def delete(body: DeleteRunsRequest, a: ProjectAccess = Depends(project_access)) -> dict:
+    await svc.delete_runs(a.session, a.project, body.runs_names)
+    return {}
+
+
+@router.post("/api/runs/list", response_model=list[Run])
+async def list_runs(
+    body: ListRunsRequest | None = None,
+    user: t.User = Depends(get_user),
+    s=Depends(get_session),  # noqa: ANN001
+) -> list[Run]:
+    body = body or ListRunsRequest()
+    if body.project_name:
+        projects = [await project_for_member(s, user, body.project_name)]
+    else:
+        projects = await list_projects(s, user)
+    return await svc.list_runs(
+        s,
+        user,
+        {p.id: p for p in projects},
+        only_active=body.only_active,
+        limit=body.limit,
+        job_submissions_limit=body.job_submissions_limit,
+        ascending=body.ascending,
+        prev_submitted_at=body.prev_submitted_at,
+        prev_run_id=body.prev_run_id,
+    )

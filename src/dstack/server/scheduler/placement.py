@@ -1,0 +1,180 @@
+"""Placement as a pure function: (job requirements, pool instances, backend offers) -> choice.
+
+Filter (can this host or offer take the job?), score (reuse idle instances first, then the
+cheapest price, then the least waste), select. The plan `dstack apply` shows and the real
+placement both come from `rank()`, so the plan never lies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dstack.models.instances import Resources
+from dstack.models.offers import InstanceAvailability, InstanceOfferWithAvailability
+from dstack.server.scheduler.matching import mismatch, share
+
+
+@dataclass(frozen=True)
+class Requirements:
+    resources: Any  # configurations.ResourcesSpec (duck-typed: cpu, memory, disk, gpu)
+    spot_policy: str = "on-demand"
+    max_price: float | None = None
+    backends: tuple[str, ...] | None = None
+    regions: tuple[str, ...] | None = None
+    instance_types: tuple[str, ...] | None = None
+    fleets: tuple[str, ...] | None = None
+    creation_policy: str = "reuse-or-create"
+    multinode: bool = False
+
+
+@dataclass(frozen=True)
+class PoolInstance:
+    """An existing instance of a fleet, as the scheduler sees it."""
+
+    id: str
+    name: str
+    fleet_id: str
+    fleet_name: str
+    backend: str
+    region: str
+    resources: Resources
+    instance_type: str
+    price: float
+    status: str  # idle | busy | pending | provisioning ...
+    total_blocks: int
+    busy_blocks: int
+    unreachable: bool = False
+
+
+@dataclass(frozen=True)
+class FleetCapacity:
+    """A fleet that may still create instances, with the offers its backend makes."""
+
+    fleet_id: str
+    fleet_name: str
+    offers: tuple[InstanceOfferWithAvailability, ...]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    offer: InstanceOfferWithAvailability
+    fleet_id: str
+    fleet_name: str
+    instance_id: str | None  # None = a new instance from the backend
+    blocks: int
+
+
+@dataclass
+class Ranking:
+    candidates: list[Candidate] = field(default_factory=list)
+    rejections: list[str] = field(default_factory=list)
+
+    @property
+    def best(self) -> Candidate | None:
+        for c in self.candidates:
+            if c.offer.availability.is_available():
+                return c
+        return None
+
+
+def _profile_reason(
+    req: Requirements, backend: str, region: str, itype: str, price: float, spot: bool
+) -> str | None:
+    if req.backends and backend not in req.backends:
+        return f"backend {backend} not in {list(req.backends)}"
+    if req.regions and region not in req.regions:
+        return f"region {region} not in {list(req.regions)}"
+    if req.instance_types and itype not in req.instance_types:
+        return f"instance type {itype} not in {list(req.instance_types)}"
+    if req.max_price is not None and price > req.max_price:
+        return f"price ${price:g} > max_price ${req.max_price:g}"
+    if req.spot_policy == "spot" and not spot:
+        return "spot_policy spot (instance is on-demand)"
+    if req.spot_policy == "on-demand" and spot:
+        return "spot_policy on-demand (instance is spot)"
+    return None
+
+
+def _pool_candidate(req: Requirements, inst: PoolInstance) -> Candidate | str:
+    if inst.unreachable:
+        return f"{inst.name}: unreachable"
+    if inst.status not in ("idle", "busy"):
+        return f"{inst.name}: {inst.status}"
+    reason = _profile_reason(
+        req, inst.backend, inst.region, inst.instance_type, inst.price, inst.resources.spot
+    )
+    if reason:
+        return f"{inst.name}: {reason}"
+    free = inst.total_blocks - inst.busy_blocks
+    first_reason = None
+    need_all = req.multinode
+    for k in range(inst.total_blocks if need_all else 1, inst.total_blocks + 1):
+        res = share(inst.resources, k, inst.total_blocks)
+        why = mismatch(req.resources, res)
+        if why is None:
+            available = k <= free
+            availability = InstanceAvailability.IDLE if available else InstanceAvailability.BUSY
+            offer = InstanceOfferWithAvailability(
+                backend=inst.backend,
+                instance={"name": inst.instance_type, "resources": res},
+                region=inst.region,
+                price=inst.price * k / inst.total_blocks,
+                availability=availability,
+                blocks=k,
+                total_blocks=inst.total_blocks,
+                instance_id=inst.id,
+                fleet_name=inst.fleet_name,
+            )
+            return Candidate(offer, inst.fleet_id, inst.fleet_name, inst.id, k)
+        first_reason = first_reason or why
+    return f"{inst.name}: {first_reason}"
+
+
+def _backend_candidates(req: Requirements, cap: FleetCapacity, out: Ranking) -> None:
+    for offer in cap.offers:
+        res = offer.instance.resources
+        reason = _profile_reason(
+            req, offer.backend, offer.region, offer.instance.name, offer.price, res.spot
+        ) or mismatch(req.resources, res)
+        if reason:
+            out.rejections.append(f"{offer.backend} offer {offer.instance.name}: {reason}")
+            continue
+        out.candidates.append(Candidate(offer, cap.fleet_id, cap.fleet_name, None, 1))
+
+
+def _score(c: Candidate) -> tuple:
+    reused = c.instance_id is not None
+    available = c.offer.availability.is_available()
+    res = c.offer.instance.resources
+    waste = res.cpus + res.memory_mib / 1024 + 10 * len(res.gpus)
+    return (not available, not reused, c.offer.price, waste)
+
+
+def rank(req: Requirements, pool: list[PoolInstance], capacity: list[FleetCapacity]) -> Ranking:
+    """Every place the job could go, best first, plus why each other place was refused."""
+    out = Ranking()
+    wanted = set(req.fleets) if req.fleets else None
+    for inst in pool:
+        if wanted is not None and inst.fleet_name not in wanted:
+            continue
+        cand = _pool_candidate(req, inst)
+        if isinstance(cand, str):
+            out.rejections.append(cand)
+        else:
+            out.candidates.append(cand)
+    if req.creation_policy != "reuse":
+        for cap in capacity:
+            if wanted is None or cap.fleet_name in wanted:
+                _backend_candidates(req, cap, out)
+    out.candidates.sort(key=_score)
+    return out
+
+
+def no_capacity_message(ranking: Ranking, has_fleets: bool) -> str:
+    if not has_fleets:
+        return "No matching fleet found: the project has no fleets. Create one with `dstack apply`."
+    if not ranking.rejections:
+        return "No matching instance: every fleet is at its maximum size and fully busy."
+    shown = "; ".join(ranking.rejections[:5])
+    return f"No instance or offer meets the requirements: {shown}"

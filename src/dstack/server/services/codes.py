@@ -1,0 +1,38 @@
+"""Code archives the CLI uploads: stored once per (project, sha256), referenced by runs."""
+
+from __future__ import annotations
+
+import hashlib
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dstack.errors import ServerClientError
+from dstack.models.wire import utcnow
+from dstack.server.db import tables as t
+
+
+class CodeTooLargeError(ServerClientError):
+    """The archive exceeds DSTACK_SERVER_CODE_UPLOAD_LIMIT (HTTP 413)."""
+
+
+def too_large_message(size: int, limit: int) -> str:
+    return (
+        f"The code archive is {size / 1048576:.1f} MiB, over the server's limit of "
+        f"{limit / 1048576:.1f} MiB. Exclude large files with .gitignore or .dstackignore, "
+        "or raise DSTACK_SERVER_CODE_UPLOAD_LIMIT on the server."
+    )
+
+
+async def store_code(s: AsyncSession, project: t.Project, blob: bytes, limit: int) -> str:
+    if limit and len(blob) > limit:
+        raise CodeTooLargeError(too_large_message(len(blob), limit), code="code_too_large")
+    digest = hashlib.sha256(blob).hexdigest()
+    if await s.get(t.Code, (project.id, digest)) is None:
+        s.add(t.Code(project_id=project.id, hash=digest, blob=blob, created_at=utcnow()))
+        await s.commit()
+    return digest
+
+
+async def load_code(s: AsyncSession, project_id: str, digest: str) -> bytes | None:
+    row = await s.get(t.Code, (project_id, digest))
+    return row.blob if row else None

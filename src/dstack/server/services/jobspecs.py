@@ -1,0 +1,153 @@
+"""From a validated run configuration to the job specs the server schedules and runs.
+
+One job per node of a task (job 0 is the master), one per replica of a service, one for a dev
+environment. Defaults the server fills in (stop_duration, the GPU vendor) are written here so
+the spec a user reads back with `dstack run get --json` is what actually ran.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from dstack.models.runs import JobSpec
+
+DEFAULT_STOP_DURATION = 300
+OFF_STOP_DURATION = 10 * 365 * 24 * 3600
+DEFAULT_RUN_IDLE_DURATION = 300
+DEFAULT_SHELL = "/bin/bash"
+LOCAL_REPO_DIR = "/workflow"
+
+
+def join_commands(commands: list[str]) -> str:
+    """`a && b`, with a backgrounded command wrapped so `&` does not swallow the `&&`."""
+    parts = []
+    for cmd in commands:
+        cmd = cmd.strip()
+        if cmd.endswith("&"):
+            cmd = "{ " + cmd + " }"
+        parts.append(cmd)
+    return " && ".join(parts)
+
+
+def _shell(conf: Any) -> str:
+    shell = getattr(conf, "shell", None)
+    if shell in (None, ""):
+        return "/bin/sh" if getattr(conf, "image", None) else DEFAULT_SHELL
+    return {"sh": "/bin/sh", "bash": "/bin/bash"}.get(shell, shell)
+
+
+def _dev_env_commands(conf: Any, run_name: str, working_dir: str) -> list[str]:
+    cmds = list(getattr(conf, "setup", None) or []) + list(getattr(conf, "init", None) or [])
+    ide = getattr(conf, "ide", None)
+    ide = getattr(ide, "value", ide)
+    if ide in ("vscode", "cursor", "windsurf"):
+        link = f"{ide}://vscode-remote/ssh-remote+{run_name}{working_dir}"
+        cmds.append(f"echo {shlex.quote('To open in ' + ide + ', use link below:')}")
+        cmds.append(f"echo {shlex.quote('  ' + link)}")
+    elif ide == "zed":
+        cmds.append(f"echo {shlex.quote('  zed://ssh/' + run_name + working_dir)}")
+    cmds.append(f"echo {shlex.quote('To connect via SSH, use: `ssh ' + run_name + '`')}")
+    cmds.append("echo 'To exit, press Ctrl+C.'")
+    cmds.append("tail -f /dev/null")
+    return cmds
+
+
+def seconds_or_none(value: Any) -> int | None:
+    if value in (None, "off") or value is False:
+        return None
+    return int(value)
+
+
+def stop_duration(conf: Any) -> int:
+    value = getattr(conf, "stop_duration", None)
+    if value == "off":
+        return OFF_STOP_DURATION
+    return DEFAULT_STOP_DURATION if value is None else int(value)
+
+
+def requirements(conf: Any) -> dict[str, Any]:
+    resources = conf.resources.model_dump(mode="json")
+    gpu = resources.get("gpu") or {"count": {"min": 0, "max": None}}
+    count_max = (gpu.get("count") or {}).get("max")
+    if not gpu.get("vendor") and not gpu.get("name") and count_max != 0 and not conf.image:
+        gpu["vendor"] = "nvidia"
+    resources["gpu"] = gpu
+    spot = getattr(conf, "spot_policy", None)
+    return {
+        "resources": resources,
+        "max_price": getattr(conf, "max_price", None),
+        "spot": getattr(spot, "value", spot) or "on-demand",
+        "reservation": getattr(conf, "reservation", None),
+        "multinode": _nodes(conf) > 1,
+        "backend_options": None,
+    }
+
+
+def _nodes(conf: Any) -> int:
+    if conf.type == "task":
+        return int(getattr(conf, "nodes", 1) or 1)
+    return 1
+
+
+def _replicas(conf: Any) -> int:
+    if conf.type != "service":
+        return 1
+    replicas = getattr(conf, "replicas", None)
+    low = getattr(replicas, "min", None) if replicas is not None else None
+    return max(1, int(low or 1))
+
+
+def _commands(conf: Any, run_name: str, working_dir: str) -> list[str]:
+    shell = _shell(conf)
+    if conf.type == "dev-environment":
+        body = _dev_env_commands(conf, run_name, working_dir)
+    else:
+        body = list(getattr(conf, "commands", None) or [])
+    if not body:
+        return []  # an image's own entrypoint runs
+    return [shell, "-c", join_commands(body)]
+
+
+def build_job_specs(run_name: str, conf: Any, repo_code_hash: str | None) -> list[JobSpec]:
+    working_dir = getattr(conf, "working_dir", None) or "."
+    retry = getattr(conf, "retry", None)
+    service_port = None
+    if conf.type == "service":
+        port = conf.port
+        service_port = getattr(port, "container_port", port)
+    nodes = _nodes(conf)
+    specs = []
+    for replica_num in range(_replicas(conf)):
+        for job_num in range(nodes):
+            specs.append(
+                JobSpec(
+                    replica_num=replica_num,
+                    job_num=job_num,
+                    job_name=f"{run_name}-{job_num}-{replica_num}",
+                    jobs_per_replica=nodes,
+                    user=getattr(conf, "user", None),
+                    commands=_commands(conf, run_name, working_dir),
+                    env={k: v for k, v in (conf.env or {}).items() if v is not None},
+                    image_name=getattr(conf, "image", None),
+                    privileged=bool(getattr(conf, "privileged", False)),
+                    max_duration=seconds_or_none(getattr(conf, "max_duration", None)),
+                    stop_duration=stop_duration(conf),
+                    requirements=requirements(conf),
+                    retry=retry.model_dump(mode="json") if retry is not None else None,
+                    working_dir=getattr(conf, "working_dir", None),
+                    repo_code_hash=repo_code_hash,
+                    repo_dir=LOCAL_REPO_DIR,
+                    service_port=service_port,
+                    app_specs=_app_specs(conf),
+                )
+            )
+    return specs
+
+
+def _app_specs(conf: Any) -> list[dict[str, Any]]:
+    ports = getattr(conf, "ports", None) or []
+    out = []
+    for p in ports:
+        out.append({"port": p.container_port, "map_to_port": p.local_port, "app_name": "app"})
+    return out

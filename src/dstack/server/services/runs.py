@@ -1,0 +1,358 @@
+"""Run operations called by the routers: plan, apply, stop, delete, get, list.
+
+User actions are requests, not mutations of a running state machine: `stop` records
+`stop_requested` and wakes the run reconciler, which carries it out.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dstack.errors import (
+    ConfigurationError,
+    ResourceExistsError,
+    ResourceNotExistsError,
+    ServerClientError,
+)
+from dstack.models.configurations import parse_configuration
+from dstack.models.runs import ApplyRunPlanInput, JobPlan, Run, RunPlan, RunSpec, RunStatus
+from dstack.models.wire import utcnow
+from dstack.server.db import tables as t
+from dstack.server.scheduler.placement import rank
+from dstack.server.services import events
+from dstack.server.services.context import ServerContext
+from dstack.server.services.jobspecs import build_job_specs
+from dstack.server.services.names import generate_name, invalid_name_message, is_valid_name
+from dstack.server.services.pool import load_pool, requirements_for
+from dstack.server.services.runs_view import run_model
+
+RUN_TYPES = ("dev-environment", "task", "service")
+ACTIVE_RUN_STATUSES = ("pending", "submitted", "provisioning", "running", "terminating")
+
+
+def parse_run_configuration(spec: RunSpec) -> Any:
+    try:
+        conf = parse_configuration(spec.configuration)
+    except ConfigurationError as e:
+        raise ServerClientError(
+            str(e),
+            field=f"run_spec.configuration.{e.path or ''}".rstrip("."),
+            code="invalid_configuration",
+        ) from e
+    if conf.type not in RUN_TYPES:
+        raise ServerClientError(
+            f"Configuration type {conf.type} is not a run (use dev-environment, task or service)",
+            field="run_spec.configuration.type",
+        )
+    unset = [k for k, v in (conf.env or {}).items() if v is None]
+    if unset:
+        raise ServerClientError(
+            f"Environment variable {unset[0]} is not set",
+            field=f"run_spec.configuration.env.{unset[0]}",
+        )
+    return conf
+
+
+def _check_name(name: str | None) -> None:
+    if name is not None and not is_valid_name(name):
+        raise ServerClientError(invalid_name_message("run", name), field="run_spec.run_name")
+
+
+async def _active_run(s: AsyncSession, project_id: str, name: str) -> t.Run | None:
+    return (
+        await s.execute(
+            select(t.Run).where(
+                t.Run.project_id == project_id,
+                t.Run.run_name == name,
+                t.Run.deleted.is_(False),
+                t.Run.status.in_(ACTIVE_RUN_STATUSES),
+            )
+        )
+    ).scalar_one_or_none()
+
+
+async def _latest_run(s: AsyncSession, project_id: str, name: str) -> t.Run | None:
+    return (
+        await s.execute(
+            select(t.Run)
+            .where(t.Run.project_id == project_id, t.Run.run_name == name, t.Run.deleted.is_(False))
+            .order_by(t.Run.submitted_at.desc())
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+
+
+async def to_model(
+    s: AsyncSession, run: t.Run, project: t.Project, submissions_limit: int | None = None
+) -> Run:
+    jobs = list((await s.execute(select(t.Job).where(t.Job.run_id == run.id))).scalars())
+    user = await s.get(t.User, run.user_id)
+    fleet = await s.get(t.Fleet, run.fleet_id) if run.fleet_id else None
+    return run_model(
+        run,
+        jobs,
+        project_name=project.name,
+        user_name=user.name if user else "",
+        fleet=fleet,
+        submissions_limit=submissions_limit,
+    )
+
+
+async def get_plan(
+    ctx: ServerContext,
+    s: AsyncSession,
+    user: t.User,
+    project: t.Project,
+    spec: RunSpec,
+    max_offers: int | None,
+) -> RunPlan:
+    _check_name(spec.run_name)
+    conf = parse_run_configuration(spec)
+    spec = spec.model_copy(update={"configuration": conf.model_dump(mode="json")})
+    job_specs = build_job_specs(spec.run_name or "run", conf, spec.repo_code_hash)
+    pool = await load_pool(ctx, s, project.id)
+    job_plans = []
+    for js in job_specs[:1] if len({j.job_num for j in job_specs}) == 1 else job_specs:
+        ranking = rank(requirements_for(conf, js.requirements), pool.instances, pool.capacity)
+        offers = [c.offer for c in ranking.candidates]
+        job_plans.append(
+            JobPlan(
+                job_spec=js,
+                offers=offers[: max_offers or 50],
+                total_offers=len(offers),
+                max_price=max((o.price for o in offers), default=None),
+            )
+        )
+    current = None
+    if spec.run_name:
+        existing = await _latest_run(s, project.id, spec.run_name)
+        if existing is not None:
+            current = await to_model(s, existing, project, submissions_limit=1)
+    action = "update" if current is not None and not current.status.is_finished() else "create"
+    return RunPlan(
+        project_name=project.name,
+        user=user.name,
+        run_spec=spec,
+        effective_run_spec=spec,
+        job_plans=job_plans,
+        current_resource=current,
+        action=action,
+    )
+
+
+async def apply_plan(
+    ctx: ServerContext,
+    s: AsyncSession,
+    user: t.User,
+    project: t.Project,
+    plan: ApplyRunPlanInput,
+    force: bool,
+) -> Run:
+    spec = plan.run_spec
+    _check_name(spec.run_name)
+    conf = parse_run_configuration(spec)
+    if spec.repo_code_hash is not None:
+        code = await s.get(t.Code, (project.id, spec.repo_code_hash))
+        if code is None:
+            raise ServerClientError(
+                f"Code {spec.repo_code_hash} was not uploaded; upload it first",
+                field="plan.run_spec.repo_code_hash",
+            )
+    if spec.run_name:
+        active = await _active_run(s, project.id, spec.run_name)
+        if active is not None:
+            raise ResourceExistsError(
+                f"Run {spec.run_name} is already active ({active.status}). "
+                "Stop it first, or apply with --force to stop and replace it.",
+                field="plan.run_spec.run_name",
+                code="resource_exists",
+            )
+    else:
+        taken = set(
+            (
+                await s.execute(select(t.Run.run_name).where(t.Run.project_id == project.id))
+            ).scalars()
+        )
+        spec = spec.model_copy(update={"run_name": generate_name(taken)})
+    spec = spec.model_copy(update={"configuration": conf.model_dump(mode="json")})
+    run = await _insert_run(s, user, project, spec, conf)
+    try:
+        await s.commit()
+    except IntegrityError as e:
+        await s.rollback()
+        raise ResourceExistsError(
+            f"Run {spec.run_name} is already active. Stop it first, or apply with --force.",
+            field="plan.run_spec.run_name",
+            code="resource_exists",
+        ) from e
+    ctx.hub.wake("runs", "jobs")
+    return await to_model(s, run, project)
+
+
+async def _insert_run(
+    s: AsyncSession, user: t.User, project: t.Project, spec: RunSpec, conf: Any
+) -> t.Run:
+    now = utcnow()
+    run = t.Run(
+        id=str(uuid.uuid4()),
+        project_id=project.id,
+        user_id=user.id,
+        run_name=spec.run_name,
+        run_spec=spec.model_dump_json(),
+        status=RunStatus.SUBMITTED.value,
+        submitted_at=now,
+        last_processed_at=now,
+        priority=int(getattr(conf, "priority", 0) or 0),
+        dirty=True,
+    )
+    s.add(run)
+    await s.flush()
+    for js in build_job_specs(spec.run_name, conf, spec.repo_code_hash):
+        s.add(
+            new_job_row(run, js.model_dump_json(), js.replica_num, js.job_num, js.job_name, 0, now)
+        )
+    events.record(
+        s,
+        project_id=project.id,
+        target_type="run",
+        target_id=run.id,
+        target_name=run.run_name,
+        message="Run submitted",
+        now=now,
+        actor=user.name,
+        within_run_id=run.id,
+    )
+    return run
+
+
+def new_job_row(
+    run: t.Run,
+    job_spec_json: str,
+    replica_num: int,
+    job_num: int,
+    job_name: str,
+    submission_num: int,
+    now: datetime,
+) -> t.Job:
+    return t.Job(
+        id=str(uuid.uuid4()),
+        project_id=run.project_id,
+        run_id=run.id,
+        run_name=run.run_name,
+        job_num=job_num,
+        replica_num=replica_num,
+        job_name=job_name,
+        submission_num=submission_num,
+        deployment_num=run.deployment_num,
+        job_spec=job_spec_json,
+        status="submitted",
+        submitted_at=now,
+        last_processed_at=now,
+        dirty=True,
+    )
+
+
+async def get_run_row(
+    s: AsyncSession, project: t.Project, name: str | None = None, run_id: str | None = None
+) -> t.Run:
+    if run_id:
+        run = await s.get(t.Run, run_id)
+        if run is None or run.project_id != project.id:
+            raise ResourceNotExistsError(f"Run {run_id} not found", code="resource_not_exists")
+        return run
+    if not name:
+        raise ServerClientError("Specify run_name or id", field="run_name")
+    run = await _latest_run(s, project.id, name)
+    if run is None:
+        raise ResourceNotExistsError(f"Run {name} not found", code="resource_not_exists")
+    return run
+
+
+async def stop_runs(
+    ctx: ServerContext,
+    s: AsyncSession,
+    user: t.User,
+    project: t.Project,
+    names: list[str],
+    abort: bool,
+) -> None:
+    now = utcnow()
+    for name in names:
+        run = await get_run_row(s, project, name)
+        if RunStatus(run.status).is_finished():
+            continue
+        # A request, not a mutation: the run reconciler carries it out. `version` is not bumped
+        # so a reconciler pass in flight still applies; it sees the flag on its next pass.
+        await s.execute(
+            update(t.Run)
+            .where(t.Run.id == run.id)
+            .values(stop_requested=True, stop_abort=t.Run.stop_abort | abort, dirty=True)
+        )
+        events.record(
+            s,
+            project_id=project.id,
+            target_type="run",
+            target_id=run.id,
+            target_name=run.run_name,
+            message="Run abort requested" if abort else "Run stop requested",
+            now=now,
+            actor=user.name,
+            within_run_id=run.id,
+        )
+    await s.commit()
+    ctx.hub.wake("runs")
+
+
+async def delete_runs(s: AsyncSession, project: t.Project, names: list[str]) -> None:
+    rows = []
+    for name in names:
+        run = await get_run_row(s, project, name)
+        if not RunStatus(run.status).is_finished():
+            raise ServerClientError(
+                f"Run {name} is not finished; stop it first", field="runs_names"
+            )
+        rows.append(run)
+    for run in rows:
+        run.deleted = True
+    await s.commit()
+
+
+async def list_runs(
+    s: AsyncSession,
+    user: t.User,
+    project_ids: dict[str, t.Project],
+    *,
+    only_active: bool,
+    limit: int,
+    job_submissions_limit: int | None,
+    ascending: bool,
+    prev_submitted_at: datetime | None,
+    prev_run_id: str | None,
+) -> list[Run]:
+    q = select(t.Run).where(t.Run.project_id.in_(list(project_ids)), t.Run.deleted.is_(False))
+    if only_active:
+        q = q.where(t.Run.status.in_(ACTIVE_RUN_STATUSES))
+    if prev_submitted_at is not None:
+        cmp = (
+            t.Run.submitted_at > prev_submitted_at
+            if ascending
+            else t.Run.submitted_at < prev_submitted_at
+        )
+        q = q.where(cmp)
+    order = t.Run.submitted_at.asc() if ascending else t.Run.submitted_at.desc()
+    rows = list((await s.execute(q.order_by(order, t.Run.id).limit(limit))).scalars())
+    return [
+        await to_model(s, r, project_ids[r.project_id], submissions_limit=job_submissions_limit)
+        for r in rows
+    ]
+
+
+def dump_json(value: Any) -> str:
+    return json.dumps(value)

@@ -1,0 +1,182 @@
+"""Database rows -> the `Run` objects the API returns (cli.md §23, server.md §3.7).
+
+Status messages and costs are computed on read, as the reference does, so they never go stale.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from datetime import datetime
+
+from dstack.models.runs import (
+    Job,
+    JobProvisioningData,
+    JobRuntimeData,
+    JobSpec,
+    JobStatus,
+    JobSubmission,
+    Run,
+    RunFleetRef,
+    RunSpec,
+    RunStatus,
+    ServiceSpec,
+)
+from dstack.models.wire import utcnow
+from dstack.server.db import tables as t
+
+JOB_ERRORS = {
+    "instance_unreachable": "instance unreachable",
+    "instance_access_revoked": "instance access revoked",
+    "waiting_instance_limit_exceeded": "waiting instance limit exceeded",
+    "waiting_runner_limit_exceeded": "waiting runner limit exceeded",
+    "volume_error": "volume error",
+    "gateway_error": "gateway error",
+    "scaled_down": "scaled down",
+    "inactivity_duration_exceeded": "inactivity duration exceeded",
+    "terminated_due_to_utilization_policy": "utilization policy",
+    "ports_binding_failed": "ports binding failed",
+    "creating_container_error": "runner error",
+    "executor_error": "executor error",
+    "max_duration_exceeded": "max duration exceeded",
+    "log_quota_exceeded": "log quota exceeded",
+}
+RUN_ERRORS = {
+    "retry_limit_exceeded": "retry limit exceeded",
+    "server_error": "server error",
+    "gateway_error": "gateway error",
+}
+
+
+def job_status_message(job: t.Job) -> str:
+    status, reason = job.status, job.termination_reason
+    if status == "done":
+        return "exited (0)"
+    if status == "failed":
+        if reason == "container_exited_with_error":
+            return f"exited ({job.exit_status})"
+        if reason == "failed_to_start_due_to_no_capacity":
+            msg = job.termination_reason_message or ""
+            return "no fleets" if "No matching fleet found" in msg else "no capacity"
+        if reason == "interrupted_by_no_capacity":
+            return "interrupted"
+        return "error"
+    if status == "terminated" and reason == "terminated_by_user":
+        return "stopped"
+    return status
+
+
+def _dt(value: datetime | None) -> datetime | None:
+    return value
+
+
+def submission_model(job: t.Job) -> JobSubmission:
+    jpd = (
+        JobProvisioningData.model_validate_json(job.job_provisioning_data)
+        if job.job_provisioning_data
+        else None
+    )
+    jrd = JobRuntimeData.model_validate_json(job.job_runtime_data) if job.job_runtime_data else None
+    return JobSubmission(
+        id=job.id,
+        submission_num=job.submission_num,
+        deployment_num=job.deployment_num,
+        submitted_at=job.submitted_at,
+        last_processed_at=job.last_processed_at,
+        finished_at=job.finished_at,
+        status=JobStatus(job.status),
+        status_message=job_status_message(job),
+        termination_reason=job.termination_reason,
+        termination_reason_message=job.termination_reason_message,
+        exit_status=job.exit_status,
+        job_provisioning_data=jpd,
+        job_runtime_data=jrd,
+        error=JOB_ERRORS.get(job.termination_reason or ""),
+    )
+
+
+def _cost(subs: list[JobSubmission], now: datetime) -> float:
+    total = 0.0
+    for sub in subs:
+        if sub.job_provisioning_data is None:
+            continue
+        end = sub.finished_at or now
+        hours = max(0.0, (end - sub.submitted_at).total_seconds() / 3600)
+        total += sub.job_provisioning_data.price * hours
+    return round(total, 4)
+
+
+def run_status_message(run: t.Run, latest: list[t.Job]) -> str:
+    status = RunStatus(run.status)
+    if status.is_finished():
+        return status.value
+    if latest and all(j.status == "pulling" for j in latest):
+        return "pulling"
+    if status in (RunStatus.SUBMITTED, RunStatus.PENDING) and any(
+        j.termination_reason == "failed_to_start_due_to_no_capacity" for j in latest
+    ):
+        return "retrying"
+    return status.value
+
+
+def run_model(
+    run: t.Run,
+    jobs: list[t.Job],
+    *,
+    project_name: str,
+    user_name: str,
+    fleet: t.Fleet | None,
+    submissions_limit: int | None = None,
+    server_url_path: str = "",
+) -> Run:
+    now = utcnow()
+    by_job: dict[tuple[int, int], list[t.Job]] = defaultdict(list)
+    for j in sorted(jobs, key=lambda j: (j.replica_num, j.job_num, j.submission_num)):
+        by_job[(j.replica_num, j.job_num)].append(j)
+    job_models: list[Job] = []
+    all_subs: list[JobSubmission] = []
+    latest_rows: list[t.Job] = []
+    for key in sorted(by_job):
+        rows = by_job[key]
+        latest_rows.append(rows[-1])
+        if submissions_limit:
+            rows = rows[-submissions_limit:]
+        subs = [submission_model(r) for r in rows]
+        all_subs.extend(subs)
+        job_models.append(
+            Job(job_spec=JobSpec.model_validate_json(rows[-1].job_spec), job_submissions=subs)
+        )
+    spec = RunSpec.model_validate_json(run.run_spec)
+    latest = job_models[0].job_submissions[-1] if job_models else None
+    status = RunStatus(run.status)
+    return Run(
+        id=run.id,
+        project_name=project_name,
+        user=user_name,
+        fleet=RunFleetRef(id=fleet.id, name=fleet.name) if fleet else None,
+        submitted_at=run.submitted_at,
+        last_processed_at=run.last_processed_at,
+        status=status,
+        status_message=run_status_message(run, latest_rows),
+        termination_reason=run.termination_reason,
+        run_spec=spec,
+        jobs=job_models,
+        latest_job_submission=latest,
+        cost=_cost(all_subs, now),
+        service=_service(spec, project_name),
+        deployment_num=run.deployment_num,
+        error=RUN_ERRORS.get(run.termination_reason or ""),
+        deleted=run.deleted,
+        next_triggered_at=None if status.is_finished() else run.next_triggered_at,
+    )
+
+
+def _service(spec: RunSpec, project_name: str) -> ServiceSpec | None:
+    conf = spec.configuration
+    if conf.get("type") != "service":
+        return None
+    return ServiceSpec(url=f"/proxy/services/{project_name}/{spec.run_name}/", model=None)
+
+
+def load_json(value: str | None) -> dict:
+    return json.loads(value) if value else {}

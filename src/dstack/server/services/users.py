@@ -1,0 +1,120 @@
+"""Users, projects and membership: who may call what.
+
+Tokens are looked up by their SHA-256 hash; the token itself exists only in the response that
+created it and in the user's client config.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dstack.errors import ResourceNotExistsError
+from dstack.models.users import Member, Project, User, UserTokenCreds
+from dstack.models.wire import utcnow
+from dstack.server.db import tables as t
+from dstack.server.services.crypto import hash_token, new_token
+
+
+@dataclass(frozen=True)
+class Caller:
+    user: t.User
+
+
+async def user_by_token(session: AsyncSession, token: str) -> t.User | None:
+    row = (
+        await session.execute(select(t.User).where(t.User.token_hash == hash_token(token)))
+    ).scalar_one_or_none()
+    if row is None or not row.active:
+        return None
+    return row
+
+
+async def create_user(
+    session: AsyncSession, name: str, global_role: str = "user", token: str | None = None
+) -> tuple[t.User, str]:
+    token = token or new_token()
+    user = t.User(
+        id=str(uuid.uuid4()),
+        name=name,
+        global_role=global_role,
+        token_hash=hash_token(token),
+        active=True,
+        created_at=utcnow(),
+    )
+    session.add(user)
+    return user, token
+
+
+async def get_user_by_name(session: AsyncSession, name: str) -> t.User | None:
+    return (await session.execute(select(t.User).where(t.User.name == name))).scalar_one_or_none()
+
+
+async def get_project(session: AsyncSession, name: str) -> t.Project | None:
+    return (
+        await session.execute(select(t.Project).where(t.Project.name == name))
+    ).scalar_one_or_none()
+
+
+async def project_for_member(session: AsyncSession, user: t.User, name: str) -> t.Project:
+    """The project if `user` may use it; the same error whether it is missing or forbidden, so
+    project names do not leak."""
+    project = await get_project(session, name)
+    if project is not None:
+        if user.global_role == "admin":
+            return project
+        member = await session.get(t.Member, (project.id, user.id))
+        if member is not None:
+            return project
+    raise ResourceNotExistsError(f"Project {name} not found", code="resource_not_exists")
+
+
+async def create_project(session: AsyncSession, owner: t.User, name: str) -> t.Project:
+    project = t.Project(
+        id=str(uuid.uuid4()), name=name, owner_id=owner.id, is_public=False, created_at=utcnow()
+    )
+    session.add(project)
+    await session.flush()
+    session.add(t.Member(project_id=project.id, user_id=owner.id, project_role="admin"))
+    return project
+
+
+def user_model(user: t.User, token: str | None = None) -> User:
+    return User(
+        id=user.id,
+        username=user.name,
+        created_at=user.created_at,
+        global_role=user.global_role,
+        email=user.email,
+        active=user.active,
+        creds=UserTokenCreds(token=token) if token else None,
+    )
+
+
+async def project_model(session: AsyncSession, project: t.Project) -> Project:
+    rows = (
+        await session.execute(
+            select(t.Member, t.User)
+            .join(t.User, t.User.id == t.Member.user_id)
+            .where(t.Member.project_id == project.id)
+        )
+    ).all()
+    owner = await session.get(t.User, project.owner_id)
+    return Project(
+        project_id=project.id,
+        project_name=project.name,
+        owner=user_model(owner) if owner else None,
+        created_at=project.created_at,
+        members=[Member(user=user_model(u), project_role=m.project_role) for m, u in rows],
+        is_public=project.is_public,
+    )
+
+
+async def list_projects(session: AsyncSession, user: t.User) -> list[t.Project]:
+    q = select(t.Project).order_by(t.Project.created_at)
+    if user.global_role != "admin":
+        q = q.join(t.Member, t.Member.project_id == t.Project.id).where(t.Member.user_id == user.id)
+    return list((await session.execute(q)).scalars())

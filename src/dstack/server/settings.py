@@ -1,0 +1,80 @@
+"""Server settings, read once from the environment.
+
+Every knob has an environment variable so tests and operators can change it without code; the
+names follow the original's where it had one (`DSTACK_SERVER_DIR`, `DSTACK_DATABASE_URL`, ...).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _float_env(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return float(raw) if raw else default
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw else default
+
+
+def _backoff_env() -> tuple[float, ...]:
+    raw = os.environ.get("DSTACK_SERVER_RETRY_BACKOFF")
+    if not raw:
+        return (15, 30, 60, 120, 300, 600)
+    return tuple(float(x) for x in raw.split(","))
+
+
+@dataclass(frozen=True)
+class Settings:
+    server_dir: Path
+    database_url: str
+    host: str = "127.0.0.1"
+    port: int = 3000
+    admin_token: str | None = None
+    code_upload_limit: int = 2 * 1024 * 1024
+    # Reconcilers wake at once on changes; the resync period only catches what a wake missed.
+    resync_seconds: float = 2.0
+    running_job_poll_seconds: float = 0.5
+    lease_seconds: float = 30.0
+    agent_unreachable_grace_seconds: float = 120.0
+    retry_backoff: tuple[float, ...] = field(default=(15, 30, 60, 120, 300, 600))
+    terminate_grace_seconds: float = 10.0
+    local_backend_enabled: bool = True
+
+    @property
+    def data_dir(self) -> Path:
+        return self.server_dir / "data"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.server_dir / "projects"
+
+    @property
+    def local_agent_home(self) -> Path:
+        return self.server_dir / "local-agent"
+
+
+def load_settings(host: str | None = None, port: int | None = None) -> Settings:
+    server_dir = Path(
+        os.environ.get("DSTACK_SERVER_DIR") or Path.home() / ".dstack" / "server"
+    ).expanduser()
+    db_url = os.environ.get("DSTACK_DATABASE_URL") or (
+        f"sqlite+aiosqlite:///{server_dir / 'data' / 'sqlite.db'}"
+    )
+    return Settings(
+        server_dir=server_dir,
+        database_url=db_url,
+        host=host or os.environ.get("DSTACK_SERVER_HOST", "127.0.0.1"),
+        port=port or _int_env("DSTACK_SERVER_PORT", 3000),
+        admin_token=os.environ.get("DSTACK_SERVER_ADMIN_TOKEN") or None,
+        code_upload_limit=_int_env("DSTACK_SERVER_CODE_UPLOAD_LIMIT", 2 * 1024 * 1024),
+        resync_seconds=_float_env("DSTACK_SERVER_RESYNC_SECONDS", 2.0),
+        running_job_poll_seconds=_float_env("DSTACK_SERVER_JOB_POLL_SECONDS", 0.5),
+        agent_unreachable_grace_seconds=_float_env("DSTACK_SERVER_UNREACHABLE_GRACE", 120.0),
+        retry_backoff=_backoff_env(),
+        local_backend_enabled=os.environ.get("DSTACK_SERVER_LOCAL_BACKEND", "1") != "0",
+    )
