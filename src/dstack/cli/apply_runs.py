@@ -84,7 +84,7 @@ def apply_run(args: argparse.Namespace, conf: Any, path: str) -> int:
     current = plan.current_resource
     name = spec.run_name
     if current is not None and not current.status.is_finished():
-        decision = _decide_active(plan, current, args)
+        decision = _decide_active(spec, current, args)
         if decision is None:
             return 0
     else:
@@ -170,41 +170,34 @@ def configuration_changes(new: Any, current: Any, prefix: str = "") -> list[str]
     return [] if new == current else [prefix or "configuration"]
 
 
-def _changes(plan: RunPlan, current: Run) -> list[str]:
+def _changes(spec: RunSpec, current: Run) -> list[str]:
     lines = []
-    conf_changes = configuration_changes(
-        plan.run_spec.configuration, current.run_spec.configuration
-    )
+    conf_changes = configuration_changes(spec.configuration, current.run_spec.configuration)
     if conf_changes:
         lines.append("- Configuration properties:")
         lines.extend(f"  - {key}" for key in conf_changes)
-    if (plan.run_spec.repo_code_hash or None) != (current.run_spec.repo_code_hash or None):
+    if (spec.repo_code_hash or None) != (current.run_spec.repo_code_hash or None):
         lines.append("- Repo files")
     return lines
 
 
-def _decide_active(plan: RunPlan, current: Run, args: argparse.Namespace) -> str | None:
-    """Which action against an active run of the same name; None means exit 0."""
+def _decide_active(spec: RunSpec, current: Run, args: argparse.Namespace) -> str | None:
+    """Which action against an active run of the same name; None means exit 0.
+
+    The server replaces an active run rather than updating it in place, so any change means
+    "stop and override" (cli.md §2 step 5, the not-updatable branch).
+    """
     name = current.run_spec.run_name
-    changes = _changes(plan, current)
+    changes = _changes(spec, current)
     if not changes:
         echo(f"Active run {name} already exists. Detected no changes.")
         if args.yes and not args.force:
             echo("Use --force to apply anyway.")
             return None
-        if not args.yes and not confirm("Stop and override the run?"):
-            echo("Exiting...")
-            return None
-        return "override"
-    if plan.action == "update":
-        echo(f"Active run {name} already exists. Detected changes that can be updated in-place:")
+    else:
+        echo(f"Active run {name} already exists. Detected changes that cannot be updated"
+             " in-place:")
         echo("\n".join(changes))
-        if not args.yes and not confirm("Update the run?"):
-            echo("Exiting...")
-            return None
-        return "update"
-    echo(f"Active run {name} already exists. Detected changes that cannot be updated in-place:")
-    echo("\n".join(changes))
     if not args.yes and not confirm("Stop and override the run?"):
         echo("Exiting...")
         return None

@@ -78,10 +78,10 @@ def parse_since(value: str, now: datetime | None = None) -> datetime:
 
 
 class LogFollower:
-    """A cursor over one job submission's logs that survives empty pages.
+    """A cursor over one job submission's logs.
 
-    The server answers `next_token: null` when there is nothing more for now; we then keep
-    the last timestamp and resume from it, skipping what we already printed.
+    The server's `next_token` is the position after the last record returned and is null
+    when nothing new was there; we then keep our last token and poll again later.
     """
 
     def __init__(
@@ -91,8 +91,7 @@ class LogFollower:
         self.api, self.run_name, self.submission_id = api, run_name, submission_id
         self.diagnose = diagnose
         self.token: str | None = None
-        self.start_time = since
-        self.last_ts: datetime | None = None
+        self.since = since
         self.write = write or _write_stdout
 
     def drain(self) -> int:
@@ -101,21 +100,14 @@ class LogFollower:
         while True:
             req = PollLogsRequest(
                 run_name=self.run_name, job_submission_id=self.submission_id,
-                next_token=self.token, start_time=None if self.token else self.start_time,
-                diagnose=self.diagnose, limit=1000,
+                next_token=self.token, start_time=self.since, diagnose=self.diagnose,
+                limit=1000,
             )
             page = self.api.poll_logs(req)
             for event in page.logs:
-                if self.token is None and self.last_ts is not None and (
-                    event.timestamp <= self.last_ts
-                ):
-                    continue
                 self.write(base64.b64decode(event.message))
-                self.last_ts = event.timestamp
                 printed += 1
-            if page.next_token is None:
-                if page.logs or self.token is not None:
-                    self.token, self.start_time = None, self.last_ts
+            if page.next_token is None or page.next_token == self.token:
                 return printed
             self.token = page.next_token
             if not page.logs:

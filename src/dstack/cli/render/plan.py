@@ -34,7 +34,8 @@ def spot_text(requirements: dict[str, Any], conf: dict[str, Any]) -> str:
     if policy:
         return str(policy)
     if "spot" in requirements:
-        return SPOT_TEXT.get(requirements["spot"], "auto")
+        spot = requirements["spot"]
+        return spot if isinstance(spot, str) else SPOT_TEXT.get(spot, "auto")
     return "on-demand"
 
 
