@@ -258,3 +258,27 @@ def test_host_info(agent: AgentProcess) -> None:
     assert info["disk_size_mib"] >= info["disk_free_mib"] > 0
     assert isinstance(info["gpus"], list) and isinstance(info["docker"], bool)
     assert all(not a.startswith("127.") for a in info["addresses"])
+
+
+def test_stop_right_after_run(agent: AgentProcess) -> None:
+    """The supervisor may not have its signal handlers yet: the stop file still wins."""
+    for abort in (False, True):
+        job_id = f"instant-{abort}"
+        agent.shell(job_id, "sleep 30")
+        agent.ok("POST", f"/api/jobs/{job_id}/stop", {"abort": abort})
+        final = agent.wait_finished(job_id)
+        assert final["status"] == "terminated"
+
+
+def test_command_not_found_is_executor_error(agent: AgentProcess) -> None:
+    agent.submit("nocmd", ["/nonexistent/binary"])
+    final = agent.wait_finished("nocmd")
+    assert (final["status"], final["termination_reason"]) == ("failed", "executor_error")
+    assert "/nonexistent/binary" in final["termination_message"]
+
+
+def test_protocol_errors_are_json(agent: AgentProcess) -> None:
+    response = agent.client.delete("/api/jobs")  # type: ignore[union-attr]
+    assert response.status_code == 405 and "error" in response.json()
+    response = agent.client.request("OPTIONS", "/api/jobs")  # type: ignore[union-attr]
+    assert response.status_code == 501 and "error" in response.json()

@@ -161,6 +161,7 @@ class JobStore:
             write_json_atomic(tmp / SPEC_FILE, spec, mode=0o600)
             shutil.rmtree(path, ignore_errors=True)  # a leftover without spec.json
             os.replace(tmp, path)
+            log.info("job %s: submitted (%s runtime)", spec["id"], spec["runtime"])
             return self._state_at(path)
 
     def upload_code(self, job_id: str, body: IO[bytes], length: int) -> dict[str, Any]:
@@ -192,20 +193,21 @@ class JobStore:
     def _spawn_supervisor(self, job_id: str, path: Path) -> None:
         env = {k: v for k, v in os.environ.items() if k != "DSTACK_AGENT_TOKEN"}
         env["PYTHONPATH"] = PACKAGE_ROOT
-        with open(path / SUPERVISOR_LOG, "ab") as log:
+        with open(path / SUPERVISOR_LOG, "ab") as out:
             child = subprocess.Popen(
                 [sys.executable, "-s", "-m", "dstack.agent.supervisor", str(path)],
                 cwd=str(path),
                 env=env,
                 stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
+                stdout=out,
+                stderr=out,
                 start_new_session=True,
                 close_fds=True,
             )
         self._children[job_id] = child
         info = {"pid": child.pid, "proc_start": proc_start_time(child.pid), "started_at": now_iso()}
         write_json_atomic(path / SUPERVISOR_FILE, info)
+        log.info("job %s: started, supervisor pid %s", job_id, child.pid)
 
     def stop(
         self, job_id: str, abort: bool, reason: str | None, message: str | None = None
@@ -234,6 +236,7 @@ class JobStore:
                 "requested_at": previous.get("requested_at") or now_iso(),
             }
             write_json_atomic(path / STOP_FILE, request)
+            log.info("job %s: stop requested (abort=%s, reason=%s)", job_id, abort, reason)
             self._notify(path)
             return self._state_at(path)
 
@@ -271,6 +274,7 @@ class JobStore:
             shutil.rmtree(trash, ignore_errors=True)
             self._children.pop(job_id, None)
             self._job_locks.pop(job_id, None)
+            log.info("job %s: removed", job_id)
         return {"id": job_id, "removed": True}
 
 

@@ -13,6 +13,7 @@ import json
 import logging
 import re
 from collections.abc import Callable
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,15 @@ class Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._dispatch("DELETE")
 
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Protocol-level errors (bad request line, unknown method) answer JSON too."""
+        self.close_connection = True
+        self._body_read = True
+        self._error(code, message or HTTPStatus(code).phrase)
+
     def _dispatch(self, method: str) -> None:
         self._body_read = False
         try:
@@ -160,7 +170,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, payload: Any) -> None:
         data = json.dumps(payload).encode()
-        if not self._body_read and self.command in ("POST", "PUT"):
+        if not self._body_read and getattr(self, "command", None) in ("POST", "PUT", "PATCH"):
             # An unread request body would corrupt the next request on this connection.
             self.close_connection = True
         self.send_response(status)

@@ -1,0 +1,153 @@
+"""The docker runtime against a real Docker engine, with a tiny locally built image.
+
+Images cannot be pulled here, so the image is a busybox rootfs made with `docker
+import`. Skipped when no engine answers `docker info` or no static busybox exists.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .helpers import AgentProcess, wait_for
+from .test_api import make_tar
+
+pytestmark = pytest.mark.docker
+
+IMAGE = "dstack-test-busybox:latest"
+APPLETS = ["sh", "echo", "sleep", "cat", "ls", "env", "pwd", "true", "false", "httpd"]
+
+
+def _docker_ok() -> str | None:
+    if shutil.which("docker") is None:
+        return "docker CLI not installed"
+    try:
+        proc = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"docker info failed: {e}"
+    if proc.returncode != 0:
+        return f"no Docker engine answers `docker info`: {proc.stderr.strip()[-200:]}"
+    return None
+
+
+def _busybox() -> str | None:
+    for path in ("/bin/busybox", "/usr/bin/busybox"):
+        if Path(path).is_file():
+            return path
+    return None
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> str:
+    reason = _docker_ok()
+    if reason:
+        pytest.skip(reason)
+    busybox = _busybox()
+    if busybox is None:
+        pytest.skip("no static busybox to build the test image (apt-get install busybox-static)")
+    if subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True).returncode == 0:
+        return IMAGE
+    rootfs = tmp_path_factory.mktemp("rootfs")
+    (rootfs / "bin").mkdir()
+    shutil.copy(busybox, rootfs / "bin" / "busybox")
+    for applet in APPLETS:
+        (rootfs / "bin" / applet).symlink_to("busybox")
+    (rootfs / "tmp").mkdir()
+    archive = rootfs.parent / "rootfs.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(rootfs, arcname=".")
+    subprocess.run(
+        ["docker", "import", str(archive), IMAGE], check=True, capture_output=True, timeout=60
+    )
+    return IMAGE
+
+
+@pytest.fixture
+def dagent(agent: AgentProcess, image: str) -> Iterator[AgentProcess]:
+    yield agent
+    for job in (agent.home / "jobs").iterdir():
+        subprocess.run(["docker", "rm", "-f", f"dstack-{job.name}"], capture_output=True)
+
+
+def _docker_job(agent: AgentProcess, job_id: str, script: str, **spec: object) -> None:
+    body = {
+        "id": job_id,
+        "name": job_id,
+        "runtime": "docker",
+        "image": IMAGE,
+        "commands": ["/bin/sh", "-c", script],
+        **spec,
+    }
+    agent.ok("POST", "/api/jobs", body)
+
+
+def test_docker_job_code_env_and_exit_code(dagent: AgentProcess) -> None:
+    _docker_job(
+        dagent,
+        "d1",
+        'pwd; cat hello.txt; echo "$MULTI"; echo err >&2; exit 3',
+        working_dir="sub",
+        env={"MULTI": "a\nb"},
+        shm_size_mib=64,
+    )
+    put = dagent.client.put("/api/jobs/d1/code", content=make_tar({"sub/hello.txt": "hi\n"}))  # type: ignore[union-attr]
+    assert put.status_code == 200
+    dagent.ok("POST", "/api/jobs/d1/run")
+    final = dagent.wait_finished("d1", timeout=15)
+    assert (final["status"], final["exit_status"]) == ("failed", 3)
+    assert final["termination_reason"] == "container_exited_with_error"
+    assert final["runtime"] == "docker"
+    assert dagent.output("d1", "stdout") == "/workflow/sub\nhi\na\nb\n"
+    assert dagent.output("d1", "stderr") == "err\n"
+
+
+def test_docker_ports_and_graceful_stop(dagent: AgentProcess) -> None:
+    _docker_job(dagent, "web", "echo serving; exec httpd -f -p 8000 -h /workflow", ports=[8000])
+    dagent.client.put("/api/jobs/web/code", content=make_tar({"index.html": "hello web\n"}))  # type: ignore[union-attr]
+    dagent.ok("POST", "/api/jobs/web/run")
+    state = wait_for(lambda: dagent.job("web")["ports"] or None, timeout=15)
+    host_port = state["8000"]
+
+    def fetch() -> str | None:
+        try:
+            return httpx.get(f"http://127.0.0.1:{host_port}/index.html", timeout=2).text
+        except httpx.HTTPError:
+            return None
+
+    assert wait_for(fetch, timeout=10) == "hello web\n"
+    dagent.ok("POST", "/api/jobs/web/stop", {"abort": False, "reason": None})
+    final = dagent.wait_finished("web", timeout=15)
+    assert (final["status"], final["termination_reason"]) == ("terminated", "terminated_by_server")
+
+
+def test_docker_abort_and_remove(dagent: AgentProcess) -> None:
+    _docker_job(dagent, "stuck", "trap '' TERM; echo started; while true; do sleep 1; done")
+    dagent.ok("POST", "/api/jobs/stuck/run")
+    dagent.wait_output("stuck", "started", timeout=15)
+    dagent.ok("POST", "/api/jobs/stuck/stop", {"abort": True, "reason": "aborted_by_user"})
+    final = dagent.wait_finished("stuck", timeout=10)
+    assert (final["status"], final["termination_reason"]) == ("terminated", "aborted_by_user")
+    inspect = ["docker", "container", "inspect", "dstack-stuck"]
+    assert subprocess.run(inspect, capture_output=True).returncode == 0
+    dagent.ok("POST", "/api/jobs/stuck/remove")
+    assert subprocess.run(inspect, capture_output=True).returncode != 0
+
+
+def test_docker_missing_image_is_creating_container_error(dagent: AgentProcess) -> None:
+    body = {
+        "id": "noimg",
+        "name": "noimg",
+        "runtime": "docker",
+        "image": "dstack-test-missing:nope",
+        "commands": ["true"],
+    }
+    dagent.ok("POST", "/api/jobs", body)
+    dagent.ok("POST", "/api/jobs/noimg/run")
+    final = dagent.wait_finished("noimg", timeout=30)
+    assert (final["status"], final["termination_reason"]) == ("failed", "creating_container_error")
