@@ -179,7 +179,8 @@ class TaskConfiguration(BaseRunConfiguration):
             if not self.commands and self.image is None:
                 raise field_error("commands", "either `commands` or `image` must be set")
             return self
-        if "nodes" in self.model_fields_set:
+        # By value, so that a dumped configuration (`nodes: 1` next to `groups`) re-parses.
+        if self.nodes != 1:
             raise field_error("groups", "`nodes` and `groups` are mutually exclusive")
         if not self.groups:
             raise field_error("groups", "groups must not be empty")
@@ -252,8 +253,12 @@ class ServiceConfiguration(BaseRunConfiguration):
         self._check_groups(self.groups)
         return self
 
+    @classmethod
+    def _default(cls, field: str) -> Any:
+        return cls.model_fields[field].default
+
     def _check_groups(self, groups: list[ReplicaGroup]) -> None:
-        if "replicas" in self.model_fields_set:
+        if self.replicas != _replicas_default():
             raise field_error("groups", "`replicas` and `groups` are mutually exclusive")
         if not groups:
             raise field_error("groups", "groups must not be empty")
@@ -261,12 +266,14 @@ class ServiceConfiguration(BaseRunConfiguration):
             if getattr(self, field):
                 raise field_error(field, f"top-level `{field}` is not allowed with `groups`")
         _name_groups(groups)
-        set_here = {f for f in GROUP_LEVEL_FIELDS if f in self.model_fields_set}
+        set_here = {
+            f for f in GROUP_LEVEL_FIELDS if getattr(self, f) not in (None, self._default(f))
+        }
         routers = 0
         for index, group in enumerate(groups):
             where = f"groups.{index}"
             for field in GROUP_LEVEL_FIELDS:
-                if field in set_here and field in group.model_fields_set:
+                if field in set_here and getattr(group, field) is not None:
                     raise field_error(
                         f"{where}.{field}",
                         f"`{field}` may be set on the service or in groups, not both",

@@ -51,7 +51,9 @@ class VolumeConfiguration(ConfigModel):
     @model_validator(mode="after")
     def _backend_fields(self) -> VolumeConfiguration:
         allowed = _COMMON | _BACKEND_FIELDS[self.backend]
-        for field in sorted(self.model_fields_set - allowed):
+        # Judged by value, not by presence: a dumped configuration lists every field as null.
+        given = {f for f in self.model_fields_set if getattr(self, f) is not None}
+        for field in sorted(given - allowed):
             raise field_error(field, f"Extra inputs are not permitted (backend {self.backend})")
         if self.backend in _REGION_REQUIRED and self.region is None:
             raise field_error("region", "Field required")
