@@ -97,3 +97,29 @@ def test_changed_active_run_prompts_override(stub, workdir):
     assert "Detected changes that cannot be updated in-place:" in result.stdout
     assert "  - env" in result.stdout
     assert "Stop and override the run? [y/n]: " in result.stdout
+
+
+def test_ctrl_c_while_attached_detaches(stub, workdir):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    stub.gets_until_running = 10_000  # stays submitted
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DSTACK_")}
+    env.update({"HOME": str(workdir), "DSTACK_SERVER_URL": stub.url, "DSTACK_TOKEN": "t",
+                "DSTACK_PROJECT": "main"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dstack.cli.main", "apply", "-f", "t.dstack.yml", "-y"],
+        cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 30
+    while "demo" not in stub.runs and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert out.rstrip().endswith("Detached")
+    assert stub.runs["demo"]["status"] == "submitted"  # the run keeps going

@@ -13,6 +13,7 @@ import io
 import os
 import re
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from dstack.errors import DstackError
 IGNORE_FILES = (".gitignore", ".dstackignore")
 ALWAYS_IGNORED = (".git",)
 DEFAULT_LIMIT = 2 * 1024 * 1024
+RAW_FACTOR = 64
 
 
 class CodeTooLargeError(DstackError):
@@ -148,10 +150,14 @@ class IgnoreMatcher:
 
 def list_files(root: Path) -> list[str]:
     """Relative POSIX paths of the files to ship, sorted, ignore files honoured."""
-    matcher = IgnoreMatcher()
-    result: list[str] = []
+    return list(iter_files(root))
 
-    def walk(directory: Path, rel: str) -> None:
+
+def iter_files(root: Path) -> Iterator[str]:
+    """Lazily, so that archiving a huge directory stops as soon as it is over the limit."""
+    matcher = IgnoreMatcher()
+
+    def walk(directory: Path, rel: str) -> Iterator[str]:
         for name in IGNORE_FILES:
             candidate = directory / name
             if candidate.is_file():
@@ -166,12 +172,11 @@ def list_files(root: Path) -> list[str]:
             if entry.name in ALWAYS_IGNORED or matcher.matches(child, is_dir):
                 continue
             if is_dir:
-                walk(Path(entry.path), child)
+                yield from walk(Path(entry.path), child)
             elif entry.is_file(follow_symlinks=False) or entry.is_symlink():
-                result.append(child)
+                yield child
 
-    walk(root, "")
-    return result
+    yield from walk(root, "")
 
 
 def build_archive(root: Path, limit: int | None = DEFAULT_LIMIT) -> bytes:
@@ -180,8 +185,13 @@ def build_archive(root: Path, limit: int | None = DEFAULT_LIMIT) -> bytes:
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, tarfile.open(
         fileobj=gz, mode="w", format=tarfile.PAX_FORMAT
     ) as tar:
-        for rel in list_files(root):
+        raw_total = 0
+        for rel in iter_files(root):
             info = tar.gettarinfo(str(root / rel), arcname=rel)
+            raw_total += info.size
+            if limit is not None and raw_total > limit * RAW_FACTOR:
+                # Not worth compressing gigabytes to find out: no code compresses this well.
+                raise _too_large(root, limit)
             info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
             if info.isreg():
                 with (root / rel).open("rb") as f:

@@ -80,13 +80,24 @@ def _get_existing(api: APIClient, kind: str, name: str) -> dict[str, Any] | None
 def _print_header(api: APIClient, kind: str, data: dict[str, Any], path: str) -> None:
     from dstack.cli.render.tables import properties_table
 
-    pairs = [("Project", api.project or ""), ("Configuration", path), ("Type", kind)]
+    pairs = [("Project", api.project or ""), ("User", _user(api)), ("Configuration", path),
+             ("Type", kind)]
     if kind == "fleet":
         ssh = data.get("ssh_config")
         pairs.append(("Fleet type", "ssh" if ssh else "cloud"))
         hosts = (ssh or {}).get("hosts") or []
         pairs.append(("Nodes", str(len(hosts)) if ssh else _nodes(data.get("nodes"))))
         pairs.append(("Placement", data.get("placement") or "any"))
+        if data.get("backends"):
+            pairs.append(("Backends", ", ".join(data["backends"])))
+        if data.get("regions"):
+            pairs.append(("Regions", ", ".join(data["regions"])))
+        if not ssh and data.get("resources"):
+            from dstack.cli.render.plan import resources_text
+
+            pairs.append(("Resources", resources_text({}, data)))
+        if data.get("reservation"):
+            pairs.append(("Reservation", data["reservation"]))
         if not ssh:
             pairs.append(("Spot policy", data.get("spot_policy") or "on-demand"))
     elif kind == "volume":
@@ -101,6 +112,13 @@ def _print_header(api: APIClient, kind: str, data: dict[str, Any], path: str) ->
         pairs.append(("Domain", data.get("domain") or "-"))
     out(properties_table(pairs))
     out()
+
+
+def _user(api: APIClient) -> str:
+    try:
+        return api.get_my_user().username
+    except ClientError:
+        return ""
 
 
 def _nodes(nodes: Any) -> str:
