@@ -579,3 +579,20 @@ def test_gateway_defaults_and_certificates():
     assert gcp.certificate.name == "cert"
     acm = parse_configuration(gateway(certificate={"type": "acm", "arn": "arn:x"}))
     assert acm.load_balancer is None
+
+
+def test_exclusivity_is_judged_by_value():
+    """`nodes: 1` / `replicas: 1` are the defaults, so they do not clash with `groups`."""
+    conf = parse_configuration(task(commands=[], nodes=1, groups=[G]))
+    assert conf.nodes == 1
+    conf = parse_configuration(svc_groups([G], replicas=1, privileged=False))
+    assert conf.groups[0].name == "0"
+
+
+def test_secret_references():
+    from dstack.models.envs import secret_references
+
+    assert secret_references("a ${{ secrets.hf_token }} b ${{secrets.X}} $${{ secrets.no }}") == [
+        "hf_token",
+        "X",
+    ]
