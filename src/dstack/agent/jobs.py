@@ -111,11 +111,15 @@ class JobStore:
     def _record_lost(self, path: Path, spec: dict[str, Any]) -> dict[str, Any]:
         """A dead supervisor without a result can never write one: record the loss once
         (so the state is stable) and kill what is left of the job."""
+        message = SUPERVISOR_LOST
+        output = _tail(path / SUPERVISOR_LOG)
+        if output:
+            message += " Supervisor output:\n" + output
         result = {
             "status": "failed",
             "exit_status": None,
             "termination_reason": "executor_error",
-            "termination_message": SUPERVISOR_LOST,
+            "termination_message": message,
             "finished_at": now_iso(),
         }
         write_json_atomic(path / RESULT_FILE, result)
@@ -295,3 +299,12 @@ def _drain(src: IO[bytes], length: int) -> None:
         if not chunk:
             return
         remaining -= len(chunk)
+
+
+def _tail(path: Path, size: int = 1024) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - size))
+            return f.read().decode("utf-8", "replace").strip()
+    except OSError:
+        return ""

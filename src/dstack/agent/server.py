@@ -69,6 +69,7 @@ def route(method: str, pattern: str) -> Callable[[Route], Route]:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: the server reuses connections
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
     server_version = "dstack-agent"
     timeout = IDLE_CONNECTION_TIMEOUT
     server: AgentHTTPServer

@@ -273,6 +273,20 @@ class Supervisor:
         self.child.wait()
         self.wake.set()
 
+    def abandon(self, message: str) -> None:
+        if self.child is not None and self.child.poll() is None:
+            self._signal_group(signal.SIGKILL)
+            if self.docker:
+                docker.docker_cmd(["kill", docker.container_name(self.spec["id"])])
+        result = {
+            "status": "failed",
+            "exit_status": None,
+            "termination_reason": "executor_error",
+            "termination_message": message,
+            "finished_at": now_iso(),
+        }
+        write_json_atomic(self.dir / RESULT_FILE, result)
+
     def _finish(self, returncode: int | None, reason: str | None, message: str | None) -> None:
         exit_status = (
             None if returncode is None else (returncode if returncode >= 0 else 128 - returncode)
@@ -307,7 +321,14 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python3 -m dstack.agent.supervisor JOB_DIR", file=sys.stderr)
         return 2
-    Supervisor(Path(args[0])).run()
+    supervisor = Supervisor(Path(args[0]))
+    try:
+        supervisor.run()
+    except Exception as e:
+        # A bug here must still leave a result behind, not a job stuck "running".
+        if not (supervisor.dir / RESULT_FILE).exists():
+            supervisor.abandon(f"supervisor error: {e!r}")
+        raise
     return 0
 
 
