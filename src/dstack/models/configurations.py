@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
+import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -20,22 +21,34 @@ from pydantic import (
 )
 
 from dstack.errors import ConfigurationError
+from dstack.models import yaml_lines
 from dstack.models.common import (
     GROUP_NAME_RE,
     EntityRef,
     InactivityDuration,
     Port,
+    PortMapping,
+    Range,
     Shorthand,
     field_error,
+    int_range,
     parse_entity_ref,
     parse_python_version,
 )
 from dstack.models.envs import Env
-from dstack.models.fleets_config import FleetConfiguration
+from dstack.models.fleets_config import FleetConfiguration, FleetNodes, SSHHostParams, SSHParams
 from dstack.models.gateways_config import GatewayConfiguration
-from dstack.models.mounts import Files, MountPoint, Repos
-from dstack.models.profiles import ProfileParams
-from dstack.models.resources import ResourcesSpec
+from dstack.models.mounts import (
+    FileMapping,
+    Files,
+    InstanceMountPoint,
+    MountPoint,
+    Repos,
+    RepoSpec,
+    VolumeMountPoint,
+)
+from dstack.models.profiles import ProfileParams, RetryPolicy
+from dstack.models.resources import CPUSpec, DiskSpec, GPUSpec, ResourcesSpec
 from dstack.models.services import (
     GROUP_LEVEL_FIELDS,
     ModelSpec,
@@ -208,8 +221,6 @@ def _gateway(value: Any) -> Any:
 
 
 def _replicas_default() -> Any:
-    from dstack.models.common import int_range
-
     return int_range(1, 1)
 
 
@@ -411,8 +422,6 @@ def load_yaml_model(path: str | Path, model: type[M]) -> M:
 
 
 def _load_file(path: str | Path, parse: Any) -> Any:
-    from dstack.models import yaml_lines
-
     name = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -420,7 +429,7 @@ def _load_file(path: str | Path, parse: Any) -> Any:
         raise ConfigurationError(f"cannot read file: {exc}", file=name) from None
     try:
         data = yaml_lines.load_yaml(text)
-    except yaml_error() as exc:
+    except yaml.YAMLError as exc:
         line = yaml_lines.error_line(exc)
         parts = [getattr(exc, "context", None), getattr(exc, "problem", None)]
         problem = " ".join(p for p in parts if p) or str(exc).splitlines()[0]
@@ -439,12 +448,6 @@ def _load_file(path: str | Path, parse: Any) -> Any:
         ) from None
 
 
-def yaml_error() -> type[Exception]:
-    import yaml
-
-    return yaml.YAMLError
-
-
 def configuration_json_schema() -> dict:
     """JSON Schema of every configuration type, as `dstack schema` prints it."""
     from dstack.models.schema import build_schema
@@ -455,17 +458,34 @@ def configuration_json_schema() -> dict:
 __all__ = [
     "AnyConfiguration",
     "BaseRunConfiguration",
+    "CPUSpec",
     "ConfigurationError",
     "DevEnvironmentConfiguration",
+    "DiskSpec",
     "EntityRef",
+    "FileMapping",
     "FleetConfiguration",
+    "FleetNodes",
+    "GPUSpec",
     "GatewayConfiguration",
+    "InstanceMountPoint",
     "NodeGroup",
+    "PortMapping",
+    "ProbeConfig",
+    "Range",
     "RegistryAuth",
+    "ReplicaGroup",
+    "RepoSpec",
+    "ResourcesSpec",
+    "RetryPolicy",
     "RunConfiguration",
+    "SSHHostParams",
+    "SSHParams",
+    "ScalingSpec",
     "ServiceConfiguration",
     "TaskConfiguration",
     "VolumeConfiguration",
+    "VolumeMountPoint",
     "configuration_json_schema",
     "load_configuration",
     "load_yaml_model",

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from dstack.models.common import (
     BackendType,
@@ -228,6 +228,3 @@ def load_profiles(paths: list[Path] | None = None) -> ProfilesConfig:
         if path.is_file():
             return load_yaml_model(path, ProfilesConfig)
     return ProfilesConfig()
-
-
-PriorityField = Annotated[int | None, Field(ge=0, le=100), WithJsonSchema({"type": "integer"})]
