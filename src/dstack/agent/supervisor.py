@@ -39,6 +39,9 @@ from dstack.agent.util import (
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 BASE_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "USER", "LOGNAME", "SHELL", "TZ")
 LEFTOVER_READ_TIMEOUT = 5.0
+# Docker: how long `docker stop`/`docker kill` get before the docker client itself is killed
+# (a wedged daemon must not keep the job "running" forever).
+DOCKER_GRACE_SECONDS = 10.0
 PORTS_WAIT_SECONDS = 60.0
 
 
@@ -87,6 +90,7 @@ class Supervisor:
         self.graceful_sent = False
         self.abort_sent = False
         self.kill_deadline: float | None = None
+        self.client_kill_deadline: float | None = None
         self.signal_stop = False
         self.child: subprocess.Popen[bytes] | None = None
 
@@ -157,7 +161,9 @@ class Supervisor:
                 break
             if not data:
                 break
-            self.log.write(stream, data)
+            # Disk full: drop output rather than block the job on a full pipe.
+            with contextlib.suppress(OSError):
+                self.log.write(stream, data)
         pipe.close()
 
     def _watch_ports(self) -> None:
@@ -176,6 +182,8 @@ class Supervisor:
 
     # --- stopping --------------------------------------------------------------------
     def _request_stop(self, abort: bool, reason: str, message: str | None = None) -> None:
+        if self.child is None or self.child.poll() is not None:
+            return  # finished on its own first: the outcome stays the job's own
         if self.stop_reason is None:
             self.stop_reason, self.stop_message = reason, message
         if abort and not self.abort_sent:
@@ -183,7 +191,10 @@ class Supervisor:
             self._kill()
         elif not self.graceful_sent and not self.abort_sent:
             self.graceful_sent = True
-            self.kill_deadline = time.monotonic() + int(self.spec.get("stop_duration", 300))
+            grace = int(self.spec.get("stop_duration", 300))
+            if self.docker:
+                grace += DOCKER_GRACE_SECONDS  # `docker stop -t` kills on its own schedule
+            self.kill_deadline = time.monotonic() + grace
             self._terminate()
 
     def _signal_group(self, sig: int) -> None:
@@ -202,6 +213,8 @@ class Supervisor:
     def _kill(self) -> None:
         if self.docker:
             self._docker_async(["kill"])
+            if self.client_kill_deadline is None:
+                self.client_kill_deadline = time.monotonic() + DOCKER_GRACE_SECONDS
         else:
             self._signal_group(signal.SIGKILL)
 
@@ -230,11 +243,13 @@ class Supervisor:
             self._request_stop(
                 False, "max_duration_exceeded", f"max_duration of {max_duration}s exceeded"
             )
-        if self.kill_deadline is not None and time.monotonic() > self.kill_deadline:
+        now = time.monotonic()
+        if self.kill_deadline is not None and now > self.kill_deadline:
             self.kill_deadline = None
-            self._signal_group(signal.SIGKILL)
-            if self.docker:
-                self._docker_async(["kill"])
+            self._kill()
+        if self.client_kill_deadline is not None and now > self.client_kill_deadline:
+            self.client_kill_deadline = None
+            self._signal_group(signal.SIGKILL)  # the docker client, as a last resort
 
     # --- main ------------------------------------------------------------------------
     def run(self) -> None:
