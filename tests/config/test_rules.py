@@ -44,6 +44,7 @@ INVALID = [
     ({"name": "x"}, "type: `type` is required"),
     ({"type": "job"}, "type: unknown configuration type 'job'"),
     ({"type": 5}, "type: unknown configuration type '5'"),
+    ({"type": "preset"}, "type: `preset` configurations are not supported"),
     ([], "configuration must be a mapping"),
     (task(foo=1), "foo: Extra inputs are not permitted"),
     (task(resources={"gpus": 1}), "resources.gpus: Extra inputs are not permitted"),

@@ -404,6 +404,8 @@ def parse_configuration(data: Any) -> AnyConfiguration:
     if kind is None:
         raise ConfigurationError(f"`type` is required (one of {_TYPE_LIST})", path="type")
     model = CONFIGURATION_TYPES.get(kind) if isinstance(kind, str) else None
+    if kind == "preset":
+        raise ConfigurationError("`preset` configurations are not supported", path="type")
     if model is None:
         raise ConfigurationError(
             f"unknown configuration type '{kind}' (expected one of {_TYPE_LIST})", path="type"
