@@ -38,7 +38,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                           description="Delete one instance of a fleet (same as delete NAME -i N)")
     add_project_arg(inst, sub=True)
     inst.add_argument("name", help="the fleet name")
-    inst.add_argument("instance_num", type=int, help="the instance number")
+    inst.add_argument("instance", help="the instance number, id or name")
     inst.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     inst.set_defaults(handler=_delete_instance)
 
@@ -132,5 +132,14 @@ def _delete(args: argparse.Namespace) -> int:
 
 
 def _delete_instance(args: argparse.Namespace) -> int:
-    args.instances = [args.instance_num]
-    return _delete(args)
+    from dstack.cli.common import CLIError, api_client
+
+    if args.instance.isdigit():
+        args.instances = [int(args.instance)]
+        return _delete(args)
+    raw = _fetch(api_client(args), args.name, None)
+    for inst in raw.get("instances") or []:
+        if args.instance in (inst.get("id"), inst.get("name")):
+            args.instances = [int(inst.get("instance_num", 0))]
+            return _delete(args)
+    raise CLIError(f"Fleet {args.name} has no instance {args.instance}")
