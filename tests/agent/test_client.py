@@ -37,7 +37,7 @@ async def _lifecycle(url: str) -> None:
         page = await client.poll_logs("c1", 0, 1024)
         assert base64.b64decode(page["entries"][0]["message"]) == b"from client\n"
         assert page["finished"] is True
-        assert [j["id"] for j in await client.list_jobs()] == ["c1"]
+        assert [j["id"] for j in (await client.list_jobs())["jobs"]] == ["c1"]
         assert (await client.stop_job("c1", abort=True, reason=None))["status"] == "failed"
         await client.remove_job("c1")
         with pytest.raises(AgentError) as err:

@@ -84,9 +84,9 @@ class AgentClient:
     async def run_job(self, job_id: str) -> dict[str, Any]:
         return await self._request("POST", f"/api/jobs/{job_id}/run")
 
-    async def list_jobs(self) -> list[dict[str, Any]]:
-        """Every job on the host; unwraps the agent's {"jobs": [...]}."""
-        return (await self._request("GET", "/api/jobs"))["jobs"]
+    async def list_jobs(self) -> dict[str, Any]:
+        """Every job on the host in one call: {"jobs": [state, ...]}."""
+        return await self._request("GET", "/api/jobs")
 
     async def get_job(self, job_id: str) -> dict[str, Any]:
         return await self._request("GET", f"/api/jobs/{job_id}")
