@@ -33,16 +33,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--runs", type=int, default=20)
     default = Path(sys.executable).with_name("dstack")
-    parser.add_argument("--dstack", default=str(default) if default.exists()
-                        else shutil.which("dstack"))
+    parser.add_argument(
+        "--dstack", default=str(default) if default.exists() else shutil.which("dstack")
+    )
     args = parser.parse_args()
     if not args.dstack:
         print("dstack executable not found; pass --dstack PATH", file=sys.stderr)
         return 1
     for label in ("--version", "--help"):
         times = measure([args.dstack, label], args.runs)
-        print(f"dstack {label:<10} median {statistics.median(times):6.1f} ms"
-              f"   p90 {p90(times):6.1f} ms   ({args.runs} runs)")
+        print(
+            f"dstack {label:<10} median {statistics.median(times):6.1f} ms"
+            f"   p90 {p90(times):6.1f} ms   ({args.runs} runs)"
+        )
     return 0
 
 
