@@ -17,6 +17,8 @@ import httpx
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 TOKEN = "test-token-0123456789"
+# Run the whole suite against another interpreter, e.g. a Python 3.9 one.
+AGENT_PYTHON = os.environ.get("DSTACK_TEST_AGENT_PYTHON", sys.executable)
 
 
 def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> Any:
@@ -42,7 +44,7 @@ class AgentProcess:
     def start(self, argv: list[str] | None = None) -> AgentProcess:
         old = self._agent_json()
         env = dict(os.environ, DSTACK_AGENT_TOKEN=self.token, PYTHONPATH=SRC)
-        cmd = argv or [sys.executable, "-m", "dstack.agent", "--home", str(self.home)]
+        cmd = argv or [AGENT_PYTHON, "-m", "dstack.agent", "--home", str(self.home)]
         self.proc = subprocess.Popen(
             cmd,
             env=env,

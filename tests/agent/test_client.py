@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -97,3 +98,19 @@ def test_ensure_local_agent_starts_and_reuses(tmp_path: Path) -> None:
     finally:
         info = json.loads((home / "agent.json").read_text())
         os.kill(info["pid"], signal.SIGKILL)
+
+
+def test_ensure_local_agent_never_signals_a_stranger(tmp_path: Path) -> None:
+    """agent.json naming a live pid that is not our agent (pid reuse) must not kill it."""
+    home = tmp_path / "local"
+    home.mkdir()
+    stranger = subprocess.Popen(["sleep", "30"])
+    try:
+        (home / "agent.json").write_text(json.dumps({"pid": stranger.pid, "port": 1}))
+        agent = asyncio.run(ensure_local_agent(home, TOKEN))
+        assert agent.pid != stranger.pid
+        assert stranger.poll() is None
+        os.kill(agent.pid, signal.SIGKILL)
+    finally:
+        stranger.kill()
+        stranger.wait()

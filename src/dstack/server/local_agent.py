@@ -72,8 +72,20 @@ async def _existing(home: Path, token: str) -> LocalAgent | None:
     url = f"http://127.0.0.1:{int(info['port'])}"
     if _token_matches(home, token) and await _answers(url, token):
         return LocalAgent(url=url, pid=int(info["pid"]))
-    await _stop_pid(int(info["pid"]))  # wrong token or wedged: replace it (jobs survive)
+    if _is_agent_of(int(info["pid"]), home):
+        await _stop_pid(int(info["pid"]))  # wrong token or wedged: replace it (jobs survive)
     return None
+
+
+def _is_agent_of(pid: int, home: Path) -> bool:
+    """Only ever signal our own agent: after a reboot the recorded pid may be anyone's."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    args = [a.decode(errors="replace") for a in argv]
+    is_agent = "dstack.agent" in args or any(a.endswith(".pyz") for a in args)
+    return is_agent and str(home) in args
 
 
 async def _stop_pid(pid: int) -> None:
