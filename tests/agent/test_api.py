@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
@@ -282,3 +283,20 @@ def test_protocol_errors_are_json(agent: AgentProcess) -> None:
     assert response.status_code == 405 and "error" in response.json()
     response = agent.client.request("OPTIONS", "/api/jobs")  # type: ignore[union-attr]
     assert response.status_code == 501 and "error" in response.json()
+
+
+def test_concurrent_submit_and_run_make_one_job(agent: AgentProcess) -> None:
+    body = {"id": "race", "name": "race", "commands": ["/bin/sh", "-c", "echo once"]}
+
+    def submit_and_run(_: int) -> str:
+        with httpx.Client(base_url=agent.url, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+            submitted = c.post("/api/jobs", json=body).json()["submitted_at"]
+            assert c.post("/api/jobs/race/run").status_code == 200
+            return submitted
+
+    with ThreadPoolExecutor(8) as pool:
+        stamps = set(pool.map(submit_and_run, range(8)))
+    assert len(stamps) == 1
+    agent.wait_finished("race")
+    assert agent.output("race") == "once\n"
+    assert [p.name for p in (agent.home / "jobs").iterdir()] == ["race"]

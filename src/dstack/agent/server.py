@@ -138,10 +138,10 @@ class Handler(BaseHTTPRequestHandler):
         raise HttpError(404, f"no such endpoint: {path}")
 
     def _authenticate(self) -> None:
-        header = self.headers.get("Authorization", "")
-        if not header.startswith("Bearer "):
+        scheme, _, token = self.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
             raise HttpError(401, "missing bearer token")
-        given = token_hash(header[len("Bearer ") :].strip())
+        given = token_hash(token.strip())
         if not hmac.compare_digest(given, self.server.token_sha256):
             raise HttpError(401, "invalid token")
 
