@@ -112,3 +112,15 @@ def test_archive_over_limit(tmp_path):
         build_archive(tmp_path, limit=32 * 1024)
     (tmp_path / ".dstackignore").write_text("*.bin\n")
     assert build_archive(tmp_path, limit=32 * 1024)
+
+
+def test_upload_limit_from_environment(monkeypatch):
+    from dstack.api.code import DEFAULT_LIMIT, upload_limit
+
+    monkeypatch.delenv("DSTACK_SERVER_CODE_UPLOAD_LIMIT", raising=False)
+    monkeypatch.delenv("DSTACK_CODE_UPLOAD_LIMIT", raising=False)
+    assert upload_limit() == DEFAULT_LIMIT
+    monkeypatch.setenv("DSTACK_SERVER_CODE_UPLOAD_LIMIT", "0")
+    assert upload_limit() is None
+    monkeypatch.setenv("DSTACK_SERVER_CODE_UPLOAD_LIMIT", "1024")
+    assert upload_limit() == 1024

@@ -224,14 +224,16 @@ def format_size(n: int) -> str:
     return f"{n} B"
 
 
-def upload_limit() -> int:
+def upload_limit() -> int | None:
+    """The server's default unless the same variable is set here; 0 means no limit."""
     value = os.environ.get("DSTACK_SERVER_CODE_UPLOAD_LIMIT") or os.environ.get(
         "DSTACK_CODE_UPLOAD_LIMIT"
     )
     try:
-        return int(value) if value else DEFAULT_LIMIT
+        limit = int(value) if value else DEFAULT_LIMIT
     except ValueError:
         return DEFAULT_LIMIT
+    return limit or None
 
 
 def archive_hash(data: bytes) -> str:
