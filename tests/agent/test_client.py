@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 from dstack.server.agent_client import AgentClient, AgentError, AgentUnreachableError
 from dstack.server.local_agent import ensure_local_agent
 
-from .helpers import TOKEN, AgentProcess, _alive, wait_for
+from .helpers import SRC, TOKEN, AgentProcess, _alive, wait_for
 
 
 async def _lifecycle(url: str) -> None:
@@ -114,3 +115,28 @@ def test_ensure_local_agent_never_signals_a_stranger(tmp_path: Path) -> None:
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_local_agent_outlives_the_process_that_started_it(tmp_path: Path) -> None:
+    """A killed server finds its agent (and the agent's jobs) still running."""
+    home = tmp_path / "local"
+    code = (
+        "import asyncio, sys; from pathlib import Path;"
+        "from dstack.server.local_agent import ensure_local_agent;"
+        f"a = asyncio.run(ensure_local_agent(Path({str(home)!r}), {TOKEN!r})); print(a.pid)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=SRC),
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    pid = int(proc.stdout.split()[-1])
+    try:
+        assert _alive(pid)
+        again = asyncio.run(ensure_local_agent(home, TOKEN))
+        assert again.pid == pid
+    finally:
+        os.kill(pid, signal.SIGKILL)

@@ -82,3 +82,16 @@ def test_refuses_non_loopback_and_missing_token(tmp_path: Path) -> None:
         assert agent.ok("GET", "/api/jobs") == {"jobs": []}
     finally:
         agent.kill()
+
+
+def test_sigterm_to_supervisor_is_a_graceful_stop(agent: AgentProcess) -> None:
+    """What a host shutdown does: the job gets SIGTERM and a recorded outcome."""
+    agent.shell(
+        "host-stop", "trap 'echo bye; exit 0' TERM; echo started; while true; do sleep 0.05; done"
+    )
+    agent.wait_output("host-stop", "started")
+    supervisor = json.loads((agent.home / "jobs/host-stop/supervisor.json").read_text())
+    os.kill(supervisor["pid"], signal.SIGTERM)
+    final = agent.wait_finished("host-stop")
+    assert (final["status"], final["termination_reason"]) == ("terminated", "terminated_by_server")
+    assert "bye" in agent.output("host-stop")
