@@ -18,6 +18,8 @@ def test_validate_spec_defaults() -> None:
     assert spec["name"] == "job-1" and spec["runtime"] == "process"
     assert spec["stop_duration"] == 300 and spec["gpus"] == 0
     assert spec["max_duration"] is None and spec["env"] == {} and "extra" not in spec
+    ports = validate_spec({"id": "j", "commands": ["x"], "ports": [8000, 22, 8000]})["ports"]
+    assert ports == [8000, 22]
 
 
 @pytest.mark.parametrize(

@@ -57,7 +57,7 @@ def _ports(body: dict[str, Any]) -> list[int]:
     for port in value:
         if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
             raise BadRequest(f"ports: invalid port {port!r}")
-    return value
+    return list(dict.fromkeys(value))  # an app port may also be the service port
 
 
 def _volumes(body: dict[str, Any]) -> list[dict[str, str]]:
