@@ -1,0 +1,450 @@
+"""The job transition table of `reconcilers/jobs.py`, one row per transition."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from dstack.models.instances import InstanceType, Resources
+from dstack.models.offers import InstanceOfferWithAvailability
+from dstack.server.reconcilers.jobs import Decision, JobView, decide, final_status
+from dstack.server.scheduler.placement import Candidate
+
+NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+GRACE = 120.0
+TERM_GRACE = 10.0
+STOP = 300
+
+OFFER = InstanceOfferWithAvailability(
+    backend="local",
+    instance=InstanceType(name="local", resources=Resources(cpus=4, memory_mib=8192)),
+    region="local",
+    price=0.0,
+)
+POOL = Candidate(OFFER, "f1", "fleet", "i1", 1)
+NEW = Candidate(OFFER, "f1", "fleet", None, 1)
+RUNNING = {"status": "running"}
+
+
+def view(**kw) -> JobView:
+    base = dict(
+        status="running",
+        termination_reason=None,
+        instance_id="i1",
+        instance_status="idle",
+        instance_message=None,
+        agent_job=RUNNING,
+        agent_reachable=True,
+        running_at=NOW - timedelta(minutes=10),
+        disconnected_at=None,
+        stop_sent_at=None,
+        max_duration=None,
+        stop_duration=STOP,
+        unreachable_grace=GRACE,
+        terminate_grace=TERM_GRACE,
+    )
+    base.update(kw)
+    return JobView(**base)
+
+
+def ago(seconds: float) -> datetime:
+    return NOW - timedelta(seconds=seconds)
+
+
+NO_CAP = "No matching fleet found: the project has no fleets."
+
+# (id, view overrides, expected decision)
+TABLE = [
+    # -- submitted -----------------------------------------------------------------------
+    (
+        "submitted/pool-instance-fits",
+        dict(status="submitted", instance_id=None, instance_status=None, placement=POOL),
+        Decision("assign", status="provisioning"),
+    ),
+    (
+        "submitted/only-backend-offer-fits",
+        dict(status="submitted", instance_id=None, instance_status=None, placement=NEW),
+        Decision("create_instance", status="provisioning"),
+    ),
+    (
+        "submitted/nothing-fits",
+        dict(
+            status="submitted",
+            instance_id=None,
+            instance_status=None,
+            placement=None,
+            no_capacity_message=NO_CAP,
+        ),
+        Decision(
+            "wait",
+            status="terminating",
+            reason="failed_to_start_due_to_no_capacity",
+            message=NO_CAP,
+        ),
+    ),
+    (
+        "submitted/instance-already-assigned",
+        dict(status="submitted", instance_id="i1", instance_status="pending", placement=None),
+        Decision("wait", status="provisioning"),
+    ),
+    # -- provisioning --------------------------------------------------------------------
+    (
+        "provisioning/instance-pending",
+        dict(status="provisioning", instance_status="pending", agent_job=None),
+        Decision("wait"),
+    ),
+    (
+        "provisioning/instance-provisioning",
+        dict(status="provisioning", instance_status="provisioning", agent_job=None),
+        Decision("wait"),
+    ),
+    (
+        "provisioning/instance-idle-but-agent-unreachable",
+        dict(status="provisioning", instance_status="idle", agent_reachable=False, agent_job=None),
+        Decision("wait"),
+    ),
+    (
+        "provisioning/instance-terminated",
+        dict(
+            status="provisioning",
+            instance_status="terminated",
+            instance_message="backend error: quota",
+            agent_job=None,
+        ),
+        Decision(
+            "wait",
+            status="terminating",
+            reason="waiting_instance_limit_exceeded",
+            message="backend error: quota",
+        ),
+    ),
+    (
+        "provisioning/instance-terminating-no-message",
+        dict(status="provisioning", instance_status="terminating", agent_job=None),
+        Decision(
+            "wait",
+            status="terminating",
+            reason="waiting_instance_limit_exceeded",
+            message="the instance was terminated before the job started",
+        ),
+    ),
+    (
+        "provisioning/instance-row-gone",
+        dict(status="provisioning", instance_id=None, instance_status=None, agent_job=None),
+        Decision(
+            "wait",
+            status="terminating",
+            reason="waiting_instance_limit_exceeded",
+            message="the instance was terminated before the job started",
+        ),
+    ),
+    (
+        "provisioning/instance-ready-idle",
+        dict(status="provisioning", instance_status="idle", agent_job=None),
+        Decision("start", status="running"),
+    ),
+    (
+        "provisioning/instance-ready-busy",
+        dict(status="provisioning", instance_status="busy", agent_job=None),
+        Decision("start", status="running"),
+    ),
+    # -- running -------------------------------------------------------------------------
+    ("running/still-running", dict(), Decision("copy_logs")),
+    (
+        "running/reconnected-clears-disconnected_at",
+        dict(disconnected_at=ago(30)),
+        Decision("copy_logs", values={"disconnected_at": None}),
+    ),
+    (
+        "running/agent-finished-done",
+        dict(agent_job={"status": "done", "exit_status": 0}),
+        Decision(
+            "copy_logs", status="terminating", reason="done_by_runner", exit_status=0, values={}
+        ),
+    ),
+    (
+        "running/agent-finished-with-its-reason",
+        dict(
+            agent_job={
+                "status": "failed",
+                "termination_reason": "container_exited_with_error",
+                "termination_message": "exit status 3",
+                "exit_status": 3,
+            }
+        ),
+        Decision(
+            "copy_logs",
+            status="terminating",
+            reason="container_exited_with_error",
+            message="exit status 3",
+            exit_status=3,
+        ),
+    ),
+    (
+        "running/agent-failed-without-reason",
+        dict(agent_job={"status": "failed"}),
+        Decision("copy_logs", status="terminating", reason="executor_error"),
+    ),
+    (
+        "running/agent-finished-after-reconnect",
+        dict(agent_job={"status": "done", "exit_status": 0}, disconnected_at=ago(5)),
+        Decision(
+            "copy_logs",
+            status="terminating",
+            reason="done_by_runner",
+            exit_status=0,
+            values={"disconnected_at": None},
+        ),
+    ),
+    (
+        "running/agent-has-no-record",
+        dict(agent_job=None),
+        Decision(
+            "wait",
+            status="terminating",
+            reason="executor_error",
+            message="the agent has no record of the job",
+        ),
+    ),
+    (
+        "running/unreachable-first-seen",
+        dict(agent_reachable=False, agent_job=None),
+        Decision("wait", values={"disconnected_at": NOW}),
+    ),
+    (
+        "running/unreachable-within-grace",
+        dict(agent_reachable=False, agent_job=None, disconnected_at=ago(GRACE - 1)),
+        Decision("wait"),
+    ),
+    (
+        "running/unreachable-grace-passed",
+        dict(agent_reachable=False, agent_job=None, disconnected_at=ago(GRACE)),
+        Decision(
+            "wait",
+            status="terminating",
+            reason="instance_unreachable",
+            message="the instance stopped answering",
+        ),
+    ),
+    (
+        "running/max_duration-backstop-reached",
+        dict(max_duration=3600, running_at=ago(3600 + 120)),
+        Decision(
+            "copy_logs",
+            status="terminating",
+            reason="max_duration_exceeded",
+            message="the job ran longer than max_duration (3600s)",
+        ),
+    ),
+    (
+        "running/max_duration-passed-but-backstop-not-yet",
+        dict(max_duration=3600, running_at=ago(3600 + 119)),
+        Decision("copy_logs"),
+    ),
+    (
+        "running/max_duration-without-running_at-left-to-the-agent",
+        dict(max_duration=60, running_at=None),
+        Decision("copy_logs"),
+    ),
+    (
+        "running/no-max_duration",
+        dict(max_duration=None, running_at=ago(10 * 86400)),
+        Decision("copy_logs"),
+    ),
+    # -- terminating ---------------------------------------------------------------------
+    (
+        "terminating/agent-running-send-stop",
+        dict(status="terminating", termination_reason="terminated_by_user"),
+        Decision("stop", values={"stop_sent_at": NOW}),
+    ),
+    (
+        "terminating/aborted_by_user-sends-abort",
+        dict(status="terminating", termination_reason="aborted_by_user"),
+        Decision("abort", values={"stop_sent_at": NOW}),
+    ),
+    (
+        "terminating/stop-sent-within-stop_duration",
+        dict(
+            status="terminating",
+            termination_reason="terminated_by_user",
+            stop_sent_at=ago(STOP + TERM_GRACE - 1),
+        ),
+        Decision("copy_logs"),
+    ),
+    (
+        "terminating/stop_duration-passed-escalates-to-abort",
+        dict(
+            status="terminating",
+            termination_reason="terminated_by_user",
+            stop_sent_at=ago(STOP + TERM_GRACE),
+        ),
+        Decision("abort", values={"stop_sent_at": NOW}),
+    ),
+    (
+        "terminating/agent-job-finished",
+        dict(
+            status="terminating",
+            termination_reason="terminated_by_user",
+            agent_job={"status": "terminated"},
+            stop_sent_at=ago(3),
+        ),
+        Decision("finalize", status="terminated"),
+    ),
+    (
+        "terminating/agent-job-unknown",
+        dict(status="terminating", termination_reason="executor_error", agent_job=None),
+        Decision("finalize", status="failed"),
+    ),
+    (
+        "terminating/host-gone-instance-terminated",
+        dict(
+            status="terminating",
+            termination_reason="done_by_runner",
+            instance_status="terminated",
+            agent_reachable=False,
+            agent_job=None,
+        ),
+        Decision("finalize", status="done"),
+    ),
+    (
+        "terminating/never-placed",
+        dict(
+            status="terminating",
+            termination_reason="failed_to_start_due_to_no_capacity",
+            instance_id=None,
+            instance_status=None,
+            agent_reachable=False,
+            agent_job=None,
+        ),
+        Decision("finalize", status="failed"),
+    ),
+    (
+        "terminating/unreachable-first-seen",
+        dict(
+            status="terminating",
+            termination_reason="terminated_by_user",
+            agent_reachable=False,
+            agent_job=None,
+        ),
+        Decision("wait", values={"disconnected_at": NOW}),
+    ),
+    (
+        "terminating/unreachable-within-limit",
+        dict(
+            status="terminating",
+            termination_reason="terminated_by_user",
+            agent_reachable=False,
+            agent_job=None,
+            stop_sent_at=ago(STOP + TERM_GRACE + GRACE - 1),
+        ),
+        Decision("wait"),
+    ),
+    (
+        "terminating/unreachable-past-stop_duration-and-grace",
+        dict(
+            status="terminating",
+            termination_reason="aborted_by_user",
+            agent_reachable=False,
+            agent_job=None,
+            disconnected_at=ago(STOP + TERM_GRACE + GRACE),
+        ),
+        Decision("finalize", status="aborted"),
+    ),
+    (
+        "terminating/missing-reason-is-failed",
+        dict(status="terminating", termination_reason=None, agent_job={"status": "done"}),
+        Decision("finalize", status="failed"),
+    ),
+    # -- final statuses are left alone ---------------------------------------------------
+    ("done/left-alone", dict(status="done"), Decision("wait")),
+    ("failed/left-alone", dict(status="failed"), Decision("wait")),
+]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"), [r[1:] for r in TABLE], ids=[r[0] for r in TABLE]
+)
+def test_decide(overrides: dict, expected: Decision) -> None:
+    assert decide(view(**overrides), NOW) == expected
+
+
+def test_every_docstring_row_is_covered() -> None:
+    """Each status of the docstring table has at least one row here."""
+    covered = {dict(r[1]).get("status", "running") for r in TABLE}
+    assert {"submitted", "provisioning", "running", "terminating"} <= covered
+
+
+def test_decide_is_pure() -> None:
+    v = view(agent_reachable=False, agent_job=None)
+    before = dataclasses.asdict(v)
+    first = decide(v, NOW)
+    assert decide(v, NOW) == first
+    assert dataclasses.asdict(v) == before
+
+
+def test_unreachable_grace_is_a_setting() -> None:
+    v = view(agent_reachable=False, agent_job=None, disconnected_at=ago(30), unreachable_grace=30)
+    assert decide(v, NOW).reason == "instance_unreachable"
+
+
+def test_escalated_abort_restarts_the_clock() -> None:
+    """After escalating, the next abort waits another stop_duration + grace."""
+    v = view(status="terminating", termination_reason="terminated_by_user", stop_sent_at=NOW)
+    assert decide(v, NOW + timedelta(seconds=1)) == Decision("copy_logs")
+
+
+# The complete JobTerminationReason enum with its final status (server.md §3.2).
+FINAL_STATUS = {
+    "failed_to_start_due_to_no_capacity": "failed",
+    "interrupted_by_no_capacity": "failed",
+    "instance_unreachable": "failed",
+    "instance_access_revoked": "failed",
+    "waiting_instance_limit_exceeded": "failed",
+    "waiting_runner_limit_exceeded": "failed",
+    "terminated_by_user": "terminated",
+    "volume_error": "failed",
+    "gateway_error": "failed",
+    "scaled_down": "terminated",
+    "done_by_runner": "done",
+    "aborted_by_user": "aborted",
+    "terminated_by_server": "terminated",
+    "inactivity_duration_exceeded": "terminated",
+    "terminated_due_to_utilization_policy": "terminated",
+    "container_exited_with_error": "failed",
+    "ports_binding_failed": "failed",
+    "creating_container_error": "failed",
+    "executor_error": "failed",
+    "max_duration_exceeded": "terminated",
+    "log_quota_exceeded": "failed",
+}
+
+
+def test_reference_enum_has_21_values() -> None:
+    assert len(FINAL_STATUS) == 21
+
+
+@pytest.mark.parametrize(("reason", "status"), sorted(FINAL_STATUS.items()))
+def test_final_status(reason: str, status: str) -> None:
+    assert final_status(reason) == status
+
+
+def test_final_status_missing_reason_is_failed() -> None:
+    assert final_status(None) == "failed"
+    assert final_status("some_future_reason") == "failed"
+
+
+def test_submitted_fitting_only_busy_instances_waits_in_the_queue() -> None:
+    """Docstring row `submitted | fits only instances busy right now | (wait in the queue)`."""
+    if "queued" not in JobView.__dataclass_fields__:
+        pytest.skip("JobView has no `queued` field in this tree")
+    v = view(
+        status="submitted",
+        instance_id=None,
+        instance_status=None,
+        placement=None,
+        queued=True,
+        no_capacity_message=NO_CAP,
+    )
+    assert decide(v, NOW) == Decision("wait")
