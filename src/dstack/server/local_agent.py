@@ -58,8 +58,13 @@ async def _answers(url: str, token: str, timeout: float = 2.0) -> bool:
     """Healthcheck plus an authenticated call, so a token mismatch is noticed."""
     async with AgentClient(url, token, timeout=timeout) as client:
         try:
-            await client.healthcheck()
-            await client.get_job("-")  # 404 proves the token is accepted; 401 raises
+            health = await client.healthcheck()
+        except AgentClientError:
+            return False
+        if not isinstance(health, dict) or health.get("service") != "dstack-agent":
+            return False  # something else took the port
+        try:
+            await client.get_job("-")  # never a valid id: 404 proves the token is accepted
         except AgentClientError as e:
             return getattr(e, "status_code", None) == 404
     return True
