@@ -7,6 +7,8 @@ import shutil
 import subprocess
 from typing import Any
 
+from dstack.agent.gpus import docker_gpus_args
+
 CODE_MOUNT = "/workflow"
 
 
@@ -22,7 +24,12 @@ def container_workdir(working_dir: str | None) -> str:
     return f"{CODE_MOUNT}/{working_dir.strip('/')}".rstrip("/")
 
 
-def run_argv(spec: dict[str, Any], code_dir: str, has_nvidia: bool) -> list[str]:
+def run_argv(
+    spec: dict[str, Any],
+    code_dir: str,
+    has_nvidia: bool,
+    assigned_gpus: dict[str, Any] | None = None,
+) -> list[str]:
     """`docker run` attached (no -d), so its exit code is the container's.
 
     Env values are passed as bare `-e NAME` and taken from the docker client's own
@@ -48,8 +55,7 @@ def run_argv(spec: dict[str, Any], code_dir: str, has_nvidia: bool) -> list[str]
     for key in sorted(spec.get("env") or {}):
         argv += ["-e", key]
     argv += ["-w", container_workdir(spec.get("working_dir"))]
-    if has_nvidia and spec.get("gpus", 0) != 0:
-        argv += ["--gpus", "all"]
+    argv += docker_gpus_args(int(spec.get("gpus", 0)), has_nvidia, assigned_gpus)
     commands = spec.get("commands") or []
     if commands:
         argv += ["--entrypoint", commands[0], spec["image"], *commands[1:]]

@@ -220,6 +220,23 @@ def collect(home: Path) -> dict[str, Any]:
     }
 
 
+class GpuCache:
+    """The GPU list for device assignment; GPUs do not come and go, so cache it long."""
+
+    def __init__(self, ttl: float = 60.0) -> None:
+        self._ttl = ttl
+        self._lock = threading.Lock()
+        self._value: list[dict[str, Any]] | None = None
+        self._at = 0.0
+
+    def get(self) -> list[dict[str, Any]]:
+        with self._lock:
+            if self._value is None or time.monotonic() - self._at > self._ttl:
+                self._value = _gpus()[0]
+                self._at = time.monotonic()
+            return self._value
+
+
 class HostInfoCache:
     """Probing runs tools with timeouts; cache briefly so frequent polls stay cheap."""
 

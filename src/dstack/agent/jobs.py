@@ -19,7 +19,9 @@ import uuid
 from pathlib import Path
 from typing import IO, Any
 
-from dstack.agent import docker
+from dstack.agent import docker, gpus
+from dstack.agent.gpus import GPUS_FILE
+from dstack.agent.hostinfo import GpuCache
 from dstack.agent.logs import read_page
 from dstack.agent.spec import BadRequest, validate_spec
 from dstack.agent.state import SUPERVISOR_LOST, derive_state, is_finished
@@ -64,6 +66,7 @@ class JobStore:
         self._lock = threading.RLock()
         self._job_locks: dict[str, threading.Lock] = {}
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._gpus = GpuCache()
 
     # --- helpers -------------------------------------------------------------------
     def _dir(self, job_id: str) -> Path:
@@ -191,8 +194,27 @@ class JobStore:
             if state["status"] != "submitted":
                 return state
             (path / CODE_DIR).mkdir(exist_ok=True)
+            self._assign_gpus(path)
             self._spawn_supervisor(job_id, path)
             return self._state_at(path)
+
+    def _assign_gpus(self, path: Path) -> None:
+        spec = read_json(path / SPEC_FILE) or {}
+        count = int(spec.get("gpus") or 0)
+        if count <= 0:
+            return
+        host_gpus = self._gpus.get()
+        if not host_gpus:
+            return
+        busy: set[int] = set()
+        for other in self.root.iterdir():
+            if other == path or other.name.startswith(".") or (other / RESULT_FILE).exists():
+                continue
+            held = read_json(other / GPUS_FILE)
+            if isinstance(held, dict) and (other / SUPERVISOR_FILE).exists():
+                busy.update(held.get("indices") or [])
+        indices = gpus.allocate(host_gpus, busy, count)
+        write_json_atomic(path / GPUS_FILE, gpus.assignment(host_gpus, indices))
 
     def _spawn_supervisor(self, job_id: str, path: Path) -> None:
         env = {k: v for k, v in os.environ.items() if k != "DSTACK_AGENT_TOKEN"}

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dstack.agent import docker
+from dstack.agent.gpus import GPUS_FILE, visible_devices_env
 from dstack.agent.logs import CHUNK_SIZE, LogWriter
 from dstack.agent.util import (
     CHILD_FILE,
@@ -116,6 +117,7 @@ class Supervisor:
             raise StartError("executor_error", f"working_dir {workdir} does not exist")
         env = base_env()
         env.update({"DSTACK_WORKING_DIR": str(workdir), "DSTACK_REPO_DIR": str(code_dir)})
+        env.update(visible_devices_env(read_json(self.dir / GPUS_FILE)))
         env.update(self.spec.get("env") or {})
         return self._popen(self.spec["commands"], env, str(workdir))
 
@@ -130,7 +132,8 @@ class Supervisor:
         }
         job_env.update(spec.get("env") or {})
         spec["env"] = job_env
-        argv = docker.run_argv(spec, str(code_dir), shutil.which("nvidia-smi") is not None)
+        has_nvidia = shutil.which("nvidia-smi") is not None
+        argv = docker.run_argv(spec, str(code_dir), has_nvidia, read_json(self.dir / GPUS_FILE))
         argv[0] = docker_bin
         env = dict(os.environ)
         env.update(job_env)
