@@ -32,6 +32,8 @@ def test_assignment_and_visibility() -> None:
     amd = assignment([{"vendor": "amd", "uuid": None}] * 2, [1])
     assert visible_devices_env(amd) == {"ROCR_VISIBLE_DEVICES": "1"}
     assert visible_devices_env(None) == {}
+    assert visible_devices_env(assignment(HOST, [])) == {"CUDA_VISIBLE_DEVICES": ""}
+    assert visible_devices_env(assignment([{"vendor": "amd"}], [])) == {}
 
 
 def test_docker_gpu_args() -> None:
@@ -73,7 +75,7 @@ def test_jobs_get_distinct_devices(gpu_agent: AgentProcess) -> None:
     assert info["gpu_driver"] == "550.54.15"
     flag = gpu_agent.home / "go-gpus"
     script = (
-        f'echo "cvd=${{CUDA_VISIBLE_DEVICES:-unset}}"; while [ ! -f {flag} ]; do sleep 0.02; done'
+        f'echo "cvd=${{CUDA_VISIBLE_DEVICES-unset}}"; while [ ! -f {flag} ]; do sleep 0.02; done'
     )
     gpu_agent.shell("g1", script, gpus=1)
     gpu_agent.shell("g2", script, gpus=1)
@@ -82,7 +84,8 @@ def test_jobs_get_distinct_devices(gpu_agent: AgentProcess) -> None:
     seen = {j: gpu_agent.wait_output(j, "cvd=").strip() for j in ("g1", "g2", "all", "none")}
     flag.touch()
     assert {seen["g1"], seen["g2"]} == {"cvd=GPU-aaaa", "cvd=GPU-bbbb"}
-    assert seen["all"] == seen["none"] == "cvd=unset"
+    assert seen["all"] == "cvd=unset"
+    assert seen["none"] == "cvd="  # gpus: 0 hides every GPU
     for job in ("g1", "g2"):
         assert gpu_agent.wait_finished(job)["status"] == "done"
     # Finished jobs free their devices.

@@ -24,7 +24,7 @@ def allocate(host_gpus: list[dict[str, Any]], busy: set[int], count: int) -> lis
 def assignment(host_gpus: list[dict[str, Any]], indices: list[int]) -> dict[str, Any]:
     chosen = [host_gpus[i] for i in indices]
     return {
-        "vendor": chosen[0]["vendor"] if chosen else None,
+        "vendor": host_gpus[0]["vendor"] if host_gpus else None,
         "indices": indices,
         # CUDA accepts UUIDs, which do not depend on device enumeration order.
         "devices": [g.get("uuid") or str(i) for g, i in zip(chosen, indices)],
@@ -32,12 +32,15 @@ def assignment(host_gpus: list[dict[str, Any]], indices: list[int]) -> dict[str,
 
 
 def visible_devices_env(assigned: dict[str, Any] | None) -> dict[str, str]:
-    if not assigned or not assigned.get("devices"):
+    """An empty assignment (gpus = 0) hides NVIDIA GPUs; AMD ones are left alone then,
+    as an empty ROCR_VISIBLE_DEVICES is not reliably "none"."""
+    if not assigned:
         return {}
-    devices = ",".join(assigned["devices"])
     if assigned.get("vendor") == "amd":
+        if not assigned.get("indices"):
+            return {}
         return {"ROCR_VISIBLE_DEVICES": ",".join(str(i) for i in assigned["indices"])}
-    return {"CUDA_VISIBLE_DEVICES": devices}
+    return {"CUDA_VISIBLE_DEVICES": ",".join(assigned.get("devices") or [])}
 
 
 def docker_gpus_args(gpus: int, has_nvidia: bool, assigned: dict[str, Any] | None) -> list[str]:

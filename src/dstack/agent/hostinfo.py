@@ -223,7 +223,7 @@ def collect(home: Path) -> dict[str, Any]:
 class GpuCache:
     """The GPU list for device assignment; GPUs do not come and go, so cache it long."""
 
-    def __init__(self, ttl: float = 60.0) -> None:
+    def __init__(self, ttl: float = 3600.0) -> None:
         self._ttl = ttl
         self._lock = threading.Lock()
         self._value: list[dict[str, Any]] | None = None

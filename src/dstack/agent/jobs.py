@@ -67,6 +67,8 @@ class JobStore:
         self._job_locks: dict[str, threading.Lock] = {}
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._gpus = GpuCache()
+        # Warm it now: probing GPUs can take a second, which `run` should not pay.
+        threading.Thread(target=self._gpus.get, daemon=True).start()
 
     # --- helpers -------------------------------------------------------------------
     def _dir(self, job_id: str) -> Path:
@@ -201,10 +203,13 @@ class JobStore:
     def _assign_gpus(self, path: Path) -> None:
         spec = read_json(path / SPEC_FILE) or {}
         count = int(spec.get("gpus") or 0)
-        if count <= 0:
-            return
+        if count < 0:
+            return  # every GPU: nothing to hide
         host_gpus = self._gpus.get()
         if not host_gpus:
+            return
+        if count == 0:  # none: an empty assignment hides them all
+            write_json_atomic(path / GPUS_FILE, gpus.assignment(host_gpus, []))
             return
         busy: set[int] = set()
         for other in self.root.iterdir():
