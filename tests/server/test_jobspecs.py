@@ -200,14 +200,6 @@ def test_dev_environment_zed_and_no_ide() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: jobspecs.build_job_specs uses '.' as the working_dir of a dev environment that sets "
-        "none, so the IDE link printed is 'vscode://vscode-remote/ssh-remote+my-run.' (no path); "
-        "configuration.md §6 says <working_dir> in the link is absolute"
-    ),
-)
 def test_dev_environment_link_without_working_dir_has_an_absolute_path() -> None:
     (job,) = specs({"type": "dev-environment", "ide": "vscode"})
     assert "ssh-remote+my-run/" in job.commands[2]

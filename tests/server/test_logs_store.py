@@ -146,15 +146,6 @@ def test_binary_safe(path: Path) -> None:
     assert logs.decode(e) == raw
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: logs.agent_offset returns 0 when the file ends in a torn record (a crash in the "
-        "middle of append), so the job reconciler copies the agent's whole log again from offset "
-        "0 and every line already stored is written twice; the module promises 'none is written "
-        "twice'. It should fall back to the cursor of the last complete record"
-    ),
-)
 def test_agent_offset_survives_a_torn_last_record(path: Path) -> None:
     logs.append(path, entries("a", "b"), 42)
     with path.open("a") as f:
@@ -162,15 +153,6 @@ def test_agent_offset_survives_a_torn_last_record(path: Path) -> None:
     assert logs.agent_offset(path) == 42
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: after a torn record, the next logs.append writes its first record on the same "
-        "line, and logs.poll raises json.JSONDecodeError on that line, so every later page of the "
-        "job's logs fails to read (append should start on a fresh line; poll should skip a bad "
-        "line)"
-    ),
-)
 def test_logs_after_a_torn_record_stay_readable(path: Path) -> None:
     logs.append(path, entries("a"), 1)
     with path.open("a") as f:

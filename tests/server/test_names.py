@@ -37,14 +37,6 @@ def test_is_valid_name(name: str, valid: bool) -> None:
     assert is_valid_name(name) is valid
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: names.NAME_RE ends in `$`, which also matches just before a trailing newline, so "
-        "is_valid_name('my-run\\n') is True (use re.fullmatch or `\\Z`); the run name is used in "
-        "log paths and URLs"
-    ),
-)
 def test_trailing_newline_is_invalid() -> None:
     assert is_valid_name("my-run\n") is False
 

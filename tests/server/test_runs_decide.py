@@ -26,8 +26,10 @@ def job(
     submitted: float = 600,
     finished: float | None = None,
     provisioned: bool = True,
+    last_provisioned: float | None = None,
 ) -> JobState:
     return JobState(
+        last_provisioned_at=ago(last_provisioned) if last_provisioned is not None else None,
         replica_num=replica,
         job_num=num,
         status=status,
@@ -389,21 +391,10 @@ def test_one_non_retryable_failure_fails_the_run() -> None:
     assert decide(v, NOW) == RunDecision(status="failed", reason="job_failed")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: runs._retry_allowed measures a no-capacity failure from run submission whenever "
-        "the latest submission was never provisioned, even if an earlier submission of the same "
-        "job ran (server.md §3.3: only a never-provisioned job counts from run submission; "
-        "otherwise from the latest provisioned submission). A spot job that ran 3 h, was "
-        "interrupted and then hit no capacity right away gets retry_limit_exceeded instead of a "
-        "retry; JobState carries no time of the last provisioned submission to fix this with."
-    ),
-)
 def test_no_capacity_after_an_earlier_provisioned_submission_still_retries() -> None:
     v = run(
         # the resubmission after the interruption (1 min ago) found no capacity
-        job("failed", NO_CAP, submitted=60, finished=1, provisioned=False),
+        job("failed", NO_CAP, submitted=60, finished=1, provisioned=False, last_provisioned=60),
         status="submitted",
         submitted_at=ago(3 * 3600),
         resubmission_attempt=1,
@@ -412,29 +403,11 @@ def test_no_capacity_after_an_earlier_provisioned_submission_still_retries() -> 
     assert decide(v, NOW) == RunDecision(status="pending", values={"resubmission_attempt": 2})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: runs._decide_active drops only `terminating` jobs before picking the status, so a "
-        "finished `done` job counts as neither running nor provisioning and a running run whose "
-        "other job is terminating (e.g. a multi-node task: worker done, master exiting) is moved "
-        "back to `submitted`"
-    ),
-)
 def test_done_and_terminating_jobs_do_not_move_run_back_to_submitted() -> None:
     v = run(job("terminating", "done_by_runner"), job("done", num=1, finished=1), status="running")
     assert decide(v, NOW) == RunDecision()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: runs.decide ignores stop_abort once the run is terminating, so `dstack stop -x` "
-        "after a plain `dstack stop` does not escalate: unfinished jobs keep "
-        "terminated_by_user and are aborted only after stop_duration + grace (300 s + 10 s by "
-        "default) instead of at once (server.md §3.2: aborted_by_user = immediate stop)"
-    ),
-)
 def test_abort_after_stop_escalates() -> None:
     v = run(
         job("terminating", "terminated_by_user"),

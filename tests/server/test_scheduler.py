@@ -168,7 +168,7 @@ def test_two_gpu_job_takes_one_block_of_four() -> None:
     o = best.offer
     assert (o.blocks, o.total_blocks, o.availability) == (1, 4, InstanceAvailability.IDLE)
     assert (o.instance.resources.cpus, len(o.instance.resources.gpus)) == (8, 2)
-    assert o.price == 2.0
+    assert o.price == 8.0  # a share costs what the instance costs (server.md §4.4)
     assert o.instance_id == "i1" and o.fleet_name == "fleet"
 
 
@@ -217,14 +217,6 @@ def test_multinode_with_a_block_sized_requirement_is_refused() -> None:
     assert r.rejections == ["fleet-i1: gpu count 2 (has 8)"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: matching.share() divides the disk by blocks too; server.md §4.4 shares only cpus, "
-        "memory and the GPU list. With the default `disk: 100GB..` a 4-block host with a 100GB "
-        "(or anything under 400GB) disk refuses every job: 'disk 100GB.. (has 25GB)'"
-    ),
-)
 def test_blocks_do_not_split_the_disk() -> None:
     host = dict(BLOCK_HOST, disk=100)
     best = rank(req({"gpu": "A100:2"}), [inst(**host)], []).best

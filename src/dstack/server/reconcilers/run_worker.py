@@ -12,7 +12,14 @@ from dstack.models.runs import RunSpec
 from dstack.models.wire import utcnow
 from dstack.server.db import tables as t
 from dstack.server.reconcilers.base import Reconciler
-from dstack.server.reconcilers.runs import FINISHED, JobState, RunDecision, RunView, decide
+from dstack.server.reconcilers.runs import (
+    FINISHED,
+    JOB_REASON_FOR_RUN,
+    JobState,
+    RunDecision,
+    RunView,
+    decide,
+)
 from dstack.server.services import events
 from dstack.server.services.runs import new_job_row
 
@@ -42,13 +49,13 @@ class RunReconciler(Reconciler):
                 return
             jobs = list((await s.execute(select(t.Job).where(t.Job.run_id == run.id))).scalars())
             latest = latest_jobs(jobs)
-            d = decide(self._view(run, latest), now)
+            d = decide(self._view(run, latest, jobs), now)
             woke_jobs = await self._apply(s, run, latest, d, token, now)
             await s.commit()
         if woke_jobs:
             self.ctx.hub.wake("jobs")
 
-    def _view(self, run: t.Run, latest: list[t.Job]) -> RunView:
+    def _view(self, run: t.Run, latest: list[t.Job], jobs: list[t.Job]) -> RunView:
         conf = RunSpec.model_validate_json(run.run_spec).configuration
         return RunView(
             status=run.status,
@@ -67,6 +74,7 @@ class RunReconciler(Reconciler):
                     submitted_at=j.submitted_at,
                     finished_at=j.finished_at,
                     provisioned=j.job_provisioning_data is not None,
+                    last_provisioned_at=_last_provisioned(jobs, j),
                 )
                 for j in latest
             ),
@@ -78,6 +86,9 @@ class RunReconciler(Reconciler):
     ) -> bool:
         values: dict[str, Any] = dict(d.values)
         woke = False
+        if d.reason and not d.status and d.reason != run.termination_reason:
+            values["termination_reason"] = d.reason
+            await self._escalate(s, run, d.reason)
         if d.terminate_jobs_reason:
             pending = await self._terminate_jobs(s, latest, d.terminate_jobs_reason, now)
             woke = True
@@ -121,6 +132,18 @@ class RunReconciler(Reconciler):
         await self.guarded_update(s, run.id, token, values, now)
         return woke
 
+    async def _escalate(self, s: Any, run: t.Run, reason: str) -> None:
+        """Jobs already stopping gracefully take the new reason (an abort kills at once)."""
+        await s.execute(
+            update(t.Job)
+            .where(
+                t.Job.run_id == run.id,
+                t.Job.status == "terminating",
+                t.Job.termination_reason == "terminated_by_user",
+            )
+            .values(termination_reason=JOB_REASON_FOR_RUN.get(reason, reason), dirty=True)
+        )
+
     async def _terminate_jobs(self, s: Any, latest: list[t.Job], reason: str, now: datetime) -> int:
         """Send unfinished jobs to terminating, skipping any a job worker holds right now;
         returns how many are still to do."""
@@ -157,3 +180,13 @@ class RunReconciler(Reconciler):
                 within_run_id=job.run_id,
             )
         return left
+
+
+def _last_provisioned(jobs: list[t.Job], job: t.Job) -> datetime | None:
+    times = [
+        j.last_processed_at
+        for j in jobs
+        if (j.replica_num, j.job_num) == (job.replica_num, job.job_num)
+        and j.job_provisioning_data is not None
+    ]
+    return max(times, default=None)

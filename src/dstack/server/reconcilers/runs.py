@@ -60,6 +60,9 @@ class JobState:
     submitted_at: datetime
     finished_at: datetime | None
     provisioned: bool
+    # When the latest submission of this job that got an instance was last seen; None if no
+    # submission ever got one. The retry window counts from it (server.md §3.3).
+    last_provisioned_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,9 @@ def _terminate(v: RunView, reason: str) -> RunDecision:
 
 def _decide_terminating(v: RunView) -> RunDecision:
     reason = v.termination_reason or "server_error"
+    if v.stop_abort and reason == "stopped_by_user":
+        # `stop -x` after `stop`: escalate the graceful stop in flight to an abort.
+        return RunDecision(reason="aborted_by_user", terminate_jobs_reason="aborted_by_user")
     if all(j.status in FINISHED for j in v.latest_jobs):
         return RunDecision(status=RUN_FINAL.get(reason, "failed"))
     return RunDecision(terminate_jobs_reason=JOB_REASON_FOR_RUN.get(reason, "terminated_by_server"))
@@ -129,7 +135,12 @@ def _retry_allowed(v: RunView, job: JobState, now: datetime) -> str:
     event = retry_event(job.termination_reason)
     if v.retry is None or event is None or event not in v.retry.get("on_events", []):
         return "no"
-    start = v.submitted_at if not job.provisioned else (job.finished_at or now)
+    if job.provisioned:
+        start = job.finished_at or now
+    elif job.last_provisioned_at is not None:
+        start = job.last_provisioned_at
+    else:
+        start = v.submitted_at
     if (now - start).total_seconds() > float(v.retry.get("duration") or 3600):
         return "exceeded"
     return "retry"
@@ -150,9 +161,9 @@ def _decide_active(v: RunView, now: datetime) -> RunDecision:
         )
     if jobs and all(j.status == "done" for j in jobs):
         return _terminate(v, "all_jobs_done")
-    # A terminating job is on its way to a final status the next pass reads; it does not move
-    # the run back to `submitted`.
-    moving = [j for j in jobs if j.status != "terminating"]
+    # A terminating or finished job does not move the run back to `submitted`: only jobs still
+    # on their way up decide the status.
+    moving = [j for j in jobs if j.status != "terminating" and j.status not in FINISHED]
     if not moving:
         return RunDecision()
     if any(j.status == "running" for j in moving):

@@ -13,11 +13,8 @@ from dstack.models.users import Project, User
 from dstack.models.volumes import Gateway, Volume
 from dstack.server.db import tables as t
 from dstack.server.routers.deps import ProjectAccess, get_ctx, get_session, get_user, project_access
-from dstack.server.scheduler.placement import rank
-from dstack.server.services import codes, events, fleets, logs, runs
+from dstack.server.services import codes, events, fleets, logs, offers, runs
 from dstack.server.services.context import ServerContext
-from dstack.server.services.jobspecs import build_job_specs
-from dstack.server.services.pool import load_pool, requirements_for
 from dstack.server.services.users import (
     list_projects,
     project_for_member,
@@ -90,12 +87,7 @@ async def offers_list(
     a: ProjectAccess = Depends(project_access),
     ctx: ServerContext = Depends(get_ctx),
 ) -> dict:
-    conf = runs.parse_run_configuration(body.run_spec)
-    job = build_job_specs("offer", conf, None)[0]
-    pool = await load_pool(ctx, a.session, a.project.id)
-    ranking = rank(requirements_for(conf, job.requirements), pool.instances, pool.capacity)
-    offers = [c.offer.model_dump(mode="json") for c in ranking.candidates]
-    return {"offers": offers[: body.max_offers or 50], "total_offers": len(offers)}
+    return await offers.list_offers(ctx, a.session, a.project, body.run_spec, body.max_offers)
 
 
 @router.post("/api/events/list", response_model=list[Event])

@@ -121,8 +121,6 @@ def share(res: Resources, blocks: int, total_blocks: int) -> Resources:
             "cpus": res.cpus * blocks // total_blocks,
             "memory_mib": res.memory_mib * blocks // total_blocks,
             "gpus": res.gpus[:n_gpus],
-            "disk": res.disk.model_copy(
-                update={"size_mib": res.disk.size_mib * blocks // total_blocks}
-            ),
+            # The disk is shared, not divided (server.md §4.4 splits CPUs, memory and GPUs).
         }
     )

@@ -77,6 +77,11 @@ class Ranking:
                 return c
         return None
 
+    @property
+    def only_busy(self) -> bool:
+        """Something fits but is taken now: the job queues instead of failing."""
+        return bool(self.candidates) and self.best is None
+
 
 def _profile_reason(
     req: Requirements, backend: str, region: str, itype: str, price: float, spot: bool
@@ -119,7 +124,7 @@ def _pool_candidate(req: Requirements, inst: PoolInstance) -> Candidate | str:
                 backend=inst.backend,
                 instance={"name": inst.instance_type, "resources": res},
                 region=inst.region,
-                price=inst.price * k / inst.total_blocks,
+                price=inst.price,  # a share costs what the instance costs (server.md §4.4)
                 availability=availability,
                 blocks=k,
                 total_blocks=inst.total_blocks,

@@ -110,7 +110,8 @@ def _commands(conf: Any, run_name: str, working_dir: str) -> list[str]:
 
 
 def build_job_specs(run_name: str, conf: Any, repo_code_hash: str | None) -> list[JobSpec]:
-    working_dir = getattr(conf, "working_dir", None) or "."
+    # Links and hints need an absolute path: the code directory when none is given.
+    working_dir = getattr(conf, "working_dir", None) or LOCAL_REPO_DIR
     retry = getattr(conf, "retry", None)
     service_port = None
     if conf.type == "service":

@@ -25,27 +25,55 @@ def log_path(logs_dir: Path, project: str, run_name: str, job_id: str) -> Path:
 
 
 def agent_offset(path: Path) -> int:
-    """The agent cursor stored with the last record, 0 when nothing was copied yet."""
+    """The agent cursor stored with the last complete page, 0 when nothing was copied yet.
+
+    A crash in the middle of `append` can leave a torn page at the end of the file: it is cut
+    off here, so the copy resumes from the last page that was written whole and no line is
+    stored twice."""
     if not path.exists():
         return 0
-    with path.open("rb") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        pos = max(0, size - 65536)
-        while True:
-            f.seek(pos)
-            tail = f.read(size - pos)
-            lines = tail.rstrip(b"\n").split(b"\n")
-            if len(lines) > 1 or pos == 0:
-                break
-            pos = max(0, pos - 65536 * 4)
-    last = lines[-1] if lines and lines[-1] else b""
-    if not last:
-        return 0
+    with path.open("rb+") as f:
+        data_end = f.seek(0, os.SEEK_END)
+        pos = data_end
+        while pos > 0:
+            start = max(0, pos - 65536)
+            f.seek(start)
+            chunk = f.read(pos - start)
+            for line_end in _line_ends_backwards(chunk, start, data_end):
+                offset = _cursor_of_line(f, line_end)
+                if offset is not None:
+                    if line_end != data_end:
+                        f.truncate(line_end)
+                    return offset
+            pos = start
+        f.truncate(0)
+    return 0
+
+
+def _line_ends_backwards(chunk: bytes, start: int, data_end: int) -> list[int]:
+    """File offsets just after each newline in `chunk`, last first."""
+    ends = []
+    i = len(chunk)
+    while True:
+        i = chunk.rfind(b"\n", 0, i)
+        if i < 0:
+            return ends
+        ends.append(start + i + 1)
+
+
+def _cursor_of_line(f, line_end: int) -> int | None:  # noqa: ANN001
+    """The `ao` of the record ending at `line_end`, None if it has none or is not a record."""
+    lo = max(0, line_end - 1024 * 1024)
+    f.seek(lo)
+    head = f.read(line_end - 1 - lo)
+    line = head[head.rfind(b"\n") + 1 :]
     try:
-        return int(json.loads(last).get("ao", 0))
-    except (ValueError, AttributeError):
-        return 0
+        rec = json.loads(line)
+    except ValueError:
+        return None
+    if isinstance(rec, dict) and "ao" in rec:
+        return int(rec["ao"])
+    return None
 
 
 def append(path: Path, entries: list[dict[str, Any]], next_offset: int) -> None:
@@ -63,8 +91,13 @@ def append(path: Path, entries: list[dict[str, Any]], next_offset: int) -> None:
         if i == len(entries) - 1:
             rec["ao"] = next_offset
         out.append(json.dumps(rec, separators=(",", ":")))
-    with path.open("a", encoding="utf-8") as f:
-        f.write("\n".join(out) + "\n")
+    with path.open("a+b") as f:
+        # After a crash the file may end in a torn record: start on a fresh line.
+        prefix = b""
+        if f.seek(0, os.SEEK_END) > 0:
+            f.seek(-1, os.SEEK_END)
+            prefix = b"" if f.read(1) == b"\n" else b"\n"
+        f.write(prefix + ("\n".join(out) + "\n").encode())
         f.flush()
         os.fsync(f.fileno())
 
@@ -100,8 +133,12 @@ def poll(
                 break
             read += len(line)
             offset += len(line)
-            rec = json.loads(line)
-            ts = _ts(int(rec["t"]))
+            try:
+                rec = json.loads(line)
+                ts = _ts(int(rec["t"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn record from a crash; the resumed copy follows it
+
             if start_time is not None and ts < start_time:
                 continue
             if end_time is not None and ts > end_time:

@@ -87,7 +87,7 @@ ANIMALS = (
 
 
 def is_valid_name(name: str) -> bool:
-    return bool(NAME_RE.match(name))
+    return NAME_RE.fullmatch(name) is not None
 
 
 def invalid_name_message(kind: str, name: str) -> str:
