@@ -1,3 +1,3 @@
-"""The single place the package version lives; imported by `dstack --version` without anything else."""
+"""The one place the version lives; `dstack --version` imports nothing else."""
 
 __version__ = "0.1.0"

@@ -10,13 +10,35 @@ from dstack.server.services.bootstrap import MAIN_PROJECT, BootstrapResult
 from dstack.server.settings import load_settings
 
 
+def _known_entry(token_hash: str):  # noqa: ANN202 - a client_config.ProjectConfig or None
+    """The client-config entry holding the admin token, when one still matches it."""
+    from dstack import client_config
+    from dstack.server.services.crypto import hash_token
+
+    try:
+        for p in client_config.load_projects():
+            if hash_token(p.token) == token_hash:
+                return p
+    except Exception:  # an unreadable config just means we cannot show the token
+        return None
+    return None
+
+
 def _announce(url: str, result: BootstrapResult) -> None:
     from dstack import client_config
 
+    name, default = MAIN_PROJECT, True
+    if not result.created:
+        # A restart, perhaps on another port: keep the CLI's entry pointed at this server
+        # without changing which project the user made the default.
+        entry = _known_entry(result.admin_token_hash)
+        if entry is not None:
+            result.admin_token = result.admin_token or entry.token
+            name, default = entry.name, entry.default
     if result.admin_token:
         print(f"The admin token is {result.admin_token}", flush=True)
         try:
-            client_config.add_project(MAIN_PROJECT, url, result.admin_token, default=True)
+            client_config.add_project(name, url, result.admin_token, default=default)
             print("The CLI is configured to use it (~/.dstack/config.yml)", flush=True)
         except Exception as e:  # a broken client config must not stop the server
             print(f"Could not update ~/.dstack/config.yml: {e}", file=sys.stderr, flush=True)

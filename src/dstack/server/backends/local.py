@@ -79,13 +79,14 @@ class LocalBackend(Backend):
             agent_pid=agent.pid,
         )
 
-    async def revive(self, token: str) -> int:
-        """Restart a dead local agent with the instance's token; its jobs' state is on disk."""
+    async def revive(self, token: str) -> tuple[str, int]:
+        """Restart a dead local agent with the instance's token (its jobs' state is on disk);
+        returns the new agent's URL and pid."""
         try:
             agent = await ensure_local_agent(self.home, token)
         except Exception as e:
             raise BackendError(f"failed to restart the local agent: {e}") from e
-        return agent.pid
+        return agent.url, agent.pid
 
     async def terminate_instance(self, instance_id: str, agent_pid: int | None) -> None:
         if agent_pid is None:

@@ -57,6 +57,9 @@ class Reconciler(ABC):
 
     # -- claiming -------------------------------------------------------------------------
 
+    def claim_order(self) -> tuple[Any, ...]:
+        return (self.table.last_processed_at,)
+
     def _due(self, now: datetime) -> Any:
         tbl = self.table
         conds = [tbl.dirty.is_(True)]
@@ -79,7 +82,7 @@ class Reconciler(ABC):
         expires = now + timedelta(seconds=self.ctx.settings.lease_seconds)
         tbl = self.table
         async with self.ctx.db.session() as s:
-            q = select(tbl.id).where(self._due(now)).order_by(tbl.last_processed_at)
+            q = select(tbl.id).where(self._due(now)).order_by(*self.claim_order())
             if not self.ctx.db.is_sqlite:
                 q = q.with_for_update(skip_locked=True)
             rows = (await s.execute(q.limit(self.batch))).scalars()

@@ -18,7 +18,7 @@ from dstack.server.reconcilers.base import Reconciler
 from dstack.server.reconcilers.instances import InstanceDecision, InstanceView, decide
 from dstack.server.services import events
 from dstack.server.services.context import ServerContext
-from dstack.server.services.pool import FINISHED_JOB_STATUSES
+from dstack.server.services.pool import FINISHED_JOB_STATUSES, fleet_conf
 
 HEALTH_INTERVAL = 10.0
 
@@ -42,6 +42,7 @@ class InstanceReconciler(Reconciler):
             if inst is None:
                 return
             active, last_finished = await self._jobs(s, inst.id)
+            at_min = await self._fleet_at_min(s, inst)
         agent_ok = await self._check(inst) if inst.status in ("idle", "busy") else None
         view = InstanceView(
             status=inst.status,
@@ -50,7 +51,7 @@ class InstanceReconciler(Reconciler):
             active_jobs=active,
             idle_since=max(filter(None, [inst.started_at or inst.created_at, last_finished])),
             idle_duration=inst.idle_duration,
-            fleet_min_reached=False,
+            fleet_min_reached=at_min,
         )
         d = decide(view, now)
         values = await self._act(inst, d)
@@ -70,6 +71,26 @@ class InstanceReconciler(Reconciler):
             )
         ).scalar()
         return int(active), last
+
+    async def _fleet_at_min(self, s: Any, inst: t.Instance) -> bool:
+        """Terminating this instance would take its fleet below `nodes.min`."""
+        if inst.fleet_id is None:
+            return False
+        fleet = await s.get(t.Fleet, inst.fleet_id)
+        nodes = fleet_conf(fleet).get("nodes") if fleet else None
+        low = nodes.get("min") if isinstance(nodes, dict) else None
+        if not low:
+            return False
+        live = (
+            await s.execute(
+                select(func.count()).where(
+                    t.Instance.fleet_id == inst.fleet_id,
+                    t.Instance.deleted.is_(False),
+                    t.Instance.status.in_(("pending", "provisioning", "idle", "busy")),
+                )
+            )
+        ).scalar_one()
+        return int(live) <= int(low)
 
     async def _check(self, inst: t.Instance) -> bool:
         client = self.agents.client(inst)
@@ -96,11 +117,11 @@ class InstanceReconciler(Reconciler):
             return {"finished_at": utcnow(), "deleted": True}
         if d.action == "revive" and hasattr(backend, "revive") and inst.agent_token_enc:
             try:
-                pid = await backend.revive(self.ctx.box.decrypt(inst.agent_token_enc))
+                url, pid = await backend.revive(self.ctx.box.decrypt(inst.agent_token_enc))
             except BackendError:
                 return d.values
             await self.agents.forget(inst.id)
-            return {**d.values, "agent_pid": pid, "unreachable": False}
+            return {**d.values, "agent_url": url, "agent_pid": pid, "unreachable": False}
         return d.values
 
     async def _create(self, inst: t.Instance, d: InstanceDecision, backend: Any) -> dict[str, Any]:

@@ -68,9 +68,11 @@ def agent_job_spec(
         repo_dir = "/workflow"
         working_dir = spec.working_dir or repo_dir
     else:
+        # The agent sets DSTACK_REPO_DIR and DSTACK_WORKING_DIR to the real host paths.
         runtime = "process"
         repo_dir = None
         working_dir = spec.working_dir if spec.working_dir not in (None, ".") else None
+    env_repo_dir, env_working_dir = (repo_dir, working_dir) if runtime == "docker" else (None, None)
     shm = None
     res = (spec.requirements or {}).get("resources") or {}
     if res.get("shm_size"):
@@ -80,7 +82,7 @@ def agent_job_spec(
         "name": spec.job_name,
         "runtime": runtime,
         "commands": spec.commands,
-        "env": job_env(job, run, spec, host_info, gpus, repo_dir, working_dir),
+        "env": job_env(job, run, spec, host_info, gpus, env_repo_dir, env_working_dir),
         "working_dir": working_dir,
         "image": spec.image_name,
         "shm_size_mib": shm,

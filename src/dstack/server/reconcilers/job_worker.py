@@ -38,6 +38,7 @@ class Snapshot:
     instance: t.Instance | None
     spec: JobSpec
     placement: Candidate | None = None
+    queued: bool = False
     no_capacity: str | None = None
 
 
@@ -50,6 +51,10 @@ class JobReconciler(Reconciler):
     def __init__(self, ctx: ServerContext, agents: AgentRegistry) -> None:
         super().__init__(ctx)
         self.agents = agents
+
+    def claim_order(self) -> tuple[Any, ...]:
+        # Queued jobs are placed in submission order (DESIGN.md, 'Scheduling').
+        return (t.Job.submitted_at, t.Job.last_processed_at)
 
     def interval(self, status: str) -> float:
         if status in ("running", "terminating"):
@@ -85,6 +90,7 @@ class JobReconciler(Reconciler):
                     requirements_for(conf, snap.spec.requirements), pool.instances, pool.capacity
                 )
                 snap.placement = ranking.best
+                snap.queued = ranking.only_busy
                 snap.no_capacity = no_capacity_message(ranking, pool.has_fleets)
             return snap
 
@@ -97,11 +103,21 @@ class JobReconciler(Reconciler):
         try:
             return await client.get_job(snap.job.id), True
         except AgentUnreachableError:
+            await self._suspect(snap.instance.id)
             return None, False
         except AgentError as e:
             if e.status_code == 404:
                 return None, True
             return None, False
+
+    async def _suspect(self, instance_id: str) -> None:
+        """Ask the instance reconciler to check (and for local, restart) the agent now."""
+        async with self.ctx.db.session() as s:
+            await s.execute(
+                update(t.Instance).where(t.Instance.id == instance_id).values(dirty=True)
+            )
+            await s.commit()
+        self.ctx.hub.wake("instances")
 
     def _view(self, snap: Snapshot, agent_job: dict[str, Any] | None, reachable: bool) -> JobView:
         inst, job, st = snap.instance, snap.job, self.ctx.settings
@@ -120,7 +136,9 @@ class JobReconciler(Reconciler):
             stop_duration=snap.spec.stop_duration or 0,
             unreachable_grace=st.agent_unreachable_grace_seconds,
             terminate_grace=st.terminate_grace_seconds,
+            spot=_is_spot(inst),
             placement=snap.placement,
+            queued=snap.queued,
             no_capacity_message=snap.no_capacity,
         )
 
@@ -219,12 +237,25 @@ class JobReconciler(Reconciler):
             if "status" in values:
                 await self._note_status(s, snap, values, now, fleet_id)
             await s.commit()
+        if values.get("status") in ("done", "failed", "terminated", "aborted"):
+            await self._wake_queue(job.project_id)
         if "status" in values:
             self.ctx.hub.wake("runs")
         if d.action == "create_instance":
             self.ctx.hub.wake("instances")
         if d.action == "assign":
             self.ctx.hub.wake("jobs")
+
+    async def _wake_queue(self, project_id: str) -> None:
+        """A job released its blocks: queued jobs of the project try to place again now."""
+        async with self.ctx.db.session() as s:
+            await s.execute(
+                update(t.Job)
+                .where(t.Job.project_id == project_id, t.Job.status == "submitted")
+                .values(dirty=True)
+            )
+            await s.commit()
+        self.ctx.hub.wake("jobs")
 
     async def _reserve(
         self, s: Any, snap: Snapshot, values: dict[str, Any], now: datetime, token: str
@@ -373,3 +404,9 @@ def _idle_duration(conf: dict[str, Any], run: t.Run) -> int | None:
 
 def offer_of(inst: t.Instance) -> InstanceOfferWithAvailability:
     return InstanceOfferWithAvailability.model_validate_json(inst.offer or "{}")
+
+
+def _is_spot(inst: t.Instance | None) -> bool:
+    if inst is None or not inst.offer:
+        return False
+    return offer_of(inst).instance.resources.spot

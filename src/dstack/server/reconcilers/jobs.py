@@ -4,6 +4,7 @@
 |--------------|---------------------------------------|---------------------------------------|
 | submitted    | a pool instance fits                  | provisioning; instance reserved       |
 | submitted    | only a backend offer fits             | provisioning; pending instance added  |
+| submitted    | fits only instances busy right now    | (wait in the queue)                   |
 | submitted    | nothing fits                          | terminating: no capacity (1)         |
 | provisioning | instance not ready yet                | (wait)                                |
 | provisioning | instance terminated                   | terminating: instance lost (2)        |
@@ -13,6 +14,7 @@
 | running      | agent: finished                       | terminating, the agent's reason       |
 | running      | agent unreachable                     | disconnected_at; after the grace:     |
 |              |                                       | terminating: instance_unreachable     |
+|              |                                       | (spot: interrupted_by_no_capacity)    |
 | running      | past max_duration + 2 min (backstop)  | terminating: max_duration_exceeded    |
 | terminating  | agent job running, no stop sent       | stop sent (abort if aborted_by_user)  |
 | terminating  | stop sent, past stop_duration + grace | abort sent                            |
@@ -72,7 +74,9 @@ class JobView:
     stop_duration: int
     unreachable_grace: float
     terminate_grace: float
+    spot: bool = False  # the instance is spot: losing it is an interruption, not an error
     placement: Candidate | None = None
+    queued: bool = False  # fits only busy instances
     no_capacity_message: str | None = None
 
 
@@ -101,6 +105,8 @@ def decide(v: JobView, now: datetime) -> Decision:
 def _decide_submitted(v: JobView) -> Decision:
     if v.instance_id is not None:
         return Decision("wait", status="provisioning")
+    if v.placement is None and v.queued:
+        return Decision("wait")
     if v.placement is None:
         return Decision(
             "wait",
@@ -135,6 +141,13 @@ def _decide_running(v: JobView, now: datetime) -> Decision:
         if v.disconnected_at is None:
             return Decision("wait", values={"disconnected_at": now})
         if (now - v.disconnected_at).total_seconds() >= v.unreachable_grace:
+            if v.spot:
+                return Decision(
+                    "wait",
+                    status="terminating",
+                    reason="interrupted_by_no_capacity",
+                    message="the spot instance stopped answering",
+                )
             return Decision(
                 "wait",
                 status="terminating",
@@ -189,9 +202,12 @@ def _decide_terminating(v: JobView, now: datetime) -> Decision:
         return Decision("wait")
     if _agent_finished(v.agent_job):
         return Decision("finalize", status=final_status(v.termination_reason))
+    if v.termination_reason == "aborted_by_user":
+        # Killing is idempotent, so an abort is sent on every pass until the job is gone; this
+        # also escalates a graceful stop already in flight.
+        return Decision("abort", values={"stop_sent_at": v.stop_sent_at or now})
     if v.stop_sent_at is None:
-        abort = v.termination_reason == "aborted_by_user"
-        return Decision("abort" if abort else "stop", values={"stop_sent_at": now})
+        return Decision("stop", values={"stop_sent_at": now})
     if (now - v.stop_sent_at).total_seconds() >= v.stop_duration + v.terminate_grace:
         return Decision("abort", values={"stop_sent_at": now})
     return Decision("copy_logs")

@@ -27,6 +27,7 @@ LOCAL_FLEET = "local"
 class BootstrapResult:
     admin_token: str | None  # None when the token was set earlier and is not known any more
     created: bool
+    admin_token_hash: str = ""
 
 
 def local_fleet_spec() -> FleetSpec:
@@ -54,7 +55,9 @@ async def bootstrap(ctx: ServerContext) -> BootstrapResult:
             if env_token and admin.token_hash != hash_token(env_token):
                 admin.token_hash = hash_token(env_token)
                 await s.commit()
-            return BootstrapResult(admin_token=env_token, created=False)
+            return BootstrapResult(
+                admin_token=env_token, created=False, admin_token_hash=admin.token_hash
+            )
         admin, token = await create_user(s, ADMIN, global_role="admin", token=env_token)
         await s.flush()
         project = await get_project(s, MAIN_PROJECT) or await create_project(s, admin, MAIN_PROJECT)
@@ -62,7 +65,7 @@ async def bootstrap(ctx: ServerContext) -> BootstrapResult:
         if ctx.settings.local_backend_enabled:
             await _create_local_fleet(s, project)
         await s.commit()
-        return BootstrapResult(admin_token=token, created=True)
+        return BootstrapResult(admin_token=token, created=True, admin_token_hash=hash_token(token))
 
 
 async def _create_local_fleet(s, project: t.Project) -> None:  # type: ignore[no-untyped-def]
