@@ -6,11 +6,8 @@ import`. Skipped when no engine answers `docker info` or no static busybox exist
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import tarfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -20,52 +17,12 @@ from .test_api import make_tar
 
 pytestmark = pytest.mark.docker
 
-IMAGE = "dstack-test-busybox:latest"
-APPLETS = ["sh", "echo", "sleep", "cat", "ls", "env", "pwd", "true", "false", "httpd"]
-
-
-def _docker_ok() -> str | None:
-    if shutil.which("docker") is None:
-        return "docker CLI not installed"
-    try:
-        proc = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError) as e:
-        return f"docker info failed: {e}"
-    if proc.returncode != 0:
-        return f"no Docker engine answers `docker info`: {proc.stderr.strip()[-200:]}"
-    return None
-
-
-def _busybox() -> str | None:
-    for path in ("/bin/busybox", "/usr/bin/busybox"):
-        if Path(path).is_file():
-            return path
-    return None
-
+IMAGE = "dstack-test-busybox:latest"  # built by the busybox_image fixture (tests/conftest.py)
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> str:
-    reason = _docker_ok()
-    if reason:
-        pytest.skip(reason)
-    busybox = _busybox()
-    if busybox is None:
-        pytest.skip("no static busybox to build the test image (apt-get install busybox-static)")
-    if subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True).returncode == 0:
-        return IMAGE
-    rootfs = tmp_path_factory.mktemp("rootfs")
-    (rootfs / "bin").mkdir()
-    shutil.copy(busybox, rootfs / "bin" / "busybox")
-    for applet in APPLETS:
-        (rootfs / "bin" / applet).symlink_to("busybox")
-    (rootfs / "tmp").mkdir()
-    archive = rootfs.parent / "rootfs.tar"
-    with tarfile.open(archive, "w") as tar:
-        tar.add(rootfs, arcname=".")
-    subprocess.run(
-        ["docker", "import", str(archive), IMAGE], check=True, capture_output=True, timeout=60
-    )
-    return IMAGE
+def image(busybox_image: str) -> str:
+    """The small local image every docker test uses (built in tests/conftest.py)."""
+    return busybox_image
 
 
 @pytest.fixture

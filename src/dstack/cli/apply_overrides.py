@@ -156,7 +156,10 @@ def apply_overrides(
         out["name"] = args.run_name
     env_flags = parse_env_flags(getattr(args, "env", None) or [], environ)
     if env_flags:
-        out["env"] = {**(out.get("env") or {}), **env_flags}
+        from dstack.models.envs import parse_env
+
+        # The file may give env as a list (`- KEY=VALUE`); normalise it before merging.
+        out["env"] = {**parse_env(out.get("env") or {}), **env_flags}
     resources = dict(out.get("resources") or {})
     for flag in ("cpu", "gpu", "memory", "disk"):
         value = getattr(args, flag, None)

@@ -120,7 +120,9 @@ def _write_stdout(data: bytes) -> None:
 
 
 def status_text(run: Run) -> str:
-    return run.status_message or run.status.value
+    from dstack.cli.render.runs import run_status_text
+
+    return run_status_text(run)
 
 
 def wait_until_started(

@@ -106,12 +106,21 @@ def _job_label(run: Any, job: Any, show_deployment: bool) -> str:
     return "   " + " ".join(parts)
 
 
+def run_status_text(run: Any) -> str:
+    """A finished run shows how its first job ended (`exited (0)`, `stopped`, `no capacity`),
+    an unfinished one the server's run message (cli.md, `dstack ps`)."""
+    sub = run.latest_job_submission
+    if run.status.is_finished() and sub is not None and sub.status_message:
+        return sub.status_message
+    return run.status_message or run.status.value
+
+
 def run_rows(run: Any, verbose: bool = False, now: datetime | None = None) -> list[Row]:
     """Rows for one run; rows of a multi-job run after the first carry `_style`."""
     show_deployment = _show_deployment(run, verbose)
     run_row: Row = {
         "NAME": run.run_spec.run_name or "",
-        "STATUS": run.status_message or run.status.value,
+        "STATUS": run_status_text(run),
         "SUBMITTED": pretty_date(run.submitted_at, now),
         "ERROR": run.error or "",
     }

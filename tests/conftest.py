@@ -1,0 +1,67 @@
+"""Fixtures shared by the agent and end-to-end tests."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+BUSYBOX_IMAGE = "dstack-test-busybox:latest"
+APPLETS = ["sh", "echo", "sleep", "cat", "ls", "env", "pwd", "true", "false", "httpd", "uname"]
+
+
+def docker_unavailable() -> str | None:
+    """Why Docker tests cannot run here, or None when an engine answers."""
+    if shutil.which("docker") is None:
+        return "docker CLI not installed"
+    try:
+        proc = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"docker info failed: {e}"
+    if proc.returncode != 0:
+        return f"no Docker engine answers `docker info`: {proc.stderr.strip()[-200:]}"
+    return None
+
+
+def _busybox() -> str | None:
+    for path in ("/bin/busybox", "/usr/bin/busybox"):
+        if Path(path).is_file():
+            return path
+    return None
+
+
+@pytest.fixture(scope="session")
+def busybox_image(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Images cannot be pulled here: build a tiny one from a static busybox with `docker import`."""
+    reason = docker_unavailable()
+    if reason:
+        pytest.skip(reason)
+    busybox = _busybox()
+    if busybox is None:
+        pytest.skip("no static busybox to build the test image (apt-get install busybox-static)")
+    if (
+        subprocess.run(
+            ["docker", "image", "inspect", BUSYBOX_IMAGE], capture_output=True
+        ).returncode
+        == 0
+    ):
+        return BUSYBOX_IMAGE
+    rootfs = tmp_path_factory.mktemp("rootfs")
+    (rootfs / "bin").mkdir()
+    shutil.copy(busybox, rootfs / "bin" / "busybox")
+    for applet in APPLETS:
+        (rootfs / "bin" / applet).symlink_to("busybox")
+    (rootfs / "tmp").mkdir()
+    archive = rootfs.parent / "rootfs.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(rootfs, arcname=".")
+    subprocess.run(
+        ["docker", "import", str(archive), BUSYBOX_IMAGE],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return BUSYBOX_IMAGE

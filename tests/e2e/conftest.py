@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .harness import Server
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("home")
+    srv = Server(home=home)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.cleanup()
+
+
+@pytest.fixture
+def project_dir(tmp_path: Path) -> Path:
+    """A small working directory to apply from (the CLI uploads it as the job's code)."""
+    d = tmp_path / "proj"
+    d.mkdir()
+    (d / "data.txt").write_text("payload-from-the-working-dir\n")
+    return d
