@@ -19,6 +19,22 @@ from dstack.models.logs import PollLogsRequest
 from dstack.models.runs import Job, JobSubmission, Run, RunStatus
 
 POLL_INTERVAL = 1.0
+
+
+class Backoff:
+    """Poll fast right after a change, then slow down to POLL_INTERVAL: short runs finish
+    in a fraction of a second, long ones cost one request a second."""
+
+    def __init__(self, start: float = 0.05, factor: float = 1.5, cap: float = POLL_INTERVAL):
+        self.start, self.factor, self.cap = start, factor, cap
+        self.delay = start
+
+    def reset(self) -> None:
+        self.delay = self.start
+
+    def sleep(self) -> None:
+        time.sleep(self.delay)
+        self.delay = min(self.cap, self.delay * self.factor)
 NO_CAPACITY = {"failed_to_start_due_to_no_capacity", "interrupted_by_no_capacity"}
 
 
@@ -130,15 +146,18 @@ def wait_until_started(
 ) -> Run:
     """Poll until the run leaves submitted/pending/provisioning; report each new status."""
     seen = None
+    backoff = Backoff()
     while True:
         run = api.get_run(name)
         text = status_text(run)
-        if text != seen and on_change is not None:
-            on_change(run)
+        if text != seen:
+            backoff.reset()
+            if on_change is not None:
+                on_change(run)
         seen = text
         if run.status not in (RunStatus.PENDING, RunStatus.SUBMITTED, RunStatus.PROVISIONING):
             return run
-        time.sleep(POLL_INTERVAL)
+        backoff.sleep()
 
 
 def follow_logs(
@@ -146,6 +165,7 @@ def follow_logs(
 ) -> Run:
     """Stream the job's logs until the run finishes; re-attach to resubmissions (retry)."""
     follower: LogFollower | None = None
+    backoff = Backoff()
     while True:
         run = api.get_run(name)
         sub = _latest(get_job(run, replica, job_num)) if run.jobs else None
@@ -156,8 +176,10 @@ def follow_logs(
             if follower is not None:
                 follower.drain()
             return run
-        if not printed:
-            time.sleep(POLL_INTERVAL)
+        if printed:
+            backoff.reset()
+        else:
+            backoff.sleep()
 
 
 def finish_message(run: Run) -> tuple[str, bool]:

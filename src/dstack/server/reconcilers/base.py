@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dstack.models.wire import utcnow
@@ -44,6 +44,7 @@ class Reconciler(ABC):
         self._inflight: set[str] = set()
         self._sem = asyncio.Semaphore(self.workers)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._rewake = False
 
     # -- to implement ---------------------------------------------------------------------
 
@@ -139,6 +140,10 @@ class Reconciler(ABC):
         )
         if res.rowcount != 1:
             raise LeaseLost(f"{self.kind} {row_id}")
+        if values.get("dirty"):
+            # The row's next step is due now, but the loop may already be asleep: wake it once
+            # this transaction commits (a wake before the commit would find the row leased).
+            self._rewake = True
 
     async def load_row(self, s: AsyncSession, row_id: str, token: str) -> Any | None:
         row = await s.get(self.table, row_id, populate_existing=True)
@@ -152,6 +157,9 @@ class Reconciler(ABC):
         try:
             async with self._sem:
                 await self.process(row_id, token)
+            if self._rewake:
+                self._rewake = False
+                self.ctx.hub.wake(self.kind)
         except LeaseLost:
             log.debug("%s %s: lease lost, result discarded", self.kind, row_id)
         except Exception:
@@ -177,14 +185,36 @@ class Reconciler(ABC):
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             if not claimed:
-                await hub.wait(self.kind, self._idle_wait())
+                try:
+                    wait = await self._idle_wait()
+                except Exception:
+                    log.exception("%s: computing the next due time failed", self.kind)
+                    wait = self.ctx.settings.resync_seconds
+                await hub.wait(self.kind, wait)
             else:
                 await asyncio.sleep(0)
 
-    def _idle_wait(self) -> float:
-        """Sleep no longer than the shortest interval, so a due row is never left waiting."""
-        shortest = min(self.interval(status) for status in self.active_statuses)
-        return max(0.05, min(self.ctx.settings.resync_seconds, shortest))
+    async def _idle_wait(self) -> float:
+        """Sleep until the next row falls due (or the resync period), so a due row is never
+        left waiting for a whole extra interval."""
+        resync = self.ctx.settings.resync_seconds
+        tbl = self.table
+        now = utcnow()
+        async with self.ctx.db.session() as s:
+            rows = await s.execute(
+                select(tbl.status, func.min(tbl.last_processed_at))
+                .where(
+                    tbl.status.in_(self.active_statuses),
+                    or_(tbl.lock_expires_at.is_(None), tbl.lock_expires_at < now),
+                )
+                .group_by(tbl.status)
+            )
+            due = [
+                (last + timedelta(seconds=self.interval(status)) - now).total_seconds()
+                for status, last in rows.all()
+                if last is not None
+            ]
+        return max(0.01, min([resync, *due]))
 
     async def drain(self) -> None:
         if self._tasks:
