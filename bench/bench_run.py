@@ -22,8 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.e2e.harness import Server, wait_until  # noqa: E402
 
-LONG = "type: task\nname: {name}\ncommands: [sleep 600]\nresources: {{cpu: 1.., memory: 0.5GB.., disk: 1GB..}}\n"
-TRIVIAL = "type: task\nname: {name}\ncommands: ['true']\nresources: {{cpu: 1.., memory: 0.5GB.., disk: 1GB..}}\n"
+SMALL = "resources: {{cpu: 1.., memory: 0.5GB.., disk: 1GB..}}\n"
+LONG = "type: task\nname: {name}\ncommands: [sleep 600]\n" + SMALL
+TRIVIAL = "type: task\nname: {name}\ncommands: ['true']\n" + SMALL
 
 
 def cli(server: Server, *args: str, cwd: Path) -> subprocess.Popen[bytes]:
