@@ -58,28 +58,6 @@ class Resources(WireModel):
     cpu_arch: str | None = None
     description: str = ""
 
-    def pretty(self) -> str:
-        """`cpu=x86:96 mem=1152GB disk=100GB gpu=A100:40GB:8` as the reference renders it."""
-        parts = []
-        if self.cpus:
-            arch = f"{self.cpu_arch}:" if self.cpu_arch else ""
-            parts.append(f"cpu={arch}{self.cpus}")
-        if self.memory_mib:
-            parts.append(f"mem={round(self.memory_mib / 1024)}GB")
-        if self.disk.size_mib:
-            parts.append(f"disk={round(self.disk.size_mib / 1024)}GB")
-        if self.gpus:
-            parts.append(gpu_pretty(self.gpus))
-        return " ".join(parts)
-
-
-def gpu_pretty(gpus: list[Gpu]) -> str:
-    """`gpu=H100:80GB:2`, or `-` when there is no GPU (the `ps` GPU column)."""
-    if not gpus:
-        return "-"
-    first = gpus[0]
-    return f"gpu={first.name}:{round(first.memory_mib / 1024)}GB:{len(gpus)}"
-
 
 class InstanceType(WireModel):
     name: str

@@ -41,6 +41,7 @@ class Settings:
     running_job_poll_seconds: float = 0.5
     lease_seconds: float = 30.0
     agent_unreachable_grace_seconds: float = 120.0
+    instance_check_seconds: float = 10.0
     retry_backoff: tuple[float, ...] = field(default=(15, 30, 60, 120, 300, 600))
     terminate_grace_seconds: float = 10.0
     local_backend_enabled: bool = True
@@ -75,6 +76,7 @@ def load_settings(host: str | None = None, port: int | None = None) -> Settings:
         resync_seconds=_float_env("DSTACK_SERVER_RESYNC_SECONDS", 2.0),
         running_job_poll_seconds=_float_env("DSTACK_SERVER_JOB_POLL_SECONDS", 0.5),
         agent_unreachable_grace_seconds=_float_env("DSTACK_SERVER_UNREACHABLE_GRACE", 120.0),
+        instance_check_seconds=_float_env("DSTACK_SERVER_INSTANCE_CHECK_SECONDS", 10.0),
         retry_backoff=_backoff_env(),
         local_backend_enabled=os.environ.get("DSTACK_SERVER_LOCAL_BACKEND", "1") != "0",
     )

@@ -20,8 +20,6 @@ from dstack.server.services import events
 from dstack.server.services.context import ServerContext
 from dstack.server.services.pool import FINISHED_JOB_STATUSES, fleet_conf
 
-HEALTH_INTERVAL = 10.0
-
 
 class InstanceReconciler(Reconciler):
     kind = "instances"
@@ -33,7 +31,9 @@ class InstanceReconciler(Reconciler):
         self.agents = agents
 
     def interval(self, status: str) -> float:
-        return HEALTH_INTERVAL if status in ("idle", "busy") else self.ctx.settings.resync_seconds
+        if status in ("idle", "busy"):
+            return self.ctx.settings.instance_check_seconds
+        return self.ctx.settings.resync_seconds
 
     async def process(self, row_id: str, token: str) -> None:
         now = utcnow()
