@@ -66,7 +66,3 @@ class ResourceNotExistsError(ServerClientError):
 
 class ResourceExistsError(ServerClientError):
     """A name is taken by an active resource."""
-
-
-class ConflictError(ServerClientError):
-    """A write carried a stale version (HTTP 409)."""

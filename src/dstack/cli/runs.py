@@ -11,7 +11,6 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import Any
 
 from dstack.api.client import APIClient, ServerError
 from dstack.cli.common import CLIError
@@ -205,7 +204,3 @@ def job_submission_for_logs(
     if sub is None:
         raise CLIError(f"Run {run.run_spec.run_name} has not been submitted yet")
     return sub
-
-
-def dump(obj: Any) -> Any:
-    return obj.model_dump(mode="json")

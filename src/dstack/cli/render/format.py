@@ -52,13 +52,6 @@ def pretty_date(when: datetime | None, now: datetime | None = None) -> str:
     return _plural(days // 365, "year")
 
 
-def local_time(when: datetime | None) -> str:
-    """`HH:MM` in local time: the final tables of `apply`."""
-    if when is None:
-        return ""
-    return when.astimezone().strftime("%H:%M")
-
-
 def format_duration(seconds: int | str | None, off_text: str = "off") -> str:
     """`5m`, `1h`, `1d`, `90s`; `off` for disabled; the largest exact unit wins."""
     if seconds is None or seconds == "off" or (isinstance(seconds, int) and seconds < 0):

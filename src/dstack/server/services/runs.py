@@ -6,7 +6,6 @@ User actions are requests, not mutations of a running state machine: `stop` reco
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import datetime
 from typing import Any
@@ -352,7 +351,3 @@ async def list_runs(
         await to_model(s, r, project_ids[r.project_id], submissions_limit=job_submissions_limit)
         for r in rows
     ]
-
-
-def dump_json(value: Any) -> str:
-    return json.dumps(value)

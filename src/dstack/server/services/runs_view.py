@@ -5,7 +5,6 @@ Status messages and costs are computed on read, as the reference does, so they n
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from datetime import datetime
 
@@ -64,10 +63,6 @@ def job_status_message(job: t.Job) -> str:
     if status == "terminated" and reason == "terminated_by_user":
         return "stopped"
     return status
-
-
-def _dt(value: datetime | None) -> datetime | None:
-    return value
 
 
 def submission_model(job: t.Job) -> JobSubmission:
@@ -176,7 +171,3 @@ def _service(spec: RunSpec, project_name: str) -> ServiceSpec | None:
     if conf.get("type") != "service":
         return None
     return ServiceSpec(url=f"/proxy/services/{project_name}/{spec.run_name}/", model=None)
-
-
-def load_json(value: str | None) -> dict:
-    return json.loads(value) if value else {}

@@ -7,7 +7,6 @@ created it and in the user's client config.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -17,11 +16,6 @@ from dstack.models.users import Member, Project, User, UserTokenCreds
 from dstack.models.wire import utcnow
 from dstack.server.db import tables as t
 from dstack.server.services.crypto import hash_token, new_token
-
-
-@dataclass(frozen=True)
-class Caller:
-    user: t.User
 
 
 async def user_by_token(session: AsyncSession, token: str) -> t.User | None:
