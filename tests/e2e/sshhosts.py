@@ -73,8 +73,15 @@ class Host:
         _sh(*ns, "ip", "link", "set", self.veth + "p", "name", "eth0")
         _sh(*ns, "ip", "addr", "add", f"{self.address}/30", "dev", "eth0")
         _sh(*ns, "ip", "link", "set", "eth0", "up")
-        _sh("useradd", "--create-home", "--home-dir", str(self.home), "--shell", "/bin/sh",
-            self.name)
+        _sh(
+            "useradd",
+            "--create-home",
+            "--home-dir",
+            str(self.home),
+            "--shell",
+            "/bin/sh",
+            self.name,
+        )
         _sh("usermod", "-p", "*", self.name)  # no password, but not locked (sshd refuses those)
         ssh_dir = self.home / ".ssh"
         ssh_dir.mkdir(mode=0o700)
@@ -119,13 +126,16 @@ class Host:
         log = open(self.workdir / "sshd.log", "ab")  # noqa: SIM115
         proc = subprocess.Popen(
             ["ip", "netns", "exec", self.name, SSHD, "-D", "-e", "-f", str(conf)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         self.sshd_pid = proc.pid
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(
-                (self.address, self.port), timeout=0.5
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection((self.address, self.port), timeout=0.5),
             ):
                 return
             if proc.poll() is not None:
@@ -159,9 +169,7 @@ class Host:
         return out
 
     def home_entries(self) -> list[str]:
-        return sorted(
-            str(p.relative_to(self.home)) for p in self.home.rglob("*")
-        )
+        return sorted(str(p.relative_to(self.home)) for p in self.home.rglob("*"))
 
     # -- teardown ---------------------------------------------------------------------------
 

@@ -13,8 +13,8 @@ from dstack.models.wire import utcnow
 from dstack.server.agent_client import AgentClientError
 from dstack.server.backends.base import BackendError
 from dstack.server.db import tables as t
-from dstack.server.reconcilers.agents import AgentRegistry
 from dstack.server.reconcilers import ssh_hosts
+from dstack.server.reconcilers.agents import AgentRegistry
 from dstack.server.reconcilers.base import Reconciler
 from dstack.server.reconcilers.instances import InstanceDecision, InstanceView, decide
 from dstack.server.services import events

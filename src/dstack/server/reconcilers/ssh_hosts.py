@@ -36,9 +36,7 @@ def remote(inst: t.Instance) -> dict[str, Any]:
 
 
 def host_params(ctx: ServerContext, rc: dict[str, Any]) -> HostParams:
-    keys = tuple(
-        ctx.box.decrypt(k) for k in (rc.get("project_key_enc"), rc.get("key_enc")) if k
-    )
+    keys = tuple(ctx.box.decrypt(k) for k in (rc.get("project_key_enc"), rc.get("key_enc")) if k)
     proxy = rc.get("proxy")
     return HostParams(
         hostname=rc["hostname"],
@@ -150,7 +148,8 @@ async def bootstrap(
             log = await backend.agent_log(params, b.host_key)
             raise BackendError(
                 f"the agent on {params.hostname} did not answer within "
-                f"{AGENT_READY_TIMEOUT:.0f}s" + (f"; its log ends with: {log.strip()}" if log else "")
+                f"{AGENT_READY_TIMEOUT:.0f}s"
+                + (f"; its log ends with: {log.strip()}" if log else "")
             )
         blocks = total_blocks(rc.get("blocks", 1), info)
     except (BackendError, AgentClientError, KeyError, ValueError) as e:
@@ -167,15 +166,19 @@ async def bootstrap(
         price=0.0,
         availability=InstanceAvailability.AVAILABLE,
     )
-    return "idle", None, {
-        "agent_url": inst.agent_url,
-        "remote_connection": inst.remote_connection,
-        "host_info": json.dumps(info),
-        "offer": offer.model_dump_json(),
-        "total_blocks": blocks,
-        "started_at": utcnow(),
-        "unreachable": False,
-    }
+    return (
+        "idle",
+        None,
+        {
+            "agent_url": inst.agent_url,
+            "remote_connection": inst.remote_connection,
+            "host_info": json.dumps(info),
+            "offer": offer.model_dump_json(),
+            "total_blocks": blocks,
+            "started_at": utcnow(),
+            "unreachable": False,
+        },
+    )
 
 
 async def _wait_agent(client: AgentClient | None, timeout: float) -> dict[str, Any] | None:

@@ -212,7 +212,9 @@ async def _check_taken(
         rc = json.loads(inst.remote_connection or "{}")
         for h in hosts:
             if (rc.get("hostname"), rc.get("port"), rc.get("user")) == (
-                h["hostname"], h["port"], h["user"]
+                h["hostname"],
+                h["port"],
+                h["user"],
             ):
                 raise ServerClientError(
                     f"host {h['hostname']}:{h['port']} is already in fleet {fleet_name}",
@@ -220,9 +222,7 @@ async def _check_taken(
                 )
 
 
-async def known_host_key(
-    s: AsyncSession, project_id: str, hostname: str, port: int
-) -> str | None:
+async def known_host_key(s: AsyncSession, project_id: str, hostname: str, port: int) -> str | None:
     """The host key this server recorded for hostname:port (trust on first use), if any."""
     rows = (
         await s.execute(
@@ -321,9 +321,13 @@ async def apply(
         ).model_dump(mode="json")
     )
     await s.flush()
-    existing = {(rc["hostname"], rc["port"]): i for i, rc in
-                [(i, json.loads(i.remote_connection or "{}")) for i in
-                 await _live_instances(s, current)] if rc}
+    existing = {
+        (rc["hostname"], rc["port"]): i
+        for i, rc in [
+            (i, json.loads(i.remote_connection or "{}")) for i in await _live_instances(s, current)
+        ]
+        if rc
+    }
     wanted = {(h["hostname"], h["port"]) for h in hosts}
     removed = [i for k, i in existing.items() if k not in wanted]
     if removed:
@@ -358,8 +362,12 @@ def _add_instance(
         "key_enc": ctx.box.encrypt(h["key"]),
         "project_key_enc": project.ssh_private_key,
         "project_public_key": project_public_key,
-        "proxy": {**{k: v for k, v in h["proxy"].items() if k != "key"},
-                  "key_enc": ctx.box.encrypt(h["proxy"]["key"])} if h["proxy"] else None,
+        "proxy": {
+            **{k: v for k, v in h["proxy"].items() if k != "key"},
+            "key_enc": ctx.box.encrypt(h["proxy"]["key"]),
+        }
+        if h["proxy"]
+        else None,
         "internal_ip": h["internal_ip"],
         "network": h["network"],
         "blocks": h["blocks"],
@@ -481,8 +489,13 @@ async def delete_fleets(
         instances = await _live_instances(s, fleet)
         await _terminate(s, project, fleet, instances, now)
         if fleet.status != "terminating":
-            _event(s, fleet, f"Fleet status changed {fleet.status.upper()} -> TERMINATING "
-                   f"(deleted by {user.name})", now)
+            _event(
+                s,
+                fleet,
+                f"Fleet status changed {fleet.status.upper()} -> TERMINATING "
+                f"(deleted by {user.name})",
+                now,
+            )
         fleet.status = "terminating"
         fleet.dirty = True
     await s.commit()

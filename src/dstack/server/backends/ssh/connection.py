@@ -120,7 +120,9 @@ async def open_connection(
         ) from e
     except (OSError, asyncio.TimeoutError, asyncssh.Error) as e:
         what = "timed out" if isinstance(e, asyncio.TimeoutError) else str(e) or type(e).__name__
-        raise HostUnreachable(f"cannot reach {params.hostname}:{params.port} over SSH: {what}") from e
+        raise HostUnreachable(
+            f"cannot reach {params.hostname}:{params.port} over SSH: {what}"
+        ) from e
     host_key = conn.get_server_host_key()
     return conn, host_key.export_public_key().decode().strip() if host_key else ""
 
@@ -170,7 +172,9 @@ class SSHPool:
                         "127.0.0.1", 0, "127.0.0.1", remote_port
                     )
                 except (OSError, asyncssh.Error) as e:
-                    raise HostUnreachable(f"port forwarding to {params.hostname} failed: {e}") from e
+                    raise HostUnreachable(
+                        f"port forwarding to {params.hostname} failed: {e}"
+                    ) from e
                 local = listener.get_port()
                 entry.forwards[remote_port] = local
             return local

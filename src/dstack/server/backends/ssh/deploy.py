@@ -95,7 +95,7 @@ def upload_script(sha256: str) -> str:
     d = f'"$HOME"/{AGENT_DIR}'
     return (
         f"set -e; mkdir -p {d}; chmod 700 {d}; "
-        f"if [ -f {d}/agent.sha256 ] && [ \"$(cat {d}/agent.sha256)\" = {sha256} ]; "
+        f'if [ -f {d}/agent.sha256 ] && [ "$(cat {d}/agent.sha256)" = {sha256} ]; '
         f"then cat >/dev/null; echo kept; exit 0; fi; "
         f"cat > {d}/agent.pyz.tmp && mv {d}/agent.pyz.tmp {d}/agent.pyz && "
         f"echo {sha256} > {d}/agent.sha256 && echo copied"
@@ -128,7 +128,7 @@ def start_script() -> str:
         's.bind(("127.0.0.1", 0)); print(s.getsockname()[1])\''
     )
     return (
-        f"D={d}; export D; rm -f \"$D/stop\"; "
+        f'D={d}; export D; rm -f "$D/stop"; '
         '[ -s "$D/port" ] || ' + pick_port + ' > "$D/port"; '
         'echo "port=$(cat "$D/port")"; '
         'if [ -f "$D/loop.pid" ] && kill -0 "$(cat "$D/loop.pid")" 2>/dev/null; then '
@@ -149,7 +149,7 @@ def stop_script(public_key: str | None) -> str:
         'if [ -f "$D/loop.pid" ]; then kill -TERM -- -"$(cat "$D/loop.pid")" 2>/dev/null; '
         'kill -TERM "$(cat "$D/loop.pid")" 2>/dev/null; fi; '
         'if [ -f "$D/state/agent.json" ]; then '
-        "pid=$(sed -n 's/.*\"pid\": *\\([0-9]*\\).*/\\1/p' \"$D/state/agent.json\"); "
+        'pid=$(sed -n \'s/.*"pid": *\\([0-9]*\\).*/\\1/p\' "$D/state/agent.json"); '
         'if [ -n "$pid" ]; then kill -TERM "$pid" 2>/dev/null; i=0; '
         'while kill -0 "$pid" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; '
         'kill -KILL "$pid" 2>/dev/null; fi; fi; '

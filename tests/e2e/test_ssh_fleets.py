@@ -1,0 +1,133 @@
+"""SSH fleets on real hosts: sshd processes in their own network namespaces (sshhosts.py).
+
+The server reaches each host only over SSH (the agent listens on the host's loopback, inside
+the host's namespace, so nothing but the tunnel can reach it)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from . import sshhosts
+from .harness import Server, wait_until, write_config
+from .test_runs import task
+
+pytestmark = pytest.mark.skipif(sshhosts.available() is not None, reason=str(sshhosts.available()))
+
+
+@pytest.fixture
+def key(tmp_path: Path) -> Path:
+    return sshhosts.keygen(tmp_path / "keys" / "id_fleet")
+
+
+@pytest.fixture
+def hosts(tmp_path: Path, key: Path) -> Iterator[sshhosts.Hosts]:
+    hs = sshhosts.Hosts(tmp_path / "hosts", key)
+    try:
+        yield hs
+    finally:
+        hs.destroy()
+
+
+@pytest.fixture
+def srv(tmp_path: Path) -> Iterator[Server]:
+    s = Server(
+        home=tmp_path / "home",
+        extra_env={
+            "DSTACK_SERVER_LOCAL_BACKEND": "0",
+            "DSTACK_SERVER_INSTANCE_CHECK_SECONDS": "1",
+            "DSTACK_SERVER_UNREACHABLE_GRACE": "3",
+        },
+    )
+    s.home.mkdir()
+    s.start()
+    try:
+        yield s
+    finally:
+        s.cleanup()
+
+
+def fleet_yaml(
+    name: str, hs: list[sshhosts.Host], key: Path, extra: str = "", host_extra: str = ""
+) -> str:
+    lines = [f"type: fleet\nname: {name}\n{extra}ssh_config:\n  identity_file: {key}\n  hosts:"]
+    for h in hs:
+        lines.append(f"    - hostname: {h.address}\n      user: {h.name}\n{host_extra}")
+    return "\n".join(lines) + "\n"
+
+
+def fleet(srv: Server, name: str) -> dict:
+    r = srv.api("/api/project/main/fleets/get", {"name": name})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def apply_fleet(srv: Server, d: Path, text: str, ok: bool = True):  # noqa: ANN201
+    write_config(d, "fleet.dstack.yml", text)
+    r = srv.cli("apply", "-f", "fleet.dstack.yml", "-y", cwd=d, timeout=120)
+    if ok:
+        assert r.returncode == 0, r.stdout + r.stderr + srv.log_tail()
+    return r
+
+
+def assert_clean(h: sshhosts.Host, before: list[str], authorized: str) -> None:
+    wait_until(lambda: not h.user_processes(), timeout=10, what=f"{h.name} processes to end")
+    assert h.home_entries() == before
+    assert (h.home / ".ssh" / "authorized_keys").read_text() == authorized
+
+
+def test_fleet_bootstrap_task_and_delete(
+    srv: Server, hosts: sshhosts.Hosts, key: Path, project_dir: Path
+):
+    hs = [hosts.add(), hosts.add()]
+    before = {h.name: h.home_entries() for h in hs}
+    authorized = {h.name: (h.home / ".ssh" / "authorized_keys").read_text() for h in hs}
+    apply_fleet(srv, project_dir, fleet_yaml("onprem", hs, key))
+    f = fleet(srv, "onprem")
+    assert [i["status"] for i in f["instances"]] == ["idle", "idle"], f
+    assert {i["hostname"] for i in f["instances"]} == {h.address for h in hs}
+    assert "ssh_key" not in json.dumps(f)  # private keys never come back
+    listing = srv.cli("fleet").stdout
+    assert "onprem" in listing and "ssh" in listing
+    # Each agent runs as its host's user, listening only on that namespace's loopback.
+    for h in hs:
+        agent = json.loads((h.home / ".dstack-agent" / "state" / "agent.json").read_text())
+        assert agent["pid"] in h.user_processes()
+
+    write_config(
+        project_dir, "t.dstack.yml", task("on-ssh", "echo hello-from-$(whoami)", "cat data.txt")
+    )
+    r = srv.cli("apply", "-f", "t.dstack.yml", "-y", cwd=project_dir)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "hello-from-dst4-" in r.stdout and "payload-from-the-working-dir" in r.stdout
+
+    # Delete one instance, then the fleet: each host is left as it was found.
+    r = srv.cli("fleet", "delete", "onprem", "-i", "1", "-y")
+    assert r.returncode == 0, r.stderr
+    wait_until(
+        lambda: (
+            [
+                i["instance_num"]
+                for i in fleet(srv, "onprem")["instances"]
+                if i["status"] != "terminated"
+            ]
+            == [0]
+        ),
+        timeout=30,
+        what="instance 1 gone",
+    )
+    assert_clean(hs[1], before[hs[1].name], authorized[hs[1].name])
+    r = srv.cli("fleet", "delete", "onprem", "-y")
+    assert r.returncode == 0 and "Fleet onprem deleted" in r.stdout, r.stderr
+    wait_until(
+        lambda: srv.api("/api/project/main/fleets/get", {"name": "onprem"}).status_code == 400,
+        timeout=30,
+        what="fleet gone",
+    )
+    for h in hs:
+        assert_clean(h, before[h.name], authorized[h.name])
+    events = srv.cli("event").stdout
+    assert "TERMINATING -> TERMINATED" in events or "-> TERMINATED" in events, events
