@@ -131,3 +131,70 @@ def test_fleet_bootstrap_task_and_delete(
         assert_clean(h, before[h.name], authorized[h.name])
     events = srv.cli("event").stdout
     assert "TERMINATING -> TERMINATED" in events or "-> TERMINATED" in events, events
+
+
+def test_multinode_task_and_blocks(
+    srv: Server, hosts: sshhosts.Hosts, key: Path, project_dir: Path
+):
+    hs = [hosts.add(), hosts.add()]
+    net = hs[0].address.rsplit(".", 1)[0] + ".0/24"
+    text = fleet_yaml(
+        "cluster", hs, key, extra="placement: cluster\nblocks: 2\nenv:\n  - FLEET_VAR=from-fleet\n"
+    )
+    text = text.replace("  hosts:", f"  network: {net}\n  hosts:")
+    apply_fleet(srv, project_dir, text)
+    f = fleet(srv, "cluster")
+    assert [i["total_blocks"] for i in f["instances"]] == [2, 2], f
+
+    # Two nodes: one job per host, ranks 0 and 1, the master's IP from the fleet's network.
+    write_config(
+        project_dir,
+        "mn.dstack.yml",
+        task(
+            "two-nodes",
+            "echo rank=$DSTACK_NODE_RANK nodes=$DSTACK_NODES_NUM master=$DSTACK_MASTER_NODE_IP",
+            "echo ips=$(echo $DSTACK_NODES_IPS | tr '\\n' ,) gpus=$DSTACK_GPUS_NUM fleet=$FLEET_VAR",
+            extra="nodes: 2\n",
+        ),
+    )
+    r = srv.cli("apply", "-f", "mn.dstack.yml", "-y", "-d", cwd=project_dir)
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = srv.wait_status("two-nodes", "done", "failed", timeout=90)
+    assert run["status"] == "done", json.dumps(run)[:3000]
+    master = hs[0].address
+    logs = [srv.cli("logs", "two-nodes", "--job", str(n)).stdout for n in (0, 1)]
+    assert f"rank=0 nodes=2 master={master}" in logs[0], logs
+    assert f"rank=1 nodes=2 master={master}" in logs[1], logs
+    assert f"ips={hs[0].address} {hs[1].address}" in logs[0] or (
+        f"ips={hs[0].address},{hs[1].address}" in logs[0]
+    ), logs
+    assert "fleet=from-fleet" in logs[1]
+    used = {j["job_submissions"][-1]["job_provisioning_data"]["instance_id"] for j in run["jobs"]}
+    assert len(used) == 2  # one job per host
+
+    # Blocks: two single-block jobs share one host's two blocks at the same time.
+    for name in ("blk-a", "blk-b"):
+        write_config(
+            project_dir,
+            f"{name}.dstack.yml",
+            task(
+                name,
+                f"touch {project_dir}/{name}.started",
+                "sleep 30",
+                extra="fleets: [cluster]\nresources:\n  cpu: 1\n",
+            ).replace("resources:\n  cpu: 1..\n  memory: 0.5GB..\n  disk: 1GB..\n", ""),
+        )
+        r = srv.cli("apply", "-f", f"{name}.dstack.yml", "-y", "-d", cwd=project_dir)
+        assert r.returncode == 0, r.stdout + r.stderr
+    for name in ("blk-a", "blk-b"):
+        srv.wait_status(name, "running", timeout=60)
+    insts = {
+        srv.run(n)["jobs"][0]["job_submissions"][-1]["job_provisioning_data"]["instance_id"]
+        for n in ("blk-a", "blk-b")
+    }
+    assert len(insts) == 1, insts  # both on one host, one block each
+    busy = [i for i in fleet(srv, "cluster")["instances"] if i["busy_blocks"]]
+    assert [i["busy_blocks"] for i in busy] == [2]
+    srv.api("/api/project/main/runs/stop", {"runs_names": ["blk-a", "blk-b"], "abort": True})
+    for name in ("blk-a", "blk-b"):
+        srv.wait_status(name, "terminated", "aborted", "failed", "done", timeout=60)

@@ -108,7 +108,7 @@ def resolve_hosts(conf: FleetConfiguration) -> list[dict[str, Any]]:
                 if proxy
                 else None,
                 "internal_ip": h.internal_ip,
-                "blocks": h.blocks if "blocks" in h.model_fields_set else conf.blocks,
+                "blocks": h.blocks if h.blocks != 1 else conf.blocks,
                 "network": ssh.network,
                 "env": dict(conf.env),
             }
