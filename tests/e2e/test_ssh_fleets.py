@@ -179,22 +179,25 @@ def test_multinode_task_and_blocks(
             f"{name}.dstack.yml",
             task(
                 name,
-                f"touch {project_dir}/{name}.started",
                 "sleep 30",
-                extra="fleets: [cluster]\nresources:\n  cpu: 1\n",
+                extra="fleets: [cluster]\nresources:\n  cpu: 1\n  memory: 0.1GB..\n  disk: 1GB..\n",
             ).replace("resources:\n  cpu: 1..\n  memory: 0.5GB..\n  disk: 1GB..\n", ""),
         )
         r = srv.cli("apply", "-f", f"{name}.dstack.yml", "-y", "-d", cwd=project_dir)
         assert r.returncode == 0, r.stdout + r.stderr
     for name in ("blk-a", "blk-b"):
-        srv.wait_status(name, "running", timeout=60)
+        run = srv.wait_status(name, "running", "failed", "done", "terminated", timeout=60)
+        assert run["status"] == "running", json.dumps(run)[:4000]
     insts = {
         srv.run(n)["jobs"][0]["job_submissions"][-1]["job_provisioning_data"]["instance_id"]
         for n in ("blk-a", "blk-b")
     }
     assert len(insts) == 1, insts  # both on one host, one block each
     busy = [i for i in fleet(srv, "cluster")["instances"] if i["busy_blocks"]]
-    assert [i["busy_blocks"] for i in busy] == [2]
+    assert [i["busy_blocks"] for i in busy] == [2], [
+        (srv.run(n)["status"], srv.run(n)["jobs"][0]["job_submissions"][-1])
+        for n in ("blk-a", "blk-b")
+    ]
     srv.api("/api/project/main/runs/stop", {"runs_names": ["blk-a", "blk-b"], "abort": True})
     for name in ("blk-a", "blk-b"):
         srv.wait_status(name, "terminated", "aborted", "failed", "done", timeout=60)

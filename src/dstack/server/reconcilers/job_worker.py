@@ -251,7 +251,7 @@ class JobReconciler(Reconciler):
             if len(peers) < snap.spec.jobs_per_replica or any(not p.instance_id for p in peers):
                 return None
             master = peers[0]
-            if snap.job.job_num > 0 and master.status not in ("running",):
+            if snap.job.job_num > 0 and master.running_at is None:
                 return None
             ips = []
             for p in peers:
