@@ -259,7 +259,11 @@ async def _precheck(
             return str(e)
         return None
 
-    errors = [e for e in await asyncio.gather(*(one(h, k) for h, k in zip(hosts, known))) if e]
+    errors = [
+        e
+        for e in await asyncio.gather(*(one(h, k) for h, k in zip(hosts, known, strict=True)))
+        if e
+    ]
     if errors:
         raise ServerClientError("; ".join(errors), field="ssh_config.hosts")
 

@@ -8,11 +8,10 @@ import json
 import os
 from pathlib import Path
 
-from . import sshhosts
-from .harness import Server, wait_until, write_config
-from .test_runs import task
-from .test_ssh_fleets import apply_fleet, fleet, fleet_yaml, hosts, key, srv  # noqa: F401
-from .test_ssh_fleets import pytestmark  # noqa: F401
+from ..harness import Server, wait_until, write_config
+from ..test_runs import task
+from . import hosts as sshhosts
+from .test_fleets import apply_fleet, fleet, fleet_yaml, pytestmark  # noqa: F401
 
 
 def _no_fleet(srv: Server, name: str) -> bool:

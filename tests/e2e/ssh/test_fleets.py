@@ -1,4 +1,4 @@
-"""SSH fleets on real hosts: sshd processes in their own network namespaces (sshhosts.py).
+"""SSH fleets on real hosts: sshd processes in their own network namespaces (hosts.py).
 
 The server reaches each host only over SSH (the agent listens on the host's loopback, inside
 the host's namespace, so nothing but the tunnel can reach it)."""
@@ -6,48 +6,15 @@ the host's namespace, so nothing but the tunnel can reach it)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from . import sshhosts
-from .harness import Server, wait_until, write_config
-from .test_runs import task
+from ..harness import Server, wait_until, write_config
+from ..test_runs import task
+from . import hosts as sshhosts
 
 pytestmark = pytest.mark.skipif(sshhosts.available() is not None, reason=str(sshhosts.available()))
-
-
-@pytest.fixture
-def key(tmp_path: Path) -> Path:
-    return sshhosts.keygen(tmp_path / "keys" / "id_fleet")
-
-
-@pytest.fixture
-def hosts(tmp_path: Path, key: Path) -> Iterator[sshhosts.Hosts]:
-    hs = sshhosts.Hosts(tmp_path / "hosts", key)
-    try:
-        yield hs
-    finally:
-        hs.destroy()
-
-
-@pytest.fixture
-def srv(tmp_path: Path) -> Iterator[Server]:
-    s = Server(
-        home=tmp_path / "home",
-        extra_env={
-            "DSTACK_SERVER_LOCAL_BACKEND": "0",
-            "DSTACK_SERVER_INSTANCE_CHECK_SECONDS": "1",
-            "DSTACK_SERVER_UNREACHABLE_GRACE": "3",
-        },
-    )
-    s.home.mkdir()
-    s.start()
-    try:
-        yield s
-    finally:
-        s.cleanup()
 
 
 def fleet_yaml(
@@ -153,7 +120,7 @@ def test_multinode_task_and_blocks(
         task(
             "two-nodes",
             "echo rank=$DSTACK_NODE_RANK nodes=$DSTACK_NODES_NUM master=$DSTACK_MASTER_NODE_IP",
-            "echo ips=$(echo $DSTACK_NODES_IPS | tr '\\n' ,) gpus=$DSTACK_GPUS_NUM fleet=$FLEET_VAR",
+            "echo ips=$(echo $DSTACK_NODES_IPS | tr '\\n' ,) fleet=$FLEET_VAR",
             extra="nodes: 2\n",
         ),
     )

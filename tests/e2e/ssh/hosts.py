@@ -163,9 +163,9 @@ class Host:
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
                 with contextlib.suppress(OSError):
-                    if entry.stat().st_uid == uid and _cmdline(int(entry.name)):
-                        if not _cmdline(int(entry.name)).startswith("sshd"):
-                            out.append(int(entry.name))
+                    cmd = _cmdline(int(entry.name))
+                    if entry.stat().st_uid == uid and cmd and not cmd.startswith("sshd"):
+                        out.append(int(entry.name))
         return out
 
     def home_entries(self) -> list[str]:
