@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 from ..harness import Server, wait_until, write_config
@@ -175,3 +176,30 @@ def fleet_status_pending(srv: Server) -> bool:
     with sqlite3.connect(db) as c:
         (status,) = c.execute("SELECT status FROM instances").fetchone()
     return status == "pending"
+
+
+def test_agent_killed_on_host_is_restarted_and_fleets_filter(
+    srv: Server, hosts: sshhosts.Hosts, key: Path, project_dir: Path
+):
+    h = hosts.add()
+    apply_fleet(srv, project_dir, fleet_yaml("loop", [h], key))
+    agent_json = h.home / ".dstack-agent" / "state" / "agent.json"
+    first = json.loads(agent_json.read_text())["pid"]
+    os.kill(first, signal.SIGKILL)
+
+    def restarted() -> bool:
+        pid = json.loads(agent_json.read_text())["pid"]
+        return pid != first and pid in h.user_processes()
+
+    wait_until(restarted, timeout=20, what="the restart loop to start a new agent")
+    write_config(project_dir, "t.dstack.yml", task("after-restart", "echo still-here"))
+    r = srv.cli("apply", "-f", "t.dstack.yml", "-y", cwd=project_dir)
+    assert r.returncode == 0 and "still-here" in r.stdout, r.stdout + r.stderr
+
+    # A run limited to fleets that do not have it fails at once, naming why.
+    write_config(project_dir, "f.dstack.yml", task("elsewhere", "true", extra="fleets: [other]\n"))
+    r = srv.cli("apply", "-f", "f.dstack.yml", "-y", cwd=project_dir)
+    assert r.returncode != 0
+    job = srv.run("elsewhere")["jobs"][0]["job_submissions"][-1]
+    assert job["termination_reason"] == "failed_to_start_due_to_no_capacity"
+    assert "fleet loop not in ['other']" in job["termination_reason_message"], job
