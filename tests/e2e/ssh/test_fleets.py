@@ -168,3 +168,23 @@ def test_multinode_task_and_blocks(
     srv.api("/api/project/main/runs/stop", {"runs_names": ["blk-a", "blk-b"], "abort": True})
     for name in ("blk-a", "blk-b"):
         srv.wait_status(name, "terminated", "aborted", "failed", "done", timeout=60)
+
+
+def test_fleet_in_place_update_and_recreate(
+    srv: Server, hosts: sshhosts.Hosts, key: Path, project_dir: Path
+):
+    hs = [hosts.add(), hosts.add()]
+    apply_fleet(srv, project_dir, fleet_yaml("grow", hs[:1], key))
+    first = fleet(srv, "grow")["instances"][0]["id"]
+    r = apply_fleet(srv, project_dir, fleet_yaml("grow", hs, key))
+    assert "Detected changes that can be updated in-place" in r.stdout, r.stdout
+    assert f"add host {hs[1].address}" in r.stdout
+    insts = fleet(srv, "grow")["instances"]
+    assert [i["status"] for i in insts] == ["idle", "idle"] and insts[0]["id"] == first
+    r = apply_fleet(srv, project_dir, fleet_yaml("grow", hs, key))
+    assert "No configuration changes detected" in r.stdout
+    r = apply_fleet(srv, project_dir, fleet_yaml("grow", hs, key, extra="placement: cluster\n"))
+    assert "cannot be updated in-place" in r.stdout and "placement changed" in r.stdout
+    insts = fleet(srv, "grow")["instances"]
+    assert len(insts) == 2 and first not in {i["id"] for i in insts}
+    assert all(i["status"] == "idle" for i in insts)

@@ -182,7 +182,9 @@ class InstanceReconciler(Reconciler):
             values_guard = update(t.Instance).where(
                 t.Instance.id == inst.id, t.Instance.version == inst.version
             )
-            if "status" in values and values["status"] == "terminating":
+            # A bootstrap is long: a delete requested meanwhile (which bumps the version) wins.
+            bootstrapped = inst.backend == "ssh" and d.action == "create"
+            if "status" in values and (values["status"] == "terminating" or bootstrapped):
                 res = await s.execute(values_guard.values(version=t.Instance.version))
                 if res.rowcount != 1:
                     await self.release(inst.id, token)

@@ -18,7 +18,7 @@ from typing import Any
 from dstack.models.offers import InstanceOfferWithAvailability
 from dstack.server.backends.base import Backend, BackendError, ProvisionedInstance
 from dstack.server.backends.ssh import deploy
-from dstack.server.backends.ssh.connection import HostParams, SSHError, SSHPool
+from dstack.server.backends.ssh.connection import HostParams, SSHError, SSHPool, open_connection
 
 
 @dataclass
@@ -76,10 +76,10 @@ class SSHBackend(Backend):
             if proxy
             else None,
         )
-        try:
-            return await self.check(params, known_key)
-        finally:
-            await self.pool.drop(params)
+        # Its own connection, closed at once: a pooled one may be serving a tunnel.
+        conn, host_key = await open_connection(params, known_key)
+        conn.close()
+        return host_key
 
     async def check(self, params: HostParams, known_key: str | None) -> str:
         """Connect and authenticate, changing nothing on the host; returns its host key."""
