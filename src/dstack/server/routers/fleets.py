@@ -1,4 +1,5 @@
-"""Fleet plan, apply and delete endpoints: thin wrappers over `services.fleet_apply`."""
+"""Fleet plan, apply and delete endpoints: thin wrappers over `services.fleet_apply` and
+`services.fleet_delete`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from dstack.models.requests import (
     GetFleetPlanRequest,
 )
 from dstack.server.routers.deps import ProjectAccess, get_ctx, project_access
-from dstack.server.services import fleet_apply
+from dstack.server.services import fleet_apply, fleet_delete
 from dstack.server.services.context import ServerContext
 
 router = APIRouter()
@@ -42,7 +43,7 @@ async def delete(
     a: ProjectAccess = Depends(project_access),
     ctx: ServerContext = Depends(get_ctx),
 ) -> dict:
-    await fleet_apply.delete_fleets(ctx, a.session, a.user, a.project, body.names)
+    await fleet_delete.delete_fleets(ctx, a.session, a.user, a.project, body.names)
     return {}
 
 
@@ -52,5 +53,5 @@ async def delete_instances(
     a: ProjectAccess = Depends(project_access),
     ctx: ServerContext = Depends(get_ctx),
 ) -> dict:
-    await fleet_apply.delete_instances(ctx, a.session, a.project, body.name, body.instance_nums)
+    await fleet_delete.delete_instances(ctx, a.session, a.project, body.name, body.instance_nums)
     return {}

@@ -18,10 +18,10 @@ import secrets
 import uuid
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dstack.errors import ConfigurationError, ResourceNotExistsError, ServerClientError
+from dstack.errors import ConfigurationError, ServerClientError
 from dstack.models.configurations import parse_configuration
 from dstack.models.fleets import Fleet, FleetSpec, FleetStatus
 from dstack.models.fleets_config import FleetConfiguration
@@ -29,11 +29,15 @@ from dstack.models.wire import utcnow
 from dstack.server.db import tables as t
 from dstack.server.services import events
 from dstack.server.services.context import ServerContext
+from dstack.server.services.fleet_delete import (
+    LIVE,
+    current_fleet,
+    fleet_event,
+    live_instances,
+    terminate_instances,
+)
 from dstack.server.services.fleets import fleet_model
-from dstack.server.services.pool import FINISHED_JOB_STATUSES
 from dstack.server.services.ssh_keys import project_keypair
-
-LIVE = ("pending", "provisioning", "idle", "busy")
 
 
 def parse_fleet(spec: dict[str, Any]) -> FleetConfiguration:
@@ -120,32 +124,6 @@ def host_id(h: dict[str, Any]) -> str:
     return f"{h['user']}@{h['hostname']}:{h['port']}"
 
 
-async def _current(s: AsyncSession, project: t.Project, name: str) -> t.Fleet | None:
-    return (
-        await s.execute(
-            select(t.Fleet).where(
-                t.Fleet.project_id == project.id, t.Fleet.name == name, t.Fleet.deleted.is_(False)
-            )
-        )
-    ).scalar_one_or_none()
-
-
-async def _live_instances(s: AsyncSession, fleet: t.Fleet) -> list[t.Instance]:
-    return list(
-        (
-            await s.execute(
-                select(t.Instance)
-                .where(
-                    t.Instance.fleet_id == fleet.id,
-                    t.Instance.deleted.is_(False),
-                    t.Instance.status.in_(LIVE),
-                )
-                .order_by(t.Instance.instance_num)
-            )
-        ).scalars()
-    )
-
-
 def _diff(old: dict[str, Any], new: dict[str, Any]) -> tuple[str, list[str]]:
     if old == new:
         return "no_changes", []
@@ -170,7 +148,7 @@ async def _plan(
     conf = parse_fleet(spec)
     public = public_configuration(conf)
     hosts = resolve_hosts(conf)
-    current = await _current(s, project, conf.name or "")
+    current = await current_fleet(s, project, conf.name or "")
     if current is None:
         action, changes, new_hosts = "create", [], hosts
     else:
@@ -186,7 +164,7 @@ async def _plan(
 
 
 async def _hosts_of(s: AsyncSession, fleet: t.Fleet) -> list[dict[str, Any]]:
-    return [json.loads(i.remote_connection or "{}") for i in await _live_instances(s, fleet)]
+    return [json.loads(i.remote_connection or "{}") for i in await live_instances(s, fleet)]
 
 
 async def _check_taken(
@@ -316,7 +294,7 @@ async def apply(
             dirty=False,
         )
         s.add(current)
-        _event(s, current, f"Fleet created by {user.name}", now)
+        fleet_event(s, current, f"Fleet created by {user.name}", now)
     current.spec = json.dumps(
         FleetSpec(
             configuration=public,
@@ -328,14 +306,14 @@ async def apply(
     existing = {
         (rc["hostname"], rc["port"]): i
         for i, rc in [
-            (i, json.loads(i.remote_connection or "{}")) for i in await _live_instances(s, current)
+            (i, json.loads(i.remote_connection or "{}")) for i in await live_instances(s, current)
         ]
         if rc
     }
     wanted = {(h["hostname"], h["port"]) for h in hosts}
     removed = [i for k, i in existing.items() if k not in wanted]
     if removed:
-        await _terminate(s, project, current, removed, now)
+        await terminate_instances(s, project, current, removed, now)
     if conf.ssh_config is not None:
         private, public_key = await project_keypair(s, ctx.box, project)
         num = await _next_num(s, current.id)
@@ -414,110 +392,3 @@ async def _next_num(s: AsyncSession, fleet_id: str) -> int:
         )
     ).scalar()
     return 0 if n is None else n + 1
-
-
-def _event(s: AsyncSession, fleet: t.Fleet, message: str, now: Any) -> None:
-    events.record(
-        s,
-        project_id=fleet.project_id,
-        target_type="fleet",
-        target_id=fleet.id,
-        target_name=fleet.name,
-        message=message,
-        now=now,
-    )
-
-
-async def _busy(s: AsyncSession, instances: list[t.Instance]) -> list[t.Instance]:
-    if not instances:
-        return []
-    ids = set(
-        (
-            await s.execute(
-                select(t.Job.instance_id).where(
-                    t.Job.instance_id.in_([i.id for i in instances]),
-                    t.Job.status.not_in(FINISHED_JOB_STATUSES),
-                )
-            )
-        ).scalars()
-    )
-    return [i for i in instances if i.id in ids]
-
-
-async def _terminate(
-    s: AsyncSession, project: t.Project, fleet: t.Fleet, instances: list[t.Instance], now: Any
-) -> None:
-    busy = await _busy(s, instances)
-    if busy:
-        names = ", ".join(i.name for i in busy)
-        raise ServerClientError(
-            f"Fleet {fleet.name}: instances in use by runs ({names}); stop the runs first",
-            code="resource_in_use",
-        )
-    for inst in instances:
-        await s.execute(
-            update(t.Instance)
-            .where(t.Instance.id == inst.id)
-            .values(
-                status="terminating",
-                termination_reason="terminated_by_user",
-                dirty=True,
-                version=t.Instance.version + 1,
-            )
-        )
-        events.record(
-            s,
-            project_id=project.id,
-            target_type="instance",
-            target_id=inst.id,
-            target_name=inst.name,
-            message=f"Instance status changed {inst.status.upper()} -> TERMINATING. "
-            "Termination reason: TERMINATED_BY_USER",
-            now=now,
-        )
-
-
-async def _fleet_row(s: AsyncSession, project: t.Project, name: str) -> t.Fleet:
-    fleet = await _current(s, project, name)
-    if fleet is None:
-        raise ResourceNotExistsError(f"Fleet {name} does not exist")
-    return fleet
-
-
-async def delete_fleets(
-    ctx: ServerContext, s: AsyncSession, user: t.User, project: t.Project, names: list[str]
-) -> None:
-    now = utcnow()
-    for name in names:
-        fleet = await _fleet_row(s, project, name)
-        instances = await _live_instances(s, fleet)
-        await _terminate(s, project, fleet, instances, now)
-        if fleet.status != "terminating":
-            _event(
-                s,
-                fleet,
-                f"Fleet status changed {fleet.status.upper()} -> TERMINATING "
-                f"(deleted by {user.name})",
-                now,
-            )
-        fleet.status = "terminating"
-        fleet.dirty = True
-    await s.commit()
-    ctx.hub.wake("instances", "fleets")
-
-
-async def delete_instances(
-    ctx: ServerContext, s: AsyncSession, project: t.Project, name: str, nums: list[int]
-) -> None:
-    fleet = await _fleet_row(s, project, name)
-    instances = [i for i in await _live_instances(s, fleet) if i.instance_num in set(nums)]
-    known = {i.instance_num for i in instances}
-    missing = [n for n in nums if n not in known]
-    if missing:
-        raise ServerClientError(
-            f"Fleet {name} has no live instance {', '.join(map(str, missing))}",
-            field="instance_nums",
-        )
-    await _terminate(s, project, fleet, instances, utcnow())
-    await s.commit()
-    ctx.hub.wake("instances")
