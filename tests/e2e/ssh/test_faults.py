@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 from ..harness import Server, wait_until, write_config
@@ -203,3 +204,28 @@ def test_agent_killed_on_host_is_restarted_and_fleets_filter(
     job = srv.run("elsewhere")["jobs"][0]["job_submissions"][-1]
     assert job["termination_reason"] == "failed_to_start_due_to_no_capacity"
     assert "fleet loop not in ['other']" in job["termination_reason_message"], job
+
+
+def test_network_drop_is_noticed_and_the_connection_comes_back(
+    srv: Server, hosts: sshhosts.Hosts, key: Path, project_dir: Path
+):
+    """No RST this time: the link goes silent, so only keep-alives and timeouts can tell."""
+    h = hosts.add()
+    apply_fleet(srv, project_dir, fleet_yaml("silent", [h], key))
+    subprocess.run(["ip", "link", "set", h.veth, "down"], check=True)
+    try:
+        wait_until(
+            lambda: fleet(srv, "silent")["instances"][0]["unreachable"],
+            timeout=45,
+            what="instance unreachable",
+        )
+    finally:
+        subprocess.run(["ip", "link", "set", h.veth, "up"], check=True)
+    wait_until(
+        lambda: not fleet(srv, "silent")["instances"][0]["unreachable"],
+        timeout=45,
+        what="instance reachable again",
+    )
+    write_config(project_dir, "t.dstack.yml", task("after-drop", "echo reconnected"))
+    r = srv.cli("apply", "-f", "t.dstack.yml", "-y", cwd=project_dir)
+    assert r.returncode == 0 and "reconnected" in r.stdout, r.stdout + r.stderr
