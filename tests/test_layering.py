@@ -136,6 +136,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "dstack.models",
         "dstack.agent.hostinfo",  # the local backend describes this machine
         "dstack.server.local_agent",  # ... and starts the agent on it
+        "dstack.agent.zipapp",  # the SSH backend ships the agent to hosts as one zipapp
     ),
     "dstack.agent": ("dstack.agent",),
 }

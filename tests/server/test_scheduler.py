@@ -273,7 +273,8 @@ def test_fleets_filter() -> None:
     r = rank(req(fleets=("b",)), pool, capacity)
     assert [(c.fleet_name, c.instance_id) for c in r.candidates] == [("b", "i2"), ("b", None)]
     assert r.candidates[1].offer.instance.name == "ob"
-    assert r.rejections == []
+    # An instance outside the run's `fleets` is named, so "fits no fleet" says why.
+    assert r.rejections == ["a-i1: fleet a not in ['b']"]
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,10 @@ def apply_other(args: argparse.Namespace, conf: Any, path: str) -> int:
     if not data.get("name"):
         raise CLIError(f"The {kind} configuration must have a `name` (or pass -n NAME)")
     api = api_client(args)
+    if kind == "fleet":
+        from dstack.cli.apply_fleet import apply_fleet
+
+        return apply_fleet(args, api, data, path, _print_header)
     existing = _get_existing(api, kind, data["name"])
     _print_header(api, kind, data, path)
     name = data["name"]

@@ -50,11 +50,20 @@ def _private_ip(value: str | None) -> str | None:
     return value
 
 
+class SSHKey(ConfigModel):
+    """A private key as the CLI read it from `identity_file` (keys are read client-side); the
+    server keeps it encrypted and never returns it."""
+
+    private: str
+    public: str | None = None
+
+
 class SSHProxyParams(ConfigModel):
     hostname: str
     port: int = Field(default=22, ge=1, le=65535)
     user: str
     identity_file: str
+    ssh_key: SSHKey | None = None
 
 
 class SSHHostParams(ConfigModel):
@@ -64,6 +73,7 @@ class SSHHostParams(ConfigModel):
     port: int | None = Field(default=None, ge=1, le=65535)
     user: str | None = None
     identity_file: str | None = None
+    ssh_key: SSHKey | None = None
     proxy_jump: SSHProxyParams | None = None
     internal_ip: str | None = None
     blocks: Blocks = 1
@@ -83,6 +93,7 @@ class SSHParams(ConfigModel):
     user: str | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
     identity_file: str | None = None
+    ssh_key: SSHKey | None = None
     proxy_jump: SSHProxyParams | None = None
     hosts: list[Annotated[SSHHostParams, Shorthand(({"type": "string"},))]] = Field(min_length=1)
     network: str | None = None

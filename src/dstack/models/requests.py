@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -54,6 +55,20 @@ class ListRunsRequest(Request):
 class GetFleetRequest(Request):
     name: str | None = None
     id: str | None = None
+
+
+class GetFleetPlanRequest(Request):
+    spec: dict[str, Any]  # FleetSpec: {configuration, configuration_path, profile}
+
+
+class ApplyFleetPlanInput(Request):
+    spec: dict[str, Any]
+    current_resource: dict[str, Any] | None = None
+
+
+class ApplyFleetPlanRequest(Request):
+    plan: ApplyFleetPlanInput
+    force: bool = False
 
 
 class DeleteFleetsRequest(Request):

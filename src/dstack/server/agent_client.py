@@ -32,12 +32,20 @@ class AgentUnreachableError(AgentClientError):
 
 
 class AgentClient:
-    def __init__(self, base_url: str, token: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        """`transport`: how bytes reach the agent (SSH hosts: through the host's tunnel)."""
         self.base_url = base_url.rstrip("/")
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
             headers={"Authorization": f"Bearer {token}"},
             timeout=timeout,
+            transport=transport,
         )
 
     async def __aenter__(self) -> AgentClient:

@@ -13,13 +13,15 @@ from fastapi.responses import JSONResponse
 
 from dstack.errors import ResourceNotExistsError, ServerClientError
 from dstack.server.backends.local import LocalBackend
+from dstack.server.backends.ssh.backend import SSHBackend
 from dstack.server.db.migrate import migrate
 from dstack.server.db.session import Database
 from dstack.server.reconcilers.agents import AgentRegistry
+from dstack.server.reconcilers.fleets import FleetReconciler
 from dstack.server.reconcilers.instance_worker import InstanceReconciler
 from dstack.server.reconcilers.job_worker import JobReconciler
 from dstack.server.reconcilers.run_worker import RunReconciler
-from dstack.server.routers import resources, runs
+from dstack.server.routers import fleets, resources, runs
 from dstack.server.routers.deps import AuthError
 from dstack.server.services.bootstrap import BootstrapResult, bootstrap
 from dstack.server.services.codes import CodeTooLargeError
@@ -55,9 +57,15 @@ async def start(ctx: ServerContext) -> tuple[BootstrapResult, list[asyncio.Task[
     result = await bootstrap(ctx)
     if ctx.settings.local_backend_enabled:
         ctx.backends["local"] = LocalBackend(ctx.settings.local_agent_home)
+    ctx.backends["ssh"] = SSHBackend(ctx.settings.data_dir)
     agents = AgentRegistry(ctx)
     ctx.agents = agents  # type: ignore[attr-defined]
-    reconcilers = [RunReconciler(ctx), JobReconciler(ctx, agents), InstanceReconciler(ctx, agents)]
+    reconcilers = [
+        RunReconciler(ctx),
+        JobReconciler(ctx, agents),
+        InstanceReconciler(ctx, agents),
+        FleetReconciler(ctx),
+    ]
     tasks = [asyncio.create_task(r.run_forever(), name=r.kind) for r in reconcilers]
     return result, tasks
 
@@ -84,6 +92,8 @@ def create_app(settings: Settings, on_ready: object = None) -> FastAPI:
                 with suppress(asyncio.CancelledError):
                     await task
             await ctx.agents.close()  # type: ignore[attr-defined]
+            if "ssh" in ctx.backends:
+                await ctx.backends["ssh"].close()
             await ctx.db.close()
 
     app = FastAPI(
@@ -98,4 +108,5 @@ def create_app(settings: Settings, on_ready: object = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(resources.router)
     app.include_router(runs.router)
+    app.include_router(fleets.router)
     return app

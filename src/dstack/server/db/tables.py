@@ -139,6 +139,9 @@ class Instance(LeaseMixin, Base):
     agent_token_enc: Mapped[str | None] = mapped_column(Text)
     agent_pid: Mapped[int | None] = mapped_column(Integer)
     host_info: Mapped[str | None] = mapped_column(Text)
+    # SSH fleet hosts: hostname, port, user, encrypted private key, proxy jump, agent home and
+    # port, fleet env (JSON). The host key recorded on first connection lives here too.
+    remote_connection: Mapped[str | None] = mapped_column(Text)
     total_blocks: Mapped[int] = mapped_column(Integer, default=1)
     idle_duration: Mapped[int | None] = mapped_column(Integer)  # seconds, -1 never
     provisioning_job_id: Mapped[str | None] = mapped_column(String(36))

@@ -20,6 +20,15 @@ class AgentRegistry:
         cached = self._clients.get(inst.id)
         if cached is not None and cached[0] == key:
             return cached[1]
+        if inst.backend == "ssh":
+            # SSH hosts: only through the tunnel over the host's SSH connection.
+            from dstack.server.reconcilers.ssh_hosts import tunnel_client
+
+            ssh_client = tunnel_client(self.ctx, inst)
+            if ssh_client is None:
+                return None
+            self._clients[inst.id] = (key, ssh_client)
+            return ssh_client
         client = AgentClient(inst.agent_url, self.ctx.box.decrypt(inst.agent_token_enc))
         self._clients[inst.id] = (key, client)
         return client

@@ -13,6 +13,7 @@ from dstack.models.wire import utcnow
 from dstack.server.agent_client import AgentClientError
 from dstack.server.backends.base import BackendError
 from dstack.server.db import tables as t
+from dstack.server.reconcilers import ssh_hosts
 from dstack.server.reconcilers.agents import AgentRegistry
 from dstack.server.reconcilers.base import Reconciler
 from dstack.server.reconcilers.instances import InstanceDecision, InstanceView, decide
@@ -104,6 +105,8 @@ class InstanceReconciler(Reconciler):
 
     async def _act(self, inst: t.Instance, d: InstanceDecision) -> dict[str, Any]:
         backend = self.ctx.backends.get(inst.backend)
+        if inst.backend == "ssh" and d.action in ("create", "terminate"):
+            return await self._act_ssh(inst, d)
         if d.action == "create":
             return await self._create(inst, d, backend)
         if d.action == "terminate":
@@ -123,6 +126,18 @@ class InstanceReconciler(Reconciler):
             await self.agents.forget(inst.id)
             return {**d.values, "agent_url": url, "agent_pid": pid, "unreachable": False}
         return d.values
+
+    async def _act_ssh(self, inst: t.Instance, d: InstanceDecision) -> dict[str, Any]:
+        """SSH hosts are bootstrapped and cleaned up, not created and destroyed."""
+        if d.action == "create":
+            d.status, d.reason, values = await ssh_hosts.bootstrap(self.ctx, inst, self.agents)
+            return values
+        note = await ssh_hosts.teardown(self.ctx, inst)
+        await self.agents.forget(inst.id)
+        values = {"finished_at": utcnow(), "deleted": True}
+        if note:
+            values["termination_reason_message"] = note
+        return values
 
     async def _create(self, inst: t.Instance, d: InstanceDecision, backend: Any) -> dict[str, Any]:
         if backend is None:
@@ -167,7 +182,9 @@ class InstanceReconciler(Reconciler):
             values_guard = update(t.Instance).where(
                 t.Instance.id == inst.id, t.Instance.version == inst.version
             )
-            if "status" in values and values["status"] == "terminating":
+            # A bootstrap is long: a delete requested meanwhile (which bumps the version) wins.
+            bootstrapped = inst.backend == "ssh" and d.action == "create"
+            if "status" in values and (values["status"] == "terminating" or bootstrapped):
                 res = await s.execute(values_guard.values(version=t.Instance.version))
                 if res.rowcount != 1:
                     await self.release(inst.id, token)
@@ -193,9 +210,14 @@ class InstanceReconciler(Reconciler):
                     .where(t.Job.instance_id == inst.id, t.Job.status.not_in(FINISHED_JOB_STATUSES))
                     .values(dirty=True)
                 )
+            if values.get("status") == "terminated" and inst.fleet_id:
+                await s.execute(
+                    update(t.Fleet).where(t.Fleet.id == inst.fleet_id).values(dirty=True)
+                )
             await s.commit()
         if "status" in values:
             self.ctx.hub.wake("jobs")
+            self.ctx.hub.wake("fleets")
 
 
 def _with_agent(inst: t.Instance, url: str, token_enc: str) -> t.Instance:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from dstack.models.runs import JobSpec, RunSpec
@@ -17,6 +18,8 @@ def _gpu_count(host_info: dict[str, Any], used_blocks: int, total_blocks: int) -
 
 
 def _internal_ip(host_info: dict[str, Any]) -> str:
+    if host_info.get("internal_ip"):
+        return host_info["internal_ip"]
     addresses = host_info.get("addresses") or []
     return addresses[0] if addresses else "127.0.0.1"
 
@@ -29,16 +32,21 @@ def job_env(
     gpus: int,
     repo_dir: str | None,
     working_dir: str | None,
+    cluster: list[str] | None = None,
+    fleet_env: dict[str, str] | None = None,
 ) -> dict[str, str]:
+    """`cluster`: every node's internal IP by rank (multi-node); `fleet_env`: the SSH fleet's
+    `env`, which the job's own env overrides."""
     run_spec = RunSpec.model_validate_json(run.run_spec)
-    ip = _internal_ip(host_info)
+    ips = cluster or [_internal_ip(host_info)]
     env = {
+        **(fleet_env or {}),
         "DSTACK_RUN_ID": run.id,
         "DSTACK_JOB_ID": job.id,
         "DSTACK_RUN_NAME": run.run_name,
         "DSTACK_REPO_ID": run_spec.repo_id,
-        "DSTACK_NODES_IPS": ip,
-        "DSTACK_MASTER_NODE_IP": ip,
+        "DSTACK_NODES_IPS": "\n".join(ips),
+        "DSTACK_MASTER_NODE_IP": ips[0],
         "DSTACK_NODE_RANK": str(spec.job_num),
         "DSTACK_NODES_NUM": str(spec.jobs_per_replica),
         "DSTACK_GPUS_PER_NODE": str(gpus),
@@ -53,7 +61,12 @@ def job_env(
 
 
 def agent_job_spec(
-    job: t.Job, run: t.Run, spec: JobSpec, inst: t.Instance, host_info: dict[str, Any]
+    job: t.Job,
+    run: t.Run,
+    spec: JobSpec,
+    inst: t.Instance,
+    host_info: dict[str, Any],
+    cluster: list[str] | None = None,
 ) -> tuple[dict[str, Any], str | None]:
     """The agent's job request, or an error text when this host cannot run the job."""
     gpus = _gpu_count(host_info, job.used_blocks or 1, inst.total_blocks)
@@ -82,7 +95,17 @@ def agent_job_spec(
         "name": spec.job_name,
         "runtime": runtime,
         "commands": spec.commands,
-        "env": job_env(job, run, spec, host_info, gpus, env_repo_dir, env_working_dir),
+        "env": job_env(
+            job,
+            run,
+            spec,
+            host_info,
+            gpus,
+            env_repo_dir,
+            env_working_dir,
+            cluster,
+            json.loads(inst.remote_connection or "{}").get("env"),
+        ),
         "working_dir": working_dir,
         "image": spec.image_name,
         "shm_size_mib": shm,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from dstack.models.configurations import parse_configuration
 from dstack.models.offers import InstanceOfferWithAvailability
@@ -21,6 +21,7 @@ from dstack.server.reconcilers.agents import AgentRegistry
 from dstack.server.reconcilers.base import LeaseLost, Reconciler
 from dstack.server.reconcilers.job_start import agent_job_spec
 from dstack.server.reconcilers.jobs import Decision, JobView, decide
+from dstack.server.scheduler import multinode
 from dstack.server.scheduler.placement import Candidate, no_capacity_message, rank
 from dstack.server.services import events, logs
 from dstack.server.services.codes import load_code
@@ -92,7 +93,35 @@ class JobReconciler(Reconciler):
                 snap.placement = ranking.best
                 snap.queued = ranking.only_busy
                 snap.no_capacity = no_capacity_message(ranking, pool.has_fleets)
+                if snap.spec.jobs_per_replica > 1:
+                    await self._place_multinode(s, snap, ranking)
             return snap
+
+    async def _place_multinode(self, s: Any, snap: Snapshot, ranking: Any) -> None:
+        job = snap.job
+        fleets = (
+            await s.execute(
+                select(t.Fleet).where(
+                    t.Fleet.project_id == job.project_id, t.Fleet.deleted.is_(False)
+                )
+            )
+        ).scalars()
+        cluster = {f.id for f in fleets if fleet_conf(f).get("placement") == "cluster"}
+        peers = await _replica_peers(s, job)
+        master = next((p for p in peers if p.job_num == 0), None)
+        master_inst = (
+            await s.get(t.Instance, master.instance_id) if master and master.instance_id else None
+        )
+        choice = multinode.choose(
+            ranking,
+            snap.spec.jobs_per_replica,
+            job.job_num,
+            cluster,
+            master_inst.fleet_id if master_inst else None,
+            {p.instance_id for p in peers if p.instance_id and p.id != job.id},
+        )
+        snap.placement, snap.queued = choice.candidate, choice.queued
+        snap.no_capacity = choice.message or snap.no_capacity
 
     async def _observe(self, snap: Snapshot) -> tuple[dict[str, Any] | None, bool]:
         if snap.job.status not in ("running", "terminating") or snap.instance is None:
@@ -185,7 +214,15 @@ class JobReconciler(Reconciler):
             d.action, d.status = "wait", None
             return {}
         host_info = json.loads(inst.host_info or "{}")
-        spec, runtime_error = agent_job_spec(snap.job, snap.run, snap.spec, inst, host_info)
+        cluster = None
+        if snap.spec.jobs_per_replica > 1:
+            cluster = await self._cluster(snap)
+            if cluster is None:  # peers not placed yet, or the master has not started
+                d.action, d.status = "wait", None
+                return {}
+        spec, runtime_error = agent_job_spec(
+            snap.job, snap.run, snap.spec, inst, host_info, cluster
+        )
         if runtime_error:
             d.status, d.reason, d.message = "terminating", "executor_error", runtime_error
             return {}
@@ -205,6 +242,23 @@ class JobReconciler(Reconciler):
             return {}
         jrd = JobRuntimeData(network_mode="host", working_dir=spec.get("working_dir"))
         return {"job_runtime_data": jrd.model_dump_json()}
+
+    async def _cluster(self, snap: Snapshot) -> list[str] | None:
+        """Internal IPs of every node of the replica by rank, once all are placed and (for
+        workers) the master runs: the master starts first."""
+        async with self.ctx.db.session() as s:
+            peers = await _replica_peers(s, snap.job)
+            if len(peers) < snap.spec.jobs_per_replica or any(not p.instance_id for p in peers):
+                return None
+            master = peers[0]
+            if snap.job.job_num > 0 and master.running_at is None:
+                return None
+            ips = []
+            for p in peers:
+                inst = await s.get(t.Instance, p.instance_id)
+                info = json.loads(inst.host_info or "{}") if inst else {}
+                ips.append(info.get("internal_ip") or (info.get("addresses") or ["127.0.0.1"])[0])
+            return ips
 
     # -- apply ----------------------------------------------------------------------------
 
@@ -371,6 +425,20 @@ class JobReconciler(Reconciler):
             now=now,
             within_run_id=job.run_id,
         )
+
+
+async def _replica_peers(s: Any, job: t.Job) -> list[t.Job]:
+    """The latest submission of every job of this job's replica, by job_num."""
+    rows = (
+        await s.execute(
+            select(t.Job).where(t.Job.run_id == job.run_id, t.Job.replica_num == job.replica_num)
+        )
+    ).scalars()
+    latest: dict[int, t.Job] = {}
+    for j in rows:
+        if j.job_num not in latest or j.submission_num > latest[j.job_num].submission_num:
+            latest[j.job_num] = j
+    return [latest[k] for k in sorted(latest)]
 
 
 async def _next_instance_num(s: Any, fleet_id: str) -> int:

@@ -162,6 +162,7 @@ def rank(req: Requirements, pool: list[PoolInstance], capacity: list[FleetCapaci
     wanted = set(req.fleets) if req.fleets else None
     for inst in pool:
         if wanted is not None and inst.fleet_name not in wanted:
+            out.rejections.append(f"{inst.name}: fleet {inst.fleet_name} not in {sorted(wanted)}")
             continue
         cand = _pool_candidate(req, inst)
         if isinstance(cand, str):

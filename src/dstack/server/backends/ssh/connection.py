@@ -1,0 +1,212 @@
+"""One multiplexed SSH connection per host (asyncssh), kept alive and re-established after a
+drop; agent traffic rides on local port forwards over it.
+
+Host keys are trusted on first use: the caller passes the key recorded at the first connection
+(or None the first time) and gets back the key the host presented, to record. A different key
+fails with `HostKeyChanged`, never silently reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import asyncssh
+
+from dstack.server.backends.base import BackendError
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 5.0
+KEEPALIVE_INTERVAL = 2.0
+KEEPALIVE_COUNT_MAX = 3
+
+
+class SSHError(BackendError):
+    """Reaching the host over SSH failed; the message says why, in the user's terms."""
+
+
+class HostUnreachable(SSHError):
+    pass
+
+
+class AuthFailed(SSHError):
+    pass
+
+
+class HostKeyChanged(SSHError):
+    pass
+
+
+@dataclass(frozen=True)
+class HostParams:
+    hostname: str
+    port: int
+    user: str
+    private_keys: tuple[str, ...]  # OpenSSH private keys to try, in order
+    proxy: HostParams | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.user}@{self.hostname}:{self.port}"
+
+    @property
+    def key(self) -> str:
+        via = f" via {self.proxy.key}" if self.proxy else ""
+        return self.address + via
+
+
+def fingerprint(public_key: str) -> str:
+    try:
+        return asyncssh.import_public_key(public_key).get_fingerprint()
+    except (asyncssh.KeyImportError, ValueError):
+        return "?"
+
+
+def _keys(params: HostParams) -> list[asyncssh.SSHKey]:
+    keys = []
+    for text in params.private_keys:
+        try:
+            keys.append(asyncssh.import_private_key(text))
+        except (asyncssh.KeyImportError, ValueError) as e:
+            raise AuthFailed(f"cannot use the SSH key for {params.address}: {e}") from e
+    return keys
+
+
+async def open_connection(
+    params: HostParams, known_key: str | None, on_lost: Any = None
+) -> tuple[asyncssh.SSHClientConnection, str]:
+    """Connect (through the proxy jump if any); returns the connection and the host key."""
+    tunnel = None
+    if params.proxy is not None:
+        tunnel, _ = await open_connection(params.proxy, None)
+    known_hosts: Any = None
+    if known_key:
+        known_hosts = ([asyncssh.import_public_key(known_key)], [], [])
+
+    class _Client(asyncssh.SSHClient):
+        def connection_lost(self, exc: Exception | None) -> None:
+            if on_lost is not None:
+                on_lost()
+
+    try:
+        conn = await asyncssh.connect(
+            params.hostname,
+            port=params.port,
+            username=params.user,
+            client_keys=_keys(params),
+            known_hosts=known_hosts,
+            tunnel=tunnel,
+            connect_timeout=CONNECT_TIMEOUT,
+            keepalive_interval=KEEPALIVE_INTERVAL,
+            keepalive_count_max=KEEPALIVE_COUNT_MAX,
+            agent_path=None,
+            config=[],
+            client_factory=_Client,
+        )
+    except asyncssh.HostKeyNotVerifiable as e:
+        raise HostKeyChanged(
+            f"the host key of {params.hostname}:{params.port} changed: it is not the key "
+            f"recorded at the first connection ({fingerprint(known_key or '')}). If the host was "
+            "reinstalled, delete the fleet and apply it again; otherwise someone may be "
+            "impersonating the host"
+        ) from e
+    except asyncssh.PermissionDenied as e:
+        raise AuthFailed(
+            f"SSH authentication failed for {params.address}: the host refused the key "
+            "(check identity_file and the user's ~/.ssh/authorized_keys on the host)"
+        ) from e
+    except (OSError, asyncio.TimeoutError, asyncssh.Error) as e:
+        what = "timed out" if isinstance(e, asyncio.TimeoutError) else str(e) or type(e).__name__
+        raise HostUnreachable(
+            f"cannot reach {params.hostname}:{params.port} over SSH: {what}"
+        ) from e
+    host_key = conn.get_server_host_key()
+    return conn, host_key.export_public_key().decode().strip() if host_key else ""
+
+
+class _Entry:
+    def __init__(self) -> None:
+        self.conn: asyncssh.SSHClientConnection | None = None
+        self.host_key = ""
+        self.closed = True
+        self.forwards: dict[int, int] = {}  # remote port -> local port
+        self.lock = asyncio.Lock()
+
+    def lost(self) -> None:
+        self.closed = True
+        self.forwards.clear()
+
+
+class SSHPool:
+    """Connections by host, each reused by every caller until it drops."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, _Entry] = {}
+
+    async def connect(
+        self, params: HostParams, known_key: str | None
+    ) -> tuple[asyncssh.SSHClientConnection, str]:
+        entry = self._entries.setdefault(params.key, _Entry())
+        async with entry.lock:
+            if entry.conn is not None and not entry.closed:
+                if known_key and entry.host_key and known_key != entry.host_key:
+                    raise HostKeyChanged(f"the host key of {params.hostname} changed")
+                return entry.conn, entry.host_key
+            conn, host_key = await open_connection(params, known_key, on_lost=entry.lost)
+            entry.conn, entry.host_key, entry.closed = conn, host_key, False
+            entry.forwards.clear()
+            return conn, host_key
+
+    async def forward(self, params: HostParams, known_key: str | None, remote_port: int) -> int:
+        """A local port that reaches `remote_port` on the host's loopback."""
+        conn, _ = await self.connect(params, known_key)
+        entry = self._entries[params.key]
+        async with entry.lock:
+            local = entry.forwards.get(remote_port)
+            if local is None:
+                try:
+                    listener = await conn.forward_local_port(
+                        "127.0.0.1", 0, "127.0.0.1", remote_port
+                    )
+                except (OSError, asyncssh.Error) as e:
+                    raise HostUnreachable(
+                        f"port forwarding to {params.hostname} failed: {e}"
+                    ) from e
+                local = listener.get_port()
+                entry.forwards[remote_port] = local
+            return local
+
+    async def run(
+        self,
+        params: HostParams,
+        known_key: str | None,
+        command: str,
+        stdin: bytes | str | None = None,
+        timeout: float = 60.0,
+    ) -> tuple[int, str, str]:
+        conn, _ = await self.connect(params, known_key)
+        try:
+            result = await asyncio.wait_for(
+                conn.run(command, input=stdin, check=False, encoding=None), timeout
+            )
+        except (OSError, asyncssh.Error, asyncio.TimeoutError) as e:
+            raise HostUnreachable(f"command on {params.hostname} failed: {e!r}") from e
+        out = (result.stdout or b"").decode(errors="replace")
+        err = (result.stderr or b"").decode(errors="replace")
+        rc = result.exit_status if result.exit_status is not None else -1
+        return int(rc), out, err
+
+    async def drop(self, params: HostParams) -> None:
+        entry = self._entries.pop(params.key, None)
+        if entry is not None and entry.conn is not None:
+            entry.conn.close()
+            entry.lost()
+
+    async def close(self) -> None:
+        for entry in self._entries.values():
+            if entry.conn is not None:
+                entry.conn.close()
+        self._entries.clear()
