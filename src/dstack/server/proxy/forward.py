@@ -1,0 +1,223 @@
+"""Forwarding one HTTP request or WebSocket to a replica, streaming both ways.
+
+One shared `httpx.AsyncClient` keeps pooled connections to replicas. Request bodies are
+streamed to the replica as they arrive (small bodies with a Content-Length are read first so a
+replica that refuses the connection can be retried on another); response bodies are relayed
+chunk by chunk, so server-sent events reach the client as the app writes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+Scope = dict[str, Any]
+
+HOP_BY_HOP = {
+    b"connection",
+    b"keep-alive",
+    b"proxy-authenticate",
+    b"proxy-authorization",
+    b"te",
+    b"trailers",
+    b"transfer-encoding",
+    b"upgrade",
+    b"host",
+    b"content-length",
+}
+REPLAYABLE = 1024 * 1024
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class UpstreamFailed(Exception):
+    """The replica refused or reset the connection; `sent` tells whether it saw the request."""
+
+    def __init__(self, message: str, sent: bool) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
+class UpstreamTimeout(Exception):
+    pass
+
+
+class RequestBody:
+    """The client's body: read whole when small and sized, else streamed with a size check."""
+
+    def __init__(self, receive: Any, length: int | None, limit: int) -> None:
+        self.receive = receive
+        self.length = length
+        self.limit = limit
+        self.data: bytes | None = None
+        self.consumed = False
+
+    async def prepare(self) -> None:
+        if self.length is not None and self.length > self.limit:
+            raise BodyTooLarge()
+        if self.length is not None and self.length <= REPLAYABLE:
+            chunks = [c async for c in self._chunks()]
+            self.data = b"".join(chunks)
+
+    @property
+    def replayable(self) -> bool:
+        return self.data is not None or self.length == 0
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        seen = 0
+        while True:
+            msg = await self.receive()
+            if msg["type"] == "http.disconnect":
+                raise UpstreamFailed("client disconnected", sent=False)
+            chunk = msg.get("body", b"")
+            seen += len(chunk)
+            if seen > self.limit:
+                raise BodyTooLarge()
+            if chunk:
+                yield chunk
+            if not msg.get("more_body", False):
+                return
+
+    def content(self) -> bytes | AsyncIterator[bytes]:
+        if self.data is not None:
+            return self.data
+        self.consumed = True
+        return self._chunks()
+
+
+def upstream_headers(
+    scope: Scope, strip_auth: bool, prefix: str, client_ip: str
+) -> list[tuple[bytes, bytes]]:
+    out = []
+    for k, v in scope["headers"]:
+        lk = k.lower()
+        if lk in HOP_BY_HOP or (strip_auth and lk == b"authorization"):
+            continue
+        if lk == b"x-dstack-forward-authorization":
+            continue
+        out.append((lk, v))
+    host = dict(scope["headers"]).get(b"host", b"")
+    out.append((b"x-forwarded-for", client_ip.encode()))
+    out.append((b"x-forwarded-host", host))
+    out.append((b"x-forwarded-proto", scope.get("scheme", "http").encode()))
+    out.append((b"x-forwarded-prefix", prefix.encode()))
+    return out
+
+
+async def forward_http(
+    client: httpx.AsyncClient,
+    scope: Scope,
+    send: Any,
+    body: RequestBody,
+    url: str,
+    headers: list[tuple[bytes, bytes]],
+    timeout: float,
+) -> int:
+    """Send the request and relay the response; returns the status. Raises UpstreamFailed /
+    UpstreamTimeout only while nothing has been sent to the client yet."""
+    content = body.content()
+    request = client.build_request(
+        scope["method"],
+        url,
+        headers=headers,
+        content=content,
+        timeout=httpx.Timeout(timeout, connect=5.0),
+    )
+    try:
+        resp = await client.send(request, stream=True)
+    except httpx.ConnectError as e:
+        raise UpstreamFailed(f"connection refused: {e}", sent=body.consumed) from e
+    except httpx.TimeoutException as e:
+        raise UpstreamTimeout(str(e)) from e
+    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
+        raise UpstreamFailed(f"connection reset: {e}", sent=True) from e
+    try:
+        out_headers = [
+            (k.lower(), v)
+            for k, v in resp.headers.raw
+            if k.lower() not in HOP_BY_HOP or k.lower() == b"content-length"
+        ]
+        await send(
+            {"type": "http.response.start", "status": resp.status_code, "headers": out_headers}
+        )
+        try:
+            async for chunk in resp.aiter_raw():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except (httpx.HTTPError, OSError):
+            pass  # the replica went away mid-body: end the response where it stopped
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        await resp.aclose()
+    return resp.status_code
+
+
+async def forward_websocket(
+    scope: Scope, receive: Any, send: Any, url: str, headers: list[tuple[bytes, bytes]]
+) -> bool:
+    """Open the replica's WebSocket, accept the client's, relay frames until either closes.
+    False when the replica could not be reached (nothing was accepted)."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    skip = {
+        b"sec-websocket-key",
+        b"sec-websocket-version",
+        b"sec-websocket-extensions",
+        b"sec-websocket-protocol",
+        b"x-forwarded-proto",
+    }
+    extra = [(k.decode(), v.decode()) for k, v in headers if k not in skip]
+    protocols = [p.strip() for p in scope.get("subprotocols") or []]
+    try:
+        upstream = await connect(
+            url,
+            additional_headers=extra,
+            subprotocols=protocols or None,  # type: ignore[arg-type]
+            open_timeout=10,
+            max_size=None,
+        )
+    except (OSError, asyncio.TimeoutError, Exception):  # noqa: BLE001 - any failure is a refusal
+        return False
+    await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
+
+    async def client_to_upstream() -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "websocket.disconnect":
+                await upstream.close()
+                return
+            if msg.get("bytes") is not None:
+                await upstream.send(msg["bytes"])
+            elif msg.get("text") is not None:
+                await upstream.send(msg["text"])
+
+    async def upstream_to_client() -> None:
+        try:
+            async for data in upstream:
+                if isinstance(data, bytes):
+                    await send({"type": "websocket.send", "bytes": data})
+                else:
+                    await send({"type": "websocket.send", "text": data})
+        except ConnectionClosed:
+            pass
+        with contextlib.suppress(Exception):
+            await send({"type": "websocket.close", "code": upstream.close_code or 1000})
+
+    tasks = [asyncio.create_task(client_to_upstream()), asyncio.create_task(upstream_to_client())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        with contextlib.suppress(Exception):
+            await upstream.close()
+    return True
