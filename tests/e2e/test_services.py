@@ -182,3 +182,22 @@ def test_stopped_service_is_404(srv: Server, tmp_path: Path):
         what="the stopped service to disappear",
     )
     assert json.loads(srv.cli("ps", "--json").stdout)
+
+
+def test_replica_that_resets_is_502_and_marked_unhealthy(srv: Server, web: str):
+    import sqlite3
+
+    r = httpx.get(proxy_url(srv, web, "reset"), headers=auth(srv), timeout=30)
+    assert r.status_code == 502
+    assert "web" in r.text
+    db = sqlite3.connect(srv.server_dir / "data" / "sqlite.db")
+    try:
+        rows = db.execute(
+            "SELECT unhealthy_at FROM jobs WHERE run_name = 'web' AND status = 'running'"
+        ).fetchall()
+    finally:
+        db.close()
+    assert rows and rows[0][0] is not None
+    # Out of rotation for the cooldown (5 s here), then it serves again: the request is held.
+    r = httpx.get(proxy_url(srv, web, "after"), headers=auth(srv), timeout=30)
+    assert r.status_code == 200

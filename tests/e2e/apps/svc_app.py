@@ -70,7 +70,7 @@ class Handler(BaseHTTPRequestHandler):
             return None
         if path == "/health":
             flag = os.environ.get("FAIL_HEALTH")
-            if flag and os.path.exists(flag):
+            if flag and (os.path.exists(flag) or os.path.exists(f"{flag}.{PORT}")):
                 return self._json(500, {"healthy": False})
             return self._json(200, {"healthy": True})
         if path == "/v1/models":

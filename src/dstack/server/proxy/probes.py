@@ -71,7 +71,8 @@ class Prober:
             streaks = json.loads(job.probe_streaks or "[]")
             streaks = (streaks + [0] * len(spec.probes))[: len(spec.probes)]
             now = time.monotonic()
-            changed = False
+            changed = job.probe_streaks is None  # the first result is news even if a failure
+            ran = False
             for i, probe in enumerate(spec.probes):
                 if probe.get("until_ready") and streaks[i] >= int(probe.get("ready_after", 1)):
                     continue
@@ -79,11 +80,14 @@ class Prober:
                     continue
                 self._due[(job.id, i)] = now + float(probe.get("interval", 15))
                 ok = await self._run(probe, addr)
+                ran = True
                 new = streaks[i] + 1 if ok else 0
                 if new != streaks[i]:
                     streaks[i] = min(new, 1_000_000)
                     changed = True
             ready = ready_of(streaks, spec.probes)
+            if changed and not ran:
+                changed = False
             if changed or ready != job.ready:
                 values: dict[str, Any] = {"probe_streaks": json.dumps(streaks), "ready": ready}
                 if ready and any(streaks):

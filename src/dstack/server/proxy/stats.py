@@ -2,7 +2,7 @@
 
 The proxy counts in memory and flushes once a second into `service_stats`: one row per
 (run, 5-second bucket, writer), so server replicas never contend for a row. The run reconciler
-sums the buckets of its window (`request_rate`). A request held for a scaled-to-zero service
+sums the buckets of its window (`services/service_stats.py`). A request held for a scaled-to-zero service
 also counts in `waiting`, which asks the autoscaler for a replica at once.
 """
 
@@ -12,8 +12,7 @@ import time
 from collections import defaultdict
 from datetime import datetime
 
-from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import delete, insert, update
 
 from dstack.server.db import tables as t
 from dstack.server.db.session import Database
@@ -84,29 +83,3 @@ class StatsRecorder:
                 )
             await s.commit()
         return woke
-
-
-async def request_rate(
-    s: AsyncSession, run_id: str, window: int, now: datetime
-) -> tuple[float, int]:
-    """(requests per second over the last `window` seconds, requests held in the last 30 s).
-
-    The current, partly filled bucket counts, and the window is measured up to now."""
-    ts = now.timestamp()
-    since = bucket_of(ts - window) + BUCKET
-    row = (
-        await s.execute(
-            select(func.coalesce(func.sum(t.ServiceStat.requests), 0)).where(
-                t.ServiceStat.run_id == run_id, t.ServiceStat.bucket >= since
-            )
-        )
-    ).scalar_one()
-    held = (
-        await s.execute(
-            select(func.coalesce(func.sum(t.ServiceStat.waiting), 0)).where(
-                t.ServiceStat.run_id == run_id, t.ServiceStat.bucket >= bucket_of(ts - 30)
-            )
-        )
-    ).scalar_one()
-    span = max(ts - since, 1.0)
-    return float(row) / span, int(held)
