@@ -48,6 +48,10 @@ class UpstreamTimeout(Exception):
     pass
 
 
+class ClientGone(Exception):
+    """The client went away before its body was read: nobody to answer, nobody to blame."""
+
+
 class RequestBody:
     """The client's body: read whole when small and sized, else streamed with a size check."""
 
@@ -74,7 +78,7 @@ class RequestBody:
         while True:
             msg = await self.receive()
             if msg["type"] == "http.disconnect":
-                raise UpstreamFailed("client disconnected", sent=False)
+                raise ClientGone()
             chunk = msg.get("body", b"")
             seen += len(chunk)
             if seen > self.limit:
@@ -131,6 +135,8 @@ async def forward_http(
     )
     try:
         resp = await client.send(request, stream=True)
+    except ClientGone:
+        raise
     except httpx.ConnectError as e:
         raise UpstreamFailed(f"connection refused: {e}", sent=body.consumed) from e
     except httpx.TimeoutException as e:

@@ -28,6 +28,7 @@ from dstack.server.db import tables as t
 from dstack.server.db.session import Database
 from dstack.server.proxy.forward import (
     BodyTooLarge,
+    ClientGone,
     RequestBody,
     UpstreamFailed,
     UpstreamTimeout,
@@ -104,6 +105,7 @@ class Proxy:
         self.limiter = RateLimiter()
         self.prober = Prober(db, config.probe_tick)
         self.outstanding: dict[str, int] = defaultdict(int)
+        self._refused: dict[str, float] = {}  # job id -> until when to prefer other replicas
         self.wake_runs = wake_runs
         self.client: httpx.AsyncClient | None = None
         self._flush_now = asyncio.Event()
@@ -236,7 +238,7 @@ class Proxy:
         target = path + (f"?{qs}" if qs else "")
         if scope["type"] == "websocket":
             await receive()  # websocket.connect
-            replica = await self._pick(svc, set())
+            replica = await self._pick(svc)
             self.stats.hit(svc.run_id)
             ok = await forward_websocket(
                 scope, receive, send, f"ws://{replica.host}:{replica.port}{target}", headers
@@ -249,9 +251,11 @@ class Proxy:
             return
         if body is None:
             length = _header(scope, b"content-length")
-            body = RequestBody(
-                receive, int(length) if length and length.isdigit() else None, self.config.max_body
-            )
+            if length and length.isdigit():
+                size: int | None = int(length)
+            else:  # HTTP/1.1: no length and no chunked encoding means no body
+                size = None if _header(scope, b"transfer-encoding") else 0
+            body = RequestBody(receive, size, self.config.max_body)
             try:
                 await body.prepare()
             except BodyTooLarge as e:
@@ -261,10 +265,9 @@ class Proxy:
                     "request_too_large",
                 ) from e
         self.stats.hit(svc.run_id)
-        tried: set[str] = set()
+        deadline = asyncio.get_running_loop().time() + self.config.hold_seconds
         while True:
-            replica = await self._pick(svc, tried)
-            tried.add(replica.job_id)
+            replica = await self._pick(svc)
             url = f"http://{replica.host}:{replica.port}{target}"
             self.outstanding[replica.job_id] += 1
             try:
@@ -272,6 +275,8 @@ class Proxy:
                 await forward_http(
                     self.client, scope, send, body, url, headers, self.config.read_timeout
                 )
+                return
+            except ClientGone:
                 return
             except BodyTooLarge as e:
                 raise HTTPError(
@@ -286,32 +291,37 @@ class Proxy:
                     "gateway_timeout",
                 ) from e
             except UpstreamFailed as e:
-                await self._mark_unhealthy(svc, replica)
-                if e.sent or not body.replayable:
+                late = asyncio.get_running_loop().time() > deadline
+                if e.sent or not body.replayable or late:
+                    await self._mark_unhealthy(svc, replica, e)
                     raise HTTPError(
                         502,
                         f"Replica {replica.replica_num} of {svc.run_name} failed: {e}",
                         "bad_gateway",
                     ) from e
-                svc = await self.registry.service(svc.project_name, svc.run_name, fresh=True) or svc
-                if not [r for r in svc.replicas if r.job_id not in tried]:
-                    raise HTTPError(
-                        502, f"No replica of {svc.run_name} accepted the request", "bad_gateway"
-                    ) from e
+                # Refused before anything was sent: the app is not listening (yet, or any
+                # more). Prefer other replicas for a moment and try again.
+                self._refused[replica.job_id] = asyncio.get_running_loop().time() + 1.0
+                await asyncio.sleep(0.05)
+                svc = await self.registry.service(svc.project_name, svc.run_name) or svc
             finally:
                 self.outstanding[replica.job_id] -= 1
                 if self.outstanding[replica.job_id] <= 0:
                     self.outstanding.pop(replica.job_id, None)
 
-    async def _pick(self, svc: Service, exclude: set[str]) -> Replica:
+    def _usable(self, svc: Service) -> list[Replica]:
+        now = asyncio.get_running_loop().time()
+        return [r for r in svc.replicas if self._refused.get(r.job_id, 0.0) <= now]
+
+    async def _pick(self, svc: Service) -> Replica:
         """Least outstanding requests among ready replicas; with none, wait for one."""
-        candidates = [r for r in svc.replicas if r.job_id not in exclude]
+        candidates = self._usable(svc)
         if not candidates:
-            candidates = await self._hold(svc, exclude)
+            candidates = await self._hold(svc)
         least = min(self.outstanding.get(r.job_id, 0) for r in candidates)
         return random.choice([r for r in candidates if self.outstanding.get(r.job_id, 0) == least])
 
-    async def _hold(self, svc: Service, exclude: set[str]) -> list[Replica]:
+    async def _hold(self, svc: Service) -> list[Replica]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.hold_seconds
         self.stats.waiting(svc.run_id)
@@ -322,7 +332,7 @@ class Proxy:
             fresh = await self.registry.service(svc.project_name, svc.run_name)
             if fresh is None or not fresh.active:
                 break
-            ready = [r for r in fresh.replicas if r.job_id not in exclude]
+            ready = self._usable(fresh)
             if ready:
                 return ready
             if loop.time() >= next_nudge:  # keep asking while we wait
@@ -337,8 +347,10 @@ class Proxy:
             {"retry-after": "5"},
         )
 
-    async def _mark_unhealthy(self, svc: Service, replica: Replica) -> None:
-        log.warning("replica %s of %s failed; out of rotation", replica.replica_num, svc.run_name)
+    async def _mark_unhealthy(self, svc: Service, replica: Replica, why: object = "") -> None:
+        log.warning(
+            "replica %s of %s failed (%s); out of rotation", replica.replica_num, svc.run_name, why
+        )
         svc.replicas = [r for r in svc.replicas if r.job_id != replica.job_id]
         async with self.db.session() as s:
             await s.execute(

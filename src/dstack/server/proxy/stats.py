@@ -1,16 +1,16 @@
 """Request counts for autoscaling, kept in the database so every server replica agrees.
 
 The proxy counts in memory and flushes once a second into `service_stats`: one row per
-(run, 5-second bucket, writer), so server replicas never contend for a row. The run reconciler
-sums the buckets of its window (`services/service_stats.py`). A request held for a scaled-to-zero service
-also counts in `waiting`, which asks the autoscaler for a replica at once.
+(run, 5-second bucket, writer), so server replicas never contend for a row. The run
+reconciler sums the buckets of its window (`services/service_stats.py`). A request held for a
+scaled-to-zero service also counts in `waiting`, which asks the autoscaler for a replica at
+once.
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
-from datetime import datetime
 
 from sqlalchemy import delete, insert, update
 

@@ -227,10 +227,7 @@ def _decide_active(v: RunView, now: datetime) -> RunDecision:
 
 
 def desired_replicas(sv: ServiceView) -> int:
-    if sv.target is None:
-        want = sv.min_replicas
-    else:
-        want = math.ceil(sv.rps / sv.target - 1e-9)
+    want = sv.min_replicas if sv.target is None else math.ceil(sv.rps / sv.target - 1e-9)
     if sv.held > 0:
         want = max(want, 1)
     return max(sv.min_replicas, min(sv.max_replicas, want))
