@@ -201,3 +201,30 @@ def test_replica_that_resets_is_502_and_marked_unhealthy(srv: Server, web: str):
     # Out of rotation for the cooldown (5 s here), then it serves again: the request is held.
     r = httpx.get(proxy_url(srv, web, "after"), headers=auth(srv), timeout=30)
     assert r.status_code == 200
+
+
+def test_rate_limit_answers_429_over_the_limit(srv: Server, tmp_path: Path):
+    d = service_dir(tmp_path)
+    extra = (
+        "rate_limits:\n  - prefix: /limited\n    rps: 1\n    burst: 2\n"
+        "  - prefix: /by-key\n    rps: 1\n    key:\n      type: header\n      header: X-Key\n"
+    )
+    apply_detached(srv, d, "limited", service("limited", extra=extra))
+    wait_serving(srv, "limited")
+    codes = [
+        httpx.get(proxy_url(srv, "limited", "limited/x"), headers=auth(srv)).status_code
+        for _ in range(6)
+    ]
+    assert codes[:3] == [200, 200, 200]  # 1 + burst 2
+    assert 429 in codes[3:]
+    # Other paths are not limited; a header key limits each client on its own.
+    assert httpx.get(proxy_url(srv, "limited", "free"), headers=auth(srv)).status_code == 200
+    a = [
+        httpx.get(
+            proxy_url(srv, "limited", "by-key"), headers={**auth(srv), "X-Key": "a"}
+        ).status_code
+        for _ in range(2)
+    ]
+    b = httpx.get(proxy_url(srv, "limited", "by-key"), headers={**auth(srv), "X-Key": "b"})
+    assert a == [200, 429] and b.status_code == 200
+    srv.api("/api/project/main/runs/stop", {"runs_names": ["limited"], "abort": True})

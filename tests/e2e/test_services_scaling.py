@@ -132,13 +132,15 @@ def test_failing_probe_keeps_a_replica_out_of_rotation(srv: Server, tmp_path: Pa
     # The sick replica recovers: both serve.
     (tmp_path / f"fail.{port + 1}").unlink()
     wait_until(
-        lambda: len(
-            {
-                httpx.get(proxy_url(srv, "probed", "who"), headers=auth(srv)).json()["replica"]
-                for _ in range(20)
-            }
-        )
-        == 2,
+        lambda: (
+            len(
+                {
+                    httpx.get(proxy_url(srv, "probed", "who"), headers=auth(srv)).json()["replica"]
+                    for _ in range(20)
+                }
+            )
+            == 2
+        ),
         timeout=30,
         what="both replicas in rotation",
     )
@@ -200,8 +202,7 @@ def test_rolling_update_never_drops_a_request(srv: Server, tmp_path: Path):
     d = service_dir(tmp_path)
     port = free_port()
     probes = "probes:\n  - type: http\n    url: /health\n    interval: 1s\n"
-    apply_detached(srv, d, "roll", service("roll", port=port, extra=probes,
-                                           env={"APP_NAME": "v1"}))
+    apply_detached(srv, d, "roll", service("roll", port=port, extra=probes, env={"APP_NAME": "v1"}))
     wait_serving(srv, "roll")
     with Load(srv, "roll", rps=5) as load:
         time.sleep(1)

@@ -22,32 +22,67 @@ def ago(seconds: float) -> datetime:
     return NOW - timedelta(seconds=seconds)
 
 
-def rep(num: int, status: str = "running", *, ready: bool = True, dep: int = 0,
-        submitted: float = 1000, finished: float | None = None,
-        reason: str | None = None) -> JobState:
+def rep(
+    num: int,
+    status: str = "running",
+    *,
+    ready: bool = True,
+    dep: int = 0,
+    submitted: float = 1000,
+    finished: float | None = None,
+    reason: str | None = None,
+) -> JobState:
     return JobState(
-        replica_num=num, job_num=0, status=status, termination_reason=reason,
-        submitted_at=ago(submitted), finished_at=ago(finished) if finished is not None else None,
-        provisioned=True, deployment_num=dep, ready=ready and status == "running",
+        replica_num=num,
+        job_num=0,
+        status=status,
+        termination_reason=reason,
+        submitted_at=ago(submitted),
+        finished_at=ago(finished) if finished is not None else None,
+        provisioned=True,
+        deployment_num=dep,
+        ready=ready and status == "running",
     )
 
 
-SCALING = ServiceView(min_replicas=0, max_replicas=3, target=2.0, scale_up_delay=10,
-                      scale_down_delay=60, rps=0.0, held=0, deployment_num=0)
+SCALING = ServiceView(
+    min_replicas=0,
+    max_replicas=3,
+    target=2.0,
+    scale_up_delay=10,
+    scale_down_delay=60,
+    rps=0.0,
+    held=0,
+    deployment_num=0,
+)
 
 
 def view(*jobs: JobState, status: str = "running", **sv) -> RunView:
     return RunView(
-        status=status, termination_reason=None, stop_requested=False, stop_abort=False,
-        submitted_at=ago(2000), resubmission_attempt=0, retry=None, latest_jobs=tuple(jobs),
-        backoff=(1.0,), service=replace(SCALING, **sv),
+        status=status,
+        termination_reason=None,
+        stop_requested=False,
+        stop_abort=False,
+        submitted_at=ago(2000),
+        resubmission_attempt=0,
+        retry=None,
+        latest_jobs=tuple(jobs),
+        backoff=(1.0,),
+        service=replace(SCALING, **sv),
     )
 
 
 @pytest.mark.parametrize(
     ("rps", "held", "lo", "hi", "want"),
-    [(0, 0, 0, 3, 0), (0.1, 0, 0, 3, 1), (4.0, 0, 0, 3, 2), (4.1, 0, 0, 3, 3), (100, 0, 0, 3, 3),
-     (0, 1, 0, 3, 1), (0, 0, 1, 3, 1)],
+    [
+        (0, 0, 0, 3, 0),
+        (0.1, 0, 0, 3, 1),
+        (4.0, 0, 0, 3, 2),
+        (4.1, 0, 0, 3, 3),
+        (100, 0, 0, 3, 3),
+        (0, 1, 0, 3, 1),
+        (0, 0, 1, 3, 1),
+    ],
 )
 def test_desired(rps, held, lo, hi, want):
     sv = replace(SCALING, rps=rps, held=held, min_replicas=lo, max_replicas=hi)
