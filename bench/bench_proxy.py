@@ -1,0 +1,148 @@
+"""Service proxy overhead: the same app called directly and through `/proxy/services/...`.
+
+Usage: python bench/bench_proxy.py [-n REQUESTS] [-c CONCURRENCY]
+Starts a real server (temporary HOME) with the local backend, runs a minimal asyncio HTTP app
+as a one-replica service, then measures (1) sequential latency, direct vs proxied, and the
+added latency at p50 and p99, and (2) requests per second with C concurrent keep-alive clients.
+Targets (issue 5): under 1 ms added at p50, proxied rps at least 70 % of direct.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.e2e.harness import Server, free_port, wait_until  # noqa: E402
+
+APP = r"""
+import asyncio, os
+BODY = b'{"ok": true}'
+RESP = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+        + str(len(BODY)).encode() + b"\r\n\r\n" + BODY)
+async def handle(reader, writer):
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            n = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    n = int(line.split(b":")[1])
+            if n:
+                await reader.readexactly(n)
+            writer.write(RESP)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    writer.close()
+async def main():
+    port = int(os.environ["DSTACK_SERVICE_PORT"])
+    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)
+    async with server:
+        await server.serve_forever()
+asyncio.run(main())
+"""
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p * (len(values) - 1))))]
+
+
+async def latency(url: str, headers: dict[str, str], n: int) -> list[float]:
+    async with httpx.AsyncClient() as client:
+        for _ in range(50):
+            await client.get(url, headers=headers)
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            r = await client.get(url, headers=headers)
+            out.append((time.perf_counter() - t0) * 1000)
+            assert r.status_code == 200, r.text
+        return out
+
+
+async def throughput(url: str, headers: dict[str, str], n: int, conc: int) -> float:
+    limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
+    async with httpx.AsyncClient(limits=limits) as client:
+        left = n
+
+        async def worker() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                r = await client.get(url, headers=headers)
+                assert r.status_code == 200
+
+        await asyncio.gather(*(client.get(url, headers=headers) for _ in range(conc)))
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(conc)))
+        return n / (time.perf_counter() - t0)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", "--requests", type=int, default=2000)
+    parser.add_argument("-c", "--concurrency", type=int, default=16)
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
+    srv = Server(home=home)
+    srv.start()
+    try:
+        work = home / "svc"
+        work.mkdir()
+        (work / "app.py").write_text(APP)
+        port = free_port()
+        conf = (
+            f"type: service\nname: bench\nport: {port}\n"
+            f"commands:\n  - {json.dumps(sys.executable + ' app.py')}\n"
+            "resources:\n  cpu: 1..\n  memory: 0.5GB..\n  disk: 1GB..\n"
+        )
+        (work / "bench.dstack.yml").write_text(conf)
+        r = srv.cli("apply", "-f", "bench.dstack.yml", "-y", "-d", cwd=work)
+        assert r.returncode == 0, r.stdout + r.stderr
+        headers = {"Authorization": f"Bearer {srv.token}"}
+        direct = f"http://127.0.0.1:{port}/"
+        proxied = f"{srv.url}/proxy/services/main/bench/"
+
+        def up() -> bool:
+            try:
+                return httpx.get(proxied, headers=headers, timeout=5).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, timeout=60, what="the bench service")
+        d_lat = asyncio.run(latency(direct, {}, args.requests))
+        p_lat = asyncio.run(latency(proxied, headers, args.requests))
+        d_rps = asyncio.run(throughput(direct, {}, args.requests, args.concurrency))
+        p_rps = asyncio.run(throughput(proxied, headers, args.requests, args.concurrency))
+    finally:
+        srv.cleanup()
+    added50 = statistics.median(p_lat) - statistics.median(d_lat)
+    added99 = pct(p_lat, 0.99) - pct(d_lat, 0.99)
+    print(f"requests: {args.requests} sequential, {args.concurrency} concurrent for rps")
+    print(
+        f"direct   p50 {statistics.median(d_lat):.3f} ms  p99 {pct(d_lat, 0.99):.3f} ms  "
+        f"{d_rps:,.0f} rps"
+    )
+    print(
+        f"proxied  p50 {statistics.median(p_lat):.3f} ms  p99 {pct(p_lat, 0.99):.3f} ms  "
+        f"{p_rps:,.0f} rps"
+    )
+    print(f"added    p50 {added50:.3f} ms  p99 {added99:.3f} ms  rps ratio {p_rps / d_rps:.0%}")
+    ok = added50 < 1.0 and p_rps >= 0.7 * d_rps
+    print("targets (<1 ms at p50, >=70 % rps):", "met" if ok else "NOT met")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
