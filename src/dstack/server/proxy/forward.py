@@ -1,6 +1,6 @@
 """Forwarding one HTTP request or WebSocket to a replica, streaming both ways.
 
-One shared `httpx.AsyncClient` keeps pooled connections to replicas. Request bodies are
+One shared `http1.Pool` keeps keep-alive connections to replicas. Request bodies are
 streamed to the replica as they arrive (small bodies with a Content-Length are read first so a
 replica that refuses the connection can be retried on another); response bodies are relayed
 chunk by chunk, so server-sent events reach the client as the app writes them.
@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+from dstack.server.proxy.http1 import ConnectFailed, Pool, ReadTimeout, ResponseFailed
 
 Scope = dict[str, Any]
 
@@ -115,52 +115,40 @@ def upstream_headers(
 
 
 async def forward_http(
-    client: httpx.AsyncClient,
+    pool: Pool,
     scope: Scope,
     send: Any,
     body: RequestBody,
-    url: str,
+    addr: tuple[str, int],
+    target: str,
     headers: list[tuple[bytes, bytes]],
     timeout: float,
 ) -> int:
     """Send the request and relay the response; returns the status. Raises UpstreamFailed /
     UpstreamTimeout only while nothing has been sent to the client yet."""
-    content = body.content()
-    request = client.build_request(
-        scope["method"],
-        url,
-        headers=headers,
-        content=content,
-        timeout=httpx.Timeout(timeout, connect=5.0),
-    )
     try:
-        resp = await client.send(request, stream=True)
+        resp = await pool.request(
+            scope["method"], addr[0], addr[1], target, headers, body.content(), timeout
+        )
     except ClientGone:
         raise
-    except httpx.ConnectError as e:
-        raise UpstreamFailed(f"connection refused: {e}", sent=body.consumed) from e
-    except httpx.TimeoutException as e:
-        raise UpstreamTimeout(str(e)) from e
-    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
-        raise UpstreamFailed(f"connection reset: {e}", sent=True) from e
+    except ConnectFailed as e:
+        raise UpstreamFailed(str(e), sent=False) from e
+    except ReadTimeout as e:
+        raise UpstreamTimeout("read timeout") from e
+    except ResponseFailed as e:
+        raise UpstreamFailed(str(e), sent=True) from e
+    out_headers = [(k, v) for k, v in resp.headers if k not in HOP_BY_HOP or k == b"content-length"]
+    await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
     try:
-        out_headers = [
-            (k.lower(), v)
-            for k, v in resp.headers.raw
-            if k.lower() not in HOP_BY_HOP or k.lower() == b"content-length"
-        ]
-        await send(
-            {"type": "http.response.start", "status": resp.status_code, "headers": out_headers}
-        )
-        try:
-            async for chunk in resp.aiter_raw():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (httpx.HTTPError, OSError):
-            pass  # the replica went away mid-body: end the response where it stopped
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        async for chunk in resp.body:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except (ResponseFailed, OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
+        pass  # the replica went away mid-body: end the response where it stopped
     finally:
-        await resp.aclose()
-    return resp.status_code
+        await resp.body.aclose()  # type: ignore[attr-defined]
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    return resp.status
 
 
 async def forward_websocket(

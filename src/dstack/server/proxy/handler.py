@@ -36,6 +36,7 @@ from dstack.server.proxy.forward import (
     forward_websocket,
     upstream_headers,
 )
+from dstack.server.proxy.http1 import Pool
 from dstack.server.proxy.probes import Prober
 from dstack.server.proxy.ratelimit import RateLimiter
 from dstack.server.proxy.registry import Registry, Replica, Service
@@ -107,7 +108,8 @@ class Proxy:
         self.outstanding: dict[str, int] = defaultdict(int)
         self._refused: dict[str, float] = {}  # job id -> until when to prefer other replicas
         self.wake_runs = wake_runs
-        self.client: httpx.AsyncClient | None = None
+        self.client: httpx.AsyncClient | None = None  # probes
+        self.pool = Pool()  # the hot path
         self._flush_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -133,6 +135,7 @@ class Proxy:
             await self.stats.flush()
         if self.client is not None:
             await self.client.aclose()
+        await self.pool.close()
 
     async def _flush_loop(self) -> None:
         while True:
@@ -268,12 +271,17 @@ class Proxy:
         deadline = asyncio.get_running_loop().time() + self.config.hold_seconds
         while True:
             replica = await self._pick(svc)
-            url = f"http://{replica.host}:{replica.port}{target}"
             self.outstanding[replica.job_id] += 1
             try:
-                assert self.client is not None
                 await forward_http(
-                    self.client, scope, send, body, url, headers, self.config.read_timeout
+                    self.pool,
+                    scope,
+                    send,
+                    body,
+                    (replica.host, replica.port),
+                    target,
+                    headers,
+                    self.config.read_timeout,
                 )
                 return
             except ClientGone:
