@@ -57,6 +57,25 @@ asyncio.run(main())
 """
 
 
+THREADED_APP = r"""
+import os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    def log_message(self, *a):
+        pass
+    def do_GET(self):
+        body = b'{"ok": true}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+ThreadingHTTPServer.daemon_threads = True
+ThreadingHTTPServer(("127.0.0.1", int(os.environ["DSTACK_SERVICE_PORT"])), H).serve_forever()
+"""
+
+
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(round(p * (len(values) - 1))))]
@@ -107,6 +126,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--requests", type=int, default=2000)
     parser.add_argument("-c", "--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--app",
+        choices=("asyncio", "threaded"),
+        default="asyncio",
+        help="the app behind the proxy: a minimal asyncio server (the proxy's worst case) or "
+        "a standard-library threaded server (closer to a real Python app)",
+    )
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
     srv = Server(home=home)
@@ -114,7 +140,7 @@ def main() -> int:
     try:
         work = home / "svc"
         work.mkdir()
-        (work / "app.py").write_text(APP)
+        (work / "app.py").write_text(APP if args.app == "asyncio" else THREADED_APP)
         port = free_port()
         conf = (
             f"type: service\nname: bench\nport: {port}\n"
@@ -143,7 +169,10 @@ def main() -> int:
         srv.cleanup()
     added50 = statistics.median(p_lat) - statistics.median(d_lat)
     added99 = pct(p_lat, 0.99) - pct(d_lat, 0.99)
-    print(f"requests: {args.requests} sequential, {args.concurrency} concurrent for rps")
+    print(
+        f"app: {args.app}; requests: {args.requests} sequential, "
+        f"{args.concurrency} concurrent for rps"
+    )
     print(
         f"direct   p50 {statistics.median(d_lat):.3f} ms  p99 {pct(d_lat, 0.99):.3f} ms  "
         f"{d_rps:,.0f} rps"
