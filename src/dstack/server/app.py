@@ -80,6 +80,13 @@ class ProxyMiddleware:
         await self.app(scope, receive, send)  # type: ignore[operator]
 
 
+def asgi_entry(app: FastAPI) -> ProxyMiddleware:
+    """What uvicorn serves: proxied paths go straight to the proxy, ahead of even Starlette's
+    own middleware; everything else (the API, lifespan) to the FastAPI app. The FastAPI app
+    keeps the same middleware inside, so it also proxies when served on its own."""
+    return ProxyMiddleware(app, app.state.proxy)
+
+
 def create_proxy(ctx: ServerContext) -> Proxy:
     st = ctx.settings
     config = ProxyConfig(
