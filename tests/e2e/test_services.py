@@ -198,6 +198,8 @@ def test_replica_that_resets_is_502_and_marked_unhealthy(srv: Server, web: str):
     finally:
         db.close()
     assert rows and rows[0][0] is not None
+    events = srv.api("/api/events/list", {"target_name": "web-0-0", "limit": 100}).json()
+    assert any("out of rotation" in e["message"] for e in events)
     # Out of rotation for the cooldown (5 s here), then it serves again: the request is held.
     r = httpx.get(proxy_url(srv, web, "after"), headers=auth(srv), timeout=30)
     assert r.status_code == 200

@@ -127,6 +127,8 @@ def test_failing_probe_keeps_a_replica_out_of_rotation(srv: Server, tmp_path: Pa
         assert r.status_code == 200
         seen.add(r.json()["replica"])
     assert len(seen) == 1  # only the healthy replica serves
+    events = srv.api("/api/events/list", {"target_name": "probed-0-0", "limit": 100}).json()
+    assert any(e["message"] == "Replica ready: probes passed" for e in events)
     ps = srv.cli("ps", "-v")
     assert "replica=1" in ps.stdout and "×" in ps.stdout and "✓" in ps.stdout, ps.stdout
     # The sick replica recovers: both serve.

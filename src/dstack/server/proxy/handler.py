@@ -26,6 +26,7 @@ from sqlalchemy import update
 from dstack.models.wire import utcnow
 from dstack.server.db import tables as t
 from dstack.server.db.session import Database
+from dstack.server.proxy.events import replica_event
 from dstack.server.proxy.forward import (
     BodyTooLarge,
     ClientGone,
@@ -364,6 +365,9 @@ class Proxy:
             await s.execute(
                 update(t.Job).where(t.Job.id == replica.job_id).values(unhealthy_at=utcnow())
             )
+            job = await s.get(t.Job, replica.job_id)
+            if job is not None:
+                replica_event(s, job, f"Replica out of rotation: {why or 'request failed'}")
             await s.commit()
         self.registry.forget(svc.project_name, svc.run_name)
 

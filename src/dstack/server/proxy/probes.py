@@ -21,6 +21,7 @@ from sqlalchemy import select, update
 from dstack.models.runs import JobSpec
 from dstack.server.db import tables as t
 from dstack.server.db.session import Database
+from dstack.server.proxy.events import replica_event
 from dstack.server.proxy.upstream import upstream_for
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,14 @@ class Prober:
                     values["unhealthy_at"] = None
                 async with self.db.session() as s:
                     await s.execute(update(t.Job).where(t.Job.id == job.id).values(**values))
+                    if ready != job.ready:
+                        replica_event(
+                            s,
+                            job,
+                            "Replica ready: probes passed"
+                            if ready
+                            else "Replica not ready: a probe is failing",
+                        )
                     await s.commit()
         except Exception:  # noqa: BLE001
             log.exception("probing job %s failed", job.id)
