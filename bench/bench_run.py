@@ -29,12 +29,8 @@ TRIVIAL = "type: task\nname: {name}\ncommands: ['true']\n" + SMALL
 
 def cli(server: Server, *args: str, cwd: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "dstack.cli.main", *args],
-        cwd=cwd,
-        env=server.env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        [sys.executable, "-m", "dstack.cli.main", *args], cwd=cwd, env=server.env(),
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
 
 
