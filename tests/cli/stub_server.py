@@ -61,6 +61,14 @@ def handle(state: StubState, path: str, body: dict[str, Any]) -> tuple[int, Any]
     if path.endswith("/runs/apply"):
         spec = body["plan"]["run_spec"]
         current = state.runs.get(spec.get("run_name") or "")
+        in_place = (
+            body["plan"].get("current_resource") is not None
+            and spec["configuration"].get("type") == "service"
+        )
+        if current and current["status"] not in ("done", "failed", "terminated") and in_place:
+            current["run_spec"] = spec
+            current["deployment_num"] = current.get("deployment_num", 0) + 1
+            return 200, current
         if current and current["status"] not in ("done", "failed", "terminated"):
             return 400, {"detail": [{"msg": "Run is already active", "code": "resource_exists"}]}
         run = state.make_run(spec)

@@ -123,3 +123,21 @@ def test_ctrl_c_while_attached_detaches(stub, workdir):
     assert proc.returncode == 0
     assert out.rstrip().endswith("Detached")
     assert stub.runs["demo"]["status"] == "submitted"  # the run keeps going
+
+
+def test_changed_active_service_offers_an_in_place_update(stub, workdir):
+    (workdir / "t.dstack.yml").write_text(
+        "type: service\nname: demo\nport: 8000\ncommands:\n  - python app.py\n"
+    )
+    assert run_apply(stub, workdir, "-y", "-d").returncode == 0
+    stub.runs["demo"]["status"] = "running"
+    result = run_apply(stub, workdir, "-e", "X=1", stdin="n\n")
+    assert result.returncode == 0
+    assert "Detected changes that can be updated in-place:" in result.stdout
+    assert "  - env" in result.stdout
+    assert "Update the run? [y/n]: " in result.stdout
+    assert "Stop and override" not in result.stdout
+    result = run_apply(stub, workdir, "-e", "X=1", "-y", "-d")
+    assert result.returncode == 0, result.stderr
+    assert not any(c.endswith("/runs/stop") for c in stub.calls)
+    assert result.stdout.rstrip().endswith("Run demo updated, detaching...")

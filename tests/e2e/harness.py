@@ -138,6 +138,18 @@ class Server:
             timeout=timeout,
         )
 
+    def cli_popen(self, *args: str, cwd: Path | None = None) -> BackgroundCLI:
+        """The CLI running in the background (an attached `apply`), its output collected."""
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dstack.cli.main", *args],
+            cwd=cwd or self.home,
+            env=self.env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        return BackgroundCLI(proc)
+
     def run(self, name: str) -> dict[str, Any]:
         r = self.api("/api/project/main/runs/get", {"run_name": name})
         assert r.status_code == 200, r.text
@@ -177,6 +189,33 @@ class Server:
         if pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
+
+
+class BackgroundCLI:
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        import threading
+
+        self.proc = proc
+        self._out: list[bytes] = []
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in iter(self.proc.stdout.readline, b""):
+            self._out.append(line)
+
+    def read(self) -> str:
+        return b"".join(self._out).decode(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
 
 
 def write_config(directory: Path, name: str, text: str) -> Path:

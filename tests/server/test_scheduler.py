@@ -392,3 +392,31 @@ def test_only_busy_means_the_job_queues() -> None:
     assert free.only_busy is False
     nothing = rank(req({"gpu": "A100:8"}), [inst()], [])
     assert nothing.only_busy is False
+
+
+# -- the local backend: process jobs share the instance (docs/architecture.md) ---------------
+
+
+def _shared(**kw: Any) -> PoolInstance:
+    from dataclasses import replace
+
+    return replace(inst(**kw), shared=True)
+
+
+def test_non_exclusive_job_shares_a_busy_shared_instance_without_blocks() -> None:
+    r = rank(req(exclusive=False), [_shared(status="busy", busy=1)], [])
+    assert r.best is not None and r.best.blocks == 0 and r.best.instance_id == "i1"
+    # The whole host counts for matching, even with several blocks.
+    r = rank(req({"cpu": "8.."}, exclusive=False), [_shared(blocks=4, cpus=8)], [])
+    assert r.best is not None and r.best.blocks == 0
+
+
+def test_exclusive_job_still_queues_on_a_busy_shared_instance() -> None:
+    r = rank(req(), [_shared(status="busy", busy=1)], [])
+    assert r.best is None and r.only_busy
+
+
+@pytest.mark.parametrize("status", ["pending", "provisioning"])
+def test_non_exclusive_job_waits_for_a_shared_instance_being_created(status: str) -> None:
+    r = rank(req(exclusive=False), [_shared(status=status)], [])
+    assert r.best is None and r.only_busy  # queued, not failed for lack of capacity

@@ -184,8 +184,8 @@ def _changes(spec: RunSpec, current: Run) -> list[str]:
 def _decide_active(spec: RunSpec, current: Run, args: argparse.Namespace) -> str | None:
     """Which action against an active run of the same name; None means exit 0.
 
-    The server replaces an active run rather than updating it in place, so any change means
-    "stop and override" (cli.md §2 step 5, the not-updatable branch).
+    A running service updates in place (the server rolls its replicas to the new spec); any
+    other change means "stop and override" (cli.md §2 step 5).
     """
     name = current.run_spec.run_name
     changes = _changes(spec, current)
@@ -194,6 +194,13 @@ def _decide_active(spec: RunSpec, current: Run, args: argparse.Namespace) -> str
         if args.yes and not args.force:
             echo("Use --force to apply anyway.")
             return None
+    elif _in_place(spec, current):
+        echo(f"Active run {name} already exists. Detected changes that can be updated in-place:")
+        echo("\n".join(changes))
+        if not args.yes and not confirm("Update the run?"):
+            echo("Exiting...")
+            return None
+        return "update"
     else:
         echo(f"Active run {name} already exists. Detected changes that cannot be updated"
              " in-place:")
@@ -202,6 +209,14 @@ def _decide_active(spec: RunSpec, current: Run, args: argparse.Namespace) -> str
         echo("Exiting...")
         return None
     return "override"
+
+
+def _in_place(spec: RunSpec, current: Run) -> bool:
+    return (
+        spec.configuration.get("type") == "service"
+        and current.run_spec.configuration.get("type") == "service"
+        and current.status.value != "terminating"
+    )
 
 
 def _stop_and_wait(api: APIClient, current: Run, timeout: float = 600.0) -> None:

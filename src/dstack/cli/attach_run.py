@@ -10,7 +10,7 @@ import sys
 
 from dstack.api.client import APIClient
 from dstack.cli.common import CancelledByUser, confirm, echo
-from dstack.cli.runs import finish_message, follow_logs, status_text
+from dstack.cli.runs import finish_message, follow_logs, status_text, waiting_for_requests
 
 
 def attach(api: APIClient, name: str, *, yes: bool) -> int:
@@ -19,7 +19,10 @@ def attach(api: APIClient, name: str, *, yes: bool) -> int:
     try:
         with StatusReporter(f"Launching {name}...") as reporter:
             run = reporter.wait(api, name)
-        echo(f"{name} provisioning completed ({status_text(run)})")
+        if waiting_for_requests(run):
+            echo(f"{name} is waiting for requests...")
+        else:
+            echo(f"{name} provisioning completed ({status_text(run)})")
         _print_service(api, run)
         final = follow_logs(api, name)
     except KeyboardInterrupt:

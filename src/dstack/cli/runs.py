@@ -156,7 +156,18 @@ def wait_until_started(
         seen = text
         if run.status not in (RunStatus.PENDING, RunStatus.SUBMITTED, RunStatus.PROVISIONING):
             return run
+        if waiting_for_requests(run):
+            return run
         backoff.sleep()
+
+
+def waiting_for_requests(run: Run) -> bool:
+    """A service scaled to zero: pending with every replica stopped by the autoscaler; it
+    starts one when a request arrives."""
+    if run.status != RunStatus.PENDING or run.service is None or not run.jobs:
+        return False
+    subs = [j.job_submissions[-1] for j in run.jobs if j.job_submissions]
+    return bool(subs) and all(s.termination_reason == "scaled_down" for s in subs)
 
 
 def follow_logs(

@@ -16,6 +16,7 @@ from dstack.server.backends.local import LocalBackend
 from dstack.server.backends.ssh.backend import SSHBackend
 from dstack.server.db.migrate import migrate
 from dstack.server.db.session import Database
+from dstack.server.proxy.handler import MODELS, SERVICES, Proxy, ProxyConfig
 from dstack.server.reconcilers.agents import AgentRegistry
 from dstack.server.reconcilers.fleets import FleetReconciler
 from dstack.server.reconcilers.instance_worker import InstanceReconciler
@@ -70,22 +71,60 @@ async def start(ctx: ServerContext) -> tuple[BootstrapResult, list[asyncio.Task[
     return result, tasks
 
 
+class ProxyMiddleware:
+    """Sends `/proxy/services/...` and `/proxy/models/...` to the proxy before FastAPI routing,
+    so a proxied request pays for none of it."""
+
+    def __init__(self, app: object, proxy: Proxy) -> None:
+        self.app = app
+        self.proxy = proxy
+
+    async def __call__(self, scope: dict, receive: object, send: object) -> None:
+        if scope["type"] in ("http", "websocket") and (
+            scope["path"].startswith(SERVICES) or scope["path"].startswith(MODELS)
+        ):
+            await self.proxy(scope, receive, send)
+            return
+        await self.app(scope, receive, send)  # type: ignore[operator]
+
+
+def asgi_entry(app: FastAPI) -> ProxyMiddleware:
+    """What uvicorn serves: proxied paths go straight to the proxy, ahead of even Starlette's
+    own middleware; everything else (the API, lifespan) to the FastAPI app. The FastAPI app
+    keeps the same middleware inside, so it also proxies when served on its own."""
+    return ProxyMiddleware(app, app.state.proxy)
+
+
+def create_proxy(ctx: ServerContext) -> Proxy:
+    st = ctx.settings
+    config = ProxyConfig(
+        read_timeout=st.service_client_timeout,
+        max_body=st.service_max_body,
+        hold_seconds=st.service_hold_seconds,
+        unhealthy_cooldown=st.service_unhealthy_cooldown,
+    )
+    return Proxy(ctx.db, config, writer=ctx.instance_id, wake_runs=lambda: ctx.hub.wake("runs"))
+
+
 def create_app(settings: Settings, on_ready: object = None) -> FastAPI:
     ctx = ServerContext(
         settings=settings,
         db=Database(settings.database_url),
         box=Box(settings.data_dir / "encryption.key"),
     )
+    proxy = create_proxy(ctx)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         result, tasks = await start(ctx)
+        await proxy.start()
         app.state.bootstrap = result
         if callable(on_ready):
             on_ready(result)
         try:
             yield
         finally:
+            await proxy.stop()
             for task in tasks:
                 task.cancel()
             for task in tasks:
@@ -105,6 +144,8 @@ def create_app(settings: Settings, on_ready: object = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.ctx = ctx
+    app.state.proxy = proxy
+    app.add_middleware(ProxyMiddleware, proxy=proxy)
     install_error_handlers(app)
     app.include_router(resources.router)
     app.include_router(runs.router)

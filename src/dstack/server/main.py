@@ -54,7 +54,7 @@ def _announce(url: str, result: BootstrapResult) -> None:
 def run_server(host: str, port: int, log_level: str = "INFO", token: str | None = None) -> None:
     import uvicorn
 
-    from dstack.server.app import create_app
+    from dstack.server.app import asgi_entry, create_app
 
     if token:
         os.environ["DSTACK_SERVER_ADMIN_TOKEN"] = token
@@ -66,4 +66,6 @@ def run_server(host: str, port: int, log_level: str = "INFO", token: str | None 
     settings = load_settings(host=host, port=port)
     url = f"http://{host}:{port}"
     app = create_app(settings, on_ready=lambda result: _announce(url, result))
-    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False)
+    uvicorn.run(
+        asgi_entry(app), host=host, port=port, log_level=log_level.lower(), access_log=False
+    )

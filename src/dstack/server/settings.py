@@ -45,6 +45,13 @@ class Settings:
     retry_backoff: tuple[float, ...] = field(default=(15, 30, 60, 120, 300, 600))
     terminate_grace_seconds: float = 10.0
     local_backend_enabled: bool = True
+    # The service proxy (server/proxy): upstream read timeout, body limit, how long a request
+    # waits for a replica of a scaled-to-zero service, and how long a replica that failed a
+    # request stays out of rotation when no probe says otherwise.
+    service_client_timeout: float = 300.0
+    service_max_body: int = 64 * 1024 * 1024
+    service_hold_seconds: float = 120.0
+    service_unhealthy_cooldown: float = 10.0
 
     @property
     def data_dir(self) -> Path:
@@ -79,4 +86,8 @@ def load_settings(host: str | None = None, port: int | None = None) -> Settings:
         instance_check_seconds=_float_env("DSTACK_SERVER_INSTANCE_CHECK_SECONDS", 10.0),
         retry_backoff=_backoff_env(),
         local_backend_enabled=os.environ.get("DSTACK_SERVER_LOCAL_BACKEND", "1") != "0",
+        service_client_timeout=_float_env("DSTACK_SERVICE_CLIENT_TIMEOUT", 300.0),
+        service_max_body=_int_env("DSTACK_SERVICE_MAX_BODY", 64 * 1024 * 1024),
+        service_hold_seconds=_float_env("DSTACK_SERVICE_HOLD_SECONDS", 120.0),
+        service_unhealthy_cooldown=_float_env("DSTACK_SERVICE_UNHEALTHY_COOLDOWN", 10.0),
     )

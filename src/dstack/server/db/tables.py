@@ -213,6 +213,12 @@ class Job(LeaseMixin, Base):
     disconnected_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     stop_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     logs_drained: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Service replicas (written by the proxy's prober, read by the proxy and `ps -v`):
+    # one success streak per probe of the spec, JSON; `ready` once every streak reached its
+    # `ready_after`; `unhealthy_at` when the proxy saw the replica reset or refuse a request.
+    probe_streaks: Mapped[str | None] = mapped_column(Text)
+    ready: Mapped[bool] = mapped_column(Boolean, default=False)
+    unhealthy_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class Event(Base):
@@ -260,3 +266,18 @@ class Gateway(LeaseMixin, Base):
     is_default: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ServiceStat(Base):
+    """Requests the proxy forwarded to a service, per server process and time bucket.
+
+    Each server process writes its own rows (no write contention between replicas of the
+    server); the autoscaler sums every writer's buckets over its window, so all server
+    replicas agree on the request rate."""
+
+    __tablename__ = "service_stats"
+    run_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)  # unix seconds // 5 * 5
+    writer: Mapped[str] = mapped_column(String(36), primary_key=True)
+    requests: Mapped[int] = mapped_column(Integer, default=0)
+    waiting: Mapped[int] = mapped_column(Integer, default=0)  # held for a scaled-to-zero run

@@ -24,6 +24,17 @@ def _internal_ip(host_info: dict[str, Any]) -> str:
     return addresses[0] if addresses else "127.0.0.1"
 
 
+def service_listen_port(spec: JobSpec, runtime: str) -> int | None:
+    """The port this replica's app listens on. In a container it is the configured `port`
+    (published by the agent). The process runtime shares the host's network with the other
+    replicas, so replica N listens on `port + N`; the app reads it from DSTACK_SERVICE_PORT."""
+    if not spec.service_port:
+        return None
+    if runtime == "process":
+        return spec.service_port + spec.replica_num
+    return spec.service_port
+
+
 def job_env(
     job: t.Job,
     run: t.Run,
@@ -86,6 +97,20 @@ def agent_job_spec(
         repo_dir = None
         working_dir = spec.working_dir if spec.working_dir not in (None, ".") else None
     env_repo_dir, env_working_dir = (repo_dir, working_dir) if runtime == "docker" else (None, None)
+    env = job_env(
+        job,
+        run,
+        spec,
+        host_info,
+        gpus,
+        env_repo_dir,
+        env_working_dir,
+        cluster,
+        json.loads(inst.remote_connection or "{}").get("env"),
+    )
+    listen = service_listen_port(spec, runtime)
+    if listen is not None:
+        env.setdefault("DSTACK_SERVICE_PORT", str(listen))
     shm = None
     res = (spec.requirements or {}).get("resources") or {}
     if res.get("shm_size"):
@@ -95,17 +120,7 @@ def agent_job_spec(
         "name": spec.job_name,
         "runtime": runtime,
         "commands": spec.commands,
-        "env": job_env(
-            job,
-            run,
-            spec,
-            host_info,
-            gpus,
-            env_repo_dir,
-            env_working_dir,
-            cluster,
-            json.loads(inst.remote_connection or "{}").get("env"),
-        ),
+        "env": env,
         "working_dir": working_dir,
         "image": spec.image_name,
         "shm_size_mib": shm,

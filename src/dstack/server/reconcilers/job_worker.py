@@ -19,7 +19,7 @@ from dstack.server.agent_client import AgentClientError, AgentError, AgentUnreac
 from dstack.server.db import tables as t
 from dstack.server.reconcilers.agents import AgentRegistry
 from dstack.server.reconcilers.base import LeaseLost, Reconciler
-from dstack.server.reconcilers.job_start import agent_job_spec
+from dstack.server.reconcilers.job_start import agent_job_spec, service_listen_port
 from dstack.server.reconcilers.jobs import Decision, JobView, decide
 from dstack.server.scheduler import multinode
 from dstack.server.scheduler.placement import Candidate, no_capacity_message, rank
@@ -71,6 +71,7 @@ class JobReconciler(Reconciler):
         now = utcnow()
         d = decide(view, now)
         extra = await self._act(snap, d, agent_job)
+        extra.update(_published_ports(snap.job, agent_job))
         await self._apply(snap, d, extra, token, now)
 
     # -- load and observe -----------------------------------------------------------------
@@ -240,7 +241,11 @@ class JobReconciler(Reconciler):
         except AgentError as e:
             d.status, d.reason, d.message = "terminating", "executor_error", str(e)
             return {}
-        jrd = JobRuntimeData(network_mode="host", working_dir=spec.get("working_dir"))
+        ports = None
+        listen = service_listen_port(snap.spec, spec["runtime"])
+        if listen is not None and spec["runtime"] == "process":
+            ports = {snap.spec.service_port: listen}
+        jrd = JobRuntimeData(network_mode="host", working_dir=spec.get("working_dir"), ports=ports)
         return {"job_runtime_data": jrd.model_dump_json()}
 
     async def _cluster(self, snap: Snapshot) -> list[str] | None:
@@ -468,6 +473,19 @@ def _idle_duration(conf: dict[str, Any], run: t.Run) -> int | None:
     if all(v == -1 for v in candidates):
         return -1
     return min(v for v in candidates if v != -1)
+
+
+def _published_ports(job: t.Job, agent_job: dict[str, Any] | None) -> dict[str, Any]:
+    """The host ports the agent published for a container (the service proxy connects to
+    them), stored once they are known or when they change."""
+    ports = (agent_job or {}).get("ports")
+    if not ports:
+        return {}
+    jrd = JobRuntimeData.model_validate_json(job.job_runtime_data or "{}")
+    mapped = {int(k): int(v) for k, v in ports.items()}
+    if jrd.ports == mapped:
+        return {}
+    return {"job_runtime_data": jrd.model_copy(update={"ports": mapped}).model_dump_json()}
 
 
 def offer_of(inst: t.Instance) -> InstanceOfferWithAvailability:

@@ -8,7 +8,8 @@ from typing import Any
 
 from sqlalchemy import or_, select, update
 
-from dstack.models.runs import RunSpec
+from dstack.models.configurations import parse_configuration
+from dstack.models.runs import JobSpec, RunSpec
 from dstack.models.wire import utcnow
 from dstack.server.db import tables as t
 from dstack.server.reconcilers.base import Reconciler
@@ -18,10 +19,13 @@ from dstack.server.reconcilers.runs import (
     JobState,
     RunDecision,
     RunView,
+    ServiceView,
     decide,
 )
 from dstack.server.services import events
+from dstack.server.services.jobspecs import replica_spec
 from dstack.server.services.runs import new_job_row
+from dstack.server.services.service_stats import request_rate
 
 
 def latest_jobs(jobs: list[t.Job]) -> list[t.Job]:
@@ -49,13 +53,35 @@ class RunReconciler(Reconciler):
                 return
             jobs = list((await s.execute(select(t.Job).where(t.Job.run_id == run.id))).scalars())
             latest = latest_jobs(jobs)
-            d = decide(self._view(run, latest, jobs), now)
+            service = await self._service_view(s, run, now)
+            d = decide(self._view(run, latest, jobs, service), now)
             woke_jobs = await self._apply(s, run, latest, d, token, now)
             await s.commit()
         if woke_jobs:
             self.ctx.hub.wake("jobs")
 
-    def _view(self, run: t.Run, latest: list[t.Job], jobs: list[t.Job]) -> RunView:
+    async def _service_view(self, s: Any, run: t.Run, now: datetime) -> ServiceView | None:
+        conf = RunSpec.model_validate_json(run.run_spec).configuration
+        if conf.get("type") != "service" or conf.get("groups"):
+            return None
+        replicas = conf.get("replicas") or {}
+        scaling = conf.get("scaling") or None
+        window = int((scaling or {}).get("window") or 60)
+        rps, held = await request_rate(s, run.id, window, now)
+        return ServiceView(
+            min_replicas=int(replicas.get("min") or 0),
+            max_replicas=int(replicas.get("max") or replicas.get("min") or 1),
+            target=float(scaling["target"]) if scaling else None,
+            scale_up_delay=float(scaling.get("scale_up_delay", 300)) if scaling else 0.0,
+            scale_down_delay=float(scaling.get("scale_down_delay", 600)) if scaling else 0.0,
+            rps=rps,
+            held=held,
+            deployment_num=run.deployment_num,
+        )
+
+    def _view(
+        self, run: t.Run, latest: list[t.Job], jobs: list[t.Job], service: ServiceView | None
+    ) -> RunView:
         conf = RunSpec.model_validate_json(run.run_spec).configuration
         return RunView(
             status=run.status,
@@ -75,10 +101,13 @@ class RunReconciler(Reconciler):
                     finished_at=j.finished_at,
                     provisioned=j.job_provisioning_data is not None,
                     last_provisioned_at=_last_provisioned(jobs, j),
+                    deployment_num=j.deployment_num,
+                    ready=_ready(j),
                 )
                 for j in latest
             ),
             backoff=self.ctx.settings.retry_backoff,
+            service=service,
         )
 
     async def _apply(
@@ -108,6 +137,9 @@ class RunReconciler(Reconciler):
                 )
             )
             woke = True
+        if d.scale_up or d.scale_down:
+            await self._scale(s, run, latest, d, now)
+            woke = True
         if d.status and d.status != run.status:
             values["status"] = d.status
             if d.reason:
@@ -131,6 +163,45 @@ class RunReconciler(Reconciler):
             )
         await self.guarded_update(s, run.id, token, values, now)
         return woke
+
+    async def _scale(
+        self, s: Any, run: t.Run, latest: list[t.Job], d: RunDecision, now: datetime
+    ) -> None:
+        """New replicas get the run's current spec and deployment; surplus ones stop."""
+        spec = RunSpec.model_validate_json(run.run_spec)
+        conf = parse_configuration(spec.configuration)
+        last_sub = {j.replica_num: j.submission_num for j in latest if j.job_num == 0}
+        for num in d.scale_up:
+            js = replica_spec(run.run_name, conf, spec.repo_code_hash, num)
+            s.add(
+                new_job_row(
+                    run,
+                    js.model_dump_json(),
+                    num,
+                    0,
+                    js.job_name,
+                    last_sub.get(num, -1) + 1,
+                    now,
+                )
+            )
+        if d.scale_up:
+            self._event(s, run, f"Scaling up: new replicas {d.scale_up}", now)
+        if d.scale_down:
+            stopping = [j for j in latest if j.job_num == 0 and j.replica_num in d.scale_down]
+            await self._terminate_jobs(s, stopping, "scaled_down", now)
+            self._event(s, run, f"Scaling down: stopping replicas {d.scale_down}", now)
+
+    def _event(self, s: Any, run: t.Run, message: str, now: datetime) -> None:
+        events.record(
+            s,
+            project_id=run.project_id,
+            target_type="run",
+            target_id=run.id,
+            target_name=run.run_name,
+            message=message,
+            now=now,
+            within_run_id=run.id,
+        )
 
     async def _escalate(self, s: Any, run: t.Run, reason: str) -> None:
         """Jobs already stopping gracefully take the new reason (an abort kills at once)."""
@@ -180,6 +251,13 @@ class RunReconciler(Reconciler):
                 within_run_id=job.run_id,
             )
         return left
+
+
+def _ready(job: t.Job) -> bool:
+    """Running and, when the spec has probes, passed them (the proxy's prober says so)."""
+    if job.status != "running":
+        return False
+    return job.ready or not JobSpec.model_validate_json(job.job_spec).probes
 
 
 def _last_provisioned(jobs: list[t.Job], job: t.Job) -> datetime | None:

@@ -15,12 +15,27 @@
 | terminating | unfinished jobs                    | they are sent to terminating          |
 | terminating | every job finished                 | done / failed / terminated            |
 
+Services (see `_decide_service`) also scale, in `active` and in `pending` (scaled to zero):
+
+| observation                                   | effect                                      |
+|-----------------------------------------------|---------------------------------------------|
+| replicas of an older deployment are live      | rolling: one new replica at a time; an old  |
+|                                               | one stops (scaled_down) per new ready one   |
+| desired > live, none live or up delay passed  | new replicas (submitted)                    |
+| desired < live, down delay passed             | surplus replicas -> terminating: scaled_down |
+| no replica live or starting                   | pending (waiting for requests)              |
+
+desired = min(max(ceil(rps / target), replicas.min), replicas.max) with `scaling`, else
+replicas.min; a request held by the proxy for a scaled-to-zero service asks for one at once.
+A replica stopped by scaling is not a failure.
+
 Run termination reason -> run status: all_jobs_done -> done; stopped_by_user, aborted_by_user
 -> terminated; the rest -> failed.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -63,6 +78,20 @@ class JobState:
     # When the latest submission of this job that got an instance was last seen; None if no
     # submission ever got one. The retry window counts from it (server.md §3.3).
     last_provisioned_at: datetime | None = None
+    deployment_num: int = 0
+    ready: bool = False  # a service replica that runs and passed its probes
+
+
+@dataclass(frozen=True)
+class ServiceView:
+    min_replicas: int
+    max_replicas: int
+    target: float | None  # requests per second per replica; None: a fixed count
+    scale_up_delay: float
+    scale_down_delay: float
+    rps: float  # over the scaling window, from the proxy's stats in the database
+    held: int  # requests the proxy is holding for want of a replica
+    deployment_num: int
 
 
 @dataclass(frozen=True)
@@ -76,6 +105,7 @@ class RunView:
     retry: dict[str, Any] | None  # {"on_events": [...], "duration": seconds}
     latest_jobs: tuple[JobState, ...]
     backoff: tuple[float, ...]
+    service: ServiceView | None = None
 
 
 @dataclass
@@ -85,6 +115,8 @@ class RunDecision:
     terminate_jobs_reason: str | None = None  # unfinished jobs go terminating with this
     resubmit: list[tuple[int, int]] = field(default_factory=list)
     values: dict[str, Any] = field(default_factory=dict)
+    scale_up: list[int] = field(default_factory=list)  # new service replicas (replica_num)
+    scale_down: list[int] = field(default_factory=list)  # replicas to stop: scaled_down
 
 
 def decide(v: RunView, now: datetime) -> RunDecision:
@@ -121,9 +153,23 @@ def _backoff(v: RunView) -> float:
     return v.backoff[i]
 
 
+def _failed(v: RunView) -> list[JobState]:
+    """Jobs whose end calls for retry or failure; a replica scaled down is neither."""
+    return [
+        j
+        for j in v.latest_jobs
+        if j.status in FINISHED and j.status != "done" and j.termination_reason != "scaled_down"
+    ]
+
+
 def _decide_pending(v: RunView, now: datetime) -> RunDecision:
     """Backoff counts from the last failure, a time that does not move on every pass."""
-    failed = [j for j in v.latest_jobs if j.status in FINISHED]
+    if v.service is not None:
+        if not _failed(v):
+            return _decide_service(v, v.service, now)
+        failed = _failed(v)
+    else:
+        failed = [j for j in v.latest_jobs if j.status in FINISHED]
     since = max((j.finished_at or j.submitted_at for j in failed), default=v.submitted_at)
     if v.resubmission_attempt and (now - since).total_seconds() < _backoff(v):
         return RunDecision()
@@ -148,7 +194,7 @@ def _retry_allowed(v: RunView, job: JobState, now: datetime) -> str:
 
 def _decide_active(v: RunView, now: datetime) -> RunDecision:
     jobs = v.latest_jobs
-    failed = [j for j in jobs if j.status in FINISHED and j.status != "done"]
+    failed = _failed(v)
     for job in failed:
         verdict = _retry_allowed(v, job, now)
         if verdict == "no":
@@ -161,6 +207,8 @@ def _decide_active(v: RunView, now: datetime) -> RunDecision:
         )
     if jobs and all(j.status == "done" for j in jobs):
         return _terminate(v, "all_jobs_done")
+    if v.service is not None:
+        return _decide_service(v, v.service, now)
     # A terminating or finished job does not move the run back to `submitted`: only jobs still
     # on their way up decide the status.
     moving = [j for j in jobs if j.status != "terminating" and j.status not in FINISHED]
@@ -176,3 +224,75 @@ def _decide_active(v: RunView, now: datetime) -> RunDecision:
         return RunDecision()
     values = {"resubmission_attempt": 0} if status in ("provisioning", "running") else {}
     return RunDecision(status=status, values=values)
+
+
+def desired_replicas(sv: ServiceView) -> int:
+    want = sv.min_replicas if sv.target is None else math.ceil(sv.rps / sv.target - 1e-9)
+    if sv.held > 0:
+        want = max(want, 1)
+    return max(sv.min_replicas, min(sv.max_replicas, want))
+
+
+def _last_scaled(v: RunView, live: list[JobState]) -> datetime:
+    """When the replica set last changed: a replica submitted or one that ended."""
+    times = [j.submitted_at for j in live]
+    times += [j.finished_at for j in v.latest_jobs if j.finished_at is not None]
+    return max(times, default=v.submitted_at)
+
+
+def _free_nums(v: RunView, live: list[JobState], n: int) -> list[int]:
+    taken = {j.replica_num for j in live}
+    out, num = [], 0
+    while len(out) < n:
+        if num not in taken:
+            out.append(num)
+        num += 1
+    return out
+
+
+def _surplus(live: list[JobState], n: int) -> list[int]:
+    """Which replicas to stop first: not ready, then the newest numbers."""
+    order = sorted(live, key=lambda j: (j.ready, j.status == "running", -j.replica_num))
+    return [j.replica_num for j in order[:n]]
+
+
+def _decide_service(v: RunView, sv: ServiceView, now: datetime) -> RunDecision:
+    live = [
+        j for j in v.latest_jobs if j.job_num == 0 and j.status not in FINISHED + ("terminating",)
+    ]
+    desired = desired_replicas(sv)
+    d = RunDecision()
+    old = [j for j in live if j.deployment_num < sv.deployment_num]
+    if old:
+        # Rolling update: surge one new replica at a time; retire an old one for each new one
+        # that is ready, so the ready count never drops below what serves now.
+        new = [j for j in live if j.deployment_num >= sv.deployment_num]
+        ready_new = [j for j in new if j.ready]
+        goal = max(desired, 1) if desired else 0
+        if len(new) < goal and len(ready_new) == len(new):
+            d.scale_up = _free_nums(v, live, 1)
+        stop = min(len(old), max(0, len(ready_new) + len(old) - goal)) if goal else len(old)
+        d.scale_down = _surplus(old, stop)
+    else:
+        since = (now - _last_scaled(v, live)).total_seconds()
+        fixed = sv.target is None
+        if desired > len(live) and (not live or fixed or since >= sv.scale_up_delay):
+            d.scale_up = _free_nums(v, live, desired - len(live))
+        elif desired < len(live) and (fixed or since >= sv.scale_down_delay):
+            d.scale_down = _surplus(live, len(live) - desired)
+    staying = [j for j in live if j.replica_num not in d.scale_down]
+    if d.scale_up:
+        status = "running" if any(j.status == "running" for j in staying) else "submitted"
+    elif not staying:
+        status = "pending"  # scaled to zero: waiting for requests
+    elif any(j.status == "running" for j in staying):
+        status = "running"
+    elif any(j.status in ("provisioning", "pulling") for j in staying):
+        status = "provisioning"
+    else:
+        status = "submitted"
+    if status != v.status:
+        d.status = status
+        if status in ("provisioning", "running"):
+            d.values = {"resubmission_attempt": 0}
+    return d

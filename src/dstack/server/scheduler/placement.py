@@ -26,6 +26,9 @@ class Requirements:
     fleets: tuple[str, ...] | None = None
     creation_policy: str = "reuse-or-create"
     multinode: bool = False
+    # False for a job that may share a `shared` instance with others without taking blocks
+    # (a process-runtime job on the local backend: processes on one host are not isolated).
+    exclusive: bool = True
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,8 @@ class PoolInstance:
     total_blocks: int
     busy_blocks: int
     unreachable: bool = False
+    # Takes non-exclusive jobs alongside anything else, with no blocks (the local backend).
+    shared: bool = False
 
 
 @dataclass(frozen=True)
@@ -101,9 +106,38 @@ def _profile_reason(
     return None
 
 
+def _shared_candidate(req: Requirements, inst: PoolInstance) -> Candidate | str:
+    """A non-exclusive job on a shared instance: the whole host, no blocks, never busy; an
+    instance still starting is waited for (the job queues) rather than refused."""
+    reason = _profile_reason(
+        req, inst.backend, inst.region, inst.instance_type, inst.price, inst.resources.spot
+    ) or mismatch(req.resources, inst.resources)
+    if reason:
+        return f"{inst.name}: {reason}"
+    starting = inst.status in ("pending", "provisioning")
+    offer = InstanceOfferWithAvailability(
+        backend=inst.backend,
+        instance={"name": inst.instance_type, "resources": inst.resources},
+        region=inst.region,
+        price=inst.price,
+        availability=InstanceAvailability.BUSY if starting else InstanceAvailability.IDLE,
+        blocks=0,
+        total_blocks=inst.total_blocks,
+        instance_id=inst.id,
+        fleet_name=inst.fleet_name,
+    )
+    return Candidate(offer, inst.fleet_id, inst.fleet_name, inst.id, 0)
+
+
 def _pool_candidate(req: Requirements, inst: PoolInstance) -> Candidate | str:
     if inst.unreachable:
         return f"{inst.name}: unreachable"
+    if (
+        inst.shared
+        and not req.exclusive
+        and inst.status in ("pending", "provisioning", "idle", "busy")
+    ):
+        return _shared_candidate(req, inst)
     if inst.status not in ("idle", "busy"):
         return f"{inst.name}: {inst.status}"
     reason = _profile_reason(

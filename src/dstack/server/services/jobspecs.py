@@ -7,6 +7,7 @@ the spec a user reads back with `dstack run get --json` is what actually ran.
 
 from __future__ import annotations
 
+import json
 import shlex
 from typing import Any
 
@@ -109,6 +110,44 @@ def _commands(conf: Any, run_name: str, working_dir: str) -> list[str]:
     return [shell, "-c", join_commands(body)]
 
 
+def service_probes(conf: Any) -> list[dict[str, Any]]:
+    """The service's probes; a model service without `probes` gets a one-token chat request
+    (configuration.md §12), and `probes: []` turns probing off."""
+    if conf.type != "service":
+        return []
+    if conf.probes is not None:
+        return [p.model_dump(mode="json") for p in conf.probes]
+    model = conf.model
+    if model is None or getattr(model, "format", "openai") != "openai":
+        return []
+    body = {
+        "model": model.name,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 1,
+    }
+    return [
+        {
+            "type": "http",
+            "url": model.prefix.rstrip("/") + "/chat/completions",
+            "method": "post",
+            "headers": [{"name": "Content-Type", "value": "application/json"}],
+            "body": json.dumps(body),
+            "timeout": 30,
+            "interval": 15,
+            "ready_after": 1,
+            "until_ready": False,
+        }
+    ]
+
+
+def replica_spec(run_name: str, conf: Any, repo_code_hash: str | None, replica_num: int) -> JobSpec:
+    """The spec of one more replica of a service (autoscaling and rolling updates)."""
+    spec = build_job_specs(run_name, conf, repo_code_hash)[0]
+    return spec.model_copy(
+        update={"replica_num": replica_num, "job_name": f"{run_name}-0-{replica_num}"}
+    )
+
+
 def build_job_specs(run_name: str, conf: Any, repo_code_hash: str | None) -> list[JobSpec]:
     # Links and hints need an absolute path: the code directory when none is given.
     working_dir = getattr(conf, "working_dir", None) or LOCAL_REPO_DIR
@@ -140,6 +179,7 @@ def build_job_specs(run_name: str, conf: Any, repo_code_hash: str | None) -> lis
                     repo_code_hash=repo_code_hash,
                     repo_dir=LOCAL_REPO_DIR,
                     service_port=service_port,
+                    probes=service_probes(conf),
                     app_specs=_app_specs(conf),
                 )
             )

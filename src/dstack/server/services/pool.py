@@ -115,6 +115,8 @@ def _pool_instance(inst: t.Instance, fleet: t.Fleet, busy: int) -> PoolInstance:
         total_blocks=inst.total_blocks,
         busy_blocks=busy,
         unreachable=inst.unreachable,
+        # The local backend runs process-runtime jobs side by side (docs/architecture.md).
+        shared=inst.backend == "local",
     )
 
 
@@ -137,4 +139,6 @@ def requirements_for(conf: Any, job_requirements: dict[str, Any]) -> Requirement
         fleets=tup("fleets"),
         creation_policy=getattr(policy, "value", policy) or "reuse-or-create",
         multinode=bool(job_requirements.get("multinode")),
+        # Without an image the job runs as processes on the host: it need not own a block.
+        exclusive=bool(getattr(conf, "image", None)) or bool(job_requirements.get("multinode")),
     )

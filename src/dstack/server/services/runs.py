@@ -166,6 +166,8 @@ async def apply_plan(
             )
     if spec.run_name:
         active = await _active_run(s, project.id, spec.run_name)
+        if active is not None and _updatable(active, conf, plan):
+            return await _update_service(ctx, s, user, project, active, spec, conf)
         if active is not None:
             raise ResourceExistsError(
                 f"Run {spec.run_name} is already active ({active.status}). "
@@ -192,6 +194,57 @@ async def apply_plan(
             code="resource_exists",
         ) from e
     ctx.hub.wake("runs", "jobs")
+    return await to_model(s, run, project)
+
+
+def _updatable(active: t.Run, conf: Any, plan: ApplyRunPlanInput) -> bool:
+    """A running service updates in place (a rolling deployment) when the client applies
+    against it (`current_resource` set); anything else is refused or replaced."""
+    old = RunSpec.model_validate_json(active.run_spec).configuration
+    return (
+        conf.type == "service"
+        and old.get("type") == "service"
+        and plan.current_resource is not None
+        and active.status != "terminating"
+        and not active.stop_requested
+    )
+
+
+async def _update_service(
+    ctx: ServerContext,
+    s: AsyncSession,
+    user: t.User,
+    project: t.Project,
+    run: t.Run,
+    spec: RunSpec,
+    conf: Any,
+) -> Run:
+    """Record the new spec as the next deployment; the run reconciler rolls the replicas."""
+    now = utcnow()
+    spec = spec.model_copy(update={"configuration": conf.model_dump(mode="json")})
+    await s.execute(
+        update(t.Run)
+        .where(t.Run.id == run.id)
+        .values(
+            run_spec=spec.model_dump_json(),
+            deployment_num=t.Run.deployment_num + 1,
+            dirty=True,
+        )
+    )
+    events.record(
+        s,
+        project_id=project.id,
+        target_type="run",
+        target_id=run.id,
+        target_name=run.run_name,
+        message=f"Run updated in place: deployment {run.deployment_num + 1}",
+        now=now,
+        actor=user.name,
+        within_run_id=run.id,
+    )
+    await s.commit()
+    await s.refresh(run)
+    ctx.hub.wake("runs")
     return await to_model(s, run, project)
 
 

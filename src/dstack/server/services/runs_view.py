@@ -5,6 +5,7 @@ Status messages and costs are computed on read, as the reference does, so they n
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from datetime import datetime
 
@@ -19,6 +20,7 @@ from dstack.models.runs import (
     RunFleetRef,
     RunSpec,
     RunStatus,
+    ServiceModelInfo,
     ServiceSpec,
 )
 from dstack.models.wire import utcnow
@@ -87,6 +89,7 @@ def submission_model(job: t.Job) -> JobSubmission:
         job_provisioning_data=jpd,
         job_runtime_data=jrd,
         error=JOB_ERRORS.get(job.termination_reason or ""),
+        probes=[{"success_streak": n} for n in json.loads(job.probe_streaks or "[]")],
     )
 
 
@@ -170,4 +173,11 @@ def _service(spec: RunSpec, project_name: str) -> ServiceSpec | None:
     conf = spec.configuration
     if conf.get("type") != "service":
         return None
-    return ServiceSpec(url=f"/proxy/services/{project_name}/{spec.run_name}/", model=None)
+    model = conf.get("model")
+    info = None
+    if isinstance(model, dict) and model.get("name"):
+        # The project's OpenAI-compatible entry point routes by model name (server/proxy).
+        info = ServiceModelInfo(
+            name=model["name"], base_url=f"/proxy/models/{project_name}/", type="chat"
+        )
+    return ServiceSpec(url=f"/proxy/services/{project_name}/{spec.run_name}/", model=info)

@@ -1,0 +1,191 @@
+"""Service proxy overhead: the same app called directly and through `/proxy/services/...`.
+
+Usage: python bench/bench_proxy.py [-n REQUESTS] [-c CONCURRENCY]
+Starts a real server (temporary HOME) with the local backend, runs a minimal asyncio HTTP app
+as a one-replica service, then measures (with a light keep-alive asyncio client, so the
+client is not the bottleneck) (1) sequential latency, direct vs proxied, and the
+added latency at p50 and p99, and (2) requests per second with C concurrent keep-alive clients.
+Targets (issue 5): under 1 ms added at p50, proxied rps at least 70 % of direct.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.e2e.harness import Server, free_port, wait_until  # noqa: E402
+
+from dstack.server.proxy.http1 import Pool  # noqa: E402  (a light keep-alive load client)
+
+APP = r"""
+import asyncio, os
+BODY = b'{"ok": true}'
+RESP = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+        + str(len(BODY)).encode() + b"\r\n\r\n" + BODY)
+async def handle(reader, writer):
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            n = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    n = int(line.split(b":")[1])
+            if n:
+                await reader.readexactly(n)
+            writer.write(RESP)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    writer.close()
+async def main():
+    port = int(os.environ["DSTACK_SERVICE_PORT"])
+    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)
+    async with server:
+        await server.serve_forever()
+asyncio.run(main())
+"""
+
+
+THREADED_APP = r"""
+import os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    def log_message(self, *a):
+        pass
+    def do_GET(self):
+        body = b'{"ok": true}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+ThreadingHTTPServer.daemon_threads = True
+ThreadingHTTPServer(("127.0.0.1", int(os.environ["DSTACK_SERVICE_PORT"])), H).serve_forever()
+"""
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p * (len(values) - 1))))]
+
+
+async def _get(pool: Pool, url: str, headers: dict[str, str]) -> int:
+    u = urlsplit(url)
+    hdrs = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    resp = await pool.request("GET", u.hostname, u.port, u.path, hdrs, b"", 30.0)
+    async for _ in resp.body:
+        pass
+    return resp.status
+
+
+async def latency(url: str, headers: dict[str, str], n: int) -> list[float]:
+    pool = Pool()
+    for _ in range(50):
+        await _get(pool, url, headers)
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        status = await _get(pool, url, headers)
+        out.append((time.perf_counter() - t0) * 1000)
+        assert status == 200
+    await pool.close()
+    return out
+
+
+async def throughput(url: str, headers: dict[str, str], n: int, conc: int) -> float:
+    pool = Pool()
+    left = n
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            assert await _get(pool, url, headers) == 200
+
+    await asyncio.gather(*(_get(pool, url, headers) for _ in range(conc)))
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(conc)))
+    rps = n / (time.perf_counter() - t0)
+    await pool.close()
+    return rps
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", "--requests", type=int, default=2000)
+    parser.add_argument("-c", "--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--app",
+        choices=("asyncio", "threaded"),
+        default="asyncio",
+        help="the app behind the proxy: a minimal asyncio server (the proxy's worst case) or "
+        "a standard-library threaded server (closer to a real Python app)",
+    )
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
+    srv = Server(home=home)
+    srv.start()
+    try:
+        work = home / "svc"
+        work.mkdir()
+        (work / "app.py").write_text(APP if args.app == "asyncio" else THREADED_APP)
+        port = free_port()
+        conf = (
+            f"type: service\nname: bench\nport: {port}\n"
+            f"commands:\n  - {json.dumps(sys.executable + ' app.py')}\n"
+            "resources:\n  cpu: 1..\n  memory: 0.5GB..\n  disk: 1GB..\n"
+        )
+        (work / "bench.dstack.yml").write_text(conf)
+        r = srv.cli("apply", "-f", "bench.dstack.yml", "-y", "-d", cwd=work)
+        assert r.returncode == 0, r.stdout + r.stderr
+        headers = {"Authorization": f"Bearer {srv.token}"}
+        direct = f"http://127.0.0.1:{port}/"
+        proxied = f"{srv.url}/proxy/services/main/bench/"
+
+        def up() -> bool:
+            try:
+                return httpx.get(proxied, headers=headers, timeout=5).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, timeout=60, what="the bench service")
+        d_lat = asyncio.run(latency(direct, {}, args.requests))
+        p_lat = asyncio.run(latency(proxied, headers, args.requests))
+        d_rps = asyncio.run(throughput(direct, {}, args.requests, args.concurrency))
+        p_rps = asyncio.run(throughput(proxied, headers, args.requests, args.concurrency))
+    finally:
+        srv.cleanup()
+    added50 = statistics.median(p_lat) - statistics.median(d_lat)
+    added99 = pct(p_lat, 0.99) - pct(d_lat, 0.99)
+    print(
+        f"app: {args.app}; requests: {args.requests} sequential, "
+        f"{args.concurrency} concurrent for rps"
+    )
+    print(
+        f"direct   p50 {statistics.median(d_lat):.3f} ms  p99 {pct(d_lat, 0.99):.3f} ms  "
+        f"{d_rps:,.0f} rps"
+    )
+    print(
+        f"proxied  p50 {statistics.median(p_lat):.3f} ms  p99 {pct(p_lat, 0.99):.3f} ms  "
+        f"{p_rps:,.0f} rps"
+    )
+    print(f"added    p50 {added50:.3f} ms  p99 {added99:.3f} ms  rps ratio {p_rps / d_rps:.0%}")
+    ok = added50 < 1.0 and p_rps >= 0.7 * d_rps
+    print("targets (<1 ms at p50, >=70 % rps):", "met" if ok else "NOT met")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

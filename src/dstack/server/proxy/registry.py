@@ -1,0 +1,187 @@
+"""What the proxy knows about services, read from the database and cached briefly.
+
+A request costs no database round trip while the cache is fresh (`ttl` seconds); a replica
+change (a new replica, a probe result) is seen within that time. Tokens are cached the same way,
+by their hash, with the projects the user may use.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from dstack.models.runs import JobSpec, RunSpec
+from dstack.models.wire import utcnow
+from dstack.server.db import tables as t
+from dstack.server.db.session import Database
+from dstack.server.proxy.upstream import upstream_for
+
+ACTIVE = ("pending", "submitted", "provisioning", "running")
+
+
+@dataclass
+class Replica:
+    job_id: str
+    replica_num: int
+    deployment_num: int
+    host: str
+    port: int
+
+
+@dataclass
+class Service:
+    run_id: str
+    project_id: str
+    project_name: str
+    run_name: str
+    auth: bool
+    strip_prefix: bool
+    model: dict[str, Any] | None  # {"name", "prefix", "format"}
+    rate_limits: list[dict[str, Any]]
+    replicas: list[Replica] = field(default_factory=list)
+    active: bool = True  # False once the run is terminating or finished
+    loaded_at: float = 0.0
+
+
+@dataclass
+class Caller:
+    user_id: str
+    admin: bool
+    projects: frozenset[str]
+    loaded_at: float
+
+
+class Registry:
+    def __init__(self, db: Database, ttl: float = 1.0, unhealthy_cooldown: float = 10.0) -> None:
+        self.db = db
+        self.ttl = ttl
+        self.unhealthy_cooldown = unhealthy_cooldown
+        self._services: dict[tuple[str, str], Service | None] = {}
+        self._loaded: dict[tuple[str, str], float] = {}
+        self._callers: dict[str, Caller | None] = {}
+        self._caller_at: dict[str, float] = {}
+        self._models: dict[str, tuple[float, list[tuple[str, str]]]] = {}
+
+    def forget(self, project: str, run: str) -> None:
+        self._loaded.pop((project, run), None)
+
+    async def service(self, project: str, run: str, fresh: bool = False) -> Service | None:
+        key = (project, run)
+        now = time.monotonic()
+        if not fresh and key in self._loaded and now - self._loaded[key] < self.ttl:
+            return self._services[key]
+        svc = await self._load(project, run)
+        self._services[key] = svc
+        self._loaded[key] = now
+        return svc
+
+    async def caller(self, token_hash: str) -> Caller | None:
+        now = time.monotonic()
+        if token_hash in self._caller_at and now - self._caller_at[token_hash] < 5.0:
+            return self._callers[token_hash]
+        async with self.db.session() as s:
+            user = (
+                await s.execute(select(t.User).where(t.User.token_hash == token_hash))
+            ).scalar_one_or_none()
+            caller = None
+            if user is not None and user.active:
+                ids = (
+                    await s.execute(select(t.Member.project_id).where(t.Member.user_id == user.id))
+                ).scalars()
+                caller = Caller(user.id, user.global_role == "admin", frozenset(ids), now)
+        self._callers[token_hash] = caller
+        self._caller_at[token_hash] = now
+        return caller
+
+    async def models(self, project: str) -> list[tuple[str, str]]:
+        """(model name, run name) of the project's active model services."""
+        now = time.monotonic()
+        cached = self._models.get(project)
+        if cached is not None and now - cached[0] < self.ttl:
+            return cached[1]
+        out: list[tuple[str, str]] = []
+        async with self.db.session() as s:
+            rows = (
+                await s.execute(
+                    select(t.Run.run_name, t.Run.run_spec)
+                    .join(t.Project, t.Project.id == t.Run.project_id)
+                    .where(
+                        t.Project.name == project,
+                        t.Run.deleted.is_(False),
+                        t.Run.status.in_(ACTIVE),
+                    )
+                    .order_by(t.Run.submitted_at)
+                )
+            ).all()
+        for run_name, spec in rows:
+            conf = json.loads(spec).get("configuration") or {}
+            model = conf.get("model")
+            if conf.get("type") == "service" and isinstance(model, dict) and model.get("name"):
+                out.append((model["name"], run_name))
+        self._models[project] = (now, out)
+        return out
+
+    async def _load(self, project: str, run_name: str) -> Service | None:
+        async with self.db.session() as s:
+            row = (
+                await s.execute(
+                    select(t.Run, t.Project)
+                    .join(t.Project, t.Project.id == t.Run.project_id)
+                    .where(
+                        t.Project.name == project,
+                        t.Run.run_name == run_name,
+                        t.Run.deleted.is_(False),
+                    )
+                    .order_by(t.Run.submitted_at.desc())
+                    .limit(1)
+                )
+            ).first()
+            if row is None:
+                return None
+            run, proj = row
+            conf = RunSpec.model_validate_json(run.run_spec).configuration
+            if conf.get("type") != "service":
+                return None
+            svc = Service(
+                run_id=run.id,
+                project_id=proj.id,
+                project_name=proj.name,
+                run_name=run.run_name,
+                auth=bool(conf.get("auth", True)),
+                strip_prefix=bool(conf.get("strip_prefix", True)),
+                model=conf.get("model") if isinstance(conf.get("model"), dict) else None,
+                rate_limits=list(conf.get("rate_limits") or []),
+                active=run.status in ACTIVE,
+                loaded_at=time.monotonic(),
+            )
+            if not svc.active:
+                return svc
+            jobs = list(
+                (
+                    await s.execute(
+                        select(t.Job).where(t.Job.run_id == run.id, t.Job.status == "running")
+                    )
+                ).scalars()
+            )
+            cutoff = utcnow() - timedelta(seconds=self.unhealthy_cooldown)
+            for job in jobs:
+                spec = JobSpec.model_validate_json(job.job_spec)
+                if spec.job_num != 0 or not spec.service_port:
+                    continue
+                if spec.probes and not job.ready:
+                    continue
+                if job.unhealthy_at is not None and job.unhealthy_at > cutoff:
+                    continue
+                inst = await s.get(t.Instance, job.instance_id) if job.instance_id else None
+                addr = await upstream_for(job, inst, spec.service_port)
+                if addr is None:
+                    continue
+                svc.replicas.append(
+                    Replica(job.id, job.replica_num, job.deployment_num, addr[0], addr[1])
+                )
+        return svc
