@@ -74,6 +74,15 @@ def _volumes(body: dict[str, Any]) -> list[dict[str, str]]:
     return result
 
 
+def _ssh_keys(body: dict[str, Any]) -> list[str]:
+    """Public keys the job's SSH server authorizes, one `type base64 [comment]` line each."""
+    keys = _str_list(body, "ssh_keys")
+    for key in keys:
+        if "\n" in key.strip() or len(key.split()) < 2:
+            raise BadRequest("ssh_keys: each key must be one OpenSSH public key line")
+    return [k.strip() for k in keys]
+
+
 def validate_spec(body: Any) -> dict[str, Any]:
     """Return a normalized spec with defaults filled in; unknown fields are ignored."""
     if not isinstance(body, dict):
@@ -101,6 +110,7 @@ def validate_spec(body: Any) -> dict[str, Any]:
         "gpus": _int(body, "gpus", 0, -1),
         "max_duration": _int(body, "max_duration", None, 1),
         "stop_duration": _int(body, "stop_duration", DEFAULT_STOP_DURATION, 0),
+        "ssh_keys": _ssh_keys(body),
     }
     if runtime == "process" and not spec["commands"]:
         raise BadRequest("commands: must not be empty for the process runtime")
