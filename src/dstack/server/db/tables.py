@@ -210,6 +210,8 @@ class Job(LeaseMixin, Base):
     disconnected_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     stop_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     logs_drained: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Seconds without an SSH connection to the job, as last reported by its agent.
+    inactivity_secs: Mapped[int | None] = mapped_column(Integer)
 
 
 class Event(Base):

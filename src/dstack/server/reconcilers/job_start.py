@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dstack.models.runs import JobSpec, RunSpec
+from dstack.models.runs import JobRuntimeData, JobSpec, RunSpec
 from dstack.server.db import tables as t
 
 
@@ -52,8 +52,20 @@ def job_env(
     return env
 
 
+def ssh_keys(run: t.Run, project_public_key: str | None) -> list[str]:
+    """Keys the job's SSH server authorizes: the project's (the server's own access) and the
+    key the user submitted the run with (`ssh <run>`, IDEs, port forwarding)."""
+    keys = [project_public_key, RunSpec.model_validate_json(run.run_spec).ssh_key_pub]
+    return [k.strip() for k in keys if k and k.strip()]
+
+
 def agent_job_spec(
-    job: t.Job, run: t.Run, spec: JobSpec, inst: t.Instance, host_info: dict[str, Any]
+    job: t.Job,
+    run: t.Run,
+    spec: JobSpec,
+    inst: t.Instance,
+    host_info: dict[str, Any],
+    keys: list[str] | None = None,
 ) -> tuple[dict[str, Any], str | None]:
     """The agent's job request, or an error text when this host cannot run the job."""
     gpus = _gpu_count(host_info, job.used_blocks or 1, inst.total_blocks)
@@ -92,5 +104,30 @@ def agent_job_spec(
         "gpus": -1 if gpus and inst.total_blocks <= 1 else gpus,
         "max_duration": spec.max_duration,
         "stop_duration": spec.stop_duration if spec.stop_duration is not None else 300,
+        "ssh_keys": list(keys or []),
     }
     return body, None
+
+
+# Where the job's SSH server is, in the container-port terms of the reference: the runner's sshd
+# listens on 10022 inside the job, and `job_runtime_data.ports` maps it to the host port.
+JOB_SSH_PORT = 10022
+
+
+def runtime_data(body: dict[str, Any], state: dict[str, Any]) -> JobRuntimeData:
+    """What the agent said about the started job, in the reference's `job_runtime_data` shape:
+    the real working dir, the user sessions run as, and container -> host ports (the process
+    runtime shares the host's network, so an app port is its own host port)."""
+    ports: dict[int, int] = {}
+    if body.get("runtime") == "process":
+        ports.update({int(p): int(p) for p in body.get("ports") or []})
+    else:
+        ports.update({int(k): int(v) for k, v in (state.get("ports") or {}).items()})
+    if state.get("ssh_port"):
+        ports[JOB_SSH_PORT] = int(state["ssh_port"])
+    return JobRuntimeData(
+        network_mode="host",
+        working_dir=state.get("working_dir") or body.get("working_dir"),
+        username=state.get("ssh_user"),
+        ports=ports or None,
+    )

@@ -13,19 +13,20 @@ from sqlalchemy import update
 
 from dstack.models.configurations import parse_configuration
 from dstack.models.offers import InstanceOfferWithAvailability
-from dstack.models.runs import JobProvisioningData, JobRuntimeData, JobSpec, RunSpec
+from dstack.models.runs import JobProvisioningData, JobSpec, RunSpec
 from dstack.models.wire import utcnow
 from dstack.server.agent_client import AgentClientError, AgentError, AgentUnreachableError
 from dstack.server.db import tables as t
 from dstack.server.reconcilers.agents import AgentRegistry
 from dstack.server.reconcilers.base import LeaseLost, Reconciler
-from dstack.server.reconcilers.job_start import agent_job_spec
+from dstack.server.reconcilers.job_start import agent_job_spec, runtime_data, ssh_keys
 from dstack.server.reconcilers.jobs import Decision, JobView, decide
 from dstack.server.scheduler.placement import Candidate, no_capacity_message, rank
 from dstack.server.services import events, logs
 from dstack.server.services.codes import load_code
 from dstack.server.services.context import ServerContext
 from dstack.server.services.pool import fleet_conf, load_pool, requirements_for
+from dstack.server.services.ssh_keys import project_keypair
 
 LOG_PAGES_PER_PASS = 16
 
@@ -40,6 +41,7 @@ class Snapshot:
     placement: Candidate | None = None
     queued: bool = False
     no_capacity: str | None = None
+    inactivity_duration: int | None = None
 
 
 class JobReconciler(Reconciler):
@@ -83,6 +85,8 @@ class JobReconciler(Reconciler):
             project = await s.get(t.Project, job.project_id)
             inst = await s.get(t.Instance, job.instance_id) if job.instance_id else None
             snap = Snapshot(job, run, project, inst, JobSpec.model_validate_json(job.job_spec))
+            if job.status == "running":
+                snap.inactivity_duration = _inactivity_duration(run)
             if job.status == "submitted" and job.instance_id is None:
                 conf = parse_configuration(RunSpec.model_validate_json(run.run_spec).configuration)
                 pool = await load_pool(self.ctx, s, project.id)
@@ -140,6 +144,8 @@ class JobReconciler(Reconciler):
             placement=snap.placement,
             queued=snap.queued,
             no_capacity_message=snap.no_capacity,
+            inactivity_duration=snap.inactivity_duration,
+            inactivity_secs=job.inactivity_secs,
         )
 
     # -- act ------------------------------------------------------------------------------
@@ -185,26 +191,29 @@ class JobReconciler(Reconciler):
             d.action, d.status = "wait", None
             return {}
         host_info = json.loads(inst.host_info or "{}")
-        spec, runtime_error = agent_job_spec(snap.job, snap.run, snap.spec, inst, host_info)
+        code = b""
+        async with self.ctx.db.session() as s:
+            project = await s.get(t.Project, snap.project.id)
+            _, project_key = await project_keypair(s, self.ctx.box, project)
+            await s.commit()
+            if snap.spec.repo_code_hash:
+                code = await load_code(s, snap.project.id, snap.spec.repo_code_hash) or b""
+        keys = ssh_keys(snap.run, project_key)
+        spec, runtime_error = agent_job_spec(snap.job, snap.run, snap.spec, inst, host_info, keys)
         if runtime_error:
             d.status, d.reason, d.message = "terminating", "executor_error", runtime_error
             return {}
-        code = b""
-        if snap.spec.repo_code_hash:
-            async with self.ctx.db.session() as s:
-                code = await load_code(s, snap.project.id, snap.spec.repo_code_hash) or b""
         try:
             await client.submit_job(spec)
             await client.upload_code(snap.job.id, code)
-            await client.run_job(snap.job.id)
+            state = await client.run_job(snap.job.id)
         except AgentUnreachableError:
             d.action, d.status = "wait", None  # the instance check will notice; retry
             return {}
         except AgentError as e:
             d.status, d.reason, d.message = "terminating", "executor_error", str(e)
             return {}
-        jrd = JobRuntimeData(network_mode="host", working_dir=spec.get("working_dir"))
-        return {"job_runtime_data": jrd.model_dump_json()}
+        return {"job_runtime_data": runtime_data(spec, state).model_dump_json()}
 
     # -- apply ----------------------------------------------------------------------------
 
@@ -400,6 +409,15 @@ def _idle_duration(conf: dict[str, Any], run: t.Run) -> int | None:
     if all(v == -1 for v in candidates):
         return -1
     return min(v for v in candidates if v != -1)
+
+
+def _inactivity_duration(run: t.Run) -> int | None:
+    """A dev environment's `inactivity_duration` in seconds (None: off)."""
+    conf = RunSpec.model_validate_json(run.run_spec).configuration
+    if conf.get("type") != "dev-environment":
+        return None
+    value = conf.get("inactivity_duration")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def offer_of(inst: t.Instance) -> InstanceOfferWithAvailability:
