@@ -202,4 +202,4 @@ def test_dev_environment_zed_and_no_ide() -> None:
 
 def test_dev_environment_link_without_working_dir_has_an_absolute_path() -> None:
     (job,) = specs({"type": "dev-environment", "ide": "vscode"})
-    assert "ssh-remote+my-run'\"${DSTACK_WORKING_DIR:-/workflow}\"" in job.commands[2]
+    assert 'ssh-remote+my-run\'"${DSTACK_WORKING_DIR:-/workflow}"' in job.commands[2]
