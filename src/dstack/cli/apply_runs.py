@@ -61,9 +61,12 @@ def upload_code(api: APIClient, root: Path) -> str:
     return code_hash or archive_hash(data)
 
 
-def make_run_spec(configuration: dict[str, Any], path: str, code_hash: str | None) -> RunSpec:
+def make_run_spec(
+    configuration: dict[str, Any], path: str, code_hash: str | None, ssh_key_pub: str | None = None
+) -> RunSpec:
     profile_name = "default"
     return RunSpec(
+        ssh_key_pub=ssh_key_pub,
         run_name=configuration.get("name"),
         repo_code_hash=code_hash,
         configuration_path=None if path == "-" else path,
@@ -78,7 +81,7 @@ def apply_run(args: argparse.Namespace, conf: Any, path: str) -> int:
     code_hash = None
     if not args.no_repo:
         code_hash = upload_code(api, Path.cwd())
-    spec = make_run_spec(configuration, path, code_hash)
+    spec = make_run_spec(configuration, path, code_hash, _ssh_key_pub(args))
     plan = _get_plan(api, spec, args.max_offers)
     print_plan(plan, args.verbose, args.max_offers, lambda: _has_fleets(api))
     current = plan.current_resource
@@ -103,7 +106,19 @@ def apply_run(args: argparse.Namespace, conf: Any, path: str) -> int:
         return 0
     from dstack.cli.attach_run import attach
 
-    return attach(api, run.run_spec.run_name or "", yes=args.yes)
+    return attach(api, run.run_spec.run_name or "", yes=args.yes, args=args)
+
+
+def _ssh_key_pub(args: argparse.Namespace) -> str | None:
+    """The user's public key travels with the run: the job's SSH server authorizes it."""
+    from dstack.cli.sshconfig import user_key
+
+    try:
+        return user_key(getattr(args, "ssh_identity", None))[1]
+    except CLIError:
+        if getattr(args, "ssh_identity", None):
+            raise
+        return None  # no OpenSSH here: the run still runs, only `ssh <run>` will not
 
 
 def _get_plan(api: APIClient, spec: RunSpec, max_offers: int) -> RunPlan:

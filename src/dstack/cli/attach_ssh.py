@@ -1,0 +1,139 @@
+"""SSH side of attaching (`dstack apply` attached, `dstack attach`): write the run's `Host`
+entries, make sure `~/.ssh/config` includes them (once, with consent), open the tunnel with the
+port forwards, and say what is where (cli.md §7 output).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dstack.cli import sshconfig
+from dstack.cli.common import CLIError, confirm, echo
+from dstack.cli.tunnel import Forward, Tunnel, job_hosts, plan_forwards
+from dstack.models.runs import Job, Run
+
+DECLINED_FILE = "include-declined"
+
+
+@dataclass
+class Attachment:
+    alias: str
+    forwards: list[Forward] = field(default_factory=list)
+    tunnel: Tunnel | None = None
+    ssh_error: str | None = None
+    host: str = "localhost"
+
+    def alive(self) -> bool:
+        return self.tunnel is None or self.tunnel.alive()
+
+    def close(self, run: Run | None = None) -> None:
+        """Drop the tunnel; a run that has ended gets an entry that says so when used."""
+        if self.tunnel is not None:
+            self.tunnel.close()
+            self.tunnel = None
+        if run is not None and run.status.is_finished():
+            name = run.run_spec.run_name
+            sshconfig.mark_stopped(
+                self.alias, f"run {name} is {run.status.value}; it no longer accepts SSH"
+            )
+
+    def print_summary(self, header: str | None) -> None:
+        if header:
+            echo(header)
+        if self.forwards:
+            echo("Forwarded ports (local -> remote):")
+            for f in self.forwards:
+                echo(f"  - {self.host}:{f.local_port} -> {f.remote_port}")
+        if self.ssh_error:
+            echo(f"SSH is not available for this job: {self.ssh_error}.")
+        else:
+            echo(f"To connect to the run via SSH, use `ssh {self.alias}`.")
+
+
+def alias_for(run: Run, job: Job) -> str:
+    """The run's name for job 0 of replica 0, else the job's name `<run>-<job>-<replica>`."""
+    spec = job.job_spec
+    if spec.replica_num == 0 and spec.job_num == 0:
+        return run.run_spec.run_name or spec.job_name
+    return spec.job_name
+
+
+def _same_key(a: str | None, b: str | None) -> bool:
+    return bool(a and b) and a.split()[:2] == b.split()[:2]
+
+
+def ensure_include(yes: bool) -> None:
+    """One `Include` in ~/.ssh/config, added with -y or the user's yes; a no is remembered
+    (so attaching never asks twice) and `ssh -F ~/.dstack/ssh/config <run>` still works."""
+    path = sshconfig.user_ssh_config()
+    if path.exists() and sshconfig.has_include(path.read_text()):
+        return
+    declined = sshconfig.dstack_ssh_dir() / DECLINED_FILE
+    hint = (
+        f"To use `ssh <run>` directly, add `{sshconfig.include_line()}` at the top of {path}, "
+        f"or use `ssh -F {sshconfig.dstack_ssh_config()} <run>`."
+    )
+    if not yes:
+        if declined.exists():
+            return
+        if not sys.stdin.isatty():
+            echo(hint)
+            return
+        if not confirm(f"Add `{sshconfig.include_line()}` to {path} so that `ssh <run>` works?"):
+            declined.parent.mkdir(parents=True, exist_ok=True)
+            declined.write_text("declined\n")
+            echo(hint)
+            return
+    sshconfig.install_include(path)
+
+
+def open_attachment(
+    run: Run,
+    job: Job,
+    *,
+    identity: str | None,
+    port_overrides: list[str],
+    host: str | None,
+    yes: bool,
+    action: str,
+) -> Attachment:
+    """Everything `ssh <run>` and the forwards need; raises CLIError on a busy port."""
+    sub = job.job_submissions[-1] if job.job_submissions else None
+    jpd = sub.job_provisioning_data if sub else None
+    jrd = sub.job_runtime_data if sub else None
+    alias = alias_for(run, job)
+    bind = host or "localhost"
+    private, public = sshconfig.user_key(identity)
+    if run.run_spec.ssh_key_pub and not _same_key(public, run.run_spec.ssh_key_pub):
+        raise CLIError(
+            f"User SSH key doesn't match the key of run {run.run_spec.run_name}; "
+            "pass the run's key with --ssh-identity"
+        )
+    hosts, ssh_error = job_hosts(alias, jpd, jrd, private)
+    same_network = (
+        jpd is not None and jpd.backend == "local" and job.job_spec.image_name is None
+    )
+    forwards = plan_forwards(
+        job.job_spec.app_specs,
+        port_overrides,
+        same_network=same_network,
+        host=bind,
+        action=action,
+    )
+    attachment = Attachment(alias, forwards, ssh_error=ssh_error, host=bind)
+    if ssh_error:
+        if any(not f.direct for f in forwards):
+            raise CLIError(f"Failed to {action}: cannot forward ports: {ssh_error}")
+        return attachment
+    sshconfig.write_hosts(alias, hosts)
+    ensure_include(yes)
+    tunnel = Tunnel(sshconfig.dstack_ssh_config(), alias, forwards, bind)
+    tunnel.open()
+    attachment.tunnel = tunnel
+    return attachment
+
+
+def user_public_key(identity: str | None) -> tuple[Path, str]:
+    return sshconfig.user_key(identity)
