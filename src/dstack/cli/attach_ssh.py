@@ -5,6 +5,9 @@ port forwards, and say what is where (cli.md §7 output).
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +34,11 @@ class Attachment:
     def close(self, run: Run | None = None) -> None:
         """Drop the tunnel; a run that has ended gets an entry that says so when used."""
         if self.tunnel is not None:
+            if self.tunnel.forwards:
+                held = _held_path(self.alias)
+                with contextlib.suppress(OSError, ValueError):
+                    if json.loads(held.read_text()).get("pid") == os.getpid():
+                        held.unlink()
             self.tunnel.close()
             self.tunnel = None
         if run is not None and run.status.is_finished():
@@ -121,6 +129,7 @@ def open_attachment(
         same_network=same_network,
         host=bind,
         action=action,
+        held=_held_forwards(alias, bind),
     )
     attachment = Attachment(alias, forwards, ssh_error=ssh_error, host=bind)
     if ssh_error:
@@ -132,7 +141,41 @@ def open_attachment(
     tunnel = Tunnel(sshconfig.dstack_ssh_config(), alias, forwards, bind)
     tunnel.open()
     attachment.tunnel = tunnel
+    _save_held(alias, bind, tunnel.forwards)
     return attachment
+
+
+def _held_path(alias: str) -> Path:
+    return sshconfig.dstack_ssh_dir() / f"{alias}.forwards.json"
+
+
+def _held_forwards(alias: str, bind: str) -> dict[int, int]:
+    """Forwards a live attach of the same job holds (a second attach reuses them)."""
+    import json
+    import os
+
+    try:
+        data = json.loads(_held_path(alias).read_text())
+        os.kill(int(data["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    if data.get("host") != bind:
+        return {}
+    return {int(k): int(v) for k, v in (data.get("forwards") or {}).items()}
+
+
+def _save_held(alias: str, bind: str, forwards: list[Forward]) -> None:
+    import json
+    import os
+
+    if not forwards:
+        return
+    data = {
+        "pid": os.getpid(),
+        "host": bind,
+        "forwards": {str(f.local_port): f.remote_port for f in forwards},
+    }
+    _held_path(alias).write_text(json.dumps(data))
 
 
 def user_public_key(identity: str | None) -> tuple[Path, str]:

@@ -79,9 +79,13 @@ def plan_forwards(
     same_network: bool,
     host: str = "localhost",
     action: str = "attach",
+    held: dict[int, int] | None = None,
 ) -> list[Forward]:
     """The forwards for the job's app ports (cli.md §7, configuration.md §11): a fixed local
-    port that is busy is an error naming the next free one; `*:N` takes N or the next free."""
+    port that is busy is an error naming the next free one; `*:N` takes N or the next free.
+    HELD (local -> remote) are forwards another attach of the same job already holds: reused,
+    not an error."""
+    held = held or {}
     wanted: dict[int, int | None] = {}
     for spec in app_specs:
         port = int(spec["port"])
@@ -100,6 +104,11 @@ def plan_forwards(
         if same_network and local in (None, container):
             forwards.append(Forward(container, container, direct=True))
             taken.add(container)
+            continue
+        reuse = [lp for lp, rp in held.items() if rp == container and local in (None, lp)]
+        if reuse:
+            forwards.append(Forward(reuse[0], container, direct=True))
+            taken.add(reuse[0])
             continue
         if local is None:
             local = next_free(container, host, taken)
