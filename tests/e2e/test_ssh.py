@@ -214,6 +214,12 @@ def test_dev_environment_ssh_scp_rsync_and_ide_link(server: Server, project_dir:
     r = ssh(server, "dev-ssh", "echo never", timeout=20)
     assert r.returncode == 255
     assert time.monotonic() - started < 10
+    assert "Connection refused" in r.stderr
+    # `dstack stop` leaves an entry that says what happened.
+    server.cli("stop", "dev-ssh", "-y")
+    r = ssh(server, "dev-ssh", "echo never", timeout=20)
+    assert r.returncode == 255
+    assert "dstack: run dev-ssh was stopped; it no longer accepts SSH" in r.stderr
     # A fresh attach to the stopped run says so.
     r = server.cli("attach", "dev-ssh")
     assert r.returncode == 1
