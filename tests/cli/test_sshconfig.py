@@ -206,3 +206,17 @@ def test_job_hosts_local_direct_and_remote_through_the_host() -> None:
     assert hosts[2].proxy_jump == "run-host" and hosts[2].port == 41000
     _, err = job_hosts("run", _jpd("local"), JobRuntimeData(), key)
     assert "no SSH server" in err
+
+
+def test_alias_of_other_jobs_is_the_job_name() -> None:
+    from dstack.cli.attach_ssh import alias_for
+    from dstack.models.runs import Job, JobSpec, Run, RunSpec
+
+    def job(replica: int, num: int) -> Job:
+        spec = JobSpec(job_name=f"train-{num}-{replica}", replica_num=replica, job_num=num)
+        return Job(job_spec=spec, job_submissions=[])
+
+    run = Run.model_construct(run_spec=RunSpec(run_name="train", configuration={"type": "task"}))
+    assert alias_for(run, job(0, 0)) == "train"
+    assert alias_for(run, job(0, 1)) == "train-1-0"
+    assert alias_for(run, job(2, 0)) == "train-0-2"
