@@ -120,9 +120,7 @@ def open_attachment(
             "pass the run's key with --ssh-identity"
         )
     hosts, ssh_error = job_hosts(alias, jpd, jrd, private)
-    same_network = (
-        jpd is not None and jpd.backend == "local" and job.job_spec.image_name is None
-    )
+    same_network = jpd is not None and jpd.backend == "local" and job.job_spec.image_name is None
     forwards = plan_forwards(
         job.job_spec.app_specs,
         port_overrides,

@@ -123,9 +123,7 @@ def plan_forwards(
     return forwards
 
 
-def job_hosts(
-    alias: str, jpd: Any, jrd: Any, identity: Path
-) -> tuple[list[SSHHost], str | None]:
+def job_hosts(alias: str, jpd: Any, jrd: Any, identity: Path) -> tuple[list[SSHHost], str | None]:
     """The `Host` blocks that reach the job's sshd, or why the job has none.
 
     The job's sshd listens on the host's loopback. On the local backend that host is this
