@@ -73,8 +73,8 @@ def availability(spec: dict[str, Any]) -> str | None:
     """None when this job can have an SSH server, else why not (reported to the user)."""
     if not spec.get("ssh_keys"):
         return "the job was submitted without SSH keys"
-    if spec.get("runtime") == "docker":
-        return "SSH into docker-runtime jobs is not supported yet (the image has no sshd)"
+    if spec.get("runtime") == "docker" and shutil.which("docker") is None:
+        return "the host has no docker client to open sessions in the job's container"
     if find_sshd() is None:
         return "the host has no OpenSSH server (sshd) installed"
     if shutil.which("ssh-keygen") is None:
@@ -101,6 +101,24 @@ exec "${{SHELL:-/bin/sh}}"
 """
 
 
+# Docker jobs: an image may have no sshd (busybox has none, and the host's cannot run inside it:
+# it is linked against the host's libraries), so the job's server runs on the host and every
+# session is a `docker exec` into the job's container, in its working dir, with its environment.
+DOCKER_LOGIN_SCRIPT = """#!/bin/sh
+# Every SSH session of the job runs inside its container (sshd ForceCommand).
+. {env}
+tty=
+[ -t 0 ] && tty=-t
+if [ -n "$SSH_ORIGINAL_COMMAND" ]; then
+  exec docker exec -i $tty -w {workdir} {container} /bin/sh -c "$SSH_ORIGINAL_COMMAND"
+fi
+exec docker exec -i $tty -w {workdir} {container} /bin/sh -c \
+  'if command -v bash >/dev/null 2>&1; then exec bash; else exec sh; fi'
+"""
+DOCKER_CLIENT_ENV = ("PATH", "DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_CONTEXT", "DOCKER_CERT_PATH",
+                     "DOCKER_TLS_VERIFY")  # fmt: skip
+
+
 def _write(path: Path, text: str, mode: int) -> None:
     fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "w") as f:
@@ -108,8 +126,16 @@ def _write(path: Path, text: str, mode: int) -> None:
     os.chmod(str(path), mode)
 
 
-def prepare(job_dir: Path, port: int, keys: list[str], env: dict[str, str]) -> list[str]:
-    """Write the server's files under JOB_DIR/ssh and return its argv."""
+def prepare(
+    job_dir: Path,
+    port: int,
+    keys: list[str],
+    env: dict[str, str],
+    container: tuple[str, str] | None = None,
+) -> list[str]:
+    """Write the server's files under JOB_DIR/ssh and return its argv. CONTAINER is
+    (name, working dir) for a docker job: sessions then run inside it; ENV is what the session
+    needs on the host (the docker client's variables) rather than the job's."""
     sshd = find_sshd()
     if sshd is None:
         raise OSError("sshd not found")
@@ -139,7 +165,15 @@ def prepare(job_dir: Path, port: int, keys: list[str], env: dict[str, str]) -> l
         )
     _write(d / "authorized_keys", "".join(k.strip() + "\n" for k in keys if k.strip()), 0o600)
     _write(d / "env.sh", _env_script(env), 0o600)
-    _write(d / "login.sh", LOGIN_SCRIPT.format(env=shlex.quote(str(d / "env.sh"))), 0o700)
+    env_file = shlex.quote(str(d / "env.sh"))
+    if container is None:
+        login = LOGIN_SCRIPT.format(env=env_file)
+    else:
+        name, workdir = container
+        login = DOCKER_LOGIN_SCRIPT.format(
+            env=env_file, container=shlex.quote(name), workdir=shlex.quote(workdir)
+        )
+    _write(d / "login.sh", login, 0o700)
     sftp = find_sftp_server()
     lines = [
         f"Port {port}",

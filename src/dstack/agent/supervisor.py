@@ -131,11 +131,17 @@ class Supervisor:
         orphan live connections; they are killed with the server once the job has ended."""
         info = read_json(self.dir / sshd.SSH_FILE) or {}
         port = info.get("port")
-        if not port or self.docker:
+        if not port:
             return
+        container = None
+        env = self.job_env
+        if self.docker:
+            container = (docker.container_name(self.spec["id"]), str(info.get("working_dir")))
+            env = {k: os.environ[k] for k in sshd.DOCKER_CLIENT_ENV if k in os.environ}
         log = open(self.dir / SSH_LOG, "ab")  # noqa: SIM115 - the child keeps it
         try:
-            argv = sshd.prepare(self.dir, int(port), self.spec.get("ssh_keys") or [], self.job_env)
+            keys = self.spec.get("ssh_keys") or []
+            argv = sshd.prepare(self.dir, int(port), keys, env, container)
             self.sshd = subprocess.Popen(
                 argv,
                 cwd=str(self.dir),

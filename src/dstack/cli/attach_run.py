@@ -17,9 +17,7 @@ from dstack.cli.runs import finish_message, follow_logs, get_job, status_text
 from dstack.models.runs import RunStatus
 
 
-def attach(
-    api: APIClient, name: str, *, yes: bool, args: argparse.Namespace | None = None
-) -> int:
+def attach(api: APIClient, name: str, *, yes: bool, args: argparse.Namespace | None = None) -> int:
     from dstack.cli.progress import StatusReporter
 
     attachment = None
@@ -30,7 +28,7 @@ def attach(
         echo(f"{name} provisioning completed ({status_text(run)})")
         _print_service(api, run)
         if run.status == RunStatus.RUNNING:
-            attachment = _open_ssh(run, args, yes)
+            attachment = _open_ssh(run, args, yes, lambda: api.get_run(name))
         final = follow_logs(api, name)
     except KeyboardInterrupt:
         if attachment is not None:
@@ -44,7 +42,7 @@ def attach(
     return 0 if ok else 1
 
 
-def _open_ssh(run: Any, args: argparse.Namespace | None, yes: bool) -> Any:
+def _open_ssh(run: Any, args: argparse.Namespace | None, yes: bool, reload: Any) -> Any:
     """SSH entries and port forwards of job 0 of the run; a failure to connect is reported
     but does not stop log streaming (the run itself is fine)."""
     from dstack.cli.attach_ssh import open_attachment
@@ -58,6 +56,7 @@ def _open_ssh(run: Any, args: argparse.Namespace | None, yes: bool) -> Any:
             host=getattr(args, "host", None),
             yes=yes,
             action="attach",
+            reload=reload,
         )
     except CLIError as e:
         echo(f"Warning: {e}")

@@ -9,15 +9,17 @@ import contextlib
 import json
 import os
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dstack.cli import sshconfig
 from dstack.cli.common import CLIError, confirm, echo
-from dstack.cli.tunnel import Forward, Tunnel, job_hosts, plan_forwards
+from dstack.cli.tunnel import RESERVED, Forward, Tunnel, job_hosts, plan_forwards
 from dstack.models.runs import Job, Run
 
 DECLINED_FILE = "include-declined"
+PUBLISH_WAIT = 30.0
 
 
 @dataclass
@@ -106,8 +108,13 @@ def open_attachment(
     host: str | None,
     yes: bool,
     action: str,
+    reload: Callable[[], Run] | None = None,
 ) -> Attachment:
-    """Everything `ssh <run>` and the forwards need; raises CLIError on a busy port."""
+    """Everything `ssh <run>` and the forwards need; raises CLIError on a busy port.
+
+    A docker job's app ports are published on random host ports once its container runs;
+    RELOAD fetches the run again until they are known."""
+    job = _with_published_ports(run, job, reload)
     sub = job.job_submissions[-1] if job.job_submissions else None
     jpd = sub.job_provisioning_data if sub else None
     jrd = sub.job_runtime_data if sub else None
@@ -129,6 +136,10 @@ def open_attachment(
         action=action,
         held=_held_forwards(alias, bind),
     )
+    published = (jrd.ports or {}) if jrd is not None else {}
+    forwards = [
+        f if f.direct else replace(f, target=published.get(f.remote_port)) for f in forwards
+    ]
     attachment = Attachment(alias, forwards, ssh_error=ssh_error, host=bind)
     if ssh_error:
         if any(not f.direct for f in forwards):
@@ -141,6 +152,33 @@ def open_attachment(
     attachment.tunnel = tunnel
     _save_held(alias, bind, tunnel.forwards)
     return attachment
+
+
+def _missing_ports(job: Job) -> list[int]:
+    sub = job.job_submissions[-1] if job.job_submissions else None
+    jrd = sub.job_runtime_data if sub else None
+    if job.job_spec.image_name is None or jrd is None:
+        return []
+    published = jrd.ports or {}
+    wanted = [int(a["port"]) for a in job.job_spec.app_specs if int(a["port"]) not in RESERVED]
+    return [p for p in wanted if p not in published]
+
+
+def _with_published_ports(run: Run, job: Job, reload: Callable[[], Run] | None) -> Job:
+    import time
+
+    deadline = time.monotonic() + PUBLISH_WAIT
+    key = (job.job_spec.replica_num, job.job_spec.job_num)
+    while reload is not None and _missing_ports(job) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        fresh = reload()
+        job = next(
+            (j for j in fresh.jobs if (j.job_spec.replica_num, j.job_spec.job_num) == key), job
+        )
+    missing = _missing_ports(job)
+    if missing:
+        raise CLIError(f"Port {missing[0]} of the run's container is not published yet; retry")
+    return job
 
 
 def _held_path(alias: str) -> Path:

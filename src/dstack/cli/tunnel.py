@@ -33,6 +33,7 @@ class Forward:
     local_port: int
     remote_port: int
     direct: bool = False  # already reachable on this machine: nothing to forward
+    target: int | None = None  # the host port behind remote_port, if not the same (docker)
 
 
 def port_free(port: int, host: str = "localhost") -> bool:
@@ -135,7 +136,7 @@ def job_hosts(alias: str, jpd: Any, jrd: Any, identity: Path) -> tuple[list[SSHH
     if jpd is None or jrd is None:
         return [], "the job has not started yet"
     if not sshd_port:
-        return [], "the job has no SSH server (the docker runtime, or no sshd on the host)"
+        return [], "the job has no SSH server (no sshd, or no docker client, on the host)"
     user = jrd.username or jpd.username or "root"
     if jpd.backend == "local":
         return [SSHHost(alias, "127.0.0.1", int(sshd_port), user, identity)], None
@@ -185,7 +186,8 @@ class Tunnel:
             "-o", "BatchMode=yes",
         ]  # fmt: skip
         for f in self.forwards:
-            argv += ["-L", f"{self.host}:{f.local_port}:127.0.0.1:{f.remote_port}"]
+            target = f.target or f.remote_port
+            argv += ["-L", f"{self.host}:{f.local_port}:127.0.0.1:{target}"]
         return [*argv, self.alias]
 
     def open(self, timeout: float = READY_TIMEOUT) -> None:

@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         attachment = open_attachment(
             found, job, identity=args.ssh_identity, port_overrides=args.port,
             host=args.host, yes=args.yes, action="attach",
+            reload=lambda: api.get_run(args.run_name),
         )  # fmt: skip
     elif not args.logs:
         status = status_text(found)

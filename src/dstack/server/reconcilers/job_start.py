@@ -131,3 +131,17 @@ def runtime_data(body: dict[str, Any], state: dict[str, Any]) -> JobRuntimeData:
         username=state.get("ssh_user"),
         ports=ports or None,
     )
+
+
+def published_ports(jrd_json: str | None, agent_job: dict[str, Any] | None) -> str | None:
+    """The runtime data with the host ports docker published after the start (the agent learns
+    them from `docker port` once the container runs); None when nothing is new."""
+    if not jrd_json or not agent_job or not agent_job.get("ports"):
+        return None
+    jrd = JobRuntimeData.model_validate_json(jrd_json)
+    ports = dict(jrd.ports or {})
+    published = {int(k): int(v) for k, v in agent_job["ports"].items()}
+    if all(ports.get(k) == v for k, v in published.items()):
+        return None
+    ports.update(published)
+    return jrd.model_copy(update={"ports": ports}).model_dump_json()

@@ -19,7 +19,12 @@ from dstack.server.agent_client import AgentClientError, AgentError, AgentUnreac
 from dstack.server.db import tables as t
 from dstack.server.reconcilers.agents import AgentRegistry
 from dstack.server.reconcilers.base import LeaseLost, Reconciler
-from dstack.server.reconcilers.job_start import agent_job_spec, runtime_data, ssh_keys
+from dstack.server.reconcilers.job_start import (
+    agent_job_spec,
+    published_ports,
+    runtime_data,
+    ssh_keys,
+)
 from dstack.server.reconcilers.jobs import Decision, JobView, decide
 from dstack.server.scheduler.placement import Candidate, no_capacity_message, rank
 from dstack.server.services import events, logs
@@ -155,9 +160,14 @@ class JobReconciler(Reconciler):
     ) -> dict[str, Any]:
         if d.action == "start":
             return await self._start(snap, d)
+        extra: dict[str, Any] = {}
+        if snap.job.status == "running":
+            jrd = published_ports(snap.job.job_runtime_data, agent_job)
+            if jrd is not None:
+                extra["job_runtime_data"] = jrd
         client = self.agents.client(snap.instance) if snap.instance else None
         if client is None:
-            return {}
+            return extra
         try:
             if d.action in ("stop", "abort"):
                 await client.stop_job(
@@ -169,7 +179,7 @@ class JobReconciler(Reconciler):
                 await client.remove_job(snap.job.id)
         except AgentClientError:
             pass  # observed again on the next pass; finalize still completes
-        return {}
+        return extra
 
     async def _copy_logs(self, snap: Snapshot, client: Any, drain: bool) -> None:
         path = logs.log_path(
