@@ -209,6 +209,23 @@ def prepare(
     return [sshd, "-D", "-e", "-f", str(d / "sshd_config"), "-E", str(d / "sshd.log")]
 
 
+def wait_listening(proc: Any, port: int, log: Path, timeout: float = 10.0) -> str | None:
+    """None once the server accepts connections; else why it does not (it exited, e.g. the
+    port was taken between the agent picking it and sshd binding it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            try:
+                detail = log.read_text(errors="replace").strip()[-300:]
+            except OSError:
+                detail = ""
+            return f"the job's SSH server exited ({proc.returncode}): {detail}".strip()
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return None
+        time.sleep(0.02)
+    return "the job's SSH server did not start listening"
+
+
 def count_connections(port: int) -> int:
     """Established TCP connections to 127.0.0.1:PORT, from /proc/net/tcp (no tools needed)."""
     total = 0

@@ -159,6 +159,10 @@ class Supervisor:
             log.close()
         sshd_info = {"pid": self.sshd.pid, "proc_start": proc_start_time(self.sshd.pid)}
         write_json_atomic(self.dir / sshd.SSHD_PID_FILE, sshd_info)
+        error = sshd.wait_listening(self.sshd, int(port), self.dir / sshd.SSH_DIR / "sshd.log")
+        if error is not None:
+            write_json_atomic(self.dir / sshd.SSH_FILE, dict(info, port=None, error=error))
+            return
         self.activity = sshd.ActivityTracker(self.dir / sshd.ACTIVITY_FILE, int(port))
         self.activity.check(write_json_atomic)
 
