@@ -301,6 +301,21 @@ def test_attach_bad_input(server: Server, project_dir: Path):
     r = server.cli("attach", "quick-fail")
     assert r.returncode == 1
     assert "Run quick-fail is exited (4)" in r.stdout + r.stderr
+    # An attached apply checks a mapped local port before submitting.
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        write_config(
+            project_dir,
+            "p.dstack.yml",
+            f"type: task\nname: port-busy\ncommands:\n  - sleep 1\nports:\n  - {taken}:81\n"
+            + RESOURCES,
+        )
+        r = server.cli("apply", "-f", "p.dstack.yml", "-y", cwd=project_dir)
+    assert r.returncode == 1
+    assert f"Failed to submit: port {taken} is already in use" in r.stdout + r.stderr
+    assert server.api("/api/project/main/runs/get", {"run_name": "port-busy"}).status_code != 200
 
 
 def test_inactivity_stops_an_idle_dev_environment_and_keeps_a_connected_one(

@@ -96,6 +96,8 @@ def apply_run(args: argparse.Namespace, conf: Any, path: str) -> int:
         if not args.yes and not confirm(question):
             echo("Exiting...")
             return 0
+    if not args.detach:
+        _check_local_ports(configuration, getattr(args, "host", None))
     if decision == "override":
         _stop_and_wait(api, current)
         current = None
@@ -107,6 +109,20 @@ def apply_run(args: argparse.Namespace, conf: Any, path: str) -> int:
     from dstack.cli.attach_run import attach
 
     return attach(api, run.run_spec.run_name or "", yes=args.yes, args=args)
+
+
+def _check_local_ports(configuration: dict[str, Any], host: str | None) -> None:
+    """Before submitting an attached run, a mapping to another local port (`8080:80`) must find
+    that port free (cli.md §2 step 7). A port forwarded to itself may be the job's own port on
+    the local backend, so it is checked when attaching, where the backend is known."""
+    from dstack.cli.tunnel import plan_forwards
+
+    specs = [
+        {"port": p["container_port"], "map_to_port": p.get("local_port")}
+        for p in configuration.get("ports") or []
+        if isinstance(p, dict) and p.get("container_port")
+    ]
+    plan_forwards(specs, [], same_network=True, host=host or "localhost", action="submit")
 
 
 def _ssh_key_pub(args: argparse.Namespace) -> str | None:
