@@ -155,6 +155,16 @@ def test_dev_environment_ssh_scp_rsync_and_ide_link(server: Server, project_dir:
             "hello-env",
         ]
 
+        # What VS Code Remote-SSH does first: `ssh -T host bash` with a script on stdin.
+        r = subprocess.run(
+            ["ssh", "-F", str(ssh_config(server)), "-o", "BatchMode=yes", "-T", "dev-ssh", "bash"],
+            input="echo vscode-$GREETING\npwd\n",
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert r.stdout.splitlines() == ["vscode-hello-env", workdir], r.stderr
+
         local = tmp_path / "in.txt"
         local.write_text("uploaded-by-scp\n")
         assert scp(server, str(local), "dev-ssh:in.txt").returncode == 0
