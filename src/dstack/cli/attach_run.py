@@ -59,7 +59,13 @@ def _open_ssh(run: Any, args: argparse.Namespace | None, yes: bool, reload: Any)
             reload=reload,
         )
     except CLIError as e:
-        echo(f"Warning: {e}")
+        # A short job may end before the connection is up: that is no news worth a warning.
+        try:
+            ended = reload().status != RunStatus.RUNNING
+        except Exception:  # noqa: BLE001 - the warning below is all we can say then
+            ended = False
+        if not ended:
+            echo(f"Warning: {e}")
         return None
     attachment.print_summary(None)
     return attachment
