@@ -122,3 +122,46 @@ def test_count_connections_and_activity(tmp_path: Path) -> None:
     assert sshd.no_connections_secs({"connected": True, "since": 0}) == 0
     assert sshd.no_connections_secs({"connected": False, "since": 100.0}, now=130.0) == 30
     assert sshd.no_connections_secs(None) is None
+
+
+def test_host_keys_added_for_the_job_and_removed_with_it(tmp_path: Path) -> None:
+    """An SSH-fleet host is the ProxyJump to the job: the user's key is authorized in the
+    host user's authorized_keys while the job exists, tagged so only its lines go."""
+    home = tmp_path / "hosthome"
+    (home / ".ssh").mkdir(parents=True)
+    own = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOwn owner@laptop\n"
+    (home / ".ssh" / "authorized_keys").write_text(own)
+    _, pub = _keypair(tmp_path)
+    agent = AgentProcess(tmp_path / "agent-home").start(env_extra={"HOME": str(home)})
+    try:
+        agent.submit("j-host", ["/bin/sh", "-c", "true"], host_ssh_keys=[pub])
+        text = (home / ".ssh" / "authorized_keys").read_text()
+        assert text.startswith(own)
+        assert text.count("dstack-job-j-host") == 1
+        assert pub.split()[1] in text
+        agent.wait_finished("j-host")
+        assert agent.post("/api/jobs/j-host/remove").status_code == 200
+        assert (home / ".ssh" / "authorized_keys").read_text() == own
+    finally:
+        agent.cleanup_jobs()
+        agent.kill()
+
+
+def test_key_options_cannot_be_injected(agent: AgentProcess) -> None:
+    bad = 'command="rm -rf /" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOwn x'
+    r = agent.post("/api/jobs", {"id": "x", "commands": ["true"], "host_ssh_keys": [bad]})
+    assert r.status_code == 400
+    assert r.json()["error"].startswith("host_ssh_keys:")
+
+
+def test_authorize_and_revoke_are_idempotent(tmp_path: Path) -> None:
+    path = tmp_path / "authorized_keys"
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOwn me"
+    sshd.authorize_on_host("j1", [key], path)
+    sshd.authorize_on_host("j1", [key], path)
+    sshd.authorize_on_host("j2", [key], path)
+    assert path.read_text().count("dstack-job-j1") == 1
+    assert (path.stat().st_mode & 0o777) == 0o600
+    sshd.revoke_on_host("j1", path)
+    assert "dstack-job-j1" not in path.read_text() and "dstack-job-j2" in path.read_text()
+    sshd.revoke_on_host("j1", path)

@@ -238,6 +238,10 @@ class JobStore:
         else:
             workdir = str(process_workdir(path / CODE_DIR, spec.get("working_dir")))
         info: dict[str, Any] = {"working_dir": workdir}
+        try:
+            sshd.authorize_on_host(spec["id"], spec.get("host_ssh_keys") or [])
+        except OSError as e:
+            log.warning("job %s: cannot authorize host SSH keys: %s", spec["id"], e)
         error = sshd.availability(spec)
         if error is None:
             info.update(port=sshd.free_port(), user=sshd.current_user())
@@ -324,6 +328,8 @@ class JobStore:
                 raise Conflict(f"job {job_id!r} is {state['status']}; stop it first")
             if state["runtime"] == "docker":
                 docker.remove_container(job_id)
+            with contextlib.suppress(OSError):
+                sshd.revoke_on_host(job_id)
             trash = self.root / f".removed-{uuid.uuid4().hex}"
             os.replace(path, trash)
             shutil.rmtree(trash, ignore_errors=True)

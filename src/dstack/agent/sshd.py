@@ -306,3 +306,52 @@ def no_connections_secs(activity: dict[str, Any] | None, now: float | None = Non
     if not isinstance(since, (int, float)):
         return None
     return max(0, int((now if now is not None else time.time()) - since))
+
+
+# --- the host's own sshd (SSH-fleet hosts) ----------------------------------------------------
+# `ssh <run>` to a job on a remote host jumps through the host's sshd (ProxyJump), so the run's
+# user key must be authorized there too while the job exists. Each line carries the job id as
+# its comment, so removal takes exactly the job's lines and never one the host's owner wrote.
+
+HOST_KEY_TAG = "dstack-job-"
+
+
+def host_authorized_keys() -> Path:
+    home = os.environ.get("HOME") or os.path.expanduser("~")
+    return Path(home) / ".ssh" / "authorized_keys"
+
+
+def _tagged(key: str, job_id: str) -> str:
+    kind, blob = key.split()[:2]
+    return f"{kind} {blob} {HOST_KEY_TAG}{job_id}"
+
+
+def authorize_on_host(job_id: str, keys: list[str], path: Path | None = None) -> None:
+    if not keys:
+        return
+    path = path or host_authorized_keys()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        text = path.read_text()
+    except OSError:
+        text = ""
+    present = set(text.splitlines())
+    new = [_tagged(k, job_id) for k in keys if _tagged(k, job_id) not in present]
+    if not new:
+        return
+    if text and not text.endswith("\n"):
+        text += "\n"
+    _write(path, text + "\n".join(new) + "\n", 0o600)
+
+
+def revoke_on_host(job_id: str, path: Path | None = None) -> None:
+    path = path or host_authorized_keys()
+    try:
+        text = path.read_text()
+    except OSError:
+        return
+    tag = f" {HOST_KEY_TAG}{job_id}"
+    lines = text.splitlines(keepends=True)
+    kept = [line for line in lines if not line.rstrip("\n").endswith(tag)]
+    if len(kept) != len(lines):
+        _write(path, "".join(kept), 0o600)

@@ -59,6 +59,16 @@ def ssh_keys(run: t.Run, project_public_key: str | None) -> list[str]:
     return [k.strip() for k in keys if k and k.strip()]
 
 
+def _host_keys(run: t.Run, inst: t.Instance) -> list[str]:
+    """A remote host is the ProxyJump to the job's sshd, so its sshd must let the user's key
+    in while the job exists (the agent adds and later removes it); the local backend's host is
+    the user's own machine and needs nothing."""
+    if inst.backend == "local":
+        return []
+    key = RunSpec.model_validate_json(run.run_spec).ssh_key_pub
+    return [key.strip()] if key and key.strip() else []
+
+
 def agent_job_spec(
     job: t.Job,
     run: t.Run,
@@ -105,6 +115,7 @@ def agent_job_spec(
         "max_duration": spec.max_duration,
         "stop_duration": spec.stop_duration if spec.stop_duration is not None else 300,
         "ssh_keys": list(keys or []),
+        "host_ssh_keys": _host_keys(run, inst),
     }
     return body, None
 
