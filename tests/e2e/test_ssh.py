@@ -208,7 +208,7 @@ def test_dev_environment_ssh_scp_rsync_and_ide_link(server: Server, project_dir:
             assert r.text == "payload-from-the-working-dir\n"
         finally:
             for p in (fwd, serve):
-                p.terminate()
+                p.kill()  # an ssh client may linger on SIGTERM while a channel drains
                 p.wait(10)
 
         # Ctrl+C on a non-terminal detaches; the run stays up and `ssh` still works.
