@@ -357,6 +357,50 @@ TABLE = [
         dict(status="terminating", termination_reason=None, agent_job={"status": "done"}),
         Decision("finalize", status="failed"),
     ),
+    # -- running dev environments: inactivity_duration ----------------------------------
+    (
+        "running/inactivity-exceeded",
+        dict(
+            inactivity_duration=60,
+            inactivity_secs=59,
+            agent_job={"status": "running", "no_connections_secs": 60},
+        ),
+        Decision(
+            "copy_logs",
+            status="terminating",
+            reason="inactivity_duration_exceeded",
+            message="no SSH connection for 60s (inactivity_duration is 60s)",
+            values={"inactivity_secs": 60},
+        ),
+    ),
+    (
+        "running/inactive-but-below-limit",
+        dict(
+            inactivity_duration=60,
+            inactivity_secs=59,
+            agent_job={"status": "running", "no_connections_secs": 59},
+        ),
+        Decision("copy_logs"),
+    ),
+    (
+        "running/connected-resets-inactivity",
+        dict(
+            inactivity_duration=60,
+            inactivity_secs=59,
+            agent_job={"status": "running", "no_connections_secs": 0},
+        ),
+        Decision("copy_logs", values={"inactivity_secs": 0}),
+    ),
+    (
+        "running/inactivity-off-only-records",
+        dict(inactivity_duration=None, agent_job={"status": "running", "no_connections_secs": 9}),
+        Decision("copy_logs", values={"inactivity_secs": 9}),
+    ),
+    (
+        "running/no-ssh-server-no-inactivity",
+        dict(inactivity_duration=1, agent_job={"status": "running", "no_connections_secs": None}),
+        Decision("copy_logs"),
+    ),
     # -- final statuses are left alone ---------------------------------------------------
     ("done/left-alone", dict(status="done"), Decision("wait")),
     ("failed/left-alone", dict(status="failed"), Decision("wait")),

@@ -182,8 +182,8 @@ def test_dev_environment_commands() -> None:
         "/bin/bash",
         "-c",
         "pip install x"
-        " && echo 'To open in vscode, use link below:'"
-        " && echo '  vscode://vscode-remote/ssh-remote+my-run/workspace'"
+        " && echo 'To open in VS Code, use link below:'"
+        " && echo '  vscode://vscode-remote/ssh-remote+my-run'\"${DSTACK_WORKING_DIR:-/workspace}\""
         " && echo 'To connect via SSH, use: `ssh my-run`'"
         " && echo 'To exit, press Ctrl+C.'"
         " && tail -f /dev/null",
@@ -192,7 +192,7 @@ def test_dev_environment_commands() -> None:
 
 def test_dev_environment_zed_and_no_ide() -> None:
     (zed,) = specs({"type": "dev-environment", "ide": "zed", "working_dir": "/w"})
-    assert "echo '  zed://ssh/my-run/w'" in zed.commands[2]
+    assert "echo '  zed://ssh/my-run'\"${DSTACK_WORKING_DIR:-/w}\"" in zed.commands[2]
     (plain,) = specs({"type": "dev-environment"})
     assert plain.commands[2] == (
         "echo 'To connect via SSH, use: `ssh my-run`' && echo 'To exit, press Ctrl+C.'"
@@ -202,4 +202,4 @@ def test_dev_environment_zed_and_no_ide() -> None:
 
 def test_dev_environment_link_without_working_dir_has_an_absolute_path() -> None:
     (job,) = specs({"type": "dev-environment", "ide": "vscode"})
-    assert "ssh-remote+my-run/" in job.commands[2]
+    assert 'ssh-remote+my-run\'"${DSTACK_WORKING_DIR:-/workflow}"' in job.commands[2]

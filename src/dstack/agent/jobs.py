@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 from typing import IO, Any
 
-from dstack.agent import docker, gpus
+from dstack.agent import docker, gpus, sshd
 from dstack.agent.gpus import GPUS_FILE
 from dstack.agent.hostinfo import GpuCache
 from dstack.agent.logs import read_page
@@ -111,6 +111,8 @@ class JobStore:
             read_json(path / PORTS_FILE),
             log_bytes,
             read_json(path / STOP_FILE),
+            read_json(path / sshd.SSH_FILE),
+            read_json(path / sshd.ACTIVITY_FILE),
         )
 
     def _record_lost(self, path: Path, spec: dict[str, Any]) -> dict[str, Any]:
@@ -133,6 +135,9 @@ class JobStore:
         if pid_alive(pid, child.get("proc_start")):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
+        sshd_info = read_json(path / sshd.SSHD_PID_FILE) or {}
+        if pid_alive(int(sshd_info.get("pid", 0)), sshd_info.get("proc_start")):
+            sshd.kill_tree(int(sshd_info["pid"]))
         if spec.get("runtime") == "docker":
             threading.Thread(
                 target=docker.docker_cmd,
@@ -197,6 +202,7 @@ class JobStore:
                 return state
             (path / CODE_DIR).mkdir(exist_ok=True)
             self._assign_gpus(path)
+            self._assign_ssh(path)
             self._spawn_supervisor(job_id, path)
             return self._state_at(path)
 
@@ -220,6 +226,28 @@ class JobStore:
                 busy.update(held.get("indices") or [])
         indices = gpus.allocate(host_gpus, busy, count)
         write_json_atomic(path / GPUS_FILE, gpus.assignment(host_gpus, indices))
+
+    def _assign_ssh(self, path: Path) -> None:
+        """Pick the job's SSH port now, so the answer to `run` already tells the server where
+        the job's SSH server will listen (the supervisor starts it on this port)."""
+        from dstack.agent.supervisor import process_workdir
+
+        spec = read_json(path / SPEC_FILE) or {}
+        if spec.get("runtime") == "docker":
+            workdir = docker.container_workdir(spec.get("working_dir"))
+        else:
+            workdir = str(process_workdir(path / CODE_DIR, spec.get("working_dir")))
+        info: dict[str, Any] = {"working_dir": workdir}
+        try:
+            sshd.authorize_on_host(spec["id"], spec.get("host_ssh_keys") or [])
+        except OSError as e:
+            log.warning("job %s: cannot authorize host SSH keys: %s", spec["id"], e)
+        error = sshd.availability(spec)
+        if error is None:
+            info.update(port=sshd.free_port(), user=sshd.current_user())
+        else:
+            info["error"] = error
+        write_json_atomic(path / sshd.SSH_FILE, info)
 
     def _spawn_supervisor(self, job_id: str, path: Path) -> None:
         env = {k: v for k, v in os.environ.items() if k != "DSTACK_AGENT_TOKEN"}
@@ -300,6 +328,8 @@ class JobStore:
                 raise Conflict(f"job {job_id!r} is {state['status']}; stop it first")
             if state["runtime"] == "docker":
                 docker.remove_container(job_id)
+            with contextlib.suppress(OSError):
+                sshd.revoke_on_host(job_id)
             trash = self.root / f".removed-{uuid.uuid4().hex}"
             os.replace(path, trash)
             shutil.rmtree(trash, ignore_errors=True)

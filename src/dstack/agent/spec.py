@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from dstack.agent.util import JOB_ID_RE
 
 DEFAULT_STOP_DURATION = 300
+# A key line must start with its type: no authorized_keys options (`command=`, ...) slip in.
+KEY_TYPE_RE = re.compile(r"^(ssh-[a-z0-9-]+|ecdsa-sha2-[a-z0-9-]+|sk-[a-z0-9@.-]+) [A-Za-z0-9+/=]+")
 
 
 class BadRequest(ValueError):
@@ -74,6 +77,16 @@ def _volumes(body: dict[str, Any]) -> list[dict[str, str]]:
     return result
 
 
+def _ssh_keys(body: dict[str, Any], field: str) -> list[str]:
+    """Public keys, one `type base64 [comment]` line each: `ssh_keys` for the job's SSH server,
+    `host_ssh_keys` for the host's own sshd while the job exists (ProxyJump to the job)."""
+    keys = _str_list(body, field)
+    for key in keys:
+        if "\n" in key.strip() or len(key.split()) < 2 or not KEY_TYPE_RE.match(key.strip()):
+            raise BadRequest(f"{field}: each key must be one OpenSSH public key line")
+    return [k.strip() for k in keys]
+
+
 def validate_spec(body: Any) -> dict[str, Any]:
     """Return a normalized spec with defaults filled in; unknown fields are ignored."""
     if not isinstance(body, dict):
@@ -101,6 +114,8 @@ def validate_spec(body: Any) -> dict[str, Any]:
         "gpus": _int(body, "gpus", 0, -1),
         "max_duration": _int(body, "max_duration", None, 1),
         "stop_duration": _int(body, "stop_duration", DEFAULT_STOP_DURATION, 0),
+        "ssh_keys": _ssh_keys(body, "ssh_keys"),
+        "host_ssh_keys": _ssh_keys(body, "host_ssh_keys"),
     }
     if runtime == "process" and not spec["commands"]:
         raise BadRequest("commands: must not be empty for the process runtime")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from dstack.agent.sshd import no_connections_secs
+
 FINISHED = ("done", "failed", "terminated")
 
 SUPERVISOR_LOST = (
@@ -20,6 +22,8 @@ def derive_state(
     ports: dict[str, int] | None,
     log_bytes: int,
     stop: dict[str, Any] | None,
+    ssh: dict[str, Any] | None = None,
+    activity: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """`result` must be read after `alive` was checked, so a supervisor that finishes
     in between is seen with its result rather than as lost."""
@@ -37,6 +41,11 @@ def derive_state(
         "ports": {str(k): int(v) for k, v in (ports or {}).items()},
         "log_bytes": log_bytes,
         "stop_requested": stop is not None,
+        "ssh_port": (ssh or {}).get("port"),
+        "ssh_user": (ssh or {}).get("user"),
+        "ssh_error": (ssh or {}).get("error"),
+        "working_dir": (ssh or {}).get("working_dir"),
+        "no_connections_secs": no_connections_secs(activity) if (ssh or {}).get("port") else None,
     }
     if result is not None:
         state.update(

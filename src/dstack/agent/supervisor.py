@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dstack.agent import docker
+from dstack.agent import docker, sshd
 from dstack.agent.gpus import GPUS_FILE, visible_devices_env
 from dstack.agent.logs import CHUNK_SIZE, LogWriter
 from dstack.agent.util import (
@@ -44,6 +44,7 @@ LEFTOVER_READ_TIMEOUT = 5.0
 # (a wedged daemon must not keep the job "running" forever).
 DOCKER_GRACE_SECONDS = 10.0
 PORTS_WAIT_SECONDS = 60.0
+SSH_LOG = "sshd.out"
 
 
 class StartError(Exception):
@@ -94,6 +95,9 @@ class Supervisor:
         self.client_kill_deadline: float | None = None
         self.signal_stop = False
         self.child: subprocess.Popen[bytes] | None = None
+        self.job_env: dict[str, str] = {}
+        self.sshd: subprocess.Popen[bytes] | None = None
+        self.activity: sshd.ActivityTracker | None = None
 
     # --- signals -------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: Any) -> None:
@@ -119,7 +123,54 @@ class Supervisor:
         env.update({"DSTACK_WORKING_DIR": str(workdir), "DSTACK_REPO_DIR": str(code_dir)})
         env.update(visible_devices_env(read_json(self.dir / GPUS_FILE)))
         env.update(self.spec.get("env") or {})
+        self.job_env = env
         return self._popen(self.spec["commands"], env, str(workdir))
+
+    def _start_sshd(self) -> None:
+        """The job's SSH server, in its own session: stopping the job's process group must not
+        orphan live connections; they are killed with the server once the job has ended."""
+        info = read_json(self.dir / sshd.SSH_FILE) or {}
+        port = info.get("port")
+        if not port:
+            return
+        container = None
+        env = self.job_env
+        if self.docker:
+            container = (docker.container_name(self.spec["id"]), str(info.get("working_dir")))
+            env = {k: os.environ[k] for k in sshd.DOCKER_CLIENT_ENV if k in os.environ}
+        log = open(self.dir / SSH_LOG, "ab")  # noqa: SIM115 - the child keeps it
+        try:
+            keys = self.spec.get("ssh_keys") or []
+            argv = sshd.prepare(self.dir, int(port), keys, env, container)
+            self.sshd = subprocess.Popen(
+                argv,
+                cwd=str(self.dir),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except (OSError, subprocess.SubprocessError) as e:
+            info = dict(info, port=None, error=f"cannot start the job's SSH server: {e}")
+            write_json_atomic(self.dir / sshd.SSH_FILE, info)
+            return
+        finally:
+            log.close()
+        sshd_info = {"pid": self.sshd.pid, "proc_start": proc_start_time(self.sshd.pid)}
+        write_json_atomic(self.dir / sshd.SSHD_PID_FILE, sshd_info)
+        error = sshd.wait_listening(self.sshd, int(port), self.dir / sshd.SSH_DIR / "sshd.log")
+        if error is not None:
+            write_json_atomic(self.dir / sshd.SSH_FILE, dict(info, port=None, error=error))
+            return
+        self.activity = sshd.ActivityTracker(self.dir / sshd.ACTIVITY_FILE, int(port))
+        self.activity.check(write_json_atomic)
+
+    def _stop_sshd(self) -> None:
+        if self.sshd is not None:
+            sshd.kill_tree(self.sshd.pid)
+            with contextlib.suppress(subprocess.SubprocessError):
+                self.sshd.wait(5)
 
     def _start_docker(self, code_dir: Path) -> subprocess.Popen[bytes]:
         docker_bin = shutil.which("docker")
@@ -276,10 +327,14 @@ class Supervisor:
         if self.docker and self.spec.get("ports"):
             threading.Thread(target=self._watch_ports, daemon=True).start()
         threading.Thread(target=self._wait_child, daemon=True).start()
+        self._start_sshd()
         while self.child.poll() is None:
             self._check_requests()
+            if self.activity is not None:
+                self.activity.check(write_json_atomic)
             self.wake.wait(0.2)
             self.wake.clear()
+        self._stop_sshd()
         if not self.docker:
             self._signal_group(signal.SIGKILL)  # leftovers die with the job, as in a container
         for thread in readers:
@@ -292,6 +347,7 @@ class Supervisor:
         self.wake.set()
 
     def abandon(self, message: str) -> None:
+        self._stop_sshd()
         if self.child is not None and self.child.poll() is None:
             self._signal_group(signal.SIGKILL)
             if self.docker:

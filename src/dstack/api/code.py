@@ -156,6 +156,9 @@ def list_files(root: Path) -> list[str]:
 def iter_files(root: Path) -> Iterator[str]:
     """Lazily, so that archiving a huge directory stops as soon as it is over the limit."""
     matcher = IgnoreMatcher()
+    # The user's dstack directory (keys, tokens, the server's data) never travels with code,
+    # even when `apply` runs from the home directory.
+    private = (Path(os.environ.get("HOME") or os.path.expanduser("~")) / ".dstack").resolve()
 
     def walk(directory: Path, rel: str) -> Iterator[str]:
         for name in IGNORE_FILES:
@@ -172,6 +175,8 @@ def iter_files(root: Path) -> Iterator[str]:
             if entry.name in ALWAYS_IGNORED or matcher.matches(child, is_dir):
                 continue
             if is_dir:
+                if Path(entry.path).resolve() == private:
+                    continue
                 yield from walk(Path(entry.path), child)
             elif entry.is_file(follow_symlinks=False) or entry.is_symlink():
                 yield child
@@ -182,9 +187,10 @@ def iter_files(root: Path) -> Iterator[str]:
 def build_archive(root: Path, limit: int | None = DEFAULT_LIMIT) -> bytes:
     """A deterministic .tar.gz of `root`; raise `CodeTooLargeError` past `limit` bytes."""
     buf = io.BytesIO()
-    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, tarfile.open(
-        fileobj=gz, mode="w", format=tarfile.PAX_FORMAT
-    ) as tar:
+    with (
+        gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
         raw_total = 0
         for rel in iter_files(root):
             info = tar.gettarinfo(str(root / rel), arcname=rel)

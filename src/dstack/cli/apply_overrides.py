@@ -30,7 +30,8 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("-p", "--port", action="append", default=[], metavar="MAPPING",
                    help="port mapping override (dev-environment, task)")
     g.add_argument("--ssh-identity", metavar="SSH_PRIVATE_KEY",
-                   help="accepted for compatibility (SSH attach is not implemented yet)")
+                   help="private key for SSH to the run (its public key is sent as the run's"
+                   " key; default ~/.dstack/ssh/id_rsa, created on first use)")
     g.add_argument("--no-repo", action="store_true", help="do not upload the working directory")
 
 

@@ -61,9 +61,12 @@ def upload_code(api: APIClient, root: Path) -> str:
     return code_hash or archive_hash(data)
 
 
-def make_run_spec(configuration: dict[str, Any], path: str, code_hash: str | None) -> RunSpec:
+def make_run_spec(
+    configuration: dict[str, Any], path: str, code_hash: str | None, ssh_key_pub: str | None = None
+) -> RunSpec:
     profile_name = "default"
     return RunSpec(
+        ssh_key_pub=ssh_key_pub,
         run_name=configuration.get("name"),
         repo_code_hash=code_hash,
         configuration_path=None if path == "-" else path,
@@ -78,7 +81,7 @@ def apply_run(args: argparse.Namespace, conf: Any, path: str) -> int:
     code_hash = None
     if not args.no_repo:
         code_hash = upload_code(api, Path.cwd())
-    spec = make_run_spec(configuration, path, code_hash)
+    spec = make_run_spec(configuration, path, code_hash, _ssh_key_pub(args))
     plan = _get_plan(api, spec, args.max_offers)
     print_plan(plan, args.verbose, args.max_offers, lambda: _has_fleets(api))
     current = plan.current_resource
@@ -93,6 +96,8 @@ def apply_run(args: argparse.Namespace, conf: Any, path: str) -> int:
         if not args.yes and not confirm(question):
             echo("Exiting...")
             return 0
+    if not args.detach:
+        _check_local_ports(configuration, getattr(args, "host", None))
     if decision == "override":
         _stop_and_wait(api, current)
         current = None
@@ -103,7 +108,33 @@ def apply_run(args: argparse.Namespace, conf: Any, path: str) -> int:
         return 0
     from dstack.cli.attach_run import attach
 
-    return attach(api, run.run_spec.run_name or "", yes=args.yes)
+    return attach(api, run.run_spec.run_name or "", yes=args.yes, args=args)
+
+
+def _check_local_ports(configuration: dict[str, Any], host: str | None) -> None:
+    """Before submitting an attached run, a mapping to another local port (`8080:80`) must find
+    that port free (cli.md §2 step 7). A port forwarded to itself may be the job's own port on
+    the local backend, so it is checked when attaching, where the backend is known."""
+    from dstack.cli.tunnel import plan_forwards
+
+    specs = [
+        {"port": p["container_port"], "map_to_port": p.get("local_port")}
+        for p in configuration.get("ports") or []
+        if isinstance(p, dict) and p.get("container_port")
+    ]
+    plan_forwards(specs, [], same_network=True, host=host or "localhost", action="submit")
+
+
+def _ssh_key_pub(args: argparse.Namespace) -> str | None:
+    """The user's public key travels with the run: the job's SSH server authorizes it."""
+    from dstack.cli.sshconfig import user_key
+
+    try:
+        return user_key(getattr(args, "ssh_identity", None))[1]
+    except CLIError:
+        if getattr(args, "ssh_identity", None):
+            raise
+        return None  # no OpenSSH here: the run still runs, only `ssh <run>` will not
 
 
 def _get_plan(api: APIClient, spec: RunSpec, max_offers: int) -> RunPlan:

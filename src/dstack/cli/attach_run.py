@@ -1,4 +1,5 @@
-"""Attached mode of `dstack apply`: wait for the run, stream logs, report how it ended.
+"""Attached mode of `dstack apply`: wait for the run, attach over SSH (`ssh <run>`, forwarded
+ports), stream logs, report how it ended.
 
 Ctrl+C detaches: with `-y`, or when stdin is not a terminal, the run keeps going (`Detached`);
 on a terminal the user is asked whether to stop it first.
@@ -6,16 +7,27 @@ on a terminal the user is asked whether to stop it first.
 
 from __future__ import annotations
 
+import argparse
 import sys
+from typing import Any
 
 from dstack.api.client import APIClient
-from dstack.cli.common import CancelledByUser, confirm, echo
-from dstack.cli.runs import finish_message, follow_logs, status_text, waiting_for_requests
+from dstack.cli.common import CancelledByUser, CLIError, confirm, echo
+from dstack.cli.runs import (
+    finish_message,
+    follow_logs,
+    get_job,
+    status_text,
+    waiting_for_requests,
+)
+from dstack.models.runs import RunStatus
 
 
-def attach(api: APIClient, name: str, *, yes: bool) -> int:
+def attach(api: APIClient, name: str, *, yes: bool, args: argparse.Namespace | None = None) -> int:
     from dstack.cli.progress import StatusReporter
 
+    attachment = None
+    final = None
     try:
         with StatusReporter(f"Launching {name}...") as reporter:
             run = reporter.wait(api, name)
@@ -24,12 +36,48 @@ def attach(api: APIClient, name: str, *, yes: bool) -> int:
         else:
             echo(f"{name} provisioning completed ({status_text(run)})")
         _print_service(api, run)
+        if run.status == RunStatus.RUNNING:
+            attachment = _open_ssh(run, args, yes, lambda: api.get_run(name))
         final = follow_logs(api, name)
     except KeyboardInterrupt:
+        if attachment is not None:
+            attachment.close(None)
         return _on_interrupt(api, name, yes)
+    finally:
+        if attachment is not None:
+            attachment.close(final)
     text, ok = finish_message(final)
     echo(text)
     return 0 if ok else 1
+
+
+def _open_ssh(run: Any, args: argparse.Namespace | None, yes: bool, reload: Any) -> Any:
+    """SSH entries and port forwards of job 0 of the run; a failure to connect is reported
+    but does not stop log streaming (the run itself is fine)."""
+    from dstack.cli.attach_ssh import open_attachment
+
+    try:
+        attachment = open_attachment(
+            run,
+            get_job(run, None, 0),
+            identity=getattr(args, "ssh_identity", None),
+            port_overrides=[],
+            host=getattr(args, "host", None),
+            yes=yes,
+            action="attach",
+            reload=reload,
+        )
+    except CLIError as e:
+        # A short job may end before the connection is up: that is no news worth a warning.
+        try:
+            ended = reload().status != RunStatus.RUNNING
+        except Exception:  # noqa: BLE001 - the warning below is all we can say then
+            ended = False
+        if not ended:
+            echo(f"Warning: {e}")
+        return None
+    attachment.print_summary(None)
+    return attachment
 
 
 def _print_service(api: APIClient, run) -> None:  # noqa: ANN001

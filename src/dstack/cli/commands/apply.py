@@ -35,6 +35,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="submit and exit without attaching")
     parser.add_argument("-v", "--verbose", action="store_true", help="show all plan properties")
     add_run_flags(parser)
+    parser.add_argument("--host", metavar="HOST",
+                        help="local address forwarded ports bind to (default localhost)")
     parser.set_defaults(handler=run)
 
 

@@ -28,5 +28,16 @@ def run(args: argparse.Namespace) -> int:
     if not args.yes and not confirm("Are you sure you want to stop the run?"):
         return 0
     api.stop_runs([args.run_name], abort=args.abort)
+    _close_ssh_entry(args.run_name)
     echo("Aborted" if args.abort else "Stopped")
     return 0
+
+
+def _close_ssh_entry(name: str) -> None:
+    """`ssh <run>` to a stopped run says so at once instead of trying to connect."""
+    import contextlib
+
+    from dstack.cli.sshconfig import mark_stopped
+
+    with contextlib.suppress(OSError):
+        mark_stopped(name, f"run {name} was stopped; it no longer accepts SSH")

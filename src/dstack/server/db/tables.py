@@ -219,6 +219,8 @@ class Job(LeaseMixin, Base):
     probe_streaks: Mapped[str | None] = mapped_column(Text)
     ready: Mapped[bool] = mapped_column(Boolean, default=False)
     unhealthy_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Seconds without an SSH connection to the job, as last reported by its agent.
+    inactivity_secs: Mapped[int | None] = mapped_column(Integer)
 
 
 class Event(Base):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from dstack.models.runs import JobSpec, RunSpec
+from dstack.models.runs import JobRuntimeData, JobSpec, RunSpec
 from dstack.server.db import tables as t
 
 
@@ -71,6 +71,23 @@ def job_env(
     return env
 
 
+def ssh_keys(run: t.Run, project_public_key: str | None) -> list[str]:
+    """Keys the job's SSH server authorizes: the project's (the server's own access) and the
+    key the user submitted the run with (`ssh <run>`, IDEs, port forwarding)."""
+    keys = [project_public_key, RunSpec.model_validate_json(run.run_spec).ssh_key_pub]
+    return [k.strip() for k in keys if k and k.strip()]
+
+
+def _host_keys(run: t.Run, inst: t.Instance) -> list[str]:
+    """A remote host is the ProxyJump to the job's sshd, so its sshd must let the user's key
+    in while the job exists (the agent adds and later removes it); the local backend's host is
+    the user's own machine and needs nothing."""
+    if inst.backend == "local":
+        return []
+    key = RunSpec.model_validate_json(run.run_spec).ssh_key_pub
+    return [key.strip()] if key and key.strip() else []
+
+
 def agent_job_spec(
     job: t.Job,
     run: t.Run,
@@ -78,6 +95,7 @@ def agent_job_spec(
     inst: t.Instance,
     host_info: dict[str, Any],
     cluster: list[str] | None = None,
+    keys: list[str] | None = None,
 ) -> tuple[dict[str, Any], str | None]:
     """The agent's job request, or an error text when this host cannot run the job."""
     gpus = _gpu_count(host_info, job.used_blocks or 1, inst.total_blocks)
@@ -130,5 +148,45 @@ def agent_job_spec(
         "gpus": -1 if gpus and inst.total_blocks <= 1 else gpus,
         "max_duration": spec.max_duration,
         "stop_duration": spec.stop_duration if spec.stop_duration is not None else 300,
+        "ssh_keys": list(keys or []),
+        "host_ssh_keys": _host_keys(run, inst),
     }
     return body, None
+
+
+# Where the job's SSH server is, in the container-port terms of the reference: the runner's sshd
+# listens on 10022 inside the job, and `job_runtime_data.ports` maps it to the host port.
+JOB_SSH_PORT = 10022
+
+
+def runtime_data(body: dict[str, Any], state: dict[str, Any]) -> JobRuntimeData:
+    """What the agent said about the started job, in the reference's `job_runtime_data` shape:
+    the real working dir, the user sessions run as, and container -> host ports (the process
+    runtime shares the host's network, so an app port is its own host port)."""
+    ports: dict[int, int] = {}
+    if body.get("runtime") == "process":
+        ports.update({int(p): int(p) for p in body.get("ports") or []})
+    else:
+        ports.update({int(k): int(v) for k, v in (state.get("ports") or {}).items()})
+    if state.get("ssh_port"):
+        ports[JOB_SSH_PORT] = int(state["ssh_port"])
+    return JobRuntimeData(
+        network_mode="host",
+        working_dir=state.get("working_dir") or body.get("working_dir"),
+        username=state.get("ssh_user"),
+        ports=ports or None,
+    )
+
+
+def published_ports(jrd_json: str | None, agent_job: dict[str, Any] | None) -> str | None:
+    """The runtime data with the host ports docker published after the start (the agent learns
+    them from `docker port` once the container runs); None when nothing is new."""
+    if not jrd_json or not agent_job or not agent_job.get("ports"):
+        return None
+    jrd = JobRuntimeData.model_validate_json(jrd_json)
+    ports = dict(jrd.ports or {})
+    published = {int(k): int(v) for k, v in agent_job["ports"].items()}
+    if all(ports.get(k) == v for k, v in published.items()):
+        return None
+    ports.update(published)
+    return jrd.model_copy(update={"ports": ports}).model_dump_json()

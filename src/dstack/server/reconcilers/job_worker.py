@@ -13,13 +13,19 @@ from sqlalchemy import select, update
 
 from dstack.models.configurations import parse_configuration
 from dstack.models.offers import InstanceOfferWithAvailability
-from dstack.models.runs import JobProvisioningData, JobRuntimeData, JobSpec, RunSpec
+from dstack.models.runs import JobProvisioningData, JobSpec, RunSpec
 from dstack.models.wire import utcnow
 from dstack.server.agent_client import AgentClientError, AgentError, AgentUnreachableError
 from dstack.server.db import tables as t
 from dstack.server.reconcilers.agents import AgentRegistry
 from dstack.server.reconcilers.base import LeaseLost, Reconciler
-from dstack.server.reconcilers.job_start import agent_job_spec, service_listen_port
+from dstack.server.reconcilers.job_start import (
+    agent_job_spec,
+    published_ports,
+    runtime_data,
+    service_listen_port,
+    ssh_keys,
+)
 from dstack.server.reconcilers.jobs import Decision, JobView, decide
 from dstack.server.scheduler import multinode
 from dstack.server.scheduler.placement import Candidate, no_capacity_message, rank
@@ -27,6 +33,7 @@ from dstack.server.services import events, logs
 from dstack.server.services.codes import load_code
 from dstack.server.services.context import ServerContext
 from dstack.server.services.pool import fleet_conf, load_pool, requirements_for
+from dstack.server.services.ssh_keys import project_keypair
 
 LOG_PAGES_PER_PASS = 16
 
@@ -41,6 +48,7 @@ class Snapshot:
     placement: Candidate | None = None
     queued: bool = False
     no_capacity: str | None = None
+    inactivity_duration: int | None = None
 
 
 class JobReconciler(Reconciler):
@@ -71,7 +79,6 @@ class JobReconciler(Reconciler):
         now = utcnow()
         d = decide(view, now)
         extra = await self._act(snap, d, agent_job)
-        extra.update(_published_ports(snap.job, agent_job))
         await self._apply(snap, d, extra, token, now)
 
     # -- load and observe -----------------------------------------------------------------
@@ -85,6 +92,8 @@ class JobReconciler(Reconciler):
             project = await s.get(t.Project, job.project_id)
             inst = await s.get(t.Instance, job.instance_id) if job.instance_id else None
             snap = Snapshot(job, run, project, inst, JobSpec.model_validate_json(job.job_spec))
+            if job.status == "running":
+                snap.inactivity_duration = _inactivity_duration(run)
             if job.status == "submitted" and job.instance_id is None:
                 conf = parse_configuration(RunSpec.model_validate_json(run.run_spec).configuration)
                 pool = await load_pool(self.ctx, s, project.id)
@@ -170,6 +179,8 @@ class JobReconciler(Reconciler):
             placement=snap.placement,
             queued=snap.queued,
             no_capacity_message=snap.no_capacity,
+            inactivity_duration=snap.inactivity_duration,
+            inactivity_secs=job.inactivity_secs,
         )
 
     # -- act ------------------------------------------------------------------------------
@@ -179,9 +190,14 @@ class JobReconciler(Reconciler):
     ) -> dict[str, Any]:
         if d.action == "start":
             return await self._start(snap, d)
+        extra: dict[str, Any] = {}
+        if snap.job.status == "running":
+            jrd = published_ports(snap.job.job_runtime_data, agent_job)
+            if jrd is not None:
+                extra["job_runtime_data"] = jrd
         client = self.agents.client(snap.instance) if snap.instance else None
         if client is None:
-            return {}
+            return extra
         try:
             if d.action in ("stop", "abort"):
                 await client.stop_job(
@@ -193,7 +209,7 @@ class JobReconciler(Reconciler):
                 await client.remove_job(snap.job.id)
         except AgentClientError:
             pass  # observed again on the next pass; finalize still completes
-        return {}
+        return extra
 
     async def _copy_logs(self, snap: Snapshot, client: Any, drain: bool) -> None:
         path = logs.log_path(
@@ -221,31 +237,37 @@ class JobReconciler(Reconciler):
             if cluster is None:  # peers not placed yet, or the master has not started
                 d.action, d.status = "wait", None
                 return {}
+        code = b""
+        async with self.ctx.db.session() as s:
+            project = await s.get(t.Project, snap.project.id)
+            _, project_key = await project_keypair(s, self.ctx.box, project)
+            await s.commit()
+            if snap.spec.repo_code_hash:
+                code = await load_code(s, snap.project.id, snap.spec.repo_code_hash) or b""
+        keys = ssh_keys(snap.run, project_key)
         spec, runtime_error = agent_job_spec(
-            snap.job, snap.run, snap.spec, inst, host_info, cluster
+            snap.job, snap.run, snap.spec, inst, host_info, cluster=cluster, keys=keys
         )
         if runtime_error:
             d.status, d.reason, d.message = "terminating", "executor_error", runtime_error
             return {}
-        code = b""
-        if snap.spec.repo_code_hash:
-            async with self.ctx.db.session() as s:
-                code = await load_code(s, snap.project.id, snap.spec.repo_code_hash) or b""
         try:
             await client.submit_job(spec)
             await client.upload_code(snap.job.id, code)
-            await client.run_job(snap.job.id)
+            state = await client.run_job(snap.job.id)
         except AgentUnreachableError:
             d.action, d.status = "wait", None  # the instance check will notice; retry
             return {}
         except AgentError as e:
             d.status, d.reason, d.message = "terminating", "executor_error", str(e)
             return {}
-        ports = None
+        jrd = runtime_data(spec, state)
         listen = service_listen_port(snap.spec, spec["runtime"])
         if listen is not None and spec["runtime"] == "process":
-            ports = {snap.spec.service_port: listen}
-        jrd = JobRuntimeData(network_mode="host", working_dir=spec.get("working_dir"), ports=ports)
+            # Replicas sharing the host each listen on their own port (server/proxy).
+            jrd = jrd.model_copy(
+                update={"ports": {**(jrd.ports or {}), snap.spec.service_port: listen}}
+            )
         return {"job_runtime_data": jrd.model_dump_json()}
 
     async def _cluster(self, snap: Snapshot) -> list[str] | None:
@@ -475,17 +497,13 @@ def _idle_duration(conf: dict[str, Any], run: t.Run) -> int | None:
     return min(v for v in candidates if v != -1)
 
 
-def _published_ports(job: t.Job, agent_job: dict[str, Any] | None) -> dict[str, Any]:
-    """The host ports the agent published for a container (the service proxy connects to
-    them), stored once they are known or when they change."""
-    ports = (agent_job or {}).get("ports")
-    if not ports:
-        return {}
-    jrd = JobRuntimeData.model_validate_json(job.job_runtime_data or "{}")
-    mapped = {int(k): int(v) for k, v in ports.items()}
-    if jrd.ports == mapped:
-        return {}
-    return {"job_runtime_data": jrd.model_copy(update={"ports": mapped}).model_dump_json()}
+def _inactivity_duration(run: t.Run) -> int | None:
+    """A dev environment's `inactivity_duration` in seconds (None: off)."""
+    conf = RunSpec.model_validate_json(run.run_spec).configuration
+    if conf.get("type") != "dev-environment":
+        return None
+    value = conf.get("inactivity_duration")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def offer_of(inst: t.Instance) -> InstanceOfferWithAvailability:

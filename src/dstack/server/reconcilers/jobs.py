@@ -16,6 +16,8 @@
 |              |                                       | terminating: instance_unreachable     |
 |              |                                       | (spot: interrupted_by_no_capacity)    |
 | running      | past max_duration + 2 min (backstop)  | terminating: max_duration_exceeded    |
+| running      | dev env: no SSH connection for        | terminating:                          |
+|              | inactivity_duration (agent's count)   | inactivity_duration_exceeded          |
 | terminating  | agent job running, no stop sent       | stop sent (abort if aborted_by_user)  |
 | terminating  | stop sent, past stop_duration + grace | abort sent                            |
 | terminating  | agent job finished/unknown, host gone | logs drained, job removed: final      |
@@ -78,6 +80,8 @@ class JobView:
     placement: Candidate | None = None
     queued: bool = False  # fits only busy instances
     no_capacity_message: str | None = None
+    inactivity_duration: int | None = None  # a dev environment's limit, seconds (None: off)
+    inactivity_secs: int | None = None  # the value stored on the job row
 
 
 @dataclass
@@ -185,6 +189,18 @@ def _decide_running(v: JobView, now: datetime) -> Decision:
                 message=f"the job ran longer than max_duration ({v.max_duration}s)",
                 values=values,
             )
+    idle = v.agent_job.get("no_connections_secs")
+    if isinstance(idle, int) and idle != v.inactivity_secs:
+        values["inactivity_secs"] = idle
+    limit = v.inactivity_duration
+    if limit is not None and isinstance(idle, int) and idle >= limit:
+        return Decision(
+            "copy_logs",
+            status="terminating",
+            reason="inactivity_duration_exceeded",
+            message=f"no SSH connection for {idle}s (inactivity_duration is {limit}s)",
+            values=values,
+        )
     return Decision("copy_logs", values=values)
 
 

@@ -39,19 +39,29 @@ def _shell(conf: Any) -> str:
 
 
 def _dev_env_commands(conf: Any, run_name: str, working_dir: str) -> list[str]:
+    """init, then the IDE link and SSH hint, then sleep until stopped.
+
+    The link takes the working dir from `$DSTACK_WORKING_DIR` at run time: only the agent knows
+    the real path (the process runtime runs in the job's directory on the host, docker in the
+    container's). Run names are `[a-z0-9-]`, so they are safe inside double quotes.
+    """
     cmds = list(getattr(conf, "setup", None) or []) + list(getattr(conf, "init", None) or [])
     ide = getattr(conf, "ide", None)
     ide = getattr(ide, "value", ide)
+    where = '"${DSTACK_WORKING_DIR:-' + working_dir + '}"'
     if ide in ("vscode", "cursor", "windsurf"):
-        link = f"{ide}://vscode-remote/ssh-remote+{run_name}{working_dir}"
-        cmds.append(f"echo {shlex.quote('To open in ' + ide + ', use link below:')}")
-        cmds.append(f"echo {shlex.quote('  ' + link)}")
+        cmds.append(f"echo {shlex.quote('To open in ' + IDE_NAMES[ide] + ', use link below:')}")
+        cmds.append(f"echo '  {ide}://vscode-remote/ssh-remote+{run_name}'{where}")
     elif ide == "zed":
-        cmds.append(f"echo {shlex.quote('  zed://ssh/' + run_name + working_dir)}")
+        cmds.append(f"echo {shlex.quote('To open in Zed, use link below:')}")
+        cmds.append(f"echo '  zed://ssh/{run_name}'{where}")
     cmds.append(f"echo {shlex.quote('To connect via SSH, use: `ssh ' + run_name + '`')}")
     cmds.append("echo 'To exit, press Ctrl+C.'")
     cmds.append("tail -f /dev/null")
     return cmds
+
+
+IDE_NAMES = {"vscode": "VS Code", "cursor": "Cursor", "windsurf": "Windsurf"}
 
 
 def seconds_or_none(value: Any) -> int | None:

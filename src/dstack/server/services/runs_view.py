@@ -81,6 +81,7 @@ def submission_model(job: t.Job) -> JobSubmission:
         submitted_at=job.submitted_at,
         last_processed_at=job.last_processed_at,
         finished_at=job.finished_at,
+        inactivity_secs=job.inactivity_secs,
         status=JobStatus(job.status),
         status_message=job_status_message(job),
         termination_reason=job.termination_reason,

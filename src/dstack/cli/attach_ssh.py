@@ -1,0 +1,218 @@
+"""SSH side of attaching (`dstack apply` attached, `dstack attach`): write the run's `Host`
+entries, make sure `~/.ssh/config` includes them (once, with consent), open the tunnel with the
+port forwards, and say what is where (cli.md §7 output).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from dstack.cli import sshconfig
+from dstack.cli.common import CLIError, confirm, echo
+from dstack.cli.tunnel import RESERVED, Forward, Tunnel, job_hosts, plan_forwards
+from dstack.models.runs import Job, Run
+
+DECLINED_FILE = "include-declined"
+PUBLISH_WAIT = 30.0
+
+
+@dataclass
+class Attachment:
+    alias: str
+    forwards: list[Forward] = field(default_factory=list)
+    tunnel: Tunnel | None = None
+    ssh_error: str | None = None
+    host: str = "localhost"
+
+    def alive(self) -> bool:
+        return self.tunnel is None or self.tunnel.alive()
+
+    def close(self, run: Run | None = None) -> None:
+        """Drop the tunnel; a run that has ended gets an entry that says so when used."""
+        if self.tunnel is not None:
+            if self.tunnel.forwards:
+                held = _held_path(self.alias)
+                with contextlib.suppress(OSError, ValueError):
+                    if json.loads(held.read_text()).get("pid") == os.getpid():
+                        held.unlink()
+            self.tunnel.close()
+            self.tunnel = None
+        if run is not None and run.status.is_finished():
+            name = run.run_spec.run_name
+            sshconfig.mark_stopped(
+                self.alias, f"run {name} is {run.status.value}; it no longer accepts SSH"
+            )
+
+    def print_summary(self, header: str | None) -> None:
+        if header:
+            echo(header)
+        if self.forwards:
+            echo("Forwarded ports (local -> remote):")
+            for f in self.forwards:
+                echo(f"  - {self.host}:{f.local_port} -> {f.remote_port}")
+        if self.ssh_error:
+            echo(f"SSH is not available for this job: {self.ssh_error}.")
+        else:
+            echo(f"To connect to the run via SSH, use `ssh {self.alias}`.")
+
+
+def alias_for(run: Run, job: Job) -> str:
+    """The run's name for job 0 of replica 0, else the job's name `<run>-<job>-<replica>`."""
+    spec = job.job_spec
+    if spec.replica_num == 0 and spec.job_num == 0:
+        return run.run_spec.run_name or spec.job_name
+    return spec.job_name
+
+
+def _same_key(a: str | None, b: str | None) -> bool:
+    return bool(a and b) and a.split()[:2] == b.split()[:2]
+
+
+def ensure_include(yes: bool) -> None:
+    """One `Include` in ~/.ssh/config, added with -y or the user's yes; a no is remembered
+    (so attaching never asks twice) and `ssh -F ~/.dstack/ssh/config <run>` still works."""
+    path = sshconfig.user_ssh_config()
+    if path.exists() and sshconfig.has_include(path.read_text()):
+        return
+    declined = sshconfig.dstack_ssh_dir() / DECLINED_FILE
+    hint = (
+        f"To use `ssh <run>` directly, add `{sshconfig.include_line()}` at the top of {path}, "
+        f"or use `ssh -F {sshconfig.dstack_ssh_config()} <run>`."
+    )
+    if not yes:
+        if declined.exists():
+            return
+        if not sys.stdin.isatty():
+            echo(hint)
+            return
+        if not confirm(f"Add `{sshconfig.include_line()}` to {path} so that `ssh <run>` works?"):
+            declined.parent.mkdir(parents=True, exist_ok=True)
+            declined.write_text("declined\n")
+            echo(hint)
+            return
+    sshconfig.install_include(path)
+
+
+def open_attachment(
+    run: Run,
+    job: Job,
+    *,
+    identity: str | None,
+    port_overrides: list[str],
+    host: str | None,
+    yes: bool,
+    action: str,
+    reload: Callable[[], Run] | None = None,
+) -> Attachment:
+    """Everything `ssh <run>` and the forwards need; raises CLIError on a busy port.
+
+    A docker job's app ports are published on random host ports once its container runs;
+    RELOAD fetches the run again until they are known."""
+    job = _with_published_ports(run, job, reload)
+    sub = job.job_submissions[-1] if job.job_submissions else None
+    jpd = sub.job_provisioning_data if sub else None
+    jrd = sub.job_runtime_data if sub else None
+    alias = alias_for(run, job)
+    bind = host or "localhost"
+    private, public = sshconfig.user_key(identity)
+    if run.run_spec.ssh_key_pub and not _same_key(public, run.run_spec.ssh_key_pub):
+        raise CLIError(
+            f"User SSH key doesn't match the key of run {run.run_spec.run_name}; "
+            "pass the run's key with --ssh-identity"
+        )
+    hosts, ssh_error = job_hosts(alias, jpd, jrd, private)
+    same_network = jpd is not None and jpd.backend == "local" and job.job_spec.image_name is None
+    forwards = plan_forwards(
+        job.job_spec.app_specs,
+        port_overrides,
+        same_network=same_network,
+        host=bind,
+        action=action,
+        held=_held_forwards(alias, bind),
+    )
+    published = (jrd.ports or {}) if jrd is not None else {}
+    forwards = [
+        f if f.direct else replace(f, target=published.get(f.remote_port)) for f in forwards
+    ]
+    attachment = Attachment(alias, forwards, ssh_error=ssh_error, host=bind)
+    if ssh_error:
+        if any(not f.direct for f in forwards):
+            raise CLIError(f"Failed to {action}: cannot forward ports: {ssh_error}")
+        return attachment
+    sshconfig.write_hosts(alias, hosts)
+    ensure_include(yes)
+    tunnel = Tunnel(sshconfig.dstack_ssh_config(), alias, forwards, bind)
+    tunnel.open()
+    attachment.tunnel = tunnel
+    _save_held(alias, bind, tunnel.forwards)
+    return attachment
+
+
+def _missing_ports(job: Job) -> list[int]:
+    sub = job.job_submissions[-1] if job.job_submissions else None
+    jrd = sub.job_runtime_data if sub else None
+    if job.job_spec.image_name is None or jrd is None:
+        return []
+    published = jrd.ports or {}
+    wanted = [int(a["port"]) for a in job.job_spec.app_specs if int(a["port"]) not in RESERVED]
+    return [p for p in wanted if p not in published]
+
+
+def _with_published_ports(run: Run, job: Job, reload: Callable[[], Run] | None) -> Job:
+    import time
+
+    deadline = time.monotonic() + PUBLISH_WAIT
+    key = (job.job_spec.replica_num, job.job_spec.job_num)
+    while reload is not None and _missing_ports(job) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        fresh = reload()
+        job = next(
+            (j for j in fresh.jobs if (j.job_spec.replica_num, j.job_spec.job_num) == key), job
+        )
+    missing = _missing_ports(job)
+    if missing:
+        raise CLIError(f"Port {missing[0]} of the run's container is not published yet; retry")
+    return job
+
+
+def _held_path(alias: str) -> Path:
+    return sshconfig.dstack_ssh_dir() / f"{alias}.forwards.json"
+
+
+def _held_forwards(alias: str, bind: str) -> dict[int, int]:
+    """Forwards a live attach of the same job holds (a second attach reuses them)."""
+    import json
+    import os
+
+    try:
+        data = json.loads(_held_path(alias).read_text())
+        os.kill(int(data["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    if data.get("host") != bind:
+        return {}
+    return {int(k): int(v) for k, v in (data.get("forwards") or {}).items()}
+
+
+def _save_held(alias: str, bind: str, forwards: list[Forward]) -> None:
+    import json
+    import os
+
+    if not forwards:
+        return
+    data = {
+        "pid": os.getpid(),
+        "host": bind,
+        "forwards": {str(f.local_port): f.remote_port for f in forwards},
+    }
+    _held_path(alias).write_text(json.dumps(data))
+
+
+def user_public_key(identity: str | None) -> tuple[Path, str]:
+    return sshconfig.user_key(identity)
