@@ -126,3 +126,35 @@ def test_multinode_all_or_nothing_on_one_cluster_fleet() -> None:
     assert none.candidate is None and not none.queued and "placement: cluster" in none.message
     busy = rank(req(multinode=True), [inst("b1", fleet="b"), inst("b2", fleet="b", busy=1)], [])
     assert multinode.choose(busy, 2, 0, clusters, None, set()).queued
+
+
+def test_upstream_resolver_forwards_to_the_replica_port_and_hides_ssh_errors() -> None:
+    import asyncio
+    import json
+    from types import SimpleNamespace
+
+    from dstack.server.db import tables as t
+    from dstack.server.reconcilers.ssh_hosts import upstream_resolver
+
+    calls: list[tuple[str, str | None, int]] = []
+
+    class FakeSSH:
+        down = False
+
+        async def tunnel_port(self, params, known_key, port):  # noqa: ANN001, ANN202
+            if self.down:
+                raise BackendError("host unreachable")
+            calls.append((params.hostname, known_key, port))
+            return 40000 + port
+
+    ssh = FakeSSH()
+    resolve = upstream_resolver(SimpleNamespace(backends={"ssh": ssh}, box=None))  # type: ignore[arg-type]
+    rc = {"hostname": "10.0.0.5", "port": 22, "user": "u", "host_key": "ssh-ed25519 AAA"}
+    inst_row = t.Instance(id="i1", backend="ssh", remote_connection=json.dumps(rc))
+    job = t.Job(id="j1")
+    assert asyncio.run(resolve(job, inst_row, 8001)) == ("127.0.0.1", 48001)
+    assert calls == [("10.0.0.5", "ssh-ed25519 AAA", 8001)]
+    ssh.down = True
+    assert asyncio.run(resolve(job, inst_row, 8001)) is None
+    no_host = t.Instance(id="i2", backend="ssh", remote_connection="{}")
+    assert asyncio.run(resolve(job, no_host, 8001)) is None

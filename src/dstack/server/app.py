@@ -16,12 +16,14 @@ from dstack.server.backends.local import LocalBackend
 from dstack.server.backends.ssh.backend import SSHBackend
 from dstack.server.db.migrate import migrate
 from dstack.server.db.session import Database
+from dstack.server.proxy import upstream
 from dstack.server.proxy.handler import MODELS, SERVICES, Proxy, ProxyConfig
 from dstack.server.reconcilers.agents import AgentRegistry
 from dstack.server.reconcilers.fleets import FleetReconciler
 from dstack.server.reconcilers.instance_worker import InstanceReconciler
 from dstack.server.reconcilers.job_worker import JobReconciler
 from dstack.server.reconcilers.run_worker import RunReconciler
+from dstack.server.reconcilers.ssh_hosts import upstream_resolver
 from dstack.server.routers import fleets, resources, runs
 from dstack.server.routers.deps import AuthError
 from dstack.server.services.bootstrap import BootstrapResult, bootstrap
@@ -59,6 +61,8 @@ async def start(ctx: ServerContext) -> tuple[BootstrapResult, list[asyncio.Task[
     if ctx.settings.local_backend_enabled:
         ctx.backends["local"] = LocalBackend(ctx.settings.local_agent_home)
     ctx.backends["ssh"] = SSHBackend(ctx.settings.data_dir)
+    # Services on SSH hosts: the proxy and the prober reach replicas through the SSH pool.
+    upstream.register("ssh", upstream_resolver(ctx))
     agents = AgentRegistry(ctx)
     ctx.agents = agents  # type: ignore[attr-defined]
     reconcilers = [

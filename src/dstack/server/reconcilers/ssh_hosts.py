@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import select
@@ -70,6 +71,35 @@ def tunnel_client(ctx: ServerContext, inst: t.Instance) -> AgentClient | None:
         ctx.box.decrypt(inst.agent_token_enc),
         transport=TunnelTransport(local_port),
     )
+
+
+def upstream_resolver(
+    ctx: ServerContext,
+) -> Callable[[t.Job, t.Instance, int], Awaitable[tuple[str, int] | None]]:
+    """How the proxy reaches a replica on an SSH host: a local forward over the host's pooled
+    SSH connection to `port` on the host's loopback. The pool keeps each forward, so a request
+    opens no new SSH channel setup; None while the host cannot be reached (no replica then)."""
+    params_by_inst: dict[str, tuple[str, HostParams]] = {}
+
+    async def resolve(job: t.Job, inst: t.Instance, port: int) -> tuple[str, int] | None:
+        raw = inst.remote_connection or "{}"
+        cached = params_by_inst.get(inst.id)
+        if cached is None or cached[0] != raw:
+            rc = json.loads(raw)
+            if not rc.get("hostname") or not rc.get("user"):
+                return None
+            cached = (raw, host_params(ctx, rc))
+            params_by_inst[inst.id] = cached
+        backend = ctx.backends.get("ssh")
+        if backend is None:
+            return None
+        try:
+            local = await backend.tunnel_port(cached[1], remote(inst).get("host_key"), port)
+        except BackendError:
+            return None
+        return "127.0.0.1", local
+
+    return resolve
 
 
 async def known_host_key(ctx: ServerContext, inst: t.Instance, rc: dict[str, Any]) -> str | None:
