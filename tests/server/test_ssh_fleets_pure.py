@@ -158,3 +158,31 @@ def test_upstream_resolver_forwards_to_the_replica_port_and_hides_ssh_errors() -
     assert asyncio.run(resolve(job, inst_row, 8001)) is None
     no_host = t.Instance(id="i2", backend="ssh", remote_connection="{}")
     assert asyncio.run(resolve(job, no_host, 8001)) is None
+
+
+def test_job_reaches_an_ssh_host_as_the_fleet_does() -> None:
+    """The job's provisioning data carries the host's SSH address, port and user (the CLI's
+    ProxyJump to the job's sshd) and the fleet's proxy_jump as `ssh_proxy`; keys never."""
+    import json
+
+    from dstack.server.db import tables as t
+    from dstack.server.reconcilers.job_worker import _host_access
+
+    rc = {
+        "hostname": "10.0.0.5",
+        "port": 2201,
+        "user": "ops",
+        "key_enc": "secret",
+        "proxy": {"hostname": "bastion", "port": 2222, "user": "jump", "key_enc": "secret"},
+    }
+    ssh = t.Instance(backend="ssh", hostname="10.0.0.5", remote_connection=json.dumps(rc))
+    assert _host_access(ssh) == {
+        "hostname": "10.0.0.5",
+        "username": "ops",
+        "ssh_port": 2201,
+        "ssh_proxy": {"hostname": "bastion", "port": 2222, "username": "jump"},
+    }
+    ssh.remote_connection = json.dumps({**rc, "port": None, "proxy": None})
+    assert _host_access(ssh)["ssh_port"] == 22 and _host_access(ssh)["ssh_proxy"] is None
+    local = t.Instance(backend="local", hostname="127.0.0.1")
+    assert _host_access(local) == {"hostname": "127.0.0.1", "username": "root", "ssh_port": 22}

@@ -410,13 +410,11 @@ class JobReconciler(Reconciler):
             backend=offer.backend,
             instance_type=offer.instance,
             instance_id=inst.id,
-            hostname=inst.hostname or "",
             internal_ip=None,
             region=offer.region,
             price=offer.price,
-            username="root",
-            ssh_port=22,
             dockerized=False,
+            **_host_access(inst),
         )
         return {
             "instance_id": inst.id,
@@ -452,6 +450,28 @@ class JobReconciler(Reconciler):
             now=now,
             within_run_id=job.run_id,
         )
+
+
+def _host_access(inst: t.Instance) -> dict[str, Any]:
+    """How the user's `ssh <run>` reaches the job's host (the ProxyJump to the job's sshd): an
+    SSH-fleet host as the fleet reaches it (address, port, user, its proxy_jump as `ssh_proxy`
+    in the reference's shape); any other host at its hostname, as root on port 22."""
+    rc = json.loads(inst.remote_connection or "{}") if inst.backend == "ssh" else {}
+    if not rc.get("hostname"):
+        return {"hostname": inst.hostname or "", "username": "root", "ssh_port": 22}
+    proxy = rc.get("proxy") or None
+    return {
+        "hostname": rc["hostname"],
+        "username": rc.get("user") or "root",
+        "ssh_port": int(rc.get("port") or 22),
+        "ssh_proxy": {
+            "hostname": proxy["hostname"],
+            "port": int(proxy.get("port") or 22),
+            "username": proxy.get("user") or "root",
+        }
+        if proxy
+        else None,
+    }
 
 
 async def _replica_peers(s: Any, job: t.Job) -> list[t.Job]:
