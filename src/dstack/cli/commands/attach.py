@@ -65,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
     if found.status.is_finished() and found.status != RunStatus.DONE:
         raise CLIError(f"Run {args.run_name} is {status_text(found)}")
     job = get_job(found, args.replica, args.job)
+    if found.status == RunStatus.RUNNING:
+        found, job = _job_started(api, args.run_name, found, job)
     attachment = None
     if found.status == RunStatus.RUNNING:
         from dstack.cli.attach_ssh import open_attachment
@@ -98,6 +100,26 @@ def run(args: argparse.Namespace) -> int:
     text, ok = finish_message(final)
     echo(text)
     return 0 if ok else 1
+
+
+def _job_started(api, name: str, run, job, timeout: float = 120):  # noqa: ANN001, ANN202
+    """A multi-node run is running once any job runs; wait for the chosen job to run too
+    (or end), so `--job N` gets its SSH entries rather than "not started yet"."""
+    import time
+
+    from dstack.cli.runs import get_job
+    from dstack.models.runs import JobStatus, RunStatus
+
+    key = (job.job_spec.replica_num, job.job_spec.job_num)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and run.status == RunStatus.RUNNING:
+        sub = job.job_submissions[-1] if job.job_submissions else None
+        if sub is not None and (sub.status == JobStatus.RUNNING or sub.status.is_finished()):
+            break
+        time.sleep(1)
+        run = api.get_run(name)
+        job = get_job(run, *key)
+    return run, job
 
 
 def _follow(api, name: str, job):  # noqa: ANN001, ANN202

@@ -43,7 +43,7 @@ async def apply(
 @router.post("/api/project/{project_name}/runs/get", response_model=Run)
 async def get_run(body: GetRunRequest, a: ProjectAccess = Depends(project_access)) -> Run:
     run = await svc.get_run_row(a.session, a.project, body.run_name, body.id)
-    return await svc.to_model(a.session, run, a.project)
+    return await svc.to_model(a.session, run, a.project, connection_info=True)
 
 
 @router.post("/api/project/{project_name}/runs/stop")

@@ -89,7 +89,12 @@ async def _latest_run(s: AsyncSession, project_id: str, name: str) -> t.Run | No
 
 
 async def to_model(
-    s: AsyncSession, run: t.Run, project: t.Project, submissions_limit: int | None = None
+    s: AsyncSession,
+    run: t.Run,
+    project: t.Project,
+    submissions_limit: int | None = None,
+    *,
+    connection_info: bool = False,
 ) -> Run:
     jobs = list((await s.execute(select(t.Job).where(t.Job.run_id == run.id))).scalars())
     user = await s.get(t.User, run.user_id)
@@ -101,6 +106,7 @@ async def to_model(
         user_name=user.name if user else "",
         fleet=fleet,
         submissions_limit=submissions_limit,
+        connection_info=connection_info,
     )
 
 

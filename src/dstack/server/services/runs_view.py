@@ -127,6 +127,7 @@ def run_model(
     fleet: t.Fleet | None,
     submissions_limit: int | None = None,
     server_url_path: str = "",
+    connection_info: bool = False,
 ) -> Run:
     now = utcnow()
     by_job: dict[tuple[int, int], list[t.Job]] = defaultdict(list)
@@ -135,6 +136,7 @@ def run_model(
     job_models: list[Job] = []
     all_subs: list[JobSubmission] = []
     latest_rows: list[t.Job] = []
+    spec = RunSpec.model_validate_json(run.run_spec)
     for key in sorted(by_job):
         rows = by_job[key]
         latest_rows.append(rows[-1])
@@ -142,10 +144,9 @@ def run_model(
             rows = rows[-submissions_limit:]
         subs = [submission_model(r) for r in rows]
         all_subs.extend(subs)
-        job_models.append(
-            Job(job_spec=JobSpec.model_validate_json(rows[-1].job_spec), job_submissions=subs)
-        )
-    spec = RunSpec.model_validate_json(run.run_spec)
+        job_spec = JobSpec.model_validate_json(rows[-1].job_spec)
+        info = job_connection_info(spec, job_spec, subs[-1]) if connection_info else None
+        job_models.append(Job(job_spec=job_spec, job_submissions=subs, job_connection_info=info))
     latest = job_models[0].job_submissions[-1] if job_models else None
     status = RunStatus(run.status)
     return Run(
@@ -168,6 +169,40 @@ def run_model(
         deleted=run.deleted,
         next_triggered_at=None if status.is_finished() else run.next_triggered_at,
     )
+
+
+IDE_SCHEMES = {"vscode": "vscode", "cursor": "cursor", "windsurf": "windsurf"}
+
+
+def job_connection_info(
+    spec: RunSpec, job_spec: JobSpec, sub: JobSubmission
+) -> dict[str, str | None] | None:
+    """How to reach a running job (runs/get only; docs/api.md "Job connection info"): the SSH
+    alias `dstack attach` writes (the run's name for replica 0 job 0, else the job's name
+    `<run>-<job>-<replica>`), the `ssh` command, the job's working dir, and for a dev
+    environment with an IDE the IDE's remote-SSH URL. `None` unless the job is running."""
+    if sub.status != JobStatus.RUNNING:
+        return None
+    if job_spec.replica_num == 0 and job_spec.job_num == 0:
+        alias = spec.run_name or job_spec.job_name
+    else:
+        alias = job_spec.job_name
+    jrd = sub.job_runtime_data
+    working_dir = (jrd.working_dir if jrd else None) or job_spec.working_dir
+    conf = spec.configuration
+    ide_url = None
+    scheme = (
+        IDE_SCHEMES.get(str(conf.get("ide"))) if conf.get("type") == "dev-environment" else None
+    )
+    if scheme:
+        path = working_dir if working_dir and working_dir.startswith("/") else "/"
+        ide_url = f"{scheme}://vscode-remote/ssh-remote+{alias}{path}"
+    return {
+        "ssh_alias": alias,
+        "ssh_command": f"ssh {alias}",
+        "working_dir": working_dir,
+        "ide_url": ide_url,
+    }
 
 
 def _service(spec: RunSpec, project_name: str) -> ServiceSpec | None:
