@@ -103,17 +103,18 @@ def test_unit_text() -> None:
     lines = text.splitlines()
     assert lines[0] == deploy.UNIT_MARKER
     assert "Restart=always" in lines and "RestartSec=1" in lines
-    assert "EnvironmentFile=/home/u/.dstack-agent/agent.env" in lines
+    assert not any(line.startswith("EnvironmentFile=") for line in lines)
     assert "WantedBy=default.target" in lines
     exec_start = next(line for line in lines if line.startswith("ExecStart="))
     assert exec_start == (
         "ExecStart=/bin/sh -c 'exec /usr/bin/python3 /home/u/.dstack-agent/agent.pyz "
-        '--home /home/u/.dstack-agent/state --port "$$(cat /home/u/.dstack-agent/port)"\''
+        '--home /home/u/.dstack-agent/state --port "$$(cat /home/u/.dstack-agent/port)" '
+        "--token-sha256-file /home/u/.dstack-agent/token.sha256'"
     )
     assert "StandardOutput=append:/home/u/.dstack-agent/loop.log" in lines
     system = unit_text("systemd-system", "/root", "/usr/bin/python3")
     assert "WantedBy=multi-user.target" in system.splitlines()
-    assert "DSTACK_AGENT_TOKEN" not in text  # the token lives in agent.env only
+    assert "DSTACK_AGENT_TOKEN" not in text  # the unit knows only the token's hash
 
 
 def test_unit_text_passes_systemd_analyze(tmp_path: Path) -> None:
@@ -122,7 +123,7 @@ def test_unit_text_passes_systemd_analyze(tmp_path: Path) -> None:
     home = tmp_path / "home"
     d = home / deploy.AGENT_DIR
     d.mkdir(parents=True)
-    (d / "agent.env").write_text("DSTACK_AGENT_TOKEN=t\n")
+    (d / "token.sha256").write_text(deploy.digest(b"t") + "\n")
     unit = tmp_path / deploy.UNIT_NAME
     unit.write_text(unit_text("systemd-system", str(home), "/usr/bin/python3"))
     proc = subprocess.run(
@@ -189,9 +190,11 @@ def test_systemd_user_start_and_stop_scripts_against_a_fake_systemctl(tmp_path: 
     assert "started" in out and "port=" in out
     unit = home / ".config/systemd/user" / deploy.UNIT_NAME
     assert unit.read_text() == unit_text("systemd-user", str(home), f.python_path)
-    agent_env = home / deploy.AGENT_DIR / "agent.env"
-    assert agent_env.read_text() == "DSTACK_AGENT_TOKEN=secret-token\n"
-    assert stat.S_IMODE(agent_env.stat().st_mode) == 0o600
+    hashed = home / deploy.AGENT_DIR / "token.sha256"
+    assert hashed.read_text() == deploy.digest(b"secret-token") + "\n"
+    assert stat.S_IMODE(hashed.stat().st_mode) == 0o600
+    tree = "".join(p.read_text(errors="replace") for p in home.rglob("*") if p.is_file())
+    assert "secret-token" not in tree  # the token itself is on no file of the host
     calls = log.read_text().splitlines()
     assert calls == [
         f"--user is-active --quiet {deploy.UNIT_NAME}",

@@ -8,8 +8,9 @@ the host has a usable one (`choose_supervisor`: a system unit for root, a user u
 with lingering), else under a restart loop started in its own session; either way a second
 bootstrap of the same host finds the running agent instead of starting another.
 Restart loop: the token reaches the loop on stdin and stays in its environment only, never on
-disk. systemd: the token goes to `~/.dstack-agent/agent.env` (mode 600, read by the unit's
-`EnvironmentFile=`), removed on delete with the rest of the directory.
+disk. systemd: only the token's SHA-256 is written (`~/.dstack-agent/token.sha256`, mode 600)
+and the unit starts the agent with `--token-sha256-file`: the agent needs nothing more to check
+requests, so the token itself never touches the host's disk.
 NOTE: the systemd path was written against systemd's documentation and is unit-tested only;
 the test hosts (sshd in network namespaces) have no systemd, so it never ran on a real one.
 """
@@ -182,9 +183,12 @@ def unit_path(supervisor: str) -> str:
 
 def unit_text(supervisor: str, home: str, python_path: str) -> str:
     """The unit that runs the agent with Restart=always; the port is read from the `port` file
-    at each start, the token from `agent.env`."""
+    at each start, the token's hash from `token.sha256`."""
     d = f"{home.rstrip('/')}/{AGENT_DIR}"
-    start = f'exec {python_path} {d}/agent.pyz --home {d}/state --port "$$(cat {d}/port)"'
+    start = (
+        f'exec {python_path} {d}/agent.pyz --home {d}/state --port "$$(cat {d}/port)" '
+        f"--token-sha256-file {d}/token.sha256"
+    )
     target = "multi-user.target" if supervisor == "systemd-system" else "default.target"
     return (
         f"{UNIT_MARKER}\n"
@@ -194,7 +198,6 @@ def unit_text(supervisor: str, home: str, python_path: str) -> str:
         "\n"
         "[Service]\n"
         "Type=simple\n"
-        f"EnvironmentFile={d}/agent.env\n"
         f"ExecStart=/bin/sh -c {shlex.quote(start)}\n"
         "Restart=always\n"
         "RestartSec=1\n"
@@ -272,7 +275,9 @@ def _systemd_start_script(supervisor: str, facts: HostFacts) -> str:
         'if [ -f "$D/loop.pid" ] && kill -0 "$(cat "$D/loop.pid")" 2>/dev/null; then '
         "cat >/dev/null; echo running; exit 0; fi; "
         "read -r DSTACK_AGENT_TOKEN; "
-        '(umask 077; printf "DSTACK_AGENT_TOKEN=%s\\n" "$DSTACK_AGENT_TOKEN" > "$D/agent.env"); '
+        '(umask 077; printf %s "$DSTACK_AGENT_TOKEN" | python3 -c '
+        "'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())'"
+        ' > "$D/token.sha256"); '
         f'mkdir -p "$(dirname {path})"; '
         f"printf %s {shlex.quote(unit)} > {path}; "
         f"{sc} daemon-reload; {sc} enable {UNIT_NAME} >/dev/null 2>&1; "
