@@ -45,7 +45,8 @@ class AgentProcess:
         self, argv: list[str] | None = None, env_extra: dict[str, str] | None = None
     ) -> AgentProcess:
         old = self._agent_json()
-        env = dict(os.environ, DSTACK_AGENT_TOKEN=self.token, PYTHONPATH=SRC, **(env_extra or {}))
+        env = dict(os.environ, DSTACK_AGENT_TOKEN=self.token, PYTHONPATH=SRC)
+        env.update(env_extra or {})
         cmd = argv or [AGENT_PYTHON, "-m", "dstack.agent", "--home", str(self.home)]
         self.proc = subprocess.Popen(
             cmd,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import httpx
 
 from .helpers import SRC, AgentProcess, _alive, wait_for
 
@@ -82,6 +85,32 @@ def test_refuses_non_loopback_and_missing_token(tmp_path: Path) -> None:
         assert agent.ok("GET", "/api/jobs") == {"jobs": []}
     finally:
         agent.kill()
+
+
+def test_starts_from_the_token_hash_alone(tmp_path: Path) -> None:
+    """What a systemd unit does on an SSH host: the token never lies on the host's disk."""
+    hashed = tmp_path / "token.sha256"
+    hashed.write_text(hashlib.sha256(b"hashed-only").hexdigest() + "\n")
+    base = [sys.executable, "-m", "dstack.agent", "--home", str(tmp_path / "h")]
+    agent = AgentProcess(tmp_path / "h", token="hashed-only")
+    agent.start([*base, "--token-sha256-file", str(hashed)], env_extra={"DSTACK_AGENT_TOKEN": ""})
+    try:
+        assert agent.ok("GET", "/api/jobs") == {"jobs": []}
+        wrong = httpx.get(f"{agent.url}/api/jobs", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+    finally:
+        agent.kill()
+    hashed.write_text("not-a-digest\n")
+    env = dict(os.environ, PYTHONPATH=SRC)
+    env.pop("DSTACK_AGENT_TOKEN", None)
+    proc = subprocess.run(
+        [*base, "--token-sha256-file", str(hashed)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert proc.returncode == 2 and "64 hex digits" in proc.stderr
 
 
 def test_sigterm_to_supervisor_is_a_graceful_stop(agent: AgentProcess) -> None:

@@ -28,6 +28,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--token-file", help="file holding the bearer token (else env DSTACK_AGENT_TOKEN)"
     )
+    parser.add_argument(
+        "--token-sha256-file",
+        help="file holding only the token's SHA-256 (hex): enough to check requests, so a "
+        "supervisor that restarts the agent never needs the token itself on disk",
+    )
     parser.add_argument("--version", action="version", version=__version__)
     return parser.parse_args(argv)
 
@@ -49,6 +54,17 @@ def read_token(token_file: str | None) -> str:
     if token_file:
         token = Path(token_file).read_text().strip()
     return token.strip()
+
+
+def resolve_digest(args: argparse.Namespace) -> str | None:
+    """The SHA-256 the agent checks bearer tokens against, from the token or its hash file."""
+    token = read_token(args.token_file)  # always: the env variable must not reach jobs
+    if args.token_sha256_file:
+        digest = Path(args.token_sha256_file).read_text().strip().lower()
+        if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest):
+            return digest
+        return None
+    return token_hash(token) if token else None
 
 
 def lock_home(home: Path) -> IO[str] | None:
@@ -83,15 +99,22 @@ def main(argv: list[str] | None = None) -> int:
     if not is_loopback(args.host):
         print(f"error: refusing to bind non-loopback address {args.host!r}", file=sys.stderr)
         return 2
-    token = read_token(args.token_file)
-    if not token:
-        print("error: no token: pass --token-file or set DSTACK_AGENT_TOKEN", file=sys.stderr)
+    try:
+        digest = resolve_digest(args)
+    except OSError as e:
+        print(f"error: cannot read the token file: {e}", file=sys.stderr)
+        return 2
+    if not digest:
+        print(
+            "error: no token: pass --token-file, --token-sha256-file (64 hex digits) "
+            "or set DSTACK_AGENT_TOKEN",
+            file=sys.stderr,
+        )
         return 2
     home = Path(args.home).absolute()
     home.mkdir(parents=True, exist_ok=True)
     lock = lock_home(home)
     setup_logging(home)
-    digest = token_hash(token)
     write_text_atomic(home / "token.sha256", digest + "\n", mode=0o600)
     server = AgentHTTPServer((args.host, args.port), home, digest)
     port = server.server_address[1]

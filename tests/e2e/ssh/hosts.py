@@ -54,6 +54,9 @@ class Host:
     authorized_key: str
     port: int = 22
     path_env: str | None = None  # the PATH sessions get (None: sshd's default)
+    # Sessions see an (empty) /proc/driver/nvidia, as on a host whose NVIDIA kernel driver is
+    # loaded: sshd runs in its own mount namespace with a tmpfs over /proc/driver.
+    fake_nvidia: bool = False
     sshd_pid: int | None = None
     home: Path = field(init=False)
 
@@ -124,8 +127,13 @@ class Host:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation dir
         conf = self.sshd_config()
         log = open(self.workdir / "sshd.log", "ab")  # noqa: SIM115
+        cmd = [SSHD, "-D", "-e", "-f", str(conf)]
+        if self.fake_nvidia:
+            fake = "mount -t tmpfs dstack-fake /proc/driver && mkdir /proc/driver/nvidia"
+            cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c", fake + ' && exec "$@"']
+            cmd += ["sh", SSHD, "-D", "-e", "-f", str(conf)]
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.name, SSHD, "-D", "-e", "-f", str(conf)],
+            ["ip", "netns", "exec", self.name, *cmd],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -220,7 +228,12 @@ class Hosts:
         self.hosts: list[Host] = []
         self._subnet = int(self.tag, 16) % 250
 
-    def add(self, path_env: str | None = None, authorized_key: str | None = None) -> Host:
+    def add(
+        self,
+        path_env: str | None = None,
+        authorized_key: str | None = None,
+        fake_nvidia: bool = False,
+    ) -> Host:
         i = len(self.hosts)
         name = f"dst4-{self.tag}-{i}"
         base = i * 4
@@ -232,6 +245,7 @@ class Hosts:
             workdir=self.workdir / name,
             authorized_key=authorized_key or self.user_key.with_suffix(".pub").read_text().strip(),
             path_env=path_env,
+            fake_nvidia=fake_nvidia,
         )
         self.hosts.append(host)
         host.create()

@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 from pathlib import Path
+
+import pytest
 
 from ..harness import Server, wait_until, write_config
 from ..test_runs import task
@@ -229,3 +233,29 @@ def test_network_drop_is_noticed_and_the_connection_comes_back(
     write_config(project_dir, "t.dstack.yml", task("after-drop", "echo reconnected"))
     r = srv.cli("apply", "-f", "t.dstack.yml", "-y", cwd=project_dir)
     assert r.returncode == 0 and "reconnected" in r.stdout, r.stdout + r.stderr
+
+
+def test_nvidia_devices_without_a_working_nvidia_smi_fail_bootstrap(
+    srv: Server, hosts: sshhosts.Hosts, key: Path, project_dir: Path, request: pytest.FixtureRequest
+):
+    # The host's sessions see /proc/driver/nvidia (a tmpfs in sshd's own mount namespace) and an
+    # `nvidia-smi` on the PATH that exits 1: the bootstrap fails, naming the GPU driver.
+    # Outside pytest's tmp tree, whose parents only root may enter.
+    bin_dir = Path(tempfile.mkdtemp(prefix="dstack-badsmi-"))
+    request.addfinalizer(lambda: shutil.rmtree(bin_dir, ignore_errors=True))
+    bin_dir.chmod(0o755)
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed' >&2\nexit 1\n")
+    smi.chmod(0o755)
+    h = hosts.add(path_env=f"{bin_dir}:/usr/local/bin:/usr/bin:/bin", fake_nvidia=True)
+    before = h.home_entries()
+    r = apply_fleet(srv, project_dir, fleet_yaml("gpu", [h], key), ok=False)
+    assert r.returncode != 0 and "Some instances failed" in r.stderr, r.stdout + r.stderr
+    (inst,) = json.loads(srv.cli("fleet", "get", "gpu", "--json").stdout)["instances"]
+    assert inst["status"] == "terminated"
+    message = inst["termination_reason_message"]
+    assert "GPU driver missing: NVIDIA devices found (/proc/driver/nvidia)" in message, inst
+    assert "nvidia-smi does not run" in message
+    assert "GPU driver missing" in srv.cli("event").stdout
+    # Refused before anything was installed.
+    assert h.home_entries() == before and h.user_processes() == []

@@ -101,10 +101,14 @@ def agent_job_spec(
     gpus = _gpu_count(host_info, job.used_blocks or 1, inst.total_blocks)
     if spec.image_name:
         if not host_info.get("docker"):
+            host = json.loads(inst.remote_connection or "{}").get("hostname")
+            where = f"instance {inst.name}" + (f" (host {host})" if host else "")
+            note = host_info.get("docker_note")
             return {}, (
-                f"the configuration sets image {spec.image_name}, but instance {inst.name} has no "
-                "Docker engine; remove `image` to run the commands directly on the host, or "
-                "start Docker there"
+                f"the configuration sets image {spec.image_name}, but {where} has no "
+                "Docker engine" + (f": {note}" if note else "") + "; remove `image` to run the "
+                "commands directly on the host, or install and start Docker there (the SSH user "
+                "must be able to run `docker info`)"
             )
         runtime = "docker"
         repo_dir = "/workflow"

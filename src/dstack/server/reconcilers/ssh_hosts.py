@@ -188,6 +188,10 @@ async def bootstrap(
             values["remote_connection"] = json.dumps(rc)
         return "terminated", "error", values
     info["internal_ip"] = _internal_ip(rc, info)
+    info["supervisor"] = b.supervisor
+    if b.docker_note:
+        info["docker"] = False
+        info["docker_note"] = b.docker_note
     resources = resources_from_host_info(info).model_copy(update={"description": params.hostname})
     offer = InstanceOfferWithAvailability(
         backend="ssh",

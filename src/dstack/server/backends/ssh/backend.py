@@ -26,6 +26,8 @@ class Bootstrapped:
     host_key: str
     agent_port: int
     started: bool  # False: an agent from an earlier bootstrap was already running
+    supervisor: str = "loop"  # systemd-system | systemd-user | loop (deploy.choose_supervisor)
+    docker_note: str | None = None  # why jobs with `image` cannot run here (None: Docker works)
 
 
 class SSHBackend(Backend):
@@ -101,7 +103,10 @@ class SSHBackend(Backend):
         await self._must(params, host_key, deploy.authorize_script(project_public_key))
         agent = await asyncio.to_thread(self.agent_zipapp)
         await self._must(params, host_key, deploy.upload_script(deploy.digest(agent)), agent)
-        out = await self._must(params, host_key, deploy.start_script(), (token + "\n").encode())
+        supervisor = deploy.choose_supervisor(facts)
+        out = await self._must(
+            params, host_key, deploy.start_script(supervisor, facts), (token + "\n").encode()
+        )
         port = 0
         for line in out.splitlines():
             if line.startswith("port="):
@@ -110,7 +115,13 @@ class SSHBackend(Backend):
             raise BackendError(f"could not pick a port for the agent on {params.hostname}: {out}")
         if self.pause_after_start:
             await asyncio.sleep(self.pause_after_start)
-        return Bootstrapped(host_key=host_key, agent_port=port, started="started" in out)
+        return Bootstrapped(
+            host_key=host_key,
+            agent_port=port,
+            started="started" in out,
+            supervisor=supervisor,
+            docker_note=deploy.docker_note(facts),
+        )
 
     async def tunnel_port(self, params: HostParams, known_key: str | None, agent_port: int) -> int:
         return await self.pool.forward(params, known_key, agent_port)
