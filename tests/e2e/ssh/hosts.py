@@ -2,7 +2,10 @@
 address, host key, user and home directory.
 
 A host is `dst4-<tag>-<i>`: namespace, veth pair (`d4<tag><i>h` on this side, `eth0` inside)
-and Unix user share the name, so teardown removes exactly what setup made. The namespaces share
+and Unix user share the name, so teardown removes exactly what setup made. A host added
+`behind` another (a bastion) has its veth pair's outer end in the bastion's namespace, on a
+private subnet of its own: only the bastion reaches it (no IP forwarding anywhere), which is
+what a fleet's `proxy_jump` needs. The namespaces share
 this machine's filesystem, so each host's user has its own home: "the host is left clean" is
 checked on that home alone. Needs root, `ip` and `/usr/sbin/sshd`; tests skip without them.
 """
@@ -15,8 +18,8 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +60,7 @@ class Host:
     # Sessions see an (empty) /proc/driver/nvidia, as on a host whose NVIDIA kernel driver is
     # loaded: sshd runs in its own mount namespace with a tmpfs over /proc/driver.
     fake_nvidia: bool = False
+    behind: str | None = None  # the bastion's namespace, for a host only it can reach
     sshd_pid: int | None = None
     home: Path = field(init=False)
 
@@ -69,8 +73,12 @@ class Host:
         _sh("ip", "netns", "add", self.name)
         _sh("ip", "link", "add", self.veth, "type", "veth", "peer", "name", self.veth + "p")
         _sh("ip", "link", "set", self.veth + "p", "netns", self.name)
-        _sh("ip", "addr", "add", f"{self.gateway}/30", "dev", self.veth)
-        _sh("ip", "link", "set", self.veth, "up")
+        outer: tuple[str, ...] = ()
+        if self.behind:
+            _sh("ip", "link", "set", self.veth, "netns", self.behind)
+            outer = ("ip", "netns", "exec", self.behind)
+        _sh(*outer, "ip", "addr", "add", f"{self.gateway}/30", "dev", self.veth)
+        _sh(*outer, "ip", "link", "set", self.veth, "up")
         ns = ("ip", "netns", "exec", self.name)
         _sh(*ns, "ip", "link", "set", "lo", "up")
         _sh(*ns, "ip", "link", "set", self.veth + "p", "name", "eth0")
@@ -141,10 +149,7 @@ class Host:
         self.sshd_pid = proc.pid
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection((self.address, self.port), timeout=0.5),
-            ):
+            if self.answers(self.behind):
                 return
             if proc.poll() is not None:
                 raise RuntimeError(f"sshd for {self.name} exited: {self.workdir / 'sshd.log'}")
@@ -164,6 +169,22 @@ class Host:
         self.sshd_pid = None
 
     # -- inspection -------------------------------------------------------------------------
+
+    def answers(self, netns: str | None = None, timeout: float = 0.5) -> bool:
+        """Whether the host's sshd answers (its `SSH-` banner, not just a TCP connect: a
+        default route may lead to a gateway that accepts any connection) from `netns` (None:
+        this namespace)."""
+        probe = (
+            "import socket, sys\n"
+            "try:\n"
+            f"    s = socket.create_connection(({self.address!r}, {self.port}), {timeout})\n"
+            f"    s.settimeout({timeout})\n"
+            "    sys.exit(0 if s.recv(4) == b'SSH-' else 1)\n"
+            "except OSError:\n"
+            "    sys.exit(1)\n"
+        )
+        ns = ("ip", "netns", "exec", netns) if netns else ()
+        return _sh(*ns, sys.executable, "-c", probe, check=False).returncode == 0
 
     def user_processes(self) -> list[int]:
         uid = pwd.getpwnam(self.name).pw_uid
@@ -187,6 +208,8 @@ class Host:
             for pid in self.user_processes():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+        if self.behind:
+            _sh("ip", "-n", self.behind, "link", "del", self.veth, check=False)
         _sh("ip", "link", "del", self.veth, check=False)
         _sh("ip", "netns", "del", self.name, check=False)
         _sh("userdel", "--remove", "--force", self.name, check=False)
@@ -233,24 +256,28 @@ class Hosts:
         path_env: str | None = None,
         authorized_key: str | None = None,
         fake_nvidia: bool = False,
+        behind: Host | None = None,
     ) -> Host:
+        """A host; `behind` a bastion: on a private subnet (10.232.x.y/30) only it reaches."""
         i = len(self.hosts)
         name = f"dst4-{self.tag}-{i}"
         base = i * 4
+        net = f"10.{232 if behind else 231}.{self._subnet}"
         host = Host(
             name=name,
-            address=f"10.231.{self._subnet}.{base + 2}",
-            gateway=f"10.231.{self._subnet}.{base + 1}",
+            address=f"{net}.{base + 2}",
+            gateway=f"{net}.{base + 1}",
             veth=f"d4{self.tag}{i}h",
             workdir=self.workdir / name,
             authorized_key=authorized_key or self.user_key.with_suffix(".pub").read_text().strip(),
             path_env=path_env,
             fake_nvidia=fake_nvidia,
+            behind=behind.name if behind else None,
         )
         self.hosts.append(host)
         host.create()
         return host
 
     def destroy(self) -> None:
-        for host in self.hosts:
+        for host in reversed(self.hosts):  # hosts behind a bastion before the bastion
             host.destroy()

@@ -78,16 +78,34 @@ def _keys(params: HostParams) -> list[asyncssh.SSHKey]:
 async def open_connection(
     params: HostParams, known_key: str | None, on_lost: Any = None
 ) -> tuple[asyncssh.SSHClientConnection, str]:
-    """Connect (through the proxy jump if any); returns the connection and the host key."""
+    """Connect (through the proxy jump if any); returns the connection and the host key.
+
+    The jump connection belongs to this one: closed when it fails to open or closes."""
     tunnel = None
     if params.proxy is not None:
         tunnel, _ = await open_connection(params.proxy, None)
+    try:
+        return await _open(params, known_key, on_lost, tunnel)
+    except BaseException:
+        if tunnel is not None:
+            tunnel.close()
+        raise
+
+
+async def _open(
+    params: HostParams,
+    known_key: str | None,
+    on_lost: Any,
+    tunnel: asyncssh.SSHClientConnection | None,
+) -> tuple[asyncssh.SSHClientConnection, str]:
     known_hosts: Any = None
     if known_key:
         known_hosts = ([asyncssh.import_public_key(known_key)], [], [])
 
     class _Client(asyncssh.SSHClient):
         def connection_lost(self, exc: Exception | None) -> None:
+            if tunnel is not None:
+                tunnel.close()
             if on_lost is not None:
                 on_lost()
 
