@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -27,6 +28,30 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_port_block(count: int = 4) -> int:
+    """A base port whose next `count` ports are free too, below the ephemeral range.
+
+    Service replicas on one host listen on `port + replica_num`; ports from `bind(0)` sit in
+    the ephemeral range, where `port + 1` may already be the local end of any outgoing
+    connection on the machine (the server opens many)."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 30000 - count)
+        socks = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError("no block of free ports found")
 
 
 def wait_until(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):  # noqa: ANN001, ANN201

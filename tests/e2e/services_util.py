@@ -8,7 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .harness import Server, free_port, wait_until, write_config
+from .harness import Server, free_port_block, wait_until, write_config
 
 APPS = Path(__file__).parent / "apps"
 
@@ -21,7 +21,7 @@ def service_dir(tmp_path: Path) -> Path:
 
 
 def service(name: str, port: int | None = None, extra: str = "", env: dict | None = None) -> str:
-    port = port or free_port()
+    port = port or free_port_block()
     env_lines = "".join(f"  - {k}={v}\n" for k, v in (env or {}).items())
     return (
         f"type: service\nname: {name}\nport: {port}\n"

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .harness import Server, free_port, wait_until
+from .harness import Server, free_port_block, wait_until
 from .services_util import (
     apply_detached,
     auth,
@@ -106,7 +106,7 @@ def test_openai_chat_completions_through_the_models_entry(srv: Server, tmp_path:
 
 def test_failing_probe_keeps_a_replica_out_of_rotation(srv: Server, tmp_path: Path):
     d = service_dir(tmp_path)
-    port = free_port()
+    port = free_port_block()
     flag = tmp_path / "fail"
     (tmp_path / f"fail.{port + 1}").write_text("replica 1 is sick")
     extra = (
@@ -202,7 +202,7 @@ def test_scale_to_zero_then_the_first_request_wakes_it(srv: Server, tmp_path: Pa
 
 def test_rolling_update_never_drops_a_request(srv: Server, tmp_path: Path):
     d = service_dir(tmp_path)
-    port = free_port()
+    port = free_port_block()
     probes = "probes:\n  - type: http\n    url: /health\n    interval: 1s\n"
     apply_detached(srv, d, "roll", service("roll", port=port, extra=probes, env={"APP_NAME": "v1"}))
     wait_serving(srv, "roll")
