@@ -166,7 +166,7 @@ def test_job_reaches_an_ssh_host_as_the_fleet_does() -> None:
     import json
 
     from dstack.server.db import tables as t
-    from dstack.server.reconcilers.job_worker import _host_access
+    from dstack.server.reconcilers.job_facts import host_access as _host_access
 
     rc = {
         "hostname": "10.0.0.5",

@@ -12,13 +12,21 @@ from typing import Any
 from sqlalchemy import select, update
 
 from dstack.models.configurations import parse_configuration
-from dstack.models.offers import InstanceOfferWithAvailability
 from dstack.models.runs import JobProvisioningData, JobSpec, RunSpec
 from dstack.models.wire import utcnow
 from dstack.server.agent_client import AgentClientError, AgentError, AgentUnreachableError
 from dstack.server.db import tables as t
 from dstack.server.reconcilers.agents import AgentRegistry
 from dstack.server.reconcilers.base import LeaseLost, Reconciler
+from dstack.server.reconcilers.job_facts import (
+    host_access,
+    idle_duration,
+    inactivity_duration,
+    is_spot,
+    next_instance_num,
+    replica_peers,
+    total_blocks,
+)
 from dstack.server.reconcilers.job_start import (
     agent_job_spec,
     published_ports,
@@ -93,7 +101,7 @@ class JobReconciler(Reconciler):
             inst = await s.get(t.Instance, job.instance_id) if job.instance_id else None
             snap = Snapshot(job, run, project, inst, JobSpec.model_validate_json(job.job_spec))
             if job.status == "running":
-                snap.inactivity_duration = _inactivity_duration(run)
+                snap.inactivity_duration = inactivity_duration(run)
             if job.status == "submitted" and job.instance_id is None:
                 conf = parse_configuration(RunSpec.model_validate_json(run.run_spec).configuration)
                 pool = await load_pool(self.ctx, s, project.id)
@@ -117,7 +125,7 @@ class JobReconciler(Reconciler):
             )
         ).scalars()
         cluster = {f.id for f in fleets if fleet_conf(f).get("placement") == "cluster"}
-        peers = await _replica_peers(s, job)
+        peers = await replica_peers(s, job)
         master = next((p for p in peers if p.job_num == 0), None)
         master_inst = (
             await s.get(t.Instance, master.instance_id) if master and master.instance_id else None
@@ -175,7 +183,7 @@ class JobReconciler(Reconciler):
             stop_duration=snap.spec.stop_duration or 0,
             unreachable_grace=st.agent_unreachable_grace_seconds,
             terminate_grace=st.terminate_grace_seconds,
-            spot=_is_spot(inst),
+            spot=is_spot(inst),
             placement=snap.placement,
             queued=snap.queued,
             no_capacity_message=snap.no_capacity,
@@ -274,7 +282,7 @@ class JobReconciler(Reconciler):
         """Internal IPs of every node of the replica by rank, once all are placed and (for
         workers) the master runs: the master starts first."""
         async with self.ctx.db.session() as s:
-            peers = await _replica_peers(s, snap.job)
+            peers = await replica_peers(s, snap.job)
             if len(peers) < snap.spec.jobs_per_replica or any(not p.instance_id for p in peers):
                 return None
             master = peers[0]
@@ -370,7 +378,7 @@ class JobReconciler(Reconciler):
         c = snap.placement
         fleet = await s.get(t.Fleet, c.fleet_id)
         conf = fleet_conf(fleet)
-        num = await _next_instance_num(s, fleet.id)
+        num = await next_instance_num(s, fleet.id)
         inst = t.Instance(
             id=str(uuid.uuid4()),
             project_id=snap.project.id,
@@ -382,9 +390,9 @@ class JobReconciler(Reconciler):
             status="pending",
             offer=c.offer.model_dump_json(),
             price=c.offer.price,
-            total_blocks=_total_blocks(conf),
+            total_blocks=total_blocks(conf),
             provisioning_job_id=snap.job.id,
-            idle_duration=_idle_duration(conf, snap.run),
+            idle_duration=idle_duration(conf, snap.run),
             created_at=now,
             last_processed_at=now,
             dirty=True,
@@ -414,7 +422,7 @@ class JobReconciler(Reconciler):
             region=offer.region,
             price=offer.price,
             dockerized=False,
-            **_host_access(inst),
+            **host_access(inst),
         )
         return {
             "instance_id": inst.id,
@@ -450,87 +458,3 @@ class JobReconciler(Reconciler):
             now=now,
             within_run_id=job.run_id,
         )
-
-
-def _host_access(inst: t.Instance) -> dict[str, Any]:
-    """How the user's `ssh <run>` reaches the job's host (the ProxyJump to the job's sshd): an
-    SSH-fleet host as the fleet reaches it (address, port, user, its proxy_jump as `ssh_proxy`
-    in the reference's shape); any other host at its hostname, as root on port 22."""
-    rc = json.loads(inst.remote_connection or "{}") if inst.backend == "ssh" else {}
-    if not rc.get("hostname"):
-        return {"hostname": inst.hostname or "", "username": "root", "ssh_port": 22}
-    proxy = rc.get("proxy") or None
-    return {
-        "hostname": rc["hostname"],
-        "username": rc.get("user") or "root",
-        "ssh_port": int(rc.get("port") or 22),
-        "ssh_proxy": {
-            "hostname": proxy["hostname"],
-            "port": int(proxy.get("port") or 22),
-            "username": proxy.get("user") or "root",
-        }
-        if proxy
-        else None,
-    }
-
-
-async def _replica_peers(s: Any, job: t.Job) -> list[t.Job]:
-    """The latest submission of every job of this job's replica, by job_num."""
-    rows = (
-        await s.execute(
-            select(t.Job).where(t.Job.run_id == job.run_id, t.Job.replica_num == job.replica_num)
-        )
-    ).scalars()
-    latest: dict[int, t.Job] = {}
-    for j in rows:
-        if j.job_num not in latest or j.submission_num > latest[j.job_num].submission_num:
-            latest[j.job_num] = j
-    return [latest[k] for k in sorted(latest)]
-
-
-async def _next_instance_num(s: Any, fleet_id: str) -> int:
-    from sqlalchemy import func, select
-
-    n = (
-        await s.execute(
-            select(func.max(t.Instance.instance_num)).where(t.Instance.fleet_id == fleet_id)
-        )
-    ).scalar()
-    return 0 if n is None else n + 1
-
-
-def _total_blocks(conf: dict[str, Any]) -> int:
-    blocks = conf.get("blocks", 1)
-    return blocks if isinstance(blocks, int) and blocks > 0 else 1
-
-
-def _idle_duration(conf: dict[str, Any], run: t.Run) -> int | None:
-    """A job-provisioned instance lives idle for the shorter of the fleet's and the run's."""
-    run_conf = RunSpec.model_validate_json(run.run_spec).configuration
-    candidates = [
-        v for v in (conf.get("idle_duration"), run_conf.get("idle_duration")) if v is not None
-    ]
-    if not candidates:
-        return 300
-    if all(v == -1 for v in candidates):
-        return -1
-    return min(v for v in candidates if v != -1)
-
-
-def _inactivity_duration(run: t.Run) -> int | None:
-    """A dev environment's `inactivity_duration` in seconds (None: off)."""
-    conf = RunSpec.model_validate_json(run.run_spec).configuration
-    if conf.get("type") != "dev-environment":
-        return None
-    value = conf.get("inactivity_duration")
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def offer_of(inst: t.Instance) -> InstanceOfferWithAvailability:
-    return InstanceOfferWithAvailability.model_validate_json(inst.offer or "{}")
-
-
-def _is_spot(inst: t.Instance | None) -> bool:
-    if inst is None or not inst.offer:
-        return False
-    return offer_of(inst).instance.resources.spot
