@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from .harness import Server
+from .services_util import service_server
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +27,13 @@ def project_dir(tmp_path: Path) -> Path:
     d.mkdir()
     (d / "data.txt").write_text("payload-from-the-working-dir\n")
     return d
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server per service test module (tests/e2e/ssh overrides it with its own)."""
+    server = service_server(tmp_path_factory.mktemp("svc-home"))
+    try:
+        yield server
+    finally:
+        server.cleanup()

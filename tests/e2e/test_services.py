@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,18 +19,8 @@ from .services_util import (
     proxy_url,
     service,
     service_dir,
-    service_server,
     wait_serving,
 )
-
-
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = service_server(tmp_path_factory.mktemp("svc-home"))
-    try:
-        yield server
-    finally:
-        server.cleanup()
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from .harness import Server, free_port_block, wait_until
 from .services_util import (
@@ -20,18 +18,8 @@ from .services_util import (
     ready_replicas,
     service,
     service_dir,
-    service_server,
     wait_serving,
 )
-
-
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = service_server(tmp_path_factory.mktemp("scaling-home"))
-    try:
-        yield server
-    finally:
-        server.cleanup()
 
 
 def live_replicas(server: Server, name: str) -> list[dict]:

@@ -47,28 +47,27 @@ def read_json(path: Path) -> Any:
         return None
 
 
-def proc_start_time(pid: int) -> int | None:
-    """Kernel start time of a process; guards against pid reuse after a reboot."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name, which may itself contain spaces."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             stat = f.read()
     except OSError:
         return None
-    # The command name (2nd field) may contain spaces; fields after ')' are fixed.
-    fields = stat.rsplit(")", 1)[-1].split()
+    return stat.rsplit(")", 1)[-1].split()
+
+
+def proc_start_time(pid: int) -> int | None:
+    """Kernel start time of a process; guards against pid reuse after a reboot."""
+    fields = _stat_fields(pid)
     try:
-        return int(fields[19])
+        return int(fields[19]) if fields else None
     except (IndexError, ValueError):
         return None
 
 
 def _proc_state(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[-1].split()
+    fields = _stat_fields(pid)
     return fields[0] if fields else None
 
 
