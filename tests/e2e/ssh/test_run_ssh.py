@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ..harness import Server, free_port, wait_until, write_config
-from ..test_ssh import Background, _get, job_submission, ssh, stop
+from ..test_ssh import Background, _get, job_submission, scp, ssh, stop
 from . import hosts as sshhosts
 from .test_fleets import apply_fleet, assert_clean, fleet_yaml
 
@@ -20,7 +20,7 @@ RESOURCES = "resources:\n  cpu: 1..\n  memory: 0.1GB..\n  disk: 1GB..\n"
 
 
 def test_ssh_and_port_forwarding_into_a_job_on_a_fleet_host(
-    srv: Server, hosts: sshhosts.Hosts, key: Path, project_dir: Path
+    srv: Server, hosts: sshhosts.Hosts, key: Path, project_dir: Path, tmp_path: Path
 ):
     h = hosts.add()
     before = h.home_entries()
@@ -55,6 +55,16 @@ def test_ssh_and_port_forwarding_into_a_job_on_a_fleet_host(
         r = ssh(srv, "dev-remote", "echo ok; pwd; cat data.txt; whoami")
         assert r.returncode == 0, r.stderr + srv.log_tail()
         assert r.stdout.splitlines() == ["ok", workdir, "payload-from-the-working-dir", h.name]
+        # scp in and out through the same jump; the file lands in the job's dir on the host.
+        local = tmp_path / "up.txt"
+        local.write_text("uploaded-by-scp\n")
+        r = scp(srv, str(local), "dev-remote:in.txt")
+        assert r.returncode == 0, r.stderr
+        assert (Path(workdir) / "in.txt").read_text() == "uploaded-by-scp\n"
+        back = tmp_path / "back.txt"
+        r = scp(srv, "dev-remote:data.txt", str(back))
+        assert r.returncode == 0, r.stderr
+        assert back.read_text().startswith("payload-from-the-working-dir")
         assert attach.interrupt() == 0
     finally:
         attach.kill()
