@@ -301,3 +301,48 @@ def test_unknown_machine_type_and_no_downloader_only_warn(tmp_path: Path, files:
     assert "no curl, wget or python3 to download" in out.stdout
     assert files.requests == []
     assert not (home / ".vscode-server" / "bin" / COMMIT).exists()
+
+
+def test_stopped_midway_leaves_nothing_behind(tmp_path: Path) -> None:
+    """SIGTERM to the job's process group while the download hangs: no temporary folder or
+    half-written archive stays in the IDE's folder."""
+    sent_headers = threading.Event()
+    release = threading.Event()
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Length", "1000000")
+            self.end_headers()
+            self.wfile.write(b"\x1f\x8b" + b"x" * 1000)
+            self.wfile.flush()
+            sent_headers.set()
+            release.wait(30)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"DSTACK_VSCODE_SERVER_URL_TEMPLATE": f"http://127.0.0.1:{httpd.server_address[1]}/x"}
+    command = install_command("vscode", COMMIT, environ=env)
+    assert command is not None
+    proc = subprocess.Popen(
+        ["sh", "-c", command],
+        env={"HOME": str(home), "PATH": os.environ["PATH"]},
+        start_new_session=True,
+    )
+    try:
+        assert sent_headers.wait(30)
+        folder = home / ".vscode-server"
+        assert any(p.name.startswith(".dstack-") for p in folder.iterdir())
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+    finally:
+        release.set()
+        httpd.shutdown()
+        httpd.server_close()
+    assert sorted(p.name for p in folder.iterdir()) == ["bin"]
+    assert list((folder / "bin").iterdir()) == []

@@ -138,9 +138,9 @@ def _script(
 ) -> list[str]:
     """Skip if present → pick the arch → fetch → unpack into a temporary sibling → rename.
 
-    The rename makes the build appear whole or not at all, so a job killed midway, or two dev
+    The rename makes the build appear whole or not at all, so a job stopped midway, or two dev
     environments sharing one HOME (the process runtime), never leave a half-unpacked build that
-    a later run would take as installed.
+    a later run would take as installed. (Only SIGKILL can leave the temporary folder.)
     """
     what = f"the {server.name} server"
     case = " ".join(f"{'|'.join(ms)}) arch={a} ;;" for a, ms in ARCHES.items())
@@ -150,6 +150,8 @@ def _script(
         "the IDE will install it on first connect\\n' \"$(printf '%s' \"$1\" | tr '\\n' ' ')\"; "
         '[ -n "$tmp" ] && rm -rf "$tmp" "$tmp.tar.gz"; exit 0; }',
         "tmp=",
+        # Stopped mid-download (the job's process group gets SIGTERM): leave nothing behind.
+        """trap '[ -n "$tmp" ] && rm -rf "$tmp" "$tmp.tar.gz"; exit 143' HUP INT TERM""",
         '[ -n "$HOME" ] || warn "HOME is not set"',
         f'd="$HOME"/{shlex.quote(build_dir(ide, version))}',
         '[ -e "$d" ] && exit 0',
