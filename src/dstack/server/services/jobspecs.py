@@ -12,6 +12,7 @@ import shlex
 from typing import Any
 
 from dstack.models.runs import JobSpec
+from dstack.server.services.ide_install import IDE_NAMES, install_command
 
 DEFAULT_STOP_DURATION = 300
 OFF_STOP_DURATION = 10 * 365 * 24 * 3600
@@ -39,15 +40,18 @@ def _shell(conf: Any) -> str:
 
 
 def _dev_env_commands(conf: Any, run_name: str, working_dir: str) -> list[str]:
-    """init, then the IDE link and SSH hint, then sleep until stopped.
+    """The IDE server pre-install (ide_install.py), setup and init, then the IDE link and SSH
+    hint, then sleep until stopped.
 
     The link takes the working dir from `$DSTACK_WORKING_DIR` at run time: only the agent knows
     the real path (the process runtime runs in the job's directory on the host, docker in the
     container's). Run names are `[a-z0-9-]`, so they are safe inside double quotes.
     """
-    cmds = list(getattr(conf, "setup", None) or []) + list(getattr(conf, "init", None) or [])
     ide = getattr(conf, "ide", None)
     ide = getattr(ide, "value", ide)
+    install = install_command(ide, getattr(conf, "version", None))
+    cmds = [install] if install else []
+    cmds += list(getattr(conf, "setup", None) or []) + list(getattr(conf, "init", None) or [])
     where = '"${DSTACK_WORKING_DIR:-' + working_dir + '}"'
     if ide in ("vscode", "cursor", "windsurf"):
         cmds.append(f"echo {shlex.quote('To open in ' + IDE_NAMES[ide] + ', use link below:')}")
@@ -59,9 +63,6 @@ def _dev_env_commands(conf: Any, run_name: str, working_dir: str) -> list[str]:
     cmds.append("echo 'To exit, press Ctrl+C.'")
     cmds.append("tail -f /dev/null")
     return cmds
-
-
-IDE_NAMES = {"vscode": "VS Code", "cursor": "Cursor", "windsurf": "Windsurf"}
 
 
 def seconds_or_none(value: Any) -> int | None:

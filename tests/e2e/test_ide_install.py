@@ -1,0 +1,174 @@
+"""A dev environment with `ide` and `version` pre-installs the IDE's server before `init`,
+end to end: a real server (its URL template pointed at a loopback HTTP server this test runs),
+the local agent on the process runtime, and the CLI.
+
+Jobs on the process runtime take HOME from the agent, which the server starts with its own
+environment: the server's temporary HOME. So the build lands in `<server.home>/.vscode-server`,
+never in the real one; `init` echoes `$HOME` and the test checks it.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .harness import Server, wait_until, write_config
+
+pytestmark = pytest.mark.e2e
+
+COMMIT = "e2e0c0ffee0c0ffee0c0ffee0c0ffee0c0ffee00"
+MISSING = "e2e0dead0dead0dead0dead0dead0dead0dead00"
+RESOURCES = "resources:\n  cpu: 1..\n  memory: 0.5GB..\n  disk: 1GB..\n"
+
+
+def server_tarball() -> bytes:
+    """Shaped like a real build: everything under one top-level folder."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, text, mode in [
+            ("vscode-server-linux-x64/bin/code-server", "#!/bin/sh\necho stub-server\n", 0o755),
+            ("vscode-server-linux-x64/product.json", f'{{"commit": "{COMMIT}"}}\n', 0o644),
+        ]:
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+class Builds:
+    """Serves the build for both arches at /vscode/<commit>/<arch>/server.tar.gz, else 404."""
+
+    def __init__(self) -> None:
+        body = server_tarball()
+        self.routes = {f"/vscode/{COMMIT}/{arch}/server.tar.gz": body for arch in ("x64", "arm64")}
+        self.requests: list[str] = []
+        builds = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                builds.requests.append(self.path)
+                data = builds.routes.get(self.path)
+                self.send_response(200 if data is not None else 404)
+                self.send_header("Content-Length", str(len(data or b"")))
+                self.end_headers()
+                self.wfile.write(data or b"")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @property
+    def template(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/vscode/{{commit}}/{{arch}}/server.tar.gz"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def builds() -> Iterator[Builds]:
+    b = Builds()
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def ide_server(tmp_path_factory: pytest.TempPathFactory, builds: Builds) -> Iterator[Server]:
+    srv = Server(
+        home=tmp_path_factory.mktemp("ide-home"),
+        extra_env={"DSTACK_VSCODE_SERVER_URL_TEMPLATE": builds.template},
+    )
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.cleanup()
+
+
+def dev_env(name: str, version: str) -> str:
+    check = f'"$HOME/.vscode-server/bin/{version}/bin/code-server"'
+    return (
+        f"type: dev-environment\nname: {name}\nide: vscode\nversion: {version}\n"
+        "init:\n"
+        '  - echo "job-home=$HOME"\n'
+        f"  - if [ -x {check} ]; then echo server-present-before-init; "
+        "else echo server-missing-before-init; fi\n" + RESOURCES
+    )
+
+
+def logs_until(server: Server, name: str, text: str) -> str:
+    def seen() -> str | None:
+        out = server.cli("logs", name).stdout
+        return out if text in out else None
+
+    return wait_until(seen, timeout=90, what=f"{text!r} in the logs of {name}")
+
+
+def stop(server: Server, name: str) -> None:
+    server.api("/api/project/main/runs/stop", {"runs_names": [name], "abort": True})
+    server.wait_status(name, "terminated", "failed", "done", timeout=60)
+
+
+def test_the_server_build_is_in_place_before_init_and_fetched_once(
+    ide_server: Server, builds: Builds, project_dir: Path
+) -> None:
+    write_config(project_dir, "ide.dstack.yml", dev_env("ide-pre", COMMIT))
+    apply = ide_server.cli_popen("apply", "-f", "ide.dstack.yml", "-y", cwd=project_dir)
+    try:
+        wait_until(lambda: "To exit, press Ctrl+C." in apply.read(), timeout=90, what="attach")
+        out = apply.read()
+    finally:
+        apply.stop()
+    target = ide_server.home / ".vscode-server" / "bin" / COMMIT
+    installed = f"dstack: pre-installed the VS Code server in {target}"
+    assert installed in out, out
+    assert f"job-home={ide_server.home}" in out
+    assert "server-present-before-init" in out
+    assert out.index(installed) < out.index("server-present-before-init")
+    assert "vscode://vscode-remote/ssh-remote+ide-pre/" in out  # the link is unchanged
+    assert (target / "bin" / "code-server").read_text() == "#!/bin/sh\necho stub-server\n"
+    assert (target / "product.json").is_file() and (target / "0").is_file()
+    assert ide_server.run("ide-pre")["status"] == "running"
+    stop(ide_server, "ide-pre")
+    fetched = [p for p in builds.requests if COMMIT in p]
+    assert len(fetched) == 1
+
+    # The next dev environment on the same host and HOME finds it and downloads nothing.
+    write_config(project_dir, "again.dstack.yml", dev_env("ide-again", COMMIT))
+    r = ide_server.cli("apply", "-f", "again.dstack.yml", "-y", "-d", cwd=project_dir)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = logs_until(ide_server, "ide-again", "To exit, press Ctrl+C.")
+    assert "server-present-before-init" in out and "pre-installed" not in out
+    assert [p for p in builds.requests if COMMIT in p] == fetched
+    stop(ide_server, "ide-again")
+
+
+def test_a_missing_build_warns_and_the_dev_environment_still_runs(
+    ide_server: Server, builds: Builds, project_dir: Path
+) -> None:
+    write_config(project_dir, "gone.dstack.yml", dev_env("ide-gone", MISSING))
+    r = ide_server.cli("apply", "-f", "gone.dstack.yml", "-y", "-d", cwd=project_dir)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = logs_until(ide_server, "ide-gone", "To exit, press Ctrl+C.")
+    warning = [line for line in out.splitlines() if line.startswith("dstack: warning:")]
+    assert len(warning) == 1, out
+    assert "could not pre-install the VS Code server" in warning[0]
+    assert f"/vscode/{MISSING}/" in warning[0] and "404" in warning[0]
+    assert "server-missing-before-init" in out
+    assert any(MISSING in p for p in builds.requests)
+    assert ide_server.wait_status("ide-gone", "running")["status"] == "running"
+    assert not (ide_server.home / ".vscode-server" / "bin" / MISSING).exists()
+    stop(ide_server, "ide-gone")
