@@ -30,12 +30,14 @@ def build_configuration(
     conf: Any, args: argparse.Namespace, environ: dict[str, str]
 ) -> dict[str, Any]:
     """File → profile → flags → resolved env, validated again as a whole."""
+    from dstack.cli.ide_version import fill_version
     from dstack.models.configurations import parse_configuration
 
     check_exclusive(args)
     data = conf.model_dump(mode="json")
     data = apply_profile(data, _profile(args))
     data = apply_overrides(data, args, environ, getattr(args, "run_args", None))
+    data = fill_version(data)
     merged = parse_configuration(data)
     result = merged.model_dump(mode="json")
     result["env"] = resolve_env(merged.env, environ)
