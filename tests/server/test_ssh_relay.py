@@ -206,6 +206,22 @@ def test_the_job_side_closing_ends_the_websocket(relay: tuple[TestClient, Echo])
         assert message["type"] == "websocket.close"
 
 
+def test_an_empty_message_half_closes_and_the_answer_still_arrives(
+    relay: tuple[TestClient, Echo],
+) -> None:
+    client, echo = relay
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with client.websocket_connect("/api/project/main/runs/web/ssh", headers=headers) as ws:
+        ws.send_bytes(b"last words")
+        ws.send_bytes(b"")  # end of input: the echo server sees EOF, answers, hangs up
+        got = b""
+        while (message := ws.receive())["type"] == "websocket.send":
+            got += message["bytes"]
+        assert got == b"last words"
+        assert message["type"] == "websocket.close"
+        _wait(lambda: echo.open == 0, "the stream to close")
+
+
 def _wait(predicate: Any, what: str, timeout: float = 5.0) -> None:
     import time
 

@@ -115,9 +115,7 @@ async def find_target(
     return SSHTarget(job=job, instance=instance, port=int(port))
 
 
-async def _latest_job(
-    s: AsyncSession, run_id: str, replica_num: int, job_num: int
-) -> t.Job | None:
+async def _latest_job(s: AsyncSession, run_id: str, replica_num: int, job_num: int) -> t.Job | None:
     return (
         await s.execute(
             select(t.Job)
@@ -176,11 +174,17 @@ async def relay(receive: Receive, send: Send, reader: Any, writer: Any) -> None:
 
 
 async def _client_to_job(receive: Receive, writer: Any) -> None:
+    """An empty message is the client's end of input: shut the job side's write half (TCP
+    half-close) and wait for the job to finish answering and close."""
     with contextlib.suppress(OSError, ConnectionError, EOFError):
         while (data := await receive()) is not None:
             if data:
                 writer.write(data)
                 await writer.drain()
+            elif writer.can_write_eof():
+                writer.write_eof()
+        return
+    await asyncio.Event().wait()  # a failed write: the job side's read half may still answer
 
 
 async def _job_to_client(reader: Any, send: Send) -> None:
