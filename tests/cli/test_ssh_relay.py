@@ -150,6 +150,7 @@ def test_via_server_decision(jpd, url, forced, answers, want, probed) -> None:  
 
 def test_is_local_url() -> None:
     assert is_local_url("http://127.0.0.1:3000") and is_local_url("http://[::1]:3000")
+    assert is_local_url("http://0.0.0.0:3000") and is_local_url("http://localhost")
     assert not is_local_url("http://10.1.2.3:3000") and not is_local_url("https://a.example")
 
 

@@ -48,14 +48,16 @@ def forced_route(flag: bool = False) -> bool | None:
 
 
 def is_local_url(server_url: str) -> bool:
-    """Whether the server runs on this machine (its URL names a loopback address)."""
+    """Whether the server runs on this machine (its URL names a loopback address, or 0.0.0.0,
+    which a client reaches as this machine)."""
     host = urlsplit(server_url).hostname or ""
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        ip = ipaddress.ip_address(host)
     except ValueError:
         return False
+    return ip.is_loopback or ip.is_unspecified
 
 
 def tcp_reachable(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> bool:
