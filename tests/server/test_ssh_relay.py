@@ -26,7 +26,7 @@ from dstack.server.services.context import ServerContext
 from dstack.server.services.crypto import hash_token
 
 with warnings.catch_warnings():  # starlette would rather have httpx2 drive its test client
-    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore")
     from starlette.testclient import TestClient, WebSocketDenialResponse
 
 TOKEN, OUTSIDER = "tok-member", "tok-outsider"
