@@ -38,8 +38,10 @@ RESOURCES = "resources:\n  cpu: 1..\n  memory: 0.5GB..\n  disk: 1GB..\n"
 class Background:
     """A CLI process whose output is collected as it comes (attached apply, attach)."""
 
-    def __init__(self, server: Server, *args: str, cwd: Path) -> None:
-        env = server.env()
+    def __init__(
+        self, server: Server, *args: str, cwd: Path, env: dict[str, str] | None = None
+    ) -> None:
+        env = {**server.env(), **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dstack.cli.main", *args],
             cwd=cwd,

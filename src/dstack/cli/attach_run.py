@@ -37,7 +37,7 @@ def attach(api: APIClient, name: str, *, yes: bool, args: argparse.Namespace | N
             echo(f"{name} provisioning completed ({status_text(run)})")
         _print_service(api, run)
         if run.status == RunStatus.RUNNING:
-            attachment = _open_ssh(run, args, yes, lambda: api.get_run(name))
+            attachment = _open_ssh(api, run, args, yes, lambda: api.get_run(name))
         final = follow_logs(api, name)
     except KeyboardInterrupt:
         if attachment is not None:
@@ -51,10 +51,13 @@ def attach(api: APIClient, name: str, *, yes: bool, args: argparse.Namespace | N
     return 0 if ok else 1
 
 
-def _open_ssh(run: Any, args: argparse.Namespace | None, yes: bool, reload: Any) -> Any:
+def _open_ssh(
+    api: APIClient, run: Any, args: argparse.Namespace | None, yes: bool, reload: Any
+) -> Any:
     """SSH entries and port forwards of job 0 of the run; a failure to connect is reported
     but does not stop log streaming (the run itself is fine)."""
     from dstack.cli.attach_ssh import open_attachment
+    from dstack.cli.ssh_relay import forced_route
 
     try:
         attachment = open_attachment(
@@ -66,6 +69,8 @@ def _open_ssh(run: Any, args: argparse.Namespace | None, yes: bool, reload: Any)
             yes=yes,
             action="attach",
             reload=reload,
+            server=(api.base_url, api.project),
+            forced_relay=forced_route(),
         )
     except CLIError as e:
         # A short job may end before the connection is up: that is no news worth a warning.

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from dstack.cli import sshconfig
 from dstack.cli.common import CLIError, confirm, echo
+from dstack.cli.ssh_relay import is_local_url, proxy_command, via_server
 from dstack.cli.tunnel import RESERVED, Forward, Tunnel, job_hosts, plan_forwards
 from dstack.models.runs import Job, Run
 
@@ -109,11 +110,14 @@ def open_attachment(
     yes: bool,
     action: str,
     reload: Callable[[], Run] | None = None,
+    server: tuple[str, str] | None = None,
+    forced_relay: bool | None = None,
 ) -> Attachment:
     """Everything `ssh <run>` and the forwards need; raises CLIError on a busy port.
 
     A docker job's app ports are published on random host ports once its container runs;
-    RELOAD fetches the run again until they are known."""
+    RELOAD fetches the run again until they are known. SERVER (URL, project) lets SSH go
+    through the server's relay when the host is not reachable from here (or FORCED_RELAY)."""
     job = _with_published_ports(run, job, reload)
     sub = job.job_submissions[-1] if job.job_submissions else None
     jpd = sub.job_provisioning_data if sub else None
@@ -126,8 +130,14 @@ def open_attachment(
             f"User SSH key doesn't match the key of run {run.run_spec.run_name}; "
             "pass the run's key with --ssh-identity"
         )
-    hosts, ssh_error = job_hosts(alias, jpd, jrd, private)
-    same_network = jpd is not None and jpd.backend == "local" and job.job_spec.image_name is None
+    relay = _relay_command(run, job, jpd, server, forced_relay)
+    hosts, ssh_error = job_hosts(alias, jpd, jrd, private, relay)
+    same_network = (
+        jpd is not None
+        and jpd.backend == "local"
+        and job.job_spec.image_name is None
+        and (server is None or is_local_url(server[0]))
+    )
     forwards = plan_forwards(
         job.job_spec.app_specs,
         port_overrides,
@@ -152,6 +162,17 @@ def open_attachment(
     attachment.tunnel = tunnel
     _save_held(alias, bind, tunnel.forwards)
     return attachment
+
+
+def _relay_command(
+    run: Run, job: Job, jpd: object, server: tuple[str, str] | None, forced: bool | None
+) -> str | None:
+    """The ProxyCommand through the server's relay, when SSH should go that way (ssh_relay)."""
+    if server is None or jpd is None or not via_server(jpd, server[0], forced):
+        return None
+    spec = job.job_spec
+    name = run.run_spec.run_name or spec.job_name
+    return proxy_command(server[0], server[1], name, spec.replica_num, spec.job_num)
 
 
 def _missing_ports(job: Job) -> list[int]:

@@ -30,6 +30,10 @@ COMMANDS: dict[str, str] = {
     "volume": "List and delete volumes",
 }
 ALIASES: dict[str, str] = {"destroy": "delete"}
+# Internal commands: configured only when invoked, never listed in `dstack --help`.
+HIDDEN: dict[str, str] = {
+    "ssh-proxy": "Relay SSH to a run through the server (the ProxyCommand `attach` writes)",
+}
 
 EPILOG = "Run `dstack COMMAND --help` to see the options of a command."
 
@@ -69,7 +73,10 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser.add_argument("-v", "--version", action="store_true", help="show the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CLIParser)
     target = _target_command(argv)
-    for name, help_text in COMMANDS.items():
+    commands = dict(COMMANDS)
+    if target in HIDDEN:
+        commands[target] = HIDDEN[target]
+    for name, help_text in commands.items():
         aliases = [a for a, n in ALIASES.items() if n == name]
         cmd = sub.add_parser(
             name,
@@ -86,7 +93,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 def _load(name: str):  # noqa: ANN202 - a module
     import importlib
 
-    return importlib.import_module(f"dstack.cli.commands.{name}")
+    return importlib.import_module(f"dstack.cli.commands.{name.replace('-', '_')}")
 
 
 def _print_error(message: str) -> None:

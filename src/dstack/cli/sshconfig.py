@@ -180,7 +180,9 @@ def uninstall_include(path: Path | None = None) -> bool:
 
 @dataclass(frozen=True)
 class SSHHost:
-    """One `Host` block: the address, and the block to jump through to reach it, if any."""
+    """One `Host` block: the address, and the block to jump through to reach it, if any; or,
+    with `proxy_command`, no address at all: the command carries the connection (the server
+    relay, `dstack ssh-proxy`)."""
 
     alias: str
     hostname: str
@@ -188,12 +190,13 @@ class SSHHost:
     user: str
     identity: Path
     proxy_jump: str | None = None
+    proxy_command: str | None = None
 
     def render(self) -> str:
-        lines = [
-            f"Host {self.alias}",
-            f"    HostName {self.hostname}",
-            f"    Port {self.port}",
+        lines = [f"Host {self.alias}"]
+        if not self.proxy_command:
+            lines += [f"    HostName {self.hostname}", f"    Port {self.port}"]
+        lines += [
             f"    User {self.user}",
             f"    IdentityFile {_quote(self.identity)}",
             "    IdentitiesOnly yes",
@@ -205,6 +208,8 @@ class SSHHost:
         ]
         if self.proxy_jump:
             lines.append(f"    ProxyJump {self.proxy_jump}")
+        if self.proxy_command:
+            lines.append(f"    ProxyCommand {self.proxy_command}")
         return "\n".join(lines) + "\n"
 
 

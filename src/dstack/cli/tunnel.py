@@ -124,12 +124,16 @@ def plan_forwards(
     return forwards
 
 
-def job_hosts(alias: str, jpd: Any, jrd: Any, identity: Path) -> tuple[list[SSHHost], str | None]:
+def job_hosts(
+    alias: str, jpd: Any, jrd: Any, identity: Path, relay: str | None = None
+) -> tuple[list[SSHHost], str | None]:
     """The `Host` blocks that reach the job's sshd, or why the job has none.
 
-    The job's sshd listens on the host's loopback. On the local backend that host is this
-    machine; any other host is a ProxyJump (`<alias>-host`, itself behind `<alias>-jump-host`
-    where the host has an SSH proxy) — the shape an SSH-fleet host needs.
+    The job's sshd listens on the host's loopback. With RELAY (a ProxyCommand line: the
+    server's relay, cli/ssh_relay.py) one block whose command carries the connection. Else, on
+    the local backend that host is this machine; any other host is a ProxyJump (`<alias>-host`,
+    itself behind `<alias>-jump-host` where the host has an SSH proxy) — the shape an SSH-fleet
+    host needs.
     """
     ports = (jrd.ports or {}) if jrd is not None else {}
     sshd_port = ports.get(JOB_SSH_PORT)
@@ -138,6 +142,8 @@ def job_hosts(alias: str, jpd: Any, jrd: Any, identity: Path) -> tuple[list[SSHH
     if not sshd_port:
         return [], "the job has no SSH server (no sshd, or no docker client, on the host)"
     user = jrd.username or jpd.username or "root"
+    if relay:
+        return [SSHHost(alias, "", 0, user, identity, proxy_command=relay)], None
     if jpd.backend == "local":
         return [SSHHost(alias, "127.0.0.1", int(sshd_port), user, identity)], None
     hosts: list[SSHHost] = []

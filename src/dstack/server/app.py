@@ -23,8 +23,8 @@ from dstack.server.reconcilers.fleets import FleetReconciler
 from dstack.server.reconcilers.instance_worker import InstanceReconciler
 from dstack.server.reconcilers.job_worker import JobReconciler
 from dstack.server.reconcilers.run_worker import RunReconciler
-from dstack.server.reconcilers.ssh_hosts import upstream_resolver
-from dstack.server.routers import fleets, resources, runs
+from dstack.server.reconcilers.ssh_hosts import stream_opener, upstream_resolver
+from dstack.server.routers import fleets, resources, runs, ssh_relay
 from dstack.server.routers.deps import AuthError
 from dstack.server.services.bootstrap import BootstrapResult, bootstrap
 from dstack.server.services.codes import CodeTooLargeError
@@ -59,8 +59,12 @@ async def start(ctx: ServerContext) -> tuple[BootstrapResult, list[asyncio.Task[
     await migrate(ctx.db.engine)
     result = await bootstrap(ctx)
     if ctx.settings.local_backend_enabled:
-        ctx.backends["local"] = LocalBackend(ctx.settings.local_agent_home)
+        local = LocalBackend(ctx.settings.local_agent_home)
+        ctx.backends["local"] = local
+        ctx.stream_openers["local"] = lambda inst, port: local.open_stream(port)
     ctx.backends["ssh"] = SSHBackend(ctx.settings.data_dir)
+    # The SSH relay (`dstack ssh-proxy`) reaches jobs' SSH servers the way each backend can.
+    ctx.stream_openers["ssh"] = stream_opener(ctx)
     # Services on SSH hosts: the proxy and the prober reach replicas through the SSH pool.
     upstream.register("ssh", upstream_resolver(ctx))
     agents = AgentRegistry(ctx)
@@ -154,4 +158,5 @@ def create_app(settings: Settings, on_ready: object = None) -> FastAPI:
     app.include_router(resources.router)
     app.include_router(runs.router)
     app.include_router(fleets.router)
+    app.include_router(ssh_relay.router)
     return app

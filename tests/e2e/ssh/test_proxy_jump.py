@@ -51,8 +51,10 @@ def test_fleet_through_proxy_jump(srv: Server, hosts: sshhosts.Hosts, key: Path,
     logs = srv.cli("logs", "jumped-task").stdout
     assert f"via-jump-{target.name}" in logs, logs
 
-    # `ssh <run>`: the CLI's chain <run>-jump-host -> <run>-host -> the job's sshd. The user's
-    # own key must open the bastion (the server only lets it into the target while the job runs).
+    # `ssh <run>` the direct way (DSTACK_SSH_VIA_SERVER=0; by default a host behind a proxy
+    # jump is reached through the server's relay, tests/e2e/ssh/test_relay.py): the CLI's chain
+    # <run>-jump-host -> <run>-host -> the job's sshd. The user's own key must open the bastion
+    # (the server only lets it into the target while the job runs).
     write_config(project_dir, "s.dstack.yml", task("jumped-ssh", "sleep 300"))
     r = srv.cli("apply", "-f", "s.dstack.yml", "-y", "-d", cwd=project_dir)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -60,7 +62,9 @@ def test_fleet_through_proxy_jump(srv: Server, hosts: sshhosts.Hosts, key: Path,
     user_pub = (srv.home / ".dstack" / "ssh" / "id_rsa.pub").read_text().strip()
     with open(bastion.home / ".ssh" / "authorized_keys", "a") as fh:
         fh.write(user_pub + "\n")
-    attach = Background(srv, "attach", "jumped-ssh", "-y", cwd=project_dir)
+    attach = Background(
+        srv, "attach", "jumped-ssh", "-y", cwd=project_dir, env={"DSTACK_SSH_VIA_SERVER": "0"}
+    )
     try:
         attach.wait_for("Press Ctrl+C to detach...")
         entries = (srv.home / ".dstack" / "ssh" / "config").read_text()

@@ -12,6 +12,8 @@ EPILOG = """examples:
   dstack attach my-run --logs      the same, and replay then follow the logs
   dstack attach my-run -p 8081:80  forward the run's port 80 to localhost:8081
   dstack attach my-run --job 1     job 1 of a multi-node task (`ssh my-run-1-0`)
+  dstack attach my-run --ssh-via-server
+                                   `ssh my-run` goes through the dstack server
 
 The run's SSH entry is written to ~/.dstack/ssh/config; `-y` adds `Include` of that file to
 ~/.ssh/config without asking (once; remove the two marked lines to undo).
@@ -42,6 +44,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="forward a run port to another local port, e.g. 8081:80",
     )
     parser.add_argument(
+        "--ssh-via-server",
+        action="store_true",
+        help="reach the run's SSH server through the dstack server even if its host is "
+        "reachable from here (also DSTACK_SSH_VIA_SERVER=1; =0 never goes through the server)",
+    )
+    parser.add_argument(
         "-y", "--yes", action="store_true", help="add the Include to ~/.ssh/config without asking"
     )
     parser.set_defaults(handler=run)
@@ -70,11 +78,14 @@ def run(args: argparse.Namespace) -> int:
     attachment = None
     if found.status == RunStatus.RUNNING:
         from dstack.cli.attach_ssh import open_attachment
+        from dstack.cli.ssh_relay import forced_route
 
         attachment = open_attachment(
             found, job, identity=args.ssh_identity, port_overrides=args.port,
             host=args.host, yes=args.yes, action="attach",
             reload=lambda: api.get_run(args.run_name),
+            server=(api.base_url, api.project),
+            forced_relay=forced_route(args.ssh_via_server),
         )  # fmt: skip
     elif not args.logs:
         status = status_text(found)

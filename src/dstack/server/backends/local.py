@@ -97,3 +97,12 @@ class LocalBackend(Backend):
             return
         except PermissionError as e:
             raise BackendError(f"cannot stop the local agent (pid {agent_pid}): {e}") from e
+
+    async def open_stream(self, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """(reader, writer) to `port` on this machine's loopback, where a local job's SSH server
+        listens: the server's relay for a CLI that cannot reach this machine itself."""
+        try:
+            return await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 10)
+        except (OSError, asyncio.TimeoutError) as e:
+            why = str(e) or "timed out"
+            raise BackendError(f"cannot connect to 127.0.0.1:{port}: {why}") from e

@@ -102,6 +102,20 @@ def upstream_resolver(
     return resolve
 
 
+def stream_opener(ctx: ServerContext) -> Callable[[t.Instance, int], Awaitable[tuple[Any, Any]]]:
+    """How the SSH relay reaches a job's SSH server on an SSH host: a direct-tcpip channel
+    over the host's pooled connection (through the fleet's proxy jump if it has one), so a
+    user needs no login on the bastion or a route to the host."""
+
+    async def open_stream(inst: t.Instance, port: int) -> tuple[Any, Any]:
+        rc = remote(inst)
+        if not rc.get("hostname") or not rc.get("user"):
+            raise BackendError(f"instance {inst.name} has no SSH address recorded")
+        return await ctx.backends["ssh"].open_stream(host_params(ctx, rc), rc.get("host_key"), port)
+
+    return open_stream
+
+
 async def known_host_key(ctx: ServerContext, inst: t.Instance, rc: dict[str, Any]) -> str | None:
     """Trust on first use across fleets: the key this project's server saw at this address
     before (even on an instance deleted since), else None."""

@@ -21,3 +21,6 @@ class ServerContext:
     instance_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     # Backends by type (`local`, later `ssh`, clouds); reconcilers look them up here.
     backends: dict[str, Any] = field(default_factory=dict)
+    # Backend type -> async (instance row, host port) -> (reader, writer): how the SSH relay
+    # (services/job_ssh.py) reaches a port on a job's host; registered in app.py.
+    stream_openers: dict[str, Any] = field(default_factory=dict)

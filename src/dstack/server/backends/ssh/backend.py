@@ -126,6 +126,13 @@ class SSHBackend(Backend):
     async def tunnel_port(self, params: HostParams, known_key: str | None, agent_port: int) -> int:
         return await self.pool.forward(params, known_key, agent_port)
 
+    async def open_stream(
+        self, params: HostParams, known_key: str | None, port: int
+    ) -> tuple[Any, Any]:
+        """(reader, writer) of a TCP stream to `port` on the host's loopback: the server's
+        relay to a job's SSH server (`dstack ssh-proxy`)."""
+        return await self.pool.open_stream(params, known_key, port)
+
     async def agent_log(self, params: HostParams, known_key: str | None) -> str:
         try:
             _, out, _ = await self.pool.run(

@@ -197,6 +197,19 @@ class SSHPool:
                 entry.forwards[remote_port] = local
             return local
 
+    async def open_stream(
+        self, params: HostParams, known_key: str | None, port: int
+    ) -> tuple[asyncssh.SSHReader, asyncssh.SSHWriter]:
+        """A direct-tcpip channel to `port` on the host's loopback over the pooled connection
+        (so through the proxy jump too): one channel per stream, closed with its writer."""
+        conn, _ = await self.connect(params, known_key)
+        try:
+            return await conn.open_connection("127.0.0.1", port)
+        except (OSError, asyncssh.Error) as e:
+            raise HostUnreachable(
+                f"cannot open a connection to port {port} on {params.hostname}: {e}"
+            ) from e
+
     async def run(
         self,
         params: HostParams,
