@@ -15,6 +15,7 @@ from pathlib import Path
 
 from dstack.cli import sshconfig
 from dstack.cli.common import CLIError, confirm, echo
+from dstack.cli.ssh_passphrase import batch_mode
 from dstack.cli.ssh_relay import is_local_url, proxy_command, via_server
 from dstack.cli.tunnel import RESERVED, Forward, Tunnel, job_hosts, plan_forwards
 from dstack.models.runs import Job, Run
@@ -157,7 +158,8 @@ def open_attachment(
         return attachment
     sshconfig.write_hosts(alias, hosts)
     ensure_include(yes)
-    tunnel = Tunnel(sshconfig.dstack_ssh_config(), alias, forwards, bind)
+    batch, hint = batch_mode(private, public)
+    tunnel = Tunnel(sshconfig.dstack_ssh_config(), alias, forwards, bind, batch, hint)
     tunnel.open()
     attachment.tunnel = tunnel
     _save_held(alias, bind, tunnel.forwards)

@@ -95,7 +95,10 @@ def _public_of(private: Path) -> str:
             check=True, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
         )  # fmt: skip
     except (OSError, subprocess.SubprocessError) as e:
-        raise CLIError(f"cannot read the public key of {private}: {e}") from e
+        raise CLIError(
+            f"cannot read the public key of {private}: {e}; if the key has a passphrase, "
+            f"put its public key beside it as {pub.name}"
+        ) from e
     return out.stdout.strip()
 
 

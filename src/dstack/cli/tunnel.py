@@ -178,8 +178,19 @@ def job_hosts(
 class Tunnel:
     """`ssh -N` to the job with the forwards; alive while the CLI is attached."""
 
-    def __init__(self, config: Path, alias: str, forwards: list[Forward], host: str) -> None:
+    def __init__(
+        self,
+        config: Path,
+        alias: str,
+        forwards: list[Forward],
+        host: str,
+        batch: bool = True,
+        hint: str | None = None,
+    ) -> None:
+        """BATCH False lets ssh ask for a key's passphrase on the terminal; HINT is added to a
+        failure (see ssh_passphrase)."""
         self.config, self.alias, self.host = config, alias, host
+        self.batch, self.hint = batch, hint
         self.forwards = [f for f in forwards if not f.direct]
         self.dir = Path(tempfile.mkdtemp(prefix="dstack-ssh-"))  # short: socket paths are
         self.socket = self.dir / "control.sock"  # limited to ~100 characters
@@ -189,7 +200,7 @@ class Tunnel:
         argv = [
             "ssh", "-F", str(self.config), "-N", "-M", "-S", str(self.socket),
             "-o", "ExitOnForwardFailure=yes", "-o", "ControlPersist=no",
-            "-o", "BatchMode=yes",
+            "-o", f"BatchMode={'yes' if self.batch else 'no'}",
         ]  # fmt: skip
         for f in self.forwards:
             target = f.target or f.remote_port
@@ -206,12 +217,17 @@ class Tunnel:
             stderr=subprocess.PIPE,
             text=True,
         )
+        if not self.batch:  # the user is typing a passphrase
+            timeout = max(timeout, 300.0)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 err = (self.proc.stderr.read() if self.proc.stderr else "").strip()
                 self.close()
-                raise CLIError(f"Failed to connect to {self.alias} over SSH: {err or 'ssh exited'}")
+                hint = f" ({self.hint})" if self.hint else ""
+                raise CLIError(
+                    f"Failed to connect to {self.alias} over SSH: {err or 'ssh exited'}{hint}"
+                )
             if self._check():
                 return
             time.sleep(0.1)
