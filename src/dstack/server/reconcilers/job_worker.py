@@ -31,7 +31,6 @@ from dstack.server.reconcilers.job_start import (
     agent_job_spec,
     published_ports,
     runtime_data,
-    service_listen_port,
     ssh_keys,
 )
 from dstack.server.reconcilers.jobs import Decision, JobView, decide
@@ -269,13 +268,7 @@ class JobReconciler(Reconciler):
         except AgentError as e:
             d.status, d.reason, d.message = "terminating", "executor_error", str(e)
             return {}
-        jrd = runtime_data(spec, state)
-        listen = service_listen_port(snap.spec, spec["runtime"])
-        if listen is not None and spec["runtime"] == "process":
-            # Replicas sharing the host each listen on their own port (server/proxy).
-            jrd = jrd.model_copy(
-                update={"ports": {**(jrd.ports or {}), snap.spec.service_port: listen}}
-            )
+        jrd = runtime_data(spec, state, snap.spec)
         return {"job_runtime_data": jrd.model_dump_json()}
 
     async def _cluster(self, snap: Snapshot) -> list[str] | None:
