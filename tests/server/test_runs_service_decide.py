@@ -151,7 +151,7 @@ def test_a_replica_terminating_after_a_failure_is_not_replaced_by_the_scaler():
     assert d == RunDecision()
     # A replica stopped by scaling is not a failure: the scaler may still move.
     d = decide(view(rep(0), rep(1, "terminating", reason="scaled_down"), **fixed), NOW)
-    assert d.scale_up == [1]
+    assert d.scale_up == [2]  # 1 still stops (and may hold its port)
 
 
 def test_a_failed_replica_ends_the_run_without_retry():
@@ -182,3 +182,11 @@ def test_a_replica_failing_while_scaled_to_zero_is_judged_by_retry_first():
     v = replace(view(failed, status="pending"), retry=RETRY)
     d = decide(v, NOW)
     assert d.resubmit == [] and d.values == {"resubmission_attempt": 1}
+
+
+def test_a_replica_number_still_stopping_is_not_reused():
+    # Scaled to zero, then a request arrives while replica 0 still shuts down (it may still
+    # hold its port): the new replica takes the next number.
+    stopping = rep(0, "terminating", reason="scaled_down")
+    d = decide(view(stopping, status="pending", held=1), NOW)
+    assert d.scale_up == [1]

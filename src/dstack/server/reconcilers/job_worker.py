@@ -274,6 +274,10 @@ class JobReconciler(Reconciler):
         except AgentError as e:
             d.status, d.reason, d.message = "terminating", "executor_error", str(e)
             return {}
+        if state.get("termination_reason") == "ports_binding_failed":
+            # Never `running`: the proxy would route to whatever holds the port.
+            d.status, d.reason = "terminating", "ports_binding_failed"
+            d.message = state.get("termination_message")
         jrd = runtime_data(spec, state, snap.spec)
         return {"job_runtime_data": jrd.model_dump_json()}
 

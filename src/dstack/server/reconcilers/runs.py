@@ -30,6 +30,8 @@ Services (see `_decide_service`) also scale, in `active` and in `pending` (scale
 
 A replica's failure is never replaced by the scaler on the spot: that was a crash loop (a
 replica whose port is taken, say, re-added as fast as it failed). It ends, then retry decides.
+New replicas take the lowest numbers neither live nor still stopping (a stopping replica may
+still hold `port + N` on the process runtime).
 
 Backoff: the wait before a resubmission is `backoff[k - 1]` (capped at the last entry), where k
 is the larger of the run's `resubmission_attempt` and the job's failure streak: how many of its
@@ -278,7 +280,10 @@ def _last_scaled(v: RunView, live: list[JobState]) -> datetime:
 
 
 def _free_nums(v: RunView, live: list[JobState], n: int) -> list[int]:
+    """The lowest replica numbers neither live nor still stopping: a replica that stops may
+    hold its port (`port + N` on the process runtime) until it has exited."""
     taken = {j.replica_num for j in live}
+    taken |= {j.replica_num for j in v.latest_jobs if j.status == "terminating"}
     out, num = [], 0
     while len(out) < n:
         if num not in taken:
