@@ -310,11 +310,11 @@ def _failing(v: RunView) -> bool:
 
 
 def _decide_service(v: RunView, sv: ServiceView, now: datetime) -> RunDecision:
+    if _failing(v):
+        return RunDecision()
     live = [
         j for j in v.latest_jobs if j.job_num == 0 and j.status not in FINISHED + ("terminating",)
     ]
-    if _failing(v):
-        return RunDecision()
     desired = desired_replicas(sv)
     d = RunDecision()
     old = [j for j in live if j.deployment_num < sv.deployment_num]
