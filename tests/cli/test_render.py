@@ -111,6 +111,17 @@ def test_run_error_wins_in_merged_row():
     assert rows[0]["ERROR"] == "retry limit exceeded"
 
 
+def test_a_busy_port_error_names_the_port_and_host():
+    j = job(status="failed")
+    j["job_submissions"][0].update(
+        error="ports binding failed",
+        termination_reason="ports_binding_failed",
+        termination_reason_message="port 8000 is already in use on host local",
+    )
+    rows = run_rows(run(status="failed", jobs=[j]), now=NOW)
+    assert rows[0]["ERROR"] == "ports binding failed: port 8000 is already in use on host local"
+
+
 def test_default_ps_filter():
     active, done1, done2 = run("a"), run("b", status="done"), run("c", status="failed")
     assert filter_runs([active, done1, done2], False, None) == [active]

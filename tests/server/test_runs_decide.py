@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from dstack.server.reconcilers.runs import JobState, RunDecision, RunView, decide, retry_event
+from dstack.server.reconcilers.runs import (
+    JobState,
+    RunDecision,
+    RunView,
+    decide,
+    failure_streak,
+    retry_event,
+)
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 BACKOFF = (15.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -54,6 +62,10 @@ def run(*jobs: JobState, **kw) -> RunView:
     )
     base.update(kw)
     return RunView(**base)
+
+
+def streak(j: JobState, n: int) -> JobState:
+    return replace(j, failed_streak=n)
 
 
 NO_CAP = "failed_to_start_due_to_no_capacity"
@@ -199,7 +211,7 @@ TABLE = [
             status="pending",
             resubmission_attempt=1,
         ),
-        RunDecision(status="submitted", resubmit=[(0, 0), (1, 0)]),
+        RunDecision(status="submitted", resubmit=[(0, 0), (1, 0)], waited=15.0),
     ),
     (
         "pending/backoff-not-elapsed",
@@ -214,12 +226,12 @@ TABLE = [
     (
         "pending/backoff-third-attempt-elapsed",
         run(job("failed", EXIT, finished=60), status="pending", resubmission_attempt=3),
-        RunDecision(status="submitted", resubmit=[(0, 0)]),
+        RunDecision(status="submitted", resubmit=[(0, 0)], waited=60.0),
     ),
     (
         "pending/backoff-caps-at-last-step",
         run(job("failed", EXIT, finished=600), status="pending", resubmission_attempt=40),
-        RunDecision(status="submitted", resubmit=[(0, 0)]),
+        RunDecision(status="submitted", resubmit=[(0, 0)], waited=600.0),
     ),
     (
         "pending/backoff-caps-at-last-step-not-elapsed",
@@ -244,7 +256,46 @@ TABLE = [
             status="pending",
             resubmission_attempt=1,
         ),
-        RunDecision(status="submitted", resubmit=[(0, 0)]),
+        RunDecision(status="submitted", resubmit=[(0, 0)], waited=15.0),
+    ),
+    # A job that keeps failing soon after it starts backs off by its own streak, even when
+    # the run's attempt count was reset (a service whose other replicas run).
+    (
+        "pending/backoff-grows-with-the-failure-streak",
+        run(
+            streak(job("failed", "ports_binding_failed", finished=59), 3),
+            status="pending",
+            resubmission_attempt=1,
+        ),
+        RunDecision(),
+    ),
+    (
+        "pending/backoff-of-the-failure-streak-elapsed",
+        run(
+            streak(job("failed", "ports_binding_failed", finished=60), 3),
+            status="pending",
+            resubmission_attempt=1,
+        ),
+        RunDecision(status="submitted", resubmit=[(0, 0)], waited=60.0),
+    ),
+    (
+        "pending/the-longest-streak-of-the-failed-jobs-counts",
+        run(
+            streak(job("failed", EXIT, finished=119), 2),
+            streak(job("failed", EXIT, replica=1, finished=119), 4),
+            status="pending",
+            resubmission_attempt=1,
+        ),
+        RunDecision(),
+    ),
+    (
+        "pending/streak-capped-at-the-last-step",
+        run(
+            streak(job("failed", EXIT, finished=600), 50),
+            status="pending",
+            resubmission_attempt=1,
+        ),
+        RunDecision(status="submitted", resubmit=[(0, 0)], waited=600.0),
     ),
     # -- terminating ---------------------------------------------------------------------
     (
@@ -453,3 +504,41 @@ def test_retry_table_has_21_reasons() -> None:
 @pytest.mark.parametrize(("reason", "event"), sorted(RETRY_EVENTS.items()))
 def test_retry_event(reason: str, event: str | None) -> None:
     assert retry_event(reason) == event
+
+
+# -- failure streaks ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("history", "want"),
+    [
+        ([], 0),
+        ([("running", ago(10), None)], 0),
+        ([("failed", ago(10), ago(9))], 1),
+        (
+            [
+                ("failed", ago(50), ago(49)),
+                ("failed", ago(30), ago(29)),
+                ("failed", ago(9), ago(8)),
+            ],
+            3,
+        ),
+        # A success, a stop or a long healthy run ends the streak.
+        ([("failed", ago(50), ago(49)), ("done", ago(40), ago(30)), ("failed", ago(9), ago(8))], 1),
+        (
+            [
+                ("failed", ago(50), ago(49)),
+                ("terminated", ago(40), ago(30)),
+                ("failed", ago(9), ago(8)),
+            ],
+            1,
+        ),
+        ([("failed", ago(5000), ago(9)), ("failed", ago(8), ago(7))], 1),
+        ([("failed", ago(5000), ago(9))], 0),
+        ([("failed", None, None), ("failed", None, ago(1))], 2),
+        # The newest still runs: no streak.
+        ([("failed", ago(50), ago(49)), ("running", ago(9), None)], 0),
+    ],
+)
+def test_failure_streak(history, want):
+    assert failure_streak(history) == want

@@ -9,6 +9,7 @@ import pytest
 
 from dstack.server.reconcilers.runs import (
     JobState,
+    RunDecision,
     RunView,
     ServiceView,
     decide,
@@ -133,3 +134,59 @@ def test_rolling_update_surges_one_and_retires_old_only_when_new_is_ready():
     assert d.scale_up == [3] and len(d.scale_down) == 1
     d = decide(view(rep(0), rep(2, dep=1), rep(3, dep=1), **fixed), NOW)
     assert d.scale_down == [0] and d.scale_up == []
+
+
+# -- a replica that fails: never replaced on the spot ------------------------------------
+
+PORT = "ports_binding_failed"
+RETRY = {"on_events": ["error"], "duration": 3600}
+
+
+def test_a_replica_terminating_after_a_failure_is_not_replaced_by_the_scaler():
+    fixed = dict(target=None, min_replicas=2, max_replicas=2)
+    d = decide(view(rep(0), rep(1, "terminating", reason=PORT), **fixed), NOW)
+    assert d.scale_up == [] and d.scale_down == [] and d.status is None
+    # Alone, too: the run waits for the end rather than going back to `pending`.
+    d = decide(view(rep(0, "terminating", reason=PORT), **fixed), NOW)
+    assert d == RunDecision()
+    # A replica stopped by scaling is not a failure: the scaler may still move.
+    d = decide(view(rep(0), rep(1, "terminating", reason="scaled_down"), **fixed), NOW)
+    assert d.scale_up == [2]  # 1 still stops (and may hold its port)
+
+
+def test_a_failed_replica_ends_the_run_without_retry():
+    fixed = dict(target=None, min_replicas=2, max_replicas=2)
+    d = decide(view(rep(0), rep(1, "failed", reason=PORT, finished=1), **fixed), NOW)
+    assert d.status == "terminating" and d.reason == "job_failed" and d.scale_up == []
+
+
+def test_a_failed_replica_with_retry_backs_off_by_its_failure_streak():
+    fixed = dict(target=None, min_replicas=2, max_replicas=2)
+    failed = replace(rep(1, "failed", reason=PORT, finished=3), failed_streak=3)
+    v = replace(view(rep(0), failed, **fixed), retry=RETRY, backoff=(1.0, 2.0, 4.0, 8.0))
+    d = decide(v, NOW)
+    assert d.status == "pending" and d.values == {"resubmission_attempt": 1}
+    # The service keeps running, so the attempt count was reset; the streak (3) still sets
+    # the wait: 4 s since the failure, not 1 s.
+    pending = replace(v, status="pending", resubmission_attempt=1)
+    assert decide(pending, NOW) == RunDecision()
+    later = replace(pending, latest_jobs=(rep(0), replace(failed, finished_at=ago(4))))
+    d = decide(later, NOW)
+    assert d.status == "submitted" and d.resubmit == [(1, 0)] and d.waited == 4.0
+
+
+def test_a_replica_failing_while_scaled_to_zero_is_judged_by_retry_first():
+    failed = rep(0, "failed", reason=PORT, finished=1)
+    d = decide(view(failed, status="pending"), NOW)
+    assert d.status == "failed" and d.reason == "job_failed"  # nothing else to stop
+    v = replace(view(failed, status="pending"), retry=RETRY)
+    d = decide(v, NOW)
+    assert d.resubmit == [] and d.values == {"resubmission_attempt": 1}
+
+
+def test_a_replica_number_still_stopping_is_not_reused():
+    # Scaled to zero, then a request arrives while replica 0 still shuts down (it may still
+    # hold its port): the new replica takes the next number.
+    stopping = rep(0, "terminating", reason="scaled_down")
+    d = decide(view(stopping, status="pending", held=1), NOW)
+    assert d.scale_up == [1]

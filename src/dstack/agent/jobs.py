@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -19,10 +20,10 @@ import uuid
 from pathlib import Path
 from typing import IO, Any
 
-from dstack.agent import docker, gpus, sshd
+from dstack.agent import docker, gpus, ports, sshd
 from dstack.agent.gpus import GPUS_FILE
 from dstack.agent.hostinfo import GpuCache
-from dstack.agent.logs import read_page
+from dstack.agent.logs import LogWriter, read_page
 from dstack.agent.spec import BadRequest, validate_spec
 from dstack.agent.state import SUPERVISOR_LOST, derive_state, is_finished
 from dstack.agent.tarsafe import unpack_code
@@ -113,6 +114,7 @@ class JobStore:
             read_json(path / STOP_FILE),
             read_json(path / sshd.SSH_FILE),
             read_json(path / sshd.ACTIVITY_FILE),
+            read_json(path / ports.LISTEN_FILE),
         )
 
     def _record_lost(self, path: Path, spec: dict[str, Any]) -> dict[str, Any]:
@@ -201,10 +203,37 @@ class JobStore:
             if state["status"] != "submitted":
                 return state
             (path / CODE_DIR).mkdir(exist_ok=True)
+            if not self._assign_listen_port(path):
+                return self._state_at(path)
             self._assign_gpus(path)
             self._assign_ssh(path)
             self._spawn_supervisor(job_id, path)
             return self._state_at(path)
+
+    def _assign_listen_port(self, path: Path) -> bool:
+        """Choose the app's port before anything starts (under the store lock, so two jobs
+        starting at once never pick the same one); when it is taken the job fails now with
+        `ports_binding_failed`, instead of an app that dies on a bind error."""
+        spec = read_json(path / SPEC_FILE) or {}
+        host = spec.get("host_label") or socket.gethostname()
+        error = ports.assign(self.root, path, spec, host)
+        if error is None:
+            return True
+        writer = LogWriter(path / LOGS_FILE)
+        try:
+            writer.write("stderr", (error + "\n").encode())
+        finally:
+            writer.close()
+        result = {
+            "status": "failed",
+            "exit_status": None,
+            "termination_reason": "ports_binding_failed",
+            "termination_message": error,
+            "finished_at": now_iso(),
+        }
+        write_json_atomic(path / RESULT_FILE, result)
+        log.warning("job %s: %s", spec.get("id"), error)
+        return False
 
     def _assign_gpus(self, path: Path) -> None:
         spec = read_json(path / SPEC_FILE) or {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from dstack.agent.ports import MAX_SEARCH
 from dstack.agent.util import JOB_ID_RE
 
 DEFAULT_STOP_DURATION = 300
@@ -63,6 +64,14 @@ def _ports(body: dict[str, Any]) -> list[int]:
     return list(dict.fromkeys(value))  # an app port may also be the service port
 
 
+def _listen_port(body: dict[str, Any]) -> int | None:
+    """The port the job's app must listen on; the agent checks it is free before starting."""
+    port = _int(body, "listen_port", None, 1)
+    if port is not None and port > 65535:
+        raise BadRequest("listen_port: must be <= 65535")
+    return port
+
+
 def _volumes(body: dict[str, Any]) -> list[dict[str, str]]:
     value = body.get("volumes") or []
     if not isinstance(value, list):
@@ -116,7 +125,12 @@ def validate_spec(body: Any) -> dict[str, Any]:
         "stop_duration": _int(body, "stop_duration", DEFAULT_STOP_DURATION, 0),
         "ssh_keys": _ssh_keys(body, "ssh_keys"),
         "host_ssh_keys": _ssh_keys(body, "host_ssh_keys"),
+        "listen_port": _listen_port(body),
+        "listen_port_search": _int(body, "listen_port_search", 1, 1),
+        "host_label": _opt_str(body, "host_label"),
     }
+    if spec["listen_port_search"] > MAX_SEARCH:
+        raise BadRequest(f"listen_port_search: must be <= {MAX_SEARCH}")
     if runtime == "process" and not spec["commands"]:
         raise BadRequest("commands: must not be empty for the process runtime")
     if runtime == "docker" and not spec["image"]:

@@ -24,6 +24,7 @@ def derive_state(
     stop: dict[str, Any] | None,
     ssh: dict[str, Any] | None = None,
     activity: dict[str, Any] | None = None,
+    listen: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """`result` must be read after `alive` was checked, so a supervisor that finishes
     in between is seen with its result rather than as lost."""
@@ -46,6 +47,8 @@ def derive_state(
         "ssh_error": (ssh or {}).get("error"),
         "working_dir": (ssh or {}).get("working_dir"),
         "no_connections_secs": no_connections_secs(activity) if (ssh or {}).get("port") else None,
+        # The port the app was told to listen on (DSTACK_SERVICE_PORT), once chosen.
+        "listen_port": (listen or {}).get("port"),
     }
     if result is not None:
         state.update(

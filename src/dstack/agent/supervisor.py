@@ -22,6 +22,7 @@ from typing import Any
 from dstack.agent import docker, sshd
 from dstack.agent.gpus import GPUS_FILE, visible_devices_env
 from dstack.agent.logs import CHUNK_SIZE, LogWriter
+from dstack.agent.ports import LISTEN_FILE, SERVICE_PORT_ENV
 from dstack.agent.util import (
     CHILD_FILE,
     CODE_DIR,
@@ -123,6 +124,9 @@ class Supervisor:
         env.update({"DSTACK_WORKING_DIR": str(workdir), "DSTACK_REPO_DIR": str(code_dir)})
         env.update(visible_devices_env(read_json(self.dir / GPUS_FILE)))
         env.update(self.spec.get("env") or {})
+        listen = read_json(self.dir / LISTEN_FILE) or {}
+        if listen.get("port"):
+            env[SERVICE_PORT_ENV] = str(listen["port"])  # the agent chose it: it was free
         self.job_env = env
         return self._popen(self.spec["commands"], env, str(workdir))
 

@@ -49,6 +49,16 @@ def _probes(job: Any, sub: Any) -> str:
     return " ".join(symbols)
 
 
+# Reasons whose short error text alone would hide what to fix (which port, which host).
+DETAILED_ERRORS = ("ports_binding_failed",)
+
+
+def _error(sub: Any) -> str:
+    if sub.error and sub.termination_reason in DETAILED_ERRORS and sub.termination_reason_message:
+        return f"{sub.error}: {sub.termination_reason_message}"
+    return sub.error or sub.termination_reason_message or ""
+
+
 def job_cells(job: Any, now: datetime | None = None) -> Row:
     """Every cell a job can fill; rows pick the ones their layout needs."""
     sub = _latest(job)
@@ -57,7 +67,7 @@ def job_cells(job: Any, now: datetime | None = None) -> Row:
     cells: Row = {
         "STATUS": sub.status_message or sub.status.value,
         "SUBMITTED": pretty_date(sub.submitted_at, now),
-        "ERROR": sub.error or sub.termination_reason_message or "",
+        "ERROR": _error(sub),
         "PROBES": _probes(job, sub),
     }
     jpd = sub.job_provisioning_data

@@ -50,6 +50,23 @@ async def replica_peers(s: Any, job: t.Job) -> list[t.Job]:
     return [latest[k] for k in sorted(latest)]
 
 
+async def local_instance_exists(s: Any, project_id: str) -> bool:
+    """Whether the project already has the local backend's instance (starting or up)."""
+    row = (
+        await s.execute(
+            select(t.Instance.id)
+            .where(
+                t.Instance.project_id == project_id,
+                t.Instance.backend == "local",
+                t.Instance.deleted.is_(False),
+                t.Instance.status.not_in(("terminating", "terminated")),
+            )
+            .limit(1)
+        )
+    ).first()
+    return row is not None
+
+
 async def next_instance_num(s: Any, fleet_id: str) -> int:
 
     n = (

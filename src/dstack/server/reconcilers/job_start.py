@@ -24,15 +24,40 @@ def _internal_ip(host_info: dict[str, Any]) -> str:
     return addresses[0] if addresses else "127.0.0.1"
 
 
+# How far above `port + N` the agent may look for a free port for replica N > 0.
+REPLICA_PORT_SEARCH = 64
+
+
 def service_listen_port(spec: JobSpec, runtime: str) -> int | None:
-    """The port this replica's app listens on. In a container it is the configured `port`
-    (published by the agent). The process runtime shares the host's network with the other
-    replicas, so replica N listens on `port + N`; the app reads it from DSTACK_SERVICE_PORT."""
+    """The port this replica's app is asked to listen on. In a container it is the configured
+    `port` (published by the agent). The process runtime shares the host's network with the
+    other replicas, so replica N starts from `port + N`; the app reads it from
+    DSTACK_SERVICE_PORT. The agent may move replica N > 0 to a free port (`listen_fields`):
+    the port actually used is the one its state reports (`listen_port`)."""
     if not spec.service_port:
         return None
     if runtime == "process":
         return spec.service_port + spec.replica_num
     return spec.service_port
+
+
+def host_label(inst: t.Instance) -> str:
+    """The host as the user knows it, for messages the agent writes (a busy port)."""
+    if inst.backend == "local":
+        return "local"
+    rc = json.loads(inst.remote_connection or "{}")
+    return rc.get("hostname") or inst.hostname or inst.name
+
+
+def listen_fields(spec: JobSpec, runtime: str, env: dict[str, str]) -> dict[str, Any]:
+    """What the agent checks before it starts a process-runtime replica: replica 0 keeps the
+    configured port exactly (apps often hard-code it), replica N > 0 may take the next free
+    port of a window. A user who sets DSTACK_SERVICE_PORT in `env` chose it: no check."""
+    listen = service_listen_port(spec, runtime)
+    if runtime != "process" or listen is None or env.get("DSTACK_SERVICE_PORT") != str(listen):
+        return {}
+    search = 1 if spec.replica_num == 0 else REPLICA_PORT_SEARCH
+    return {"listen_port": listen, "listen_port_search": search}
 
 
 def job_env(
@@ -154,6 +179,8 @@ def agent_job_spec(
         "stop_duration": spec.stop_duration if spec.stop_duration is not None else 300,
         "ssh_keys": list(keys or []),
         "host_ssh_keys": _host_keys(run, inst),
+        "host_label": host_label(inst),
+        **listen_fields(spec, runtime, env),
     }
     return body, None
 
@@ -163,13 +190,21 @@ def agent_job_spec(
 JOB_SSH_PORT = 10022
 
 
-def runtime_data(body: dict[str, Any], state: dict[str, Any]) -> JobRuntimeData:
+def runtime_data(
+    body: dict[str, Any], state: dict[str, Any], spec: JobSpec | None = None
+) -> JobRuntimeData:
     """What the agent said about the started job, in the reference's `job_runtime_data` shape:
     the real working dir, the user sessions run as, and container -> host ports (the process
-    runtime shares the host's network, so an app port is its own host port)."""
+    runtime shares the host's network, so an app port is its own host port, except a service
+    replica's: it maps to the port the agent chose, which the proxy and the prober read)."""
     ports: dict[int, int] = {}
     if body.get("runtime") == "process":
         ports.update({int(p): int(p) for p in body.get("ports") or []})
+        listen = state.get("listen_port") or (
+            service_listen_port(spec, "process") if spec is not None else None
+        )
+        if spec is not None and spec.service_port and listen:
+            ports[spec.service_port] = int(listen)
     else:
         ports.update({int(k): int(v) for k, v in (state.get("ports") or {}).items()})
     if state.get("ssh_port"):

@@ -3,6 +3,8 @@ outside any transaction and applies the result guarded by the lease."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import uuid
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from dstack.server.reconcilers.job_facts import (
     idle_duration,
     inactivity_duration,
     is_spot,
+    local_instance_exists,
     next_instance_num,
     replica_peers,
     total_blocks,
@@ -31,7 +34,6 @@ from dstack.server.reconcilers.job_start import (
     agent_job_spec,
     published_ports,
     runtime_data,
-    service_listen_port,
     ssh_keys,
 )
 from dstack.server.reconcilers.jobs import Decision, JobView, decide
@@ -68,6 +70,9 @@ class JobReconciler(Reconciler):
     def __init__(self, ctx: ServerContext, agents: AgentRegistry) -> None:
         super().__init__(ctx)
         self.agents = agents
+        # Creating the local backend's instance is serialized: two jobs placed at once must not
+        # each create one (its single agent would refuse the second).
+        self._local_lock = asyncio.Lock()
 
     def claim_order(self) -> tuple[Any, ...]:
         # Queued jobs are placed in submission order (DESIGN.md, 'Scheduling').
@@ -269,13 +274,11 @@ class JobReconciler(Reconciler):
         except AgentError as e:
             d.status, d.reason, d.message = "terminating", "executor_error", str(e)
             return {}
-        jrd = runtime_data(spec, state)
-        listen = service_listen_port(snap.spec, spec["runtime"])
-        if listen is not None and spec["runtime"] == "process":
-            # Replicas sharing the host each listen on their own port (server/proxy).
-            jrd = jrd.model_copy(
-                update={"ports": {**(jrd.ports or {}), snap.spec.service_port: listen}}
-            )
+        if state.get("termination_reason") == "ports_binding_failed":
+            # Never `running`: the proxy would route to whatever holds the port.
+            d.status, d.reason = "terminating", "ports_binding_failed"
+            d.message = state.get("termination_message")
+        jrd = runtime_data(spec, state, snap.spec)
         return {"job_runtime_data": jrd.model_dump_json()}
 
     async def _cluster(self, snap: Snapshot) -> list[str] | None:
@@ -316,16 +319,9 @@ class JobReconciler(Reconciler):
                 values["finished_at"] = now
             else:
                 values["dirty"] = True  # the next step of a new status is due at once
-        async with self.ctx.db.session() as s:
-            if d.action == "assign":
-                await self._reserve(s, snap, values, now, token)
-            elif d.action == "create_instance":
-                await self._add_instance(s, snap, values, now)
-            fleet_id = values.pop("_fleet_id", None)
-            await self.guarded_update(s, job.id, token, values, now)
-            if "status" in values:
-                await self._note_status(s, snap, values, now, fleet_id)
-            await s.commit()
+        local = d.action == "create_instance" and snap.placement.offer.backend == "local"
+        async with self._local_lock if local else contextlib.nullcontext():
+            await self._write(snap, d, values, token, now)
         if values.get("status") in ("done", "failed", "terminated", "aborted"):
             await self._wake_queue(job.project_id)
         if "status" in values:
@@ -334,6 +330,20 @@ class JobReconciler(Reconciler):
             self.ctx.hub.wake("instances")
         if d.action == "assign":
             self.ctx.hub.wake("jobs")
+
+    async def _write(
+        self, snap: Snapshot, d: Decision, values: dict[str, Any], token: str, now: datetime
+    ) -> None:
+        async with self.ctx.db.session() as s:
+            if d.action == "assign":
+                await self._reserve(s, snap, values, now, token)
+            elif d.action == "create_instance":
+                await self._add_instance(s, snap, values, now, token)
+            fleet_id = values.pop("_fleet_id", None)
+            await self.guarded_update(s, snap.job.id, token, values, now)
+            if "status" in values:
+                await self._note_status(s, snap, values, now, fleet_id)
+            await s.commit()
 
     async def _wake_queue(self, project_id: str) -> None:
         """A job released its blocks: queued jobs of the project try to place again now."""
@@ -363,19 +373,29 @@ class JobReconciler(Reconciler):
             .values(version=t.Instance.version + 1)
         )
         if res.rowcount != 1:
-            await s.execute(
-                update(t.Job)
-                .where(t.Job.id == snap.job.id, t.Job.lock_token == token)
-                .values(dirty=True, lock_token=None, lock_owner=None, lock_expires_at=None)
-            )
-            await s.commit()
+            await self._release_for_replacement(s, snap.job.id, token)
             raise LeaseLost("instance changed under the job; retrying placement")
         values.update(self._placement_values(snap, inst, c, now))
 
+    async def _release_for_replacement(self, s: Any, job_id: str, token: str) -> None:
+        await s.rollback()
+        await s.execute(
+            update(t.Job)
+            .where(t.Job.id == job_id, t.Job.lock_token == token)
+            .values(dirty=True, lock_token=None, lock_owner=None, lock_expires_at=None)
+        )
+        await s.commit()
+        self.ctx.hub.wake("jobs")
+
     async def _add_instance(
-        self, s: Any, snap: Snapshot, values: dict[str, Any], now: datetime
+        self, s: Any, snap: Snapshot, values: dict[str, Any], now: datetime, token: str
     ) -> None:
         c = snap.placement
+        if c.offer.backend == "local" and await local_instance_exists(s, snap.project.id):
+            # Another job created it since this one looked (the local backend has one host and
+            # one agent): place again, onto that instance.
+            await self._release_for_replacement(s, snap.job.id, token)
+            raise LeaseLost("a local instance appeared; retrying placement")
         fleet = await s.get(t.Fleet, c.fleet_id)
         conf = fleet_conf(fleet)
         num = await next_instance_num(s, fleet.id)

@@ -21,6 +21,7 @@ from dstack.server.reconcilers.runs import (
     RunView,
     ServiceView,
     decide,
+    failure_streak,
 )
 from dstack.server.services import events
 from dstack.server.services.jobspecs import replica_spec
@@ -103,6 +104,7 @@ class RunReconciler(Reconciler):
                     last_provisioned_at=_last_provisioned(jobs, j),
                     deployment_num=j.deployment_num,
                     ready=_ready(j),
+                    failed_streak=_failed_streak(jobs, j),
                 )
                 for j in latest
             ),
@@ -136,6 +138,7 @@ class RunReconciler(Reconciler):
                     now,
                 )
             )
+            self._event(s, run, _resubmit_message(prev, d.waited), now)
             woke = True
         if d.scale_up or d.scale_down:
             await self._scale(s, run, latest, d, now)
@@ -258,6 +261,25 @@ def _ready(job: t.Job) -> bool:
     if job.status != "running":
         return False
     return job.ready or not JobSpec.model_validate_json(job.job_spec).probes
+
+
+def _failed_streak(jobs: list[t.Job], job: t.Job) -> int:
+    """See runs.failure_streak: the submissions of this job, oldest first."""
+    subs = sorted(
+        (j for j in jobs if (j.replica_num, j.job_num) == (job.replica_num, job.job_num)),
+        key=lambda j: j.submission_num,
+    )
+    return failure_streak([(j.status, j.running_at or j.submitted_at, j.finished_at) for j in subs])
+
+
+def _resubmit_message(prev: t.Job, waited: float) -> str:
+    """Why a job is submitted again: how its previous submission ended, and the wait."""
+    what = f"replica {prev.replica_num}" + (f" job {prev.job_num}" if prev.job_num else "")
+    ended = (prev.termination_reason or prev.status).upper()
+    if prev.termination_reason_message:
+        ended += f" ({prev.termination_reason_message.splitlines()[0]})"
+    msg = f"Resubmitting {what}: submission {prev.submission_num} ended with {ended}"
+    return msg + (f"; retried after a {waited:g}s back-off" if waited else "")
 
 
 def _last_provisioned(jobs: list[t.Job], job: t.Job) -> datetime | None:

@@ -12,6 +12,7 @@
 |             |                                    | provisioning if any provisions,       |
 |             |                                    | else submitted                        |
 | pending     | backoff elapsed                    | submitted; new job submissions        |
+|             |                                    | (event: why the previous one ended)   |
 | terminating | unfinished jobs                    | they are sent to terminating          |
 | terminating | every job finished                 | done / failed / terminated            |
 
@@ -24,6 +25,18 @@ Services (see `_decide_service`) also scale, in `active` and in `pending` (scale
 | desired > live, none live or up delay passed  | new replicas (submitted)                    |
 | desired < live, down delay passed             | surplus replicas -> terminating: scaled_down |
 | no replica live or starting                   | pending (waiting for requests)              |
+| a replica is terminating after a failure      | no new replica until it has ended; then the |
+|                                               | failure rows above apply (retry or fail)    |
+
+A replica's failure is never replaced by the scaler on the spot: that was a crash loop (a
+replica whose port is taken, say, re-added as fast as it failed). It ends, then retry decides.
+New replicas take the lowest numbers neither live nor still stopping (a stopping replica may
+still hold `port + N` on the process runtime).
+
+Backoff: the wait before a resubmission is `backoff[k - 1]` (capped at the last entry), where k
+is the larger of the run's `resubmission_attempt` and the job's failure streak: how many of its
+submissions in a row failed within STARTED_FINE_SECONDS of starting. A service keeps running
+while one replica fails, so its attempt count is reset; the streak still grows.
 
 desired = min(max(ceil(rps / target), replicas.min), replicas.max) with `scaling`, else
 replicas.min; a request held by the proxy for a scaled-to-zero service asks for one at once.
@@ -36,6 +49,7 @@ Run termination reason -> run status: all_jobs_done -> done; stopped_by_user, ab
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -51,6 +65,8 @@ JOB_REASON_FOR_RUN = {
     "stopped_by_user": "terminated_by_user",
     "aborted_by_user": "aborted_by_user",
 }
+# A submission that ran this long before failing started fine: its failure starts a new streak.
+STARTED_FINE_SECONDS = 600.0
 RETRY_EVENT = {
     "failed_to_start_due_to_no_capacity": "no-capacity",
     "interrupted_by_no_capacity": "interruption",
@@ -64,6 +80,21 @@ def retry_event(reason: str | None) -> str | None:
     from dstack.server.reconcilers.jobs import final_status
 
     return "error" if final_status(reason) == "failed" else None
+
+
+def failure_streak(history: Sequence[tuple[str, datetime | None, datetime | None]]) -> int:
+    """How many of one job's submissions in a row, newest first, failed soon after starting.
+
+    `history` is (status, started_at, finished_at) per submission, oldest first; started_at is
+    when it began running (its submission time if it never ran)."""
+    streak = 0
+    for status, started, finished in reversed(history):
+        if status != "failed":
+            break
+        if started and finished and (finished - started).total_seconds() >= STARTED_FINE_SECONDS:
+            break
+        streak += 1
+    return streak
 
 
 @dataclass(frozen=True)
@@ -80,6 +111,7 @@ class JobState:
     last_provisioned_at: datetime | None = None
     deployment_num: int = 0
     ready: bool = False  # a service replica that runs and passed its probes
+    failed_streak: int = 0  # see failure_streak(): this submission and the failed ones before
 
 
 @dataclass(frozen=True)
@@ -117,6 +149,7 @@ class RunDecision:
     values: dict[str, Any] = field(default_factory=dict)
     scale_up: list[int] = field(default_factory=list)  # new service replicas (replica_num)
     scale_down: list[int] = field(default_factory=list)  # replicas to stop: scaled_down
+    waited: float = 0.0  # the backoff a resubmission waited, for its event
 
 
 def decide(v: RunView, now: datetime) -> RunDecision:
@@ -148,8 +181,9 @@ def _decide_terminating(v: RunView) -> RunDecision:
     return RunDecision(terminate_jobs_reason=JOB_REASON_FOR_RUN.get(reason, "terminated_by_server"))
 
 
-def _backoff(v: RunView) -> float:
-    i = min(max(v.resubmission_attempt - 1, 0), len(v.backoff) - 1)
+def _backoff(v: RunView, failed: list[JobState]) -> float:
+    attempts = max([v.resubmission_attempt, *(j.failed_streak for j in failed)])
+    i = min(max(attempts - 1, 0), len(v.backoff) - 1)
     return v.backoff[i]
 
 
@@ -165,15 +199,20 @@ def _failed(v: RunView) -> list[JobState]:
 def _decide_pending(v: RunView, now: datetime) -> RunDecision:
     """Backoff counts from the last failure, a time that does not move on every pass."""
     if v.service is not None:
-        if not _failed(v):
-            return _decide_service(v, v.service, now)
         failed = _failed(v)
+        if not failed:
+            return _decide_service(v, v.service, now)
+        if not v.resubmission_attempt:
+            # A replica failed while the service waited for requests: retry has not judged it.
+            return _decide_active(v, now)
     else:
         failed = [j for j in v.latest_jobs if j.status in FINISHED]
     since = max((j.finished_at or j.submitted_at for j in failed), default=v.submitted_at)
-    if v.resubmission_attempt and (now - since).total_seconds() < _backoff(v):
+    wait = _backoff(v, failed) if v.resubmission_attempt else 0.0
+    if (now - since).total_seconds() < wait:
         return RunDecision()
-    return RunDecision(status="submitted", resubmit=[(j.replica_num, j.job_num) for j in failed])
+    resubmit = [(j.replica_num, j.job_num) for j in failed]
+    return RunDecision(status="submitted", resubmit=resubmit, waited=wait)
 
 
 def _retry_allowed(v: RunView, job: JobState, now: datetime) -> str:
@@ -241,7 +280,10 @@ def _last_scaled(v: RunView, live: list[JobState]) -> datetime:
 
 
 def _free_nums(v: RunView, live: list[JobState], n: int) -> list[int]:
+    """The lowest replica numbers neither live nor still stopping: a replica that stops may
+    hold its port (`port + N` on the process runtime) until it has exited."""
     taken = {j.replica_num for j in live}
+    taken |= {j.replica_num for j in v.latest_jobs if j.status == "terminating"}
     out, num = [], 0
     while len(out) < n:
         if num not in taken:
@@ -256,7 +298,20 @@ def _surplus(live: list[JobState], n: int) -> list[int]:
     return [j.replica_num for j in order[:n]]
 
 
+def _failing(v: RunView) -> bool:
+    """A job on its way out after a failure: its end decides retry or failure, so nothing may
+    take its place before (a replacement would hide the failure and loop)."""
+    from dstack.server.reconcilers.jobs import final_status
+
+    return any(
+        j.status == "terminating" and final_status(j.termination_reason) == "failed"
+        for j in v.latest_jobs
+    )
+
+
 def _decide_service(v: RunView, sv: ServiceView, now: datetime) -> RunDecision:
+    if _failing(v):
+        return RunDecision()
     live = [
         j for j in v.latest_jobs if j.job_num == 0 and j.status not in FINISHED + ("terminating",)
     ]
