@@ -1,6 +1,6 @@
 """Service proxy overhead: the same app called directly and through `/proxy/services/...`.
 
-Usage: python bench/bench_proxy.py [-n REQUESTS] [-c CONCURRENCY] [--app threaded|asyncio|both]
+Usage: python bench/bench_proxy.py [-n REQUESTS] [-c CONCURRENCY] [--app threaded|asgi|asyncio|all]
 Starts a real server (temporary HOME) with the local backend, runs an app as a one-replica
 service, then measures (1) sequential latency, direct vs proxied, with a light keep-alive
 asyncio client, and the added latency at p50 and p99, and (2) requests per second with C
@@ -11,8 +11,9 @@ The rps load comes from `wrk` (Debian package `wrk`) when it is installed: a Pyt
 client needs a core of its own on this 2-CPU machine, and then measures itself rather than
 the proxy. Without wrk the asyncio client is used and the report says so.
 
-Two apps: a standard-library threaded HTTP server (a real Python app's cost per request) and
-a bare asyncio server that answers from a constant (no work at all: the proxy's worst case).
+Three apps: a standard-library threaded HTTP server (a real Python app's cost per request), a
+minimal ASGI app under uvicorn (what most Python model servers are built on), and a bare
+asyncio server that answers from a constant (no work at all: the proxy's worst case).
 Targets (issue 5): under 1 ms added at p50, proxied rps at least 70 % of direct.
 """
 
@@ -85,6 +86,24 @@ class H(BaseHTTPRequestHandler):
 ThreadingHTTPServer.daemon_threads = True
 ThreadingHTTPServer(("127.0.0.1", int(os.environ["DSTACK_SERVICE_PORT"])), H).serve_forever()
 """
+
+
+ASGI_APP = r"""
+import os
+import uvicorn
+BODY = b'{"ok": true}'
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(BODY)).encode())]})
+    await send({"type": "http.response.body", "body": BODY})
+uvicorn.run(app, host="127.0.0.1", port=int(os.environ["DSTACK_SERVICE_PORT"]),
+            log_level="warning", access_log=False)
+"""
+
+APPS = {"threaded": THREADED_APP, "asgi": ASGI_APP, "asyncio": APP}
 
 
 def pct(values: list[float], p: float) -> float:
@@ -167,7 +186,7 @@ def rps_rounds(
 def bench_app(srv: Server, home: Path, app: str, args: argparse.Namespace) -> bool:
     work = home / f"svc-{app}"
     work.mkdir()
-    (work / "app.py").write_text(APP if app == "asyncio" else THREADED_APP)
+    (work / "app.py").write_text(APPS[app])
     port = free_port()
     name = f"bench-{app}"
     conf = (
@@ -217,10 +236,11 @@ def main() -> int:
     parser.add_argument("-c", "--concurrency", type=int, default=16)
     parser.add_argument(
         "--app",
-        choices=("threaded", "asyncio", "both"),
-        default="both",
+        choices=(*APPS, "all"),
+        default="all",
         help="the app behind the proxy: a standard-library threaded server (a real Python "
-        "app's cost per request), a bare asyncio server (the proxy's worst case), or both",
+        "app's cost per request), a minimal ASGI app under uvicorn, a bare asyncio server "
+        "answering from a constant (the proxy's worst case), or all three",
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0, help="length of one wrk round")
@@ -229,7 +249,7 @@ def main() -> int:
     srv = Server(home=home)
     srv.start()
     try:
-        apps = ("threaded", "asyncio") if args.app == "both" else (args.app,)
+        apps = tuple(APPS) if args.app == "all" else (args.app,)
         for app in apps:
             bench_app(srv, home, app, args)
     finally:

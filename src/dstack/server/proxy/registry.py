@@ -1,8 +1,9 @@
 """What the proxy knows about services, read from the database and cached briefly.
 
 A request costs no database round trip while the cache is fresh (`ttl` seconds); a replica
-change (a new replica, a probe result) is seen within that time. Tokens are cached the same way,
-by their hash, with the projects the user may use.
+change (a new replica, a probe result) is seen within that time plus one load, since a value
+just past its `ttl` is served while it is reloaded in the background (proxy/cache.py). Tokens
+are cached the same way, by their hash, with the projects the user may use.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from dstack.models.runs import JobSpec, RunSpec
 from dstack.models.wire import utcnow
 from dstack.server.db import tables as t
 from dstack.server.db.session import Database
+from dstack.server.proxy.cache import AsyncCache
 from dstack.server.proxy.upstream import upstream_for
 
 ACTIVE = ("pending", "submitted", "provisioning", "running")
+CALLER_TTL = 5.0
 
 
 @dataclass
@@ -61,42 +64,34 @@ class Registry:
         self.db = db
         self.ttl = ttl
         self.unhealthy_cooldown = unhealthy_cooldown
-        self._services: dict[tuple[str, str], Service | None] = {}
-        self._loaded: dict[tuple[str, str], float] = {}
-        self._callers: dict[str, Caller | None] = {}
-        self._caller_at: dict[str, float] = {}
+        self._services: AsyncCache[tuple[str, str], Service | None] = AsyncCache(
+            lambda key: self._load(*key), ttl, max_stale=5 * ttl
+        )
+        self._callers: AsyncCache[str, Caller | None] = AsyncCache(
+            self._load_caller, CALLER_TTL, max_stale=2 * CALLER_TTL
+        )
         self._models: dict[str, tuple[float, list[tuple[str, str]]]] = {}
 
     def forget(self, project: str, run: str) -> None:
-        self._loaded.pop((project, run), None)
+        self._services.forget((project, run))
 
     async def service(self, project: str, run: str, fresh: bool = False) -> Service | None:
-        key = (project, run)
-        now = time.monotonic()
-        if not fresh and key in self._loaded and now - self._loaded[key] < self.ttl:
-            return self._services[key]
-        svc = await self._load(project, run)
-        self._services[key] = svc
-        self._loaded[key] = now
-        return svc
+        return await self._services.get((project, run), fresh)
 
     async def caller(self, token_hash: str) -> Caller | None:
-        now = time.monotonic()
-        if token_hash in self._caller_at and now - self._caller_at[token_hash] < 5.0:
-            return self._callers[token_hash]
+        return await self._callers.get(token_hash)
+
+    async def _load_caller(self, token_hash: str) -> Caller | None:
         async with self.db.session() as s:
             user = (
                 await s.execute(select(t.User).where(t.User.token_hash == token_hash))
             ).scalar_one_or_none()
-            caller = None
-            if user is not None and user.active:
-                ids = (
-                    await s.execute(select(t.Member.project_id).where(t.Member.user_id == user.id))
-                ).scalars()
-                caller = Caller(user.id, user.global_role == "admin", frozenset(ids), now)
-        self._callers[token_hash] = caller
-        self._caller_at[token_hash] = now
-        return caller
+            if user is None or not user.active:
+                return None
+            ids = (
+                await s.execute(select(t.Member.project_id).where(t.Member.user_id == user.id))
+            ).scalars()
+            return Caller(user.id, user.global_role == "admin", frozenset(ids), time.monotonic())
 
     async def models(self, project: str) -> list[tuple[str, str]]:
         """(model name, run name) of the project's active model services."""
