@@ -178,3 +178,18 @@ def test_events_record_every_transition(server: Server, project_dir: Path):
         "RUNNING -> DONE",
     ):
         assert text in out, out
+    # --within-run: the run's events and its jobs' (job events target the job, not the run);
+    # --target-run: only the run's own; another run's events are in neither.
+    write_config(project_dir, "o.dstack.yml", task("other-evented", "true"))
+    assert server.cli("apply", "-f", "o.dstack.yml", "-y", cwd=project_dir).returncode == 0
+    within = server.cli("event", "--within-run", "evented").stdout
+    assert "[run evented] Run submitted" in within and "[job evented-0-0]" in within, within
+    assert "other-evented" not in within, within
+    target = server.cli("event", "--target-run", "evented").stdout
+    assert "[run evented]" in target and "[job evented" not in target, target
+    r = server.cli("event", "--within-run", "no-such-run")
+    assert r.returncode != 0 and "no-such-run" in r.stdout + r.stderr
+    # --within-fleet: the fleet's events and its instances' (the local instance ran the task).
+    fleet = server.cli("event", "--within-fleet", "local").stdout
+    assert "[instance local-0]" in fleet, fleet
+    assert "[run " not in fleet and "[job " not in fleet, fleet

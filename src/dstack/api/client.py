@@ -334,10 +334,16 @@ class APIClient:
         *,
         target_type: str | None = None,
         target_name: str | None = None,
+        within_run: str | None = None,
+        within_fleet: str | None = None,
         since: datetime | None = None,
         limit: int = 100,
     ) -> list[Event]:
         body: dict[str, Any] = {"project_name": project or self.project, "limit": limit}
+        if within_run:
+            body["within_run"] = within_run
+        if within_fleet:
+            body["within_fleet"] = within_fleet
         if target_type:
             body["target_type"] = target_type
         if target_name:

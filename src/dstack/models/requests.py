@@ -90,5 +90,6 @@ class ListEventsRequest(Request):
     target_type: str | None = None
     target_name: str | None = None
     within_run: str | None = None
+    within_fleet: str | None = None
     since: datetime | None = None
     limit: int = Field(default=100, ge=1, le=1000)

@@ -49,11 +49,19 @@ def _target(args: argparse.Namespace) -> tuple[str | None, str | None]:
         value = getattr(args, f"target_{kind}", None)
         if value:
             return kind, value
-    for kind in WITHIN:
-        value = getattr(args, f"within_{kind}", None)
-        if value:
-            return kind, value
+    if getattr(args, "within_gateway", None):  # a gateway has no child objects with events
+        return "gateway", args.within_gateway
     return None, None
+
+
+def _within(args: argparse.Namespace) -> dict[str, str]:
+    """`--within-run X`: the run's events and its jobs'; `--within-fleet X`: the fleet's and its
+    instances' (a target filter would keep only the run's or fleet's own events)."""
+    return {
+        f"within_{kind}": value
+        for kind in ("fleet", "run")
+        if (value := getattr(args, f"within_{kind}", None))
+    }
 
 
 def format_event(event) -> str:  # noqa: ANN001
@@ -83,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         while True:
             events = api.list_events(target_type=kind, target_name=name, since=since,
-                                     limit=limit)
+                                     limit=limit, **_within(args))
             for event in events:
                 if event.id in seen:
                     continue

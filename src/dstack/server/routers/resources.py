@@ -97,9 +97,11 @@ async def events_list(
     s=Depends(get_session),  # noqa: ANN001
 ) -> list[Event]:
     project = await project_for_member(s, user, body.project_name or "main")
-    within = None
+    within = within_fleet = None
     if body.within_run:
         within = (await runs.get_run_row(s, project, body.within_run)).id
+    if body.within_fleet:
+        within_fleet = (await fleets.get_fleet(s, project, body.within_fleet, None)).id
     return await events.list_events(
         s,
         project_id=project.id,
@@ -107,6 +109,7 @@ async def events_list(
         target_type=body.target_type,
         target_name=body.target_name,
         within_run_id=within,
+        within_fleet_id=within_fleet,
         since=body.since,
         limit=body.limit,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dstack.models.events import Event as EventModel
@@ -48,6 +48,7 @@ async def list_events(
     target_type: str | None = None,
     target_name: str | None = None,
     within_run_id: str | None = None,
+    within_fleet_id: str | None = None,
     since: datetime | None = None,
     limit: int = 100,
 ) -> list[EventModel]:
@@ -58,6 +59,11 @@ async def list_events(
         q = q.where(t.Event.target_name == target_name)
     if within_run_id:
         q = q.where(t.Event.within_run_id == within_run_id)
+    if within_fleet_id:  # the fleet's own events and its instances'
+        instances = select(t.Instance.id).where(t.Instance.fleet_id == within_fleet_id)
+        q = q.where(
+            or_(t.Event.target_id == within_fleet_id, t.Event.target_id.in_(instances))
+        )
     if since is not None:
         q = q.where(t.Event.recorded_at >= since)
         q = q.order_by(t.Event.recorded_at.asc())
