@@ -9,15 +9,12 @@ never in the real one; `init` echoes `$HOME` and the test checks it.
 
 from __future__ import annotations
 
-import io
-import tarfile
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
+
+from ide_builds import Files, server_tarball
 
 from .harness import Server, wait_until, write_config
 
@@ -28,52 +25,18 @@ MISSING = "e2e0dead0dead0dead0dead0dead0dead0dead00"
 RESOURCES = "resources:\n  cpu: 1..\n  memory: 0.5GB..\n  disk: 1GB..\n"
 
 
-def server_tarball() -> bytes:
-    """Shaped like a real build: everything under one top-level folder."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, text, mode in [
-            ("vscode-server-linux-x64/bin/code-server", "#!/bin/sh\necho stub-server\n", 0o755),
-            ("vscode-server-linux-x64/product.json", f'{{"commit": "{COMMIT}"}}\n', 0o644),
-        ]:
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), mode
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-class Builds:
+class Builds(Files):
     """Serves the build for both arches at /vscode/<commit>/<arch>/server.tar.gz, else 404."""
 
     def __init__(self) -> None:
-        body = server_tarball()
-        self.routes = {f"/vscode/{COMMIT}/{arch}/server.tar.gz": body for arch in ("x64", "arm64")}
-        self.requests: list[str] = []
-        builds = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                builds.requests.append(self.path)
-                data = builds.routes.get(self.path)
-                self.send_response(200 if data is not None else 404)
-                self.send_header("Content-Length", str(len(data or b"")))
-                self.end_headers()
-                self.wfile.write(data or b"")
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        body = server_tarball(COMMIT)
+        super().__init__(
+            {f"/vscode/{COMMIT}/{arch}/server.tar.gz": body for arch in ("x64", "arm64")}
+        )
 
     @property
     def template(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/vscode/{{commit}}/{{arch}}/server.tar.gz"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        return f"{self.base}/vscode/{{commit}}/{{arch}}/server.tar.gz"
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,10 @@ a second run that must not download again)."""
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,6 +24,7 @@ from dstack.server.services.ide_install import (
     install_command,
 )
 from dstack.server.services.jobspecs import build_job_specs
+from ide_builds import Files, server_tarball
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -149,57 +148,13 @@ def test_the_server_environment_overrides_the_url(monkeypatch) -> None:
 # --- the composed command, run by sh ---------------------------------------------------------
 
 
-def server_tarball() -> bytes:
-    """A server build as the vendors ship it: one top-level folder around everything."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, text, mode in [
-            ("vscode-server-linux-x64/bin/code-server", "#!/bin/sh\necho stub\n", 0o755),
-            ("vscode-server-linux-x64/product.json", '{"commit": "x"}\n', 0o644),
-        ]:
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), mode
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-class Files:
-    """A loopback HTTP server with fixed paths; records every request it gets."""
-
-    def __init__(self, routes: dict[str, bytes]) -> None:
-        self.routes = routes
-        self.requests: list[str] = []
-        files = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                files.requests.append(self.path)
-                body = files.routes.get(self.path)
-                self.send_response(200 if body is not None else 404)
-                self.send_header("Content-Length", str(len(body or b"")))
-                self.end_headers()
-                self.wfile.write(body or b"")
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-
 @pytest.fixture
 def files() -> Iterator[Files]:
     srv = Files({f"/vscode/{COMMIT}/x64/server.tar.gz": server_tarball()})
     try:
         yield srv
     finally:
-        srv.httpd.shutdown()
-        srv.httpd.server_close()
+        srv.close()
 
 
 BASE_TOOLS = ("sh", "mkdir", "rm", "mv", "touch", "tar", "gzip", "tr", "cat")
@@ -255,7 +210,7 @@ def test_installs_with_each_downloader_and_only_once(
     out = run_install(home, bindir, files)
     target = home / ".vscode-server" / "bin" / COMMIT
     assert out.stdout.strip() == f"dstack: pre-installed the VS Code server in {target}"
-    assert (target / "bin" / "code-server").read_text() == "#!/bin/sh\necho stub\n"
+    assert (target / "bin" / "code-server").read_text() == "#!/bin/sh\necho stub-server\n"
     assert os.access(target / "bin" / "code-server", os.X_OK)
     assert (target / "product.json").is_file()
     assert (target / "0").is_file()  # the marker Remote-SSH setups write
