@@ -94,7 +94,7 @@ INVALID = [
     (service(replicas="0..3"), "scaling: `scaling` is required when `replicas` is a range"),
     (
         service(replicas=2, scaling={"metric": "rps", "target": 1}),
-        "scaling: `scaling` requires `replicas` to be a range",
+        "scaling: `scaling` requires `replicas` to be a range (e.g. `replicas: 1..4`)",
     ),
     (service(replicas="1.."), "replicas: replicas must have an upper bound (e.g. 0..4)"),
     (service(replicas="3..1"), "replicas: Invalid range order"),
@@ -171,7 +171,7 @@ INVALID = [
     (svc_groups([{"replicas": "0..2", **G}]), "groups[0].scaling: `scaling` is required"),
     (
         svc_groups([{"replicas": 2, "scaling": {"metric": "rps", "target": 1}, **G}]),
-        "groups[0].scaling: `scaling` requires `replicas` to be a range",
+        "groups[0].scaling: `scaling` requires `replicas` to be a range (e.g. `replicas: 1..4`)",
     ),
     (svc_groups([{"replicas": "2..", **G}]), "groups[0].replicas: replicas must have an upper"),
     (

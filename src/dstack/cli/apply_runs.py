@@ -79,6 +79,7 @@ def make_run_spec(
 
 def apply_run(args: argparse.Namespace, conf: Any, path: str) -> int:
     configuration = build_configuration(conf, args, dict(os.environ))
+    _warn_scaling(configuration)
     api = api_client(args)
     code_hash = None
     if not args.no_repo:
@@ -111,6 +112,17 @@ def apply_run(args: argparse.Namespace, conf: Any, path: str) -> int:
     from dstack.cli.attach_run import attach
 
     return attach(api, run.run_spec.run_name or "", yes=args.yes, args=args)
+
+
+def _warn_scaling(configuration: dict[str, Any]) -> None:
+    from dstack.models.services import scaling_has_no_effect
+
+    if scaling_has_no_effect(configuration):
+        out(
+            "`scaling` has no effect while `replicas` is 1: set `replicas` to a range "
+            "(e.g. `replicas: 1..4`) to autoscale",
+            style="warning",
+        )
 
 
 def _check_local_ports(configuration: dict[str, Any], host: str | None) -> None:

@@ -250,8 +250,20 @@ class ReplicaGroup(ConfigModel):
 
 
 def check_scaling(replicas: Range, scaling: ScalingSpec | None) -> None:
-    """A range of replicas needs `scaling`; a fixed count must not have it."""
+    """A range of replicas needs `scaling`; a fixed count must not have it. One replica (the
+    default) with `scaling` is let through, as the user guide's own service example writes it:
+    `apply` warns that nothing scales (see `scaling_has_no_effect`)."""
     if replicas.min != replicas.max and scaling is None:
         raise field_error("scaling", "`scaling` is required when `replicas` is a range")
-    if replicas.min == replicas.max and scaling is not None:
-        raise field_error("scaling", "`scaling` requires `replicas` to be a range")
+    if replicas.min == replicas.max != 1 and scaling is not None:
+        raise field_error(
+            "scaling", "`scaling` requires `replicas` to be a range (e.g. `replicas: 1..4`)"
+        )
+
+
+def scaling_has_no_effect(conf: dict[str, Any]) -> bool:
+    """A service (configuration as JSON) with `scaling` but one fixed replica."""
+    if conf.get("type") != "service" or not conf.get("scaling") or conf.get("groups"):
+        return False
+    replicas = conf.get("replicas") or {"min": 1, "max": 1}
+    return replicas.get("min") == replicas.get("max") == 1

@@ -6,7 +6,7 @@ A field that the chosen backend does not know is reported exactly like an unknow
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import model_validator
 
@@ -47,6 +47,27 @@ class VolumeConfiguration(ConfigModel):
     read_only: bool | None = None
     auto_cleanup_duration: IdleDuration = None
     tags: Tags | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _disk_as_size(cls, data: Any) -> Any:
+        """`resources: {disk: 500GB}` is the user guide's way to give the size: read it as
+        `size`, the reference's field, rather than refuse the guide's own example."""
+        if not isinstance(data, dict) or "resources" not in data:
+            return data
+        resources = data["resources"]
+        if not isinstance(resources, dict) or set(resources) != {"disk"}:
+            raise field_error("resources", "a volume takes only `resources: {disk: SIZE}`")
+        if data.get("size") is not None:
+            raise field_error("resources", "give the size once: `size` or `resources.disk`")
+        disk = resources["disk"]
+        if isinstance(disk, dict):  # the long form `disk: {size: 500GB}`
+            disk = disk.get("size")
+        if not isinstance(disk, (str, int, float)) or ".." in str(disk):
+            raise field_error("resources", "`resources.disk` of a volume is one size, e.g. 500GB")
+        out = {k: v for k, v in data.items() if k != "resources"}
+        out["size"] = disk
+        return out
 
     @model_validator(mode="after")
     def _backend_fields(self) -> VolumeConfiguration:
