@@ -96,3 +96,13 @@ def test_scaling_with_one_replica_is_accepted_and_flagged() -> None:
     assert not scaling_has_no_effect(parse_configuration(ranged).model_dump(mode="json"))
     with pytest.raises(ConfigurationError, match="requires `replicas` to be a range"):
         parse_configuration({**yaml.safe_load(SERVICE), "replicas": 2})
+
+
+@pytest.mark.parametrize("text", [DEV, TASK, SERVICE, VOLUME], ids=["dev", "task", "svc", "vol"])
+def test_guide_examples_match_the_json_schema(text: str) -> None:
+    import jsonschema
+
+    from dstack.models.configurations import configuration_json_schema
+
+    validator = jsonschema.Draft202012Validator(configuration_json_schema())
+    assert [e.message for e in validator.iter_errors(yaml.safe_load(text))] == []

@@ -4,9 +4,10 @@ Built on demand from the same models that validate, so the two cannot drift apar
 shorthand forms (`gpu: A100:2`, `ports: ["8080:80"]`) are described by the `Shorthand` and
 `WithJsonSchema` annotations on the fields, since pydantic only sees their normalised types;
 the few mapping forms that before-validators complete (`nodes: {max: 4}`, `count` for
-`replicas`, a list under service `replicas`) are relaxed here. The schema may accept a little
-more than the models (it does not check grammars or cross-field rules), never less, except
-that YAML numbers are only accepted where the models keep numbers.
+`replicas`, a list under service `replicas`, a volume's `resources.disk`) are relaxed here.
+The schema may accept a little more than the models (it does not check grammars or
+cross-field rules), never less, except that YAML numbers are only accepted where the models
+keep numbers.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ def _relax(defs: dict[str, Any]) -> None:
         defs[name]["properties"].update(copy.deepcopy(_RANGE_KEYS))
     group = defs["ReplicaGroup"]["properties"]
     group["count"] = copy.deepcopy(group["replicas"])
+    defs["VolumeConfiguration"]["properties"]["resources"] = {  # the guide's `disk` for `size`
+        "type": "object",
+        "properties": {"disk": {}},
+        "additionalProperties": False,
+    }
     service = defs["ServiceConfiguration"]["properties"]
     service["replicas"] = {
         "anyOf": [
