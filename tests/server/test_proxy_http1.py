@@ -455,3 +455,20 @@ def test_abandoned_body_closes_and_pool_is_bounded(run, monkeypatch):
             assert srv.closed_by_peer == 5  # the abandoned one, two over the bound, two idle
 
     run(main())
+
+
+def test_a_head_that_trickles_in_is_not_a_timeout(run):
+    """Each byte of the head restarts the read timeout, like each byte of the body."""
+
+    async def handler(reader, writer) -> None:
+        await read_request(reader)
+        for byte in ok(b"late"):
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0.01)
+
+    async def main() -> None:
+        async with Server(handler) as srv:
+            assert (await get(Pool(), srv.port, timeout=0.2))[2] == b"late"
+
+    run(main())

@@ -166,7 +166,6 @@ class Conn(asyncio.Protocol):
         self.body: Body | None = None
         self.keep = True
         self.until_close = False  # body ends when the replica closes the connection
-        self.interim = False
         self.complete = False
         # read timeout: one timer, re-armed only when it fires before the deadline
         self.timeout = 0.0
@@ -243,10 +242,10 @@ class Conn(asyncio.Protocol):
         assert parser is not None
         status = parser.get_status_code()
         if 100 <= status < 200 and status != 101:
-            self.headers = []  # interim answer (100 Continue, 103 Early Hints): skip it
-            self.interim = True
+            # an interim answer (100 Continue, 103 Early Hints): skip it; its end is ignored
+            # by on_message_complete since no body is open yet
+            self.headers = []
             return
-        self.interim = False
         headers = self.headers
         self.keep, self.until_close, bodyless = _framing(self.method, status, headers, parser)
         body = Body(self)
@@ -263,9 +262,7 @@ class Conn(asyncio.Protocol):
         self.body.feed(data)
 
     def on_message_complete(self) -> None:
-        if self.interim:
-            self.interim = False
-        elif self.body is not None:
+        if self.body is not None:
             self.complete = True
 
     # -- the exchange -----------------------------------------------------------------------
@@ -276,7 +273,6 @@ class Conn(asyncio.Protocol):
         self.headers = []
         self.head_size = 0
         self.complete = False
-        self.interim = False
         self.until_close = False
         self.got_bytes = False
         if self.parser is None:
