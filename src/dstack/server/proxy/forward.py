@@ -66,7 +66,9 @@ class RequestBody:
     async def prepare(self) -> None:
         if self.length is not None and self.length > self.limit:
             raise BodyTooLarge()
-        if self.length is not None and self.length <= REPLAYABLE:
+        if self.length == 0:  # nothing to wait for (most GETs): skip a receive() round
+            self.data = b""
+        elif self.length is not None and self.length <= REPLAYABLE:
             chunks = [c async for c in self._chunks()]
             self.data = b"".join(chunks)
 
@@ -100,14 +102,16 @@ def upstream_headers(
     scope: Scope, strip_auth: bool, prefix: str, client_ip: str
 ) -> list[tuple[bytes, bytes]]:
     out = []
+    host = b""
     for k, v in scope["headers"]:
         lk = k.lower()
         if lk in HOP_BY_HOP or (strip_auth and lk == b"authorization"):
+            if lk == b"host":
+                host = v
             continue
         if lk == b"x-dstack-forward-authorization":
             continue
         out.append((lk, v))
-    host = dict(scope["headers"]).get(b"host", b"")
     out.append((b"x-forwarded-for", client_ip.encode()))
     out.append((b"x-forwarded-host", host))
     out.append((b"x-forwarded-proto", scope.get("scheme", "http").encode()))
