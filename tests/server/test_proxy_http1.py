@@ -472,3 +472,22 @@ def test_a_head_that_trickles_in_is_not_a_timeout(run):
             assert (await get(Pool(), srv.port, timeout=0.2))[2] == b"late"
 
     run(main())
+
+
+def test_a_long_upload_on_a_reused_connection_is_not_a_timeout(run):
+    """The clock for the head starts when the request is out, not when it starts."""
+
+    async def slow_upload() -> AsyncIterator[bytes]:
+        for _ in range(6):
+            await asyncio.sleep(0.1)
+            yield b"x"
+
+    async def main() -> None:
+        async with Server(echo_forever) as srv:
+            pool = Pool()
+            await get(pool, srv.port, timeout=0.3)  # leaves the connection's timer running
+            status, _, body = await get(pool, srv.port, "POST", slow_upload(), timeout=0.3)
+            assert (status, body) == (200, b"POST /x?y=1 HTTP/1.1|xxxxxx")
+            assert srv.connections == 1
+
+    run(main())

@@ -161,6 +161,7 @@ class Conn(asyncio.Protocol):
         # the current exchange
         self.method = ""
         self.head: asyncio.Future[Response] | None = None
+        self.sent = False  # the request is out: the head's wait (and its clock) has begun
         self.headers: Headers = []
         self.head_size = 0
         self.body: Body | None = None
@@ -275,15 +276,18 @@ class Conn(asyncio.Protocol):
         self.complete = False
         self.until_close = False
         self.got_bytes = False
+        self.sent = False
         if self.parser is None:
             self.parser = httptools.HttpResponseParser(self)
         self.head = head = self.loop.create_future()
         return head
 
     def arm(self, timeout: float | None = None) -> None:
-        """A wait for the replica begins: it may last `timeout` seconds without a byte."""
+        """A wait for the replica begins (`timeout` given: the request is sent, the head is
+        awaited): it may last `timeout` seconds without a byte."""
         if timeout is not None:
             self.timeout = timeout
+            self.sent = True
         self.stamp = now = self.loop.time()
         deadline = now + self.timeout
         timer = self.timer
@@ -295,7 +299,8 @@ class Conn(asyncio.Protocol):
     def _on_timer(self) -> None:
         self.timer = None
         body = self.body
-        if self.head is None and (body is None or body.waiter is None):
+        head_wait = self.head is not None and self.sent  # not while a body is still uploading
+        if not head_wait and (body is None or body.waiter is None):
             return  # nobody is waiting on the replica now; the next wait re-arms
         left = self.stamp + self.timeout - self.loop.time()
         if left > 0:
