@@ -491,3 +491,19 @@ def test_a_long_upload_on_a_reused_connection_is_not_a_timeout(run):
             assert srv.connections == 1
 
     run(main())
+
+
+def test_an_endless_head_is_a_response_failure(run):
+    async def handler(reader, writer) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        for i in range(10_000):
+            writer.write(b"x-h%d: %b\r\n" % (i, b"v" * 100))
+            await writer.drain()
+
+    async def main() -> None:
+        async with Server(handler) as srv:
+            with pytest.raises(ResponseFailed, match="too large"):
+                await get(Pool(), srv.port)
+
+    run(main())

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import httptools
 
-MAX_HEAD = 64 * 1024  # bytes of header names and values in one answer
+MAX_HEAD = 64 * 1024  # bytes received before an answer's head is complete
 IDLE_PER_HOST = 64
 HIGH_WATER = 256 * 1024  # buffered body bytes at which reading from the replica pauses
 LOW_WATER = 64 * 1024  # ... and at which it resumes
@@ -202,6 +202,10 @@ class Conn(asyncio.Protocol):
             return
         if self.complete:
             self._release()
+        elif self.head is not None:  # still no head: bound it (llhttp does not)
+            self.head_size += len(data)
+            if self.head_size > MAX_HEAD:
+                self._fail(ResponseFailed("response head too large"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -231,9 +235,6 @@ class Conn(asyncio.Protocol):
     # -- parser callbacks -----------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.head_size += len(name) + len(value)
-        if self.head_size > MAX_HEAD:
-            raise ValueError("response head too large")
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
