@@ -66,7 +66,9 @@ class RequestBody:
     async def prepare(self) -> None:
         if self.length is not None and self.length > self.limit:
             raise BodyTooLarge()
-        if self.length is not None and self.length <= REPLAYABLE:
+        if self.length == 0:  # nothing to wait for (most GETs): skip a receive() round
+            self.data = b""
+        elif self.length is not None and self.length <= REPLAYABLE:
             chunks = [c async for c in self._chunks()]
             self.data = b"".join(chunks)
 
@@ -100,14 +102,16 @@ def upstream_headers(
     scope: Scope, strip_auth: bool, prefix: str, client_ip: str
 ) -> list[tuple[bytes, bytes]]:
     out = []
+    host = b""
     for k, v in scope["headers"]:
         lk = k.lower()
         if lk in HOP_BY_HOP or (strip_auth and lk == b"authorization"):
+            if lk == b"host":
+                host = v
             continue
         if lk == b"x-dstack-forward-authorization":
             continue
         out.append((lk, v))
-    host = dict(scope["headers"]).get(b"host", b"")
     out.append((b"x-forwarded-for", client_ip.encode()))
     out.append((b"x-forwarded-host", host))
     out.append((b"x-forwarded-proto", scope.get("scheme", "http").encode()))
@@ -139,16 +143,17 @@ async def forward_http(
         raise UpstreamTimeout("read timeout") from e
     except ResponseFailed as e:
         raise UpstreamFailed(str(e), sent=True) from e
-    out_headers = [(k, v) for k, v in resp.headers if k not in HOP_BY_HOP or k == b"content-length"]
-    length = dict(resp.headers).get(b"content-length", b"")
-    if length.isdigit() and int(length) <= SMALL_BODY:
+    out_headers, length = _response_headers(resp.headers)
+    if length is not None and length <= SMALL_BODY:
         # A small sized answer goes out in one write after the head (one syscall less).
         try:
-            data = b"".join([chunk async for chunk in resp.body])
-        except (ResponseFailed, OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as e:
+            data = await resp.body.read()
+        except ReadTimeout as e:
+            raise UpstreamTimeout("read timeout") from e
+        except ResponseFailed as e:
             raise UpstreamFailed(f"connection reset mid-body: {e}", sent=True) from e
         finally:
-            await resp.body.aclose()  # type: ignore[attr-defined]
+            await resp.body.aclose()
         await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
         await send({"type": "http.response.body", "body": data, "more_body": False})
         return resp.status
@@ -156,12 +161,27 @@ async def forward_http(
     try:
         async for chunk in resp.body:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    except (ResponseFailed, OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
-        pass  # the replica went away mid-body: end the response where it stopped
+    except (ResponseFailed, ReadTimeout):
+        pass  # the replica went away or stalled mid-body: end the response where it stopped
     finally:
-        await resp.body.aclose()  # type: ignore[attr-defined]
+        await resp.body.aclose()
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     return resp.status
+
+
+def _response_headers(
+    headers: list[tuple[bytes, bytes]],
+) -> tuple[list[tuple[bytes, bytes]], int | None]:
+    """The headers to relay (hop-by-hop ones dropped, Content-Length kept) and the length."""
+    out = []
+    length = None
+    for k, v in headers:
+        if k == b"content-length":
+            length = int(v) if v.isdigit() else None
+        elif k in HOP_BY_HOP:
+            continue
+        out.append((k, v))
+    return out, length
 
 
 async def forward_websocket(
