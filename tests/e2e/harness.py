@@ -214,6 +214,23 @@ class Server:
         if pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
+        self._kill_leftover_jobs()
+
+    def _kill_leftover_jobs(self) -> None:
+        """Job supervisors run in sessions of their own so that jobs outlive the agent; a test
+        that failed before its runs stopped would leave them running after the suite. Their
+        command line names this server's home: end each one's session."""
+        marker = f"{self.home}/.dstack/server/local-agent/jobs/".encode()
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"dstack.agent.supervisor" in cmdline and marker in cmdline:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(int(proc.name), signal.SIGTERM)
 
 
 class BackgroundCLI:
