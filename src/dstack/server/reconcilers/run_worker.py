@@ -3,6 +3,7 @@ it moves its own status and asks its jobs to terminate or be resubmitted."""
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime
 from typing import Any
 
@@ -63,10 +64,13 @@ class RunReconciler(Reconciler):
 
     async def _service_view(self, s: Any, run: t.Run, now: datetime) -> ServiceView | None:
         conf = RunSpec.model_validate_json(run.run_spec).configuration
-        if conf.get("type") != "service" or conf.get("groups"):
+        if conf.get("type") != "service":
             return None
         replicas = conf.get("replicas") or {}
         scaling = conf.get("scaling") or None
+        if conf.get("groups"):  # fixed counts (services/runs.py refuses ranges): their sum
+            total = sum(int((g.get("replicas") or {}).get("min") or 0) for g in conf["groups"])
+            replicas, scaling = {"min": total, "max": total}, None
         window = int((scaling or {}).get("window") or 60)
         rps, held = await request_rate(s, run.id, window, now)
         return ServiceView(
@@ -174,8 +178,10 @@ class RunReconciler(Reconciler):
         spec = RunSpec.model_validate_json(run.run_spec)
         conf = parse_configuration(spec.configuration)
         last_sub = {j.replica_num: j.submission_num for j in latest if j.job_num == 0}
+        live = _live_groups(latest, run.deployment_num)
         for num in d.scale_up:
-            js = replica_spec(run.run_name, conf, spec.repo_code_hash, num)
+            js = replica_spec(run.run_name, conf, spec.repo_code_hash, num, live)
+            live[js.replica_group] += 1
             s.add(
                 new_job_row(
                     run,
@@ -290,3 +296,21 @@ def _last_provisioned(jobs: list[t.Job], job: t.Job) -> datetime | None:
         and j.job_provisioning_data is not None
     ]
     return max(times, default=None)
+
+
+def _live_groups(latest: list[t.Job], deployment_num: int) -> Counter[str]:
+    """Replicas of the current deployment per replica group, stopping ones left out: what a
+    new replica's group is chosen against (jobspecs.replica_spec)."""
+    out: Counter[str] = Counter()
+    for j in latest:
+        if (
+            j.job_num == 0
+            and j.deployment_num >= deployment_num
+            and j.status
+            not in (
+                *FINISHED,
+                "terminating",
+            )
+        ):
+            out[JobSpec.model_validate_json(j.job_spec).replica_group] += 1
+    return out

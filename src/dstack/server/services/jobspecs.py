@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Mapping
 from typing import Any
 
 from dstack.models.runs import JobSpec
@@ -151,15 +152,71 @@ def service_probes(conf: Any) -> list[dict[str, Any]]:
     ]
 
 
-def replica_spec(run_name: str, conf: Any, repo_code_hash: str | None, replica_num: int) -> JobSpec:
-    """The spec of one more replica of a service (autoscaling and rolling updates)."""
-    spec = build_job_specs(run_name, conf, repo_code_hash)[0]
+def replica_spec(
+    run_name: str,
+    conf: Any,
+    repo_code_hash: str | None,
+    replica_num: int,
+    live: Mapping[str, int] | None = None,
+) -> JobSpec:
+    """The spec of one more replica of a service (autoscaling and rolling updates).
+
+    With replica groups the new replica joins the first group that has fewer than its count
+    among LIVE (replicas of the current deployment per group name): a rolling update numbers
+    new replicas past the old ones, so the number alone cannot say which group it belongs to.
+    Without LIVE, the number decides, as at submission."""
+    groups = replica_groups(conf)
+    if live is not None and len(groups) > 1:
+        name, group_conf, _ = next((g for g in groups if live.get(g[0], 0) < g[2]), groups[0])
+        return _replica_jobs(run_name, group_conf, repo_code_hash, replica_num, name)[0]
+    specs = build_job_specs(run_name, conf, repo_code_hash)
+    spec = next((js for js in specs if js.replica_num == replica_num), specs[0])
     return spec.model_copy(
         update={"replica_num": replica_num, "job_name": f"{run_name}-0-{replica_num}"}
     )
 
 
+# What a replica group may set for its own replicas (configuration.md §12, "Replica group").
+GROUP_FIELDS = (
+    "resources", "spot_policy", "reservation", "commands", "image", "python", "nvcc", "docker",
+    "privileged",
+)  # fmt: skip
+
+
+def replica_groups(conf: Any) -> list[tuple[str, Any, int]]:
+    """(group name, the configuration its replicas run, how many) per replica group; a service
+    without `groups`, and any other run, is one group named "0".
+
+    A group's configuration is the service's with the group's own fields laid over it, so the
+    rest of this module builds its jobs exactly as for a plain service."""
+    groups = getattr(conf, "groups", None) if conf.type == "service" else None
+    if not groups:
+        return [("0", conf, _replicas(conf))]
+    out = []
+    for i, group in enumerate(groups):
+        update = {
+            f: getattr(group, f)
+            for f in GROUP_FIELDS
+            if f in group.model_fields_set and getattr(group, f) is not None
+        }
+        update |= {"groups": None, "replicas": group.replicas, "scaling": group.scaling}
+        count = int(group.replicas.min or 0)
+        out.append((group.name or str(i), conf.model_copy(update=update), count))
+    return out
+
+
 def build_job_specs(run_name: str, conf: Any, repo_code_hash: str | None) -> list[JobSpec]:
+    specs: list[JobSpec] = []
+    for group, group_conf, count in replica_groups(conf):
+        first = len({js.replica_num for js in specs})
+        for replica_num in range(first, first + count):
+            specs += _replica_jobs(run_name, group_conf, repo_code_hash, replica_num, group)
+    return specs
+
+
+def _replica_jobs(
+    run_name: str, conf: Any, repo_code_hash: str | None, replica_num: int, group: str
+) -> list[JobSpec]:
     # Links and hints need an absolute path: the code directory when none is given.
     working_dir = getattr(conf, "working_dir", None) or LOCAL_REPO_DIR
     retry = getattr(conf, "retry", None)
@@ -168,33 +225,31 @@ def build_job_specs(run_name: str, conf: Any, repo_code_hash: str | None) -> lis
         port = conf.port
         service_port = getattr(port, "container_port", port)
     nodes = _nodes(conf)
-    specs = []
-    for replica_num in range(_replicas(conf)):
-        for job_num in range(nodes):
-            specs.append(
-                JobSpec(
-                    replica_num=replica_num,
-                    job_num=job_num,
-                    job_name=f"{run_name}-{job_num}-{replica_num}",
-                    jobs_per_replica=nodes,
-                    user=getattr(conf, "user", None),
-                    commands=_commands(conf, run_name, working_dir),
-                    env={k: v for k, v in (conf.env or {}).items() if v is not None},
-                    image_name=getattr(conf, "image", None),
-                    privileged=bool(getattr(conf, "privileged", False)),
-                    max_duration=seconds_or_none(getattr(conf, "max_duration", None)),
-                    stop_duration=stop_duration(conf),
-                    requirements=requirements(conf),
-                    retry=retry.model_dump(mode="json") if retry is not None else None,
-                    working_dir=getattr(conf, "working_dir", None),
-                    repo_code_hash=repo_code_hash,
-                    repo_dir=LOCAL_REPO_DIR,
-                    service_port=service_port,
-                    probes=service_probes(conf),
-                    app_specs=_app_specs(conf),
-                )
-            )
-    return specs
+    return [
+        JobSpec(
+            replica_num=replica_num,
+            job_num=job_num,
+            job_name=f"{run_name}-{job_num}-{replica_num}",
+            jobs_per_replica=nodes,
+            replica_group=group,
+            user=getattr(conf, "user", None),
+            commands=_commands(conf, run_name, working_dir),
+            env={k: v for k, v in (conf.env or {}).items() if v is not None},
+            image_name=getattr(conf, "image", None),
+            privileged=bool(getattr(conf, "privileged", False)),
+            max_duration=seconds_or_none(getattr(conf, "max_duration", None)),
+            stop_duration=stop_duration(conf),
+            requirements=requirements(conf),
+            retry=retry.model_dump(mode="json") if retry is not None else None,
+            working_dir=getattr(conf, "working_dir", None),
+            repo_code_hash=repo_code_hash,
+            repo_dir=LOCAL_REPO_DIR,
+            service_port=service_port,
+            probes=service_probes(conf),
+            app_specs=_app_specs(conf),
+        )
+        for job_num in range(nodes)
+    ]
 
 
 def _app_specs(conf: Any) -> list[dict[str, Any]]:

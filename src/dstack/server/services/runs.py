@@ -56,7 +56,21 @@ def parse_run_configuration(spec: RunSpec) -> Any:
             f"Environment variable {unset[0]} is not set",
             field=f"run_spec.configuration.env.{unset[0]}",
         )
+    _check_groups(conf)
     return conf
+
+
+def _check_groups(conf: Any) -> None:
+    """Replica groups run with fixed counts; a group that asks to autoscale is refused here
+    rather than left at its minimum without a word."""
+    for i, group in enumerate(getattr(conf, "groups", None) or []):
+        if group.replicas.min != group.replicas.max:
+            name = group.name or str(i)
+            raise ServerClientError(
+                f"Replica group {name} has a range of replicas; autoscaling replica groups is "
+                "not supported yet: give each group a fixed `replicas`",
+                field=f"run_spec.configuration.groups.{i}.replicas",
+            )
 
 
 def _check_name(name: str | None) -> None:
