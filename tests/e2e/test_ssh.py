@@ -246,18 +246,27 @@ def _get(url: str) -> httpx.Response | None:
     return r if r.status_code == 200 else None
 
 
-def test_attach_forwards_task_ports_and_replays_logs(server: Server, project_dir: Path):
+def start_web_task(
+    server: Server, project_dir: Path, name: str, resources: str = RESOURCES, first: str = ""
+) -> tuple[int, int]:
+    """A detached task serving its working dir over HTTP on a loopback port, with that port
+    mapped to a local one in `ports`; returns (app port, local port) once it runs."""
     app, local = free_port(), free_port()
     write_config(
         project_dir,
         "web.dstack.yml",
-        "type: task\nname: web-task\ncommands:\n  - echo hello-from-task\n"
+        f"type: task\nname: {name}\ncommands:\n{first}"
         f"  - python3 -m http.server {app} --bind 127.0.0.1\n"
-        f"ports:\n  - {local}:{app}\n" + RESOURCES,
+        f"ports:\n  - {local}:{app}\n" + resources,
     )
     r = server.cli("apply", "-f", "web.dstack.yml", "-y", "-d", cwd=project_dir)
     assert r.returncode == 0, r.stdout + r.stderr
-    server.wait_status("web-task", "running", timeout=60)
+    server.wait_status(name, "running", timeout=60)
+    return app, local
+
+
+def test_attach_forwards_task_ports_and_replays_logs(server: Server, project_dir: Path):
+    app, local = start_web_task(server, project_dir, "web-task", first="  - echo hello-from-task\n")
     attach = Background(server, "attach", "web-task", "-y", cwd=project_dir)
     try:
         out = attach.wait_for("Press Ctrl+C to detach...")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ..harness import Server, free_port, wait_until, write_config
-from ..test_ssh import Background, _get, job_submission, stop
+from ..harness import Server, wait_until
+from ..test_ssh import Background, _get, job_submission, start_web_task, stop
 from ..test_ssh_relay import block_of, established_to, run_ssh
 from . import hosts as sshhosts
 from .test_fleets import apply_fleet
@@ -37,17 +37,7 @@ def test_ssh_and_port_forward_through_the_server_to_a_host_behind_a_bastion(
         f"    user: {bastion.name}\n    identity_file: {key}\n"
         f"  hosts:\n    - hostname: {target.address}\n      user: {target.name}\n",
     )
-    app, local = free_port(), free_port()
-    write_config(
-        project_dir,
-        "web.dstack.yml",
-        "type: task\nname: hidden-web\ncommands:\n"
-        f"  - python3 -m http.server {app} --bind 127.0.0.1\n"
-        f"ports:\n  - {local}:{app}\n" + RESOURCES,
-    )
-    r = srv.cli("apply", "-f", "web.dstack.yml", "-y", "-d", cwd=project_dir)
-    assert r.returncode == 0, r.stdout + r.stderr
-    srv.wait_status("hidden-web", "running", timeout=60)
+    app, local = start_web_task(srv, project_dir, "hidden-web", RESOURCES)
     sshd = int(job_submission(srv, "hidden-web")["job_runtime_data"]["ports"]["10022"])
     user_pub = (srv.home / ".dstack" / "ssh" / "id_rsa.pub").read_text().split()[1]
     assert user_pub not in (bastion.home / ".ssh" / "authorized_keys").read_text()

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ..harness import Server, free_port, wait_until, write_config
-from ..test_ssh import Background, _get, job_submission, scp, ssh, stop
+from ..harness import Server, wait_until, write_config
+from ..test_ssh import Background, _get, job_submission, scp, ssh, start_web_task, stop
 from . import hosts as sshhosts
 from .test_fleets import apply_fleet, assert_clean, fleet_yaml
 
@@ -77,17 +77,7 @@ def test_ssh_and_port_forwarding_into_a_job_on_a_fleet_host(
     )
 
     # A task's port: reachable on localhost after `dstack attach`, forwarded through the jump.
-    app, local = free_port(), free_port()
-    write_config(
-        project_dir,
-        "web.dstack.yml",
-        "type: task\nname: web-remote\ncommands:\n"
-        f"  - python3 -m http.server {app} --bind 127.0.0.1\n"
-        f"ports:\n  - {local}:{app}\n" + RESOURCES,
-    )
-    r = srv.cli("apply", "-f", "web.dstack.yml", "-y", "-d", cwd=project_dir)
-    assert r.returncode == 0, r.stdout + r.stderr
-    srv.wait_status("web-remote", "running", timeout=60)
+    app, local = start_web_task(srv, project_dir, "web-remote", RESOURCES)
     attach = Background(srv, "attach", "web-remote", "-y", cwd=project_dir)
     try:
         out = attach.wait_for("Press Ctrl+C to detach...")

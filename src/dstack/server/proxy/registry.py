@@ -48,7 +48,6 @@ class Service:
     rate_limits: list[dict[str, Any]]
     replicas: list[Replica] = field(default_factory=list)
     active: bool = True  # False once the run is terminating or finished
-    loaded_at: float = 0.0
 
 
 @dataclass
@@ -56,7 +55,6 @@ class Caller:
     user_id: str
     admin: bool
     projects: frozenset[str]
-    loaded_at: float
 
 
 class Registry:
@@ -91,7 +89,7 @@ class Registry:
             ids = (
                 await s.execute(select(t.Member.project_id).where(t.Member.user_id == user.id))
             ).scalars()
-            return Caller(user.id, user.global_role == "admin", frozenset(ids), time.monotonic())
+            return Caller(user.id, user.global_role == "admin", frozenset(ids))
 
     async def models(self, project: str) -> list[tuple[str, str]]:
         """(model name, run name) of the project's active model services."""
@@ -152,7 +150,6 @@ class Registry:
                 model=conf.get("model") if isinstance(conf.get("model"), dict) else None,
                 rate_limits=list(conf.get("rate_limits") or []),
                 active=run.status in ACTIVE,
-                loaded_at=time.monotonic(),
             )
             if not svc.active:
                 return svc

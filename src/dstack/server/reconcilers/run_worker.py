@@ -23,6 +23,7 @@ from dstack.server.reconcilers.runs import (
     ServiceView,
     decide,
     failure_streak,
+    is_live_replica,
 )
 from dstack.server.services import events
 from dstack.server.services.jobspecs import replica_spec
@@ -303,14 +304,6 @@ def _live_groups(latest: list[t.Job], deployment_num: int) -> Counter[str]:
     new replica's group is chosen against (jobspecs.replica_spec)."""
     out: Counter[str] = Counter()
     for j in latest:
-        if (
-            j.job_num == 0
-            and j.deployment_num >= deployment_num
-            and j.status
-            not in (
-                *FINISHED,
-                "terminating",
-            )
-        ):
+        if is_live_replica(j.job_num, j.status) and j.deployment_num >= deployment_num:
             out[JobSpec.model_validate_json(j.job_spec).replica_group] += 1
     return out

@@ -309,12 +309,15 @@ def _failing(v: RunView) -> bool:
     )
 
 
+def is_live_replica(job_num: int, status: str) -> bool:
+    """A replica counts (for scaling, rolling, groups) by its job 0 while not on its way out."""
+    return job_num == 0 and status not in FINISHED and status != "terminating"
+
+
 def _decide_service(v: RunView, sv: ServiceView, now: datetime) -> RunDecision:
     if _failing(v):
         return RunDecision()
-    live = [
-        j for j in v.latest_jobs if j.job_num == 0 and j.status not in FINISHED + ("terminating",)
-    ]
+    live = [j for j in v.latest_jobs if is_live_replica(j.job_num, j.status)]
     desired = desired_replicas(sv)
     d = RunDecision()
     old = [j for j in live if j.deployment_num < sv.deployment_num]
