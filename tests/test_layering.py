@@ -112,6 +112,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "dstack.client_config",
         # Settings is a leaf (it imports nothing of ours); the context services share holds it.
         "dstack.server.settings",
+        # The compute interface (records and capabilities), never a backend's implementation.
+        "dstack.server.backends.base",
     ),
     "dstack.server.routers": (
         *LEAVES,
@@ -137,6 +139,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "dstack.agent.hostinfo",  # the local backend describes this machine
         "dstack.server.local_agent",  # ... and starts the agent on it
         "dstack.agent.zipapp",  # the SSH backend ships the agent to hosts as one zipapp
+        "dstack.agent.util",  # pid checks for the local agent
+        "dstack.server.settings",  # create_backends reads which backends are on
     ),
     "dstack.server.proxy": (
         *LEAVES,
@@ -292,6 +296,9 @@ def test_relative_import_from_a_package_init() -> None:
         ("dstack.server.backends.local", "dstack.agent.hostinfo", False, True),
         ("dstack.server.backends.local", "dstack.agent.jobs", False, False),
         ("dstack.server.backends.local", "dstack.server.db.tables", False, False),
+        ("dstack.server.services.pool", "dstack.server.backends.base", False, True),
+        ("dstack.server.services.pool", "dstack.server.backends.local", False, False),
+        ("dstack.server.services.pool", "dstack.server.backends.ssh.backend", True, False),
         ("dstack.agent.server", "dstack.agent.jobs", False, True),
         ("dstack.agent.server", "dstack.models.runs", True, False),
         ("dstack.agent.server", "dstack", False, False),
@@ -337,3 +344,127 @@ def test_dstack_version_imports_nothing_heavy() -> None:
     assert heavy == "HEAVY=", f"`dstack --version` imported {heavy[6:]}"
     dstack_mods = next(x for x in lines if x.startswith("DSTACK="))[7:].split(",")
     assert not [m for m in dstack_mods if m.startswith(("dstack.server", "dstack.api"))]
+
+
+# -- no backend is named outside server/backends/ ---------------------------------------------
+
+SERVER = "dstack.server"
+BACKENDS = "dstack.server.backends"
+# The backend types of the configuration language, plus the two built-in ones.
+BACKEND_NAMES = frozenset(
+    {
+        "local", "ssh", "remote", "amddevcloud", "aws", "azure", "cloudrift", "crusoe", "cudo",
+        "datacrunch", "daytona", "digitalocean", "dstack", "gcp", "hotaisle", "jarvislabs",
+        "kubernetes", "lambda", "lium", "nebius", "oci", "runpod", "seeweb", "slurm",
+        "tensordock", "vastai", "verda", "vultr",
+    }
+)  # fmt: skip
+
+
+def _name(node: ast.AST) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    if isinstance(node, ast.Call):
+        return _name(node.func)
+    if isinstance(node, ast.Subscript):
+        return _name(node.value)
+    return ""
+
+
+def _backend_literal(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Constant) and node.value in BACKEND_NAMES:
+        return node.value
+    return None
+
+
+def _about_backends(node: ast.AST) -> bool:
+    return "backend" in _name(node).lower()
+
+
+def backend_names_in(source: str) -> list[tuple[int, str]]:
+    """(line, what) for each place the code decides something by a backend's name: compared
+    with a `backend` value, looked up in a `backends` mapping, passed as `backend=`, or listed
+    under a `backends` key. Capabilities and the instance row's own type are the way instead."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            for lit in filter(None, map(_backend_literal, sides)):
+                if any(_about_backends(n) for n in sides):
+                    found.append((node.lineno, f"compares with {lit!r}"))
+        elif isinstance(node, ast.Subscript) and _about_backends(node.value):
+            lit = _backend_literal(node.slice)
+            if lit:
+                found.append((node.lineno, f"looks up {lit!r}"))
+        elif isinstance(node, ast.Call):
+            if isinstance(node.func, ast.Attribute) and _about_backends(node.func.value):
+                for lit in filter(None, map(_backend_literal, node.args)):
+                    found.append((node.lineno, f"looks up {lit!r}"))
+            for kw in node.keywords:
+                if kw.arg and "backend" in kw.arg:
+                    values = (
+                        kw.value.elts if isinstance(kw.value, (ast.List, ast.Tuple)) else [kw.value]
+                    )
+                    for lit in filter(None, map(_backend_literal, values)):
+                        found.append((node.lineno, f"passes {kw.arg}={lit!r}"))
+        elif isinstance(node, ast.Dict):
+            for key, value in zip(node.keys, node.values, strict=True):
+                if isinstance(key, ast.Constant) and "backend" in str(key.value):
+                    values = value.elts if isinstance(value, (ast.List, ast.Tuple)) else [value]
+                    for lit in filter(None, map(_backend_literal, values)):
+                        found.append((node.lineno, f"lists {lit!r} under {key.value!r}"))
+    return found
+
+
+def backend_name_violations(modules: dict[str, Path] | None = None) -> list[str]:
+    modules = modules if modules is not None else all_modules()
+    bad = []
+    for name, path in modules.items():
+        if not _under(name, SERVER) or _under(name, BACKENDS):
+            continue
+        for line, what in backend_names_in(path.read_text()):
+            bad.append(f"{name} [line {line}]: {what}")
+    for e in EDGES:
+        outside = _under(e.module, SERVER) and not _under(e.module, BACKENDS)
+        impl = _under(e.imported, BACKENDS) and e.imported not in (BACKENDS, f"{BACKENDS}.base")
+        if outside and impl:
+            bad.append(f"{e.module} [line {e.lineno}]: imports the implementation {e.imported}")
+    return bad
+
+
+def test_no_backend_is_named_outside_server_backends() -> None:
+    bad = backend_name_violations()
+    assert not bad, "backend names outside server/backends/ (use capabilities):\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        'if inst.backend == "ssh": pass',
+        'x = "local" != offer.backend',
+        'b = ctx.backends["ssh"]',
+        'b = ctx.backends.get("local")',
+        'select(t.Instance).where(t.Instance.backend == "ssh")',
+        't.Instance(backend="ssh")',
+        'spec = {"backends": ["local"]}',
+        'ok = "aws" in self.backends',
+    ],
+)
+def test_backend_name_check_catches(snippet: str) -> None:
+    assert backend_names_in(snippet), snippet
+
+
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        'LOCAL_FLEET = "local"',  # a fleet's name, not a backend's
+        'key = conf.get("ssh_config")',
+        "if backend.capabilities.shared_host: pass",
+        "b = ctx.backends.get(inst.backend)",
+        'region = "local"',
+    ],
+)
+def test_backend_name_check_lets_through(snippet: str) -> None:
+    assert not backend_names_in(snippet), snippet

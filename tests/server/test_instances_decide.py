@@ -6,7 +6,14 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from dstack.server.reconcilers.instances import InstanceDecision, InstanceView, decide
+from dstack.server.reconcilers.instances import (
+    Act,
+    InstanceDecision,
+    InstanceView,
+    Outcome,
+    after,
+    decide,
+)
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 IDLE = 300
@@ -41,9 +48,43 @@ TABLE = [
     (
         "terminating/backend-terminates-it",
         view(status="terminating", agent_ok=None),
-        InstanceDecision("terminate", status="terminated"),
+        InstanceDecision("terminate"),
     ),
-    ("provisioning/waits", view(status="provisioning", agent_ok=None), InstanceDecision("wait")),
+    (
+        "provisioning/agent-answers",
+        view(status="provisioning", agent_ok=True, provisioning_since=ago(5)),
+        InstanceDecision("ready"),
+    ),
+    (
+        "provisioning/agent-silent-within-timeout",
+        view(
+            status="provisioning",
+            agent_ok=False,
+            provisioning_since=ago(5),
+            provisioning_timeout=30,
+        ),
+        InstanceDecision("wait", recheck=1.0),
+    ),
+    (
+        "provisioning/agent-silent-just-before-timeout-looks-again-then",
+        view(
+            status="provisioning",
+            agent_ok=False,
+            provisioning_since=ago(29.5),
+            provisioning_timeout=30,
+        ),
+        InstanceDecision("wait", recheck=0.5),
+    ),
+    (
+        "provisioning/agent-silent-past-timeout",
+        view(
+            status="provisioning",
+            agent_ok=False,
+            provisioning_since=ago(31),
+            provisioning_timeout=30,
+        ),
+        InstanceDecision("diagnose"),
+    ),
     ("terminated/left-alone", view(status="terminated", agent_ok=None), InstanceDecision("wait")),
     # agent answers
     ("idle/agent-answers", view(), InstanceDecision("wait")),
@@ -121,3 +162,97 @@ TABLE = [
 @pytest.mark.parametrize(("v", "expected"), [r[1:] for r in TABLE], ids=[r[0] for r in TABLE])
 def test_decide(v: InstanceView, expected: InstanceDecision) -> None:
     assert decide(v, NOW) == expected
+
+
+T0 = NOW
+
+
+def d(action: Act, **kw) -> InstanceDecision:
+    return InstanceDecision(action, **kw)
+
+
+AFTER = [
+    (
+        "create/ok-provisioning",
+        d(Act.CREATE),
+        Outcome(True, values={"agent_url": "http://a"}),
+        d(Act.CREATE, status="provisioning", values={"agent_url": "http://a", "started_at": T0}),
+    ),
+    (
+        "create/failed-terminated-error",
+        d(Act.CREATE),
+        Outcome(False, "no capacity in us-east-1"),
+        d(
+            Act.CREATE,
+            status="terminated",
+            reason="error",
+            message="no capacity in us-east-1",
+            values={"finished_at": T0},
+        ),
+    ),
+    (
+        "ready/ok-idle",
+        d(Act.READY),
+        Outcome(True, values={"host_info": "{}"}),
+        d(Act.READY, status="idle", values={"host_info": "{}", "started_at": T0}),
+    ),
+    (
+        "ready/unusable-host-cleaned-up",
+        d(Act.READY),
+        Outcome(False, "blocks: 3 does not divide"),
+        d(Act.READY, status="terminating", reason="error", message="blocks: 3 does not divide"),
+    ),
+    (
+        "diagnose/provisioning-timeout",
+        d(Act.DIAGNOSE),
+        Outcome(False, "the agent did not answer"),
+        d(
+            Act.DIAGNOSE,
+            status="terminating",
+            reason="provisioning_timeout",
+            message="the agent did not answer",
+        ),
+    ),
+    (
+        "terminate/ok",
+        d(Act.TERMINATE),
+        Outcome(True),
+        d(Act.TERMINATE, status="terminated", values={"finished_at": T0, "deleted": True}),
+    ),
+    (
+        "terminate/ok-with-note",
+        d(Act.TERMINATE),
+        Outcome(True, "the host could not be cleaned up"),
+        d(
+            Act.TERMINATE,
+            status="terminated",
+            message="the host could not be cleaned up",
+            values={"finished_at": T0, "deleted": True},
+        ),
+    ),
+    (
+        "terminate/failed-retried",
+        d(Act.TERMINATE),
+        Outcome(False, "API error"),
+        d(Act.TERMINATE, message="API error"),
+    ),
+    (
+        "revive/ok",
+        d(Act.REVIVE, values={"unreachable": True}),
+        Outcome(True, values={"agent_url": "http://b", "agent_pid": 7}),
+        d(Act.REVIVE, values={"agent_url": "http://b", "agent_pid": 7, "unreachable": False}),
+    ),
+    (
+        "revive/cannot-stays-unreachable",
+        d(Act.REVIVE, values={"unreachable": True}),
+        Outcome(False),
+        d(Act.REVIVE, values={"unreachable": True}),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("decision", "outcome", "expected"), [r[1:] for r in AFTER], ids=[r[0] for r in AFTER]
+)
+def test_after(decision: InstanceDecision, outcome: Outcome, expected: InstanceDecision) -> None:
+    assert after(decision, outcome, T0) == expected

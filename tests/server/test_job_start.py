@@ -4,12 +4,9 @@ port actually used (the agent's `listen_port`) is what the proxy reads back."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 from dstack.models.runs import JobSpec
 from dstack.server.reconcilers.job_start import (
     REPLICA_PORT_SEARCH,
-    host_label,
     listen_fields,
     runtime_data,
     service_listen_port,
@@ -38,15 +35,6 @@ def test_no_check_for_containers_tasks_or_a_port_the_user_set():
     assert listen_fields(spec(0, None), "process", {}) == {}
     assert listen_fields(spec(1), "process", {"DSTACK_SERVICE_PORT": "9000"}) == {}
     assert service_listen_port(spec(3), "process") == 8003
-
-
-def test_host_label_is_the_host_the_user_knows():
-    local = SimpleNamespace(backend="local", remote_connection=None, hostname="box", name="f-0")
-    assert host_label(local) == "local"  # type: ignore[arg-type]
-    ssh = SimpleNamespace(
-        backend="ssh", remote_connection='{"hostname": "10.0.0.7"}', hostname=None, name="f-1"
-    )
-    assert host_label(ssh) == "10.0.0.7"  # type: ignore[arg-type]
 
 
 def test_runtime_data_records_the_port_the_agent_chose():

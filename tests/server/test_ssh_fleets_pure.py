@@ -9,9 +9,10 @@ import pytest
 
 from dstack.errors import ServerClientError
 from dstack.server.backends.base import BackendError
+from dstack.server.backends.ssh.backend import internal_ip as _internal_ip
+from dstack.server.backends.ssh.backend import total_blocks
 from dstack.server.backends.ssh.deploy import missing_prerequisites, parse_facts
 from dstack.server.reconcilers.fleets import FleetView, decide
-from dstack.server.reconcilers.ssh_hosts import _internal_ip, total_blocks
 from dstack.server.scheduler import multinode
 from dstack.server.scheduler.placement import rank
 from dstack.server.services.fleet_apply import _diff, parse_fleet, resolve_hosts
@@ -128,36 +129,40 @@ def test_multinode_all_or_nothing_on_one_cluster_fleet() -> None:
     assert multinode.choose(busy, 2, 0, clusters, None, set()).queued
 
 
-def test_upstream_resolver_forwards_to_the_replica_port_and_hides_ssh_errors() -> None:
-    import asyncio
-    import json
-    from types import SimpleNamespace
+def ssh_backend():  # noqa: ANN201
+    from pathlib import Path
 
-    from dstack.server.db import tables as t
-    from dstack.server.reconcilers.ssh_hosts import upstream_resolver
+    from dstack.server.backends.ssh.backend import SSHBackend
+
+    return SSHBackend(Path("/nonexistent"), decrypt=lambda v: f"plain-{v}")
+
+
+def test_upstream_forwards_to_the_replica_port_and_hides_ssh_errors() -> None:
+    import asyncio
+
+    from dstack.server.backends.base import Host
 
     calls: list[tuple[str, str | None, int]] = []
+    backend = ssh_backend()
 
-    class FakeSSH:
+    class FakePool:
         down = False
 
-        async def tunnel_port(self, params, known_key, port):  # noqa: ANN001, ANN202
+        async def forward(self, params, known_key, port):  # noqa: ANN001, ANN202
             if self.down:
                 raise BackendError("host unreachable")
             calls.append((params.hostname, known_key, port))
             return 40000 + port
 
-    ssh = FakeSSH()
-    resolve = upstream_resolver(SimpleNamespace(backends={"ssh": ssh}, box=None))  # type: ignore[arg-type]
+    backend.pool = FakePool()  # type: ignore[assignment]
     rc = {"hostname": "10.0.0.5", "port": 22, "user": "u", "host_key": "ssh-ed25519 AAA"}
-    inst_row = t.Instance(id="i1", backend="ssh", remote_connection=json.dumps(rc))
-    job = t.Job(id="j1")
-    assert asyncio.run(resolve(job, inst_row, 8001)) == ("127.0.0.1", 48001)
+    host = Host(instance_id="i1", project_id="p", name="f-0", remote=rc)
+    assert asyncio.run(backend.upstream(host, 8001)) == ("127.0.0.1", 48001)
     assert calls == [("10.0.0.5", "ssh-ed25519 AAA", 8001)]
-    ssh.down = True
-    assert asyncio.run(resolve(job, inst_row, 8001)) is None
-    no_host = t.Instance(id="i2", backend="ssh", remote_connection="{}")
-    assert asyncio.run(resolve(job, no_host, 8001)) is None
+    backend.pool.down = True  # type: ignore[attr-defined]
+    assert asyncio.run(backend.upstream(host, 8001)) is None
+    no_host = Host(instance_id="i2", project_id="p", name="f-1", remote={})
+    assert asyncio.run(backend.upstream(no_host, 8001)) is None
 
 
 def test_job_reaches_an_ssh_host_as_the_fleet_does() -> None:
@@ -165,8 +170,13 @@ def test_job_reaches_an_ssh_host_as_the_fleet_does() -> None:
     ProxyJump to the job's sshd) and the fleet's proxy_jump as `ssh_proxy`; keys never."""
     import json
 
-    from dstack.server.db import tables as t
-    from dstack.server.reconcilers.job_facts import host_access as _host_access
+    from dstack.server.backends.base import Host
+    from dstack.server.backends.local import LocalBackend
+
+    backend = ssh_backend()
+
+    def _host_access(host: Host) -> dict:
+        return backend.host_access(host)
 
     rc = {
         "hostname": "10.0.0.5",
@@ -175,14 +185,22 @@ def test_job_reaches_an_ssh_host_as_the_fleet_does() -> None:
         "key_enc": "secret",
         "proxy": {"hostname": "bastion", "port": 2222, "user": "jump", "key_enc": "secret"},
     }
-    ssh = t.Instance(backend="ssh", hostname="10.0.0.5", remote_connection=json.dumps(rc))
+    ssh = Host(instance_id="i", project_id="p", name="f-0", hostname="10.0.0.5", remote=rc)
     assert _host_access(ssh) == {
         "hostname": "10.0.0.5",
         "username": "ops",
         "ssh_port": 2201,
         "ssh_proxy": {"hostname": "bastion", "port": 2222, "username": "jump"},
     }
-    ssh.remote_connection = json.dumps({**rc, "port": None, "proxy": None})
+    ssh.remote = {**rc, "port": None, "proxy": None}
     assert _host_access(ssh)["ssh_port"] == 22 and _host_access(ssh)["ssh_proxy"] is None
-    local = t.Instance(backend="local", hostname="127.0.0.1")
-    assert _host_access(local) == {"hostname": "127.0.0.1", "username": "root", "ssh_port": 22}
+    local = Host(instance_id="l", project_id="p", name="local-0", hostname="127.0.0.1")
+    from pathlib import Path
+
+    lb = LocalBackend(Path("/nonexistent"), "main")
+    assert lb.host_access(local) == {"hostname": "127.0.0.1", "username": "root", "ssh_port": 22}
+    # The user knows an SSH host by the address the fleet lists, the local one as `local`.
+    assert backend.host_label(ssh) == "10.0.0.5" and lb.host_label(local) == "local"
+    assert backend.params(rc).private_keys == ("plain-secret",)
+    assert json.loads(json.dumps(backend.host_access(ssh)))  # keys never in it
+    assert "secret" not in json.dumps(backend.host_access(ssh))

@@ -18,6 +18,8 @@ import pytest
 from fastapi import FastAPI
 
 from dstack.models.wire import utcnow
+from dstack.server.backends.base import Host
+from dstack.server.backends.local import LocalBackend
 from dstack.server.db import tables as t
 from dstack.server.db.migrate import migrate
 from dstack.server.db.session import Database
@@ -119,12 +121,13 @@ def relay(tmp_path: Path) -> Iterator[tuple[TestClient, Echo]]:
     app = FastAPI()
     ctx = ServerContext(settings=None, db=db, box=None)  # type: ignore[arg-type]
 
-    async def open_local(inst: t.Instance, port: int) -> Any:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        echo.writers.append(writer)  # held here, so only the relay's close() can close it
-        return reader, writer
+    class Loopback(LocalBackend):
+        async def open_stream(self, host: Host, port: int) -> Any:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            echo.writers.append(writer)  # held here, so only the relay's close() can close it
+            return reader, writer
 
-    ctx.stream_openers["local"] = open_local
+    ctx.backends["local"] = Loopback(tmp_path / "agent", "main")
     app.state.ctx = ctx
     app.include_router(ssh_relay.router)
     with TestClient(app) as client:

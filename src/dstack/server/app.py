@@ -12,8 +12,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from dstack.errors import ResourceNotExistsError, ServerClientError
-from dstack.server.backends.local import LocalBackend
-from dstack.server.backends.ssh.backend import SSHBackend
+from dstack.server.backends import create_backends
+from dstack.server.backends.base import OfferCache
 from dstack.server.db.migrate import migrate
 from dstack.server.db.session import Database
 from dstack.server.proxy import upstream
@@ -23,13 +23,14 @@ from dstack.server.reconcilers.fleets import FleetReconciler
 from dstack.server.reconcilers.instance_worker import InstanceReconciler
 from dstack.server.reconcilers.job_worker import JobReconciler
 from dstack.server.reconcilers.run_worker import RunReconciler
-from dstack.server.reconcilers.ssh_hosts import stream_opener, upstream_resolver
+from dstack.server.reconcilers.sweeper import InventorySweeper
 from dstack.server.routers import fleets, resources, runs, ssh_relay
 from dstack.server.routers.deps import AuthError
 from dstack.server.services.bootstrap import BootstrapResult, bootstrap
 from dstack.server.services.codes import CodeTooLargeError
 from dstack.server.services.context import ServerContext
 from dstack.server.services.crypto import Box
+from dstack.server.services.hosts import upstream as host_upstream
 from dstack.server.settings import Settings
 from dstack.version import __version__
 
@@ -57,16 +58,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
 async def start(ctx: ServerContext) -> tuple[BootstrapResult, list[asyncio.Task[None]]]:
     await migrate(ctx.db.engine)
+    ctx.backends = create_backends(ctx.settings, ctx.box.decrypt)
     result = await bootstrap(ctx)
-    if ctx.settings.local_backend_enabled:
-        local = LocalBackend(ctx.settings.local_agent_home)
-        ctx.backends["local"] = local
-        ctx.stream_openers["local"] = lambda inst, port: local.open_stream(port)
-    ctx.backends["ssh"] = SSHBackend(ctx.settings.data_dir)
-    # The SSH relay (`dstack ssh-proxy`) reaches jobs' SSH servers the way each backend can.
-    ctx.stream_openers["ssh"] = stream_opener(ctx)
-    # Services on SSH hosts: the proxy and the prober reach replicas through the SSH pool.
-    upstream.register("ssh", upstream_resolver(ctx))
+    ctx.offer_cache = OfferCache()
+    # The proxy and the prober reach replicas the way each instance's backend can.
+    upstream.install(lambda inst, port: host_upstream(ctx, inst, port))
     agents = AgentRegistry(ctx)
     ctx.agents = agents  # type: ignore[attr-defined]
     reconcilers = [
@@ -76,6 +72,7 @@ async def start(ctx: ServerContext) -> tuple[BootstrapResult, list[asyncio.Task[
         FleetReconciler(ctx),
     ]
     tasks = [asyncio.create_task(r.run_forever(), name=r.kind) for r in reconcilers]
+    tasks.append(asyncio.create_task(InventorySweeper(ctx).run_forever(), name="inventory"))
     return result, tasks
 
 
@@ -139,8 +136,9 @@ def create_app(settings: Settings, on_ready: object = None) -> FastAPI:
                 with suppress(asyncio.CancelledError):
                     await task
             await ctx.agents.close()  # type: ignore[attr-defined]
-            if "ssh" in ctx.backends:
-                await ctx.backends["ssh"].close()
+            for backend in ctx.backends.values():
+                await backend.close()
+            upstream.install(None)
             await ctx.db.close()
 
     app = FastAPI(

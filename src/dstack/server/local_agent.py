@@ -38,7 +38,7 @@ class LocalAgentError(RuntimeError):
     pass
 
 
-def _read_agent_json(home: Path) -> dict | None:
+def read_agent_json(home: Path) -> dict | None:
     try:
         data = json.loads((home / "agent.json").read_text())
     except (OSError, ValueError):
@@ -71,18 +71,18 @@ async def _answers(url: str, token: str, timeout: float = 2.0) -> bool:
 
 
 async def _existing(home: Path, token: str) -> LocalAgent | None:
-    info = _read_agent_json(home)
+    info = read_agent_json(home)
     if not info or not pid_alive(int(info.get("pid", 0))):
         return None
     url = f"http://127.0.0.1:{int(info['port'])}"
     if _token_matches(home, token) and await _answers(url, token):
         return LocalAgent(url=url, pid=int(info["pid"]))
-    if _is_agent_of(int(info["pid"]), home):
+    if is_agent_of(int(info["pid"]), home):
         await _stop_pid(int(info["pid"]))  # wrong token or wedged: replace it (jobs survive)
     return None
 
 
-def _is_agent_of(pid: int, home: Path) -> bool:
+def is_agent_of(pid: int, home: Path) -> bool:
     """Only ever signal our own agent: after a reboot the recorded pid may be anyone's."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -141,7 +141,7 @@ async def ensure_local_agent(home: Path, token: str) -> LocalAgent:
     proc = _spawn(home, token)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
-        info = _read_agent_json(home)
+        info = read_agent_json(home)
         if info and int(info.get("pid", 0)) == proc.pid:
             url = f"http://127.0.0.1:{int(info['port'])}"
             if await _answers(url, token, timeout=1.0):

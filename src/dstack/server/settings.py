@@ -45,6 +45,10 @@ class Settings:
     retry_backoff: tuple[float, ...] = field(default=(15, 30, 60, 120, 300, 600))
     terminate_grace_seconds: float = 10.0
     local_backend_enabled: bool = True
+    # The one project the local backend (the server's own machine) serves.
+    local_backend_project: str = "main"
+    # How often each backend's inventory is compared with the instance rows.
+    inventory_sweep_seconds: float = 60.0
     # The service proxy (server/proxy): upstream read timeout, body limit, how long a request
     # waits for a replica of a scaled-to-zero service, and how long a replica that failed a
     # request stays out of rotation when no probe says otherwise.
@@ -86,6 +90,8 @@ def load_settings(host: str | None = None, port: int | None = None) -> Settings:
         instance_check_seconds=_float_env("DSTACK_SERVER_INSTANCE_CHECK_SECONDS", 10.0),
         retry_backoff=_backoff_env(),
         local_backend_enabled=os.environ.get("DSTACK_SERVER_LOCAL_BACKEND", "1") != "0",
+        local_backend_project=os.environ.get("DSTACK_SERVER_LOCAL_BACKEND_PROJECT") or "main",
+        inventory_sweep_seconds=_float_env("DSTACK_SERVER_INVENTORY_SWEEP_SECONDS", 60.0),
         service_client_timeout=_float_env("DSTACK_SERVICE_CLIENT_TIMEOUT", 300.0),
         service_max_body=_int_env("DSTACK_SERVICE_MAX_BODY", 64 * 1024 * 1024),
         service_hold_seconds=_float_env("DSTACK_SERVICE_HOLD_SECONDS", 120.0),

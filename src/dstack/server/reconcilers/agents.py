@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 from dstack.server.agent_client import AgentClient
+from dstack.server.backends.base import BackendError
 from dstack.server.db import tables as t
 from dstack.server.services.context import ServerContext
+from dstack.server.services.hosts import host_of
 
 
 class AgentRegistry:
@@ -20,16 +22,15 @@ class AgentRegistry:
         cached = self._clients.get(inst.id)
         if cached is not None and cached[0] == key:
             return cached[1]
-        if inst.backend == "ssh":
-            # SSH hosts: only through the tunnel over the host's SSH connection.
-            from dstack.server.reconcilers.ssh_hosts import tunnel_client
-
-            ssh_client = tunnel_client(self.ctx, inst)
-            if ssh_client is None:
-                return None
-            self._clients[inst.id] = (key, ssh_client)
-            return ssh_client
-        client = AgentClient(inst.agent_url, self.ctx.box.decrypt(inst.agent_token_enc))
+        backend = self.ctx.backends.get(inst.backend)
+        try:
+            # Each backend says how requests reach its hosts' agents (loopback, an SSH tunnel).
+            transport = backend.agent_transport(host_of(inst)) if backend else None
+        except BackendError:
+            return None  # not reachable yet (e.g. no agent port recorded)
+        client = AgentClient(
+            inst.agent_url, self.ctx.box.decrypt(inst.agent_token_enc), transport=transport
+        )
         self._clients[inst.id] = (key, client)
         return client
 

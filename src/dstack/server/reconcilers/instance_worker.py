@@ -1,4 +1,5 @@
-"""Carries out the instance decisions of `instances.py` through the instance's backend."""
+"""Carries out the instance decisions of `instances.py` through the instance's backend: observe,
+`decide()`, act, feed the outcome to `after()`, apply. It never edits a decision itself."""
 
 from __future__ import annotations
 
@@ -8,32 +9,46 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
+from dstack.models.instances import InstanceStatus as S
 from dstack.models.offers import InstanceOfferWithAvailability
 from dstack.models.wire import utcnow
 from dstack.server.agent_client import AgentClientError
-from dstack.server.backends.base import BackendError
+from dstack.server.backends.base import BackendError, Compute, Provisioning
 from dstack.server.db import tables as t
-from dstack.server.reconcilers import ssh_hosts
 from dstack.server.reconcilers.agents import AgentRegistry
 from dstack.server.reconcilers.base import Reconciler
-from dstack.server.reconcilers.instances import InstanceDecision, InstanceView, decide
+from dstack.server.reconcilers.instances import (
+    Act,
+    InstanceDecision,
+    InstanceView,
+    Outcome,
+    after,
+    decide,
+)
 from dstack.server.services import events
 from dstack.server.services.context import ServerContext
-from dstack.server.services.pool import FINISHED_JOB_STATUSES, fleet_conf
+from dstack.server.services.hosts import host_of, known_host_key
+from dstack.server.services.pool import FINISHED_JOB_STATUSES, LIVE_INSTANCE_STATUSES, fleet_conf
+
+PROVISIONING_POLL_SECONDS = 0.5
 
 
 class InstanceReconciler(Reconciler):
     kind = "instances"
     table = t.Instance
-    active_statuses = ("pending", "provisioning", "idle", "busy", "terminating")
+    active_statuses = tuple(
+        s.value for s in (S.PENDING, S.PROVISIONING, S.IDLE, S.BUSY, S.TERMINATING)
+    )
 
     def __init__(self, ctx: ServerContext, agents: AgentRegistry) -> None:
         super().__init__(ctx)
         self.agents = agents
 
     def interval(self, status: str) -> float:
-        if status in ("idle", "busy"):
+        if status in (S.IDLE, S.BUSY):
             return self.ctx.settings.instance_check_seconds
+        if status == S.PROVISIONING:
+            return PROVISIONING_POLL_SECONDS
         return self.ctx.settings.resync_seconds
 
     async def process(self, row_id: str, token: str) -> None:
@@ -44,19 +59,29 @@ class InstanceReconciler(Reconciler):
                 return
             active, last_finished = await self._jobs(s, inst.id)
             at_min = await self._fleet_at_min(s, inst)
-        agent_ok = await self._check(inst) if inst.status in ("idle", "busy") else None
+            known_key = None
+            if inst.status == S.PENDING and inst.hostname:
+                port = int(json.loads(inst.remote_connection or "{}").get("port") or 22)
+                known_key = await known_host_key(s, inst.project_id, inst.hostname, port, inst.id)
+        backend = self.ctx.backends.get(inst.backend)
+        checked = inst.status in (S.IDLE, S.BUSY, S.PROVISIONING)
+        info = await self._check(inst) if checked else None
         view = InstanceView(
             status=inst.status,
             unreachable=inst.unreachable,
-            agent_ok=agent_ok,
+            agent_ok=None if not checked else info is not None,
             active_jobs=active,
             idle_since=max(filter(None, [inst.started_at or inst.created_at, last_finished])),
             idle_duration=inst.idle_duration,
             fleet_min_reached=at_min,
+            provisioning_since=inst.started_at or inst.created_at,
+            provisioning_timeout=backend.provisioning_timeout if backend else 0.0,
         )
         d = decide(view, now)
-        values = await self._act(inst, d)
-        await self._apply(inst, d, values, token, now)
+        if d.action != Act.WAIT:
+            outcome = await self._act(inst, d, backend, info, known_key)
+            d = after(d, outcome, utcnow())
+        await self._apply(inst, d, token, now)
 
     async def _jobs(self, s: Any, instance_id: str) -> tuple[int, datetime | None]:
         active = (
@@ -87,140 +112,163 @@ class InstanceReconciler(Reconciler):
                 select(func.count()).where(
                     t.Instance.fleet_id == inst.fleet_id,
                     t.Instance.deleted.is_(False),
-                    t.Instance.status.in_(("pending", "provisioning", "idle", "busy")),
+                    t.Instance.status.in_(LIVE_INSTANCE_STATUSES),
                 )
             )
         ).scalar_one()
         return int(live) <= int(low)
 
-    async def _check(self, inst: t.Instance) -> bool:
+    async def _check(self, inst: t.Instance) -> dict[str, Any] | None:
+        """The agent's host info when it answers (a provisioning host's first answer is what
+        the instance is), else None."""
         client = self.agents.client(inst)
         if client is None:
-            return False
+            return None
         try:
             await client.healthcheck()
-            return True
+            if inst.status == S.PROVISIONING:
+                return await client.host_info()
+            return {}
         except AgentClientError:
-            return False
+            return None
 
-    async def _act(self, inst: t.Instance, d: InstanceDecision) -> dict[str, Any]:
-        backend = self.ctx.backends.get(inst.backend)
-        if inst.backend == "ssh" and d.action in ("create", "terminate"):
-            return await self._act_ssh(inst, d)
-        if d.action == "create":
-            return await self._create(inst, d, backend)
-        if d.action == "terminate":
-            try:
-                if backend is not None:
-                    await backend.terminate_instance(inst.id, inst.agent_pid)
-            except BackendError as e:
-                d.status = None  # retried on the next pass
-                return {"termination_reason_message": str(e)}
-            await self.agents.forget(inst.id)
-            return {"finished_at": utcnow(), "deleted": True}
-        if d.action == "revive" and hasattr(backend, "revive") and inst.agent_token_enc:
-            try:
-                url, pid = await backend.revive(self.ctx.box.decrypt(inst.agent_token_enc))
-            except BackendError:
-                return d.values
-            await self.agents.forget(inst.id)
-            return {**d.values, "agent_url": url, "agent_pid": pid, "unreachable": False}
-        return d.values
+    # -- act: every outcome goes back through `after()` -----------------------------------
 
-    async def _act_ssh(self, inst: t.Instance, d: InstanceDecision) -> dict[str, Any]:
-        """SSH hosts are bootstrapped and cleaned up, not created and destroyed."""
-        if d.action == "create":
-            d.status, d.reason, values = await ssh_hosts.bootstrap(self.ctx, inst, self.agents)
-            return values
-        note = await ssh_hosts.teardown(self.ctx, inst)
-        await self.agents.forget(inst.id)
-        values = {"finished_at": utcnow(), "deleted": True}
-        if note:
-            values["termination_reason_message"] = note
-        return values
-
-    async def _create(self, inst: t.Instance, d: InstanceDecision, backend: Any) -> dict[str, Any]:
-        if backend is None:
-            d.status, d.reason = "terminated", "error"
-            return {"termination_reason_message": f"backend {inst.backend} is not configured"}
-        offer = InstanceOfferWithAvailability.model_validate_json(inst.offer or "{}")
-        try:
-            p = await backend.create_instance(inst.id, offer)
-            client = self.agents.client(
-                _with_agent(inst, p.agent_url, self.ctx.box.encrypt(p.agent_token))
-            )
-            host_info = p.host_info or (await client.host_info() if client else {})
-        except (BackendError, AgentClientError) as e:
-            d.status, d.reason = "terminated", "error"
-            return {"termination_reason_message": str(e), "finished_at": utcnow()}
-        d.status = "idle"
-        return {
-            "agent_url": p.agent_url,
-            "agent_token_enc": inst.agent_token_enc,
-            "agent_pid": p.agent_pid,
-            "hostname": p.hostname,
-            "host_info": json.dumps(host_info),
-            "started_at": utcnow(),
-        }
-
-    async def _apply(
+    async def _act(
         self,
         inst: t.Instance,
         d: InstanceDecision,
-        values: dict[str, Any],
-        token: str,
-        now: datetime,
-    ) -> None:
-        values = dict(values)
-        if d.status and d.status != inst.status:
-            values["status"] = d.status
-            if d.reason:
-                values["termination_reason"] = d.reason
-        async with self.ctx.db.session() as s:
-            # The version must still be the one read: a job reserving this instance meanwhile
-            # bumped it, and an idle-timeout decision made before that must not apply.
-            values_guard = update(t.Instance).where(
-                t.Instance.id == inst.id, t.Instance.version == inst.version
-            )
-            # A bootstrap is long: a delete requested meanwhile (which bumps the version) wins.
-            bootstrapped = inst.backend == "ssh" and d.action == "create"
-            if "status" in values and (values["status"] == "terminating" or bootstrapped):
-                res = await s.execute(values_guard.values(version=t.Instance.version))
-                if res.rowcount != 1:
-                    await self.release(inst.id, token)
-                    return
-            await self.guarded_update(s, inst.id, token, values, now)
-            if "status" in values:
-                msg = f"Instance status changed {inst.status.upper()} -> {values['status'].upper()}"
-                if d.reason:
-                    msg += f". Termination reason: {d.reason.upper()}"
-                if values.get("termination_reason_message"):
-                    msg += f" ({values['termination_reason_message']})"
-                events.record(
-                    s,
-                    project_id=inst.project_id,
-                    target_type="instance",
-                    target_id=inst.id,
-                    target_name=inst.name,
-                    message=msg,
-                    now=now,
+        backend: Compute | None,
+        info: dict[str, Any] | None,
+        known_key: str | None,
+    ) -> Outcome:
+        if backend is None:
+            return Outcome(False, f"backend {inst.backend} is not configured on this server")
+        host = host_of(inst, self.ctx.box.decrypt)
+        host.known_host_key = known_key
+        try:
+            if d.action == Act.CREATE:
+                # Hosts a fleet lists have no offer until they answer (`ready` makes one).
+                offer = (
+                    InstanceOfferWithAvailability.model_validate_json(inst.offer)
+                    if inst.offer
+                    else None
                 )
+                p = await backend.create_instance(host, offer)
+                await self.agents.forget(inst.id)
+                return Outcome(True, values=self._provisioned(inst, p))
+            if d.action == Act.READY:
+                r = await backend.ready(host, info or {})
+                values: dict[str, Any] = {
+                    "host_info": json.dumps(r.host_info),
+                    "unreachable": False,
+                }
+                if r.offer is not None:
+                    values["offer"] = r.offer.model_dump_json()
+                if r.total_blocks is not None:
+                    values["total_blocks"] = r.total_blocks
+                return Outcome(True, values=values)
+            if d.action == Act.DIAGNOSE:
+                return Outcome(False, await self._timeout_message(backend, host))
+            if d.action == Act.TERMINATE:
+                note = await backend.terminate(host)
+                await self.agents.forget(inst.id)
+                return Outcome(True, note)
+            if d.action == Act.REVIVE:
+                p2 = await backend.revive(host)
+                if p2 is None:
+                    return Outcome(False)
+                await self.agents.forget(inst.id)
+                return Outcome(True, values={"agent_url": p2.agent_url, "agent_pid": p2.agent_pid})
+        except (BackendError, AgentClientError) as e:
+            return Outcome(False, str(e))
+        return Outcome(True)
+
+    def _provisioned(self, inst: t.Instance, p: Provisioning) -> dict[str, Any]:
+        values: dict[str, Any] = {
+            "agent_url": p.agent_url,
+            "agent_pid": p.agent_pid,
+            "hostname": p.hostname,
+        }
+        if p.agent_token:
+            values["agent_token_enc"] = self.ctx.box.encrypt(p.agent_token)
+        if p.remote is not None:
+            values["remote_connection"] = json.dumps(p.remote)
+        return values
+
+    async def _timeout_message(self, backend: Compute, host: Any) -> str:
+        tail = await backend.diagnose(host)
+        where = backend.host_label(host)
+        msg = f"the agent on {where} did not answer within {backend.provisioning_timeout:.0f}s"
+        return msg + (f"; its log ends with: {tail}" if tail else "")
+
+    # -- apply ----------------------------------------------------------------------------
+
+    async def _apply(
+        self, inst: t.Instance, d: InstanceDecision, token: str, now: datetime
+    ) -> None:
+        values = dict(d.values)
+        if d.message:
+            values["termination_reason_message"] = d.message
+        changed = d.status is not None and d.status != inst.status
+        if changed:
+            values["status"] = d.status.value
+            if d.reason:
+                values["termination_reason"] = d.reason.value
+        async with self.ctx.db.session() as s:
+            # A long act (a bootstrap, a cloud call) may have raced a delete or a job reserving
+            # this instance (both bump the version): then an idle-timeout or a finished
+            # provisioning must not apply. Checked in the same transaction as the write, so a
+            # lost race releases the lease here, without a second session.
+            guarded = d.status == S.TERMINATING or d.action in (Act.CREATE, Act.READY)
+            if changed and guarded and not await self._still_version(s, inst):
+                await s.rollback()
+                await s.execute(
+                    update(t.Instance)
+                    .where(t.Instance.id == inst.id, t.Instance.lock_token == token)
+                    .values(lock_token=None, lock_owner=None, lock_expires_at=None, dirty=True)
+                )
+                await s.commit()
+                return
+            await self.guarded_update(s, inst.id, token, values, now)
+            if changed:
+                self._record(s, inst, d, now)
                 await s.execute(
                     update(t.Job)
                     .where(t.Job.instance_id == inst.id, t.Job.status.not_in(FINISHED_JOB_STATUSES))
                     .values(dirty=True)
                 )
-            if values.get("status") == "terminated" and inst.fleet_id:
+            if values.get("status") == S.TERMINATED and inst.fleet_id:
                 await s.execute(
                     update(t.Fleet).where(t.Fleet.id == inst.fleet_id).values(dirty=True)
                 )
             await s.commit()
-        if "status" in values:
+        if changed:
             self.ctx.hub.wake("jobs")
             self.ctx.hub.wake("fleets")
 
+    async def _still_version(self, s: Any, inst: t.Instance) -> bool:
+        """A conditional no-op write: it takes the write lock and checks the version in one
+        statement, so nothing can change the row between the check and the update."""
+        res = await s.execute(
+            update(t.Instance)
+            .where(t.Instance.id == inst.id, t.Instance.version == inst.version)
+            .values(version=t.Instance.version)
+        )
+        return res.rowcount == 1
 
-def _with_agent(inst: t.Instance, url: str, token_enc: str) -> t.Instance:
-    inst.agent_url = url
-    inst.agent_token_enc = token_enc
-    return inst
+    def _record(self, s: Any, inst: t.Instance, d: InstanceDecision, now: datetime) -> None:
+        msg = f"Instance status changed {inst.status.upper()} -> {d.status.value.upper()}"
+        if d.reason:
+            msg += f". Termination reason: {d.reason.value.upper()}"
+        if d.message:
+            msg += f" ({d.message})"
+        events.record(
+            s,
+            project_id=inst.project_id,
+            target_type="instance",
+            target_id=inst.id,
+            target_name=inst.name,
+            message=msg,
+            now=now,
+        )

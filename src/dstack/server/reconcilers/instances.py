@@ -1,14 +1,22 @@
-"""Instances: hosts that run jobs, from creation to termination.
+"""Instances: hosts that run jobs, from creation to termination, whatever the backend.
 
-| status      | observation                              | next status / effect               |
-|-------------|------------------------------------------|------------------------------------|
-| pending     | -                                        | backend creates it: idle, or       |
-|             |                                          | terminated (error) with the reason |
-| idle        | agent answers                            | reachable again if it was not      |
-| idle        | agent does not answer                    | unreachable (not scheduled);       |
-|             |                                          | local: the agent is restarted      |
-| idle        | no active jobs, idle past idle_duration  | terminating: idle_timeout          |
-| terminating | -                                        | backend terminates it: terminated  |
+| status       | observation                        | act       | next status                 |
+|--------------|------------------------------------|-----------|-----------------------------|
+| pending      | -                                  | create    | provisioning; failed:       |
+|              |                                    |           | terminated (error)          |
+| provisioning | agent answers                      | ready     | idle; host unusable:        |
+|              |                                    |           | terminating (error)         |
+| provisioning | agent silent past backend timeout  | diagnose  | terminating                 |
+|              |                                    |           | (provisioning_timeout)      |
+| provisioning | agent silent, within the timeout   | -         | (look again shortly)        |
+| idle         | agent answers                      | -         | reachable again             |
+| idle         | agent does not answer              | revive    | unreachable (not scheduled) |
+|              |                                    |           | the backend may restart it  |
+| idle         | no jobs, idle past idle_duration   | -         | terminating (idle_timeout)  |
+| terminating  | -                                  | terminate | terminated; failed: retried |
+
+`decide()` picks the act from what was observed; `after()` turns the act's outcome into the
+transition. Both are pure: the worker only observes, acts and writes what they return.
 
 `busy` is not stored: an instance with active jobs is shown busy (its blocks are counted from
 the jobs), so a job finishing never needs to write the instance row.
@@ -16,9 +24,22 @@ the jobs), so a job finishing never needs to write the instance row.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from enum import Enum
 from typing import Any
+
+from dstack.models.instances import InstanceStatus as S
+from dstack.models.instances import InstanceTerminationReason as R
+
+
+class Act(str, Enum):
+    WAIT = "wait"
+    CREATE = "create"
+    READY = "ready"
+    DIAGNOSE = "diagnose"
+    REVIVE = "revive"
+    TERMINATE = "terminate"
 
 
 @dataclass(frozen=True)
@@ -30,25 +51,42 @@ class InstanceView:
     idle_since: datetime
     idle_duration: int | None  # seconds; -1 or None with no limit
     fleet_min_reached: bool  # terminating would go below the fleet's nodes.min
+    provisioning_since: datetime | None = None
+    provisioning_timeout: float = 600.0
 
 
 @dataclass
 class InstanceDecision:
-    action: str  # wait create terminate revive
-    status: str | None = None
-    reason: str | None = None
+    action: Act
+    status: S | None = None
+    reason: R | None = None
+    message: str | None = None
+    values: dict[str, Any] = field(default_factory=dict)
+    # Seconds until this instance should be looked at again (None: the status's interval).
+    recheck: float | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What an act came to. `ok` False: `message` says why, for the user."""
+
+    ok: bool
+    message: str | None = None
     values: dict[str, Any] = field(default_factory=dict)
 
 
 def decide(v: InstanceView, now: datetime) -> InstanceDecision:
-    if v.status == "pending":
-        return InstanceDecision("create")
-    if v.status == "terminating":
-        return InstanceDecision("terminate", status="terminated")
-    if v.status not in ("idle", "busy"):
-        return InstanceDecision("wait")
+    status = S(v.status)
+    if status == S.PENDING:
+        return InstanceDecision(Act.CREATE)
+    if status == S.PROVISIONING:
+        return _provisioning(v, now)
+    if status == S.TERMINATING:
+        return InstanceDecision(Act.TERMINATE)
+    if status not in (S.IDLE, S.BUSY):
+        return InstanceDecision(Act.WAIT)
     if v.agent_ok is False:
-        return InstanceDecision("revive", values={} if v.unreachable else {"unreachable": True})
+        return InstanceDecision(Act.REVIVE, values={} if v.unreachable else {"unreachable": True})
     values: dict[str, Any] = {"unreachable": False} if v.unreachable and v.agent_ok else {}
     limit = v.idle_duration
     if (
@@ -58,5 +96,39 @@ def decide(v: InstanceView, now: datetime) -> InstanceDecision:
         and not v.fleet_min_reached
         and (now - v.idle_since).total_seconds() > limit
     ):
-        return InstanceDecision("wait", status="terminating", reason="idle_timeout", values=values)
-    return InstanceDecision("wait", values=values)
+        return InstanceDecision(Act.WAIT, S.TERMINATING, R.IDLE_TIMEOUT, values=values)
+    return InstanceDecision(Act.WAIT, values=values)
+
+
+def _provisioning(v: InstanceView, now: datetime) -> InstanceDecision:
+    if v.agent_ok:
+        return InstanceDecision(Act.READY)
+    since = v.provisioning_since or now
+    left = v.provisioning_timeout - (now - since).total_seconds()
+    if left <= 0:
+        return InstanceDecision(Act.DIAGNOSE)
+    return InstanceDecision(Act.WAIT, recheck=min(1.0, left))
+
+
+def after(d: InstanceDecision, o: Outcome, now: datetime) -> InstanceDecision:
+    """The transition an act's outcome leads to."""
+    if d.action == Act.CREATE:
+        if o.ok:
+            return replace(d, status=S.PROVISIONING, values={**o.values, "started_at": now})
+        return replace(
+            d, status=S.TERMINATED, reason=R.ERROR, message=o.message, values={"finished_at": now}
+        )
+    if d.action == Act.READY:
+        if o.ok:
+            return replace(d, status=S.IDLE, values={**o.values, "started_at": now})
+        return replace(d, status=S.TERMINATING, reason=R.ERROR, message=o.message)
+    if d.action == Act.DIAGNOSE:
+        return replace(d, status=S.TERMINATING, reason=R.PROVISIONING_TIMEOUT, message=o.message)
+    if d.action == Act.TERMINATE:
+        if o.ok:
+            values = {"finished_at": now, "deleted": True}
+            return replace(d, status=S.TERMINATED, message=o.message, values=values)
+        return replace(d, message=o.message)  # stays terminating: retried on the next pass
+    if d.action == Act.REVIVE and o.ok:
+        return replace(d, values={**d.values, **o.values, "unreachable": False})
+    return d

@@ -1,10 +1,9 @@
-"""Facts about a job's host and run that the job worker reads: how to reach the host over SSH,
-the replica's peers, instance numbering, blocks and idle/inactivity limits. Kept apart from
-`job_worker.py` so that module stays the act/apply half of the jobs state machine."""
+"""Facts about a job's host and run that the job worker reads: the replica's peers, instance
+numbering, blocks and idle/inactivity limits. Kept apart from `job_worker.py` so that module
+stays the act/apply half of the jobs state machine."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from sqlalchemy import func, select
@@ -12,28 +11,6 @@ from sqlalchemy import func, select
 from dstack.models.offers import InstanceOfferWithAvailability
 from dstack.models.runs import RunSpec
 from dstack.server.db import tables as t
-
-
-def host_access(inst: t.Instance) -> dict[str, Any]:
-    """How the user's `ssh <run>` reaches the job's host (the ProxyJump to the job's sshd): an
-    SSH-fleet host as the fleet reaches it (address, port, user, its proxy_jump as `ssh_proxy`
-    in the reference's shape); any other host at its hostname, as root on port 22."""
-    rc = json.loads(inst.remote_connection or "{}") if inst.backend == "ssh" else {}
-    if not rc.get("hostname"):
-        return {"hostname": inst.hostname or "", "username": "root", "ssh_port": 22}
-    proxy = rc.get("proxy") or None
-    return {
-        "hostname": rc["hostname"],
-        "username": rc.get("user") or "root",
-        "ssh_port": int(rc.get("port") or 22),
-        "ssh_proxy": {
-            "hostname": proxy["hostname"],
-            "port": int(proxy.get("port") or 22),
-            "username": proxy.get("user") or "root",
-        }
-        if proxy
-        else None,
-    }
 
 
 async def replica_peers(s: Any, job: t.Job) -> list[t.Job]:
@@ -50,14 +27,14 @@ async def replica_peers(s: Any, job: t.Job) -> list[t.Job]:
     return [latest[k] for k in sorted(latest)]
 
 
-async def local_instance_exists(s: Any, project_id: str) -> bool:
-    """Whether the project already has the local backend's instance (starting or up)."""
+async def live_instance_of(s: Any, backend_type: str) -> bool:
+    """Whether this server has a live instance of the backend (starting or up), in any project:
+    a single-instance backend (the server's own machine) must never get a second."""
     row = (
         await s.execute(
             select(t.Instance.id)
             .where(
-                t.Instance.project_id == project_id,
-                t.Instance.backend == "local",
+                t.Instance.backend == backend_type,
                 t.Instance.deleted.is_(False),
                 t.Instance.status.not_in(("terminating", "terminated")),
             )

@@ -41,14 +41,6 @@ def service_listen_port(spec: JobSpec, runtime: str) -> int | None:
     return spec.service_port
 
 
-def host_label(inst: t.Instance) -> str:
-    """The host as the user knows it, for messages the agent writes (a busy port)."""
-    if inst.backend == "local":
-        return "local"
-    rc = json.loads(inst.remote_connection or "{}")
-    return rc.get("hostname") or inst.hostname or inst.name
-
-
 def listen_fields(spec: JobSpec, runtime: str, env: dict[str, str]) -> dict[str, Any]:
     """What the agent checks before it starts a process-runtime replica: replica 0 keeps the
     configured port exactly (apps often hard-code it), replica N > 0 may take the next free
@@ -103,11 +95,11 @@ def ssh_keys(run: t.Run, project_public_key: str | None) -> list[str]:
     return [k.strip() for k in keys if k and k.strip()]
 
 
-def _host_keys(run: t.Run, inst: t.Instance) -> list[str]:
+def _host_keys(run: t.Run, remote_host: bool) -> list[str]:
     """A remote host is the ProxyJump to the job's sshd, so its sshd must let the user's key
-    in while the job exists (the agent adds and later removes it); the local backend's host is
-    the user's own machine and needs nothing."""
-    if inst.backend == "local":
+    in while the job exists (the agent adds and later removes it); a host that is the server's
+    own machine needs nothing."""
+    if not remote_host:
         return []
     key = RunSpec.model_validate_json(run.run_spec).ssh_key_pub
     return [key.strip()] if key and key.strip() else []
@@ -121,6 +113,8 @@ def agent_job_spec(
     host_info: dict[str, Any],
     cluster: list[str] | None = None,
     keys: list[str] | None = None,
+    label: str | None = None,
+    remote_host: bool = True,
 ) -> tuple[dict[str, Any], str | None]:
     """The agent's job request, or an error text when this host cannot run the job."""
     gpus = _gpu_count(host_info, job.used_blocks or 1, inst.total_blocks)
@@ -178,8 +172,8 @@ def agent_job_spec(
         "max_duration": spec.max_duration,
         "stop_duration": spec.stop_duration if spec.stop_duration is not None else 300,
         "ssh_keys": list(keys or []),
-        "host_ssh_keys": _host_keys(run, inst),
-        "host_label": host_label(inst),
+        "host_ssh_keys": _host_keys(run, remote_host),
+        "host_label": label or inst.hostname or inst.name,
         **listen_fields(spec, runtime, env),
     }
     return body, None

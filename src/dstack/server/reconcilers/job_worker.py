@@ -21,11 +21,10 @@ from dstack.server.db import tables as t
 from dstack.server.reconcilers.agents import AgentRegistry
 from dstack.server.reconcilers.base import LeaseLost, Reconciler
 from dstack.server.reconcilers.job_facts import (
-    host_access,
     idle_duration,
     inactivity_duration,
     is_spot,
-    local_instance_exists,
+    live_instance_of,
     next_instance_num,
     replica_peers,
     total_blocks,
@@ -38,11 +37,18 @@ from dstack.server.reconcilers.job_start import (
 )
 from dstack.server.reconcilers.jobs import Decision, JobView, decide
 from dstack.server.scheduler import multinode
-from dstack.server.scheduler.placement import Candidate, no_capacity_message, rank
+from dstack.server.scheduler.placement import Candidate, Requirements, no_capacity_message, rank
 from dstack.server.services import events, logs
 from dstack.server.services.codes import load_code
 from dstack.server.services.context import ServerContext
-from dstack.server.services.pool import fleet_conf, load_pool, requirements_for
+from dstack.server.services.hosts import capabilities, host_access, host_label
+from dstack.server.services.pool import (
+    PoolRows,
+    fleet_conf,
+    load_pool_rows,
+    requirements_for,
+    with_capacity,
+)
 from dstack.server.services.ssh_keys import project_keypair
 
 LOG_PAGES_PER_PASS = 16
@@ -70,9 +76,11 @@ class JobReconciler(Reconciler):
     def __init__(self, ctx: ServerContext, agents: AgentRegistry) -> None:
         super().__init__(ctx)
         self.agents = agents
-        # Creating the local backend's instance is serialized: two jobs placed at once must not
-        # each create one (its single agent would refuse the second).
-        self._local_lock = asyncio.Lock()
+        # Creating an instance of a single-instance backend is serialized: two jobs placed at
+        # once must not each create one (its single agent would refuse the second).
+        self._single_lock = asyncio.Lock()
+        self._specs: dict[str, tuple[str, JobSpec]] = {}
+        self._reqs: dict[tuple[str, str, int], Requirements] = {}
 
     def claim_order(self) -> tuple[Any, ...]:
         # Queued jobs are placed in submission order (DESIGN.md, 'Scheduling').
@@ -97,6 +105,7 @@ class JobReconciler(Reconciler):
     # -- load and observe -----------------------------------------------------------------
 
     async def _load(self, row_id: str, token: str) -> Snapshot | None:
+        rows: PoolRows | None = None
         async with self.ctx.db.session() as s:
             job = await self.load_row(s, row_id, token)
             if job is None:
@@ -104,21 +113,48 @@ class JobReconciler(Reconciler):
             run = await s.get(t.Run, job.run_id)
             project = await s.get(t.Project, job.project_id)
             inst = await s.get(t.Instance, job.instance_id) if job.instance_id else None
-            snap = Snapshot(job, run, project, inst, JobSpec.model_validate_json(job.job_spec))
+            snap = Snapshot(job, run, project, inst, self._job_spec(job))
             if job.status == "running":
                 snap.inactivity_duration = inactivity_duration(run)
-            if job.status == "submitted" and job.instance_id is None:
-                conf = parse_configuration(RunSpec.model_validate_json(run.run_spec).configuration)
-                pool = await load_pool(self.ctx, s, project.id)
-                ranking = rank(
-                    requirements_for(conf, snap.spec.requirements), pool.instances, pool.capacity
-                )
-                snap.placement = ranking.best
-                snap.queued = ranking.only_busy
-                snap.no_capacity = no_capacity_message(ranking, pool.has_fleets)
-                if snap.spec.jobs_per_replica > 1:
-                    await self._place_multinode(s, snap, ranking)
-            return snap
+            placing = job.status == "submitted" and job.instance_id is None
+            if placing:
+                rows = await load_pool_rows(self.ctx, s, project.id)
+        if rows is not None:
+            await self._place(snap, rows)
+        return snap
+
+    def _job_spec(self, job: t.Job) -> JobSpec:
+        """Parsed once per job, not every pass (a running job is looked at twice a second)."""
+        cached = self._specs.get(job.id)
+        if cached is None or cached[0] != job.job_spec:
+            if len(self._specs) > 4096:
+                self._specs.clear()
+            cached = self._specs[job.id] = (job.job_spec, JobSpec.model_validate_json(job.job_spec))
+        return cached[1]
+
+    def _requirements(self, run: t.Run, spec: JobSpec) -> Requirements:
+        key = (run.id, run.run_spec, spec.job_num)
+        cached = self._reqs.get(key)
+        if cached is None:
+            if len(self._reqs) > 4096:
+                self._reqs.clear()
+            conf = parse_configuration(RunSpec.model_validate_json(run.run_spec).configuration)
+            cached = self._reqs[key] = requirements_for(conf, spec.requirements)
+        return cached
+
+    async def _place(self, snap: Snapshot, rows: PoolRows) -> None:
+        """Rank the places the job could go. Backend offers are fetched here, after the
+        snapshot's transaction ended (a cloud's offers are network calls)."""
+        req = self._requirements(snap.run, snap.spec)
+        pool = await with_capacity(self.ctx, rows, req)
+        ranking = rank(req, pool.instances, pool.capacity)
+        ranking.rejections.extend(pool.notes)
+        snap.placement = ranking.best
+        snap.queued = ranking.only_busy
+        snap.no_capacity = no_capacity_message(ranking, pool.has_fleets)
+        if snap.spec.jobs_per_replica > 1:
+            async with self.ctx.db.session() as s:
+                await self._place_multinode(s, snap, ranking)
 
     async def _place_multinode(self, s: Any, snap: Snapshot, ranking: Any) -> None:
         job = snap.job
@@ -259,7 +295,15 @@ class JobReconciler(Reconciler):
                 code = await load_code(s, snap.project.id, snap.spec.repo_code_hash) or b""
         keys = ssh_keys(snap.run, project_key)
         spec, runtime_error = agent_job_spec(
-            snap.job, snap.run, snap.spec, inst, host_info, cluster=cluster, keys=keys
+            snap.job,
+            snap.run,
+            snap.spec,
+            inst,
+            host_info,
+            cluster=cluster,
+            keys=keys,
+            label=host_label(self.ctx, inst),
+            remote_host=capabilities(self.ctx, inst.backend).remote_hosts,
         )
         if runtime_error:
             d.status, d.reason, d.message = "terminating", "executor_error", runtime_error
@@ -319,8 +363,11 @@ class JobReconciler(Reconciler):
                 values["finished_at"] = now
             else:
                 values["dirty"] = True  # the next step of a new status is due at once
-        local = d.action == "create_instance" and snap.placement.offer.backend == "local"
-        async with self._local_lock if local else contextlib.nullcontext():
+        single = (
+            d.action == "create_instance"
+            and capabilities(self.ctx, snap.placement.offer.backend).single_instance
+        )
+        async with self._single_lock if single else contextlib.nullcontext():
             await self._write(snap, d, values, token, now)
         if values.get("status") in ("done", "failed", "terminated", "aborted"):
             await self._wake_queue(job.project_id)
@@ -391,11 +438,13 @@ class JobReconciler(Reconciler):
         self, s: Any, snap: Snapshot, values: dict[str, Any], now: datetime, token: str
     ) -> None:
         c = snap.placement
-        if c.offer.backend == "local" and await local_instance_exists(s, snap.project.id):
-            # Another job created it since this one looked (the local backend has one host and
-            # one agent): place again, onto that instance.
+        if capabilities(self.ctx, c.offer.backend).single_instance and await live_instance_of(
+            s, c.offer.backend
+        ):
+            # Another job created it since this one looked (one host, one agent per server):
+            # place again, onto that instance.
             await self._release_for_replacement(s, snap.job.id, token)
-            raise LeaseLost("a local instance appeared; retrying placement")
+            raise LeaseLost(f"a {c.offer.backend} instance appeared; retrying placement")
         fleet = await s.get(t.Fleet, c.fleet_id)
         conf = fleet_conf(fleet)
         num = await next_instance_num(s, fleet.id)
@@ -442,7 +491,7 @@ class JobReconciler(Reconciler):
             region=offer.region,
             price=offer.price,
             dockerized=False,
-            **host_access(inst),
+            **host_access(self.ctx, inst),
         )
         return {
             "instance_id": inst.id,

@@ -29,6 +29,8 @@ class Requirements:
     # False for a job that may share a `shared` instance with others without taking blocks
     # (a process-runtime job on the local backend: processes on one host are not isolated).
     exclusive: bool = True
+    # The job runs an image: only a host with a Docker engine can take it.
+    docker: bool = False
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ class PoolInstance:
     unreachable: bool = False
     # Takes non-exclusive jobs alongside anything else, with no blocks (the local backend).
     shared: bool = False
+    # Runs images (a Docker engine answered); True while not yet known (still starting).
+    docker: bool = True
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class FleetCapacity:
     fleet_id: str
     fleet_name: str
     offers: tuple[InstanceOfferWithAvailability, ...]
+    docker: bool = True  # instances of these offers can run images
 
 
 @dataclass(frozen=True)
@@ -129,9 +134,14 @@ def _shared_candidate(req: Requirements, inst: PoolInstance) -> Candidate | str:
     return Candidate(offer, inst.fleet_id, inst.fleet_name, inst.id, 0)
 
 
+NO_DOCKER = "no Docker engine (the configuration sets `image`)"
+
+
 def _pool_candidate(req: Requirements, inst: PoolInstance) -> Candidate | str:
     if inst.unreachable:
         return f"{inst.name}: unreachable"
+    if req.docker and not inst.docker:
+        return f"{inst.name}: {NO_DOCKER}"
     if (
         inst.shared
         and not req.exclusive
@@ -171,6 +181,10 @@ def _pool_candidate(req: Requirements, inst: PoolInstance) -> Candidate | str:
 
 
 def _backend_candidates(req: Requirements, cap: FleetCapacity, out: Ranking) -> None:
+    if req.docker and not cap.docker and cap.offers:
+        backends = sorted({o.backend for o in cap.offers})
+        out.rejections.append(f"fleet {cap.fleet_name} ({', '.join(backends)}): {NO_DOCKER}")
+        return
     for offer in cap.offers:
         res = offer.instance.resources
         reason = _profile_reason(

@@ -30,14 +30,14 @@ class BootstrapResult:
     admin_token_hash: str = ""
 
 
-def local_fleet_spec() -> FleetSpec:
+def local_fleet_spec(backends: list[str]) -> FleetSpec:
     return FleetSpec(
         configuration={
             "type": "fleet",
             "name": LOCAL_FLEET,
             "nodes": {"min": 0, "target": 0, "max": 1},
             "placement": "any",
-            "backends": ["local"],
+            "backends": backends,
             "blocks": 1,
             "idle_duration": None,
         },
@@ -62,13 +62,20 @@ async def bootstrap(ctx: ServerContext) -> BootstrapResult:
         await s.flush()
         project = await get_project(s, MAIN_PROJECT) or await create_project(s, admin, MAIN_PROJECT)
         await s.flush()
-        if ctx.settings.local_backend_enabled:
-            await _create_local_fleet(s, project)
+        # The `local` fleet, over the backend(s) that run jobs on the server's own machine,
+        # goes to the one project they serve.
+        own = [b.type for b in ctx.backends.values() if not b.capabilities.remote_hosts]
+        if own:
+            owner = ctx.settings.local_backend_project
+            if owner != project.name:
+                project = await get_project(s, owner) or await create_project(s, admin, owner)
+                await s.flush()
+            await _create_local_fleet(s, project, own)
         await s.commit()
         return BootstrapResult(admin_token=token, created=True, admin_token_hash=hash_token(token))
 
 
-async def _create_local_fleet(s, project: t.Project) -> None:  # type: ignore[no-untyped-def]
+async def _create_local_fleet(s, project: t.Project, backends: list[str]) -> None:  # type: ignore[no-untyped-def]
     exists = (
         await s.execute(
             select(t.Fleet).where(
@@ -86,7 +93,7 @@ async def _create_local_fleet(s, project: t.Project) -> None:  # type: ignore[no
         project_id=project.id,
         name=LOCAL_FLEET,
         status=FleetStatus.ACTIVE.value,
-        spec=json.dumps(local_fleet_spec().model_dump(mode="json")),
+        spec=json.dumps(local_fleet_spec(backends).model_dump(mode="json")),
         created_at=now,
         last_processed_at=now,
         dirty=False,

@@ -19,8 +19,9 @@ class ServerContext:
     box: Box
     hub: Hub = field(default_factory=Hub)
     instance_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
-    # Backends by type (`local`, later `ssh`, clouds); reconcilers look them up here.
+    # Backends (backends.base.Compute) by the type an instance row records; filled at start
+    # by backends.create_backends. Services and reconcilers read them only through the
+    # compute interface (services/hosts.py), never by name.
     backends: dict[str, Any] = field(default_factory=dict)
-    # Backend type -> async (instance row, host port) -> (reader, writer): how the SSH relay
-    # (services/job_ssh.py) reaches a port on a job's host; registered in app.py.
-    stream_openers: dict[str, Any] = field(default_factory=dict)
+    # Offers per backend, cached for each backend's offers_ttl (backends.base.OfferCache).
+    offer_cache: Any = None

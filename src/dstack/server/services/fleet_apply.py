@@ -37,6 +37,7 @@ from dstack.server.services.fleet_delete import (
     terminate_instances,
 )
 from dstack.server.services.fleets import fleet_model
+from dstack.server.services.hosts import hosts_backend, known_host_key
 from dstack.server.services.ssh_keys import project_keypair
 
 
@@ -158,6 +159,7 @@ async def _plan(
         new_hosts = [h for h in hosts if (h["hostname"], h["port"]) not in old_names]
         if action == "recreate":
             new_hosts = hosts
+    _check_backends(ctx, project, conf)
     await _check_taken(s, project, conf.name or "", new_hosts)
     await _precheck(ctx, s, project, new_hosts)
     return conf, public, current, action, changes, hosts
@@ -165,6 +167,27 @@ async def _plan(
 
 async def _hosts_of(s: AsyncSession, fleet: t.Fleet) -> list[dict[str, Any]]:
     return [json.loads(i.remote_connection or "{}") for i in await live_instances(s, fleet)]
+
+
+def _check_backends(ctx: ServerContext, project: t.Project, conf: FleetConfiguration) -> None:
+    """Every backend a fleet names must be configured here and serve this project: a fleet
+    never silently ends up with fewer backends than it asked for."""
+    for name in conf.backends or ():
+        btype = getattr(name, "value", name)
+        backend = ctx.backends.get(btype)
+        if backend is None:
+            configured = ", ".join(sorted(ctx.backends)) or "none"
+            raise ServerClientError(
+                f"backend {btype} is not configured on this server (configured: {configured})",
+                field="backends",
+            )
+        if not backend.serves(project.name):
+            owners = ", ".join(sorted(backend.projects or ()))
+            raise ServerClientError(
+                f"backend {btype} serves only project {owners}: it runs jobs on the server's own "
+                f"machine as the server's user, so project {project.name} cannot use it",
+                field="backends",
+            )
 
 
 async def _check_taken(
@@ -179,7 +202,7 @@ async def _check_taken(
             .join(t.Fleet, t.Fleet.id == t.Instance.fleet_id)
             .where(
                 t.Instance.project_id == project.id,
-                t.Instance.backend == "ssh",
+                t.Instance.remote_connection.is_not(None),
                 t.Instance.deleted.is_(False),
                 t.Instance.status.in_((*LIVE, "terminating")),
                 t.Fleet.name != name,
@@ -200,32 +223,12 @@ async def _check_taken(
                 )
 
 
-async def known_host_key(s: AsyncSession, project_id: str, hostname: str, port: int) -> str | None:
-    """The host key this server recorded for hostname:port (trust on first use), if any."""
-    rows = (
-        await s.execute(
-            select(t.Instance.remote_connection)
-            .where(
-                t.Instance.project_id == project_id,
-                t.Instance.backend == "ssh",
-                t.Instance.hostname == hostname,
-            )
-            .order_by(t.Instance.created_at.desc())
-        )
-    ).scalars()
-    for raw in rows:
-        rc = json.loads(raw or "{}")
-        if rc.get("host_key") and int(rc.get("port") or 22) == int(port):
-            return rc["host_key"]
-    return None
-
-
 async def _precheck(
     ctx: ServerContext, s: AsyncSession, project: t.Project, hosts: list[dict[str, Any]]
 ) -> None:
     """Every new host answers SSH and accepts the key, before anything is written. The SSH
     backend is looked up in the context (services never import backends)."""
-    backend = ctx.backends.get("ssh")
+    backend = hosts_backend(ctx)
     if not hosts or backend is None:
         return
     known = [await known_host_key(s, project.id, h["hostname"], h["port"]) for h in hosts]
@@ -337,6 +340,12 @@ def _add_instance(
     now: Any,
     project_public_key: str,
 ) -> None:
+    backend = hosts_backend(ctx)
+    if backend is None:
+        raise ServerClientError(
+            "this server has no backend for ssh_config hosts", field="ssh_config"
+        )
+    backend_type = backend.type
     rc = {
         "hostname": h["hostname"],
         "port": h["port"],
@@ -361,7 +370,7 @@ def _add_instance(
         fleet_id=fleet.id,
         instance_num=num,
         name=f"{fleet.name}-{num}",
-        backend="ssh",
+        backend=backend_type,
         region="remote",
         status="pending",
         hostname=h["hostname"],

@@ -6,9 +6,9 @@ while the user's machine may not — a host behind a fleet's `proxy_jump` bastio
 login on, a private address, or a local-backend server on another machine. The SSH session stays
 end to end between the user's `ssh` and the job's sshd; the server only carries bytes.
 
-Each backend type registers how to open a TCP stream to a port on a job's host in
-`ctx.stream_openers` (local: this machine's loopback; ssh: a direct-tcpip channel over the host's
-pooled SSH connection). The database is read in one short session before the relay starts, so a
+Each backend opens the TCP stream to a port on its hosts its own way (`Compute.open_stream`:
+this machine's loopback, or a direct-tcpip channel over a host's pooled SSH connection). The
+database is read in one short session before the relay starts, so a
 long SSH session holds no database connection.
 """
 
@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dstack.models.runs import RunStatus
 from dstack.server.db import tables as t
 from dstack.server.services.context import ServerContext
+from dstack.server.services.hosts import backend_of, open_stream
 from dstack.server.services.users import get_project, user_by_token
 
 log = logging.getLogger(__name__)
@@ -139,15 +140,14 @@ async def open_job_stream(
     async with ctx.db.session() as s:
         project = await authorize(s, token, project_name)
         target = await find_target(s, project, run_name, replica_num, job_num)
-    opener = ctx.stream_openers.get(target.instance.backend)
-    if opener is None:
+    if backend_of(ctx, target.instance) is None:
         raise RelayRefused(
             409,
             f"the server cannot relay SSH to {target.instance.backend} instances",
             "not_supported",
         )
     try:
-        return await opener(target.instance, target.port)
+        return await open_stream(ctx, target.instance, target.port)
     except Exception as e:  # noqa: BLE001 - every backend's failure is one answer: 502
         log.info("SSH relay to %s failed: %s", target.job.job_name, e)
         raise RelayRefused(

@@ -4,7 +4,7 @@ capacity backends could still add. Used by the plan and by real placement alike.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, select
@@ -12,9 +12,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dstack.models.offers import InstanceOfferWithAvailability
 from dstack.models.resources import ResourcesSpec
+from dstack.server.backends.base import Compute, OfferRequirements
 from dstack.server.db import tables as t
 from dstack.server.scheduler.placement import FleetCapacity, PoolInstance, Requirements
 from dstack.server.services.context import ServerContext
+from dstack.server.services.hosts import capabilities
 
 FINISHED_JOB_STATUSES = ("terminated", "aborted", "failed", "done")
 LIVE_INSTANCE_STATUSES = ("pending", "provisioning", "idle", "busy")
@@ -25,6 +27,20 @@ class Pool:
     instances: list[PoolInstance]
     capacity: list[FleetCapacity]
     has_fleets: bool
+    # Why a backend was not offered (shown with the no-capacity message).
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PoolRows:
+    """What the database says, read in one short session; `with_capacity` then asks the
+    backends for offers outside any transaction."""
+
+    project_name: str
+    fleets: list[tuple[str, str, dict[str, Any]]]  # (id, name, configuration)
+    instances: list[PoolInstance]
+    counts: dict[str, int]  # live instances per fleet id
+    live_backends: set[str]  # backends with a live instance anywhere on this server
 
 
 async def busy_blocks(session: AsyncSession, instance_ids: list[str]) -> dict[str, int]:
@@ -51,7 +67,8 @@ def _nodes_max(conf: dict[str, Any]) -> int | None:
     return None
 
 
-async def load_pool(ctx: ServerContext, session: AsyncSession, project_id: str) -> Pool:
+async def load_pool_rows(ctx: ServerContext, session: AsyncSession, project_id: str) -> PoolRows:
+    project = await session.get(t.Project, project_id)
     fleets = list(
         (
             await session.execute(
@@ -76,27 +93,96 @@ async def load_pool(ctx: ServerContext, session: AsyncSession, project_id: str) 
         ).scalars()
     )
     busy = await busy_blocks(session, [i.id for i in instances])
-    pool = [_pool_instance(i, by_id[i.fleet_id], busy.get(i.id, 0)) for i in instances if i.offer]
-    capacity = []
-    for fleet in fleets:
-        conf = fleet_conf(fleet)
+    live_backends = set(
+        (
+            await session.execute(
+                select(t.Instance.backend)
+                .where(
+                    t.Instance.deleted.is_(False),
+                    t.Instance.status.in_(LIVE_INSTANCE_STATUSES),
+                )
+                .distinct()
+            )
+        ).scalars()
+    )
+    counts: dict[str, int] = {}
+    for i in instances:
+        counts[i.fleet_id] = counts.get(i.fleet_id, 0) + 1
+    return PoolRows(
+        project_name=project.name if project else "",
+        fleets=[(f.id, f.name, fleet_conf(f)) for f in fleets],
+        instances=[
+            _pool_instance(ctx, i, by_id[i.fleet_id], busy.get(i.id, 0))
+            for i in instances
+            if i.offer
+        ],
+        counts=counts,
+        live_backends=live_backends,
+    )
+
+
+def offer_requirements(req: Requirements | None) -> OfferRequirements:
+    if req is None:
+        return OfferRequirements()
+    spot = {"spot": True, "on-demand": False}.get(req.spot_policy)
+    return OfferRequirements(spot=spot, regions=req.regions, max_price=req.max_price)
+
+
+async def with_capacity(
+    ctx: ServerContext, rows: PoolRows, req: Requirements | None = None
+) -> Pool:
+    """Add what each fleet's backends could still create. Backend calls happen here, outside
+    any transaction, through the offer cache."""
+    capacity: list[FleetCapacity] = []
+    notes: list[str] = []
+    for fleet_id, name, conf in rows.fleets:
         if conf.get("ssh_config"):
             continue
-        count = sum(1 for i in instances if i.fleet_id == fleet.id)
         limit = _nodes_max(conf)
-        if limit is not None and count >= limit:
+        if limit is not None and rows.counts.get(fleet_id, 0) >= limit:
             continue
         offers: list[InstanceOfferWithAvailability] = []
+        docker = True
+        allowed = conf.get("backends")
         for btype, backend in ctx.backends.items():
-            allowed = conf.get("backends")
             if allowed and btype not in allowed:
                 continue
-            offers.extend(await backend.offers())
-        capacity.append(FleetCapacity(fleet.id, fleet.name, tuple(offers)))
-    return Pool(pool, capacity, bool(fleets))
+            why = unavailable(backend, rows)
+            if why:
+                # A fleet open to any backend is not told about ones that never create hosts.
+                if allowed or backend.capabilities.creates_instances:
+                    notes.append(f"fleet {name}: backend {btype} {why}")
+                continue
+            offers.extend(await ctx.offer_cache.get(backend, offer_requirements(req)))
+            docker = docker and backend.capabilities.docker
+        capacity.append(FleetCapacity(fleet_id, name, tuple(offers), docker))
+    return Pool(rows.instances, capacity, bool(rows.fleets), notes)
 
 
-def _pool_instance(inst: t.Instance, fleet: t.Fleet, busy: int) -> PoolInstance:
+def unavailable(backend: Compute, rows: PoolRows) -> str | None:
+    """Why `backend` cannot create an instance for this project now (None: it can)."""
+    caps = backend.capabilities
+    if not caps.creates_instances:
+        return "only runs on hosts a fleet lists"
+    if not backend.serves(rows.project_name):
+        owners = ", ".join(sorted(backend.projects or ()))
+        return (
+            f"serves only project {owners}: it runs jobs on the server's own machine, so it is "
+            "never offered to another project"
+        )
+    if caps.single_instance and backend.type in rows.live_backends:
+        return "already has its one instance on this server"
+    return None
+
+
+async def load_pool(
+    ctx: ServerContext, session: AsyncSession, project_id: str, req: Requirements | None = None
+) -> Pool:
+    """Rows and capacity together, for callers with nothing else to write (the plan)."""
+    return await with_capacity(ctx, await load_pool_rows(ctx, session, project_id), req)
+
+
+def _pool_instance(ctx: ServerContext, inst: t.Instance, fleet: t.Fleet, busy: int) -> PoolInstance:
     offer = InstanceOfferWithAvailability.model_validate_json(inst.offer or "{}")
     status = inst.status
     if status == "idle" and busy > 0:
@@ -115,8 +201,9 @@ def _pool_instance(inst: t.Instance, fleet: t.Fleet, busy: int) -> PoolInstance:
         total_blocks=inst.total_blocks,
         busy_blocks=busy,
         unreachable=inst.unreachable,
-        # The local backend runs process-runtime jobs side by side (docs/architecture.md).
-        shared=inst.backend == "local",
+        # Process-runtime jobs side by side on one host (docs/architecture.md).
+        shared=capabilities(ctx, inst.backend).shared_host,
+        docker=bool(json.loads(inst.host_info).get("docker")) if inst.host_info else True,
     )
 
 
@@ -141,4 +228,5 @@ def requirements_for(conf: Any, job_requirements: dict[str, Any]) -> Requirement
         multinode=bool(job_requirements.get("multinode")),
         # Without an image the job runs as processes on the host: it need not own a block.
         exclusive=bool(getattr(conf, "image", None)) or bool(job_requirements.get("multinode")),
+        docker=bool(getattr(conf, "image", None)),
     )
