@@ -66,10 +66,12 @@ def test_body_without_a_model_is_400(body: bytes):
 
 
 def test_resolve_goes_to_the_model_prefix():
-    registry = FakeRegistry({
-        "llm": service("llm", {"name": "llama", "prefix": "/openai/v1/"}),
-        "tgi": service("tgi", {"name": "tgi-model"}),
-    })
+    registry = FakeRegistry(
+        {
+            "llm": service("llm", {"name": "llama", "prefix": "/openai/v1/"}),
+            "tgi": service("tgi", {"name": "tgi-model"}),
+        }
+    )
     body = b'{"model": "llama", "messages": []}'
     svc, path = asyncio.run(openai.resolve(registry, "main", MODELS, body, "chat/completions"))
     assert (svc.run_name, path) == ("llm", "/openai/v1/chat/completions")
