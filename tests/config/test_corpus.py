@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from dstack.errors import ConfigurationError
-from dstack.models.configurations import load_configuration
+from dstack.models.loading import load_configuration
 
 CORPUS_DIR = Path(__file__).parent / "corpus"
 

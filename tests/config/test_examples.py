@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from dstack.models.configurations import TaskConfiguration, load_configuration
+from dstack.models.configurations import TaskConfiguration
+from dstack.models.loading import load_configuration
 
 EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.yml"))
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from dstack.cli.profiles import load_profiles
 from dstack.errors import ConfigurationError
-from dstack.models.configurations import TaskConfiguration, load_configuration
-from dstack.models.profiles import load_profiles
+from dstack.models.configurations import TaskConfiguration
+from dstack.models.loading import load_configuration
 
 
 def write(tmp_path: Path, text: str, name: str = "train.dstack.yml") -> Path:

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from dstack.errors import ConfigurationError
 from dstack.models.common import parse_duration, parse_memory
-from dstack.models.configurations import load_configuration, parse_configuration
+from dstack.models.configurations import parse_configuration
+from dstack.models.loading import load_configuration
 from dstack.models.resources import ResourcesSpec
 from dstack.models.yaml_lines import load_yaml
 

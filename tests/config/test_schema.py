@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 import yaml
 
-from dstack.models.configurations import configuration_json_schema
+from dstack.models.schema import configuration_json_schema
 from dstack.models.yaml_lines import load_yaml
 
 ROOT = Path(__file__).parents[2]

@@ -102,7 +102,7 @@ def test_scaling_with_one_replica_is_accepted_and_flagged() -> None:
 def test_guide_examples_match_the_json_schema(text: str) -> None:
     import jsonschema
 
-    from dstack.models.configurations import configuration_json_schema
+    from dstack.models.schema import configuration_json_schema
 
     validator = jsonschema.Draft202012Validator(configuration_json_schema())
     assert [e.message for e in validator.iter_errors(yaml.safe_load(text))] == []

@@ -23,6 +23,7 @@ from dstack.cli.common import (
     echo,
     out,
 )
+from dstack.cli.profiles import selected_profile
 from dstack.models.runs import Run, RunPlan, RunSpec
 
 
@@ -35,7 +36,7 @@ def build_configuration(
 
     check_exclusive(args)
     data = conf.model_dump(mode="json")
-    data = apply_profile(data, _profile(args))
+    data = apply_profile(data, selected_profile(args))
     data = apply_overrides(data, args, environ, getattr(args, "run_args", None))
     data = fill_version(data)
     merged = parse_configuration(data)
@@ -44,15 +45,6 @@ def build_configuration(
     if result.get("name"):
         check_run_name(result["name"])
     return result
-
-
-def _profile(args: argparse.Namespace) -> dict[str, Any] | None:
-    if getattr(args, "no_profile", False):
-        return None
-    from dstack.models.profiles import load_profiles
-
-    profile = load_profiles().find(getattr(args, "profile", None))
-    return profile.model_dump(mode="json") if profile is not None else None
 
 
 def upload_code(api: APIClient, root: Path) -> str:

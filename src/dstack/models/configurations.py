@@ -1,34 +1,28 @@
-"""The six `.dstack.yml` configuration types and the entry points that parse them.
+"""The six `.dstack.yml` configuration types and `parse_configuration`, the way in for a mapping.
 
-`parse_configuration` (a mapping) and `load_configuration` (a file) are the only ways in; both
-raise nothing but `ConfigurationError`, whose text names the field (and the file and line).
+It raises nothing but `ConfigurationError`, whose text names the field. Reading a file (and
+adding its name and line to the error) is `loading.py`'s; the JSON Schema is `schema.py`'s:
+both build on these models, so neither may be imported from here.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
 from dstack.errors import ConfigurationError
-from dstack.models import yaml_lines
 from dstack.models.common import (
     GROUP_NAME_RE,
-    EntityRef,
     InactivityDuration,
     Port,
-    PortMapping,
-    Range,
     Shorthand,
     field_error,
     int_range,
@@ -36,19 +30,15 @@ from dstack.models.common import (
     parse_python_version,
 )
 from dstack.models.envs import Env
-from dstack.models.fleets_config import FleetConfiguration, FleetNodes, SSHHostParams, SSHParams
+from dstack.models.fleets_config import FleetConfiguration
 from dstack.models.gateways_config import GatewayConfiguration
 from dstack.models.mounts import (
-    FileMapping,
     Files,
-    InstanceMountPoint,
     MountPoint,
     Repos,
-    RepoSpec,
-    VolumeMountPoint,
 )
-from dstack.models.profiles import ProfileParams, RetryPolicy
-from dstack.models.resources import CPUSpec, DiskSpec, GPUSpec, ResourcesSpec
+from dstack.models.profiles import ProfileParams
+from dstack.models.resources import ResourcesSpec
 from dstack.models.services import (
     GROUP_LEVEL_FIELDS,
     ModelSpec,
@@ -59,6 +49,7 @@ from dstack.models.services import (
     ScalingSpec,
     check_scaling,
 )
+from dstack.models.validation import validate_model
 from dstack.models.volumes_config import VolumeConfiguration
 
 _WINDSURF_VERSION_RE = re.compile(r"^.+@[0-9a-fA-F]+$")
@@ -325,7 +316,6 @@ def _unique_prefixes(limits: list[RateLimit]) -> None:
         seen.add(limit.prefix)
 
 
-RunConfiguration = DevEnvironmentConfiguration | TaskConfiguration | ServiceConfiguration
 AnyConfiguration = (
     DevEnvironmentConfiguration
     | TaskConfiguration
@@ -343,57 +333,9 @@ CONFIGURATION_TYPES: dict[str, type[BaseModel]] = {
     "gateway": GatewayConfiguration,
 }
 
-# --- Entry points ------------------------------------------------------------------------------
+# --- Entry point ---------------------------------------------------------------------------------
 
 _TYPE_LIST = ", ".join(CONFIGURATION_TYPES)
-_UNION_LABEL_RE = re.compile(r"^(@.*|[a-z-]+\[.*\]|int|str|float|bool|none)$")
-M = TypeVar("M", bound=BaseModel)
-
-
-def _error_from_validation(exc: ValidationError) -> ConfigurationError:
-    """The first pydantic error as one line: dotted field path and a human message."""
-    error = _most_relevant(exc.errors(include_url=False))
-    loc: list[Any] = [
-        p for p in error["loc"] if not (isinstance(p, str) and _UNION_LABEL_RE.match(p))
-    ]
-    ctx = error.get("ctx") or {}
-    if isinstance(ctx.get("field"), str):
-        loc.extend(int(p) if p.isdigit() else p for p in ctx["field"].split("."))
-    message = error["msg"]
-    for prefix in ("Value error, ", "Assertion failed, "):
-        if message.startswith(prefix):
-            message = message[len(prefix) :]
-    err = ConfigurationError(message, path=format_path(loc) or None)
-    err.loc = tuple(loc)  # type: ignore[attr-defined]
-    return err
-
-
-def _most_relevant(errors: list[Any]) -> Any:
-    """The first error, except that a misspelt key beats the "Field required" it causes."""
-    first = errors[0]
-    if first["type"] == "missing":
-        parent = first["loc"][:-1]
-        for error in errors[1:]:
-            if error["type"] == "extra_forbidden" and error["loc"][:-1] == parent:
-                return error
-    return first
-
-
-def format_path(loc: list[Any] | tuple[Any, ...]) -> str:
-    """`resources.gpu`, `volumes[0].path`."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _validate(model: type[M], data: Any) -> M:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise _error_from_validation(exc) from None
-    except RecursionError:
-        raise ConfigurationError("configuration is nested too deeply") from None
 
 
 def parse_configuration(data: Any) -> AnyConfiguration:
@@ -410,86 +352,4 @@ def parse_configuration(data: Any) -> AnyConfiguration:
         raise ConfigurationError(
             f"unknown configuration type '{kind}' (expected one of {_TYPE_LIST})", path="type"
         )
-    return _validate(model, data)  # type: ignore[return-value]
-
-
-def load_configuration(path: str | Path) -> AnyConfiguration:
-    """Read and validate a `.dstack.yml` file; errors carry the file and line."""
-    return _load_file(path, parse_configuration)
-
-
-def load_yaml_model(path: str | Path, model: type[M]) -> M:
-    """Read a YAML file into any strict model (used for `profiles.yml`)."""
-    return _load_file(path, lambda data: _validate(model, data))
-
-
-def _load_file(path: str | Path, parse: Any) -> Any:
-    name = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigurationError(f"cannot read file: {exc}", file=name) from None
-    try:
-        data = yaml_lines.load_yaml(text)
-    except yaml.YAMLError as exc:
-        line = yaml_lines.error_line(exc)
-        parts = [getattr(exc, "context", None), getattr(exc, "problem", None)]
-        problem = " ".join(p for p in parts if p) or str(exc).splitlines()[0]
-        raise ConfigurationError(f"invalid YAML: {problem}", file=name, line=line) from None
-    if data is None:
-        raise ConfigurationError("configuration file is empty", file=name, line=1)
-    if not isinstance(data, dict):
-        raise ConfigurationError("configuration must be a mapping", file=name, line=1)
-    try:
-        return parse(data)
-    except ConfigurationError as exc:
-        lines = yaml_lines.line_map(text)
-        loc = getattr(exc, "loc", None) or ((exc.path,) if exc.path else ())
-        raise ConfigurationError(
-            exc.message, path=exc.path, file=name, line=yaml_lines.find_line(lines, loc) or 1
-        ) from None
-
-
-def configuration_json_schema() -> dict:
-    """JSON Schema of every configuration type, as `dstack schema` prints it."""
-    from dstack.models.schema import build_schema
-
-    return build_schema()
-
-
-__all__ = [
-    "AnyConfiguration",
-    "BaseRunConfiguration",
-    "CPUSpec",
-    "ConfigurationError",
-    "DevEnvironmentConfiguration",
-    "DiskSpec",
-    "EntityRef",
-    "FileMapping",
-    "FleetConfiguration",
-    "FleetNodes",
-    "GPUSpec",
-    "GatewayConfiguration",
-    "InstanceMountPoint",
-    "NodeGroup",
-    "PortMapping",
-    "ProbeConfig",
-    "Range",
-    "RegistryAuth",
-    "ReplicaGroup",
-    "RepoSpec",
-    "ResourcesSpec",
-    "RetryPolicy",
-    "RunConfiguration",
-    "SSHHostParams",
-    "SSHParams",
-    "ScalingSpec",
-    "ServiceConfiguration",
-    "TaskConfiguration",
-    "VolumeConfiguration",
-    "VolumeMountPoint",
-    "configuration_json_schema",
-    "load_configuration",
-    "load_yaml_model",
-    "parse_configuration",
-]
+    return validate_model(model, data)  # type: ignore[return-value]

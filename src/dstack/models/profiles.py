@@ -8,11 +8,11 @@ value may be overridden. The server applies the documented defaults after mergin
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
+from dstack.errors import ConfigurationError
 from dstack.models.common import (
     BackendType,
     ConfigModel,
@@ -197,6 +197,9 @@ class Profile(ProfileParams):
 
 
 class ProfilesConfig(ConfigModel):
+    """The contents of a `profiles.yml`; finding and reading the file is the CLI's job
+    (cli/profiles.py), since only the CLI knows the user's directories."""
+
     profiles: list[Profile] = Field(default_factory=list)
 
     def find(self, name: str | None) -> Profile | None:
@@ -205,26 +208,5 @@ class ProfilesConfig(ConfigModel):
             for profile in self.profiles:
                 if profile.name == name:
                     return profile
-            from dstack.errors import ConfigurationError
-
             raise ConfigurationError(f"No such profile: {name}")
         return next((p for p in self.profiles if p.default), None)
-
-
-PROFILE_FIELDS = tuple(ProfileParams.model_fields)
-
-
-def load_profiles(paths: list[Path] | None = None) -> ProfilesConfig:
-    """The first existing `profiles.yml` among `paths` (default: project dir, then home)."""
-    from dstack.models.configurations import load_yaml_model
-
-    if paths is None:
-        paths = [
-            Path.cwd() / ".dstack" / "profiles.yml",
-            Path.cwd() / ".dstack" / "profiles.yaml",
-            Path.home() / ".dstack" / "profiles.yml",
-        ]
-    for path in paths:
-        if path.is_file():
-            return load_yaml_model(path, ProfilesConfig)
-    return ProfilesConfig()

@@ -74,6 +74,7 @@ def _cached() -> dict[str, Any]:
     return schema
 
 
-def build_schema() -> dict[str, Any]:
-    """A fresh copy, so callers may annotate it without touching the cache."""
+def configuration_json_schema() -> dict[str, Any]:
+    """JSON Schema of every configuration type, as `dstack schema` prints it: a fresh copy, so
+    callers may annotate it without touching the cache."""
     return copy.deepcopy(_cached())

@@ -24,7 +24,20 @@ from dstack.server.reconcilers.instance_worker import InstanceReconciler
 from dstack.server.reconcilers.job_worker import JobReconciler
 from dstack.server.reconcilers.run_worker import RunReconciler
 from dstack.server.reconcilers.sweeper import InventorySweeper
-from dstack.server.routers import fleets, resources, runs, ssh_relay
+from dstack.server.routers import (
+    events,
+    fleets,
+    gateways,
+    logs,
+    offers,
+    projects,
+    repos,
+    runs,
+    server,
+    ssh_relay,
+    users,
+    volumes,
+)
 from dstack.server.routers.deps import AuthError
 from dstack.server.services.bootstrap import BootstrapResult, bootstrap
 from dstack.server.services.codes import CodeTooLargeError
@@ -153,8 +166,20 @@ def create_app(settings: Settings, on_ready: object = None) -> FastAPI:
     app.state.proxy = proxy
     app.add_middleware(ProxyMiddleware, proxy=proxy)
     install_error_handlers(app)
-    app.include_router(resources.router)
-    app.include_router(runs.router)
-    app.include_router(fleets.router)
-    app.include_router(ssh_relay.router)
+    # One router per resource kind.
+    for module in (
+        server,
+        users,
+        projects,
+        runs,
+        logs,
+        fleets,
+        volumes,
+        gateways,
+        offers,
+        events,
+        repos,
+        ssh_relay,
+    ):
+        app.include_router(module.router)
     return app

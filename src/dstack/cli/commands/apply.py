@@ -56,7 +56,8 @@ def config_file(path: str | None) -> str:
 
 
 def load(path: str, yes: bool):  # noqa: ANN201 - a configuration model
-    from dstack.models.configurations import load_configuration, parse_configuration
+    from dstack.models.configurations import parse_configuration
+    from dstack.models.loading import load_configuration
 
     if path != "-":
         return load_configuration(path)

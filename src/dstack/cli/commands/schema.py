@@ -12,7 +12,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dstack.cli.common import print_json
-    from dstack.models.configurations import configuration_json_schema
+    from dstack.models.schema import configuration_json_schema
 
     print_json(configuration_json_schema(), indent=2)
     return 0

@@ -26,6 +26,8 @@ from sqlalchemy import update
 from dstack.models.wire import utcnow
 from dstack.server.db import tables as t
 from dstack.server.db.session import Database
+from dstack.server.proxy import openai
+from dstack.server.proxy.errors import HTTPError
 from dstack.server.proxy.events import replica_event
 from dstack.server.proxy.forward import (
     BodyTooLarge,
@@ -57,15 +59,6 @@ class ProxyConfig:
     cache_ttl: float = 1.0
     unhealthy_cooldown: float = 10.0
     probe_tick: float = 0.5
-
-
-class HTTPError(Exception):
-    def __init__(self, status: int, message: str, code: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.headers = headers or {}
 
 
 def _token_hash(scope: dict[str, Any]) -> str | None:
@@ -374,6 +367,32 @@ class Proxy:
     # -- /proxy/models ----------------------------------------------------------------------
 
     async def _models(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        from dstack.server.proxy.openai import handle_models
-
-        await handle_models(self, scope, receive, send)
+        """Authorize against the project, then answer the listing or forward to the service
+        that `openai.resolve` picks for the body's model."""
+        if scope["type"] != "http":
+            raise HTTPError(
+                404, "WebSockets are not served under /proxy/models", "resource_not_exists"
+            )
+        project, endpoint = openai.split_path(scope["path"][len(MODELS) :])
+        project_id = await openai.project_id(self.db, project) if project else None
+        if project_id is None:
+            raise HTTPError(404, f"Project {project} not found", "resource_not_exists")
+        await self._authorize(scope, project_id)
+        models = await self.registry.models(project)
+        endpoint = openai.endpoint_for(endpoint, scope["method"])
+        if endpoint == openai.LIST:
+            await _send_json(send, 200, openai.model_list(project, models))
+            return
+        body = RequestBody(receive, None, self.config.max_body)
+        try:
+            data = b"".join([c async for c in body.content()])  # type: ignore[union-attr]
+        except BodyTooLarge as e:
+            raise HTTPError(
+                413,
+                f"Request body is larger than {self.config.max_body} bytes",
+                "request_too_large",
+            ) from e
+        svc, path = await openai.resolve(self.registry, project, models, data, endpoint)
+        replay = RequestBody(receive, len(data), self.config.max_body)
+        replay.data = data  # read whole to find the model; forwarded (and retried) from memory
+        await self._dispatch(scope, receive, send, svc, path, MODELS + project, replay)

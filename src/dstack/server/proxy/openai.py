@@ -1,82 +1,87 @@
-"""The OpenAI-compatible entry point: `/proxy/models/<project>/models`, `.../chat/completions`
-and `.../completions`, routed by the request's `model` to that model's service.
+"""The OpenAI-compatible entry point, `/proxy/models/<project>/...`: what a request means and
+where it goes. `handler.py` authorizes the caller and forwards; this module only resolves.
 
-Every call needs a project member's token (the listing tells which models exist). The request
-goes to `<model prefix>/chat/completions` (or `/completions`) on a ready replica, streamed
-like any other proxied request, so `stream: true` works.
+`/models` lists the project's model services (the listing is built here); `/chat/completions`
+and `/completions` go to the service whose `model.name` the JSON body's `model` names, at
+`<model prefix>/chat/completions` (or `/completions`) on a ready replica, streamed like any
+other proxied request, so `stream: true` works.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import select
 
 from dstack.server.db import tables as t
-from dstack.server.proxy.forward import BodyTooLarge, RequestBody
+from dstack.server.db.session import Database
+from dstack.server.proxy.errors import HTTPError
+from dstack.server.proxy.registry import Registry, Service
 
-if TYPE_CHECKING:
-    from dstack.server.proxy.handler import Proxy
-
+LIST = "models"
 ROUTES = {"chat/completions", "completions"}
 
 
-async def _project_id(proxy: Proxy, name: str) -> str | None:
-    async with proxy.db.session() as s:
+def split_path(rest: str) -> tuple[str, str]:
+    """`<project>/<endpoint>` (the path after `/proxy/models/`) → (project, endpoint)."""
+    project, _, endpoint = rest.partition("/")
+    return project, endpoint.strip("/")
+
+
+async def project_id(db: Database, name: str) -> str | None:
+    """The id the caller's membership is checked against; None for an unknown project."""
+    async with db.session() as s:
         return (
             await s.execute(select(t.Project.id).where(t.Project.name == name))
         ).scalar_one_or_none()
 
 
-async def handle_models(proxy: Proxy, scope: dict[str, Any], receive: Any, send: Any) -> None:
-    from dstack.server.proxy.handler import MODELS, HTTPError, _send_json
-
-    project, _, rest = scope["path"][len(MODELS) :].partition("/")
-    if scope["type"] != "http":
-        raise HTTPError(404, "WebSockets are not served under /proxy/models", "resource_not_exists")
-    project_id = await _project_id(proxy, project) if project else None
-    if project_id is None:
-        raise HTTPError(404, f"Project {project} not found", "resource_not_exists")
-    await proxy._authorize(scope, project_id)
-    rest = rest.strip("/")
-    models = await proxy.registry.models(project)
-    if rest == "models" and scope["method"] in ("GET", "HEAD"):
-        data = [
-            {"id": name, "object": "model", "created": int(time.time()), "owned_by": project}
-            for name, _ in models
-        ]
-        await _send_json(send, 200, {"object": "list", "data": data})
-        return
-    if rest not in ROUTES:
+def endpoint_for(endpoint: str, method: str) -> str:
+    """`LIST` for a listing, else the completions route a POST asks for; anything else is an
+    error that says what is served."""
+    if endpoint == LIST and method in ("GET", "HEAD"):
+        return LIST
+    if endpoint not in ROUTES:
         raise HTTPError(
             404,
-            f"Unknown model endpoint /{rest}; use /models, /chat/completions or /completions",
+            f"Unknown model endpoint /{endpoint}; use /models, /chat/completions or /completions",
             "resource_not_exists",
         )
-    if scope["method"] != "POST":
-        raise HTTPError(405, f"/{rest} accepts POST only", "method_not_allowed")
-    body = RequestBody(receive, None, proxy.config.max_body)
+    if method != "POST":
+        raise HTTPError(405, f"/{endpoint} accepts POST only", "method_not_allowed")
+    return endpoint
+
+
+def model_list(project: str, models: list[tuple[str, str]]) -> dict[str, Any]:
+    """The `/models` answer in OpenAI's shape, for (model name, run name) pairs."""
+    data = [
+        {"id": name, "object": "model", "created": int(time.time()), "owned_by": project}
+        for name, _ in models
+    ]
+    return {"object": "list", "data": data}
+
+
+def model_name(body: bytes) -> str:
+    """The `model` of a completions request's JSON body."""
     try:
-        data = b"".join([c async for c in body.content()])  # type: ignore[union-attr]
-    except BodyTooLarge as e:
-        raise HTTPError(
-            413, f"Request body is larger than {proxy.config.max_body} bytes", "request_too_large"
-        ) from e
-    try:
-        name = json.loads(data or b"{}").get("model")
+        name = json.loads(body or b"{}").get("model")
     except (ValueError, AttributeError):
         name = None
     if not isinstance(name, str) or not name:
         raise HTTPError(400, "The request body must be JSON with a `model`", "invalid_request")
+    return name
+
+
+async def resolve(
+    registry: Registry, project: str, models: list[tuple[str, str]], body: bytes, endpoint: str
+) -> tuple[Service, str]:
+    """The service that serves the body's model and the path to forward to on its replicas."""
+    name = model_name(body)
     run = next((r for n, r in models if n == name), None)
-    if run is None:
-        raise HTTPError(404, f"Model {name} not found in project {project}", "resource_not_exists")
-    svc = await proxy.registry.service(project, run)
+    svc = await registry.service(project, run) if run is not None else None
     if svc is None or not svc.active or svc.model is None:
         raise HTTPError(404, f"Model {name} not found in project {project}", "resource_not_exists")
-    replay = RequestBody(receive, len(data), proxy.config.max_body)
-    replay.data = data
     prefix = str(svc.model.get("prefix") or "/v1").rstrip("/")
-    await proxy._dispatch(scope, receive, send, svc, f"{prefix}/{rest}", MODELS + project, replay)
+    return svc, f"{prefix}/{endpoint}"

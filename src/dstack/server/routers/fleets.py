@@ -1,22 +1,53 @@
-"""Fleet plan, apply and delete endpoints: thin wrappers over `services.fleet_apply` and
-`services.fleet_delete`."""
+"""Fleet endpoints: list and get (`services.fleets`), plan and apply
+(`services.fleet_apply`), delete (`services.fleet_delete`)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
+from dstack.errors import ServerClientError
 from dstack.models.fleets import Fleet
 from dstack.models.requests import (
     ApplyFleetPlanRequest,
     DeleteFleetInstancesRequest,
     DeleteFleetsRequest,
     GetFleetPlanRequest,
+    GetFleetRequest,
 )
-from dstack.server.routers.deps import ProjectAccess, get_ctx, project_access
-from dstack.server.services import fleet_apply, fleet_delete
+from dstack.server.db import tables as t
+from dstack.server.routers.deps import (
+    ProjectAccess,
+    get_ctx,
+    get_session,
+    get_user,
+    project_access,
+)
+from dstack.server.services import fleet_apply, fleet_delete, fleets
 from dstack.server.services.context import ServerContext
+from dstack.server.services.users import list_projects
 
 router = APIRouter()
+
+
+@router.post("/api/project/{project_name}/fleets/list", response_model=list[Fleet])
+async def fleets_list(a: ProjectAccess = Depends(project_access)) -> list[Fleet]:
+    return await fleets.list_fleets(a.session, a.project)
+
+
+@router.post("/api/fleets/list", response_model=list[Fleet])
+async def fleets_list_all(user: t.User = Depends(get_user), s=Depends(get_session)) -> list[Fleet]:  # noqa: ANN001
+    # Every project the caller is a member of (`dstack fleet` without a project).
+    out: list[Fleet] = []
+    for p in await list_projects(s, user):
+        out.extend(await fleets.list_fleets(s, p))
+    return out
+
+
+@router.post("/api/project/{project_name}/fleets/get", response_model=Fleet)
+async def fleets_get(body: GetFleetRequest, a: ProjectAccess = Depends(project_access)) -> Fleet:
+    if not body.name and not body.id:
+        raise ServerClientError("Specify the fleet name or id", field="name")
+    return await fleets.get_fleet(a.session, a.project, body.name, body.id)
 
 
 @router.post("/api/project/{project_name}/fleets/get_plan")
