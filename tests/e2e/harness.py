@@ -87,6 +87,9 @@ class Server:
             PYTHONUNBUFFERED="1",
             DSTACK_SERVER_RETRY_BACKOFF="0.5,1",
             DSTACK_SERVER_UNREACHABLE_GRACE="120",
+            # A session opened over the same task's uncommitted writes fails at once
+            # (db/session.py) instead of waiting out SQLite's busy timeout.
+            DSTACK_DB_STRICT="1",
         )
         env.update(self.extra_env)
         return env

@@ -1,11 +1,24 @@
 """Engine and sessions. SQLite gets WAL and a busy timeout so the API and the reconcilers can
-write concurrently; Postgres needs nothing special."""
+write concurrently; Postgres needs nothing special.
+
+Strict mode (`DSTACK_DB_STRICT=1`, set by the tests): opening a session in an asyncio task while
+another session of the same task has flushed writes and not yet committed or rolled back raises
+`SessionNesting`. On SQLite the first session holds the database's write lock, so a write in
+the second one waits on it for the whole busy timeout and then fails ("database is locked"); on
+Postgres it can wait forever on a row lock the same task holds. Either way the task waits on
+itself, so the pattern is refused at once, where it happens, instead of as a slow deadlock.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import traceback
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import (
@@ -14,12 +27,64 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
+
+STRICT_ENV = "DSTACK_DB_STRICT"
+_WRITE_PREFIXES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+
+
+class SessionNesting(RuntimeError):
+    """A task opened a session while one of its own sessions holds uncommitted writes."""
+
+
+class _TrackedSession(Session):
+    """A Session that knows whether its open transaction has written anything.
+
+    `wrote` is set by a flush that had changes or by an INSERT/UPDATE/DELETE statement, and
+    cleared when the outermost transaction ends (commit, rollback or close): exactly the span
+    during which the database holds this session's write locks."""
+
+    wrote: bool = False
+    opened_at: str = ""
+
+
+def _on_flush(session: Session, _ctx: Any) -> None:
+    if isinstance(session, _TrackedSession):
+        session.wrote = True
+
+
+def _on_execute(state: ORMExecuteState) -> None:
+    session = state.session
+    if not isinstance(session, _TrackedSession):
+        return
+    # text() and other statements are judged by their first word.
+    if (
+        state.is_insert
+        or state.is_update
+        or state.is_delete
+        or (
+            not state.is_select
+            and str(state.statement).lstrip().upper().startswith(_WRITE_PREFIXES)
+        )
+    ):
+        session.wrote = True
+
+
+def _on_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    if isinstance(session, _TrackedSession) and transaction.parent is None:
+        session.wrote = False
+
+
+event.listen(_TrackedSession, "after_flush", _on_flush)
+event.listen(_TrackedSession, "do_orm_execute", _on_execute)
+event.listen(_TrackedSession, "after_transaction_end", _on_transaction_end)
 
 
 class Database:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, strict: bool | None = None) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self.strict = os.environ.get(STRICT_ENV) == "1" if strict is None else strict
         if self.is_sqlite:
             path = url.split(":///", 1)[1]
             if path and path != ":memory:":
@@ -30,12 +95,38 @@ class Database:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         else:
             self.engine = create_async_engine(url, pool_size=20, max_overflow=20)
-        self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        self.sessionmaker = async_sessionmaker(
+            self.engine, expire_on_commit=False, sync_session_class=_TrackedSession
+        )
+        # The sessions each task has open now (strict mode only).
+        self._open: weakref.WeakKeyDictionary[asyncio.Task[Any], list[_TrackedSession]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
+        if not self.strict:
+            async with self.sessionmaker() as s:
+                yield s
+            return
+        task = asyncio.current_task()
+        mine = self._open.setdefault(task, []) if task is not None else []
+        for other in mine:
+            if other.wrote:
+                raise SessionNesting(
+                    "a new session was opened while this task's session opened at\n"
+                    f"{other.opened_at}holds uncommitted writes (on SQLite: the write lock); "
+                    "commit it first, or do the work in that session"
+                )
         async with self.sessionmaker() as s:
-            yield s
+            sync = s.sync_session
+            assert isinstance(sync, _TrackedSession)
+            sync.opened_at = "".join(traceback.format_stack(limit=4)[:-2])
+            mine.append(sync)
+            try:
+                yield s
+            finally:
+                mine.remove(sync)
 
     async def close(self) -> None:
         await self.engine.dispose()

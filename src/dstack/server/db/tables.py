@@ -66,6 +66,14 @@ class LeaseMixin:
     dirty: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
+def claim_index(table: str) -> Index:
+    """The index a reconciler's claim and idle-wait queries use (reconcilers/base.py): rows in
+    an active status (`status IN (...)`, a few rows among the many finished ones), each status's
+    oldest `last_processed_at` first. `dirty` and `lock_expires_at` are filtered on the rows
+    this range finds, so they need no index of their own."""
+    return Index(f"ix_{table}_claim", "status", "last_processed_at")
+
+
 class User(Base):
     __tablename__ = "users"
     id: Mapped[str] = _id()
@@ -115,6 +123,7 @@ class Fleet(LeaseMixin, Base):
             sqlite_where=text("deleted = 0"),
             postgresql_where=text("deleted = false"),
         ),
+        claim_index("fleets"),
     )
 
 
@@ -151,6 +160,8 @@ class Instance(LeaseMixin, Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
 
+    __table_args__ = (claim_index("instances"),)
+
 
 class Run(LeaseMixin, Base):
     __tablename__ = "runs"
@@ -184,6 +195,7 @@ class Run(LeaseMixin, Base):
                 "status NOT IN ('terminated', 'failed', 'done') AND deleted = false"
             ),
         ),
+        claim_index("runs"),
     )
 
 
@@ -221,6 +233,8 @@ class Job(LeaseMixin, Base):
     unhealthy_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # Seconds without an SSH connection to the job, as last reported by its agent.
     inactivity_secs: Mapped[int | None] = mapped_column(Integer)
+
+    __table_args__ = (claim_index("jobs"),)
 
 
 class Event(Base):

@@ -1,25 +1,38 @@
 """The loop every reconciler shares (DESIGN.md, 'How state moves').
 
-1. Claim: a conditional UPDATE stamps a lease (owner, token, expiry) on due rows that nobody
-   holds; on Postgres `FOR UPDATE SKIP LOCKED` only makes the pick cheaper. A crashed claimer's
-   lease simply expires.
+1. Claim: one `UPDATE … RETURNING` stamps a lease (owner, token, expiry) on up to `batch` due
+   rows that nobody holds and returns their ids. The rows are picked by a subquery in
+   `claim_order()`: on Postgres `FOR UPDATE SKIP LOCKED`, so concurrent claimers on several
+   server replicas skip each other's rows instead of queueing on them; on SQLite the statement
+   runs under the database's single write lock, so two claims are serialized. A crashed
+   claimer's lease simply expires. A loop claims no more rows than it has free workers, so rows
+   it could not start yet stay free for another replica.
 2. The subclass loads a snapshot, observes (agent/backend reads), calls its pure `decide()`,
    acts outside any transaction, and applies the result in a short transaction guarded by the
    lease token (`guarded_update`): a lost lease updates nothing and the work is discarded.
+   While `process()` runs, a heartbeat extends the lease every third of its length, so an act
+   longer than the lease (an SSH bootstrap) keeps it; if the heartbeat finds the token gone,
+   the pass is lost.
 3. Services wake the loop through the hub after a commit; a periodic resync catches the rest.
+   Each loop has its own wake flag (`Hub.waiter`), so no wake is lost (services/hub.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from abc import ABC, abstractmethod
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.elements import UnaryExpression
 
 from dstack.models.wire import utcnow
 from dstack.server.services.context import ServerContext
@@ -29,6 +42,44 @@ log = logging.getLogger(__name__)
 
 class LeaseLost(Exception):
     """The row's lease was taken over; whatever this pass computed must be dropped."""
+
+
+@dataclass
+class _Pass:
+    """One `process()` of one claimed row: what its heartbeat and its writes share."""
+
+    row_id: str
+    token: str
+    # Set when the pass starts giving the lease back (guarded_update, release): from then on a
+    # missing token is the pass's own doing, not a loss, and the heartbeat stops.
+    finished: bool = False
+    lost: bool = False
+    # The pass wrote `dirty=True` on its own row: wake the loop once that is committed.
+    rewake: bool = False
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+# Task-local (each pass runs in its own task): which pass the current code belongs to.
+_current_pass: ContextVar[_Pass | None] = ContextVar("reconciler_pass", default=None)
+
+
+def _order_terms(order: tuple[Any, ...]) -> list[tuple[Any, bool]]:
+    """(expression, descending) for each ORDER BY term, to sort the claimed rows the same way
+    in Python: RETURNING gives rows in no particular order."""
+    terms = []
+    for term in order:
+        if isinstance(term, UnaryExpression) and term.modifier in (
+            operators.desc_op,
+            operators.asc_op,
+        ):
+            terms.append((term.element, term.modifier is operators.desc_op))
+        else:
+            terms.append((term, False))
+    return terms
+
+
+def _null_last(value: Any) -> tuple[bool, Any]:
+    return (value is None, value)
 
 
 class Reconciler(ABC):
@@ -44,7 +95,11 @@ class Reconciler(ABC):
         self._inflight: set[str] = set()
         self._sem = asyncio.Semaphore(self.workers)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._rewake = False
+        self._slot_freed = asyncio.Event()
+        # Registered now, not when the loop first sleeps: a wake between construction and the
+        # first wait is kept.
+        self._waiter = ctx.hub.waiter(self.kind)
+        self.leases_lost = 0  # passes whose lease was taken over (heartbeat or guarded write)
 
     # -- to implement ---------------------------------------------------------------------
 
@@ -59,7 +114,14 @@ class Reconciler(ABC):
     # -- claiming -------------------------------------------------------------------------
 
     def claim_order(self) -> tuple[Any, ...]:
+        """ORDER BY terms for picking due rows: expressions over the row (columns, correlated
+        scalar subqueries), optionally `.desc()`. They are evaluated again in RETURNING after
+        the lease is stamped, so they must not use the lease columns or `dirty`."""
         return (self.table.last_processed_at,)
+
+    def now(self) -> datetime:
+        """The clock of claims and leases (a test replaces it to expire leases at will)."""
+        return utcnow()
 
     def _due(self, now: datetime) -> Any:
         tbl = self.table
@@ -71,43 +133,80 @@ class Reconciler(ABC):
                     tbl.last_processed_at <= now - timedelta(seconds=self.interval(status)),
                 )
             )
-        return and_(
-            tbl.status.in_(self.active_statuses),
-            or_(*conds),
-            or_(tbl.lock_expires_at.is_(None), tbl.lock_expires_at < now),
-        )
+        return and_(tbl.status.in_(self.active_statuses), or_(*conds), self._free(now))
 
-    async def claim(self) -> list[tuple[str, str]]:
-        now = utcnow()
+    def _free(self, now: datetime) -> Any:
+        tbl = self.table
+        return or_(tbl.lock_expires_at.is_(None), tbl.lock_expires_at < now)
+
+    async def claim(self, limit: int | None = None) -> list[tuple[str, str]]:
+        """Lease up to `limit` (at most `batch`) due rows in one statement; (id, token) pairs in
+        claim order."""
+        n = self.batch if limit is None else min(limit, self.batch)
+        if n <= 0:
+            return []
+        now = self.now()
         token = str(uuid.uuid4())
         expires = now + timedelta(seconds=self.ctx.settings.lease_seconds)
         tbl = self.table
+        order = self.claim_order()
+        terms = _order_terms(order)
+        pick = select(tbl.id).where(self._due(now)).order_by(*order).limit(n)
+        if self._inflight:
+            # Our own rows whose lease lapsed while their pass still runs are not claimed twice.
+            pick = pick.where(tbl.id.not_in(sorted(self._inflight)))
+        stmt = update(tbl).values(
+            lock_token=token, lock_owner=self.owner, lock_expires_at=expires, dirty=False
+        )
+        if self.ctx.db.is_sqlite:
+            stmt = stmt.where(tbl.id.in_(pick.scalar_subquery()))
+        else:
+            # A subquery in FROM with LIMIT is evaluated once; the locks it takes (skipping rows
+            # another claimer is locking) are what make concurrent claims disjoint.
+            picked = pick.with_for_update(skip_locked=True).subquery("picked")
+            stmt = stmt.where(tbl.id == picked.c.id)
+        # Re-checked on the row being updated: on Postgres a row claimed and committed by
+        # someone else after our snapshot is re-evaluated here and left alone.
+        stmt = stmt.where(self._free(now)).returning(
+            tbl.id, *(expr.label(f"k{i}") for i, (expr, _) in enumerate(terms))
+        )
         async with self.ctx.db.session() as s:
-            q = select(tbl.id).where(self._due(now)).order_by(*self.claim_order())
-            if not self.ctx.db.is_sqlite:
-                q = q.with_for_update(skip_locked=True)
-            rows = (await s.execute(q.limit(self.batch))).scalars()
-            ids = [i for i in rows if i not in self._inflight]
-            claimed = []
-            for row_id in ids:
-                res = await s.execute(
-                    update(tbl)
-                    .where(tbl.id == row_id)
-                    .where(or_(tbl.lock_expires_at.is_(None), tbl.lock_expires_at < now))
-                    .values(
-                        lock_token=token,
-                        lock_owner=self.owner,
-                        lock_expires_at=expires,
-                        dirty=False,
-                    )
-                )
-                if res.rowcount == 1:
-                    claimed.append((row_id, token))
+            rows = [tuple(r) for r in (await s.execute(stmt)).all()]
             await s.commit()
-        return claimed
+        for i in reversed(range(len(terms))):  # stable sorts, last key first
+            rows.sort(key=lambda r, i=i: _null_last(r[i + 1]), reverse=terms[i][1])
+        return [(r[0], token) for r in rows]
+
+    async def extend(self, row_id: str, token: str) -> bool:
+        """Push the lease's expiry one lease length from now, if we still hold it."""
+        tbl = self.table
+        expires = self.now() + timedelta(seconds=self.ctx.settings.lease_seconds)
+        async with self.ctx.db.session() as s:
+            res = await s.execute(
+                update(tbl)
+                .where(tbl.id == row_id, tbl.lock_token == token)
+                .values(lock_expires_at=expires)
+            )
+            await s.commit()
+        return bool(res.rowcount == 1)
+
+    def _finishing(self, row_id: str, token: str) -> _Pass | None:
+        """Mark the current pass as giving its lease back (if `row_id` is its row)."""
+        p = _current_pass.get()
+        if p is not None and p.row_id == row_id and p.token == token:
+            p.finished = True
+            return p
+        return None
+
+    def lease_lost(self) -> bool:
+        """Within `process()`: the heartbeat found this pass's lease taken over. A long act may
+        check it to stop early; its guarded write would be refused anyway."""
+        p = _current_pass.get()
+        return p is not None and p.lost
 
     async def release(self, row_id: str, token: str) -> None:
         """Give a lease back without applying anything (e.g. after an error), due again soon."""
+        self._finishing(row_id, token)
         async with self.ctx.db.session() as s:
             await s.execute(
                 update(self.table)
@@ -116,7 +215,7 @@ class Reconciler(ABC):
                     lock_token=None,
                     lock_owner=None,
                     lock_expires_at=None,
-                    last_processed_at=utcnow(),
+                    last_processed_at=self.now(),
                 )
             )
             await s.commit()
@@ -125,6 +224,7 @@ class Reconciler(ABC):
         self, s: AsyncSession, row_id: str, token: str, values: dict[str, Any], now: datetime
     ) -> None:
         """Apply `values` and drop the lease, only if we still hold it."""
+        p = self._finishing(row_id, token)
         tbl = self.table
         res = await s.execute(
             update(tbl)
@@ -140,10 +240,10 @@ class Reconciler(ABC):
         )
         if res.rowcount != 1:
             raise LeaseLost(f"{self.kind} {row_id}")
-        if values.get("dirty"):
+        if values.get("dirty") and p is not None:
             # The row's next step is due now, but the loop may already be asleep: wake it once
             # this transaction commits (a wake before the commit would find the row leased).
-            self._rewake = True
+            p.rewake = True
 
     async def load_row(self, s: AsyncSession, row_id: str, token: str) -> Any | None:
         row = await s.get(self.table, row_id, populate_existing=True)
@@ -153,14 +253,40 @@ class Reconciler(ABC):
 
     # -- the loop -------------------------------------------------------------------------
 
+    async def _heartbeat(self, p: _Pass) -> None:
+        """Keep the lease of a running pass: extend it every third of its length until the
+        pass ends or starts giving the lease back. A failed extension is retried on the next
+        beat (the lease still has two thirds to run); a missing token means someone took the
+        row over: the pass is lost, and its guarded write will be refused."""
+        period = self.ctx.settings.lease_seconds / 3
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(p.stop.wait(), period)
+            if p.stop.is_set() or p.finished:
+                return
+            try:
+                held = await self.extend(p.row_id, p.token)
+            except Exception:
+                log.warning("%s %s: extending the lease failed", self.kind, p.row_id, exc_info=True)
+                continue
+            if not held and not p.finished:
+                p.lost = True
+                log.warning("%s %s: lease taken over during the pass", self.kind, p.row_id)
+                return
+
     async def _run_one(self, row_id: str, token: str) -> None:
+        p = _Pass(row_id, token)
+        _current_pass.set(p)  # this task's context only
+        beat = asyncio.create_task(self._heartbeat(p))
         try:
             async with self._sem:
                 await self.process(row_id, token)
-            if self._rewake:
-                self._rewake = False
+            if p.lost:
+                log.debug("%s %s: lease lost, result discarded", self.kind, row_id)
+            elif p.rewake:
                 self.ctx.hub.wake(self.kind)
         except LeaseLost:
+            p.lost = True
             log.debug("%s %s: lease lost, result discarded", self.kind, row_id)
         except Exception:
             log.exception("%s %s: processing failed; will retry", self.kind, row_id)
@@ -169,44 +295,56 @@ class Reconciler(ABC):
             except Exception:
                 log.exception("%s %s: release failed", self.kind, row_id)
         finally:
+            p.stop.set()
+            await asyncio.gather(beat, return_exceptions=True)
+            if p.lost:
+                self.leases_lost += 1
             self._inflight.discard(row_id)
+            self._slot_freed.set()
+
+    def start(self, claimed: list[tuple[str, str]]) -> None:
+        """Run a pass for each claimed row, each in its own task."""
+        for row_id, token in claimed:
+            self._inflight.add(row_id)
+            task = asyncio.create_task(self._run_one(row_id, token))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def run_forever(self) -> None:
-        hub = self.ctx.hub
         while True:
+            self._slot_freed.clear()
+            free = self.workers - len(self._inflight)
+            if free <= 0:
+                # Every worker is busy: claim nothing (another replica may take the rows) until
+                # a pass ends. Wakes meanwhile stay in our flag.
+                await self._slot_freed.wait()
+                continue
             try:
-                claimed = await self.claim()
+                claimed = await self.claim(free)
             except Exception:
                 log.exception("%s: claim failed", self.kind)
                 claimed = []
-            for row_id, token in claimed:
-                self._inflight.add(row_id)
-                task = asyncio.create_task(self._run_one(row_id, token))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-            if not claimed:
-                try:
-                    wait = await self._idle_wait()
-                except Exception:
-                    log.exception("%s: computing the next due time failed", self.kind)
-                    wait = self.ctx.settings.resync_seconds
-                await hub.wait(self.kind, wait)
-            else:
+            self.start(claimed)
+            if claimed:
                 await asyncio.sleep(0)
+                continue
+            try:
+                wait = await self._idle_wait()
+            except Exception:
+                log.exception("%s: computing the next due time failed", self.kind)
+                wait = self.ctx.settings.resync_seconds
+            await self._waiter.wait(wait)
 
     async def _idle_wait(self) -> float:
         """Sleep until the next row falls due (or the resync period), so a due row is never
         left waiting for a whole extra interval."""
         resync = self.ctx.settings.resync_seconds
         tbl = self.table
-        now = utcnow()
+        now = self.now()
         async with self.ctx.db.session() as s:
             rows = await s.execute(
                 select(tbl.status, func.min(tbl.last_processed_at))
-                .where(
-                    tbl.status.in_(self.active_statuses),
-                    or_(tbl.lock_expires_at.is_(None), tbl.lock_expires_at < now),
-                )
+                .where(tbl.status.in_(self.active_statuses), self._free(now))
                 .group_by(tbl.status)
             )
             due = [

@@ -83,8 +83,11 @@ class JobReconciler(Reconciler):
         self._reqs: dict[tuple[str, str, int], Requirements] = {}
 
     def claim_order(self) -> tuple[Any, ...]:
-        # Queued jobs are placed in submission order (DESIGN.md, 'Scheduling').
-        return (t.Job.submitted_at, t.Job.last_processed_at)
+        # Queued jobs are taken in priority, then submission order (DESIGN.md, 'Scheduling').
+        # The priority stays on the run (read through a correlated subquery, not copied), so a
+        # run's priority is the one its jobs are claimed by.
+        priority = select(t.Run.priority).where(t.Run.id == t.Job.run_id).scalar_subquery()
+        return (priority.desc(), t.Job.submitted_at, t.Job.last_processed_at)
 
     def interval(self, status: str) -> float:
         if status in ("running", "terminating"):

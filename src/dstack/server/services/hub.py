@@ -3,30 +3,59 @@
 A service that changes state calls `hub.wake("jobs")` after its commit, so the reconciler acts
 now instead of at its next resync. Nothing depends on a wake arriving: every loop also resyncs
 periodically (DESIGN.md, 'How state moves').
+
+Each waiting loop has its own flag (`Waiter`), registered before its first claim. A wake sets
+the flag of every waiter of that kind; a waiter clears only its own flag, when it wakes, before
+it claims again. So a wake that arrives while a loop is claiming (or busy elsewhere) is kept
+for that loop's next wait, and one loop waking never consumes another loop's wake. (A single
+shared `asyncio.Event` cleared by whoever woke lost both.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
+
+
+class Waiter:
+    """One loop's wake flag for one kind."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._flag = asyncio.Event()
+
+    @property
+    def woken(self) -> bool:
+        return self._flag.is_set()
+
+    def set(self) -> None:
+        self._flag.set()
+
+    async def wait(self, timeout: float) -> bool:
+        """Return at once if a wake arrived since the last return, else sleep until one does
+        or `timeout` passes. True when woken. The flag is cleared on return, so the caller's
+        next claim sees everything committed before any wake it consumed."""
+        if not self._flag.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._flag.wait(), timeout)
+        woken = self._flag.is_set()
+        self._flag.clear()
+        return woken
 
 
 class Hub:
     def __init__(self) -> None:
-        self._events: dict[str, asyncio.Event] = {}
+        # Weak: a loop that is gone (a test's reconciler, a stopped server) stops being woken.
+        self._waiters: dict[str, weakref.WeakSet[Waiter]] = {}
 
-    def event(self, kind: str) -> asyncio.Event:
-        ev = self._events.get(kind)
-        if ev is None:
-            ev = self._events[kind] = asyncio.Event()
-        return ev
+    def waiter(self, kind: str) -> Waiter:
+        """Register a new waiter for `kind`; wakes from now on set its flag."""
+        w = Waiter(kind)
+        self._waiters.setdefault(kind, weakref.WeakSet()).add(w)
+        return w
 
     def wake(self, *kinds: str) -> None:
         for kind in kinds:
-            self.event(kind).set()
-
-    async def wait(self, kind: str, timeout: float) -> None:
-        ev = self.event(kind)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(ev.wait(), timeout)
-        ev.clear()
+            for w in list(self._waiters.get(kind, ())):
+                w.set()
