@@ -15,6 +15,8 @@ from typing import Any
 
 import httpx
 
+from dstack.agent import protocol
+
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 TOKEN = "test-token-0123456789"
 # Run the whole suite against another interpreter, e.g. a Python 3.9 one.
@@ -104,12 +106,18 @@ class AgentProcess:
         assert response.status_code == 200, response.text
         return response.json()
 
-    def submit(self, job_id: str, commands: list[str], run: bool = True, **spec: Any) -> Any:
+    def start_job(self, spec: dict[str, Any], code: bytes = b"") -> httpx.Response:
+        """One start request, spec and code together, as the server sends it."""
+        assert self.client is not None
+        headers, body = protocol.encode_start(spec, code)
+        job_id = str(spec.get("id", "x"))
+        return self.client.post(protocol.START_JOB.path(job_id), content=body, headers=headers)
+
+    def submit(self, job_id: str, commands: list[str], code: bytes = b"", **spec: Any) -> Any:
         body = {"id": job_id, "name": job_id, "commands": commands, **spec}
-        state = self.ok("POST", "/api/jobs", body)
-        if run:
-            state = self.ok("POST", f"/api/jobs/{job_id}/run")
-        return state
+        response = self.start_job(body, code)
+        assert response.status_code == 200, response.text
+        return response.json()
 
     def shell(self, job_id: str, script: str, **spec: Any) -> Any:
         return self.submit(job_id, ["/bin/sh", "-c", script], **spec)

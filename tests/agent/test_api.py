@@ -11,6 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
+from dstack.agent import protocol
+from dstack.agent.spec import validate_spec
+
 from .helpers import TOKEN, AgentProcess, wait_for
 
 
@@ -43,8 +46,10 @@ def test_auth_required(agent: AgentProcess) -> None:
         response = httpx.get(f"{agent.url}/api/jobs", headers=headers)
         assert response.status_code == 401
         assert "error" in response.json()
-    response = httpx.post(f"{agent.url}/api/jobs", json={"id": "x"})
+    headers, body = protocol.encode_start({"id": "x", "commands": ["true"]}, b"")
+    response = httpx.post(f"{agent.url}/api/jobs/x/start", content=body, headers=headers)
     assert response.status_code == 401
+    assert not (agent.home / "jobs" / "x").exists()
 
 
 def test_bad_requests_name_the_field(agent: AgentProcess) -> None:
@@ -58,12 +63,32 @@ def test_bad_requests_name_the_field(agent: AgentProcess) -> None:
         ({"id": "a", "commands": ["true"], "stop_duration": -1}, "stop_duration"),
     ]
     for body, field in cases:
-        response = agent.post("/api/jobs", body)
+        response = agent.start_job(body)
         assert response.status_code == 400, body
         assert response.json()["error"].startswith(field), response.json()
-    response = agent.client.post("/api/jobs", content=b"{not json")  # type: ignore[union-attr]
-    assert response.status_code == 400 and "body" in response.json()["error"]
     assert agent.get("/api/jobs").json() == {"jobs": []}
+
+
+def test_bad_start_frames_are_refused(agent: AgentProcess) -> None:
+    """The start body is the spec (its length in a header) then the code: a frame that does
+    not add up is a 400 naming the header, and nothing is created."""
+    path = protocol.START_JOB.path("f")
+    spec = b'{"id": "f", "commands": ["true"]}'
+    cases = [
+        ({}, spec, protocol.SPEC_LENGTH),  # no header
+        ({protocol.SPEC_LENGTH: "x"}, spec, protocol.SPEC_LENGTH),
+        ({protocol.SPEC_LENGTH: "0"}, spec, protocol.SPEC_LENGTH),
+        ({protocol.SPEC_LENGTH: str(len(spec) + 1)}, spec, protocol.SPEC_LENGTH),
+        ({protocol.SPEC_LENGTH: "9"}, b"{not json" + b"code", "spec"),
+        ({protocol.SPEC_LENGTH: "11"}, b'{"id": "g"}', "id"),  # not the job of the path
+        ({protocol.SPEC_LENGTH: str(len(spec))}, spec + b"not a tar", "code"),
+    ]
+    for headers, body, field in cases:
+        response = agent.client.post(path, content=body, headers=headers)  # type: ignore[union-attr]
+        assert response.status_code == 400, (headers, body)
+        assert response.json()["error"].startswith(field), response.json()
+    assert agent.get("/api/jobs").json() == {"jobs": []}
+    assert [p.name for p in (agent.home / "jobs").iterdir()] == []
 
 
 def test_unknown_job_and_endpoint(agent: AgentProcess) -> None:
@@ -71,8 +96,12 @@ def test_unknown_job_and_endpoint(agent: AgentProcess) -> None:
         response = agent.get(path)
         assert response.status_code == 404, path
         assert "error" in response.json()
-    assert agent.post("/api/jobs/nope/run").status_code == 404
     assert agent.post("/api/jobs/nope/stop", {}).status_code == 404
+    assert agent.post("/api/jobs/nope/remove").status_code == 404
+    # The three calls a start used to take are gone: one start carries spec and code.
+    assert agent.post("/api/jobs", {"id": "x", "commands": ["true"]}).status_code == 405
+    assert agent.post("/api/jobs/nope/run").status_code == 404
+    assert agent.client.put("/api/jobs/nope/code", content=b"").status_code == 404  # type: ignore[union-attr]
 
 
 def test_job_success_env_and_clean_base_env(agent: AgentProcess) -> None:
@@ -104,30 +133,23 @@ def test_job_failure_reports_exit_status_and_tail(agent: AgentProcess) -> None:
     assert agent.output("bad", "stdout") == "line1\n"
 
 
-def test_code_upload_and_working_dir(agent: AgentProcess) -> None:
-    agent.submit(
-        "code", ["/bin/sh", "-c", "pwd; cat hello.txt; ./run.sh"], run=False, working_dir="sub"
-    )
+def test_code_and_working_dir(agent: AgentProcess) -> None:
     data = make_tar({"sub/hello.txt": "hello from code\n", "sub/run.sh": "#!/bin/sh\necho ran\n"})
-    response = agent.client.put("/api/jobs/code/code", content=data)  # type: ignore[union-attr]
-    assert response.status_code == 200, response.text
-    response = agent.client.put("/api/jobs/code/code", content=data)  # type: ignore[union-attr]
-    assert response.status_code == 200  # idempotent
-    agent.ok("POST", "/api/jobs/code/run")
+    commands = ["/bin/sh", "-c", "pwd; cat hello.txt; ./run.sh"]
+    agent.submit("code", commands, code=data, working_dir="sub")
     assert agent.wait_finished("code")["status"] == "done"
     out = agent.output("code")
     assert out.splitlines() == [str(agent.home / "jobs/code/code/sub"), "hello from code", "ran"]
 
 
 def test_unsafe_code_is_rejected(agent: AgentProcess) -> None:
-    agent.submit("evil", ["true"], run=False)
     data = make_tar({"../escape.txt": "x"})
-    response = agent.client.put("/api/jobs/evil/code", content=data)  # type: ignore[union-attr]
+    response = agent.start_job({"id": "evil", "commands": ["true"]}, data)
     assert response.status_code == 400
     assert response.json()["error"].startswith("code")
     assert not (agent.home / "jobs" / "escape.txt").exists()
-    response = agent.client.put("/api/jobs/evil/code", content=b"not a tar")  # type: ignore[union-attr]
-    assert response.status_code == 400
+    assert agent.get("/api/jobs/evil").status_code == 404  # nothing half made
+    assert [p.name for p in (agent.home / "jobs").iterdir()] == []
 
 
 def test_logs_are_paged_by_cursor(agent: AgentProcess) -> None:
@@ -201,11 +223,37 @@ def test_stop_finished_and_submitted_jobs(agent: AgentProcess) -> None:
     agent.wait_finished("quick")
     state = agent.ok("POST", "/api/jobs/quick/stop", {"abort": True})
     assert state["status"] == "done"
-    agent.submit("never", ["true"], run=False)
+    # An agent killed between creating a job and running it leaves a submitted job; a stop
+    # then ends it without running, and a repeated start does not run it either.
+    spec = {"id": "never", "name": "never", "commands": ["/bin/sh", "-c", "echo ran"]}
+    _leave_submitted(agent, spec)
+    assert agent.job("never")["status"] == "submitted"
     state = agent.ok("POST", "/api/jobs/never/stop", {})
     assert state["status"] == "terminated"
     assert state["termination_reason"] == "terminated_by_server"
-    assert agent.ok("POST", "/api/jobs/never/run")["status"] == "terminated"
+    assert agent.start_job(spec).json()["status"] == "terminated"
+    assert agent.output("never") == ""
+
+
+def _leave_submitted(agent: AgentProcess, spec: dict[str, object], code: bytes = b"") -> None:
+    """What a start leaves when the agent dies after creating the job, before running it."""
+    job = agent.home / "jobs" / str(spec["id"])
+    (job / "code").mkdir(parents=True)
+    stored = {
+        **validate_spec(spec),
+        "code_sha256": hashlib.sha256(code).hexdigest(),
+        "submitted_at": "2026-01-01T00:00:00Z",
+    }
+    (job / "spec.json").write_text(json.dumps(stored))
+
+
+def test_a_start_repeated_after_an_agent_crash_runs_the_job(agent: AgentProcess) -> None:
+    spec = {"id": "crashed", "name": "crashed", "commands": ["/bin/sh", "-c", "echo ran"]}
+    _leave_submitted(agent, spec)
+    state = agent.start_job(spec).json()
+    assert state["status"] in ("running", "done")
+    assert agent.wait_finished("crashed")["status"] == "done"
+    assert agent.output("crashed") == "ran\n"
 
 
 def test_max_duration(agent: AgentProcess) -> None:
@@ -215,14 +263,24 @@ def test_max_duration(agent: AgentProcess) -> None:
     assert final["termination_reason"] == "max_duration_exceeded"
 
 
-def test_idempotent_submit_and_run(agent: AgentProcess) -> None:
-    first = agent.submit("idem", ["/bin/sh", "-c", "echo once"], run=False)
-    again = agent.submit("idem", ["/bin/sh", "-c", "echo twice"], run=False)
+def test_start_is_idempotent_by_job_id(agent: AgentProcess) -> None:
+    """A repeated start (the server crashed after sending it) answers the job as it is and
+    never runs it twice; a different spec or code under the same id is refused."""
+    code = make_tar({"f.txt": "x"})
+    commands = ["/bin/sh", "-c", "echo once"]
+    first = agent.submit("idem", commands, code=code)
+    again = agent.submit("idem", commands, code=code)
     assert again["submitted_at"] == first["submitted_at"]
-    agent.ok("POST", "/api/jobs/idem/run")
-    agent.ok("POST", "/api/jobs/idem/run")
     agent.wait_finished("idem")
-    agent.ok("POST", "/api/jobs/idem/run")
+    assert agent.submit("idem", commands, code=code)["status"] == "done"
+    assert agent.output("idem") == "once\n"
+    changed = agent.start_job({"id": "idem", "name": "idem", "commands": ["echo", "twice"]}, code)
+    assert changed.status_code == 409
+    assert changed.json()["error"].startswith("id") and "commands" in changed.json()["error"]
+    other_code = agent.start_job({"id": "idem", "name": "idem", "commands": commands}, b"")
+    assert other_code.status_code == 409 and "code" in other_code.json()["error"]
+    secret = agent.start_job({"id": "idem", "commands": commands, "env": {"K": "hunter2"}}, code)
+    assert secret.status_code == 409 and "hunter2" not in secret.text
     assert agent.output("idem") == "once\n"
     assert [j["id"] for j in agent.ok("GET", "/api/jobs")["jobs"]] == ["idem"]
 
@@ -285,17 +343,20 @@ def test_protocol_errors_are_json(agent: AgentProcess) -> None:
     assert response.status_code == 501 and "error" in response.json()
 
 
-def test_concurrent_submit_and_run_make_one_job(agent: AgentProcess) -> None:
-    body = {"id": "race", "name": "race", "commands": ["/bin/sh", "-c", "echo once"]}
+def test_concurrent_starts_make_one_job(agent: AgentProcess) -> None:
+    spec = {"id": "race", "name": "race", "commands": ["/bin/sh", "-c", "cat f.txt"]}
+    headers, body = protocol.encode_start(spec, make_tar({"f.txt": "once\n"}))
 
-    def submit_and_run(_: int) -> str:
+    def start(_: int) -> str:
         with httpx.Client(base_url=agent.url, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
-            submitted = c.post("/api/jobs", json=body).json()["submitted_at"]
-            assert c.post("/api/jobs/race/run").status_code == 200
-            return submitted
+            response = c.post("/api/jobs/race/start", content=body, headers=headers)
+            assert response.status_code == 200, response.text
+            # The same connection still works: the whole body was read.
+            assert c.get("/api/jobs/race").status_code == 200
+            return response.json()["submitted_at"]
 
     with ThreadPoolExecutor(8) as pool:
-        stamps = set(pool.map(submit_and_run, range(8)))
+        stamps = set(pool.map(start, range(8)))
     assert len(stamps) == 1
     agent.wait_finished("race")
     assert agent.output("race") == "once\n"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from dstack.agent.protocol import JOB_STATE_FIELDS
 from dstack.server.agent_client import AgentClient, AgentError, AgentUnreachableError
 from dstack.server.local_agent import ensure_local_agent
 
@@ -25,12 +26,17 @@ async def _lifecycle(url: str) -> None:
         assert (await client.healthcheck())["service"] == "dstack-agent"
         assert (await client.host_info())["cpus"] >= 1
         spec = {"id": "c1", "name": "c1", "commands": ["/bin/sh", "-c", "cat f.txt; exit 4"]}
-        assert (await client.submit_job(spec))["status"] == "submitted"
-        await client.upload_code("c1", _tar({"f.txt": "from client\n"}))
+        code = _tar({"f.txt": "from client\n"})
         started = time.monotonic()
-        await client.run_job("c1")
+        first = await client.start_job(spec, code)
         # Generous bound of the apply-to-running budget (benchmarks measure the real number).
         assert time.monotonic() - started < 0.5
+        assert first["status"] in ("running", "failed")
+        again = await client.start_job(spec, code)  # a retried start: the same job
+        assert again["submitted_at"] == first["submitted_at"]
+        with pytest.raises(AgentError) as err:
+            await client.start_job({**spec, "commands": ["true"]}, code)
+        assert err.value.status_code == 409 and "commands" in err.value.message
         while (await client.get_job("c1"))["status"] == "running":
             assert time.monotonic() - started < 5
             await asyncio.sleep(0.02)
@@ -39,7 +45,9 @@ async def _lifecycle(url: str) -> None:
         page = await client.poll_logs("c1", 0, 1024)
         assert base64.b64decode(page["entries"][0]["message"]) == b"from client\n"
         assert page["finished"] is True
-        assert [j["id"] for j in (await client.list_jobs())["jobs"]] == ["c1"]
+        listed = await client.list_jobs()
+        assert listed == [state]  # everything get_job says, for every job of the host
+        assert set(listed[0]) == set(JOB_STATE_FIELDS)
         assert (await client.stop_job("c1", abort=True, reason=None))["status"] == "failed"
         await client.remove_job("c1")
         with pytest.raises(AgentError) as err:

@@ -32,16 +32,10 @@ def dagent(agent: AgentProcess, image: str) -> Iterator[AgentProcess]:
         subprocess.run(["docker", "rm", "-f", f"dstack-{job.name}"], capture_output=True)
 
 
-def _docker_job(agent: AgentProcess, job_id: str, script: str, **spec: object) -> None:
-    body = {
-        "id": job_id,
-        "name": job_id,
-        "runtime": "docker",
-        "image": IMAGE,
-        "commands": ["/bin/sh", "-c", script],
-        **spec,
-    }
-    agent.ok("POST", "/api/jobs", body)
+def _docker_job(
+    agent: AgentProcess, job_id: str, script: str, code: bytes = b"", **spec: object
+) -> None:
+    agent.submit(job_id, ["/bin/sh", "-c", script], code, runtime="docker", image=IMAGE, **spec)
 
 
 def test_docker_job_code_env_and_exit_code(dagent: AgentProcess) -> None:
@@ -49,13 +43,11 @@ def test_docker_job_code_env_and_exit_code(dagent: AgentProcess) -> None:
         dagent,
         "d1",
         'pwd; cat hello.txt; echo "$MULTI"; echo err >&2; exit 3',
+        make_tar({"sub/hello.txt": "hi\n"}),
         working_dir="sub",
         env={"MULTI": "a\nb"},
         shm_size_mib=64,
     )
-    put = dagent.client.put("/api/jobs/d1/code", content=make_tar({"sub/hello.txt": "hi\n"}))  # type: ignore[union-attr]
-    assert put.status_code == 200
-    dagent.ok("POST", "/api/jobs/d1/run")
     final = dagent.wait_finished("d1", timeout=15)
     assert (final["status"], final["exit_status"]) == ("failed", 3)
     assert final["termination_reason"] == "container_exited_with_error"
@@ -65,9 +57,8 @@ def test_docker_job_code_env_and_exit_code(dagent: AgentProcess) -> None:
 
 
 def test_docker_ports_and_graceful_stop(dagent: AgentProcess) -> None:
-    _docker_job(dagent, "web", "echo serving; exec httpd -f -p 8000 -h /workflow", ports=[8000])
-    dagent.client.put("/api/jobs/web/code", content=make_tar({"index.html": "hello web\n"}))  # type: ignore[union-attr]
-    dagent.ok("POST", "/api/jobs/web/run")
+    script = "echo serving; exec httpd -f -p 8000 -h /workflow"
+    _docker_job(dagent, "web", script, make_tar({"index.html": "hello web\n"}), ports=[8000])
     state = wait_for(lambda: dagent.job("web")["ports"] or None, timeout=15)
     host_port = state["8000"]
 
@@ -85,7 +76,6 @@ def test_docker_ports_and_graceful_stop(dagent: AgentProcess) -> None:
 
 def test_docker_abort_and_remove(dagent: AgentProcess) -> None:
     _docker_job(dagent, "stuck", "trap '' TERM; echo started; while true; do sleep 1; done")
-    dagent.ok("POST", "/api/jobs/stuck/run")
     dagent.wait_output("stuck", "started", timeout=15)
     dagent.ok("POST", "/api/jobs/stuck/stop", {"abort": True, "reason": "aborted_by_user"})
     final = dagent.wait_finished("stuck", timeout=10)
@@ -97,14 +87,6 @@ def test_docker_abort_and_remove(dagent: AgentProcess) -> None:
 
 
 def test_docker_missing_image_is_creating_container_error(dagent: AgentProcess) -> None:
-    body = {
-        "id": "noimg",
-        "name": "noimg",
-        "runtime": "docker",
-        "image": "dstack-test-missing:nope",
-        "commands": ["true"],
-    }
-    dagent.ok("POST", "/api/jobs", body)
-    dagent.ok("POST", "/api/jobs/noimg/run")
+    dagent.submit("noimg", ["true"], runtime="docker", image="dstack-test-missing:nope")
     final = dagent.wait_finished("noimg", timeout=30)
     assert (final["status"], final["termination_reason"]) == ("failed", "creating_container_error")

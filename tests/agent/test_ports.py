@@ -120,7 +120,8 @@ def test_pinned_busy_port_fails_the_job_before_it_starts(
     assert not marker.exists()  # the commands never ran
     assert f"port {port} is already in use" in agent.output("pinned", "stderr")
     # Asking again does not start it either; it can be removed like any finished job.
-    assert agent.ok("POST", "/api/jobs/pinned/run")["status"] == "failed"
+    again = agent.shell("pinned", f"touch {marker}", listen_port=port, host_label="local")
+    assert again["status"] == "failed" and not marker.exists()
     agent.ok("POST", "/api/jobs/pinned/remove")
 
 

@@ -98,7 +98,7 @@ def test_no_keys_no_server(agent: AgentProcess) -> None:
 
 
 def test_bad_ssh_keys_rejected(agent: AgentProcess) -> None:
-    r = agent.post("/api/jobs", {"id": "x", "commands": ["true"], "ssh_keys": ["garbage"]})
+    r = agent.start_job({"id": "x", "commands": ["true"], "ssh_keys": ["garbage"]})
     assert r.status_code == 400
     assert r.json()["error"].startswith("ssh_keys:")
 
@@ -149,7 +149,7 @@ def test_host_keys_added_for_the_job_and_removed_with_it(tmp_path: Path) -> None
 
 def test_key_options_cannot_be_injected(agent: AgentProcess) -> None:
     bad = 'command="rm -rf /" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOwn x'
-    r = agent.post("/api/jobs", {"id": "x", "commands": ["true"], "host_ssh_keys": [bad]})
+    r = agent.start_job({"id": "x", "commands": ["true"], "host_ssh_keys": [bad]})
     assert r.status_code == 400
     assert r.json()["error"].startswith("host_ssh_keys:")
 

@@ -9,7 +9,15 @@ import pytest
 
 from dstack.models.instances import InstanceType, Resources
 from dstack.models.offers import InstanceOfferWithAvailability
-from dstack.server.reconcilers.jobs import Decision, JobView, decide, final_status
+from dstack.server.reconcilers.jobs import (
+    Decision,
+    JobView,
+    StartKind,
+    StartOutcome,
+    after_start,
+    decide,
+    final_status,
+)
 from dstack.server.scheduler.placement import Candidate
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
@@ -492,3 +500,78 @@ def test_submitted_fitting_only_busy_instances_waits_in_the_queue() -> None:
         no_capacity_message=NO_CAP,
     )
     assert decide(v, NOW) == Decision("wait")
+
+
+# -- the outcome of the start act: after_start() -----------------------------------------------
+
+PORT_TAKEN = "port 8000 is already in use on host local"
+STARTED_STATE = {"id": "j", "status": "running", "termination_reason": None}
+DONE_STATE = {"id": "j", "status": "done", "termination_reason": "done_by_runner"}
+PORTS_STATE = {
+    "id": "j",
+    "status": "failed",
+    "termination_reason": "ports_binding_failed",
+    "termination_message": PORT_TAKEN,
+}
+
+# (id, outcome, expected decision): one row per row of the docstring's start-outcome table.
+START_TABLE = [
+    ("agent-not-ready", StartOutcome(StartKind.AGENT_NOT_READY), Decision("wait")),
+    ("peers-not-ready", StartOutcome(StartKind.PEERS_NOT_READY), Decision("wait")),
+    ("agent-unreachable", StartOutcome(StartKind.AGENT_UNREACHABLE), Decision("wait")),
+    (
+        "runtime-error",
+        StartOutcome(StartKind.RUNTIME_ERROR, "no Docker engine"),
+        Decision(
+            "start", status="terminating", reason="executor_error", message="no Docker engine"
+        ),
+    ),
+    (
+        "agent-refused",
+        StartOutcome(StartKind.AGENT_REFUSED, "id: job 'j' exists with a different env"),
+        Decision(
+            "start",
+            status="terminating",
+            reason="executor_error",
+            message="id: job 'j' exists with a different env",
+        ),
+    ),
+    (
+        "ports-binding-failed",
+        StartOutcome.answered(PORTS_STATE),
+        Decision(
+            "start", status="terminating", reason="ports_binding_failed", message=PORT_TAKEN
+        ),
+    ),
+    ("started", StartOutcome.answered(STARTED_STATE), Decision("start", status="running")),
+    (
+        # A start repeated after a crash may find the job already finished: it ran, so it is
+        # `running` now and the next observation ends it with the agent's reason.
+        "started/already-finished",
+        StartOutcome.answered(DONE_STATE),
+        Decision("start", status="running"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("outcome", "expected"), [r[1:] for r in START_TABLE], ids=[r[0] for r in START_TABLE]
+)
+def test_after_start(outcome: StartOutcome, expected: Decision) -> None:
+    decision = after_start(outcome)
+    assert decision == expected
+    # Plain strings reach the database and the event messages, never enum members.
+    for value in (decision.status, decision.reason):
+        assert value is None or type(value) is str
+
+
+def test_every_start_kind_has_a_row() -> None:
+    assert {r[1].kind for r in START_TABLE} == set(StartKind)
+
+
+def test_answered_classifies_the_agents_state() -> None:
+    assert StartOutcome.answered(PORTS_STATE).kind is StartKind.PORTS_BINDING_FAILED
+    assert StartOutcome.answered(PORTS_STATE).message == PORT_TAKEN
+    assert StartOutcome.answered(STARTED_STATE) == StartOutcome(
+        StartKind.STARTED, state=STARTED_STATE
+    )

@@ -7,6 +7,8 @@ so the agent may be killed and restarted at any moment.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -21,16 +23,17 @@ from pathlib import Path
 from typing import IO, Any
 
 from dstack.agent import docker, gpus, ports, sshd
+from dstack.agent import protocol as p
 from dstack.agent.gpus import GPUS_FILE
 from dstack.agent.hostinfo import GpuCache
 from dstack.agent.logs import LogWriter, read_page
+from dstack.agent.protocol import JOB_ID_RE, JobState
 from dstack.agent.spec import BadRequest, validate_spec
 from dstack.agent.state import SUPERVISOR_LOST, derive_state, is_finished
 from dstack.agent.tarsafe import unpack_code
 from dstack.agent.util import (
     CHILD_FILE,
     CODE_DIR,
-    JOB_ID_RE,
     LOGS_FILE,
     PORTS_FILE,
     READY_FILE,
@@ -91,7 +94,7 @@ class JobStore:
             return False
         return pid_alive(int(supervisor.get("pid", 0)), supervisor.get("proc_start"))
 
-    def _state_at(self, path: Path) -> dict[str, Any]:
+    def _state_at(self, path: Path) -> JobState:
         spec = read_json(path / SPEC_FILE)
         if not isinstance(spec, dict):
             raise NotFound(f"job {path.name!r} not found")
@@ -125,9 +128,9 @@ class JobStore:
         if output:
             message += " Supervisor output:\n" + output
         result = {
-            "status": "failed",
+            "status": p.FAILED,
             "exit_status": None,
-            "termination_reason": "executor_error",
+            "termination_reason": p.EXECUTOR_ERROR,
             "termination_message": message,
             "finished_at": now_iso(),
         }
@@ -150,11 +153,11 @@ class JobStore:
         return result
 
     # --- API -----------------------------------------------------------------------
-    def state(self, job_id: str) -> dict[str, Any]:
+    def state(self, job_id: str) -> JobState:
         return self._state_at(self._dir(job_id))
 
-    def list(self) -> list[dict[str, Any]]:
-        states = []
+    def list(self) -> list[JobState]:
+        states: list[JobState] = []
         for path in sorted(self.root.iterdir()):
             if path.name.startswith("."):
                 continue
@@ -165,43 +168,50 @@ class JobStore:
         states.sort(key=lambda s: s.get("submitted_at") or "")
         return states
 
-    def submit(self, body: Any) -> dict[str, Any]:
+    def start(self, body: Any, code: IO[bytes], length: int) -> JobState:
+        """Create the job with its code and run it, in one idempotent step keyed by its id.
+
+        The server may send the same start again (it crashed, or the answer was lost): the
+        same spec and code return the job as it is now and never start it twice; a different
+        spec or code under that id is a Conflict. A job is created whole (spec and unpacked
+        code appear together under its id), so a crash leaves either nothing or a job that a
+        repeated start runs."""
         spec = validate_spec(body)
-        with self._lock:
-            path = self.root / spec["id"]
-            if (path / SPEC_FILE).is_file():
-                return self._state_at(path)
-            spec["submitted_at"] = now_iso()
-            tmp = self.root / f".new-{uuid.uuid4().hex}"
-            tmp.mkdir()
+        job_id = spec["id"]
+        with tempfile.TemporaryFile(dir=str(self.root)) as spool:
+            spec["code_sha256"] = _spool(code, spool, length)
+            spool.seek(0)
+            with self._job_lock(job_id):
+                path = self.root / job_id
+                existing = read_json(path / SPEC_FILE)
+                if isinstance(existing, dict):
+                    _check_same(job_id, existing, spec)
+                else:
+                    self._create(path, spec, spool, length)
+            return self._run(job_id, path)
+
+    def _create(self, path: Path, spec: dict[str, Any], code: IO[bytes], length: int) -> None:
+        spec["submitted_at"] = now_iso()
+        tmp = self.root / f".new-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            if length:
+                unpack_code(code, tmp / CODE_DIR)
+            else:
+                (tmp / CODE_DIR).mkdir()
             write_json_atomic(tmp / SPEC_FILE, spec, mode=0o600)
             shutil.rmtree(path, ignore_errors=True)  # a leftover without spec.json
             os.replace(tmp, path)
-            log.info("job %s: submitted (%s runtime)", spec["id"], spec["runtime"])
-            return self._state_at(path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        log.info("job %s: created (%s runtime)", spec["id"], spec["runtime"])
 
-    def upload_code(self, job_id: str, body: IO[bytes], length: int) -> dict[str, Any]:
-        path = self._dir(job_id)
-        with self._job_lock(job_id):
-            if (path / SUPERVISOR_FILE).exists() or (path / RESULT_FILE).exists():
-                _drain(body, length)
-                return self._state_at(path)  # already started: a retried upload is a no-op
-            with tempfile.TemporaryFile(dir=str(path)) as spool:
-                _copy(body, spool, length)
-                spool.seek(0)
-                if length == 0:
-                    shutil.rmtree(path / CODE_DIR, ignore_errors=True)
-                    (path / CODE_DIR).mkdir()
-                else:
-                    unpack_code(spool, path / CODE_DIR)
-        return self._state_at(path)
-
-    def run(self, job_id: str) -> dict[str, Any]:
-        path = self._dir(job_id)
+    def _run(self, job_id: str, path: Path) -> JobState:
         with self._job_lock(job_id), self._lock:
             state = self._state_at(path)
-            if state["status"] != "submitted":
-                return state
+            if state["status"] != p.SUBMITTED:
+                return state  # started (or stopped) before: never twice
             (path / CODE_DIR).mkdir(exist_ok=True)
             if not self._assign_listen_port(path):
                 return self._state_at(path)
@@ -225,9 +235,9 @@ class JobStore:
         finally:
             writer.close()
         result = {
-            "status": "failed",
+            "status": p.FAILED,
             "exit_status": None,
-            "termination_reason": "ports_binding_failed",
+            "termination_reason": p.PORTS_BINDING_FAILED,
             "termination_message": error,
             "finished_at": now_iso(),
         }
@@ -299,16 +309,16 @@ class JobStore:
 
     def stop(
         self, job_id: str, abort: bool, reason: str | None, message: str | None = None
-    ) -> dict[str, Any]:
+    ) -> JobState:
         path = self._dir(job_id)
-        reason = reason or "terminated_by_server"
+        reason = reason or p.TERMINATED_BY_SERVER
         with self._lock:
             state = self._state_at(path)
             if is_finished(state):
                 return state
-            if state["status"] == "submitted":
+            if state["status"] == p.SUBMITTED:
                 result = {
-                    "status": "terminated",
+                    "status": p.TERMINATED,
                     "exit_status": None,
                     "termination_reason": reason,
                     "termination_message": message,
@@ -368,23 +378,33 @@ class JobStore:
         return {"id": job_id, "removed": True}
 
 
-def _copy(src: IO[bytes], dst: IO[bytes], length: int) -> None:
+def _spool(src: IO[bytes], dst: IO[bytes], length: int) -> str:
+    """Copy exactly `length` bytes (the whole request body is read, so the connection stays
+    usable) and return their sha256: a repeated start must bring the same code."""
+    digest = hashlib.sha256()
     remaining = length
     while remaining > 0:
         chunk = src.read(min(SPOOL_CHUNK, remaining))
         if not chunk:
             raise BadRequest("body: shorter than its Content-Length")
+        digest.update(chunk)
         dst.write(chunk)
         remaining -= len(chunk)
+    return digest.hexdigest()
 
 
-def _drain(src: IO[bytes], length: int) -> None:
-    remaining = length
-    while remaining > 0:
-        chunk = src.read(min(SPOOL_CHUNK, remaining))
-        if not chunk:
-            return
-        remaining -= len(chunk)
+# Fields the agent adds to a stored spec: not part of what the server asked for.
+_STORED_ONLY = ("submitted_at",)
+
+
+def _check_same(job_id: str, stored: dict[str, Any], spec: dict[str, Any]) -> None:
+    """A start of an existing job must ask for exactly that job again."""
+    asked = json.loads(json.dumps(spec))  # compare as stored: tuples become lists, ...
+    keys = (set(stored) | set(asked)) - set(_STORED_ONLY)
+    differ = sorted(k for k in keys if stored.get(k) != asked.get(k))
+    if differ:
+        # Names only: values may hold secrets (env).
+        raise Conflict(f"id: job {job_id!r} exists with a different {', '.join(differ)}")
 
 
 def _tail(path: Path, size: int = 1024) -> str:

@@ -15,8 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-DEFAULT_LIMIT = 256 * 1024
-MAX_LIMIT = 4 * 1024 * 1024
 # Reads from a job's pipes are at most this big, which bounds one record's size.
 CHUNK_SIZE = 32 * 1024
 TAIL_LINES = 5

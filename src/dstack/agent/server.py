@@ -1,6 +1,7 @@
-"""The agent's HTTP API: JSON over loopback, bearer-token authenticated.
+"""The agent's HTTP API: JSON over loopback, bearer-token authenticated. Paths, headers,
+limits and shapes come from `protocol.py`, which the server's client shares.
 
-Every failure becomes a JSON `{"error": ...}` with a 4xx/5xx code; a traceback only
+Every failure becomes the protocol's error body with a 4xx/5xx code; a traceback only
 ever goes to the agent's own log.
 """
 
@@ -20,16 +21,15 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from dstack.agent import __version__
+from dstack.agent import protocol as p
 from dstack.agent.hostinfo import HostInfoCache
 from dstack.agent.jobs import Conflict, JobStore, NotFound
-from dstack.agent.logs import DEFAULT_LIMIT, MAX_LIMIT, BadOffset
+from dstack.agent.logs import BadOffset
 from dstack.agent.spec import BadRequest
 from dstack.agent.tarsafe import UnsafeArchive
 
 log = logging.getLogger("dstack.agent")
 
-MAX_JSON_BODY = 16 * 1024 * 1024
-MAX_CODE_BODY = 4 * 1024 * 1024 * 1024
 IDLE_CONNECTION_TIMEOUT = 120
 
 
@@ -55,13 +55,14 @@ class AgentHTTPServer(ThreadingHTTPServer):
         self.host_info = HostInfoCache(home)
 
 
-Route = Callable[["Handler", "re.Match[str]"], Any]
-ROUTES: list[tuple[str, re.Pattern[str], str]] = []
+Endpoint = Callable[["Handler", "re.Match[str]"], Any]
+# The handler of each protocol route, by the route (filled in by @serves).
+ENDPOINTS: dict[p.Route, str] = {}
 
 
-def route(method: str, pattern: str) -> Callable[[Route], Route]:
-    def register(fn: Route) -> Route:
-        ROUTES.append((method, re.compile(f"^{pattern}$"), fn.__name__))
+def serves(route: p.Route) -> Callable[[Endpoint], Endpoint]:
+    def register(fn: Endpoint) -> Endpoint:
+        ENDPOINTS[route] = fn.__name__
         return fn
 
     return register
@@ -104,8 +105,8 @@ class Handler(BaseHTTPRequestHandler):
         try:
             url = urlsplit(self.path)
             self.query = parse_qs(url.query)
-            fn, match = self._find_route(method, url.path)
-            if fn.__name__ != "healthcheck":
+            route, fn, match = self._find_route(method, url.path)
+            if route not in p.UNAUTHENTICATED:
                 self._authenticate()
             result = fn(self, match)
             self._send(200, result)
@@ -125,21 +126,21 @@ class Handler(BaseHTTPRequestHandler):
             log.exception("error handling %s %s", method, self.path)
             self._error(500, "internal agent error; see agent.log")
 
-    def _find_route(self, method: str, path: str) -> tuple[Route, re.Match[str]]:
+    def _find_route(self, method: str, path: str) -> tuple[p.Route, Endpoint, re.Match[str]]:
         path_matched = False
-        for route_method, pattern, name in ROUTES:
-            match = pattern.match(path)
+        for route in p.ROUTES:
+            match = route.match(path)
             if match:
                 path_matched = True
-                if route_method == method:
-                    return getattr(Handler, name), match
+                if route.method == method:
+                    return route, getattr(Handler, ENDPOINTS[route]), match
         if path_matched:
             raise HttpError(405, f"method {method} not allowed on {path}")
         raise HttpError(404, f"no such endpoint: {path}")
 
     def _authenticate(self) -> None:
-        scheme, _, token = self.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        scheme, _, token = self.headers.get(p.AUTHORIZATION, "").partition(" ")
+        if scheme.lower() != p.BEARER.lower() or not token.strip():
             raise HttpError(401, "missing bearer token")
         given = token_hash(token.strip())
         if not hmac.compare_digest(given, self.server.token_sha256):
@@ -159,15 +160,10 @@ class Handler(BaseHTTPRequestHandler):
         return length
 
     def _json_body(self) -> Any:
-        length = self._length(MAX_JSON_BODY)
+        length = self._length(p.MAX_JSON_BODY)
         raw = self.rfile.read(length) if length else b""
         self._body_read = True
-        if not raw.strip():
-            return {}
-        try:
-            return json.loads(raw)
-        except ValueError as e:
-            raise HttpError(400, f"body: invalid JSON ({e})") from None
+        return _parse_json(raw, "body")
 
     def _send(self, status: int, payload: Any) -> None:
         data = json.dumps(payload).encode()
@@ -175,7 +171,7 @@ class Handler(BaseHTTPRequestHandler):
             # An unread request body would corrupt the next request on this connection.
             self.close_connection = True
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header(p.CONTENT_TYPE, p.JSON_TYPE)
         self.send_header("Content-Length", str(len(data)))
         if self.close_connection:
             self.send_header("Connection", "close")
@@ -184,7 +180,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _error(self, status: int, message: str) -> None:
         with contextlib.suppress(OSError):
-            self._send(status, {"error": message})
+            self._send(status, p.error_body(message))
 
     def _query_int(self, name: str, default: int) -> int:
         values = self.query.get(name)
@@ -196,64 +192,86 @@ class Handler(BaseHTTPRequestHandler):
             raise HttpError(400, f"{name}: must be an integer") from None
 
     # --- endpoints -----------------------------------------------------------------
-    @route("GET", "/api/healthcheck")
+    @serves(p.HEALTHCHECK)
     def healthcheck(self, _m: re.Match[str]) -> Any:
-        return {"service": "dstack-agent", "version": __version__}
+        return {"service": p.SERVICE_NAME, "version": __version__}
 
-    @route("GET", "/api/host_info")
+    @serves(p.HOST_INFO)
     def host_info(self, _m: re.Match[str]) -> Any:
         return self.server.host_info.get()
 
-    @route("GET", "/api/jobs")
+    @serves(p.LIST_JOBS)
     def list_jobs(self, _m: re.Match[str]) -> Any:
-        return {"jobs": self.server.jobs.list()}
+        return p.jobs_body(self.server.jobs.list())
 
-    @route("POST", "/api/jobs")
-    def submit_job(self, _m: re.Match[str]) -> Any:
-        return self.server.jobs.submit(self._json_body())
+    @serves(p.START_JOB)
+    def start_job(self, m: re.Match[str]) -> Any:
+        total = self._length(p.MAX_JSON_BODY + p.MAX_CODE_BODY)
+        try:
+            spec_length = p.spec_length(self.headers.get(p.SPEC_LENGTH), total)
+        except ValueError as e:
+            raise HttpError(400, str(e)) from None
+        if total - spec_length > p.MAX_CODE_BODY:
+            raise HttpError(413, f"code: larger than {p.MAX_CODE_BODY} bytes")
+        spec = _parse_json(self.rfile.read(spec_length), "spec")
+        if isinstance(spec, dict):
+            spec.setdefault("id", m["id"])
+            if spec["id"] != m["id"]:
+                raise BadRequest(f"id: {spec['id']!r} is not the job of the path ({m['id']!r})")
+        # On success the store has read the whole code part; on an error before that, the
+        # unread rest makes _send close the connection.
+        state = self.server.jobs.start(spec, self.rfile, total - spec_length)
+        self._body_read = True
+        return state
 
-    @route("GET", "/api/jobs/(?P<id>[^/]+)")
+    @serves(p.GET_JOB)
     def get_job(self, m: re.Match[str]) -> Any:
         return self.server.jobs.state(m["id"])
 
-    @route("PUT", "/api/jobs/(?P<id>[^/]+)/code")
-    def upload_code(self, m: re.Match[str]) -> Any:
-        length = self._length(MAX_CODE_BODY)
-        self._body_read = True  # the store reads (or drains) exactly `length` bytes
-        return self.server.jobs.upload_code(m["id"], self.rfile, length)
-
-    @route("POST", "/api/jobs/(?P<id>[^/]+)/run")
-    def run_job(self, m: re.Match[str]) -> Any:
-        self._json_body()
-        return self.server.jobs.run(m["id"])
-
-    @route("GET", "/api/jobs/(?P<id>[^/]+)/logs")
+    @serves(p.JOB_LOGS)
     def job_logs(self, m: re.Match[str]) -> Any:
-        offset = self._query_int("offset", 0)
-        limit = self._query_int("limit", DEFAULT_LIMIT)
+        offset = self._query_int(p.OFFSET, 0)
+        limit = self._query_int(p.LIMIT, p.LOGS_DEFAULT_LIMIT)
         if offset < 0:
-            raise HttpError(400, "offset: must be >= 0")
-        if not 0 < limit <= MAX_LIMIT:
-            raise HttpError(400, f"limit: must be between 1 and {MAX_LIMIT}")
+            raise HttpError(400, f"{p.OFFSET}: must be >= 0")
+        if not 0 < limit <= p.LOGS_MAX_LIMIT:
+            raise HttpError(400, f"{p.LIMIT}: must be between 1 and {p.LOGS_MAX_LIMIT}")
         return self.server.jobs.logs(m["id"], offset, limit)
 
-    @route("POST", "/api/jobs/(?P<id>[^/]+)/stop")
+    @serves(p.STOP_JOB)
     def stop_job(self, m: re.Match[str]) -> Any:
         body = self._json_body()
         if not isinstance(body, dict):
             raise BadRequest("body: must be a JSON object")
-        abort = body.get("abort", False)
-        reason = body.get("reason")
-        message = body.get("message")
+        abort = body.get(p.ABORT, False)
+        reason = body.get(p.REASON)
+        message = body.get(p.MESSAGE)
         if not isinstance(abort, bool):
-            raise BadRequest("abort: must be a boolean")
+            raise BadRequest(f"{p.ABORT}: must be a boolean")
         if reason is not None and (not isinstance(reason, str) or not reason or len(reason) > 100):
-            raise BadRequest("reason: must be a non-empty string (at most 100 chars) or null")
+            raise BadRequest(
+                f"{p.REASON}: must be a non-empty string (at most 100 chars) or null"
+            )
         if message is not None and not isinstance(message, str):
-            raise BadRequest("message: must be a string or null")
+            raise BadRequest(f"{p.MESSAGE}: must be a string or null")
         return self.server.jobs.stop(m["id"], abort, reason, message)
 
-    @route("POST", "/api/jobs/(?P<id>[^/]+)/remove")
+    @serves(p.REMOVE_JOB)
     def remove_job(self, m: re.Match[str]) -> Any:
         self._json_body()
         return self.server.jobs.remove(m["id"])
+
+
+def _parse_json(raw: bytes, what: str) -> Any:
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except ValueError as e:
+        raise HttpError(400, f"{what}: invalid JSON ({e})") from None
+
+
+# Every route of the protocol has its handler: a route added there and not here fails at import.
+_missing = [r for r in p.ROUTES if r not in ENDPOINTS]
+if _missing:
+    raise RuntimeError(f"agent routes without a handler: {_missing}")

@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from dstack.agent.ports import MAX_SEARCH
-from dstack.agent.util import JOB_ID_RE
+from dstack.agent.protocol import JOB_ID_RE
 
 DEFAULT_STOP_DURATION = 300
 # A key line must start with its type: no authorized_keys options (`command=`, ...) slip in.

@@ -5,13 +5,10 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import re
 import threading
 import time
 from pathlib import Path
 from typing import Any
-
-JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 def now_iso() -> str:

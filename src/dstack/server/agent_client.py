@@ -1,7 +1,8 @@
-"""Async HTTP client of the host agent (see docs/agent.md for the protocol).
+"""Async HTTP client of the host agent. The protocol (paths, headers, fields, the error shape)
+is `dstack.agent.protocol`, shared with the agent; docs/agent.md describes it.
 
-One `httpx.AsyncClient` per agent keeps its connection alive: starting a job is
-several small calls, and the whole apply-to-running path is latency bound.
+One `httpx.AsyncClient` per agent keeps its connection alive: the apply-to-running path is
+latency bound, and watching many hosts must cost one small request each.
 """
 
 from __future__ import annotations
@@ -9,6 +10,18 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+
+from dstack.agent import protocol as p
+from dstack.agent.protocol import FINISHED, JobState
+
+__all__ = [
+    "FINISHED",
+    "AgentClient",
+    "AgentClientError",
+    "AgentError",
+    "AgentUnreachableError",
+    "JobState",
+]
 
 DEFAULT_TIMEOUT = 9.0
 UPLOAD_TIMEOUT = 60.0
@@ -43,7 +56,7 @@ class AgentClient:
         self.base_url = base_url.rstrip("/")
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
-            headers={"Authorization": f"Bearer {token}"},
+            headers={p.AUTHORIZATION: f"{p.BEARER} {token}"},
             timeout=timeout,
             transport=transport,
         )
@@ -57,9 +70,9 @@ class AgentClient:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+    async def _call(self, route: p.Route, job_id: str | None = None, **kwargs: Any) -> Any:
         try:
-            response = await self._client.request(method, path, **kwargs)
+            response = await self._client.request(route.method, route.path(job_id), **kwargs)
         except httpx.TimeoutException as e:
             raise AgentUnreachableError(f"agent at {self.base_url} timed out: {e!r}") from e
         except httpx.TransportError as e:
@@ -72,40 +85,38 @@ class AgentClient:
             raise AgentError(f"agent sent invalid JSON: {e}", response.status_code) from e
 
     async def healthcheck(self) -> dict[str, Any]:
-        return await self._request("GET", "/api/healthcheck")
+        return await self._call(p.HEALTHCHECK)
 
     async def host_info(self) -> dict[str, Any]:
-        return await self._request("GET", "/api/host_info")
+        return await self._call(p.HOST_INFO)
 
-    async def submit_job(self, spec: dict[str, Any]) -> dict[str, Any]:
-        return await self._request("POST", "/api/jobs", json=spec)
-
-    async def upload_code(self, job_id: str, data: bytes) -> dict[str, Any]:
-        return await self._request(
-            "PUT",
-            f"/api/jobs/{job_id}/code",
-            content=data,
-            headers={"Content-Type": "application/gzip"},
-            timeout=UPLOAD_TIMEOUT,
+    async def start_job(self, spec: dict[str, Any], code: bytes) -> JobState:
+        """Create and run the job with its code, in one request. Idempotent by the spec's
+        `id`: sent again, it answers the job's current state and never starts it twice; a
+        different spec or code under that id is refused (AgentError, 409)."""
+        headers, body = p.encode_start(spec, code)
+        return await self._call(
+            p.START_JOB, spec["id"], content=body, headers=headers, timeout=UPLOAD_TIMEOUT
         )
 
-    async def run_job(self, job_id: str) -> dict[str, Any]:
-        return await self._request("POST", f"/api/jobs/{job_id}/run")
+    async def list_jobs(self) -> list[JobState]:
+        """Every job on the host in one call; a job missing from it is unknown to the agent."""
+        body = await self._call(p.LIST_JOBS)
+        try:
+            return p.jobs_of(body)
+        except ValueError as e:
+            raise AgentError(f"agent sent an invalid job list: {e}", 200) from e
 
-    async def list_jobs(self) -> dict[str, Any]:
-        """Every job on the host in one call: {"jobs": [state, ...]}."""
-        return await self._request("GET", "/api/jobs")
-
-    async def get_job(self, job_id: str) -> dict[str, Any]:
-        return await self._request("GET", f"/api/jobs/{job_id}")
+    async def get_job(self, job_id: str) -> JobState:
+        return await self._call(p.GET_JOB, job_id)
 
     async def poll_logs(
         self, job_id: str, offset: int = 0, limit: int | None = None
     ) -> dict[str, Any]:
-        params: dict[str, int] = {"offset": offset}
+        params: dict[str, int] = {p.OFFSET: offset}
         if limit is not None:
-            params["limit"] = limit
-        return await self._request("GET", f"/api/jobs/{job_id}/logs", params=params)
+            params[p.LIMIT] = limit
+        return await self._call(p.JOB_LOGS, job_id, params=params)
 
     async def stop_job(
         self,
@@ -113,21 +124,21 @@ class AgentClient:
         abort: bool = False,
         reason: str | None = None,
         message: str | None = None,
-    ) -> dict[str, Any]:
-        body: dict[str, Any] = {"abort": abort, "reason": reason}
+    ) -> JobState:
+        body: dict[str, Any] = {p.ABORT: abort, p.REASON: reason}
         if message is not None:
-            body["message"] = message
-        return await self._request("POST", f"/api/jobs/{job_id}/stop", json=body)
+            body[p.MESSAGE] = message
+        return await self._call(p.STOP_JOB, job_id, json=body)
 
     async def remove_job(self, job_id: str) -> dict[str, Any]:
-        return await self._request("POST", f"/api/jobs/{job_id}/remove")
+        return await self._call(p.REMOVE_JOB, job_id)
 
 
 def _error_message(response: httpx.Response) -> str:
     try:
-        body = response.json()
+        message = p.error_message(response.json())
     except ValueError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("error"), str):
-        return body["error"]
+        message = None
+    if message is not None:
+        return message
     return f"HTTP {response.status_code}: {response.text[:200]}"

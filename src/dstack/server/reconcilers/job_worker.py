@@ -14,12 +14,19 @@ from typing import Any
 from sqlalchemy import select, update
 
 from dstack.models.configurations import parse_configuration
-from dstack.models.runs import JobProvisioningData, JobSpec, RunSpec
+from dstack.models.runs import JobProvisioningData, JobSpec, JobStatus, RunSpec
 from dstack.models.wire import utcnow
-from dstack.server.agent_client import AgentClientError, AgentError, AgentUnreachableError
+from dstack.server.agent_client import (
+    AgentClient,
+    AgentClientError,
+    AgentError,
+    AgentUnreachableError,
+    JobState,
+)
 from dstack.server.db import tables as t
 from dstack.server.reconcilers.agents import AgentRegistry
 from dstack.server.reconcilers.base import LeaseLost, Reconciler
+from dstack.server.reconcilers.host_jobs import HostJobs
 from dstack.server.reconcilers.job_facts import (
     idle_duration,
     inactivity_duration,
@@ -35,7 +42,14 @@ from dstack.server.reconcilers.job_start import (
     runtime_data,
     ssh_keys,
 )
-from dstack.server.reconcilers.jobs import Decision, JobView, decide
+from dstack.server.reconcilers.jobs import (
+    Decision,
+    JobView,
+    StartKind,
+    StartOutcome,
+    after_start,
+    decide,
+)
 from dstack.server.scheduler import multinode
 from dstack.server.scheduler.placement import Candidate, Requirements, no_capacity_message, rank
 from dstack.server.services import events, logs
@@ -81,6 +95,7 @@ class JobReconciler(Reconciler):
         self._single_lock = asyncio.Lock()
         self._specs: dict[str, tuple[str, JobSpec]] = {}
         self._reqs: dict[tuple[str, str, int], Requirements] = {}
+        self.host_jobs = HostJobs(max_age=ctx.settings.running_job_poll_seconds / 2)
 
     def claim_order(self) -> tuple[Any, ...]:
         # Queued jobs are taken in priority, then submission order (DESIGN.md, 'Scheduling').
@@ -102,7 +117,7 @@ class JobReconciler(Reconciler):
         view = self._view(snap, agent_job, reachable)
         now = utcnow()
         d = decide(view, now)
-        extra = await self._act(snap, d, agent_job)
+        d, extra = await self._act(snap, d, agent_job)
         await self._apply(snap, d, extra, token, now)
 
     # -- load and observe -----------------------------------------------------------------
@@ -185,20 +200,21 @@ class JobReconciler(Reconciler):
         snap.placement, snap.queued = choice.candidate, choice.queued
         snap.no_capacity = choice.message or snap.no_capacity
 
-    async def _observe(self, snap: Snapshot) -> tuple[dict[str, Any] | None, bool]:
-        if snap.job.status not in ("running", "terminating") or snap.instance is None:
+    async def _observe(self, snap: Snapshot) -> tuple[JobState | None, bool]:
+        """The agent's state of the job (None: the agent has no such job) and whether the
+        agent answered. Jobs of one host share one list call (`host_jobs.py`)."""
+        watched = (JobStatus.RUNNING.value, JobStatus.TERMINATING.value)
+        if snap.job.status not in watched or snap.instance is None:
             return None, snap.instance is not None and not snap.instance.unreachable
         client = self.agents.client(snap.instance)
         if client is None:
             return None, True
         try:
-            return await client.get_job(snap.job.id), True
+            return await self.host_jobs.job(snap.instance.id, client, snap.job.id), True
         except AgentUnreachableError:
             await self._suspect(snap.instance.id)
             return None, False
-        except AgentError as e:
-            if e.status_code == 404:
-                return None, True
+        except AgentError:
             return None, False
 
     async def _suspect(self, instance_id: str) -> None:
@@ -238,18 +254,21 @@ class JobReconciler(Reconciler):
     # -- act ------------------------------------------------------------------------------
 
     async def _act(
-        self, snap: Snapshot, d: Decision, agent_job: dict[str, Any] | None
-    ) -> dict[str, Any]:
+        self, snap: Snapshot, d: Decision, agent_job: JobState | None
+    ) -> tuple[Decision, dict[str, Any]]:
+        """Carry out `d`; returns the decision to apply (a start's outcome decides its own,
+        `after_start()`) and extra column values."""
         if d.action == "start":
-            return await self._start(snap, d)
+            outcome, extra = await self._start(snap)
+            return after_start(outcome), extra
         extra: dict[str, Any] = {}
-        if snap.job.status == "running":
+        if snap.job.status == JobStatus.RUNNING.value:
             jrd = published_ports(snap.job.job_runtime_data, agent_job)
             if jrd is not None:
                 extra["job_runtime_data"] = jrd
         client = self.agents.client(snap.instance) if snap.instance else None
         if client is None:
-            return extra
+            return d, extra
         try:
             if d.action in ("stop", "abort"):
                 await client.stop_job(
@@ -261,9 +280,9 @@ class JobReconciler(Reconciler):
                 await client.remove_job(snap.job.id)
         except AgentClientError:
             pass  # observed again on the next pass; finalize still completes
-        return extra
+        return d, extra
 
-    async def _copy_logs(self, snap: Snapshot, client: Any, drain: bool) -> None:
+    async def _copy_logs(self, snap: Snapshot, client: AgentClient, drain: bool) -> None:
         path = logs.log_path(
             self.ctx.settings.logs_dir, snap.project.name, snap.job.run_name, snap.job.id
         )
@@ -276,19 +295,20 @@ class JobReconciler(Reconciler):
             if not entries:
                 break
 
-    async def _start(self, snap: Snapshot, d: Decision) -> dict[str, Any]:
+    async def _start(self, snap: Snapshot) -> tuple[StartOutcome, dict[str, Any]]:
+        """Send the job, its spec and code in one idempotent call (a start repeated after a
+        crash finds the job and never runs it twice). Returns what happened, for
+        `after_start()`, and the column values the answer fills in."""
         inst = snap.instance
         client = self.agents.client(inst) if inst else None
         if inst is None or client is None:
-            d.action, d.status = "wait", None
-            return {}
+            return StartOutcome(StartKind.AGENT_NOT_READY), {}
         host_info = json.loads(inst.host_info or "{}")
         cluster = None
         if snap.spec.jobs_per_replica > 1:
             cluster = await self._cluster(snap)
             if cluster is None:  # peers not placed yet, or the master has not started
-                d.action, d.status = "wait", None
-                return {}
+                return StartOutcome(StartKind.PEERS_NOT_READY), {}
         code = b""
         async with self.ctx.db.session() as s:
             project = await s.get(t.Project, snap.project.id)
@@ -309,24 +329,15 @@ class JobReconciler(Reconciler):
             remote_host=capabilities(self.ctx, inst.backend).remote_hosts,
         )
         if runtime_error:
-            d.status, d.reason, d.message = "terminating", "executor_error", runtime_error
-            return {}
+            return StartOutcome(StartKind.RUNTIME_ERROR, runtime_error), {}
         try:
-            await client.submit_job(spec)
-            await client.upload_code(snap.job.id, code)
-            state = await client.run_job(snap.job.id)
+            state = await client.start_job(spec, code)
         except AgentUnreachableError:
-            d.action, d.status = "wait", None  # the instance check will notice; retry
-            return {}
+            return StartOutcome(StartKind.AGENT_UNREACHABLE), {}  # the instance check notices
         except AgentError as e:
-            d.status, d.reason, d.message = "terminating", "executor_error", str(e)
-            return {}
-        if state.get("termination_reason") == "ports_binding_failed":
-            # Never `running`: the proxy would route to whatever holds the port.
-            d.status, d.reason = "terminating", "ports_binding_failed"
-            d.message = state.get("termination_message")
+            return StartOutcome(StartKind.AGENT_REFUSED, str(e)), {}
         jrd = runtime_data(spec, state, snap.spec)
-        return {"job_runtime_data": jrd.model_dump_json()}
+        return StartOutcome.answered(state), {"job_runtime_data": jrd.model_dump_json()}
 
     async def _cluster(self, snap: Snapshot) -> list[str] | None:
         """Internal IPs of every node of the replica by rank, once all are placed and (for

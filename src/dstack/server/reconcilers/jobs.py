@@ -8,8 +8,7 @@
 | submitted    | nothing fits                          | terminating: no capacity (1)         |
 | provisioning | instance not ready yet                | (wait)                                |
 | provisioning | instance terminated                   | terminating: instance lost (2)        |
-| provisioning | instance ready                        | running; job sent to the agent        |
-| provisioning | the agent refuses the job             | terminating: executor_error           |
+| provisioning | instance ready                        | (start: one call to the agent) (3)    |
 | running      | agent: still running                  | (copy logs)                           |
 | running      | agent: finished                       | terminating, the agent's reason       |
 | running      | agent unreachable                     | disconnected_at; after the grace:     |
@@ -23,6 +22,16 @@
 | terminating  | agent job finished/unknown, host gone | logs drained, job removed: final      |
 
 (1) failed_to_start_due_to_no_capacity, (2) waiting_instance_limit_exceeded.
+(3) The start's outcome decides the step, `after_start()`:
+
+| start outcome                          | next status / effect                         |
+|----------------------------------------|----------------------------------------------|
+| agent or peer nodes not ready yet      | (wait; started on a later pass)              |
+| agent unreachable                      | (wait; the instance check looks at the host) |
+| this host cannot run the job           | terminating: executor_error                  |
+| the agent refuses the job              | terminating: executor_error                  |
+| the app's port is taken on the host    | terminating: ports_binding_failed            |
+| started                                | running                                      |
 
 Final status by termination reason: done_by_runner -> done; aborted_by_user -> aborted;
 the user's, server's and policy stops -> terminated; everything else -> failed.
@@ -32,8 +41,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import Enum
 from typing import Any
 
+from dstack.models.runs import JobStatus, JobTerminationReason
 from dstack.server.scheduler.placement import Candidate
 
 MAX_DURATION_BACKSTOP = timedelta(minutes=2)
@@ -227,3 +238,52 @@ def _decide_terminating(v: JobView, now: datetime) -> Decision:
     if (now - v.stop_sent_at).total_seconds() >= v.stop_duration + v.terminate_grace:
         return Decision("abort", values={"stop_sent_at": now})
     return Decision("copy_logs")
+
+
+# -- the outcome of the start act ------------------------------------------------------------
+
+
+class StartKind(str, Enum):
+    AGENT_NOT_READY = "agent_not_ready"  # no instance row or no agent client yet
+    PEERS_NOT_READY = "peers_not_ready"  # multi-node: peers unplaced, or the master not started
+    RUNTIME_ERROR = "runtime_error"  # this host cannot run the job (e.g. no Docker for `image`)
+    AGENT_UNREACHABLE = "agent_unreachable"
+    AGENT_REFUSED = "agent_refused"  # the agent answered the start with an error
+    PORTS_BINDING_FAILED = "ports_binding_failed"  # the app's port is taken on the host
+    STARTED = "started"
+
+
+@dataclass(frozen=True)
+class StartOutcome:
+    """What the start act found, as a plain value for `after_start()`."""
+
+    kind: StartKind
+    message: str | None = None
+    state: dict[str, Any] | None = None  # the agent's state of the job, once it answered
+
+    @classmethod
+    def answered(cls, state: dict[str, Any]) -> StartOutcome:
+        """The agent took the start: a job it could not give its port never started at all
+        (it must never be `running`, or the proxy would route to whatever holds the port)."""
+        if state.get("termination_reason") == JobTerminationReason.PORTS_BINDING_FAILED.value:
+            return cls(StartKind.PORTS_BINDING_FAILED, state.get("termination_message"), state)
+        return cls(StartKind.STARTED, state=state)
+
+
+def after_start(outcome: StartOutcome) -> Decision:
+    """The second pure step of a start: the transition the start's outcome calls for."""
+    kind = outcome.kind
+    if kind is StartKind.STARTED:
+        return Decision("start", status=JobStatus.RUNNING.value)
+    if kind in (StartKind.AGENT_NOT_READY, StartKind.PEERS_NOT_READY, StartKind.AGENT_UNREACHABLE):
+        return Decision("wait")  # still provisioning: the next pass starts it
+    if kind is StartKind.PORTS_BINDING_FAILED:
+        reason = JobTerminationReason.PORTS_BINDING_FAILED
+    else:  # RUNTIME_ERROR, AGENT_REFUSED
+        reason = JobTerminationReason.EXECUTOR_ERROR
+    return Decision(
+        "start",
+        status=JobStatus.TERMINATING.value,
+        reason=reason.value,
+        message=outcome.message,
+    )

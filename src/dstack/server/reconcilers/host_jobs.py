@@ -1,0 +1,101 @@
+"""Running jobs are observed through one list call per host, not one call per job.
+
+Every running job is looked at about every `running_job_poll_seconds`. Asking the agent about
+each job alone costs a host with N jobs N requests per interval; the agent answers every job
+of its host in one `list_jobs` call. `HostJobs` keeps the last such answer per instance for a
+fraction of the interval and shares one fetch in flight among all the jobs that ask meanwhile,
+so a host costs about one small request per pass, however many jobs it runs.
+
+A job missing from the list is what a 404 was: the agent has no record of it. A miss is never
+judged on a list asked for before the observer itself asked: the job may have been started in
+between (by this server, or another replica), so a miss in an older snapshot is checked again
+with a fresh one. A job that is present may be seen up to `max_age` late, as with any poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dstack.server.agent_client import AgentClient, JobState
+
+# Entries older than this many `max_age` are dropped when the table is tidied.
+_KEEP_AGES = 100
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every job of one host, as the agent listed them; `asked_at` is when the list was
+    requested (monotonic), the conservative time for freshness."""
+
+    asked_at: float
+    jobs: dict[str, JobState]
+
+
+# A fetch in flight: when its list was asked for, and its result to come.
+_Flight = tuple[float, "asyncio.Future[Snapshot]"]
+
+
+class HostJobs:
+    """A small coalescing cache of each host's job list, keyed by instance id."""
+
+    def __init__(self, max_age: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_age = max_age
+        self._clock = clock
+        self._snapshots: dict[str, Snapshot] = {}
+        self._inflight: dict[str, _Flight] = {}
+
+    async def job(self, instance_id: str, client: AgentClient, job_id: str) -> JobState | None:
+        """The agent's state of `job_id`, or None when the agent has no such job. Raises what
+        the client raises (AgentUnreachableError, AgentError) for the whole host."""
+        asked = self._clock()
+        snap = await self.snapshot(instance_id, client, not_before=asked - self.max_age)
+        state = snap.jobs.get(job_id)
+        if state is not None or snap.asked_at >= asked:
+            return state
+        snap = await self.snapshot(instance_id, client, not_before=asked)
+        return snap.jobs.get(job_id)
+
+    async def snapshot(self, instance_id: str, client: AgentClient, not_before: float) -> Snapshot:
+        """A list of the host's jobs asked for at or after `not_before`: the cached one, the
+        one in flight, or a new fetch that later callers share."""
+        cached = self._snapshots.get(instance_id)
+        if cached is not None and cached.asked_at >= not_before:
+            return cached
+        inflight = self._inflight.get(instance_id)
+        if inflight is None or inflight[0] < not_before:
+            inflight = self._fetch(instance_id, client)
+        # Shielded: one caller cancelled (its lease lost) must not cancel the others' fetch.
+        return await asyncio.shield(inflight[1])
+
+    def _fetch(self, instance_id: str, client: AgentClient) -> _Flight:
+        asked = self._clock()
+        task = asyncio.ensure_future(self._list(instance_id, client, asked))
+        entry = (asked, task)
+        self._inflight[instance_id] = entry
+
+        def done(fut: asyncio.Future[Snapshot]) -> None:
+            if self._inflight.get(instance_id) is entry:
+                del self._inflight[instance_id]
+            if not fut.cancelled():
+                fut.exception()  # retrieved: every waiter may have gone (no "never retrieved")
+
+        task.add_done_callback(done)
+        return entry
+
+    async def _list(self, instance_id: str, client: AgentClient, asked: float) -> Snapshot:
+        states = await client.list_jobs()
+        snap = Snapshot(asked, {s["id"]: s for s in states})
+        current = self._snapshots.get(instance_id)
+        if current is None or current.asked_at <= asked:
+            self._snapshots[instance_id] = snap
+        self._tidy()
+        return snap
+
+    def _tidy(self) -> None:
+        """Instances come and go: keep the table to the ones observed lately."""
+        horizon = self._clock() - self.max_age * _KEEP_AGES
+        for instance_id in [k for k, v in self._snapshots.items() if v.asked_at < horizon]:
+            del self._snapshots[instance_id]

@@ -1,0 +1,157 @@
+"""Jobs of one host are observed through one shared list call (`reconcilers/host_jobs.py`)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from dstack.server.agent_client import AgentUnreachableError
+from dstack.server.reconcilers.host_jobs import HostJobs
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeAgent:
+    """Counts list calls; each call waits on `gate` so callers can pile up meanwhile."""
+
+    def __init__(self, jobs: list[str]) -> None:
+        self.jobs = jobs
+        self.calls = 0
+        self.gate: asyncio.Event | None = None
+        self.error: Exception | None = None
+
+    async def list_jobs(self) -> list[dict[str, Any]]:
+        self.calls += 1
+        snapshot = list(self.jobs)  # what the host held when it was asked
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.error is not None:
+            raise self.error
+        return [{"id": j, "status": "running"} for j in snapshot]
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_concurrent_observers_share_one_list_call() -> None:
+    async def main() -> None:
+        agent = FakeAgent([f"j{i}" for i in range(50)])
+        agent.gate = asyncio.Event()
+        cache = HostJobs(max_age=0.25, clock=Clock())
+        tasks = [
+            asyncio.ensure_future(cache.job("i1", agent, f"j{i}"))  # type: ignore[arg-type]
+            for i in range(50)
+        ]
+        await asyncio.sleep(0)
+        agent.gate.set()
+        states = await asyncio.gather(*tasks)
+        assert agent.calls == 1
+        assert [s["id"] for s in states] == [f"j{i}" for i in range(50)]
+
+    run(main())
+
+
+def test_a_recent_snapshot_is_reused_and_an_old_one_refetched() -> None:
+    async def main() -> None:
+        agent, clock = FakeAgent(["a", "b"]), Clock()
+        cache = HostJobs(max_age=0.25, clock=clock)
+        assert (await cache.job("i1", agent, "a"))["id"] == "a"  # type: ignore[arg-type,index]
+        clock.now += 0.2
+        assert (await cache.job("i1", agent, "b"))["id"] == "b"  # type: ignore[arg-type,index]
+        assert agent.calls == 1
+        clock.now += 0.1  # 0.3 s after the list was asked for: too old
+        await cache.job("i1", agent, "a")  # type: ignore[arg-type]
+        assert agent.calls == 2
+
+    run(main())
+
+
+def test_hosts_do_not_share() -> None:
+    async def main() -> None:
+        one, two = FakeAgent(["a"]), FakeAgent(["b"])
+        cache = HostJobs(max_age=10, clock=Clock())
+        assert (await cache.job("i1", one, "a")) is not None  # type: ignore[arg-type]
+        assert (await cache.job("i2", two, "b")) is not None  # type: ignore[arg-type]
+        assert (await cache.job("i2", two, "a")) is None  # type: ignore[arg-type]
+        assert one.calls == 1
+
+    run(main())
+
+
+def test_a_miss_is_judged_only_on_a_list_asked_for_after_the_observer() -> None:
+    """A job started after the cached list was taken is missing from it: that is no 404.
+    The observer asks again; a job missing from a list asked after it asked is unknown."""
+
+    async def main() -> None:
+        agent, clock = FakeAgent(["old"]), Clock()
+        cache = HostJobs(max_age=0.25, clock=clock)
+        await cache.job("i1", agent, "old")  # type: ignore[arg-type]
+        agent.jobs.append("new")  # started since
+        clock.now += 0.1
+        state = await cache.job("i1", agent, "new")  # type: ignore[arg-type]
+        assert state is not None and state["id"] == "new"
+        assert agent.calls == 2
+        clock.now += 0.01
+        assert await cache.job("i1", agent, "gone") is None  # type: ignore[arg-type]
+        assert agent.calls == 3  # the snapshot of 0.01 s ago predates this observer
+
+    run(main())
+
+
+def test_a_miss_in_a_fresh_list_is_final() -> None:
+    async def main() -> None:
+        agent = FakeAgent(["a"])
+        cache = HostJobs(max_age=0.25, clock=Clock())
+        assert await cache.job("i1", agent, "gone") is None  # type: ignore[arg-type]
+        assert agent.calls == 1  # asked after the observer asked: no second call
+
+    run(main())
+
+
+def test_an_error_reaches_every_waiter_and_is_not_cached() -> None:
+    async def main() -> None:
+        agent = FakeAgent(["a"])
+        agent.gate = asyncio.Event()
+        agent.error = AgentUnreachableError("down")
+        cache = HostJobs(max_age=10, clock=Clock())
+        tasks = [
+            asyncio.ensure_future(cache.job("i1", agent, "a"))  # type: ignore[arg-type]
+            for _ in range(5)
+        ]
+        await asyncio.sleep(0)
+        agent.gate.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert all(isinstance(r, AgentUnreachableError) for r in results)
+        assert agent.calls == 1
+        agent.error = None
+        assert await cache.job("i1", agent, "a") is not None  # type: ignore[arg-type]
+        assert agent.calls == 2
+
+    run(main())
+
+
+def test_a_cancelled_observer_does_not_cancel_the_shared_fetch() -> None:
+    async def main() -> None:
+        agent = FakeAgent(["a"])
+        agent.gate = asyncio.Event()
+        cache = HostJobs(max_age=10, clock=Clock())
+        first = asyncio.ensure_future(cache.job("i1", agent, "a"))  # type: ignore[arg-type]
+        second = asyncio.ensure_future(cache.job("i1", agent, "a"))  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        first.cancel()
+        agent.gate.set()
+        assert (await second)["id"] == "a"  # type: ignore[index]
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert agent.calls == 1
+
+    run(main())
