@@ -28,7 +28,7 @@ from dstack.cli.common import (
     echo,
     out,
 )
-from dstack.models.runs import Run, RunPlan, RunSpec
+from dstack.models.runs import Run, RunPlan, RunSpec, RunStatus
 
 
 def build_configuration(
@@ -270,7 +270,7 @@ def _in_place(spec: RunSpec, current: Run) -> bool:
     return (
         spec.configuration.get("type") == "service"
         and current.run_spec.configuration.get("type") == "service"
-        and current.status.value != "terminating"
+        and current.status != RunStatus.TERMINATING
     )
 
 

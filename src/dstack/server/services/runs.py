@@ -335,7 +335,7 @@ def _updatable(active: t.Run, conf: Any, plan: ApplyRunPlanInput) -> bool:
         conf.type == "service"
         and old.get("type") == "service"
         and plan.current_resource is not None
-        and active.status != "terminating"
+        and active.status != RunStatus.TERMINATING.value
         and not active.stop_requested
     )
 
