@@ -24,6 +24,8 @@ class StubState:
         self.uploads: list[bytes] = []
         self.gets_until_running = 1
         self.final_status = "done"
+        self.applied: list[tuple[str, str]] = []
+        self.cancel_replacements = False
 
     def make_run(self, spec: dict[str, Any], status: str = "submitted") -> dict[str, Any]:
         name = spec.get("run_name") or "gen-name"
@@ -70,6 +72,13 @@ def handle(state: StubState, path: str, body: dict[str, Any]) -> tuple[int, Any]
             current["deployment_num"] = current.get("deployment_num", 0) + 1
             return 200, current
         if current and current["status"] not in ("done", "failed", "terminated"):
+            if body.get("force"):
+                # Like the server: the active run is asked to stop and keeps the new spec; the
+                # answer is the old run; the new one appears when the old one has ended.
+                current["replacement"] = spec
+                _set_status(current, "terminating")
+                state.applied.append(("replace", current["id"]))
+                return 200, current
             return 400, {"detail": [{"msg": "Run is already active", "code": "resource_exists"}]}
         run = state.make_run(spec)
         state.runs[run["run_spec"]["run_name"]] = run
@@ -79,6 +88,16 @@ def handle(state: StubState, path: str, body: dict[str, Any]) -> tuple[int, Any]
         if run is None:
             return 400, {"detail": [{"msg": "Run not found", "code": "resource_not_exists"}]}
         run["gets"] += 1
+        if run.get("replacement") is not None and state.cancel_replacements:
+            run.pop("replacement")  # `dstack stop NAME` meanwhile: the old run just ends
+            _set_status(run, "terminated", "stopped")
+        if run.get("replacement") is not None and run["gets"] > 1:
+            # The old run ended and, in the same step, its replacement was submitted.
+            _set_status(run, "terminated", "stopped")
+            new = state.make_run(run.pop("replacement"))
+            new["id"] = f"{run['id']}-next"
+            state.runs[body["run_name"]] = run = new
+            run["gets"] += 1
         if run["status"] == "submitted" and run["gets"] > state.gets_until_running:
             _set_status(run, "running")
         elif run["status"] == "running" and run["gets"] > state.gets_until_running + 2:

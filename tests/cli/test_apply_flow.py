@@ -83,10 +83,45 @@ def test_identical_active_run_needs_force(stub, workdir):
     assert result.returncode == 0
     assert "Active run demo already exists. Detected no changes." in result.stdout
     assert "Use --force to apply anyway." in result.stdout
+    calls_before = len(stub.calls)
     result = run_apply(stub, workdir, "-y", "-d", "--force")
     assert result.returncode == 0, result.stderr
-    assert any(c.endswith("/runs/stop") for c in stub.calls)
+    # One call replaces the run: the server stops the old one and submits the new one.
+    calls = stub.calls[calls_before:]
+    assert [c for c in calls if c.endswith(("/runs/apply", "/runs/stop"))] == [
+        "/api/project/main/runs/apply"
+    ]
+    assert stub.applied == [("replace", "id-demo")]
+    assert "Stopping the active run demo; the new run starts once it has stopped." in (
+        result.stdout
+    )
     assert result.stdout.rstrip().endswith("Run demo submitted, detaching...")
+
+
+def test_attached_override_waits_for_the_replacement_then_attaches(stub, workdir):
+    assert run_apply(stub, workdir, "-y", "-d").returncode == 0
+    stub.runs["demo"]["status"] = "running"
+    result = run_apply(stub, workdir, "-y", "-e", "X=1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "Detected changes that cannot be updated in-place:" in out
+    assert not any(c.endswith("/runs/stop") for c in stub.calls)
+    assert stub.applied == [("replace", "id-demo")]
+    assert out.index("Stopping demo...") < out.index("Launching demo...")
+    assert stub.runs["demo"]["id"] == "id-demo-next"
+    assert stub.runs["demo"]["run_spec"]["configuration"]["env"] == {"X": "1"}
+    assert out.rstrip().endswith("Exited (0)")
+
+
+def test_override_whose_replacement_was_cancelled_fails(stub, workdir):
+    assert run_apply(stub, workdir, "-y", "-d").returncode == 0
+    stub.runs["demo"]["status"] = "running"
+    stub.cancel_replacements = True
+    result = run_apply(stub, workdir, "-y", "--force")
+    assert result.returncode == 1
+    assert "Run demo stopped (stopped) but its replacement was cancelled" in (
+        result.stdout + result.stderr
+    )
 
 
 def test_changed_active_run_prompts_override(stub, workdir):

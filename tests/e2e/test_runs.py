@@ -116,11 +116,60 @@ def test_active_name_is_refused_unless_force(server: Server, project_dir: Path):
     assert server.run("rerun")["id"] == first["id"]  # ... and submits nothing
     forced = server.cli("apply", "-f", "r.dstack.yml", "-y", "-d", "--force", cwd=project_dir)
     assert forced.returncode == 0, forced.stdout + forced.stderr
-    second = server.wait_status("rerun", "running")
-    assert second["id"] != first["id"]
+    # The server stopped the old run and submitted the new one: the CLI made one call.
+    wait_until(
+        lambda: (r := server.run("rerun"))["id"] != first["id"] and r["status"] == "running",
+        timeout=60,
+        what="the replacement running",
+    )
     old = server.api("/api/project/main/runs/get", {"id": first["id"]}).json()
-    assert old["status"] == "terminated"
+    assert old["status"] == "terminated" and old["termination_reason"] == "stopped_by_user"
+    assert old["jobs"][0]["job_submissions"][-1]["termination_reason"] == "terminated_by_user"
+    messages = []
+    for target in ("rerun", "rerun-0-0"):  # the runs' and their jobs' events
+        body = {"project_name": "main", "target_name": target, "limit": 100}
+        messages += [e["message"] for e in server.api("/api/events/list", body).json()]
     server.cli("stop", "rerun", "-y", "-x")
+    assert any(m.startswith("Run replacement requested") for m in messages), messages
+    assert f"Run submitted, replacing run {first['id']}" in messages
+    # The job's transition is the job reconciler's, with the event users saw before.
+    assert any(
+        m == "Job status changed RUNNING -> TERMINATING. Termination reason: TERMINATED_BY_USER"
+        for m in messages
+    ), messages
+
+
+def test_force_replacement_survives_a_server_restart(tmp_path: Path, project_dir: Path):
+    """The replacement is a row, not a client's loop: the server dies while the old run
+    stops, and the new run still comes up after the restart."""
+    srv = Server(home=tmp_path / "home")
+    srv.home.mkdir()
+    srv.start()
+    try:
+        slow_stop = "trap 'sleep 4; exit 0' TERM; while true; do sleep 0.2; done"
+        write_config(project_dir, "s.dstack.yml", task("replaced", slow_stop))
+        cmd = ("apply", "-f", "s.dstack.yml", "-y", "-d")
+        assert srv.cli(*cmd, cwd=project_dir).returncode == 0
+        first = srv.wait_status("replaced", "running")
+        write_config(project_dir, "s.dstack.yml", task("replaced", "sleep 60"))
+        forced = srv.cli(*cmd, "--force", cwd=project_dir)
+        assert forced.returncode == 0, forced.stdout + forced.stderr
+        assert "Stopping the active run replaced" in forced.stdout
+        srv.wait_status("replaced", "terminating", timeout=20)  # stopping, slowly
+        srv.kill()
+        srv.start()
+        second = wait_until(
+            lambda: (r := srv.run("replaced"))["id"] != first["id"] and r["status"] == "running"
+            and r,
+            timeout=60,
+            what="the replacement running after the restart",
+        )
+        assert second["run_spec"]["configuration"]["commands"] == ["sleep 60"]
+        old = srv.api("/api/project/main/runs/get", {"id": first["id"]}).json()
+        assert old["status"] == "terminated", old["status"]
+        srv.cli("stop", "replaced", "-y", "-x")
+    finally:
+        srv.cleanup()
 
 
 def test_declining_the_plan_creates_nothing(server: Server, project_dir: Path):

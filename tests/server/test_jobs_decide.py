@@ -62,6 +62,7 @@ def ago(seconds: float) -> datetime:
 
 
 NO_CAP = "No matching fleet found: the project has no fleets."
+EXIT = "container_exited_with_error"
 
 # (id, view overrides, expected decision)
 TABLE = [
@@ -408,6 +409,124 @@ TABLE = [
         "running/no-ssh-server-no-inactivity",
         dict(inactivity_duration=1, agent_job={"status": "running", "no_connections_secs": None}),
         Decision("copy_logs"),
+    ),
+    # -- stop requests from the run (jobs.stop_requested): only decide() moves the status ---
+    (
+        "submitted/stop-requested",
+        dict(
+            status="submitted",
+            instance_id=None,
+            instance_status=None,
+            placement=POOL,
+            stop_requested=True,
+            stop_reason="terminated_by_user",
+        ),
+        Decision("wait", status="terminating", reason="terminated_by_user"),
+    ),
+    (
+        "provisioning/stop-requested-scaled-down",
+        dict(
+            status="provisioning",
+            instance_status="provisioning",
+            stop_requested=True,
+            stop_reason="scaled_down",
+        ),
+        Decision("wait", status="terminating", reason="scaled_down"),
+    ),
+    (
+        "pulling/abort-requested",
+        dict(
+            status="pulling",
+            stop_requested=True,
+            stop_abort=True,
+            stop_reason="aborted_by_user",
+        ),
+        Decision("wait", status="terminating", reason="aborted_by_user"),
+    ),
+    (
+        "running/stop-requested",
+        dict(stop_requested=True, stop_reason="done_by_runner"),
+        Decision("wait", status="terminating", reason="done_by_runner"),
+    ),
+    (
+        "running/stop-requested-while-unreachable",
+        dict(
+            agent_reachable=False,
+            agent_job=None,
+            stop_requested=True,
+            stop_reason="terminated_by_user",
+        ),
+        Decision("wait", status="terminating", reason="terminated_by_user"),
+    ),
+    (
+        "running/stop-requested-without-reason",
+        dict(stop_requested=True),
+        Decision("wait", status="terminating", reason="terminated_by_server"),
+    ),
+    (
+        "running/stop-requested-but-it-already-ended-on-its-own",
+        dict(
+            agent_job={"status": "failed", "termination_reason": EXIT, "exit_status": 3},
+            stop_requested=True,
+            stop_reason="scaled_down",
+        ),
+        Decision("copy_logs", status="terminating", reason=EXIT, exit_status=3),
+    ),
+    (
+        "terminating/stop-requested-again-changes-nothing",
+        dict(
+            status="terminating",
+            termination_reason="terminated_by_user",
+            stop_requested=True,
+            stop_reason="terminated_by_user",
+        ),
+        Decision("stop", values={"stop_sent_at": NOW}),
+    ),
+    (
+        "terminating/abort-requested-escalates-a-user-stop",
+        dict(
+            status="terminating",
+            termination_reason="terminated_by_user",
+            stop_sent_at=ago(5),
+            stop_requested=True,
+            stop_abort=True,
+            stop_reason="aborted_by_user",
+        ),
+        Decision(
+            "abort",
+            values={"stop_sent_at": ago(5), "termination_reason": "aborted_by_user"},
+        ),
+    ),
+    (
+        "terminating/abort-requested-job-already-gone-is-aborted",
+        dict(
+            status="terminating",
+            termination_reason="terminated_by_user",
+            agent_job={"status": "terminated"},
+            stop_requested=True,
+            stop_abort=True,
+            stop_reason="aborted_by_user",
+        ),
+        Decision(
+            "finalize", status="aborted", values={"termination_reason": "aborted_by_user"}
+        ),
+    ),
+    (
+        "terminating/abort-requested-keeps-a-failure-reason",
+        dict(
+            status="terminating",
+            termination_reason=EXIT,
+            stop_sent_at=ago(5),
+            stop_requested=True,
+            stop_abort=True,
+            stop_reason="aborted_by_user",
+        ),
+        Decision("abort", values={"stop_sent_at": ago(5)}),
+    ),
+    (
+        "terminated/stop-request-left-alone",
+        dict(status="terminated", stop_requested=True, stop_reason="terminated_by_user"),
+        Decision("wait"),
     ),
     # -- final statuses are left alone ---------------------------------------------------
     ("done/left-alone", dict(status="done"), Decision("wait")),

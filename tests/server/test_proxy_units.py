@@ -1,8 +1,7 @@
-"""Pure parts of the service proxy: rate-limit buckets, rule choice, readiness of probes."""
+"""Pure parts of the service proxy: rate-limit buckets, rule choice (readiness: test_readiness)."""
 
 from __future__ import annotations
 
-from dstack.server.proxy.probes import ready_of
 from dstack.server.proxy.ratelimit import RateLimiter
 
 
@@ -24,8 +23,3 @@ def test_longest_prefix_wins_and_keys():
     assert RateLimiter.key_of(header, "1.2.3.4", {"x-key": "abc"}) == "h:abc"
     assert RateLimiter.key_of({}, "1.2.3.4", {}) == "ip:1.2.3.4"
 
-
-def test_ready_needs_every_streak_at_its_ready_after():
-    probes = [{"ready_after": 2}, {"ready_after": 1}]
-    assert not ready_of([1, 5], probes)
-    assert ready_of([2, 1], probes)

@@ -64,6 +64,11 @@ def run(*jobs: JobState, **kw) -> RunView:
     return RunView(**base)
 
 
+def stopping(j: JobState) -> JobState:
+    """The run already asked this job to stop; the job reconciler has not acted yet."""
+    return replace(j, stop_requested=True)
+
+
 def streak(j: JobState, n: int) -> JobState:
     return replace(j, failed_streak=n)
 
@@ -369,6 +374,75 @@ TABLE = [
             stop_requested=True,
         ),
         RunDecision(terminate_jobs_reason="terminated_by_user"),
+    ),
+    # -- jobs asked to stop (the run requests, the job reconciler transitions) ------------
+    (
+        "active/a-job-asked-to-stop-does-not-set-the-status",
+        run(
+            stopping(job("running")),
+            job("provisioning", num=1),
+            status="provisioning",
+        ),
+        RunDecision(),
+    ),
+    (
+        "terminating/jobs-asked-but-not-yet-terminating-are-asked-again",
+        run(
+            stopping(job("running")),
+            status="terminating",
+            termination_reason="stopped_by_user",
+            stop_requested=True,
+        ),
+        RunDecision(terminate_jobs_reason="terminated_by_user"),
+    ),
+    # -- replacement (`apply --force`): submitted when the run becomes final --------------
+    (
+        "active/replacement-requested-jobs-running",
+        run(job("running"), stop_requested=True, replacement=True),
+        RunDecision(
+            status="terminating",
+            reason="stopped_by_user",
+            terminate_jobs_reason="terminated_by_user",
+        ),
+    ),
+    (
+        "terminating/replacement-waits-for-the-last-job",
+        run(
+            job("terminated", "terminated_by_user", finished=1),
+            stopping(job("running", num=1)),
+            status="terminating",
+            termination_reason="stopped_by_user",
+            stop_requested=True,
+            replacement=True,
+        ),
+        RunDecision(terminate_jobs_reason="terminated_by_user"),
+    ),
+    (
+        "terminating/every-job-finished-submits-the-replacement",
+        run(
+            job("terminated", "terminated_by_user", finished=1),
+            status="terminating",
+            termination_reason="stopped_by_user",
+            stop_requested=True,
+            replacement=True,
+        ),
+        RunDecision(status="terminated", submit_replacement=True),
+    ),
+    (
+        "pending/replacement-requested-no-job-left-ends-at-once",
+        run(
+            job("failed", EXIT, finished=1),
+            status="pending",
+            stop_requested=True,
+            resubmission_attempt=1,
+            replacement=True,
+        ),
+        RunDecision(status="terminated", reason="stopped_by_user", submit_replacement=True),
+    ),
+    (
+        "active/replacement-also-follows-a-run-that-ends-on-its-own",
+        run(job("done", "done_by_runner", finished=1), replacement=True),
+        RunDecision(status="done", reason="all_jobs_done", submit_replacement=True),
     ),
 ]
 

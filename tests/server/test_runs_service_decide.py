@@ -190,3 +190,16 @@ def test_a_replica_number_still_stopping_is_not_reused():
     stopping = rep(0, "terminating", reason="scaled_down")
     d = decide(view(stopping, status="pending", held=1), NOW)
     assert d.scale_up == [1]
+
+
+def test_a_replica_asked_to_stop_is_not_live_before_the_job_reconciler_acts():
+    """Between the run's stop request (scaled_down) and the job going `terminating`, the scaler
+    must neither pick another replica to stop nor reuse the number (it still holds its port)."""
+    fixed = dict(target=None, min_replicas=2, max_replicas=2)
+    asked = replace(rep(2), stop_requested=True)
+    d = decide(view(rep(0), rep(1), asked, **fixed), NOW)
+    assert d == RunDecision()  # two live replicas: nothing more to stop
+    d = decide(view(rep(0), asked, **fixed), NOW)
+    assert d.scale_up == [1] and d.scale_down == []
+    d = decide(view(rep(1), asked, **fixed), NOW)
+    assert d.scale_up == [0]  # not 2: it is still on its way out

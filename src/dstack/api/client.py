@@ -211,6 +211,11 @@ class APIClient:
     def apply_run_plan(
         self, run_spec: RunSpec, current_resource: Run | None = None, force: bool = False
     ) -> Run:
+        """Submit a run, update an active service in place (`current_resource` given), or,
+        with `force`, replace an active run that cannot be updated in place: the server asks
+        it to stop and submits `run_spec` under the same name once it has finished, all from
+        this one call. The answer is then the old run (same `id` as before, now stopping);
+        the new run is the latest of the name once the old one has ended (docs/api.md)."""
         plan = {
             "run_spec": run_spec.model_dump(mode="json"),
             "current_resource": current_resource.model_dump(mode="json")

@@ -1,10 +1,15 @@
-"""`dstack apply` for dev environments, tasks and services (cli.md §2 flow)."""
+"""`dstack apply` for dev environments, tasks and services (cli.md §2 flow).
+
+Whatever the action (submit, in-place update, stop-and-override), the server is asked once,
+with `runs/apply`: overriding an active run sends `force` and the server stops the old run and
+submits the new one itself (server/reconcilers/runs.py), so a CLI that dies after that call
+leaves the replacement on its way rather than nothing running. The CLI then only watches.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +29,7 @@ from dstack.cli.common import (
     out,
 )
 from dstack.cli.profiles import selected_profile
-from dstack.models.runs import Run, RunPlan, RunSpec
+from dstack.models.runs import Run, RunPlan, RunSpec, RunStatus
 
 
 def build_configuration(
@@ -94,13 +99,18 @@ def apply_run(args: argparse.Namespace, conf: Any, path: str) -> int:
     if not args.detach:
         _check_local_ports(configuration, getattr(args, "host", None))
     if decision == "override":
-        _stop_and_wait(api, current)
-        current = None
-    run = _submit(api, spec, current if decision == "update" else None)
+        run = _submit(api, spec, None, force=True)
+    else:
+        run = _submit(api, spec, current if decision == "update" else None)
+    replacing = decision == "override" and current is not None and run.id == current.id
+    if replacing:
+        echo(f"Stopping the active run {name}; the new run starts once it has stopped.")
     verb = "updated" if decision == "update" else "submitted"
     if args.detach:
         echo(f"Run {run.run_spec.run_name} {verb}, detaching...")
         return 0
+    if replacing:
+        _wait_replaced(api, run)
     from dstack.cli.attach_run import attach
 
     return attach(api, run.run_spec.run_name or "", yes=args.yes, args=args)
@@ -252,27 +262,46 @@ def _in_place(spec: RunSpec, current: Run) -> bool:
     return (
         spec.configuration.get("type") == "service"
         and current.run_spec.configuration.get("type") == "service"
-        and current.status.value != "terminating"
+        and current.status != RunStatus.TERMINATING
     )
 
 
-def _stop_and_wait(api: APIClient, current: Run, timeout: float = 600.0) -> None:
-    name = current.run_spec.run_name or ""
-    api.stop_runs([name], abort=False)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = api.get_run(name)
-        if run.status.is_finished():
-            return
-        time.sleep(1.0)
-    raise CLIError(f"Run {name} did not stop within {int(timeout)}s; try `dstack stop -x {name}`")
+def _wait_replaced(api: APIClient, old: Run) -> None:
+    """Show the old run stopping until the server has submitted its replacement (the latest
+    run of the name is then another one). The server submits it in the same transaction that
+    finishes the old run, so an old run found finished and still the latest means the
+    replacement was cancelled (`dstack stop NAME` does that)."""
+    from dstack.cli.progress import StatusReporter
+    from dstack.cli.runs import Backoff, status_text
+
+    name = old.run_spec.run_name or ""
+    backoff = Backoff()
+    seen = None
+    with StatusReporter(f"Stopping {name}...") as reporter:
+        while True:
+            run = api.get_run(name)
+            if run.id != old.id:
+                return
+            if run.status.is_finished():
+                raise CLIError(
+                    f"Run {name} stopped ({status_text(run)}) but its replacement was cancelled"
+                )
+            text = status_text(run)
+            if text != seen:
+                reporter.update(f"{name}: {text}")
+                seen = text
+                backoff.reset()
+            backoff.sleep()
 
 
-def _submit(api: APIClient, spec: RunSpec, current: Run | None) -> Run:
+def _submit(api: APIClient, spec: RunSpec, current: Run | None, force: bool = False) -> Run:
+    """One `runs/apply` call. `force` with no `current` asks the server to replace an active
+    run of the same name (it answers with that run, now stopping) or to submit at once when
+    there is none."""
     from dstack.cli.progress import StatusReporter
 
     reporter = StatusReporter("Applying plan...")
     if not reporter.tty:
-        return api.apply_run_plan(spec, current, force=False)
+        return api.apply_run_plan(spec, current, force=force)
     with reporter:
-        return api.apply_run_plan(spec, current, force=False)
+        return api.apply_run_plan(spec, current, force=force)

@@ -174,6 +174,10 @@ class Run(LeaseMixin, Base):
     termination_reason: Mapped[str | None] = mapped_column(String(60))
     stop_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     stop_abort: Mapped[bool] = mapped_column(Boolean, default=False)
+    # `apply --force` against this active run: the RunSpec JSON to submit as a new run of the
+    # same name once this one has finished, and who asked (migration 0008).
+    replacement_spec: Mapped[str | None] = mapped_column(Text)
+    replacement_user_id: Mapped[str | None] = mapped_column(String(36))
     fleet_id: Mapped[str | None] = mapped_column(ForeignKey("fleets.id"))
     submitted_at: Mapped[datetime] = mapped_column(UTCDateTime())
     resubmission_attempt: Mapped[int] = mapped_column(Integer, default=0)
@@ -224,6 +228,11 @@ class Job(LeaseMixin, Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     disconnected_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     stop_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # A stop asked by the run reconciler (user stop, run ending, scale-down); the job
+    # reconciler alone turns it into `terminating` with `stop_reason` (migration 0008).
+    stop_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    stop_abort: Mapped[bool] = mapped_column(Boolean, default=False)
+    stop_reason: Mapped[str | None] = mapped_column(String(60))
     logs_drained: Mapped[bool] = mapped_column(Boolean, default=False)
     # Service replicas (written by the proxy's prober, read by the proxy and `ps -v`):
     # one success streak per probe of the spec, JSON; `ready` once every streak reached its

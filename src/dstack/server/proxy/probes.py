@@ -2,9 +2,10 @@
 
 Every `tick` the prober loads running replicas that have probes, runs the probes that are due
 (each at its own `interval`), and writes a change of a success streak to `jobs.probe_streaks`
-and readiness (`jobs.ready`: every streak reached its `ready_after`). A 2xx answer is a success.
-The proxy routes only to ready replicas; the run reconciler waits for readiness before it
-retires an old replica in a rolling update. A probe success also clears `unhealthy_at`.
+and whether the probes passed (`jobs.ready`, from `models.readiness.probes_passed`). A 2xx
+answer is a success. Which replicas are probed (`may_serve`) and what "ready" means to the
+proxy and the run reconciler (`is_ready`) come from the same module, `models/readiness.py`.
+A probe success also clears `unhealthy_at`.
 """
 
 from __future__ import annotations
@@ -18,17 +19,14 @@ from typing import Any
 import httpx
 from sqlalchemy import select, update
 
-from dstack.models.runs import JobSpec
+from dstack.models.readiness import ReplicaFacts, may_serve, probes_passed
+from dstack.models.runs import JobSpec, JobStatus
 from dstack.server.db import tables as t
 from dstack.server.db.session import Database
 from dstack.server.proxy.events import replica_event
 from dstack.server.proxy.upstream import upstream_for
 
 log = logging.getLogger(__name__)
-
-
-def ready_of(streaks: list[int], probes: list[dict[str, Any]]) -> bool:
-    return all(s >= int(p.get("ready_after", 1)) for s, p in zip(streaks, probes, strict=False))
 
 
 class Prober:
@@ -49,13 +47,23 @@ class Prober:
 
     async def pass_once(self) -> None:
         async with self.db.session() as s:
-            jobs = list((await s.execute(select(t.Job).where(t.Job.status == "running"))).scalars())
+            running = select(t.Job).where(t.Job.status == JobStatus.RUNNING.value)
+            jobs = list((await s.execute(running)).scalars())
             work = []
             for job in jobs:
                 if job.id in self._inflight:
                     continue
                 spec = JobSpec.model_validate_json(job.job_spec)
                 if not spec.probes or not spec.service_port:
+                    continue
+                facts = ReplicaFacts(
+                    job_num=job.job_num,
+                    status=job.status,
+                    has_probes=True,
+                    probes_passed=job.ready,
+                    stop_requested=job.stop_requested,
+                )
+                if not may_serve(facts):
                     continue
                 inst = await s.get(t.Instance, job.instance_id) if job.instance_id else None
                 addr = await upstream_for(job, inst, spec.service_port)
@@ -86,7 +94,7 @@ class Prober:
                 if new != streaks[i]:
                     streaks[i] = min(new, 1_000_000)
                     changed = True
-            ready = ready_of(streaks, spec.probes)
+            ready = probes_passed(streaks, spec.probes)
             if changed and not ran:
                 changed = False
             if changed or ready != job.ready:

@@ -11,19 +11,23 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
 
-from dstack.models.runs import JobSpec, RunSpec
+from dstack.models.readiness import ReplicaFacts, is_ready
+from dstack.models.runs import JobSpec, JobStatus, RunSpec, RunStatus
 from dstack.models.wire import utcnow
 from dstack.server.db import tables as t
 from dstack.server.db.session import Database
 from dstack.server.proxy.cache import AsyncCache
 from dstack.server.proxy.upstream import upstream_for
 
-ACTIVE = ("pending", "submitted", "provisioning", "running")
+# A terminating service takes no new requests.
+ACTIVE = tuple(
+    s.value
+    for s in (RunStatus.PENDING, RunStatus.SUBMITTED, RunStatus.PROVISIONING, RunStatus.RUNNING)
+)
 CALLER_TTL = 5.0
 
 
@@ -153,21 +157,22 @@ class Registry:
             )
             if not svc.active:
                 return svc
+            running = t.Job.status == JobStatus.RUNNING.value
             jobs = list(
-                (
-                    await s.execute(
-                        select(t.Job).where(t.Job.run_id == run.id, t.Job.status == "running")
-                    )
-                ).scalars()
+                (await s.execute(select(t.Job).where(t.Job.run_id == run.id, running))).scalars()
             )
-            cutoff = utcnow() - timedelta(seconds=self.unhealthy_cooldown)
+            now = utcnow()
             for job in jobs:
                 spec = JobSpec.model_validate_json(job.job_spec)
-                if spec.job_num != 0 or not spec.service_port:
-                    continue
-                if spec.probes and not job.ready:
-                    continue
-                if job.unhealthy_at is not None and job.unhealthy_at > cutoff:
+                facts = ReplicaFacts(
+                    job_num=spec.job_num,
+                    status=job.status,
+                    has_probes=bool(spec.probes),
+                    probes_passed=job.ready,
+                    unhealthy_at=job.unhealthy_at,
+                    stop_requested=job.stop_requested,
+                )
+                if not spec.service_port or not is_ready(facts, now, self.unhealthy_cooldown):
                     continue
                 inst = await s.get(t.Instance, job.instance_id) if job.instance_id else None
                 addr = await upstream_for(job, inst, spec.service_port)

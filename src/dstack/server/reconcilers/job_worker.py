@@ -249,6 +249,9 @@ class JobReconciler(Reconciler):
             no_capacity_message=snap.no_capacity,
             inactivity_duration=snap.inactivity_duration,
             inactivity_secs=job.inactivity_secs,
+            stop_requested=job.stop_requested,
+            stop_abort=job.stop_abort,
+            stop_reason=job.stop_reason,
         )
 
     # -- act ------------------------------------------------------------------------------

@@ -17,6 +17,12 @@
 | running      | past max_duration + 2 min (backstop)  | terminating: max_duration_exceeded    |
 | running      | dev env: no SSH connection for        | terminating:                          |
 |              | inactivity_duration (agent's count)   | inactivity_duration_exceeded          |
+| submitted,   | stop requested (by the run)           | terminating: the request's reason     |
+| provisioning,|                                       | (running: unless the agent reports    |
+| pulling,     |                                       | the job finished; its own reason wins)|
+| running      |                                       |                                       |
+| terminating  | abort requested, stopping gracefully  | reason aborted_by_user (if it was     |
+|              |                                       | terminated_by_user); abort sent       |
 | terminating  | agent job running, no stop sent       | stop sent (abort if aborted_by_user)  |
 | terminating  | stop sent, past stop_duration + grace | abort sent                            |
 | terminating  | agent job finished/unknown, host gone | logs drained, job removed: final      |
@@ -32,6 +38,10 @@
 | the agent refuses the job              | terminating: executor_error                  |
 | the app's port is taken on the host    | terminating: ports_binding_failed            |
 | started                                | running                                      |
+
+Only this reconciler writes a job's status. Others ask: the run reconciler records
+`stop_requested` (with `stop_abort` and `stop_reason`: terminated_by_user, aborted_by_user,
+done_by_runner, terminated_by_server or scaled_down) and the rows above carry it out.
 
 Final status by termination reason: done_by_runner -> done; aborted_by_user -> aborted;
 the user's, server's and policy stops -> terminated; everything else -> failed.
@@ -93,6 +103,10 @@ class JobView:
     no_capacity_message: str | None = None
     inactivity_duration: int | None = None  # a dev environment's limit, seconds (None: off)
     inactivity_secs: int | None = None  # the value stored on the job row
+    # A stop the run reconciler asked for (jobs.stop_requested, stop_abort, stop_reason).
+    stop_requested: bool = False
+    stop_abort: bool = False
+    stop_reason: str | None = None
 
 
 @dataclass
@@ -106,6 +120,12 @@ class Decision:
 
 
 def decide(v: JobView, now: datetime) -> Decision:
+    if v.stop_requested and v.status in _STOPPABLE and not _ended_on_its_own(v):
+        return Decision(
+            "wait",
+            status=JobStatus.TERMINATING.value,
+            reason=v.stop_reason or JobTerminationReason.TERMINATED_BY_SERVER.value,
+        )
     if v.status == "submitted":
         return _decide_submitted(v)
     if v.status == "provisioning":
@@ -115,6 +135,27 @@ def decide(v: JobView, now: datetime) -> Decision:
     if v.status == "terminating":
         return _decide_terminating(v, now)
     return Decision("wait")
+
+
+_STOPPABLE = tuple(
+    s.value
+    for s in (JobStatus.SUBMITTED, JobStatus.PROVISIONING, JobStatus.PULLING, JobStatus.RUNNING)
+)
+
+
+def _ended_on_its_own(v: JobView) -> bool:
+    """A running job the agent reports finished keeps its own outcome (done, or the error)
+    over a stop request that arrived at the same time: that is what really happened."""
+    running = v.status == JobStatus.RUNNING.value
+    return running and v.agent_reachable and _agent_finished(v.agent_job)
+
+
+def _escalated(v: JobView) -> str | None:
+    """`stop -x` after `stop`: a graceful user stop in flight becomes an abort."""
+    user_stop = JobTerminationReason.TERMINATED_BY_USER.value
+    if v.stop_requested and v.stop_abort and v.termination_reason == user_stop:
+        return JobTerminationReason.ABORTED_BY_USER.value
+    return None
 
 
 def _decide_submitted(v: JobView) -> Decision:
@@ -216,20 +257,29 @@ def _decide_running(v: JobView, now: datetime) -> Decision:
 
 
 def _decide_terminating(v: JobView, now: datetime) -> Decision:
+    d = _terminating(v, now)
+    escalated = _escalated(v)
+    if escalated is not None:
+        d.values["termination_reason"] = escalated
+    return d
+
+
+def _terminating(v: JobView, now: datetime) -> Decision:
+    reason = _escalated(v) or v.termination_reason
     gone = v.instance_id is None or v.instance_status in ("terminated", None)
     if gone or v.agent_job is None and v.agent_reachable:
-        return Decision("finalize", status=final_status(v.termination_reason))
+        return Decision("finalize", status=final_status(reason))
     if not v.agent_reachable:
         since = v.stop_sent_at or v.disconnected_at
         if since is None:
             return Decision("wait", values={"disconnected_at": now})
         limit = v.stop_duration + v.terminate_grace + v.unreachable_grace
         if (now - since).total_seconds() >= limit:
-            return Decision("finalize", status=final_status(v.termination_reason))
+            return Decision("finalize", status=final_status(reason))
         return Decision("wait")
     if _agent_finished(v.agent_job):
-        return Decision("finalize", status=final_status(v.termination_reason))
-    if v.termination_reason == "aborted_by_user":
+        return Decision("finalize", status=final_status(reason))
+    if reason == JobTerminationReason.ABORTED_BY_USER.value or v.stop_requested and v.stop_abort:
         # Killing is idempotent, so an abort is sent on every pass until the job is gone; this
         # also escalates a graceful stop already in flight.
         return Decision("abort", values={"stop_sent_at": v.stop_sent_at or now})

@@ -1,5 +1,7 @@
 """Carries out the run decisions of `runs.py`. A run has no side effects outside the database:
-it moves its own status and asks its jobs to terminate or be resubmitted."""
+it moves its own status, asks its jobs to stop (a request on the job row that the job
+reconciler turns into a transition: parents request, children transition), submits new job
+rows (resubmissions, new replicas) and, when it ends, the run that replaces it."""
 
 from __future__ import annotations
 
@@ -7,16 +9,17 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 
 from dstack.models.configurations import parse_configuration
-from dstack.models.runs import JobSpec, RunSpec
+from dstack.models.readiness import ReplicaFacts, is_ready
+from dstack.models.runs import JobSpec, JobStatus, JobTerminationReason, RunSpec, RunStatus
 from dstack.models.wire import utcnow
 from dstack.server.db import tables as t
 from dstack.server.reconcilers.base import Reconciler
 from dstack.server.reconcilers.runs import (
     FINISHED,
-    JOB_REASON_FOR_RUN,
+    RUN_FINISHED,
     JobState,
     RunDecision,
     RunView,
@@ -27,7 +30,7 @@ from dstack.server.reconcilers.runs import (
 )
 from dstack.server.services import events
 from dstack.server.services.jobspecs import replica_spec
-from dstack.server.services.runs import new_job_row
+from dstack.server.services.runs import new_job_row, submit_replacement
 from dstack.server.services.service_stats import request_rate
 
 
@@ -43,10 +46,10 @@ def latest_jobs(jobs: list[t.Job]) -> list[t.Job]:
 class RunReconciler(Reconciler):
     kind = "runs"
     table = t.Run
-    active_statuses = ("pending", "submitted", "provisioning", "running", "terminating")
+    active_statuses = tuple(s.value for s in RunStatus if not s.is_finished())
 
     def interval(self, status: str) -> float:
-        return self.ctx.settings.resync_seconds if status != "pending" else 1.0
+        return self.ctx.settings.resync_seconds if status != RunStatus.PENDING.value else 1.0
 
     async def process(self, row_id: str, token: str) -> None:
         now = utcnow()
@@ -57,11 +60,13 @@ class RunReconciler(Reconciler):
             jobs = list((await s.execute(select(t.Job).where(t.Job.run_id == run.id))).scalars())
             latest = latest_jobs(jobs)
             service = await self._service_view(s, run, now)
-            d = decide(self._view(run, latest, jobs, service), now)
-            woke_jobs = await self._apply(s, run, latest, d, token, now)
+            d = decide(self._view(run, latest, jobs, service, now), now)
+            woke_jobs, replaced = await self._apply(s, run, latest, d, token, now)
             await s.commit()
         if woke_jobs:
             self.ctx.hub.wake("jobs")
+        if replaced:
+            self.ctx.hub.wake("runs", "jobs")
 
     async def _service_view(self, s: Any, run: t.Run, now: datetime) -> ServiceView | None:
         conf = RunSpec.model_validate_json(run.run_spec).configuration
@@ -86,9 +91,15 @@ class RunReconciler(Reconciler):
         )
 
     def _view(
-        self, run: t.Run, latest: list[t.Job], jobs: list[t.Job], service: ServiceView | None
+        self,
+        run: t.Run,
+        latest: list[t.Job],
+        jobs: list[t.Job],
+        service: ServiceView | None,
+        now: datetime,
     ) -> RunView:
         conf = RunSpec.model_validate_json(run.run_spec).configuration
+        cooldown = self.ctx.settings.service_unhealthy_cooldown
         return RunView(
             status=run.status,
             termination_reason=run.termination_reason,
@@ -108,28 +119,30 @@ class RunReconciler(Reconciler):
                     provisioned=j.job_provisioning_data is not None,
                     last_provisioned_at=_last_provisioned(jobs, j),
                     deployment_num=j.deployment_num,
-                    ready=_ready(j),
+                    ready=is_ready(_replica_facts(j), now, cooldown),
                     failed_streak=_failed_streak(jobs, j),
+                    stop_requested=j.stop_requested,
                 )
                 for j in latest
             ),
             backoff=self.ctx.settings.retry_backoff,
             service=service,
+            replacement=run.replacement_spec is not None,
         )
 
     async def _apply(
         self, s: Any, run: t.Run, latest: list[t.Job], d: RunDecision, token: str, now: datetime
-    ) -> bool:
+    ) -> tuple[bool, bool]:
+        """Write the decision; returns (jobs to wake, a replacement run was submitted)."""
         values: dict[str, Any] = dict(d.values)
         woke = False
         if d.reason and not d.status and d.reason != run.termination_reason:
             values["termination_reason"] = d.reason
-            await self._escalate(s, run, d.reason)
         if d.terminate_jobs_reason:
-            pending = await self._terminate_jobs(s, latest, d.terminate_jobs_reason, now)
+            busy = await self._request_stop(s, latest, d.terminate_jobs_reason, now)
             woke = True
-            if pending:
-                values["dirty"] = True  # some jobs were busy; come back at once
+            if busy:
+                values["dirty"] = True  # a job worker holds one: wake it again after its pass
         for replica_num, job_num in d.resubmit:
             prev = next(j for j in latest if (j.replica_num, j.job_num) == (replica_num, job_num))
             s.add(
@@ -152,7 +165,7 @@ class RunReconciler(Reconciler):
             values["status"] = d.status
             if d.reason:
                 values["termination_reason"] = d.reason
-            if d.status in FINISHED:
+            if d.status in RUN_FINISHED:
                 values["finished_at"] = now
             else:
                 values["dirty"] = True
@@ -170,7 +183,14 @@ class RunReconciler(Reconciler):
                 within_run_id=run.id,
             )
         await self.guarded_update(s, run.id, token, values, now)
-        return woke
+        replaced = False
+        if values.get("status") in RUN_FINISHED:
+            # Re-read inside this transaction, after the final write: an `apply --force` that
+            # committed after our snapshot is seen here, and one that comes later finds the run
+            # finished and submits on its own (services/runs.py). `d.submit_replacement` says
+            # the same for a request the snapshot already held.
+            replaced = await submit_replacement(s, run, now) is not None
+        return woke, replaced
 
     async def _scale(
         self, s: Any, run: t.Run, latest: list[t.Job], d: RunDecision, now: datetime
@@ -198,7 +218,9 @@ class RunReconciler(Reconciler):
             self._event(s, run, f"Scaling up: new replicas {d.scale_up}", now)
         if d.scale_down:
             stopping = [j for j in latest if j.job_num == 0 and j.replica_num in d.scale_down]
-            await self._terminate_jobs(s, stopping, "scaled_down", now)
+            await self._request_stop(s, stopping, JobTerminationReason.SCALED_DOWN.value, now)
+            # (a replica asked to stop no longer counts as live, so no pass asks again; a job
+            # worker mid-pass sees the request on its next poll, within running_job_poll)
             self._event(s, run, f"Scaling down: stopping replicas {d.scale_down}", now)
 
     def _event(self, s: Any, run: t.Run, message: str, now: datetime) -> None:
@@ -213,61 +235,47 @@ class RunReconciler(Reconciler):
             within_run_id=run.id,
         )
 
-    async def _escalate(self, s: Any, run: t.Run, reason: str) -> None:
-        """Jobs already stopping gracefully take the new reason (an abort kills at once)."""
-        await s.execute(
-            update(t.Job)
-            .where(
-                t.Job.run_id == run.id,
-                t.Job.status == "terminating",
-                t.Job.termination_reason == "terminated_by_user",
-            )
-            .values(termination_reason=JOB_REASON_FOR_RUN.get(reason, reason), dirty=True)
-        )
-
-    async def _terminate_jobs(self, s: Any, latest: list[t.Job], reason: str, now: datetime) -> int:
-        """Send unfinished jobs to terminating, skipping any a job worker holds right now;
-        returns how many are still to do."""
-        left = 0
-        for job in latest:
-            if job.status in FINISHED or job.status == "terminating":
+    async def _request_stop(self, s: Any, jobs: list[t.Job], reason: str, now: datetime) -> int:
+        """Ask unfinished jobs to stop with `reason` (the job reconciler moves them to
+        terminating, jobs.py); an abort also reaches jobs already stopping gracefully. A request
+        already there is not written again. Returns how many asked jobs a job worker holds right
+        now: it may have read the row before the request, so the run comes back to wake it."""
+        abort = reason == JobTerminationReason.ABORTED_BY_USER.value
+        busy = 0
+        for job in jobs:
+            if job.status in FINISHED:
                 continue
-            res = await s.execute(
-                update(t.Job)
-                .where(
-                    t.Job.id == job.id,
-                    t.Job.status == job.status,
-                    or_(t.Job.lock_expires_at.is_(None), t.Job.lock_expires_at < now),
+            terminating = job.status == JobStatus.TERMINATING.value
+            asked = job.stop_requested and (job.stop_abort or not abort)
+            if not asked and (abort or not terminating):
+                await s.execute(
+                    update(t.Job)
+                    .where(t.Job.id == job.id)
+                    .values(
+                        stop_requested=True,
+                        stop_abort=t.Job.stop_abort | abort,
+                        stop_reason=reason
+                        if abort or not job.stop_requested
+                        else t.Job.stop_reason,
+                        dirty=True,
+                    )
                 )
-                .values(
-                    status="terminating",
-                    termination_reason=job.termination_reason or reason,
-                    dirty=True,
-                    version=t.Job.version + 1,
-                )
-            )
-            if res.rowcount != 1:
-                left += 1
-                continue
-            events.record(
-                s,
-                project_id=job.project_id,
-                target_type="job",
-                target_id=job.id,
-                target_name=job.job_name,
-                message=f"Job status changed {job.status.upper()} -> TERMINATING. "
-                f"Termination reason: {reason.upper()}",
-                now=now,
-                within_run_id=job.run_id,
-            )
-        return left
+                asked = True
+            leased = job.lock_expires_at is not None and job.lock_expires_at > now
+            if asked and not terminating and leased:
+                busy += 1
+        return busy
 
 
-def _ready(job: t.Job) -> bool:
-    """Running and, when the spec has probes, passed them (the proxy's prober says so)."""
-    if job.status != "running":
-        return False
-    return job.ready or not JobSpec.model_validate_json(job.job_spec).probes
+def _replica_facts(job: t.Job) -> ReplicaFacts:
+    return ReplicaFacts(
+        job_num=job.job_num,
+        status=job.status,
+        has_probes=bool(JobSpec.model_validate_json(job.job_spec).probes),
+        probes_passed=job.ready,
+        unhealthy_at=job.unhealthy_at,
+        stop_requested=job.stop_requested,
+    )
 
 
 def _failed_streak(jobs: list[t.Job], job: t.Job) -> int:
@@ -304,6 +312,7 @@ def _live_groups(latest: list[t.Job], deployment_num: int) -> Counter[str]:
     new replica's group is chosen against (jobspecs.replica_spec)."""
     out: Counter[str] = Counter()
     for j in latest:
-        if is_live_replica(j.job_num, j.status) and j.deployment_num >= deployment_num:
+        live = is_live_replica(j.job_num, j.status, j.stop_requested)
+        if live and j.deployment_num >= deployment_num:
             out[JobSpec.model_validate_json(j.job_spec).replica_group] += 1
     return out

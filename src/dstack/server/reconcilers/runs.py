@@ -3,7 +3,7 @@
 | status      | observation                        | next status / effect                  |
 |-------------|------------------------------------|---------------------------------------|
 | active      | stop requested                     | terminating: stopped/aborted_by_user; |
-|             |                                    | unfinished jobs -> terminating        |
+|             |                                    | unfinished jobs are asked to stop     |
 | active      | a job failed, retry covers it      | pending (resubmitted after backoff)   |
 | active      | a job failed, retry window passed  | terminating: retry_limit_exceeded     |
 | active      | a job failed, no retry             | terminating: job_failed               |
@@ -13,8 +13,23 @@
 |             |                                    | else submitted                        |
 | pending     | backoff elapsed                    | submitted; new job submissions        |
 |             |                                    | (event: why the previous one ended)   |
-| terminating | unfinished jobs                    | they are sent to terminating          |
+| terminating | unfinished jobs                    | they are asked to stop (again: an     |
+|             |                                    | abort escalates a graceful stop)      |
 | terminating | every job finished                 | done / failed / terminated            |
+| any         | becomes final, replacement pending | the replacement is submitted as a new |
+|             |                                    | run of the same name (same commit)    |
+
+The run never writes a job's status: it records a stop request on the job (`stop_requested`,
+`stop_abort`, `stop_reason`, the job termination reason below) and the job reconciler carries
+it out (jobs.py). A job asked to stop counts as on its way out from then on.
+
+Replacement (`apply --force` against an active run that cannot be updated in place): the API
+records the new spec on the run (`replacement_spec`) and asks the run to stop; when the run
+reaches a final status, the same transaction inserts the new run. So the one-active-run-per-name
+index holds at every instant, the old run keeps its own history (status, reason, cost, events,
+logs) and `ps`, `logs NAME` and `event` show the new run as the latest of the name once it
+exists. (A new deployment inside the same run would have mixed two runs' retries, reasons and
+timings in one row.) `dstack stop` of the name cancels a pending replacement.
 
 Services (see `_decide_service`) also scale, in `active` and in `pending` (scaled to zero):
 
@@ -54,22 +69,33 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-FINISHED = ("terminated", "aborted", "failed", "done")
+from dstack.models.runs import (
+    JobStatus,
+    JobTerminationReason,
+    RetryEvent,
+    RunStatus,
+    RunTerminationReason,
+)
+
+RS, JS = RunStatus, JobStatus
+RR, JR = RunTerminationReason, JobTerminationReason
+FINISHED = tuple(s.value for s in JobStatus if s.is_finished())
+RUN_FINISHED = tuple(s.value for s in RunStatus if s.is_finished())
 RUN_FINAL = {
-    "all_jobs_done": "done",
-    "stopped_by_user": "terminated",
-    "aborted_by_user": "terminated",
+    RR.ALL_JOBS_DONE.value: RS.DONE.value,
+    RR.STOPPED_BY_USER.value: RS.TERMINATED.value,
+    RR.ABORTED_BY_USER.value: RS.TERMINATED.value,
 }
 JOB_REASON_FOR_RUN = {
-    "all_jobs_done": "done_by_runner",
-    "stopped_by_user": "terminated_by_user",
-    "aborted_by_user": "aborted_by_user",
+    RR.ALL_JOBS_DONE.value: JR.DONE_BY_RUNNER.value,
+    RR.STOPPED_BY_USER.value: JR.TERMINATED_BY_USER.value,
+    RR.ABORTED_BY_USER.value: JR.ABORTED_BY_USER.value,
 }
 # A submission that ran this long before failing started fine: its failure starts a new streak.
 STARTED_FINE_SECONDS = 600.0
 RETRY_EVENT = {
-    "failed_to_start_due_to_no_capacity": "no-capacity",
-    "interrupted_by_no_capacity": "interruption",
+    JR.FAILED_TO_START_DUE_TO_NO_CAPACITY.value: RetryEvent.NO_CAPACITY.value,
+    JR.INTERRUPTED_BY_NO_CAPACITY.value: RetryEvent.INTERRUPTION.value,
 }
 
 
@@ -79,7 +105,7 @@ def retry_event(reason: str | None) -> str | None:
         return RETRY_EVENT[reason]
     from dstack.server.reconcilers.jobs import final_status
 
-    return "error" if final_status(reason) == "failed" else None
+    return RetryEvent.ERROR.value if final_status(reason) == JS.FAILED.value else None
 
 
 def failure_streak(history: Sequence[tuple[str, datetime | None, datetime | None]]) -> int:
@@ -89,7 +115,7 @@ def failure_streak(history: Sequence[tuple[str, datetime | None, datetime | None
     when it began running (its submission time if it never ran)."""
     streak = 0
     for status, started, finished in reversed(history):
-        if status != "failed":
+        if status != JS.FAILED.value:
             break
         if started and finished and (finished - started).total_seconds() >= STARTED_FINE_SECONDS:
             break
@@ -110,8 +136,16 @@ class JobState:
     # submission ever got one. The retry window counts from it (server.md §3.3).
     last_provisioned_at: datetime | None = None
     deployment_num: int = 0
-    ready: bool = False  # a service replica that runs and passed its probes
+    ready: bool = False  # a service replica ready to serve (models/readiness.is_ready)
     failed_streak: int = 0  # see failure_streak(): this submission and the failed ones before
+    stop_requested: bool = False  # the run asked it to stop; the job reconciler has not yet
+
+    @property
+    def stopping(self) -> bool:
+        """On its way out: terminating, or asked to stop and not finished yet."""
+        if self.status in FINISHED:
+            return False
+        return self.status == JS.TERMINATING.value or self.stop_requested
 
 
 @dataclass(frozen=True)
@@ -138,6 +172,7 @@ class RunView:
     latest_jobs: tuple[JobState, ...]
     backoff: tuple[float, ...]
     service: ServiceView | None = None
+    replacement: bool = False  # `apply --force` left a spec to submit once this run ends
 
 
 @dataclass
@@ -150,35 +185,48 @@ class RunDecision:
     scale_up: list[int] = field(default_factory=list)  # new service replicas (replica_num)
     scale_down: list[int] = field(default_factory=list)  # replicas to stop: scaled_down
     waited: float = 0.0  # the backoff a resubmission waited, for its event
+    submit_replacement: bool = False  # the run ends now: submit its pending replacement
 
 
 def decide(v: RunView, now: datetime) -> RunDecision:
-    if v.status == "terminating":
+    d = _decide(v, now)
+    if v.replacement and d.status in RUN_FINISHED:
+        d.submit_replacement = True
+    return d
+
+
+def _decide(v: RunView, now: datetime) -> RunDecision:
+    if v.status == RS.TERMINATING.value:
         return _decide_terminating(v)
     if v.stop_requested:
-        reason = "aborted_by_user" if v.stop_abort else "stopped_by_user"
-        return _terminate(v, reason)
-    if v.status == "pending":
+        reason = RR.ABORTED_BY_USER if v.stop_abort else RR.STOPPED_BY_USER
+        return _terminate(v, reason.value)
+    if v.status == RS.PENDING.value:
         return _decide_pending(v, now)
     return _decide_active(v, now)
 
 
 def _terminate(v: RunView, reason: str) -> RunDecision:
     unfinished = [j for j in v.latest_jobs if j.status not in FINISHED]
-    job_reason = JOB_REASON_FOR_RUN.get(reason, "terminated_by_server")
+    job_reason = JOB_REASON_FOR_RUN.get(reason, JR.TERMINATED_BY_SERVER.value)
     if not unfinished:
-        return RunDecision(status=RUN_FINAL.get(reason, "failed"), reason=reason)
-    return RunDecision(status="terminating", reason=reason, terminate_jobs_reason=job_reason)
+        return RunDecision(status=RUN_FINAL.get(reason, RS.FAILED.value), reason=reason)
+    return RunDecision(
+        status=RS.TERMINATING.value, reason=reason, terminate_jobs_reason=job_reason
+    )
 
 
 def _decide_terminating(v: RunView) -> RunDecision:
-    reason = v.termination_reason or "server_error"
-    if v.stop_abort and reason == "stopped_by_user":
+    reason = v.termination_reason or RR.SERVER_ERROR.value
+    if v.stop_abort and reason == RR.STOPPED_BY_USER.value:
         # `stop -x` after `stop`: escalate the graceful stop in flight to an abort.
-        return RunDecision(reason="aborted_by_user", terminate_jobs_reason="aborted_by_user")
+        aborted = RR.ABORTED_BY_USER.value
+        return RunDecision(reason=aborted, terminate_jobs_reason=JOB_REASON_FOR_RUN[aborted])
     if all(j.status in FINISHED for j in v.latest_jobs):
-        return RunDecision(status=RUN_FINAL.get(reason, "failed"))
-    return RunDecision(terminate_jobs_reason=JOB_REASON_FOR_RUN.get(reason, "terminated_by_server"))
+        return RunDecision(status=RUN_FINAL.get(reason, RS.FAILED.value))
+    return RunDecision(
+        terminate_jobs_reason=JOB_REASON_FOR_RUN.get(reason, JR.TERMINATED_BY_SERVER.value)
+    )
 
 
 def _backoff(v: RunView, failed: list[JobState]) -> float:
@@ -192,7 +240,9 @@ def _failed(v: RunView) -> list[JobState]:
     return [
         j
         for j in v.latest_jobs
-        if j.status in FINISHED and j.status != "done" and j.termination_reason != "scaled_down"
+        if j.status in FINISHED
+        and j.status != JS.DONE.value
+        and j.termination_reason != JR.SCALED_DOWN.value
     ]
 
 
@@ -212,7 +262,7 @@ def _decide_pending(v: RunView, now: datetime) -> RunDecision:
     if (now - since).total_seconds() < wait:
         return RunDecision()
     resubmit = [(j.replica_num, j.job_num) for j in failed]
-    return RunDecision(status="submitted", resubmit=resubmit, waited=wait)
+    return RunDecision(status=RS.SUBMITTED.value, resubmit=resubmit, waited=wait)
 
 
 def _retry_allowed(v: RunView, job: JobState, now: datetime) -> str:
@@ -237,32 +287,41 @@ def _decide_active(v: RunView, now: datetime) -> RunDecision:
     for job in failed:
         verdict = _retry_allowed(v, job, now)
         if verdict == "no":
-            return _terminate(v, "job_failed")
+            return _terminate(v, RR.JOB_FAILED.value)
         if verdict == "exceeded":
-            return _terminate(v, "retry_limit_exceeded")
+            return _terminate(v, RR.RETRY_LIMIT_EXCEEDED.value)
     if failed:
         return RunDecision(
-            status="pending", values={"resubmission_attempt": v.resubmission_attempt + 1}
+            status=RS.PENDING.value, values={"resubmission_attempt": v.resubmission_attempt + 1}
         )
-    if jobs and all(j.status == "done" for j in jobs):
-        return _terminate(v, "all_jobs_done")
+    if jobs and all(j.status == JS.DONE.value for j in jobs):
+        return _terminate(v, RR.ALL_JOBS_DONE.value)
     if v.service is not None:
         return _decide_service(v, v.service, now)
-    # A terminating or finished job does not move the run back to `submitted`: only jobs still
+    # A stopping or finished job does not move the run back to `submitted`: only jobs still
     # on their way up decide the status.
-    moving = [j for j in jobs if j.status != "terminating" and j.status not in FINISHED]
+    moving = [j for j in jobs if not j.stopping and j.status not in FINISHED]
     if not moving:
         return RunDecision()
-    if any(j.status == "running" for j in moving):
-        status = "running"
-    elif any(j.status in ("provisioning", "pulling") for j in moving):
-        status = "provisioning"
-    else:
-        status = "submitted"
+    status = _status_of(moving)
     if status == v.status:
         return RunDecision()
-    values = {"resubmission_attempt": 0} if status in ("provisioning", "running") else {}
-    return RunDecision(status=status, values=values)
+    return RunDecision(status=status, values=_started_values(status))
+
+
+def _status_of(jobs: Sequence[JobState]) -> str:
+    """The run status its jobs on their way up imply."""
+    if any(j.status == JS.RUNNING.value for j in jobs):
+        return RS.RUNNING.value
+    if any(j.status in (JS.PROVISIONING.value, JS.PULLING.value) for j in jobs):
+        return RS.PROVISIONING.value
+    return RS.SUBMITTED.value
+
+
+def _started_values(status: str) -> dict[str, Any]:
+    """A run that got capacity starts its retry count over."""
+    started = status in (RS.PROVISIONING.value, RS.RUNNING.value)
+    return {"resubmission_attempt": 0} if started else {}
 
 
 def desired_replicas(sv: ServiceView) -> int:
@@ -283,7 +342,7 @@ def _free_nums(v: RunView, live: list[JobState], n: int) -> list[int]:
     """The lowest replica numbers neither live nor still stopping: a replica that stops may
     hold its port (`port + N` on the process runtime) until it has exited."""
     taken = {j.replica_num for j in live}
-    taken |= {j.replica_num for j in v.latest_jobs if j.status == "terminating"}
+    taken |= {j.replica_num for j in v.latest_jobs if j.stopping}
     out, num = [], 0
     while len(out) < n:
         if num not in taken:
@@ -294,7 +353,7 @@ def _free_nums(v: RunView, live: list[JobState], n: int) -> list[int]:
 
 def _surplus(live: list[JobState], n: int) -> list[int]:
     """Which replicas to stop first: not ready, then the newest numbers."""
-    order = sorted(live, key=lambda j: (j.ready, j.status == "running", -j.replica_num))
+    order = sorted(live, key=lambda j: (j.ready, j.status == JS.RUNNING.value, -j.replica_num))
     return [j.replica_num for j in order[:n]]
 
 
@@ -304,20 +363,24 @@ def _failing(v: RunView) -> bool:
     from dstack.server.reconcilers.jobs import final_status
 
     return any(
-        j.status == "terminating" and final_status(j.termination_reason) == "failed"
+        j.status == JS.TERMINATING.value and final_status(j.termination_reason) == JS.FAILED.value
         for j in v.latest_jobs
     )
 
 
-def is_live_replica(job_num: int, status: str) -> bool:
-    """A replica counts (for scaling, rolling, groups) by its job 0 while not on its way out."""
-    return job_num == 0 and status not in FINISHED and status != "terminating"
+def is_live_replica(job_num: int, status: str, stop_requested: bool = False) -> bool:
+    """A replica counts (for scaling, rolling, groups) by its job 0 while not on its way out:
+    neither finished, terminating, nor asked to stop. Whether it is also ready to serve is
+    `models/readiness.is_ready`, the proxy's own predicate."""
+    if job_num != 0 or status in FINISHED:
+        return False
+    return status != JS.TERMINATING.value and not stop_requested
 
 
 def _decide_service(v: RunView, sv: ServiceView, now: datetime) -> RunDecision:
     if _failing(v):
         return RunDecision()
-    live = [j for j in v.latest_jobs if is_live_replica(j.job_num, j.status)]
+    live = [j for j in v.latest_jobs if is_live_replica(j.job_num, j.status, j.stop_requested)]
     desired = desired_replicas(sv)
     d = RunDecision()
     old = [j for j in live if j.deployment_num < sv.deployment_num]
@@ -340,17 +403,13 @@ def _decide_service(v: RunView, sv: ServiceView, now: datetime) -> RunDecision:
             d.scale_down = _surplus(live, len(live) - desired)
     staying = [j for j in live if j.replica_num not in d.scale_down]
     if d.scale_up:
-        status = "running" if any(j.status == "running" for j in staying) else "submitted"
+        running = any(j.status == JS.RUNNING.value for j in staying)
+        status = RS.RUNNING.value if running else RS.SUBMITTED.value
     elif not staying:
-        status = "pending"  # scaled to zero: waiting for requests
-    elif any(j.status == "running" for j in staying):
-        status = "running"
-    elif any(j.status in ("provisioning", "pulling") for j in staying):
-        status = "provisioning"
+        status = RS.PENDING.value  # scaled to zero: waiting for requests
     else:
-        status = "submitted"
+        status = _status_of(staying)
     if status != v.status:
         d.status = status
-        if status in ("provisioning", "running"):
-            d.values = {"resubmission_attempt": 0}
+        d.values = _started_values(status)
     return d

@@ -1,7 +1,11 @@
 """Run operations called by the routers: plan, apply, stop, delete, get, list.
 
 User actions are requests, not mutations of a running state machine: `stop` records
-`stop_requested` and wakes the run reconciler, which carries it out.
+`stop_requested` and wakes the run reconciler, which carries it out. So does a replacement:
+`apply` with `force` against an active run that cannot be updated in place records the new
+spec on that run (`replacement_spec`) and asks it to stop, in one call; the run reconciler
+submits the new run when the old one has finished (reconcilers/runs.py says why a new run row
+and not a new deployment). Nothing is lost if the client or the server dies in between.
 """
 
 from __future__ import annotations
@@ -21,7 +25,15 @@ from dstack.errors import (
     ServerClientError,
 )
 from dstack.models.configurations import parse_configuration
-from dstack.models.runs import ApplyRunPlanInput, JobPlan, Run, RunPlan, RunSpec, RunStatus
+from dstack.models.runs import (
+    ApplyRunPlanInput,
+    JobPlan,
+    JobStatus,
+    Run,
+    RunPlan,
+    RunSpec,
+    RunStatus,
+)
 from dstack.models.wire import utcnow
 from dstack.server.db import tables as t
 from dstack.server.scheduler.placement import rank
@@ -33,7 +45,7 @@ from dstack.server.services.pool import load_pool, requirements_for
 from dstack.server.services.runs_view import run_model
 
 RUN_TYPES = ("dev-environment", "task", "service")
-ACTIVE_RUN_STATUSES = ("pending", "submitted", "provisioning", "running", "terminating")
+ACTIVE_RUN_STATUSES = tuple(s.value for s in RunStatus if not s.is_finished())
 
 
 def parse_run_configuration(spec: RunSpec) -> Any:
@@ -188,7 +200,12 @@ async def apply_plan(
         active = await _active_run(s, project.id, spec.run_name)
         if active is not None and _updatable(active, conf, plan):
             return await _update_service(ctx, s, user, project, active, spec, conf)
-        if active is not None:
+        if active is not None and force:
+            old = await _request_replacement(ctx, s, user, project, active, spec, conf)
+            if old is not None:
+                return old
+            # It finished between the lookup and the request: the name is free, submit now.
+        elif active is not None:
             raise ResourceExistsError(
                 f"Run {spec.run_name} is already active ({active.status}). "
                 "Stop it first, or apply with --force to stop and replace it.",
@@ -203,7 +220,7 @@ async def apply_plan(
         )
         spec = spec.model_copy(update={"run_name": generate_name(taken)})
     spec = spec.model_copy(update={"configuration": conf.model_dump(mode="json")})
-    run = await _insert_run(s, user, project, spec, conf)
+    run = await _insert_run(s, user, project.id, spec, conf, utcnow(), "Run submitted")
     try:
         await s.commit()
     except IntegrityError as e:
@@ -217,15 +234,108 @@ async def apply_plan(
     return await to_model(s, run, project)
 
 
+async def _request_replacement(
+    ctx: ServerContext,
+    s: AsyncSession,
+    user: t.User,
+    project: t.Project,
+    run: t.Run,
+    spec: RunSpec,
+    conf: Any,
+) -> Run | None:
+    """Record `spec` as the replacement of the active `run` and ask the run to stop; the run
+    reconciler submits the replacement in the transaction that finishes the run. Returns the
+    old run as it now stands, or None when it had already finished (nothing recorded).
+
+    The update is conditional on the run being active: against the reconciler's final write
+    it is one or the other, so a request never lands on a run that has already ended."""
+    now = utcnow()
+    spec = spec.model_copy(update={"configuration": conf.model_dump(mode="json")})
+    res = await s.execute(
+        update(t.Run)
+        .where(
+            t.Run.id == run.id,
+            t.Run.deleted.is_(False),
+            t.Run.status.in_(ACTIVE_RUN_STATUSES),
+        )
+        .values(
+            replacement_spec=spec.model_dump_json(),
+            replacement_user_id=user.id,
+            stop_requested=True,
+            dirty=True,
+        )
+    )
+    if res.rowcount != 1:
+        await s.rollback()
+        return None
+    again = " (it replaces the replacement requested before)" if run.replacement_spec else ""
+    events.record(
+        s,
+        project_id=project.id,
+        target_type="run",
+        target_id=run.id,
+        target_name=run.run_name,
+        message="Run replacement requested: the run stops, then a new run "
+        f"{run.run_name} is submitted with the new configuration{again}",
+        now=now,
+        actor=user.name,
+        within_run_id=run.id,
+    )
+    await s.commit()
+    await s.refresh(run)
+    ctx.hub.wake("runs")
+    return await to_model(s, run, project)
+
+
+async def submit_replacement(s: AsyncSession, old: t.Run, now: datetime) -> t.Run | None:
+    """Called by the run reconciler in the transaction that moves `old` to a final status:
+    insert the run `apply --force` asked for (re-reading the request, which may have arrived
+    after the reconciler's snapshot) and clear the request. None when there was none."""
+    spec_json, user_id = (
+        await s.execute(
+            select(t.Run.replacement_spec, t.Run.replacement_user_id).where(t.Run.id == old.id)
+        )
+    ).one()
+    if not spec_json:
+        return None
+    await s.execute(
+        update(t.Run)
+        .where(t.Run.id == old.id)
+        .values(replacement_spec=None, replacement_user_id=None)
+    )
+    user = await s.get(t.User, user_id or old.user_id) or await s.get(t.User, old.user_id)
+    spec = RunSpec.model_validate_json(spec_json)
+    try:
+        conf = parse_run_configuration(spec)
+    except ServerClientError as e:
+        # Valid at apply time; a server upgrade in between may refuse it. Say so, and let the
+        # old run end rather than fail its final write on every pass.
+        events.record(
+            s,
+            project_id=old.project_id,
+            target_type="run",
+            target_id=old.id,
+            target_name=old.run_name,
+            message=f"Run replacement not submitted: {e}",
+            now=now,
+            within_run_id=old.id,
+        )
+        return None
+    return await _insert_run(
+        s, user, old.project_id, spec, conf, now, f"Run submitted, replacing run {old.id}"
+    )
+
+
 def _updatable(active: t.Run, conf: Any, plan: ApplyRunPlanInput) -> bool:
     """A running service updates in place (a rolling deployment) when the client applies
-    against it (`current_resource` set); anything else is refused or replaced."""
+    against it (`current_resource` set); anything else is refused or, with `force`,
+    replaced."""
     old = RunSpec.model_validate_json(active.run_spec).configuration
     return (
         conf.type == "service"
         and old.get("type") == "service"
         and plan.current_resource is not None
-        and active.status != "terminating"
+        and active.status != RunStatus.TERMINATING.value
         and not active.stop_requested
     )
 
@@ -269,12 +379,17 @@ async def _update_service(
 
 
 async def _insert_run(
-    s: AsyncSession, user: t.User, project: t.Project, spec: RunSpec, conf: Any
+    s: AsyncSession,
+    user: t.User,
+    project_id: str,
+    spec: RunSpec,
+    conf: Any,
+    now: datetime,
+    message: str,
 ) -> t.Run:
-    now = utcnow()
     run = t.Run(
         id=str(uuid.uuid4()),
-        project_id=project.id,
+        project_id=project_id,
         user_id=user.id,
         run_name=spec.run_name,
         run_spec=spec.model_dump_json(),
@@ -292,11 +407,11 @@ async def _insert_run(
         )
     events.record(
         s,
-        project_id=project.id,
+        project_id=project_id,
         target_type="run",
         target_id=run.id,
         target_name=run.run_name,
-        message="Run submitted",
+        message=message,
         now=now,
         actor=user.name,
         within_run_id=run.id,
@@ -324,7 +439,7 @@ def new_job_row(
         submission_num=submission_num,
         deployment_num=run.deployment_num,
         job_spec=job_spec_json,
-        status="submitted",
+        status=JobStatus.SUBMITTED.value,
         submitted_at=now,
         last_processed_at=now,
         dirty=True,
@@ -362,18 +477,28 @@ async def stop_runs(
             continue
         # A request, not a mutation: the run reconciler carries it out. `version` is not bumped
         # so a reconciler pass in flight still applies; it sees the flag on its next pass.
+        # Stopping the name also cancels a replacement `apply --force` left pending on it.
         await s.execute(
             update(t.Run)
             .where(t.Run.id == run.id)
-            .values(stop_requested=True, stop_abort=t.Run.stop_abort | abort, dirty=True)
+            .values(
+                stop_requested=True,
+                stop_abort=t.Run.stop_abort | abort,
+                replacement_spec=None,
+                replacement_user_id=None,
+                dirty=True,
+            )
         )
+        message = "Run abort requested" if abort else "Run stop requested"
+        if run.replacement_spec:
+            message += "; the pending replacement is cancelled"
         events.record(
             s,
             project_id=project.id,
             target_type="run",
             target_id=run.id,
             target_name=run.run_name,
-            message="Run abort requested" if abort else "Run stop requested",
+            message=message,
             now=now,
             actor=user.name,
             within_run_id=run.id,
