@@ -63,7 +63,7 @@ TABLE = [
             provisioning_since=ago(5),
             provisioning_timeout=30,
         ),
-        InstanceDecision("wait", recheck=1.0),
+        InstanceDecision("wait", recheck=0.5),
     ),
     (
         "provisioning/agent-silent-just-before-timeout-looks-again-then",
@@ -74,6 +74,16 @@ TABLE = [
             provisioning_timeout=30,
         ),
         InstanceDecision("wait", recheck=0.5),
+    ),
+    (
+        "provisioning/agent-silent-a-moment-before-timeout",
+        view(
+            status="provisioning",
+            agent_ok=False,
+            provisioning_since=ago(29.75),
+            provisioning_timeout=30,
+        ),
+        InstanceDecision("wait", recheck=0.25),
     ),
     (
         "provisioning/agent-silent-past-timeout",
@@ -176,7 +186,11 @@ AFTER = [
         "create/ok-provisioning",
         d(Act.CREATE),
         Outcome(True, values={"agent_url": "http://a"}),
-        d(Act.CREATE, status="provisioning", values={"agent_url": "http://a", "started_at": T0}),
+        d(
+            Act.CREATE,
+            status="provisioning",
+            values={"agent_url": "http://a", "started_at": T0, "dirty": True},
+        ),
     ),
     (
         "create/failed-terminated-error",

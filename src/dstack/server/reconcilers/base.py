@@ -220,12 +220,45 @@ class Reconciler(ABC):
             )
             await s.commit()
 
-    async def guarded_update(
-        self, s: AsyncSession, row_id: str, token: str, values: dict[str, Any], now: datetime
+    async def release_in(
+        self, s: AsyncSession, row_id: str, token: str, *, dirty: bool = False
     ) -> None:
-        """Apply `values` and drop the lease, only if we still hold it."""
+        """`release` inside the caller's session (which the caller commits): a pass that already
+        wrote in `s` must not open a second session (on SQLite it would wait on its own write
+        lock)."""
+        self._finishing(row_id, token)
+        values: dict[str, Any] = {
+            "lock_token": None,
+            "lock_owner": None,
+            "lock_expires_at": None,
+            "last_processed_at": self.now(),
+        }
+        if dirty:
+            values["dirty"] = True
+        await s.execute(
+            update(self.table)
+            .where(self.table.id == row_id, self.table.lock_token == token)
+            .values(**values)
+        )
+
+    async def guarded_update(
+        self,
+        s: AsyncSession,
+        row_id: str,
+        token: str,
+        values: dict[str, Any],
+        now: datetime,
+        *,
+        due_in: tuple[str, float] | None = None,
+    ) -> None:
+        """Apply `values` and drop the lease, only if we still hold it. `due_in` (status,
+        seconds): the decision says when to look again, sooner than the status's interval."""
         p = self._finishing(row_id, token)
         tbl = self.table
+        processed = now
+        if due_in is not None:
+            early = max(0.0, self.interval(due_in[0]) - due_in[1])
+            processed = now - timedelta(seconds=early)
         res = await s.execute(
             update(tbl)
             .where(tbl.id == row_id, tbl.lock_token == token)
@@ -235,7 +268,7 @@ class Reconciler(ABC):
                 lock_token=None,
                 lock_owner=None,
                 lock_expires_at=None,
-                last_processed_at=now,
+                last_processed_at=processed,
             )
         )
         if res.rowcount != 1:

@@ -30,7 +30,7 @@ from dstack.server.services.context import ServerContext
 from dstack.server.services.hosts import host_of, known_host_key
 from dstack.server.services.pool import FINISHED_JOB_STATUSES, LIVE_INSTANCE_STATUSES, fleet_conf
 
-PROVISIONING_POLL_SECONDS = 0.5
+PROVISIONING_POLL_SECONDS = 2.0
 
 
 class InstanceReconciler(Reconciler):
@@ -223,14 +223,12 @@ class InstanceReconciler(Reconciler):
             guarded = d.status == S.TERMINATING or d.action in (Act.CREATE, Act.READY)
             if changed and guarded and not await self._still_version(s, inst):
                 await s.rollback()
-                await s.execute(
-                    update(t.Instance)
-                    .where(t.Instance.id == inst.id, t.Instance.lock_token == token)
-                    .values(lock_token=None, lock_owner=None, lock_expires_at=None, dirty=True)
-                )
+                await self.release_in(s, inst.id, token, dirty=True)
                 await s.commit()
                 return
-            await self.guarded_update(s, inst.id, token, values, now)
+            status = values.get("status", inst.status)
+            due_in = (status, d.recheck) if d.recheck is not None else None
+            await self.guarded_update(s, inst.id, token, values, now, due_in=due_in)
             if changed:
                 self._record(s, inst, d, now)
                 await s.execute(

@@ -32,6 +32,9 @@ from typing import Any
 from dstack.models.instances import InstanceStatus as S
 from dstack.models.instances import InstanceTerminationReason as R
 
+# How often a provisioning host's agent is asked whether it answers yet.
+POLL = 0.5
+
 
 class Act(str, Enum):
     WAIT = "wait"
@@ -107,14 +110,16 @@ def _provisioning(v: InstanceView, now: datetime) -> InstanceDecision:
     left = v.provisioning_timeout - (now - since).total_seconds()
     if left <= 0:
         return InstanceDecision(Act.DIAGNOSE)
-    return InstanceDecision(Act.WAIT, recheck=min(1.0, left))
+    return InstanceDecision(Act.WAIT, recheck=min(POLL, left))
 
 
 def after(d: InstanceDecision, o: Outcome, now: datetime) -> InstanceDecision:
     """The transition an act's outcome leads to."""
     if d.action == Act.CREATE:
         if o.ok:
-            return replace(d, status=S.PROVISIONING, values={**o.values, "started_at": now})
+            # Due again at once: the agent usually answers right after its start.
+            values = {**o.values, "started_at": now, "dirty": True}
+            return replace(d, status=S.PROVISIONING, values=values)
         return replace(
             d, status=S.TERMINATED, reason=R.ERROR, message=o.message, values={"finished_at": now}
         )

@@ -443,11 +443,7 @@ class JobReconciler(Reconciler):
 
     async def _release_for_replacement(self, s: Any, job_id: str, token: str) -> None:
         await s.rollback()
-        await s.execute(
-            update(t.Job)
-            .where(t.Job.id == job_id, t.Job.lock_token == token)
-            .values(dirty=True, lock_token=None, lock_owner=None, lock_expires_at=None)
-        )
+        await self.release_in(s, job_id, token, dirty=True)
         await s.commit()
         self.ctx.hub.wake("jobs")
 
