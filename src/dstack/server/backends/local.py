@@ -103,11 +103,14 @@ class LocalBackend(Compute):
     ) -> Provisioning:
         # A repeat after a crash finds the agent started for this instance (same token).
         token = host.agent_token or secrets.token_urlsafe(32)
+        # Tagged before the agent starts: the sweeper must never see a new agent under the tag
+        # of the instance it replaces.
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / INSTANCE_ID_FILE).write_text(host.instance_id)
         try:
             agent = await ensure_local_agent(self.home, token)
         except Exception as e:  # the agent is ours; any failure to start it is the reason
             raise BackendError(f"failed to start the local agent: {e}") from e
-        (self.home / INSTANCE_ID_FILE).write_text(host.instance_id)
         return Provisioning(
             agent_url=agent.url,
             hostname=socket.gethostname(),
