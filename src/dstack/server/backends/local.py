@@ -122,6 +122,7 @@ class LocalBackend(Compute):
         """Restart a dead agent with the instance's token (its jobs' state is on disk)."""
         if not host.agent_token:
             return None
+        (self.home / INSTANCE_ID_FILE).write_text(host.instance_id)
         try:
             agent = await ensure_local_agent(self.home, host.agent_token)
         except Exception as e:

@@ -89,6 +89,7 @@ class InventorySweeper:
             ).all()
         rows = {r[0]: (r[1], r[2], r[3]) for r in found}
         names = {r[0]: r[4] for r in found}
+        owner = await self._owner_project(backend)
         swept = []
         for item in orphans(items, rows):
             try:
@@ -97,12 +98,22 @@ class InventorySweeper:
                 log.warning("could not terminate orphan %s: %s", item.description, e)
                 continue
             row = rows.get(item.instance_id or "")
-            swept.append(
-                Orphan(backend.type, item, row[1] if row else None, names.get(item.instance_id, ""))
-            )
+            project_id = row[1] if row else owner
+            swept.append(Orphan(backend.type, item, project_id, names.get(item.instance_id, "")))
         if swept:
             await self._record(swept)
         return swept
+
+    async def _owner_project(self, backend: Compute) -> str | None:
+        """Where the event of an orphan without a row goes: the backend's one project, if it
+        serves only one (else it is recorded with no project, for admins)."""
+        if backend.projects is None or len(backend.projects) != 1:
+            return None
+        (name,) = tuple(backend.projects)
+        async with self.ctx.db.session() as s:
+            return (
+                await s.execute(select(t.Project.id).where(t.Project.name == name))
+            ).scalar_one_or_none()
 
     async def _record(self, swept: list[Orphan]) -> None:
         now = utcnow()
