@@ -169,3 +169,30 @@ def test_a_job_with_an_image_skips_hosts_and_backends_without_docker() -> None:
     assert ranked.candidates == [] and "no Docker engine" in ranked.rejections[0]
     # A job without an image runs as processes: Docker does not matter.
     assert rank(req(), [no_docker], [capacity]).candidates
+
+
+def test_a_field_the_backend_cannot_honour_is_refused_naming_it() -> None:
+    local_caps = LocalBackend(Path("/nonexistent"), "main").capabilities.names()
+    assert "volumes" not in local_caps and "shared_host" in local_caps
+    host = replace(inst("h", backend="local"), capabilities=local_caps)
+    ranked = rank(req(needs=frozenset({"volumes"})), [host], [])
+    assert ranked.candidates == []
+    assert ranked.rejections == ["fleet-h: backend local cannot mount `volumes`"]
+    capacity = replace(cap(offer(backend="local")), capabilities={"local": local_caps})
+    ranked = rank(req(needs=frozenset({"reservations"})), [], [capacity])
+    assert ranked.rejections == ["local offer t1: backend local cannot use a `reservation`"]
+    # Capabilities it has, or none asked for: placed as before.
+    assert rank(req(needs=frozenset({"shared_host"})), [host], []).candidates
+    assert rank(req(), [host], [capacity]).candidates
+
+
+def test_needs_come_from_the_configuration() -> None:
+    from dstack.server.services.pool import needs
+
+    conf = SimpleNamespace(volumes=[{"name": "data", "path": "/data"}])
+    assert needs(conf, {}) == {"volumes"}
+    assert needs(SimpleNamespace(volumes=[]), {"reservation": "r-1", "spot": "spot"}) == {
+        "reservations",
+        "spot",
+    }
+    assert needs(SimpleNamespace(), {"spot": "auto"}) == frozenset()

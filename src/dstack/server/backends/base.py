@@ -63,6 +63,11 @@ class Capabilities:
     reservations: bool = False
     multinode: bool = True
 
+    def names(self) -> frozenset[str]:
+        """The capabilities this backend has, by field name (what the scheduler matches a
+        job's needs against)."""
+        return frozenset(k for k, v in vars(self).items() if v is True)
+
 
 @dataclass
 class Host:

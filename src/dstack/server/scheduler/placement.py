@@ -31,6 +31,8 @@ class Requirements:
     exclusive: bool = True
     # The job runs an image: only a host with a Docker engine can take it.
     docker: bool = False
+    # Backend capabilities the job's configuration needs (e.g. "volumes", "reservations").
+    needs: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class PoolInstance:
     shared: bool = False
     # Runs images (a Docker engine answered); True while not yet known (still starting).
     docker: bool = True
+    # Its backend's capabilities (None: not known, nothing is refused for it).
+    capabilities: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ class FleetCapacity:
     fleet_name: str
     offers: tuple[InstanceOfferWithAvailability, ...]
     docker: bool = True  # instances of these offers can run images
+    # Capabilities of each backend whose offers these are (a backend missing here: unknown).
+    capabilities: dict[str, frozenset[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -135,6 +141,22 @@ def _shared_candidate(req: Requirements, inst: PoolInstance) -> Candidate | str:
 
 
 NO_DOCKER = "no Docker engine (the configuration sets `image`)"
+# What a job asks for that needs a backend capability, in the user's words.
+NEEDS = {
+    "volumes": "cannot mount `volumes`",
+    "reservations": "cannot use a `reservation`",
+    "spot": "has no spot instances (`spot_policy: spot`)",
+}
+
+
+def lacking(req: Requirements, backend: str, caps: frozenset[str] | None) -> str | None:
+    """Why a backend cannot take the job for want of a capability (None: it can)."""
+    if caps is None:
+        return None
+    missing = sorted(req.needs - caps)
+    if not missing:
+        return None
+    return f"backend {backend} " + "; ".join(NEEDS.get(m, f"lacks {m}") for m in missing)
 
 
 def _pool_candidate(req: Requirements, inst: PoolInstance) -> Candidate | str:
@@ -142,6 +164,9 @@ def _pool_candidate(req: Requirements, inst: PoolInstance) -> Candidate | str:
         return f"{inst.name}: unreachable"
     if req.docker and not inst.docker:
         return f"{inst.name}: {NO_DOCKER}"
+    why = lacking(req, inst.backend, inst.capabilities)
+    if why:
+        return f"{inst.name}: {why}"
     if (
         inst.shared
         and not req.exclusive
@@ -187,9 +212,13 @@ def _backend_candidates(req: Requirements, cap: FleetCapacity, out: Ranking) -> 
         return
     for offer in cap.offers:
         res = offer.instance.resources
-        reason = _profile_reason(
-            req, offer.backend, offer.region, offer.instance.name, offer.price, res.spot
-        ) or mismatch(req.resources, res)
+        reason = (
+            lacking(req, offer.backend, cap.capabilities.get(offer.backend))
+            or _profile_reason(
+                req, offer.backend, offer.region, offer.instance.name, offer.price, res.spot
+            )
+            or mismatch(req.resources, res)
+        )
         if reason:
             out.rejections.append(f"{offer.backend} offer {offer.instance.name}: {reason}")
             continue

@@ -142,6 +142,7 @@ async def with_capacity(
         if limit is not None and rows.counts.get(fleet_id, 0) >= limit:
             continue
         offers: list[InstanceOfferWithAvailability] = []
+        caps: dict[str, frozenset[str]] = {}
         docker = True
         allowed = conf.get("backends")
         for btype, backend in ctx.backends.items():
@@ -155,7 +156,8 @@ async def with_capacity(
                 continue
             offers.extend(await ctx.offer_cache.get(backend, offer_requirements(req)))
             docker = docker and backend.capabilities.docker
-        capacity.append(FleetCapacity(fleet_id, name, tuple(offers), docker))
+            caps[btype] = backend.capabilities.names()
+        capacity.append(FleetCapacity(fleet_id, name, tuple(offers), docker, caps))
     return Pool(rows.instances, capacity, bool(rows.fleets), notes)
 
 
@@ -204,6 +206,7 @@ def _pool_instance(ctx: ServerContext, inst: t.Instance, fleet: t.Fleet, busy: i
         # Process-runtime jobs side by side on one host (docs/architecture.md).
         shared=capabilities(ctx, inst.backend).shared_host,
         docker=bool(json.loads(inst.host_info).get("docker")) if inst.host_info else True,
+        capabilities=capabilities(ctx, inst.backend).names(),
     )
 
 
@@ -229,4 +232,18 @@ def requirements_for(conf: Any, job_requirements: dict[str, Any]) -> Requirement
         # Without an image the job runs as processes on the host: it need not own a block.
         exclusive=bool(getattr(conf, "image", None)) or bool(job_requirements.get("multinode")),
         docker=bool(getattr(conf, "image", None)),
+        needs=needs(conf, job_requirements),
     )
+
+
+def needs(conf: Any, job_requirements: dict[str, Any]) -> frozenset[str]:
+    """Backend capabilities the configuration asks for: a backend without one is refused in
+    the plan, naming the field, instead of the field being ignored."""
+    out = set()
+    if getattr(conf, "volumes", None):
+        out.add("volumes")
+    if job_requirements.get("reservation"):
+        out.add("reservations")
+    if job_requirements.get("spot") == "spot":
+        out.add("spot")
+    return frozenset(out)
