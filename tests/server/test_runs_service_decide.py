@@ -103,7 +103,12 @@ def test_idle_scales_down_after_the_down_delay_and_to_zero():
     d = decide(view(rep(0), rep(1), rps=0.5), NOW)
     assert d.scale_down == [1]
     d = decide(view(rep(0), rps=0.0), NOW)
-    assert d.scale_down == [0] and d.status == "pending"
+    # The last replica is asked to stop; the run stays `running` until its job has left.
+    assert d.scale_down == [0] and d.status is None
+    asked = replace(rep(0), stop_requested=True)
+    assert decide(view(asked, rps=0.0), NOW).status is None
+    leaving = rep(0, "terminating", reason="scaled_down")
+    assert decide(view(leaving, rps=0.0), NOW).status == "pending"
 
 
 def test_scaled_to_zero_waits_then_wakes_at_once_on_a_held_request():

@@ -377,6 +377,13 @@ def is_live_replica(job_num: int, status: str, stop_requested: bool = False) -> 
     return status != JS.TERMINATING.value and not stop_requested
 
 
+def _stop_unacknowledged(j: Any, scale_down: Any) -> bool:
+    """A replica asked to stop (now or earlier) whose job has not turned `terminating` yet."""
+    if j.job_num != 0 or j.status in FINISHED or j.status == JS.TERMINATING.value:
+        return False
+    return bool(j.stop_requested) or j.replica_num in scale_down
+
+
 def _decide_service(v: RunView, sv: ServiceView, now: datetime) -> RunDecision:
     if _failing(v):
         return RunDecision()
@@ -406,7 +413,10 @@ def _decide_service(v: RunView, sv: ServiceView, now: datetime) -> RunDecision:
         running = any(j.status == JS.RUNNING.value for j in staying)
         status = RS.RUNNING.value if running else RS.SUBMITTED.value
     elif not staying:
-        status = RS.PENDING.value  # scaled to zero: waiting for requests
+        # Scaled to zero: waiting for requests, once every replica asked to stop has left
+        # (until its job turns `terminating`, the run keeps the status it had).
+        leaving = any(_stop_unacknowledged(j, d.scale_down) for j in v.latest_jobs)
+        status = v.status if leaving else RS.PENDING.value
     else:
         status = _status_of(staying)
     if status != v.status:

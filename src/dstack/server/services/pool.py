@@ -84,11 +84,14 @@ async def load_pool_rows(ctx: ServerContext, session: AsyncSession, project_id: 
     instances = list(
         (
             await session.execute(
-                select(t.Instance).where(
+                select(t.Instance)
+                .where(
                     t.Instance.fleet_id.in_(list(by_id)),
                     t.Instance.deleted.is_(False),
                     t.Instance.status.in_(LIVE_INSTANCE_STATUSES),
                 )
+                # Equal places are taken in a stable order (the fleet's first host first).
+                .order_by(t.Instance.created_at, t.Instance.instance_num)
             )
         ).scalars()
     )
