@@ -140,7 +140,6 @@ class Instance(LeaseMixin, Base):
     termination_reason: Mapped[str | None] = mapped_column(String(60))
     termination_reason_message: Mapped[str | None] = mapped_column(Text)
     unreachable: Mapped[bool] = mapped_column(Boolean, default=False)
-    unreachable_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
     offer: Mapped[str | None] = mapped_column(Text)  # InstanceOfferWithAvailability JSON
     price: Mapped[float] = mapped_column(Float, default=0.0)
     hostname: Mapped[str | None] = mapped_column(String(200))
@@ -156,7 +155,6 @@ class Instance(LeaseMixin, Base):
     provisioning_job_id: Mapped[str | None] = mapped_column(String(36))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    last_job_processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
 
@@ -233,7 +231,6 @@ class Job(LeaseMixin, Base):
     stop_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     stop_abort: Mapped[bool] = mapped_column(Boolean, default=False)
     stop_reason: Mapped[str | None] = mapped_column(String(60))
-    logs_drained: Mapped[bool] = mapped_column(Boolean, default=False)
     # Service replicas (written by the proxy's prober, read by the proxy and `ps -v`):
     # one success streak per probe of the spec, JSON; `ready` once every streak reached its
     # `ready_after`; `unhealthy_at` when the proxy saw the replica reset or refuse a request.

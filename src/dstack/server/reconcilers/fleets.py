@@ -15,6 +15,8 @@ from datetime import datetime
 
 from sqlalchemy import func, select
 
+from dstack.models.fleets import FleetStatus
+from dstack.models.instances import InstanceStatus
 from dstack.models.wire import utcnow
 from dstack.server.db import tables as t
 from dstack.server.reconcilers.base import Reconciler
@@ -34,15 +36,15 @@ class FleetDecision:
 
 
 def decide(v: FleetView, now: datetime) -> FleetDecision:
-    if v.status == "terminating" and v.live_instances == 0:
-        return FleetDecision(status="terminated", deleted=True)
+    if v.status == FleetStatus.TERMINATING.value and v.live_instances == 0:
+        return FleetDecision(status=FleetStatus.TERMINATED.value, deleted=True)
     return FleetDecision()
 
 
 class FleetReconciler(Reconciler):
     kind = "fleets"
     table = t.Fleet
-    active_statuses = ("terminating",)
+    active_statuses = (FleetStatus.TERMINATING.value,)
 
     def interval(self, status: str) -> float:
         return self.ctx.settings.resync_seconds
@@ -57,7 +59,7 @@ class FleetReconciler(Reconciler):
                 await s.execute(
                     select(func.count()).where(
                         t.Instance.fleet_id == fleet.id,
-                        t.Instance.status != "terminated",
+                        t.Instance.status != InstanceStatus.TERMINATED.value,
                     )
                 )
             ).scalar_one()

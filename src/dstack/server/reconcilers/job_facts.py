@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from dstack.models.instances import InstanceStatus
 from dstack.models.offers import InstanceOfferWithAvailability
 from dstack.models.runs import RunSpec
 from dstack.server.db import tables as t
@@ -36,7 +37,9 @@ async def live_instance_of(s: Any, backend_type: str) -> bool:
             .where(
                 t.Instance.backend == backend_type,
                 t.Instance.deleted.is_(False),
-                t.Instance.status.not_in(("terminating", "terminated")),
+                t.Instance.status.not_in(
+                    (InstanceStatus.TERMINATING.value, InstanceStatus.TERMINATED.value)
+                ),
             )
             .limit(1)
         )

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import select, update
 
 from dstack.models.configurations import parse_configuration
+from dstack.models.instances import InstanceStatus
 from dstack.models.runs import JobProvisioningData, JobSpec, JobStatus, RunSpec
 from dstack.models.wire import utcnow
 from dstack.server.agent_client import (
@@ -81,10 +82,13 @@ class Snapshot:
     inactivity_duration: int | None = None
 
 
+_FINISHED = tuple(s.value for s in JobStatus if s.is_finished())
+
+
 class JobReconciler(Reconciler):
     kind = "jobs"
     table = t.Job
-    active_statuses = ("submitted", "provisioning", "pulling", "running", "terminating")
+    active_statuses = tuple(s.value for s in JobStatus if not s.is_finished())
     workers = 16
 
     def __init__(self, ctx: ServerContext, agents: AgentRegistry) -> None:
@@ -105,7 +109,7 @@ class JobReconciler(Reconciler):
         return (priority.desc(), t.Job.submitted_at, t.Job.last_processed_at)
 
     def interval(self, status: str) -> float:
-        if status in ("running", "terminating"):
+        if status in (JobStatus.RUNNING.value, JobStatus.TERMINATING.value):
             return self.ctx.settings.running_job_poll_seconds
         return self.ctx.settings.resync_seconds
 
@@ -132,9 +136,9 @@ class JobReconciler(Reconciler):
             project = await s.get(t.Project, job.project_id)
             inst = await s.get(t.Instance, job.instance_id) if job.instance_id else None
             snap = Snapshot(job, run, project, inst, self._job_spec(job))
-            if job.status == "running":
+            if job.status == JobStatus.RUNNING.value:
                 snap.inactivity_duration = inactivity_duration(run)
-            placing = job.status == "submitted" and job.instance_id is None
+            placing = job.status == JobStatus.SUBMITTED.value and job.instance_id is None
             if placing:
                 rows = await load_pool_rows(self.ctx, s, project.id)
         if rows is not None:
@@ -369,14 +373,14 @@ class JobReconciler(Reconciler):
         values.update(extra)
         if d.status and d.status != job.status:
             values["status"] = d.status
-            if d.reason and job.status != "terminating":
+            if d.reason and job.status != JobStatus.TERMINATING.value:
                 values["termination_reason"] = d.reason
                 values["termination_reason_message"] = d.message
             if d.exit_status is not None:
                 values["exit_status"] = d.exit_status
-            if d.status == "running":
+            if d.status == JobStatus.RUNNING.value:
                 values["running_at"] = now
-            if d.status in ("done", "failed", "terminated", "aborted"):
+            if d.status in _FINISHED:
                 values["finished_at"] = now
             else:
                 values["dirty"] = True  # the next step of a new status is due at once
@@ -386,7 +390,7 @@ class JobReconciler(Reconciler):
         )
         async with self._single_lock if single else contextlib.nullcontext():
             await self._write(snap, d, values, token, now)
-        if values.get("status") in ("done", "failed", "terminated", "aborted"):
+        if values.get("status") in _FINISHED:
             await self._wake_queue(job.project_id)
         if "status" in values:
             self.ctx.hub.wake("runs")
@@ -414,7 +418,7 @@ class JobReconciler(Reconciler):
         async with self.ctx.db.session() as s:
             await s.execute(
                 update(t.Job)
-                .where(t.Job.project_id == project_id, t.Job.status == "submitted")
+                .where(t.Job.project_id == project_id, t.Job.status == JobStatus.SUBMITTED.value)
                 .values(dirty=True)
             )
             await s.commit()
@@ -432,7 +436,7 @@ class JobReconciler(Reconciler):
             .where(
                 t.Instance.id == c.instance_id,
                 t.Instance.version == inst.version,
-                t.Instance.status == "idle",
+                t.Instance.status == InstanceStatus.IDLE.value,
             )
             .values(version=t.Instance.version + 1)
         )
@@ -469,7 +473,7 @@ class JobReconciler(Reconciler):
             name=f"{fleet.name}-{num}",
             backend=c.offer.backend,
             region=c.offer.region,
-            status="pending",
+            status=InstanceStatus.PENDING.value,
             offer=c.offer.model_dump_json(),
             price=c.offer.price,
             total_blocks=total_blocks(conf),

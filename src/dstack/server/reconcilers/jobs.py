@@ -54,29 +54,33 @@ from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
 
+from dstack.models.instances import InstanceStatus
 from dstack.models.runs import JobStatus, JobTerminationReason
 from dstack.server.scheduler.placement import Candidate
 
 MAX_DURATION_BACKSTOP = timedelta(minutes=2)
 
 TERMINATED_REASONS = {
-    "terminated_by_user",
-    "terminated_by_server",
-    "scaled_down",
-    "inactivity_duration_exceeded",
-    "terminated_due_to_utilization_policy",
-    "max_duration_exceeded",
+    r.value
+    for r in (
+        JobTerminationReason.TERMINATED_BY_USER,
+        JobTerminationReason.TERMINATED_BY_SERVER,
+        JobTerminationReason.SCALED_DOWN,
+        JobTerminationReason.INACTIVITY_DURATION_EXCEEDED,
+        JobTerminationReason.TERMINATED_DUE_TO_UTILIZATION_POLICY,
+        JobTerminationReason.MAX_DURATION_EXCEEDED,
+    )
 }
 
 
 def final_status(reason: str | None) -> str:
-    if reason == "done_by_runner":
-        return "done"
-    if reason == "aborted_by_user":
-        return "aborted"
+    if reason == JobTerminationReason.DONE_BY_RUNNER.value:
+        return JobStatus.DONE.value
+    if reason == JobTerminationReason.ABORTED_BY_USER.value:
+        return JobStatus.ABORTED.value
     if reason in TERMINATED_REASONS:
-        return "terminated"
-    return "failed"
+        return JobStatus.TERMINATED.value
+    return JobStatus.FAILED.value
 
 
 @dataclass(frozen=True)
@@ -126,13 +130,13 @@ def decide(v: JobView, now: datetime) -> Decision:
             status=JobStatus.TERMINATING.value,
             reason=v.stop_reason or JobTerminationReason.TERMINATED_BY_SERVER.value,
         )
-    if v.status == "submitted":
+    if v.status == JobStatus.SUBMITTED.value:
         return _decide_submitted(v)
-    if v.status == "provisioning":
+    if v.status == JobStatus.PROVISIONING.value:
         return _decide_provisioning(v)
-    if v.status == "running":
+    if v.status == JobStatus.RUNNING.value:
         return _decide_running(v, now)
-    if v.status == "terminating":
+    if v.status == JobStatus.TERMINATING.value:
         return _decide_terminating(v, now)
     return Decision("wait")
 
@@ -141,6 +145,12 @@ _STOPPABLE = tuple(
     s.value
     for s in (JobStatus.SUBMITTED, JobStatus.PROVISIONING, JobStatus.PULLING, JobStatus.RUNNING)
 )
+
+
+_INSTANCE_ENDING = (InstanceStatus.TERMINATING.value, InstanceStatus.TERMINATED.value)
+_INSTANCE_READY = (InstanceStatus.IDLE.value, InstanceStatus.BUSY.value)
+# The agent reports a job's status with the same values as JobStatus.
+_AGENT_FINISHED = (JobStatus.DONE.value, JobStatus.FAILED.value, JobStatus.TERMINATED.value)
 
 
 def _ended_on_its_own(v: JobView) -> bool:
@@ -160,36 +170,36 @@ def _escalated(v: JobView) -> str | None:
 
 def _decide_submitted(v: JobView) -> Decision:
     if v.instance_id is not None:
-        return Decision("wait", status="provisioning")
+        return Decision("wait", status=JobStatus.PROVISIONING.value)
     if v.placement is None and v.queued:
         return Decision("wait")
     if v.placement is None:
         return Decision(
             "wait",
-            status="terminating",
-            reason="failed_to_start_due_to_no_capacity",
+            status=JobStatus.TERMINATING.value,
+            reason=JobTerminationReason.FAILED_TO_START_DUE_TO_NO_CAPACITY.value,
             message=v.no_capacity_message,
         )
     if v.placement.instance_id is None:
-        return Decision("create_instance", status="provisioning")
-    return Decision("assign", status="provisioning")
+        return Decision("create_instance", status=JobStatus.PROVISIONING.value)
+    return Decision("assign", status=JobStatus.PROVISIONING.value)
 
 
 def _decide_provisioning(v: JobView) -> Decision:
-    if v.instance_status in ("terminating", "terminated") or v.instance_id is None:
+    if v.instance_status in _INSTANCE_ENDING or v.instance_id is None:
         return Decision(
             "wait",
-            status="terminating",
-            reason="waiting_instance_limit_exceeded",
+            status=JobStatus.TERMINATING.value,
+            reason=JobTerminationReason.WAITING_INSTANCE_LIMIT_EXCEEDED.value,
             message=v.instance_message or "the instance was terminated before the job started",
         )
-    if v.instance_status in ("idle", "busy") and v.agent_reachable:
-        return Decision("start", status="running")
+    if v.instance_status in _INSTANCE_READY and v.agent_reachable:
+        return Decision("start", status=JobStatus.RUNNING.value)
     return Decision("wait")
 
 
 def _agent_finished(job: dict[str, Any] | None) -> bool:
-    return job is not None and job.get("status") in ("done", "failed", "terminated")
+    return job is not None and job.get("status") in _AGENT_FINISHED
 
 
 def _decide_running(v: JobView, now: datetime) -> Decision:
@@ -200,14 +210,14 @@ def _decide_running(v: JobView, now: datetime) -> Decision:
             if v.spot:
                 return Decision(
                     "wait",
-                    status="terminating",
-                    reason="interrupted_by_no_capacity",
+                    status=JobStatus.TERMINATING.value,
+                    reason=JobTerminationReason.INTERRUPTED_BY_NO_CAPACITY.value,
                     message="the spot instance stopped answering",
                 )
             return Decision(
                 "wait",
-                status="terminating",
-                reason="instance_unreachable",
+                status=JobStatus.TERMINATING.value,
+                reason=JobTerminationReason.INSTANCE_UNREACHABLE.value,
                 message="the instance stopped answering",
             )
         return Decision("wait")
@@ -215,17 +225,19 @@ def _decide_running(v: JobView, now: datetime) -> Decision:
     if v.agent_job is None:
         return Decision(
             "wait",
-            status="terminating",
-            reason="executor_error",
+            status=JobStatus.TERMINATING.value,
+            reason=JobTerminationReason.EXECUTOR_ERROR.value,
             message="the agent has no record of the job",
         )
     if _agent_finished(v.agent_job):
         reason = v.agent_job.get("termination_reason") or (
-            "done_by_runner" if v.agent_job.get("status") == "done" else "executor_error"
+            JobTerminationReason.DONE_BY_RUNNER.value
+            if v.agent_job.get("status") == JobStatus.DONE.value
+            else JobTerminationReason.EXECUTOR_ERROR.value
         )
         return Decision(
             "copy_logs",
-            status="terminating",
+            status=JobStatus.TERMINATING.value,
             reason=reason,
             message=v.agent_job.get("termination_message"),
             exit_status=v.agent_job.get("exit_status"),
@@ -236,8 +248,8 @@ def _decide_running(v: JobView, now: datetime) -> Decision:
         if now >= deadline:
             return Decision(
                 "copy_logs",
-                status="terminating",
-                reason="max_duration_exceeded",
+                status=JobStatus.TERMINATING.value,
+                reason=JobTerminationReason.MAX_DURATION_EXCEEDED.value,
                 message=f"the job ran longer than max_duration ({v.max_duration}s)",
                 values=values,
             )
@@ -248,8 +260,8 @@ def _decide_running(v: JobView, now: datetime) -> Decision:
     if limit is not None and isinstance(idle, int) and idle >= limit:
         return Decision(
             "copy_logs",
-            status="terminating",
-            reason="inactivity_duration_exceeded",
+            status=JobStatus.TERMINATING.value,
+            reason=JobTerminationReason.INACTIVITY_DURATION_EXCEEDED.value,
             message=f"no SSH connection for {idle}s (inactivity_duration is {limit}s)",
             values=values,
         )
@@ -266,7 +278,7 @@ def _decide_terminating(v: JobView, now: datetime) -> Decision:
 
 def _terminating(v: JobView, now: datetime) -> Decision:
     reason = _escalated(v) or v.termination_reason
-    gone = v.instance_id is None or v.instance_status in ("terminated", None)
+    gone = v.instance_id is None or v.instance_status in (InstanceStatus.TERMINATED.value, None)
     if gone or v.agent_job is None and v.agent_reachable:
         return Decision("finalize", status=final_status(reason))
     if not v.agent_reachable:

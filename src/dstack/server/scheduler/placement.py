@@ -10,9 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dstack.models.instances import Resources
+from dstack.models.instances import InstanceStatus, Resources
 from dstack.models.offers import InstanceAvailability, InstanceOfferWithAvailability
 from dstack.server.scheduler.matching import mismatch, share
+
+# An instance still starting, and one up (taking jobs).
+_STARTING = (InstanceStatus.PENDING.value, InstanceStatus.PROVISIONING.value)
+_UP = (InstanceStatus.IDLE.value, InstanceStatus.BUSY.value)
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,7 @@ def _shared_candidate(req: Requirements, inst: PoolInstance) -> Candidate | str:
     ) or mismatch(req.resources, inst.resources)
     if reason:
         return f"{inst.name}: {reason}"
-    starting = inst.status in ("pending", "provisioning")
+    starting = inst.status in _STARTING
     offer = InstanceOfferWithAvailability(
         backend=inst.backend,
         instance={"name": inst.instance_type, "resources": inst.resources},
@@ -167,13 +171,9 @@ def _pool_candidate(req: Requirements, inst: PoolInstance) -> Candidate | str:
     why = lacking(req, inst.backend, inst.capabilities)
     if why:
         return f"{inst.name}: {why}"
-    if (
-        inst.shared
-        and not req.exclusive
-        and inst.status in ("pending", "provisioning", "idle", "busy")
-    ):
+    if inst.shared and not req.exclusive and inst.status in (*_STARTING, *_UP):
         return _shared_candidate(req, inst)
-    if inst.status not in ("idle", "busy"):
+    if inst.status not in _UP:
         return f"{inst.name}: {inst.status}"
     reason = _profile_reason(
         req, inst.backend, inst.region, inst.instance_type, inst.price, inst.resources.spot

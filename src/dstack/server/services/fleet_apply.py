@@ -25,6 +25,7 @@ from dstack.errors import ConfigurationError, ServerClientError
 from dstack.models.configurations import parse_configuration
 from dstack.models.fleets import Fleet, FleetSpec, FleetStatus
 from dstack.models.fleets_config import FleetConfiguration
+from dstack.models.instances import InstanceStatus
 from dstack.models.wire import utcnow
 from dstack.server.db import tables as t
 from dstack.server.services import events
@@ -204,7 +205,7 @@ async def _check_taken(
                 t.Instance.project_id == project.id,
                 t.Instance.remote_connection.is_not(None),
                 t.Instance.deleted.is_(False),
-                t.Instance.status.in_((*LIVE, "terminating")),
+                t.Instance.status.in_((*LIVE, InstanceStatus.TERMINATING.value)),
                 t.Fleet.name != name,
             )
         )
@@ -372,7 +373,7 @@ def _add_instance(
         name=f"{fleet.name}-{num}",
         backend=backend_type,
         region="remote",
-        status="pending",
+        status=InstanceStatus.PENDING.value,
         hostname=h["hostname"],
         agent_token_enc=ctx.box.encrypt(secrets.token_urlsafe(32)),
         remote_connection=json.dumps(rc),

@@ -10,13 +10,15 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dstack.errors import ResourceNotExistsError, ServerClientError
+from dstack.models.fleets import FleetStatus
+from dstack.models.instances import InstanceStatus, InstanceTerminationReason
 from dstack.models.wire import utcnow
 from dstack.server.db import tables as t
 from dstack.server.services import events
 from dstack.server.services.context import ServerContext
-from dstack.server.services.pool import FINISHED_JOB_STATUSES
+from dstack.server.services.pool import FINISHED_JOB_STATUSES, LIVE_INSTANCE_STATUSES
 
-LIVE = ("pending", "provisioning", "idle", "busy")
+LIVE = LIVE_INSTANCE_STATUSES
 
 
 async def current_fleet(s: AsyncSession, project: t.Project, name: str) -> t.Fleet | None:
@@ -88,8 +90,8 @@ async def terminate_instances(
             update(t.Instance)
             .where(t.Instance.id == inst.id)
             .values(
-                status="terminating",
-                termination_reason="terminated_by_user",
+                status=InstanceStatus.TERMINATING.value,
+                termination_reason=InstanceTerminationReason.TERMINATED_BY_USER.value,
                 dirty=True,
                 version=t.Instance.version + 1,
             )
@@ -121,7 +123,7 @@ async def delete_fleets(
         fleet = await _fleet_row(s, project, name)
         instances = await live_instances(s, fleet)
         await terminate_instances(s, project, fleet, instances, now)
-        if fleet.status != "terminating":
+        if fleet.status != FleetStatus.TERMINATING.value:
             fleet_event(
                 s,
                 fleet,
@@ -129,7 +131,7 @@ async def delete_fleets(
                 f"(deleted by {user.name})",
                 now,
             )
-        fleet.status = "terminating"
+        fleet.status = FleetStatus.TERMINATING.value
         fleet.dirty = True
     await s.commit()
     ctx.hub.wake("instances", "fleets")

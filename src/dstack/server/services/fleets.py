@@ -27,8 +27,8 @@ async def _instances(s: AsyncSession, fleet: t.Fleet, project: t.Project) -> lis
     out = []
     for r in rows:
         status = r.status
-        if status == "idle" and busy.get(r.id):
-            status = "busy"
+        if status == InstanceStatus.IDLE.value and busy.get(r.id):
+            status = InstanceStatus.BUSY.value
         offer = InstanceOfferWithAvailability.model_validate_json(r.offer) if r.offer else None
         out.append(
             Instance(

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dstack.models.runs import RunStatus
+from dstack.models.runs import JobStatus, RunStatus
 from dstack.server.db import tables as t
 from dstack.server.services.context import ServerContext
 from dstack.server.services.hosts import backend_of, open_stream
@@ -104,7 +104,7 @@ async def find_target(
             "resource_not_exists",
         )
     what = f"Job {job.job_name} of run {run_name}"
-    if job.status != "running":
+    if job.status != JobStatus.RUNNING.value:
         raise RelayRefused(
             409, f"{what} is {job.status}; SSH is available while it runs", "job_not_running"
         )

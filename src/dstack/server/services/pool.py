@@ -10,16 +10,29 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dstack.models.fleets import FleetStatus
+from dstack.models.instances import InstanceStatus
 from dstack.models.offers import InstanceOfferWithAvailability
 from dstack.models.resources import ResourcesSpec
+from dstack.models.runs import JobStatus
 from dstack.server.backends.base import Compute, OfferRequirements
 from dstack.server.db import tables as t
 from dstack.server.scheduler.placement import FleetCapacity, PoolInstance, Requirements
 from dstack.server.services.context import ServerContext
 from dstack.server.services.hosts import capabilities
 
-FINISHED_JOB_STATUSES = ("terminated", "aborted", "failed", "done")
-LIVE_INSTANCE_STATUSES = ("pending", "provisioning", "idle", "busy")
+FINISHED_JOB_STATUSES = tuple(
+    s.value for s in (JobStatus.TERMINATED, JobStatus.ABORTED, JobStatus.FAILED, JobStatus.DONE)
+)
+LIVE_INSTANCE_STATUSES = tuple(
+    s.value
+    for s in (
+        InstanceStatus.PENDING,
+        InstanceStatus.PROVISIONING,
+        InstanceStatus.IDLE,
+        InstanceStatus.BUSY,
+    )
+)
 
 
 @dataclass
@@ -75,7 +88,7 @@ async def load_pool_rows(ctx: ServerContext, session: AsyncSession, project_id: 
                 select(t.Fleet).where(
                     t.Fleet.project_id == project_id,
                     t.Fleet.deleted.is_(False),
-                    t.Fleet.status == "active",
+                    t.Fleet.status == FleetStatus.ACTIVE.value,
                 )
             )
         ).scalars()
@@ -190,8 +203,8 @@ async def load_pool(
 def _pool_instance(ctx: ServerContext, inst: t.Instance, fleet: t.Fleet, busy: int) -> PoolInstance:
     offer = InstanceOfferWithAvailability.model_validate_json(inst.offer or "{}")
     status = inst.status
-    if status == "idle" and busy > 0:
-        status = "busy"
+    if status == InstanceStatus.IDLE.value and busy > 0:
+        status = InstanceStatus.BUSY.value
     return PoolInstance(
         id=inst.id,
         name=inst.name,

@@ -16,10 +16,12 @@ from dstack.models.runs import (
     JobSpec,
     JobStatus,
     JobSubmission,
+    JobTerminationReason,
     Run,
     RunFleetRef,
     RunSpec,
     RunStatus,
+    RunTerminationReason,
     ServiceModelInfo,
     ServiceSpec,
 )
@@ -27,42 +29,43 @@ from dstack.models.wire import utcnow
 from dstack.server.db import tables as t
 
 JOB_ERRORS = {
-    "instance_unreachable": "instance unreachable",
-    "instance_access_revoked": "instance access revoked",
-    "waiting_instance_limit_exceeded": "waiting instance limit exceeded",
-    "waiting_runner_limit_exceeded": "waiting runner limit exceeded",
-    "volume_error": "volume error",
-    "gateway_error": "gateway error",
-    "scaled_down": "scaled down",
-    "inactivity_duration_exceeded": "inactivity duration exceeded",
-    "terminated_due_to_utilization_policy": "utilization policy",
-    "ports_binding_failed": "ports binding failed",
-    "creating_container_error": "runner error",
-    "executor_error": "executor error",
-    "max_duration_exceeded": "max duration exceeded",
-    "log_quota_exceeded": "log quota exceeded",
+    JobTerminationReason.INSTANCE_UNREACHABLE.value: "instance unreachable",
+    JobTerminationReason.INSTANCE_ACCESS_REVOKED.value: "instance access revoked",
+    JobTerminationReason.WAITING_INSTANCE_LIMIT_EXCEEDED.value: "waiting instance limit exceeded",
+    JobTerminationReason.WAITING_RUNNER_LIMIT_EXCEEDED.value: "waiting runner limit exceeded",
+    JobTerminationReason.VOLUME_ERROR.value: "volume error",
+    JobTerminationReason.GATEWAY_ERROR.value: "gateway error",
+    JobTerminationReason.SCALED_DOWN.value: "scaled down",
+    JobTerminationReason.INACTIVITY_DURATION_EXCEEDED.value: "inactivity duration exceeded",
+    JobTerminationReason.TERMINATED_DUE_TO_UTILIZATION_POLICY.value: "utilization policy",
+    JobTerminationReason.PORTS_BINDING_FAILED.value: "ports binding failed",
+    JobTerminationReason.CREATING_CONTAINER_ERROR.value: "runner error",
+    JobTerminationReason.EXECUTOR_ERROR.value: "executor error",
+    JobTerminationReason.MAX_DURATION_EXCEEDED.value: "max duration exceeded",
+    JobTerminationReason.LOG_QUOTA_EXCEEDED.value: "log quota exceeded",
 }
 RUN_ERRORS = {
-    "retry_limit_exceeded": "retry limit exceeded",
-    "server_error": "server error",
-    "gateway_error": "gateway error",
+    RunTerminationReason.RETRY_LIMIT_EXCEEDED.value: "retry limit exceeded",
+    RunTerminationReason.SERVER_ERROR.value: "server error",
+    RunTerminationReason.GATEWAY_ERROR.value: "gateway error",
 }
 
 
 def job_status_message(job: t.Job) -> str:
     status, reason = job.status, job.termination_reason
-    if status == "done":
+    if status == JobStatus.DONE.value:
         return "exited (0)"
-    if status == "failed":
-        if reason == "container_exited_with_error":
+    if status == JobStatus.FAILED.value:
+        if reason == JobTerminationReason.CONTAINER_EXITED_WITH_ERROR.value:
             return f"exited ({job.exit_status})"
-        if reason == "failed_to_start_due_to_no_capacity":
+        if reason == JobTerminationReason.FAILED_TO_START_DUE_TO_NO_CAPACITY.value:
             msg = job.termination_reason_message or ""
             return "no fleets" if "No matching fleet found" in msg else "no capacity"
-        if reason == "interrupted_by_no_capacity":
+        if reason == JobTerminationReason.INTERRUPTED_BY_NO_CAPACITY.value:
             return "interrupted"
         return "error"
-    if status == "terminated" and reason == "terminated_by_user":
+    stopped_by_user = reason == JobTerminationReason.TERMINATED_BY_USER.value
+    if status == JobStatus.TERMINATED.value and stopped_by_user:
         return "stopped"
     return status
 
@@ -109,10 +112,11 @@ def run_status_message(run: t.Run, latest: list[t.Job]) -> str:
     status = RunStatus(run.status)
     if status.is_finished():
         return status.value
-    if latest and all(j.status == "pulling" for j in latest):
-        return "pulling"
+    if latest and all(j.status == JobStatus.PULLING.value for j in latest):
+        return JobStatus.PULLING.value
+    no_capacity = JobTerminationReason.FAILED_TO_START_DUE_TO_NO_CAPACITY.value
     if status in (RunStatus.SUBMITTED, RunStatus.PENDING) and any(
-        j.termination_reason == "failed_to_start_due_to_no_capacity" for j in latest
+        j.termination_reason == no_capacity for j in latest
     ):
         return "retrying"
     return status.value
