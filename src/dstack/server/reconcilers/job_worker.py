@@ -13,9 +13,8 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from dstack.models.configurations import parse_configuration
 from dstack.models.instances import InstanceStatus
-from dstack.models.runs import JobProvisioningData, JobSpec, JobStatus, RunSpec
+from dstack.models.runs import JobProvisioningData, JobSpec, JobStatus
 from dstack.models.wire import utcnow
 from dstack.server.agent_client import (
     AgentClient,
@@ -37,6 +36,7 @@ from dstack.server.reconcilers.job_facts import (
     replica_peers,
     total_blocks,
 )
+from dstack.server.reconcilers.job_placement import Placer
 from dstack.server.reconcilers.job_start import (
     agent_job_spec,
     published_ports,
@@ -51,8 +51,7 @@ from dstack.server.reconcilers.jobs import (
     after_start,
     decide,
 )
-from dstack.server.scheduler import multinode
-from dstack.server.scheduler.placement import Candidate, Requirements, no_capacity_message, rank
+from dstack.server.scheduler.placement import Candidate
 from dstack.server.services import events, logs
 from dstack.server.services.codes import load_code
 from dstack.server.services.context import ServerContext
@@ -61,8 +60,6 @@ from dstack.server.services.pool import (
     PoolRows,
     fleet_conf,
     load_pool_rows,
-    requirements_for,
-    with_capacity,
 )
 from dstack.server.services.ssh_keys import project_keypair
 
@@ -98,7 +95,7 @@ class JobReconciler(Reconciler):
         # once must not each create one (its single agent would refuse the second).
         self._single_lock = asyncio.Lock()
         self._specs: dict[str, tuple[str, JobSpec]] = {}
-        self._reqs: dict[tuple[str, str, int], Requirements] = {}
+        self.placer = Placer(ctx)
         self.host_jobs = HostJobs(max_age=ctx.settings.running_job_poll_seconds / 2)
 
     def claim_order(self) -> tuple[Any, ...]:
@@ -142,7 +139,8 @@ class JobReconciler(Reconciler):
             if placing:
                 rows = await load_pool_rows(self.ctx, s, project.id)
         if rows is not None:
-            await self._place(snap, rows)
+            where = await self.placer.place(snap.run, snap.job, snap.spec, rows)
+            snap.placement, snap.queued, snap.no_capacity = where
         return snap
 
     def _job_spec(self, job: t.Job) -> JobSpec:
@@ -153,56 +151,6 @@ class JobReconciler(Reconciler):
                 self._specs.clear()
             cached = self._specs[job.id] = (job.job_spec, JobSpec.model_validate_json(job.job_spec))
         return cached[1]
-
-    def _requirements(self, run: t.Run, spec: JobSpec) -> Requirements:
-        key = (run.id, run.run_spec, spec.job_num)
-        cached = self._reqs.get(key)
-        if cached is None:
-            if len(self._reqs) > 4096:
-                self._reqs.clear()
-            conf = parse_configuration(RunSpec.model_validate_json(run.run_spec).configuration)
-            cached = self._reqs[key] = requirements_for(conf, spec.requirements)
-        return cached
-
-    async def _place(self, snap: Snapshot, rows: PoolRows) -> None:
-        """Rank the places the job could go. Backend offers are fetched here, after the
-        snapshot's transaction ended (a cloud's offers are network calls)."""
-        req = self._requirements(snap.run, snap.spec)
-        pool = await with_capacity(self.ctx, rows, req)
-        ranking = rank(req, pool.instances, pool.capacity)
-        ranking.rejections.extend(pool.notes)
-        snap.placement = ranking.best
-        snap.queued = ranking.only_busy
-        snap.no_capacity = no_capacity_message(ranking, pool.has_fleets)
-        if snap.spec.jobs_per_replica > 1:
-            async with self.ctx.db.session() as s:
-                await self._place_multinode(s, snap, ranking)
-
-    async def _place_multinode(self, s: Any, snap: Snapshot, ranking: Any) -> None:
-        job = snap.job
-        fleets = (
-            await s.execute(
-                select(t.Fleet).where(
-                    t.Fleet.project_id == job.project_id, t.Fleet.deleted.is_(False)
-                )
-            )
-        ).scalars()
-        cluster = {f.id for f in fleets if fleet_conf(f).get("placement") == "cluster"}
-        peers = await replica_peers(s, job)
-        master = next((p for p in peers if p.job_num == 0), None)
-        master_inst = (
-            await s.get(t.Instance, master.instance_id) if master and master.instance_id else None
-        )
-        choice = multinode.choose(
-            ranking,
-            snap.spec.jobs_per_replica,
-            job.job_num,
-            cluster,
-            master_inst.fleet_id if master_inst else None,
-            {p.instance_id for p in peers if p.instance_id and p.id != job.id},
-        )
-        snap.placement, snap.queued = choice.candidate, choice.queued
-        snap.no_capacity = choice.message or snap.no_capacity
 
     async def _observe(self, snap: Snapshot) -> tuple[JobState | None, bool]:
         """The agent's state of the job (None: the agent has no such job) and whether the
