@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from dstack.models.common import BACKEND_IDS
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 PKG = SRC / "dstack"
 
@@ -351,14 +353,7 @@ def test_dstack_version_imports_nothing_heavy() -> None:
 SERVER = "dstack.server"
 BACKENDS = "dstack.server.backends"
 # The backend types of the configuration language, plus the two built-in ones.
-BACKEND_NAMES = frozenset(
-    {
-        "local", "ssh", "remote", "amddevcloud", "aws", "azure", "cloudrift", "crusoe", "cudo",
-        "datacrunch", "daytona", "digitalocean", "dstack", "gcp", "hotaisle", "jarvislabs",
-        "kubernetes", "lambda", "lium", "nebius", "oci", "runpod", "seeweb", "slurm",
-        "tensordock", "vastai", "verda", "vultr",
-    }
-)  # fmt: skip
+BACKEND_NAMES = frozenset({*BACKEND_IDS, "local", "ssh"})
 
 
 def _name(node: ast.AST) -> str:

@@ -17,6 +17,7 @@ from dstack.server.db import tables as t
 from dstack.server.db.migrate import migrate
 from dstack.server.db.session import Database
 from dstack.server.reconcilers.run_worker import RunReconciler
+from dstack.server.services import run_apply
 from dstack.server.services import runs as svc
 from dstack.server.services.context import ServerContext
 from dstack.server.services.crypto import Box
@@ -45,7 +46,7 @@ async def setup(tmp_path: Path) -> tuple[ServerContext, t.User, t.Project]:
 async def apply(ctx: ServerContext, user: t.User, project: t.Project, command: str, force: bool):
     async with ctx.db.session() as s:
         plan = ApplyRunPlanInput(run_spec=spec(command))
-        return await svc.apply_plan(ctx, s, user, project, plan, force)
+        return await run_apply.apply_plan(ctx, s, user, project, plan, force)
 
 
 async def runs(ctx: ServerContext) -> list[t.Run]:
@@ -115,7 +116,7 @@ def test_a_request_after_the_reconcilers_snapshot_is_not_lost(tmp_path: Path) ->
                 plan = ApplyRunPlanInput(run_spec=spec("echo late"))
                 u = await other.get(t.User, run.user_id)
                 p = await other.get(t.Project, run.project_id)
-                await svc.apply_plan(self.ctx, other, u, p, plan, True)
+                await run_apply.apply_plan(self.ctx, other, u, p, plan, True)
             return await super()._apply(s, run, *args, **kw)
 
     async def scenario() -> None:
@@ -142,7 +143,7 @@ def test_force_against_a_run_that_just_ended_submits_at_once(tmp_path: Path) -> 
                 await other.execute(update(t.Run).values(status="terminated"))
                 await other.commit()
             conf = svc.parse_run_configuration(spec("echo new"))
-            answer = await svc._request_replacement(
+            answer = await run_apply._request_replacement(
                 ctx, s, user, project, stale, spec("echo new"), conf
             )
         assert answer is None  # nothing recorded on an ended run

@@ -14,8 +14,6 @@ from dstack.api.client import APIClient, ServerError
 from dstack.cli.common import CLIError, api_client, confirm, echo, out
 from dstack.errors import ClientError
 
-KINDS = {"fleet": "fleets", "volume": "volumes", "gateway": "gateways"}
-
 
 def apply_other(args: argparse.Namespace, conf: Any, path: str) -> int:
     data = conf.model_dump(mode="json")

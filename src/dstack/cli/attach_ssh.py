@@ -237,5 +237,3 @@ def _save_held(alias: str, bind: str, forwards: list[Forward]) -> None:
     _held_path(alias).write_text(json.dumps(data))
 
 
-def user_public_key(identity: str | None) -> tuple[Path, str]:
-    return sshconfig.user_key(identity)

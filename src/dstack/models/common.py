@@ -23,7 +23,6 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-RESOURCE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,40}$")
 GROUP_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 TAG_KEY_RE = re.compile(r"^[_\-a-zA-Z0-9]{1,60}$")
 TAG_VALUE_RE = re.compile(r"^[a-zA-Z0-9 .:/=_\-+@]{0,256}$")
@@ -66,8 +65,6 @@ class Shorthand:
 
 
 STR_OR_INT = ({"type": "string"}, {"type": "integer"})
-STR_INT_NUM = ({"type": "string"}, {"type": "number"})
-
 # --- Durations -------------------------------------------------------------------------------
 
 _DURATION_PART_RE = re.compile(r"(\d+)\s*([smhdw])", re.IGNORECASE)
@@ -246,9 +243,6 @@ class Range(BaseModel, Generic[T]):
         if self.min is not None and self.max is not None and self.min > self.max:  # type: ignore[operator]
             raise ValueError("Invalid range order")
         return self
-
-    def is_exact(self) -> bool:
-        return self.min is not None and self.min == self.max
 
     def render(self, fmt: Any = str) -> str:
         """`2`, `2..`, `..8`, `2..8` (the plan's notation)."""

@@ -8,7 +8,6 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from dstack.models.instances import InstanceStatus
 from dstack.models.offers import InstanceOfferWithAvailability
 from dstack.models.runs import RunSpec
 from dstack.server.db import tables as t
@@ -26,25 +25,6 @@ async def replica_peers(s: Any, job: t.Job) -> list[t.Job]:
         if j.job_num not in latest or j.submission_num > latest[j.job_num].submission_num:
             latest[j.job_num] = j
     return [latest[k] for k in sorted(latest)]
-
-
-async def live_instance_of(s: Any, backend_type: str) -> bool:
-    """Whether this server has a live instance of the backend (starting or up), in any project:
-    a single-instance backend (the server's own machine) must never get a second."""
-    row = (
-        await s.execute(
-            select(t.Instance.id)
-            .where(
-                t.Instance.backend == backend_type,
-                t.Instance.deleted.is_(False),
-                t.Instance.status.not_in(
-                    (InstanceStatus.TERMINATING.value, InstanceStatus.TERMINATED.value)
-                ),
-            )
-            .limit(1)
-        )
-    ).first()
-    return row is not None
 
 
 async def next_instance_num(s: Any, fleet_id: str) -> int:

@@ -31,7 +31,6 @@ from dstack.server.reconcilers.job_facts import (
     idle_duration,
     inactivity_duration,
     is_spot,
-    live_instance_of,
     next_instance_num,
     replica_peers,
     total_blocks,
@@ -59,6 +58,7 @@ from dstack.server.services.hosts import capabilities, host_access, host_label
 from dstack.server.services.pool import (
     PoolRows,
     fleet_conf,
+    live_backend_types,
     load_pool_rows,
 )
 from dstack.server.services.ssh_keys import project_keypair
@@ -403,9 +403,8 @@ class JobReconciler(Reconciler):
         self, s: Any, snap: Snapshot, values: dict[str, Any], now: datetime, token: str
     ) -> None:
         c = snap.placement
-        if capabilities(self.ctx, c.offer.backend).single_instance and await live_instance_of(
-            s, c.offer.backend
-        ):
+        single = capabilities(self.ctx, c.offer.backend).single_instance
+        if single and c.offer.backend in await live_backend_types(s):
             # Another job created it since this one looked (one host, one agent per server):
             # place again, onto that instance.
             await self._release_for_replacement(s, snap.job.id, token)

@@ -30,7 +30,7 @@ from dstack.server.reconcilers.runs import (
 )
 from dstack.server.services import events
 from dstack.server.services.jobspecs import replica_spec
-from dstack.server.services.runs import new_job_row, submit_replacement
+from dstack.server.services.run_apply import new_job_row, submit_replacement
 from dstack.server.services.service_stats import request_rate
 
 

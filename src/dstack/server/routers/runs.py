@@ -15,6 +15,7 @@ from dstack.models.requests import (
 from dstack.models.runs import Run, RunPlan
 from dstack.server.db import tables as t
 from dstack.server.routers.deps import ProjectAccess, get_ctx, get_session, get_user, project_access
+from dstack.server.services import run_apply
 from dstack.server.services import runs as svc
 from dstack.server.services.context import ServerContext
 from dstack.server.services.users import list_projects, project_for_member
@@ -37,7 +38,7 @@ async def apply(
     a: ProjectAccess = Depends(project_access),
     ctx: ServerContext = Depends(get_ctx),
 ) -> Run:
-    return await svc.apply_plan(ctx, a.session, a.user, a.project, body.plan, body.force)
+    return await run_apply.apply_plan(ctx, a.session, a.user, a.project, body.plan, body.force)
 
 
 @router.post("/api/project/{project_name}/runs/get", response_model=Run)

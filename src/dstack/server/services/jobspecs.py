@@ -17,7 +17,6 @@ from dstack.server.services.ide_install import IDE_NAMES, install_command
 
 DEFAULT_STOP_DURATION = 300
 OFF_STOP_DURATION = 10 * 365 * 24 * 3600
-DEFAULT_RUN_IDLE_DURATION = 300
 DEFAULT_SHELL = "/bin/bash"
 LOCAL_REPO_DIR = "/workflow"
 

@@ -109,18 +109,7 @@ async def load_pool_rows(ctx: ServerContext, session: AsyncSession, project_id: 
         ).scalars()
     )
     busy = await busy_blocks(session, [i.id for i in instances])
-    live_backends = set(
-        (
-            await session.execute(
-                select(t.Instance.backend)
-                .where(
-                    t.Instance.deleted.is_(False),
-                    t.Instance.status.in_(LIVE_INSTANCE_STATUSES),
-                )
-                .distinct()
-            )
-        ).scalars()
-    )
+    live_backends = await live_backend_types(session)
     counts: dict[str, int] = {}
     for i in instances:
         counts[i.fleet_id] = counts.get(i.fleet_id, 0) + 1
@@ -135,6 +124,17 @@ async def load_pool_rows(ctx: ServerContext, session: AsyncSession, project_id: 
         counts=counts,
         live_backends=live_backends,
     )
+
+
+async def live_backend_types(session: AsyncSession) -> set[str]:
+    """Backends with a live instance (starting or up) anywhere on this server: a
+    single-instance backend (the server's own machine) must never get a second."""
+    rows = await session.execute(
+        select(t.Instance.backend)
+        .where(t.Instance.deleted.is_(False), t.Instance.status.in_(LIVE_INSTANCE_STATUSES))
+        .distinct()
+    )
+    return set(rows.scalars())
 
 
 def offer_requirements(req: Requirements | None) -> OfferRequirements:

@@ -1,34 +1,26 @@
-"""Run operations called by the routers: plan, apply, stop, delete, get, list.
+"""Run operations called by the routers: plan, stop, delete, get, list (apply, in-place
+updates and replacements are in `run_apply.py`).
 
 User actions are requests, not mutations of a running state machine: `stop` records
-`stop_requested` and wakes the run reconciler, which carries it out. So does a replacement:
-`apply` with `force` against an active run that cannot be updated in place records the new
-spec on that run (`replacement_spec`) and asks it to stop, in one call; the run reconciler
-submits the new run when the old one has finished (reconcilers/runs.py says why a new run row
-and not a new deployment). Nothing is lost if the client or the server dies in between.
+`stop_requested` and wakes the run reconciler, which carries it out.
 """
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dstack.errors import (
     ConfigurationError,
-    ResourceExistsError,
     ResourceNotExistsError,
     ServerClientError,
 )
 from dstack.models.configurations import parse_configuration
 from dstack.models.runs import (
-    ApplyRunPlanInput,
     JobPlan,
-    JobStatus,
     Run,
     RunPlan,
     RunSpec,
@@ -40,7 +32,7 @@ from dstack.server.scheduler.placement import rank
 from dstack.server.services import events
 from dstack.server.services.context import ServerContext
 from dstack.server.services.jobspecs import build_job_specs
-from dstack.server.services.names import generate_name, invalid_name_message, is_valid_name
+from dstack.server.services.names import invalid_name_message, is_valid_name
 from dstack.server.services.pool import load_pool, requirements_for
 from dstack.server.services.runs_view import run_model
 
@@ -85,12 +77,12 @@ def _check_groups(conf: Any) -> None:
             )
 
 
-def _check_name(name: str | None) -> None:
+def check_name(name: str | None) -> None:
     if name is not None and not is_valid_name(name):
         raise ServerClientError(invalid_name_message("run", name), field="run_spec.run_name")
 
 
-async def _active_run(s: AsyncSession, project_id: str, name: str) -> t.Run | None:
+async def active_run(s: AsyncSession, project_id: str, name: str) -> t.Run | None:
     return (
         await s.execute(
             select(t.Run).where(
@@ -103,7 +95,7 @@ async def _active_run(s: AsyncSession, project_id: str, name: str) -> t.Run | No
     ).scalar_one_or_none()
 
 
-async def _latest_run(s: AsyncSession, project_id: str, name: str) -> t.Run | None:
+async def latest_run(s: AsyncSession, project_id: str, name: str) -> t.Run | None:
     return (
         await s.execute(
             select(t.Run)
@@ -144,7 +136,7 @@ async def get_plan(
     spec: RunSpec,
     max_offers: int | None,
 ) -> RunPlan:
-    _check_name(spec.run_name)
+    check_name(spec.run_name)
     conf = parse_run_configuration(spec)
     spec = spec.model_copy(update={"configuration": conf.model_dump(mode="json")})
     job_specs = build_job_specs(spec.run_name or "run", conf, spec.repo_code_hash)
@@ -163,7 +155,7 @@ async def get_plan(
         )
     current = None
     if spec.run_name:
-        existing = await _latest_run(s, project.id, spec.run_name)
+        existing = await latest_run(s, project.id, spec.run_name)
         if existing is not None:
             current = await to_model(s, existing, project, submissions_limit=1)
     action = "update" if current is not None and not current.status.is_finished() else "create"
@@ -178,274 +170,6 @@ async def get_plan(
     )
 
 
-async def apply_plan(
-    ctx: ServerContext,
-    s: AsyncSession,
-    user: t.User,
-    project: t.Project,
-    plan: ApplyRunPlanInput,
-    force: bool,
-) -> Run:
-    spec = plan.run_spec
-    _check_name(spec.run_name)
-    conf = parse_run_configuration(spec)
-    if spec.repo_code_hash is not None:
-        code = await s.get(t.Code, (project.id, spec.repo_code_hash))
-        if code is None:
-            raise ServerClientError(
-                f"Code {spec.repo_code_hash} was not uploaded; upload it first",
-                field="plan.run_spec.repo_code_hash",
-            )
-    if spec.run_name:
-        active = await _active_run(s, project.id, spec.run_name)
-        if active is not None and _updatable(active, conf, plan):
-            return await _update_service(ctx, s, user, project, active, spec, conf)
-        if active is not None and force:
-            old = await _request_replacement(ctx, s, user, project, active, spec, conf)
-            if old is not None:
-                return old
-            # It finished between the lookup and the request: the name is free, submit now.
-        elif active is not None:
-            raise ResourceExistsError(
-                f"Run {spec.run_name} is already active ({active.status}). "
-                "Stop it first, or apply with --force to stop and replace it.",
-                field="plan.run_spec.run_name",
-                code="resource_exists",
-            )
-    else:
-        taken = set(
-            (
-                await s.execute(select(t.Run.run_name).where(t.Run.project_id == project.id))
-            ).scalars()
-        )
-        spec = spec.model_copy(update={"run_name": generate_name(taken)})
-    spec = spec.model_copy(update={"configuration": conf.model_dump(mode="json")})
-    run = await _insert_run(s, user, project.id, spec, conf, utcnow(), "Run submitted")
-    try:
-        await s.commit()
-    except IntegrityError as e:
-        await s.rollback()
-        raise ResourceExistsError(
-            f"Run {spec.run_name} is already active. Stop it first, or apply with --force.",
-            field="plan.run_spec.run_name",
-            code="resource_exists",
-        ) from e
-    ctx.hub.wake("runs", "jobs")
-    return await to_model(s, run, project)
-
-
-async def _request_replacement(
-    ctx: ServerContext,
-    s: AsyncSession,
-    user: t.User,
-    project: t.Project,
-    run: t.Run,
-    spec: RunSpec,
-    conf: Any,
-) -> Run | None:
-    """Record `spec` as the replacement of the active `run` and ask the run to stop; the run
-    reconciler submits the replacement in the transaction that finishes the run. Returns the
-    old run as it now stands, or None when it had already finished (nothing recorded).
-
-    The update is conditional on the run being active: against the reconciler's final write
-    it is one or the other, so a request never lands on a run that has already ended."""
-    now = utcnow()
-    spec = spec.model_copy(update={"configuration": conf.model_dump(mode="json")})
-    res = await s.execute(
-        update(t.Run)
-        .where(
-            t.Run.id == run.id,
-            t.Run.deleted.is_(False),
-            t.Run.status.in_(ACTIVE_RUN_STATUSES),
-        )
-        .values(
-            replacement_spec=spec.model_dump_json(),
-            replacement_user_id=user.id,
-            stop_requested=True,
-            dirty=True,
-        )
-    )
-    if res.rowcount != 1:
-        await s.rollback()
-        return None
-    again = " (it replaces the replacement requested before)" if run.replacement_spec else ""
-    events.record(
-        s,
-        project_id=project.id,
-        target_type="run",
-        target_id=run.id,
-        target_name=run.run_name,
-        message="Run replacement requested: the run stops, then a new run "
-        f"{run.run_name} is submitted with the new configuration{again}",
-        now=now,
-        actor=user.name,
-        within_run_id=run.id,
-    )
-    await s.commit()
-    await s.refresh(run)
-    ctx.hub.wake("runs")
-    return await to_model(s, run, project)
-
-
-async def submit_replacement(s: AsyncSession, old: t.Run, now: datetime) -> t.Run | None:
-    """Called by the run reconciler in the transaction that moves `old` to a final status:
-    insert the run `apply --force` asked for (re-reading the request, which may have arrived
-    after the reconciler's snapshot) and clear the request. None when there was none."""
-    spec_json, user_id = (
-        await s.execute(
-            select(t.Run.replacement_spec, t.Run.replacement_user_id).where(t.Run.id == old.id)
-        )
-    ).one()
-    if not spec_json:
-        return None
-    await s.execute(
-        update(t.Run)
-        .where(t.Run.id == old.id)
-        .values(replacement_spec=None, replacement_user_id=None)
-    )
-    user = await s.get(t.User, user_id or old.user_id) or await s.get(t.User, old.user_id)
-    spec = RunSpec.model_validate_json(spec_json)
-    try:
-        conf = parse_run_configuration(spec)
-    except ServerClientError as e:
-        # Valid at apply time; a server upgrade in between may refuse it. Say so, and let the
-        # old run end rather than fail its final write on every pass.
-        events.record(
-            s,
-            project_id=old.project_id,
-            target_type="run",
-            target_id=old.id,
-            target_name=old.run_name,
-            message=f"Run replacement not submitted: {e}",
-            now=now,
-            within_run_id=old.id,
-        )
-        return None
-    return await _insert_run(
-        s, user, old.project_id, spec, conf, now, f"Run submitted, replacing run {old.id}"
-    )
-
-
-def _updatable(active: t.Run, conf: Any, plan: ApplyRunPlanInput) -> bool:
-    """A running service updates in place (a rolling deployment) when the client applies
-    against it (`current_resource` set); anything else is refused or, with `force`,
-    replaced."""
-    old = RunSpec.model_validate_json(active.run_spec).configuration
-    return (
-        conf.type == "service"
-        and old.get("type") == "service"
-        and plan.current_resource is not None
-        and active.status != RunStatus.TERMINATING.value
-        and not active.stop_requested
-    )
-
-
-async def _update_service(
-    ctx: ServerContext,
-    s: AsyncSession,
-    user: t.User,
-    project: t.Project,
-    run: t.Run,
-    spec: RunSpec,
-    conf: Any,
-) -> Run:
-    """Record the new spec as the next deployment; the run reconciler rolls the replicas."""
-    now = utcnow()
-    spec = spec.model_copy(update={"configuration": conf.model_dump(mode="json")})
-    await s.execute(
-        update(t.Run)
-        .where(t.Run.id == run.id)
-        .values(
-            run_spec=spec.model_dump_json(),
-            deployment_num=t.Run.deployment_num + 1,
-            dirty=True,
-        )
-    )
-    events.record(
-        s,
-        project_id=project.id,
-        target_type="run",
-        target_id=run.id,
-        target_name=run.run_name,
-        message=f"Run updated in place: deployment {run.deployment_num + 1}",
-        now=now,
-        actor=user.name,
-        within_run_id=run.id,
-    )
-    await s.commit()
-    await s.refresh(run)
-    ctx.hub.wake("runs")
-    return await to_model(s, run, project)
-
-
-async def _insert_run(
-    s: AsyncSession,
-    user: t.User,
-    project_id: str,
-    spec: RunSpec,
-    conf: Any,
-    now: datetime,
-    message: str,
-) -> t.Run:
-    run = t.Run(
-        id=str(uuid.uuid4()),
-        project_id=project_id,
-        user_id=user.id,
-        run_name=spec.run_name,
-        run_spec=spec.model_dump_json(),
-        status=RunStatus.SUBMITTED.value,
-        submitted_at=now,
-        last_processed_at=now,
-        priority=int(getattr(conf, "priority", 0) or 0),
-        dirty=True,
-    )
-    s.add(run)
-    await s.flush()
-    for js in build_job_specs(spec.run_name, conf, spec.repo_code_hash):
-        s.add(
-            new_job_row(run, js.model_dump_json(), js.replica_num, js.job_num, js.job_name, 0, now)
-        )
-    events.record(
-        s,
-        project_id=project_id,
-        target_type="run",
-        target_id=run.id,
-        target_name=run.run_name,
-        message=message,
-        now=now,
-        actor=user.name,
-        within_run_id=run.id,
-    )
-    return run
-
-
-def new_job_row(
-    run: t.Run,
-    job_spec_json: str,
-    replica_num: int,
-    job_num: int,
-    job_name: str,
-    submission_num: int,
-    now: datetime,
-) -> t.Job:
-    return t.Job(
-        id=str(uuid.uuid4()),
-        project_id=run.project_id,
-        run_id=run.id,
-        run_name=run.run_name,
-        job_num=job_num,
-        replica_num=replica_num,
-        job_name=job_name,
-        submission_num=submission_num,
-        deployment_num=run.deployment_num,
-        job_spec=job_spec_json,
-        status=JobStatus.SUBMITTED.value,
-        submitted_at=now,
-        last_processed_at=now,
-        dirty=True,
-    )
-
-
 async def get_run_row(
     s: AsyncSession, project: t.Project, name: str | None = None, run_id: str | None = None
 ) -> t.Run:
@@ -456,7 +180,7 @@ async def get_run_row(
         return run
     if not name:
         raise ServerClientError("Specify run_name or id", field="run_name")
-    run = await _latest_run(s, project.id, name)
+    run = await latest_run(s, project.id, name)
     if run is None:
         raise ResourceNotExistsError(f"Run {name} not found", code="resource_not_exists")
     return run

@@ -69,9 +69,6 @@ else echo "linger=no"; fi
 
 UNIT_NAME = "dstack-agent.service"
 UNIT_MARKER = "# installed by dstack: the SSH fleet agent"
-SUPERVISORS = ("systemd-system", "systemd-user", "loop")
-
-
 @dataclass(frozen=True)
 class HostFacts:
     os: str
