@@ -446,6 +446,47 @@ def test_a_wake_between_claim_and_wait_is_not_lost(db_url: str, tmp_path: Path) 
     asyncio.run(scenario())
 
 
+def test_a_pass_that_leaves_its_row_due_is_taken_again_at_once(db_url: str, tmp_path: Path) -> None:
+    """A pass whose write leaves its row due (`dirty`: the next step of a new status, or a mark
+    someone made while the pass held the row) is claimed again right after it, not after the
+    status's interval (an hour here): its wake is sent once the row is no longer in flight."""
+
+    async def scenario() -> None:
+        ctx = make_ctx(db_url, tmp_path)
+        o = await seed_owners(ctx.db)
+        (rid,) = await add_runs(ctx.db, o, 1)
+        passes: list[str] = []
+        done = asyncio.Event()
+
+        async def act(r: Toy, row_id: str, token: str) -> None:
+            passes.append(row_id)
+            if len(passes) == 1:
+                await r.apply(row_id, token, dirty=True)  # the next step is due now
+            elif len(passes) == 2:
+                async with r.ctx.db.session() as s:  # a service marks it while it is held
+                    await s.execute(update(t.Run).where(t.Run.id == row_id).values(dirty=True))
+                    await s.commit()
+                r.ctx.hub.wake(r.kind)  # finds the row leased: nothing to claim yet
+                await r.apply(row_id, token)
+            else:
+                await r.apply(row_id, token, status="running")
+                done.set()
+
+        loop = Toy(ctx)
+        loop.act = act
+        runner = asyncio.create_task(loop.run_forever())
+        try:
+            await asyncio.wait_for(done.wait(), HANG_GUARD)
+        finally:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+            await loop.drain()
+        assert passes == [rid, rid, rid]
+        await ctx.db.close()
+
+    asyncio.run(scenario())
+
+
 # -- no write lock across two sessions --------------------------------------------------------
 
 

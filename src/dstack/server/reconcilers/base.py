@@ -270,12 +270,15 @@ class Reconciler(ABC):
                 lock_expires_at=None,
                 last_processed_at=processed,
             )
+            .returning(tbl.dirty)
         )
-        if res.rowcount != 1:
+        row = res.first()
+        if row is None:
             raise LeaseLost(f"{self.kind} {row_id}")
-        if values.get("dirty") and p is not None:
-            # The row's next step is due now, but the loop may already be asleep: wake it once
-            # this transaction commits (a wake before the commit would find the row leased).
+        if row[0] and p is not None:
+            # The row's next step is due now (this pass said so, or someone marked it while we
+            # held it, and their wake found it leased), but the loop may already be asleep: wake
+            # it once this transaction commits.
             p.rewake = True
 
     async def load_row(self, s: AsyncSession, row_id: str, token: str) -> Any | None:
@@ -316,8 +319,6 @@ class Reconciler(ABC):
                 await self.process(row_id, token)
             if p.lost:
                 log.debug("%s %s: lease lost, result discarded", self.kind, row_id)
-            elif p.rewake:
-                self.ctx.hub.wake(self.kind)
         except LeaseLost:
             p.lost = True
             log.debug("%s %s: lease lost, result discarded", self.kind, row_id)
@@ -334,6 +335,11 @@ class Reconciler(ABC):
                 self.leases_lost += 1
             self._inflight.discard(row_id)
             self._slot_freed.set()
+            if p.rewake and not p.lost:
+                # Only now: a claim skips rows still in flight, so a wake sent while this row
+                # was in `_inflight` would find nothing to claim and the row would wait for
+                # its interval.
+                self.ctx.hub.wake(self.kind)
 
     def start(self, claimed: list[tuple[str, str]]) -> None:
         """Run a pass for each claimed row, each in its own task."""
