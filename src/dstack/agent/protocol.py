@@ -44,7 +44,7 @@ class Route:
 
 
 # A job id: what a path segment, a directory name and a docker container suffix may all hold.
-JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 
 HEALTHCHECK = Route("GET", "/api/healthcheck")
 HOST_INFO = Route("GET", "/api/host_info")

@@ -133,6 +133,8 @@ class LocalBackend(Compute):
         pid = host.agent_pid
         if pid is None or self._tag() not in (None, host.instance_id):
             return None  # the running agent belongs to a newer instance: leave it
+        if not is_agent_of(pid, self.home):
+            return None  # gone, or (after a reboot) the pid is someone else's now
         self._stop(pid)
         return None
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from dstack.server.agent_client import AgentClient
 from dstack.server.backends.base import BackendError
 from dstack.server.db import tables as t
@@ -14,6 +16,7 @@ class AgentRegistry:
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
         self._clients: dict[str, tuple[str, AgentClient]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     def client(self, inst: t.Instance) -> AgentClient | None:
         if not inst.agent_url or not inst.agent_token_enc:
@@ -22,6 +25,11 @@ class AgentRegistry:
         cached = self._clients.get(inst.id)
         if cached is not None and cached[0] == key:
             return cached[1]
+        if cached is not None:
+            # The agent moved (new URL or token): close the old client's connections.
+            task = asyncio.get_running_loop().create_task(cached[1].aclose())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
         backend = self.ctx.backends.get(inst.backend)
         try:
             # Each backend says how requests reach its hosts' agents (loopback, an SSH tunnel).

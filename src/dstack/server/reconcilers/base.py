@@ -44,6 +44,11 @@ class LeaseLost(Exception):
     """The row's lease was taken over; whatever this pass computed must be dropped."""
 
 
+class Requeued(LeaseLost):
+    """The pass gave its lease back on purpose, row due again at once (e.g. a placement that
+    lost a race retries): its result is dropped, but no lease was lost."""
+
+
 @dataclass
 class _Pass:
     """One `process()` of one claimed row: what its heartbeat and its writes share."""
@@ -226,7 +231,9 @@ class Reconciler(ABC):
         """`release` inside the caller's session (which the caller commits): a pass that already
         wrote in `s` must not open a second session (on SQLite it would wait on its own write
         lock)."""
-        self._finishing(row_id, token)
+        p = self._finishing(row_id, token)
+        if dirty and p is not None:
+            p.rewake = True  # due again at once: wake the loop when the row is out of flight
         values: dict[str, Any] = {
             "lock_token": None,
             "lock_owner": None,
@@ -319,6 +326,8 @@ class Reconciler(ABC):
                 await self.process(row_id, token)
             if p.lost:
                 log.debug("%s %s: lease lost, result discarded", self.kind, row_id)
+        except Requeued as e:
+            log.debug("%s %s: requeued: %s", self.kind, row_id, e)
         except LeaseLost:
             p.lost = True
             log.debug("%s %s: lease lost, result discarded", self.kind, row_id)

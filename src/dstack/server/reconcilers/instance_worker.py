@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime
 from typing import Any
 
@@ -29,6 +30,8 @@ from dstack.server.services import events
 from dstack.server.services.context import ServerContext
 from dstack.server.services.hosts import host_of, known_host_key
 from dstack.server.services.pool import FINISHED_JOB_STATUSES, LIVE_INSTANCE_STATUSES, fleet_conf
+
+log = logging.getLogger(__name__)
 
 PROVISIONING_POLL_SECONDS = 2.0
 
@@ -143,10 +146,13 @@ class InstanceReconciler(Reconciler):
         known_key: str | None,
     ) -> Outcome:
         if backend is None:
-            return Outcome(False, f"backend {inst.backend} is not configured on this server")
-        host = host_of(inst, self.ctx.box.decrypt)
-        host.known_host_key = known_key
+            why = f"backend {inst.backend} is not configured on this server"
+            if d.action == Act.TERMINATE:  # nothing to clean up through it: let the row go
+                return Outcome(True, f"{why}; nothing was cleaned up")
+            return Outcome(False, why)
         try:
+            host = host_of(inst, self.ctx.box.decrypt)
+            host.known_host_key = known_key
             if d.action == Act.CREATE:
                 # Hosts a fleet lists have no offer until they answer (`ready` makes one).
                 offer = (
@@ -182,6 +188,9 @@ class InstanceReconciler(Reconciler):
                 return Outcome(True, values={"agent_url": p2.agent_url, "agent_pid": p2.agent_pid})
         except (BackendError, AgentClientError) as e:
             return Outcome(False, str(e))
+        except Exception as e:  # noqa: BLE001 - a bug must end the act, not repeat it forever
+            log.exception("instance %s: %s failed", inst.name, d.action.value)
+            return Outcome(False, f"internal error during {d.action.value}: {type(e).__name__}")
         return Outcome(True)
 
     def _provisioned(self, inst: t.Instance, p: Provisioning) -> dict[str, Any]:

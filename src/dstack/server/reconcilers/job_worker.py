@@ -25,7 +25,7 @@ from dstack.server.agent_client import (
 )
 from dstack.server.db import tables as t
 from dstack.server.reconcilers.agents import AgentRegistry
-from dstack.server.reconcilers.base import LeaseLost, Reconciler
+from dstack.server.reconcilers.base import Reconciler, Requeued
 from dstack.server.reconcilers.host_jobs import HostJobs
 from dstack.server.reconcilers.job_facts import (
     idle_duration,
@@ -57,6 +57,7 @@ from dstack.server.services.context import ServerContext
 from dstack.server.services.hosts import capabilities, host_access, host_label
 from dstack.server.services.pool import (
     PoolRows,
+    busy_blocks,
     fleet_conf,
     live_backend_types,
     load_pool_rows,
@@ -390,14 +391,22 @@ class JobReconciler(Reconciler):
         )
         if res.rowcount != 1:
             await self._release_for_replacement(s, snap.job.id, token)
-            raise LeaseLost("instance changed under the job; retrying placement")
+            raise Requeued("instance changed under the job; retrying placement")
+        if c.blocks:
+            # The version is the one read now, in this write transaction, so it cannot tell
+            # that another job reserved blocks since this one was placed: count them again.
+            busy = (await busy_blocks(s, [inst.id])).get(inst.id, 0)
+            if busy + c.blocks > inst.total_blocks:
+                await self._release_for_replacement(s, snap.job.id, token)
+                raise Requeued("the instance's blocks were taken meanwhile; retrying placement")
         values.update(self._placement_values(snap, inst, c, now))
 
     async def _release_for_replacement(self, s: Any, job_id: str, token: str) -> None:
+        """Give the lease back, due at once: the pass ends with `Requeued`, and the loop is
+        woken once the row is out of flight."""
         await s.rollback()
         await self.release_in(s, job_id, token, dirty=True)
         await s.commit()
-        self.ctx.hub.wake("jobs")
 
     async def _add_instance(
         self, s: Any, snap: Snapshot, values: dict[str, Any], now: datetime, token: str
@@ -408,7 +417,7 @@ class JobReconciler(Reconciler):
             # Another job created it since this one looked (one host, one agent per server):
             # place again, onto that instance.
             await self._release_for_replacement(s, snap.job.id, token)
-            raise LeaseLost(f"a {c.offer.backend} instance appeared; retrying placement")
+            raise Requeued(f"a {c.offer.backend} instance appeared; retrying placement")
         fleet = await s.get(t.Fleet, c.fleet_id)
         conf = fleet_conf(fleet)
         num = await next_instance_num(s, fleet.id)

@@ -123,7 +123,8 @@ async def _request_replacement(
         )
     )
     if res.rowcount != 1:
-        await s.rollback()
+        # Nothing was written (the run ended meanwhile); no rollback, which would expire the
+        # caller's user and project rows that it goes on to use.
         return None
     again = " (it replaces the replacement requested before)" if run.replacement_spec else ""
     events.record(
@@ -161,10 +162,12 @@ async def submit_replacement(s: AsyncSession, old: t.Run, now: datetime) -> t.Ru
         .values(replacement_spec=None, replacement_user_id=None)
     )
     user = await s.get(t.User, user_id or old.user_id) or await s.get(t.User, old.user_id)
-    spec = RunSpec.model_validate_json(spec_json)
     try:
+        spec = RunSpec.model_validate_json(spec_json)
         conf = parse_run_configuration(spec)
-    except ServerClientError as e:
+        # Built once here as a check, before anything is inserted (nothing half-written).
+        build_job_specs(spec.run_name or old.run_name, conf, spec.repo_code_hash)
+    except (ServerClientError, ValueError) as e:
         # Valid at apply time; a server upgrade in between may refuse it. Say so, and let the
         # old run end rather than fail its final write on every pass.
         events.record(

@@ -196,23 +196,9 @@ async def stop_runs(
 ) -> None:
     now = utcnow()
     for name in names:
-        run = await get_run_row(s, project, name)
-        if RunStatus(run.status).is_finished():
+        run = await _stop_one(s, project, name, abort)
+        if run is None:
             continue
-        # A request, not a mutation: the run reconciler carries it out. `version` is not bumped
-        # so a reconciler pass in flight still applies; it sees the flag on its next pass.
-        # Stopping the name also cancels a replacement `apply --force` left pending on it.
-        await s.execute(
-            update(t.Run)
-            .where(t.Run.id == run.id)
-            .values(
-                stop_requested=True,
-                stop_abort=t.Run.stop_abort | abort,
-                replacement_spec=None,
-                replacement_user_id=None,
-                dirty=True,
-            )
-        )
         message = "Run abort requested" if abort else "Run stop requested"
         if run.replacement_spec:
             message += "; the pending replacement is cancelled"
@@ -229,6 +215,35 @@ async def stop_runs(
         )
     await s.commit()
     ctx.hub.wake("runs")
+
+
+async def _stop_one(s: AsyncSession, project: t.Project, name: str, abort: bool) -> t.Run | None:
+    """Record the stop on the name's active run; None when nothing of that name is active.
+
+    A request, not a mutation: the run reconciler carries it out. `version` is not bumped so a
+    reconciler pass in flight still applies; it sees the flag on its next pass. Stopping the
+    name also cancels a replacement `apply --force` left pending on it. The write holds only
+    while the run is active: if the reconciler finished it (and submitted its replacement)
+    after we read it, the request goes to the run that now holds the name."""
+    for _ in range(3):
+        run = await get_run_row(s, project, name)
+        if RunStatus(run.status).is_finished():
+            return None
+        res = await s.execute(
+            update(t.Run)
+            .where(t.Run.id == run.id, t.Run.status.in_(ACTIVE_RUN_STATUSES))
+            .values(
+                stop_requested=True,
+                stop_abort=t.Run.stop_abort | abort,
+                replacement_spec=None,
+                replacement_user_id=None,
+                dirty=True,
+            )
+        )
+        if res.rowcount == 1:
+            return run
+        await s.refresh(run)
+    return None
 
 
 async def delete_runs(s: AsyncSession, project: t.Project, names: list[str]) -> None:

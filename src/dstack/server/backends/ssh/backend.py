@@ -132,9 +132,10 @@ class SSHBackend(Compute):
             await self._must(
                 params, rc.get("host_key"), deploy.stop_script(rc.get("project_public_key"))
             )
-            await self.pool.drop(params)
         except BackendError as e:
             return f"the host could not be cleaned up: {e}"
+        finally:
+            await self.pool.drop(params)  # the connection and its forwards go with the host
         return None
 
     def agent_transport(self, host: Host) -> httpx.AsyncBaseTransport | None:

@@ -10,7 +10,7 @@ run reconciler submits it as a new run of the same name in the transaction that 
 old one. Being rows, both requests survive a server restart.
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-12-05 08:00:00
 """
 
