@@ -49,7 +49,7 @@ class Prober:
         async with self.db.session() as s:
             running = select(t.Job).where(t.Job.status == JobStatus.RUNNING.value)
             jobs = list((await s.execute(running)).scalars())
-            work = []
+            due = []
             for job in jobs:
                 if job.id in self._inflight:
                     continue
@@ -66,9 +66,13 @@ class Prober:
                 if not may_serve(facts):
                     continue
                 inst = await s.get(t.Instance, job.instance_id) if job.instance_id else None
-                addr = await upstream_for(job, inst, spec.service_port)
-                if addr is not None:
-                    work.append((job, spec, addr))
+                due.append((job, spec, inst))
+        # Reaching a host may open an SSH forward: done after the session ended.
+        work = []
+        for job, spec, inst in due:
+            addr = await upstream_for(job, inst, spec.service_port)
+            if addr is not None:
+                work.append((job, spec, addr))
         live = {job.id for job, _, _ in work}
         self._due = {k: v for k, v in self._due.items() if k[0] in live}
         for job, spec, addr in work:

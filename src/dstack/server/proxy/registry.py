@@ -162,6 +162,7 @@ class Registry:
                 (await s.execute(select(t.Job).where(t.Job.run_id == run.id, running))).scalars()
             )
             now = utcnow()
+            ready = []
             for job in jobs:
                 spec = JobSpec.model_validate_json(job.job_spec)
                 facts = ReplicaFacts(
@@ -175,9 +176,12 @@ class Registry:
                 if not spec.service_port or not is_ready(facts, now, self.unhealthy_cooldown):
                     continue
                 inst = await s.get(t.Instance, job.instance_id) if job.instance_id else None
-                addr = await upstream_for(job, inst, spec.service_port)
-                if addr is None:
-                    continue
+                ready.append((job, inst, spec.service_port))
+        # Reaching a host may open an SSH forward: done after the session ended, so no
+        # database connection waits on the network.
+        for job, inst, port in ready:
+            addr = await upstream_for(job, inst, port)
+            if addr is not None:
                 svc.replicas.append(
                     Replica(job.id, job.replica_num, job.deployment_num, addr[0], addr[1])
                 )
