@@ -487,6 +487,48 @@ def test_a_pass_that_leaves_its_row_due_is_taken_again_at_once(db_url: str, tmp_
     asyncio.run(scenario())
 
 
+def test_a_row_comes_due_on_its_interval_even_while_the_loop_sleeps_a_resync(
+    db_url: str, tmp_path: Path
+) -> None:
+    """While its only row is in flight the loop has nothing to reckon with and sleeps the whole
+    resync period (an hour here). The pass ends without marking the row: it falls due after its
+    status's interval (0.2 s), and the loop must be there then, not an hour later."""
+
+    async def scenario() -> None:
+        ctx = make_ctx(db_url, tmp_path)
+        o = await seed_owners(ctx.db)
+        (rid,) = await add_runs(ctx.db, o, 1)
+        passes: list[str] = []
+        done = asyncio.Event()
+
+        class Polled(Toy):
+            def interval(self, status: str) -> float:
+                return 0.2
+
+        async def act(r: Toy, row_id: str, token: str) -> None:
+            passes.append(row_id)
+            await asyncio.sleep(0.05)  # the loop goes to sleep meanwhile
+            if len(passes) < 3:
+                await r.apply(row_id, token)  # nothing new: due again after its interval
+            else:
+                await r.apply(row_id, token, status="running")
+                done.set()
+
+        loop = Polled(ctx)
+        loop.act = act
+        runner = asyncio.create_task(loop.run_forever())
+        try:
+            await asyncio.wait_for(done.wait(), HANG_GUARD)
+        finally:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+            await loop.drain()
+        assert passes == [rid, rid, rid]
+        await ctx.db.close()
+
+    asyncio.run(scenario())
+
+
 # -- no write lock across two sessions --------------------------------------------------------
 
 

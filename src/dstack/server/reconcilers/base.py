@@ -104,6 +104,8 @@ class Reconciler(ABC):
         # Registered now, not when the loop first sleeps: a wake between construction and the
         # first wait is kept.
         self._waiter = ctx.hub.waiter(self.kind)
+        # When the loop's idle sleep ends (loop time), while it sleeps; None otherwise.
+        self._sleep_deadline: float | None = None
         self.leases_lost = 0  # passes whose lease was taken over (heartbeat or guarded write)
 
     # -- to implement ---------------------------------------------------------------------
@@ -349,6 +351,20 @@ class Reconciler(ABC):
                 # was in `_inflight` would find nothing to claim and the row would wait for
                 # its interval.
                 self.ctx.hub.wake(self.kind)
+            else:
+                self._rearm()
+
+    def _rearm(self) -> None:
+        """A pass ended. While it ran, its row was leased and so left out of the idle wait's
+        reckoning; it falls due again within its status's interval. If the loop sleeps past
+        that (the resync period), wake it to reckon again: a running job is watched every
+        `running_job_poll_seconds`, not every resync."""
+        deadline = self._sleep_deadline
+        if deadline is None:
+            return
+        soonest = min(self.interval(s) for s in self.active_statuses)
+        if deadline > asyncio.get_running_loop().time() + soonest:
+            self._waiter.set()
 
     def start(self, claimed: list[tuple[str, str]]) -> None:
         """Run a pass for each claimed row, each in its own task."""
@@ -381,7 +397,11 @@ class Reconciler(ABC):
             except Exception:
                 log.exception("%s: computing the next due time failed", self.kind)
                 wait = self.ctx.settings.resync_seconds
-            await self._waiter.wait(wait)
+            self._sleep_deadline = asyncio.get_running_loop().time() + wait
+            try:
+                await self._waiter.wait(wait)
+            finally:
+                self._sleep_deadline = None
 
     async def _idle_wait(self) -> float:
         """Sleep until the next row falls due (or the resync period), so a due row is never
