@@ -4,6 +4,7 @@ stays the act/apply half of the jobs state machine."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from sqlalchemy import func, select
@@ -25,6 +26,22 @@ async def replica_peers(s: Any, job: t.Job) -> list[t.Job]:
         if j.job_num not in latest or j.submission_num > latest[j.job_num].submission_num:
             latest[j.job_num] = j
     return [latest[k] for k in sorted(latest)]
+
+
+async def cluster_ips(s: Any, job: t.Job, nodes: int) -> list[str] | None:
+    """Internal IPs of every node of the job's replica by rank, once all are placed and (for
+    workers) the master runs: the master starts first. None until then."""
+    peers = await replica_peers(s, job)
+    if len(peers) < nodes or any(not p.instance_id for p in peers):
+        return None
+    if job.job_num > 0 and peers[0].running_at is None:
+        return None
+    ips = []
+    for p in peers:
+        inst = await s.get(t.Instance, p.instance_id)
+        info = json.loads(inst.host_info or "{}") if inst else {}
+        ips.append(info.get("internal_ip") or (info.get("addresses") or ["127.0.0.1"])[0])
+    return ips
 
 
 async def next_instance_num(s: Any, fleet_id: str) -> int:

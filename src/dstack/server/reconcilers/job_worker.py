@@ -28,11 +28,11 @@ from dstack.server.reconcilers.agents import AgentRegistry
 from dstack.server.reconcilers.base import Reconciler, Requeued
 from dstack.server.reconcilers.host_jobs import HostJobs
 from dstack.server.reconcilers.job_facts import (
+    cluster_ips,
     idle_duration,
     inactivity_duration,
     is_spot,
     next_instance_num,
-    replica_peers,
     total_blocks,
 )
 from dstack.server.reconcilers.job_placement import Placer
@@ -262,7 +262,8 @@ class JobReconciler(Reconciler):
         host_info = json.loads(inst.host_info or "{}")
         cluster = None
         if snap.spec.jobs_per_replica > 1:
-            cluster = await self._cluster(snap)
+            async with self.ctx.db.session() as s:
+                cluster = await cluster_ips(s, snap.job, snap.spec.jobs_per_replica)
             if cluster is None:  # peers not placed yet, or the master has not started
                 return StartOutcome(StartKind.PEERS_NOT_READY), {}
         code = b""
@@ -294,23 +295,6 @@ class JobReconciler(Reconciler):
             return StartOutcome(StartKind.AGENT_REFUSED, str(e)), {}
         jrd = runtime_data(spec, state, snap.spec)
         return StartOutcome.answered(state), {"job_runtime_data": jrd.model_dump_json()}
-
-    async def _cluster(self, snap: Snapshot) -> list[str] | None:
-        """Internal IPs of every node of the replica by rank, once all are placed and (for
-        workers) the master runs: the master starts first."""
-        async with self.ctx.db.session() as s:
-            peers = await replica_peers(s, snap.job)
-            if len(peers) < snap.spec.jobs_per_replica or any(not p.instance_id for p in peers):
-                return None
-            master = peers[0]
-            if snap.job.job_num > 0 and master.running_at is None:
-                return None
-            ips = []
-            for p in peers:
-                inst = await s.get(t.Instance, p.instance_id)
-                info = json.loads(inst.host_info or "{}") if inst else {}
-                ips.append(info.get("internal_ip") or (info.get("addresses") or ["127.0.0.1"])[0])
-            return ips
 
     # -- apply ----------------------------------------------------------------------------
 
