@@ -208,6 +208,18 @@ class Toy(Reconciler):
             await s.commit()
 
 
+async def run_until(loop: Reconciler, event: asyncio.Event) -> None:
+    """Run the reconciler's loop until `event` is set (bounded by the hang guard), then stop it
+    and wait for its passes."""
+    runner = asyncio.create_task(loop.run_forever())
+    try:
+        await asyncio.wait_for(event.wait(), HANG_GUARD)
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await loop.drain()
+
+
 # -- claim ----------------------------------------------------------------------------------
 
 
@@ -434,13 +446,7 @@ def test_a_wake_between_claim_and_wait_is_not_lost(db_url: str, tmp_path: Path) 
 
         loop = Racing(ctx)
         loop.act = act
-        runner = asyncio.create_task(loop.run_forever())
-        try:
-            await asyncio.wait_for(processed.wait(), HANG_GUARD)
-        finally:
-            runner.cancel()
-            await asyncio.gather(runner, return_exceptions=True)
-            await loop.drain()
+        await run_until(loop, processed)
         await ctx.db.close()
 
     asyncio.run(scenario())
@@ -474,13 +480,7 @@ def test_a_pass_that_leaves_its_row_due_is_taken_again_at_once(db_url: str, tmp_
 
         loop = Toy(ctx)
         loop.act = act
-        runner = asyncio.create_task(loop.run_forever())
-        try:
-            await asyncio.wait_for(done.wait(), HANG_GUARD)
-        finally:
-            runner.cancel()
-            await asyncio.gather(runner, return_exceptions=True)
-            await loop.drain()
+        await run_until(loop, done)
         assert passes == [rid, rid, rid]
         await ctx.db.close()
 
@@ -516,13 +516,7 @@ def test_a_row_comes_due_on_its_interval_even_while_the_loop_sleeps_a_resync(
 
         loop = Polled(ctx)
         loop.act = act
-        runner = asyncio.create_task(loop.run_forever())
-        try:
-            await asyncio.wait_for(done.wait(), HANG_GUARD)
-        finally:
-            runner.cancel()
-            await asyncio.gather(runner, return_exceptions=True)
-            await loop.drain()
+        await run_until(loop, done)
         assert passes == [rid, rid, rid]
         await ctx.db.close()
 

@@ -156,7 +156,7 @@ class RunReconciler(Reconciler):
                     now,
                 )
             )
-            self._event(s, run, _resubmit_message(prev, d.waited), now)
+            events.run_event(s, run, _resubmit_message(prev, d.waited), now)
             woke = True
         if d.scale_up or d.scale_down:
             await self._scale(s, run, latest, d, now)
@@ -172,16 +172,7 @@ class RunReconciler(Reconciler):
             msg = f"Run status changed {run.status.upper()} -> {d.status.upper()}"
             if d.reason:
                 msg += f". Termination reason: {d.reason.upper()}"
-            events.record(
-                s,
-                project_id=run.project_id,
-                target_type="run",
-                target_id=run.id,
-                target_name=run.run_name,
-                message=msg,
-                now=now,
-                within_run_id=run.id,
-            )
+            events.run_event(s, run, msg, now)
         await self.guarded_update(s, run.id, token, values, now)
         replaced = False
         if values.get("status") in RUN_FINISHED:
@@ -215,25 +206,13 @@ class RunReconciler(Reconciler):
                 )
             )
         if d.scale_up:
-            self._event(s, run, f"Scaling up: new replicas {d.scale_up}", now)
+            events.run_event(s, run, f"Scaling up: new replicas {d.scale_up}", now)
         if d.scale_down:
             stopping = [j for j in latest if j.job_num == 0 and j.replica_num in d.scale_down]
             await self._request_stop(s, stopping, JobTerminationReason.SCALED_DOWN.value, now)
             # (a replica asked to stop no longer counts as live, so no pass asks again; a job
             # worker mid-pass sees the request on its next poll, within running_job_poll)
-            self._event(s, run, f"Scaling down: stopping replicas {d.scale_down}", now)
-
-    def _event(self, s: Any, run: t.Run, message: str, now: datetime) -> None:
-        events.record(
-            s,
-            project_id=run.project_id,
-            target_type="run",
-            target_id=run.id,
-            target_name=run.run_name,
-            message=message,
-            now=now,
-            within_run_id=run.id,
-        )
+            events.run_event(s, run, f"Scaling down: stopping replicas {d.scale_down}", now)
 
     async def _request_stop(self, s: Any, jobs: list[t.Job], reason: str, now: datetime) -> int:
         """Ask unfinished jobs to stop with `reason` (the job reconciler moves them to

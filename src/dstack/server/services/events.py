@@ -40,6 +40,23 @@ def record(
     )
 
 
+def run_event(
+    session: AsyncSession, run: t.Run, message: str, now: datetime, actor: str | None = None
+) -> None:
+    """An event about a run, shown with the run's own events (`event --within-run`)."""
+    record(
+        session,
+        project_id=run.project_id,
+        target_type="run",
+        target_id=run.id,
+        target_name=run.run_name,
+        message=message,
+        now=now,
+        actor=actor,
+        within_run_id=run.id,
+    )
+
+
 async def list_events(
     session: AsyncSession,
     *,
@@ -61,9 +78,7 @@ async def list_events(
         q = q.where(t.Event.within_run_id == within_run_id)
     if within_fleet_id:  # the fleet's own events and its instances'
         instances = select(t.Instance.id).where(t.Instance.fleet_id == within_fleet_id)
-        q = q.where(
-            or_(t.Event.target_id == within_fleet_id, t.Event.target_id.in_(instances))
-        )
+        q = q.where(or_(t.Event.target_id == within_fleet_id, t.Event.target_id.in_(instances)))
     if since is not None:
         q = q.where(t.Event.recorded_at >= since)
         q = q.order_by(t.Event.recorded_at.asc())

@@ -127,17 +127,13 @@ async def _request_replacement(
         # caller's user and project rows that it goes on to use.
         return None
     again = " (it replaces the replacement requested before)" if run.replacement_spec else ""
-    events.record(
+    events.run_event(
         s,
-        project_id=project.id,
-        target_type="run",
-        target_id=run.id,
-        target_name=run.run_name,
-        message="Run replacement requested: the run stops, then a new run "
+        run,
+        "Run replacement requested: the run stops, then a new run "
         f"{run.run_name} is submitted with the new configuration{again}",
-        now=now,
+        now,
         actor=user.name,
-        within_run_id=run.id,
     )
     await s.commit()
     await s.refresh(run)
@@ -170,16 +166,7 @@ async def submit_replacement(s: AsyncSession, old: t.Run, now: datetime) -> t.Ru
     except (ServerClientError, ValueError) as e:
         # Valid at apply time; a server upgrade in between may refuse it. Say so, and let the
         # old run end rather than fail its final write on every pass.
-        events.record(
-            s,
-            project_id=old.project_id,
-            target_type="run",
-            target_id=old.id,
-            target_name=old.run_name,
-            message=f"Run replacement not submitted: {e}",
-            now=now,
-            within_run_id=old.id,
-        )
+        events.run_event(s, old, f"Run replacement not submitted: {e}", now)
         return None
     return await _insert_run(
         s, user, old.project_id, spec, conf, now, f"Run submitted, replacing run {old.id}"
@@ -221,16 +208,8 @@ async def _update_service(
             dirty=True,
         )
     )
-    events.record(
-        s,
-        project_id=project.id,
-        target_type="run",
-        target_id=run.id,
-        target_name=run.run_name,
-        message=f"Run updated in place: deployment {run.deployment_num + 1}",
-        now=now,
-        actor=user.name,
-        within_run_id=run.id,
+    events.run_event(
+        s, run, f"Run updated in place: deployment {run.deployment_num + 1}", now, actor=user.name
     )
     await s.commit()
     await s.refresh(run)
@@ -265,17 +244,7 @@ async def _insert_run(
         s.add(
             new_job_row(run, js.model_dump_json(), js.replica_num, js.job_num, js.job_name, 0, now)
         )
-    events.record(
-        s,
-        project_id=project_id,
-        target_type="run",
-        target_id=run.id,
-        target_name=run.run_name,
-        message=message,
-        now=now,
-        actor=user.name,
-        within_run_id=run.id,
-    )
+    events.run_event(s, run, message, now, actor=user.name)
     return run
 
 

@@ -202,17 +202,7 @@ async def stop_runs(
         message = "Run abort requested" if abort else "Run stop requested"
         if run.replacement_spec:
             message += "; the pending replacement is cancelled"
-        events.record(
-            s,
-            project_id=project.id,
-            target_type="run",
-            target_id=run.id,
-            target_name=run.run_name,
-            message=message,
-            now=now,
-            actor=user.name,
-            within_run_id=run.id,
-        )
+        events.run_event(s, run, message, now, actor=user.name)
     await s.commit()
     ctx.hub.wake("runs")
 
