@@ -37,6 +37,11 @@ class BackendError(Exception):
     """A backend call failed; the message is shown to the user as the instance's reason."""
 
 
+class NoCapacityError(BackendError):
+    """The offer cannot be had now (no capacity, quota, price above the limit): the job may
+    try its next offer, and remembers this one as tried."""
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a backend can do, read by the scheduler, the plan and the reconcilers instead of
@@ -142,6 +147,11 @@ class Compute(ABC):
 
     def serves(self, project_name: str) -> bool:
         return self.projects is None or project_name in self.projects
+
+    async def check(self) -> None:
+        """Raise `BackendError` when the backend cannot work (bad credentials, no network):
+        the server prints the reason at start and leaves the backend out."""
+        return None
 
     # -- capacity -------------------------------------------------------------------------
 
