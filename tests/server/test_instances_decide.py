@@ -6,6 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from dstack.models.instances import InstanceTerminationReason as R
 from dstack.server.reconcilers.instances import (
     Act,
     InstanceDecision,
@@ -63,7 +64,7 @@ TABLE = [
             provisioning_since=ago(5),
             provisioning_timeout=30,
         ),
-        InstanceDecision("wait", recheck=0.5),
+        InstanceDecision("advance", recheck=0.5),
     ),
     (
         "provisioning/agent-silent-just-before-timeout-looks-again-then",
@@ -73,7 +74,7 @@ TABLE = [
             provisioning_since=ago(29.5),
             provisioning_timeout=30,
         ),
-        InstanceDecision("wait", recheck=0.5),
+        InstanceDecision("advance", recheck=0.5),
     ),
     (
         "provisioning/agent-silent-a-moment-before-timeout",
@@ -83,7 +84,7 @@ TABLE = [
             provisioning_since=ago(29.75),
             provisioning_timeout=30,
         ),
-        InstanceDecision("wait", recheck=0.25),
+        InstanceDecision("advance", recheck=0.25),
     ),
     (
         "provisioning/agent-silent-past-timeout",
@@ -193,15 +194,44 @@ AFTER = [
         ),
     ),
     (
-        "create/failed-terminated-error",
+        "create/failed-terminating-error",
         d(Act.CREATE),
-        Outcome(False, "no capacity in us-east-1"),
+        Outcome(False, "AMI not found"),
+        d(Act.CREATE, status="terminating", reason="error", message="AMI not found"),
+    ),
+    (
+        "create/no-capacity-terminating-no-offers",
+        d(Act.CREATE),
+        Outcome(False, "InsufficientInstanceCapacity", reason=R.NO_OFFERS),
         d(
             Act.CREATE,
-            status="terminated",
-            reason="error",
-            message="no capacity in us-east-1",
-            values={"finished_at": T0},
+            status="terminating",
+            reason="no_offers",
+            message="InsufficientInstanceCapacity",
+        ),
+    ),
+    (
+        "advance/nothing-yet-waits",
+        d(Act.ADVANCE, recheck=2.0),
+        Outcome(True),
+        d(Act.ADVANCE, recheck=2.0),
+    ),
+    (
+        "advance/booted-due-at-once",
+        d(Act.ADVANCE, recheck=2.0),
+        Outcome(True, values={"hostname": "10.0.0.5"}),
+        d(Act.ADVANCE, values={"hostname": "10.0.0.5", "dirty": True}),
+    ),
+    (
+        "advance/host-died-while-booting",
+        d(Act.ADVANCE, recheck=2.0),
+        Outcome(False, "EC2 reports the instance terminated", reason=R.UNREACHABLE),
+        d(
+            Act.ADVANCE,
+            status="terminating",
+            reason="unreachable",
+            message="EC2 reports the instance terminated",
+            recheck=2.0,
         ),
     ),
     (
@@ -261,6 +291,18 @@ AFTER = [
         d(Act.REVIVE, values={"unreachable": True}),
         Outcome(False),
         d(Act.REVIVE, values={"unreachable": True}),
+    ),
+    (
+        "revive/host-gone-terminating",
+        d(Act.REVIVE, values={"unreachable": True}),
+        Outcome(False, "EC2 reports the spot instance terminated", reason=R.UNREACHABLE),
+        d(
+            Act.REVIVE,
+            status="terminating",
+            reason="unreachable",
+            message="EC2 reports the spot instance terminated",
+            values={"unreachable": True},
+        ),
     ),
 ]
 

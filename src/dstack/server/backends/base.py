@@ -37,6 +37,11 @@ class BackendError(Exception):
     """A backend call failed; the message is shown to the user as the instance's reason."""
 
 
+class HostGone(BackendError):
+    """The backend lost the host for good (a reclaimed spot instance, a machine terminated
+    outside the server): its jobs end now, and the instance is let go."""
+
+
 class NoCapacityError(BackendError):
     """The offer cannot be had now (no capacity, quota, price above the limit): the job may
     try its next offer, and remembers this one as tried."""
@@ -90,6 +95,13 @@ class Host:
     host_info: dict[str, Any] = field(default_factory=dict)
     # A host key this server recorded earlier for the same address (trust on first use).
     known_host_key: str | None = None
+    # The project's SSH key (private part encrypted with the server's key), for backends that
+    # create hosts and must reach them; given on create only.
+    project_key_enc: str | None = None
+    project_public_key: str | None = None
+    # What the fleet and the job that asked for the host want of it beyond the offer
+    # (`disk_gb`, `max_price`, `reservation`, `placement`, `tags`); given on create only.
+    request: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -164,6 +176,12 @@ class Compute(ABC):
         self, host: Host, offer: InstanceOfferWithAvailability | None
     ) -> Provisioning:
         """Create (or find, if it already exists) the instance for `host.instance_id`."""
+
+    async def advance(self, host: Host) -> Provisioning | None:
+        """Called while a provisioning host's agent is silent: a backend whose hosts boot
+        before the agent can be installed does the next step here (None: nothing to do yet).
+        Raises `HostGone` when the host died while booting."""
+        return None
 
     async def ready(self, host: Host, info: dict[str, Any]) -> Ready:
         """The host's agent answered with `info`: what the instance really is."""

@@ -11,10 +11,17 @@ from typing import Any
 from sqlalchemy import func, select, update
 
 from dstack.models.instances import InstanceStatus as S
+from dstack.models.instances import InstanceTerminationReason as R
 from dstack.models.offers import InstanceOfferWithAvailability
 from dstack.models.wire import utcnow
 from dstack.server.agent_client import AgentClientError
-from dstack.server.backends.base import BackendError, Compute, Provisioning
+from dstack.server.backends.base import (
+    BackendError,
+    Compute,
+    HostGone,
+    NoCapacityError,
+    Provisioning,
+)
 from dstack.server.db import tables as t
 from dstack.server.reconcilers.agents import AgentRegistry
 from dstack.server.reconcilers.base import Reconciler
@@ -28,7 +35,7 @@ from dstack.server.reconcilers.instances import (
 )
 from dstack.server.services import events
 from dstack.server.services.context import ServerContext
-from dstack.server.services.hosts import host_of, known_host_key
+from dstack.server.services.hosts import CreateContext, create_context, host_of, known_host_key
 from dstack.server.services.pool import FINISHED_JOB_STATUSES, LIVE_INSTANCE_STATUSES, fleet_conf
 
 log = logging.getLogger(__name__)
@@ -66,6 +73,7 @@ class InstanceReconciler(Reconciler):
             if inst.status == S.PENDING and inst.hostname:
                 port = int(json.loads(inst.remote_connection or "{}").get("port") or 22)
                 known_key = await known_host_key(s, inst.project_id, inst.hostname, port, inst.id)
+            create = await create_context(self.ctx, s, inst) if inst.status == S.PENDING else None
         backend = self.ctx.backends.get(inst.backend)
         checked = inst.status in (S.IDLE, S.BUSY, S.PROVISIONING)
         info = await self._check(inst) if checked else None
@@ -79,10 +87,11 @@ class InstanceReconciler(Reconciler):
             fleet_min_reached=at_min,
             provisioning_since=inst.started_at or inst.created_at,
             provisioning_timeout=backend.provisioning_timeout if backend else 0.0,
+            provisioning_poll=backend.provisioning_poll if backend else 0.5,
         )
         d = decide(view, now)
         if d.action != Act.WAIT:
-            outcome = await self._act(inst, d, backend, info, known_key)
+            outcome = await self._act(inst, d, backend, info, known_key, create)
             d = after(d, outcome, utcnow())
         await self._apply(inst, d, token, now)
 
@@ -144,6 +153,7 @@ class InstanceReconciler(Reconciler):
         backend: Compute | None,
         info: dict[str, Any] | None,
         known_key: str | None,
+        create: CreateContext | None = None,
     ) -> Outcome:
         if backend is None:
             why = f"backend {inst.backend} is not configured on this server"
@@ -153,6 +163,8 @@ class InstanceReconciler(Reconciler):
         try:
             host = host_of(inst, self.ctx.box.decrypt)
             host.known_host_key = known_key
+            if create is not None:
+                create.fill(host)
             if d.action == Act.CREATE:
                 # Hosts a fleet lists have no offer until they answer (`ready` makes one).
                 offer = (
@@ -174,6 +186,12 @@ class InstanceReconciler(Reconciler):
                 if r.total_blocks is not None:
                     values["total_blocks"] = r.total_blocks
                 return Outcome(True, values=values)
+            if d.action == Act.ADVANCE:
+                p1 = await backend.advance(host)
+                if p1 is None:
+                    return Outcome(True)
+                await self.agents.forget(inst.id)
+                return Outcome(True, values=self._provisioned(inst, p1))
             if d.action == Act.DIAGNOSE:
                 return Outcome(False, await self._timeout_message(backend, host))
             if d.action == Act.TERMINATE:
@@ -186,6 +204,10 @@ class InstanceReconciler(Reconciler):
                     return Outcome(False)
                 await self.agents.forget(inst.id)
                 return Outcome(True, values={"agent_url": p2.agent_url, "agent_pid": p2.agent_pid})
+        except HostGone as e:
+            return Outcome(False, str(e), reason=R.UNREACHABLE)
+        except NoCapacityError as e:
+            return Outcome(False, str(e), reason=R.NO_OFFERS)
         except (BackendError, AgentClientError) as e:
             return Outcome(False, str(e))
         except Exception as e:  # noqa: BLE001 - a bug must end the act, not repeat it forever

@@ -3,15 +3,21 @@
 | status       | observation                        | act       | next status                 |
 |--------------|------------------------------------|-----------|-----------------------------|
 | pending      | -                                  | create    | provisioning; failed:       |
-|              |                                    |           | terminated (error)          |
+|              |                                    |           | terminating (no_offers when |
+|              |                                    |           | the offer had no capacity,  |
+|              |                                    |           | else error)                 |
 | provisioning | agent answers                      | ready     | idle; host unusable:        |
 |              |                                    |           | terminating (error)         |
 | provisioning | agent silent past backend timeout  | diagnose  | terminating                 |
 |              |                                    |           | (provisioning_timeout)      |
-| provisioning | agent silent, within the timeout   | -         | (look again shortly)        |
+| provisioning | agent silent, within the timeout   | advance   | provisioning (the backend's |
+|              |                                    |           | next boot step, if any);    |
+|              |                                    |           | host died: terminating      |
 | idle         | agent answers                      | -         | reachable again             |
 | idle         | agent does not answer              | revive    | unreachable (not scheduled) |
-|              |                                    |           | the backend may restart it  |
+|              |                                    |           | the backend may restart it; |
+|              |                                    |           | host gone: terminating      |
+|              |                                    |           | (unreachable)               |
 | idle         | no jobs, idle past idle_duration   | -         | terminating (idle_timeout)  |
 | terminating  | -                                  | terminate | terminated; failed: retried |
 
@@ -40,6 +46,7 @@ class Act(str, Enum):
     WAIT = "wait"
     CREATE = "create"
     READY = "ready"
+    ADVANCE = "advance"
     DIAGNOSE = "diagnose"
     REVIVE = "revive"
     TERMINATE = "terminate"
@@ -56,6 +63,7 @@ class InstanceView:
     fleet_min_reached: bool  # terminating would go below the fleet's nodes.min
     provisioning_since: datetime | None = None
     provisioning_timeout: float = 600.0
+    provisioning_poll: float = POLL
 
 
 @dataclass
@@ -76,6 +84,8 @@ class Outcome:
     ok: bool
     message: str | None = None
     values: dict[str, Any] = field(default_factory=dict)
+    # Why it failed, when the failure says more than "error" (no capacity, host gone).
+    reason: R | None = None
 
 
 def decide(v: InstanceView, now: datetime) -> InstanceDecision:
@@ -110,7 +120,7 @@ def _provisioning(v: InstanceView, now: datetime) -> InstanceDecision:
     left = v.provisioning_timeout - (now - since).total_seconds()
     if left <= 0:
         return InstanceDecision(Act.DIAGNOSE)
-    return InstanceDecision(Act.WAIT, recheck=min(POLL, left))
+    return InstanceDecision(Act.ADVANCE, recheck=min(v.provisioning_poll, left))
 
 
 def after(d: InstanceDecision, o: Outcome, now: datetime) -> InstanceDecision:
@@ -120,13 +130,18 @@ def after(d: InstanceDecision, o: Outcome, now: datetime) -> InstanceDecision:
             # Due again at once: the agent usually answers right after its start.
             values = {**o.values, "started_at": now, "dirty": True}
             return replace(d, status=S.PROVISIONING, values=values)
-        return replace(
-            d, status=S.TERMINATED, reason=R.ERROR, message=o.message, values={"finished_at": now}
-        )
+        # Terminated through the backend: a failed create may have left something behind.
+        return replace(d, status=S.TERMINATING, reason=o.reason or R.ERROR, message=o.message)
     if d.action == Act.READY:
         if o.ok:
             return replace(d, status=S.IDLE, values={**o.values, "started_at": now})
         return replace(d, status=S.TERMINATING, reason=R.ERROR, message=o.message)
+    if d.action == Act.ADVANCE:
+        if not o.ok:
+            return replace(d, status=S.TERMINATING, reason=o.reason or R.ERROR, message=o.message)
+        if o.values:  # a boot step happened: the agent may answer right away
+            return replace(d, values={**o.values, "dirty": True}, recheck=None)
+        return d
     if d.action == Act.DIAGNOSE:
         return replace(d, status=S.TERMINATING, reason=R.PROVISIONING_TIMEOUT, message=o.message)
     if d.action == Act.TERMINATE:
@@ -136,4 +151,6 @@ def after(d: InstanceDecision, o: Outcome, now: datetime) -> InstanceDecision:
         return replace(d, message=o.message)  # stays terminating: retried on the next pass
     if d.action == Act.REVIVE and o.ok:
         return replace(d, values={**d.values, **o.values, "unreachable": False})
+    if d.action == Act.REVIVE and o.reason == R.UNREACHABLE:  # the host is gone for good
+        return replace(d, status=S.TERMINATING, reason=R.UNREACHABLE, message=o.message)
     return d

@@ -5,6 +5,7 @@ one bridge from rows to the compute interface: nothing here names a backend."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
@@ -13,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dstack.server.backends.base import BackendError, Capabilities, Compute, Host, Stream
 from dstack.server.db import tables as t
 from dstack.server.services.context import ServerContext
+from dstack.server.services.ssh_keys import project_keypair
 
 NO_CAPABILITIES = Capabilities(creates_instances=False, docker=False, multinode=False)
 
@@ -92,3 +94,53 @@ async def known_host_key(
         if rc.get("host_key") and int(rc.get("port") or 22) == int(port):
             return rc["host_key"]
     return None
+
+
+@dataclass
+class CreateContext:
+    """What a backend that creates hosts needs beyond the row: the project's key (to reach the
+    host) and what the fleet and the job asked of it (disk, price limit, reservation)."""
+
+    project_key_enc: str | None
+    project_public_key: str | None
+    request: dict[str, Any]
+
+    def fill(self, host: Host) -> None:
+        host.project_key_enc = self.project_key_enc
+        host.project_public_key = self.project_public_key
+        host.request = dict(self.request)
+
+
+async def create_context(ctx: ServerContext, s: AsyncSession, inst: t.Instance) -> CreateContext:
+    project = await s.get(t.Project, inst.project_id)
+    public = None
+    if project is not None:
+        had = bool(project.ssh_private_key)
+        _, public = await project_keypair(s, ctx.box, project)
+        if not had:
+            await s.commit()
+    request: dict[str, Any] = {}
+    fleet = await s.get(t.Fleet, inst.fleet_id) if inst.fleet_id else None
+    conf = json.loads(fleet.spec).get("configuration", {}) if fleet else {}
+    job = await s.get(t.Job, inst.provisioning_job_id) if inst.provisioning_job_id else None
+    wanted = json.loads(job.job_spec).get("requirements", {}) if job else {}
+    disk = _disk_min_gb(wanted.get("resources")) or _disk_min_gb(conf.get("resources"))
+    if disk:
+        request["disk_gb"] = disk
+    for key in ("max_price", "reservation"):
+        value = wanted.get(key) if wanted.get(key) is not None else conf.get(key)
+        if value is not None:
+            request[key] = value
+    if conf.get("placement"):
+        request["placement"] = conf["placement"]
+    if conf.get("tags"):
+        request["tags"] = conf["tags"]
+    return CreateContext(project.ssh_private_key if project else None, public, request)
+
+
+def _disk_min_gb(resources: dict[str, Any] | None) -> int | None:
+    """The smallest disk the requirements accept, in GB (the configuration's unit)."""
+    disk = (resources or {}).get("disk") or {}
+    size = disk.get("size") if isinstance(disk, dict) else None
+    low = size.get("min") if isinstance(size, dict) else None
+    return int(float(low)) if low else None

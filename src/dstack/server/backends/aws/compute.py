@@ -1,0 +1,281 @@
+"""The `aws` backend: EC2 instances for one project, reached and bootstrapped over SSH.
+
+Life of an instance:
+1. `create_instance` runs (or finds, by tag) the EC2 instance and returns at once: the host
+   has no agent yet (`remote.phase = launched`).
+2. While the instance provisions, `advance` looks at EC2: once it runs and has an address, the
+   agent is installed over SSH with the project key (the same bootstrap as SSH fleets: nothing
+   is downloaded on the instance) and `remote.phase` becomes `bootstrapped`.
+3. From then on the host is an SSH host: agent traffic, job relays and service upstreams ride
+   the server's one SSH connection to it.
+4. `terminate` terminates by EC2 id and by tag, and reports success only once EC2 says the
+   instance is shutting down or gone.
+An instance EC2 lost (a spot reclaim, a manual terminate) is reported by `revive` as
+`HostGone`, so its jobs end at once instead of waiting out the unreachable grace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from dstack.models.backends import AWSBackendConfig
+from dstack.models.offers import InstanceOfferWithAvailability
+from dstack.server.backends.aws.ec2 import EC2, GONE_STATES, TAG_INSTANCE, LaunchSpec
+from dstack.server.backends.base import (
+    BackendError,
+    Capabilities,
+    Compute,
+    Host,
+    HostGone,
+    InventoryItem,
+    OfferRequirements,
+    Provisioning,
+    Ready,
+    Stream,
+)
+from dstack.server.backends.ssh.backend import SSHBackend
+from dstack.server.backends.ssh.connection import HostUnreachable
+
+PHASE_LAUNCHED = "launched"
+PHASE_BOOTSTRAPPED = "bootstrapped"
+DEFAULT_DISK_GB = 100
+
+
+class AWSBackend(Compute):
+    type = "aws"
+    capabilities = Capabilities(
+        spot=True,
+        cluster_placement=False,
+        reservations=True,
+        multinode=True,
+    )
+    offers_ttl = 180.0
+
+    def __init__(
+        self,
+        project: str,
+        config: AWSBackendConfig,
+        data_dir: Path,
+        decrypt: Callable[[str], str],
+    ) -> None:
+        self.project = project
+        self.projects = frozenset({project})
+        self.config = config
+        self.ec2 = EC2(project, config)
+        # Hosts are SSH hosts once booted: the SSH backend's connection pool and bootstrap.
+        self.ssh = SSHBackend(data_dir, decrypt)
+        self.provisioning_timeout = float(
+            os.environ.get("DSTACK_SERVER_AWS_PROVISIONING_TIMEOUT") or 600
+        )
+
+    def regions(self) -> list[str]:
+        return list(self.config.regions or [])
+
+    async def check(self) -> None:
+        await asyncio.to_thread(self.ec2.check, (self.regions() or ["us-east-1"])[0])
+
+    # -- capacity -----------------------------------------------------------------------------
+
+    async def offers(self, requirements: OfferRequirements) -> list[InstanceOfferWithAvailability]:
+        from dstack.server.backends.catalog import shared_catalog
+
+        return await shared_catalog().offers(
+            self.type, requirements, regions=self.regions() or None
+        )
+
+    async def create_instance(
+        self, host: Host, offer: InstanceOfferWithAvailability | None
+    ) -> Provisioning:
+        if offer is None:
+            raise BackendError("an AWS instance needs an offer")
+        if not host.project_public_key or not host.project_key_enc:
+            raise BackendError("the project has no SSH key to reach the instance with")
+        region = offer.region
+        found = await asyncio.to_thread(self.ec2.find, region, host.instance_id)
+        if found is None:
+            spec = self._launch_spec(host, offer)
+            found = await asyncio.to_thread(self.ec2.run, spec)
+            _failpoint("aws_after_run_instances")
+        image = self.ec2.image_for(bool(offer.instance.resources.gpus))
+        remote = {
+            "phase": PHASE_LAUNCHED,
+            "region": region,
+            "ec2_id": found["InstanceId"],
+            "user": image.user,
+            "port": 22,
+            "project_key_enc": host.project_key_enc,
+            "project_public_key": host.project_public_key,
+            "spot": offer.instance.resources.spot,
+        }
+        return Provisioning(agent_url="", hostname="", remote=remote)
+
+    def _launch_spec(self, host: Host, offer: InstanceOfferWithAvailability) -> LaunchSpec:
+        resources = offer.instance.resources
+        request = host.request
+        disk_gb = int(request.get("disk_gb") or 0) or max(
+            DEFAULT_DISK_GB, resources.disk.size_mib // 1024
+        )
+        return LaunchSpec(
+            instance_id=host.instance_id,
+            name=host.name,
+            region=offer.region,
+            instance_type=offer.instance.name,
+            image=self.ec2.image_for(bool(resources.gpus)),
+            gpu=bool(resources.gpus),
+            disk_gb=disk_gb,
+            spot=resources.spot,
+            max_price=request.get("max_price"),
+            public_key=host.project_public_key or "",
+            availability_zones=tuple(offer.availability_zones or ()),
+            reservation=request.get("reservation"),
+        )
+
+    async def advance(self, host: Host) -> Provisioning | None:
+        rc = dict(host.remote)
+        if rc.get("phase") != PHASE_LAUNCHED:
+            return None
+        inst = await asyncio.to_thread(self.ec2.describe, rc["region"], rc["ec2_id"])
+        state = (inst or {}).get("State", {}).get("Name", "terminated")
+        if state in GONE_STATES:
+            raise HostGone(_gone_message(inst, rc))
+        address = _address(inst or {}, self.config.public_ips)
+        if state != "running" or not address:
+            return None
+        rc.update(hostname=address, internal_ip=(inst or {}).get("PrivateIpAddress"))
+        try:
+            b = await self.ssh.bootstrap(
+                self.ssh.params(rc), None, host.agent_token or "", rc["project_public_key"]
+            )
+        except HostUnreachable:
+            return None  # sshd is not up yet: booting
+        rc.update(
+            phase=PHASE_BOOTSTRAPPED,
+            host_key=b.host_key,
+            agent_port=b.agent_port,
+            supervisor=b.supervisor,
+            docker_note=b.docker_note,
+        )
+        return Provisioning(
+            agent_url=f"http://127.0.0.1:{b.agent_port}", hostname=address, remote=rc
+        )
+
+    async def ready(self, host: Host, info: dict[str, Any]) -> Ready:
+        info = dict(info)
+        info["internal_ip"] = host.remote.get("internal_ip") or host.remote.get("hostname")
+        info["supervisor"] = host.remote.get("supervisor") or "loop"
+        if host.remote.get("docker_note"):
+            info["docker"] = False
+            info["docker_note"] = host.remote["docker_note"]
+        return Ready(host_info=info)
+
+    async def revive(self, host: Host) -> Provisioning | None:
+        """An agent that stopped answering: if EC2 lost the instance, say so (its jobs end at
+        once); otherwise it may come back (a network blip), nothing to restart from here."""
+        rc = host.remote
+        if not rc.get("ec2_id"):
+            return None
+        inst = await asyncio.to_thread(self.ec2.describe, rc["region"], rc["ec2_id"])
+        state = (inst or {}).get("State", {}).get("Name", "terminated")
+        if state in GONE_STATES:
+            raise HostGone(_gone_message(inst, rc))
+        return None
+
+    async def terminate(self, host: Host) -> str | None:
+        rc = host.remote
+        region = rc.get("region")
+        if rc.get("hostname") and rc.get("user"):
+            await self.ssh.pool.drop(self.ssh.params(rc))
+        regions = [region] if region else self.regions()
+        for r in regions:
+            ids = {
+                i["InstanceId"]
+                for i in await asyncio.to_thread(self.ec2.tagged, r)
+                if _tag(i, TAG_INSTANCE) == host.instance_id
+            }
+            if rc.get("ec2_id") and r == region:
+                ids.add(rc["ec2_id"])
+            await asyncio.to_thread(self.ec2.terminate, r, sorted(ids))
+            for ec2_id in ids:
+                inst = await asyncio.to_thread(self.ec2.describe, r, ec2_id)
+                state = (inst or {}).get("State", {}).get("Name", "terminated")
+                if state not in GONE_STATES:
+                    raise BackendError(f"EC2 still reports {ec2_id} as {state}")
+        return None
+
+    async def inventory(self) -> list[InventoryItem]:
+        items: list[InventoryItem] = []
+        for region in self.regions():
+            for inst in await asyncio.to_thread(self.ec2.tagged, region):
+                items.append(
+                    InventoryItem(
+                        instance_id=_tag(inst, TAG_INSTANCE),
+                        description=f"EC2 instance {inst['InstanceId']} in {region}",
+                        handle={"region": region, "ec2_id": inst["InstanceId"]},
+                    )
+                )
+        return items
+
+    async def terminate_orphan(self, item: InventoryItem) -> None:
+        await asyncio.to_thread(self.ec2.terminate, item.handle["region"], [item.handle["ec2_id"]])
+
+    async def diagnose(self, host: Host) -> str:
+        rc = host.remote
+        if rc.get("phase") != PHASE_BOOTSTRAPPED:
+            inst = None
+            if rc.get("ec2_id"):
+                inst = await asyncio.to_thread(self.ec2.describe, rc["region"], rc["ec2_id"])
+            state = (inst or {}).get("State", {}).get("Name", "unknown")
+            return f"EC2 instance {rc.get('ec2_id')} is {state}; the agent was never installed"
+        return await self.ssh.diagnose(host)
+
+    # -- transport: an SSH host once booted ---------------------------------------------------
+
+    def agent_transport(self, host: Host) -> httpx.AsyncBaseTransport | None:
+        return self.ssh.agent_transport(host)
+
+    async def open_stream(self, host: Host, port: int) -> Stream:
+        return await self.ssh.open_stream(host, port)
+
+    async def upstream(self, host: Host, port: int) -> tuple[str, int] | None:
+        return await self.ssh.upstream(host, port)
+
+    def host_access(self, host: Host) -> dict[str, Any]:
+        return self.ssh.host_access(host)
+
+    def host_label(self, host: Host) -> str:
+        return host.remote.get("hostname") or host.remote.get("ec2_id") or host.name
+
+    async def close(self) -> None:
+        await self.ssh.close()
+
+
+def _tag(inst: dict[str, Any], key: str) -> str | None:
+    return next((t["Value"] for t in inst.get("Tags", []) if t["Key"] == key), None)
+
+
+def _address(inst: dict[str, Any], public: bool) -> str | None:
+    if public:
+        return inst.get("PublicIpAddress") or None
+    return inst.get("PrivateIpAddress") or None
+
+
+def _gone_message(inst: dict[str, Any] | None, rc: dict[str, Any]) -> str:
+    kind = "spot instance" if rc.get("spot") else "instance"
+    if inst is None:
+        return f"EC2 no longer knows the {kind} {rc.get('ec2_id')}"
+    state = inst.get("State", {}).get("Name")
+    reason = inst.get("StateReason", {}).get("Message") or inst.get("StateTransitionReason")
+    return f"EC2 reports the {kind} {rc.get('ec2_id')} {state}" + (f" ({reason})" if reason else "")
+
+
+def _failpoint(name: str) -> None:
+    """Tests crash the server at a named point (`DSTACK_SERVER_FAILPOINT`) to prove that what
+    was done before it is found again after a restart."""
+    if os.environ.get("DSTACK_SERVER_FAILPOINT") == name:
+        os._exit(17)
