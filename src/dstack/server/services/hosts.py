@@ -133,6 +133,7 @@ async def create_context(ctx: ServerContext, s: AsyncSession, inst: t.Instance) 
             request[key] = value
     if conf.get("placement"):
         request["placement"] = conf["placement"]
+        request["fleet"] = fleet.name if fleet else None
     if conf.get("tags"):
         request["tags"] = conf["tags"]
     return CreateContext(project.ssh_private_key if project else None, public, request)

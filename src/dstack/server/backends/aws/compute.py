@@ -51,7 +51,7 @@ class AWSBackend(Compute):
     type = "aws"
     capabilities = Capabilities(
         spot=True,
-        cluster_placement=False,
+        cluster_placement=True,
         reservations=True,
         multinode=True,
     )
@@ -134,6 +134,11 @@ class AWSBackend(Compute):
             public_key=host.project_public_key or "",
             availability_zones=tuple(offer.availability_zones or ()),
             reservation=request.get("reservation"),
+            placement_group=(
+                f"dstack-{self.project}-{request['fleet']}"
+                if request.get("placement") == "cluster" and request.get("fleet")
+                else None
+            ),
         )
 
     async def advance(self, host: Host) -> Provisioning | None:

@@ -172,7 +172,9 @@ class EC2:
                 options["MaxPrice"] = f"{spec.max_price:.4f}"
             params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": options}
         if spec.placement_group:
-            params["Placement"] = {"GroupName": spec.placement_group}
+            params["Placement"] = {
+                "GroupName": self.placement_group(spec.region, spec.placement_group)
+            }
         if spec.reservation:
             params["CapacityReservationSpecification"] = {
                 "CapacityReservationTarget": {"CapacityReservationId": spec.reservation}
@@ -235,6 +237,20 @@ class EC2:
             PublicKeyMaterial=public_key.encode(),
             TagSpecifications=[{"ResourceType": "key-pair", "Tags": self._tags(name)}],
         )
+        return name
+
+    def placement_group(self, region: str, name: str) -> str:
+        """A cluster placement group per cluster fleet: its instances share a network spine.
+        Created on first use; an existing one (a duplicate) is the one wanted."""
+        try:
+            self.client("ec2", region).create_placement_group(
+                GroupName=name,
+                Strategy="cluster",
+                TagSpecifications=[{"ResourceType": "placement-group", "Tags": self._tags(name)}],
+            )
+        except ClientError as e:
+            if error_code(e) != "InvalidPlacementGroup.Duplicate":
+                raise BackendError(f"placement group {name}: {describe_error(e)}") from e
         return name
 
     def vpc_id(self, region: str) -> str:
