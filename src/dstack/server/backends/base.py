@@ -143,6 +143,8 @@ class OfferRequirements:
     spot: bool | None = None
     regions: tuple[str, ...] | None = None
     max_price: float | None = None
+    # The smallest disk the job accepts, GB: a cloud sizes the instance's disk to it.
+    disk_gb: float | None = None
 
 
 Stream = tuple[Any, Any]  # (reader, writer) of a byte stream

@@ -141,7 +141,14 @@ def offer_requirements(req: Requirements | None) -> OfferRequirements:
     if req is None:
         return OfferRequirements()
     spot = {"spot": True, "on-demand": False}.get(req.spot_policy)
-    return OfferRequirements(spot=spot, regions=req.regions, max_price=req.max_price)
+    disk = getattr(getattr(req.resources, "disk", None), "size", None)
+    low = getattr(disk, "min", None)
+    return OfferRequirements(
+        spot=spot,
+        regions=req.regions,
+        max_price=req.max_price,
+        disk_gb=float(low) if low is not None else None,
+    )
 
 
 async def with_capacity(

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from dstack.models.backends import AWSBackendConfig
+from dstack.models.instances import Disk
 from dstack.models.offers import InstanceOfferWithAvailability
 from dstack.server.backends.aws.ec2 import EC2, GONE_STATES, TAG_INSTANCE, LaunchSpec
 from dstack.server.backends.base import (
@@ -83,11 +84,15 @@ class AWSBackend(Compute):
     # -- capacity -----------------------------------------------------------------------------
 
     async def offers(self, requirements: OfferRequirements) -> list[InstanceOfferWithAvailability]:
+        """The catalog's instance types, with the disk the job asks for (EBS is sized at
+        launch: a catalog row's disk is no limit)."""
         from dstack.server.backends.catalog import shared_catalog
 
-        return await shared_catalog().offers(
+        offers = await shared_catalog().offers(
             self.type, requirements, regions=self.regions() or None
         )
+        disk_mib = int((requirements.disk_gb or DEFAULT_DISK_GB) * 1024)
+        return [_with_disk(o, disk_mib) for o in offers]
 
     async def create_instance(
         self, host: Host, offer: InstanceOfferWithAvailability | None
@@ -258,6 +263,14 @@ class AWSBackend(Compute):
 
     async def close(self) -> None:
         await self.ssh.close()
+
+
+def _with_disk(
+    offer: InstanceOfferWithAvailability, disk_mib: int
+) -> InstanceOfferWithAvailability:
+    resources = offer.instance.resources.model_copy(update={"disk": Disk(size_mib=disk_mib)})
+    instance = offer.instance.model_copy(update={"resources": resources})
+    return offer.model_copy(update={"instance": instance})
 
 
 def _tag(inst: dict[str, Any], key: str) -> str | None:
