@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from dstack.models.offers import InstanceOfferWithAvailability
-from dstack.models.runs import RunSpec
+from dstack.models.runs import RunSpec, TriedOffer
 from dstack.server.db import tables as t
 
 
@@ -54,8 +54,11 @@ async def next_instance_num(s: Any, fleet_id: str) -> int:
     return 0 if n is None else n + 1
 
 
-def total_blocks(conf: dict[str, Any]) -> int:
+def total_blocks(conf: dict[str, Any], offer: InstanceOfferWithAvailability | None = None) -> int:
+    """The fleet's `blocks`; `auto` is one block per GPU of the instance (at least one)."""
     blocks = conf.get("blocks", 1)
+    if blocks == "auto" and offer is not None:
+        return max(1, len(offer.instance.resources.gpus))
     return blocks if isinstance(blocks, int) and blocks > 0 else 1
 
 
@@ -89,3 +92,25 @@ def is_spot(inst: t.Instance | None) -> bool:
     if inst is None or not inst.offer:
         return False
     return offer_of(inst).instance.resources.spot
+
+
+def tried_offers(job: t.Job) -> tuple[TriedOffer, ...]:
+    return tuple(TriedOffer.model_validate(o) for o in json.loads(job.tried_offers or "[]"))
+
+
+def as_tried(offer: InstanceOfferWithAvailability) -> TriedOffer:
+    return TriedOffer(
+        backend=offer.backend,
+        region=offer.region,
+        instance_type=offer.instance.name,
+        spot=offer.instance.resources.spot,
+        price=offer.price,
+    )
+
+
+def new_instance_offer(inst: t.Instance | None, job: t.Job) -> TriedOffer | None:
+    """The offer of the job's instance when it was created for this job (None: a pool
+    instance the job was placed on, or none)."""
+    if inst is None or not inst.offer or inst.provisioning_job_id != job.id:
+        return None
+    return as_tried(offer_of(inst))
