@@ -12,6 +12,9 @@ from sqlalchemy import func, select
 from dstack.models.offers import InstanceOfferWithAvailability
 from dstack.models.runs import RunSpec, TriedOffer
 from dstack.server.db import tables as t
+from dstack.server.services.fleet_nodes import total_blocks
+
+__all__ = ["total_blocks"]
 
 
 async def replica_peers(s: Any, job: t.Job) -> list[t.Job]:
@@ -52,14 +55,6 @@ async def next_instance_num(s: Any, fleet_id: str) -> int:
         )
     ).scalar()
     return 0 if n is None else n + 1
-
-
-def total_blocks(conf: dict[str, Any], offer: InstanceOfferWithAvailability | None = None) -> int:
-    """The fleet's `blocks`; `auto` is one block per GPU of the instance (at least one)."""
-    blocks = conf.get("blocks", 1)
-    if blocks == "auto" and offer is not None:
-        return max(1, len(offer.instance.resources.gpus))
-    return blocks if isinstance(blocks, int) and blocks > 0 else 1
 
 
 def idle_duration(conf: dict[str, Any], run: t.Run) -> int | None:
