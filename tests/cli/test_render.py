@@ -148,3 +148,17 @@ def test_offers_table_and_footer():
     assert lines[3].strip() == "..."
     assert offers_footer(3, 12, 40.96) == " Shown 3 of 12 offers, $40.96max"
     assert offers_footer(3, 3, 40.96) is None
+
+
+def test_ps_verbose_lists_the_offers_a_job_tried():
+    j = job(status="provisioning")
+    j["job_submissions"][0]["tried_offers"] = [
+        {"backend": "aws", "region": "us-east-1", "instance_type": "p4d.24xlarge",
+         "spot": True, "price": 12.3, "message": "InsufficientInstanceCapacity"},
+    ]  # fmt: skip
+    r = run(jobs=[j])
+    assert len(run_rows(r, now=NOW)) == 1  # not without -v
+    main, tried = run_rows(r, verbose=True, now=NOW)
+    assert tried["NAME"].strip() == "offer tried" and tried["STATUS"] == "failed"
+    assert tried["BACKEND"] == "aws (us-east-1)" and tried["INSTANCE TYPE"] == "p4d.24xlarge"
+    assert tried["PRICE"] == "$12.3 (spot)" and tried["ERROR"] == "InsufficientInstanceCapacity"

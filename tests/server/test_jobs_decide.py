@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from dstack.models.instances import InstanceType, Resources
 from dstack.models.offers import InstanceOfferWithAvailability
+from dstack.models.runs import TriedOffer
 from dstack.server.reconcilers.jobs import (
     Decision,
     JobView,
@@ -694,3 +696,74 @@ def test_answered_classifies_the_agents_state() -> None:
     assert StartOutcome.answered(STARTED_STATE) == StartOutcome(
         StartKind.STARTED, state=STARTED_STATE
     )
+
+
+# -- offers tried one after another, interruptions --------------------------------------------
+
+TRIED_A = TriedOffer(backend="fake", region="r1", instance_type="a", price=1.0, message="full")
+
+
+def _failed_instance(**kw) -> JobView:
+    base = dict(
+        status="provisioning",
+        instance_status="terminated",
+        instance_reason="no_offers",
+        instance_message="no capacity in r1",
+        new_instance_offer=TriedOffer(backend="fake", region="r1", instance_type="b", spot=True),
+        agent_job=None,
+    )
+    base.update(kw)
+    return view(**base)
+
+
+def test_a_new_instance_without_capacity_sends_the_job_back_to_try_the_next_offer() -> None:
+    d = decide(_failed_instance(tried_offers=(TRIED_A,)), NOW)
+    assert d.status == "submitted" and d.reason is None
+    assert d.values["instance_id"] is None and d.values["job_provisioning_data"] is None
+    tried = [TriedOffer.model_validate(o) for o in json.loads(d.values["tried_offers"])]
+    assert [o.instance_type for o in tried] == ["a", "b"]
+    assert tried[1].message == "no capacity in r1"
+    assert d.event == "offer fake r1 b (spot, $0/h) failed: no capacity in r1; trying the next one"
+
+
+def test_a_create_error_is_tried_like_no_capacity_but_a_lost_pool_instance_is_not() -> None:
+    assert decide(_failed_instance(instance_reason="error"), NOW).status == "submitted"
+    lost = decide(_failed_instance(new_instance_offer=None), NOW)
+    assert lost.status == "terminating" and lost.reason == "waiting_instance_limit_exceeded"
+    timeout = decide(_failed_instance(instance_reason="provisioning_timeout"), NOW)
+    assert timeout.reason == "waiting_instance_limit_exceeded"
+
+
+def test_the_offer_cap_fails_the_job_listing_what_was_tried() -> None:
+    many = tuple(TRIED_A.model_copy(update={"instance_type": f"t{i}"}) for i in range(24))
+    d = decide(_failed_instance(tried_offers=many), NOW)
+    assert d.status == "terminating" and d.reason == "failed_to_start_due_to_no_capacity"
+    assert d.message.startswith("Stopped after 25 offers: fake r1 t0 (on-demand, $1/h): full")
+    assert d.message.endswith("; and 20 more")
+    assert len(json.loads(d.values["tried_offers"])) == 25
+
+
+def test_nothing_left_after_tried_offers_fails_with_the_list() -> None:
+    v = view(status="submitted", instance_id=None, instance_status=None, agent_job=None,
+             tried_offers=(TRIED_A,), no_capacity_message="whatever")  # fmt: skip
+    d = decide(v, NOW)
+    assert d.reason == "failed_to_start_due_to_no_capacity"
+    assert d.message == "No offer left to try: fake r1 a (on-demand, $1/h): full"
+
+
+@pytest.mark.parametrize("spot,reason", [(True, "interrupted_by_no_capacity"),
+                                         (False, "instance_unreachable")])  # fmt: skip
+@pytest.mark.parametrize("inst_status", ["terminating", "terminated"])
+def test_a_running_job_whose_instance_ends_under_it_ends_at_once(
+    spot: bool, reason: str, inst_status: str
+) -> None:
+    v = view(instance_status=inst_status, spot=spot, instance_reason="unreachable",
+             agent_reachable=False, disconnected_at=None)  # fmt: skip
+    d = decide(v, NOW)
+    assert d.status == "terminating" and d.reason == reason
+    assert "terminated under the job (unreachable)" in d.message
+
+
+def test_a_stop_of_the_job_wins_over_its_instance_ending() -> None:
+    v = view(instance_status="terminating", stop_requested=True, stop_reason="terminated_by_user")
+    assert decide(v, NOW).reason == "terminated_by_user"

@@ -161,6 +161,26 @@ class ImagePullProgress(WireModel):
     is_total_bytes_final: bool = False
 
 
+class TriedOffer(WireModel):
+    """An offer a job's new instance was created from and that failed before the job started
+    (no capacity, or the backend's error): placement never picks the same one again."""
+
+    backend: str
+    region: str
+    instance_type: str
+    spot: bool = False
+    price: float = 0.0
+    message: str = ""
+
+    def key(self) -> tuple[str, str, str, bool]:
+        return (self.backend, self.region, self.instance_type, self.spot)
+
+    def describe(self) -> str:
+        """`aws us-east-1 p4d.24xlarge (spot, $12.3/h)`."""
+        kind = "spot" if self.spot else "on-demand"
+        return f"{self.backend} {self.region} {self.instance_type} ({kind}, ${self.price:g}/h)"
+
+
 class JobSubmission(WireModel):
     id: str
     submission_num: int = 0
@@ -179,6 +199,8 @@ class JobSubmission(WireModel):
     error: str | None = None
     probes: list[dict[str, Any]] = Field(default_factory=list)
     image_pull_progress: ImagePullProgress | None = None
+    # Offers tried one after another for this submission, oldest first (`dstack ps -v`).
+    tried_offers: list[TriedOffer] = Field(default_factory=list)
 
 
 class Job(WireModel):

@@ -137,7 +137,7 @@ def run_rows(run: Any, verbose: bool = False, now: datetime | None = None) -> li
     if len(run.jobs) == 1 and not show_deployment:
         cells = job_cells(run.jobs[0], now)
         merged = {**cells, **{k: v for k, v in run_row.items() if v or k != "ERROR"}}
-        return [merged]
+        return [merged, *(tried_rows(run.jobs[0]) if verbose else [])]
     if show_deployment:
         run_row["NAME"] += f" deployment={run.deployment_num}"
     run_row.update({"GPU": "-", "RESOURCES": "-", "PRICE": "-"})
@@ -149,6 +149,27 @@ def run_rows(run: Any, verbose: bool = False, now: datetime | None = None) -> li
         if len(run.jobs) > 1:
             row["_style"] = "secondary"
         rows.append(row)
+        if verbose:
+            rows.extend(tried_rows(job))
+    return rows
+
+
+def tried_rows(job: Any) -> list[Row]:
+    """`ps -v`: each offer the latest submission tried and why it failed (oldest first)."""
+    sub = _latest(job)
+    rows: list[Row] = []
+    for o in getattr(sub, "tried_offers", None) or []:
+        rows.append(
+            {
+                "NAME": "    offer tried",
+                "BACKEND": backend_cell(o.backend, o.region),
+                "INSTANCE TYPE": o.instance_type,
+                "PRICE": format_price(o.price) + (" (spot)" if o.spot else ""),
+                "STATUS": "failed",
+                "ERROR": o.message,
+                "_style": "secondary",
+            }
+        )
     return rows
 
 

@@ -239,6 +239,9 @@ class Job(LeaseMixin, Base):
     unhealthy_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # Seconds without an SSH connection to the job, as last reported by its agent.
     inactivity_secs: Mapped[int | None] = mapped_column(Integer)
+    # Offers whose new instance failed before the job started, JSON list of
+    # models.runs.TriedOffer (migration 0011): placement skips them.
+    tried_offers: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (claim_index("jobs"),)
 

@@ -10,8 +10,11 @@ from typing import Any
 from sqlalchemy import func, select
 
 from dstack.models.offers import InstanceOfferWithAvailability
-from dstack.models.runs import RunSpec
+from dstack.models.runs import RunSpec, TriedOffer
 from dstack.server.db import tables as t
+from dstack.server.services.fleet_nodes import total_blocks
+
+__all__ = ["total_blocks"]
 
 
 async def replica_peers(s: Any, job: t.Job) -> list[t.Job]:
@@ -54,11 +57,6 @@ async def next_instance_num(s: Any, fleet_id: str) -> int:
     return 0 if n is None else n + 1
 
 
-def total_blocks(conf: dict[str, Any]) -> int:
-    blocks = conf.get("blocks", 1)
-    return blocks if isinstance(blocks, int) and blocks > 0 else 1
-
-
 def idle_duration(conf: dict[str, Any], run: t.Run) -> int | None:
     """A job-provisioned instance lives idle for the shorter of the fleet's and the run's."""
     run_conf = RunSpec.model_validate_json(run.run_spec).configuration
@@ -89,3 +87,25 @@ def is_spot(inst: t.Instance | None) -> bool:
     if inst is None or not inst.offer:
         return False
     return offer_of(inst).instance.resources.spot
+
+
+def tried_offers(job: t.Job) -> tuple[TriedOffer, ...]:
+    return tuple(TriedOffer.model_validate(o) for o in json.loads(job.tried_offers or "[]"))
+
+
+def as_tried(offer: InstanceOfferWithAvailability) -> TriedOffer:
+    return TriedOffer(
+        backend=offer.backend,
+        region=offer.region,
+        instance_type=offer.instance.name,
+        spot=offer.instance.resources.spot,
+        price=offer.price,
+    )
+
+
+def new_instance_offer(inst: t.Instance | None, job: t.Job) -> TriedOffer | None:
+    """The offer of the job's instance when it was created for this job (None: a pool
+    instance the job was placed on, or none)."""
+    if inst is None or not inst.offer or inst.provisioning_job_id != job.id:
+        return None
+    return as_tried(offer_of(inst))

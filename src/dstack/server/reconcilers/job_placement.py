@@ -11,7 +11,7 @@ from sqlalchemy import select
 from dstack.models.configurations import parse_configuration
 from dstack.models.runs import JobSpec, RunSpec
 from dstack.server.db import tables as t
-from dstack.server.reconcilers.job_facts import replica_peers
+from dstack.server.reconcilers.job_facts import replica_peers, tried_offers
 from dstack.server.scheduler import multinode
 from dstack.server.scheduler.placement import (
     Candidate,
@@ -48,7 +48,8 @@ class Placer:
         snapshot's transaction ended (a cloud's offers are network calls)."""
         req = self.requirements(run, spec)
         pool = await with_capacity(self.ctx, rows, req)
-        ranking = rank(req, pool.instances, pool.capacity)
+        tried = frozenset(o.key() for o in tried_offers(job))
+        ranking = rank(req, pool.instances, pool.capacity, tried)
         ranking.rejections.extend(pool.notes)
         message = no_capacity_message(ranking, pool.has_fleets)
         if spec.jobs_per_replica <= 1:

@@ -32,8 +32,10 @@ from dstack.server.reconcilers.job_facts import (
     idle_duration,
     inactivity_duration,
     is_spot,
+    new_instance_offer,
     next_instance_num,
     total_blocks,
+    tried_offers,
 )
 from dstack.server.reconcilers.job_placement import Placer
 from dstack.server.reconcilers.job_start import (
@@ -205,6 +207,9 @@ class JobReconciler(Reconciler):
             stop_requested=job.stop_requested,
             stop_abort=job.stop_abort,
             stop_reason=job.stop_reason,
+            instance_reason=inst.termination_reason if inst else None,
+            new_instance_offer=new_instance_offer(inst, job),
+            tried_offers=tried_offers(job),
         )
 
     # -- act ------------------------------------------------------------------------------
@@ -343,7 +348,7 @@ class JobReconciler(Reconciler):
             fleet_id = values.pop("_fleet_id", None)
             await self.guarded_update(s, snap.job.id, token, values, now)
             if "status" in values:
-                await self._note_status(s, snap, values, now, fleet_id)
+                await self._note_status(s, snap, values, now, fleet_id, d.event)
             await s.commit()
 
     async def _wake_queue(self, project_id: str) -> None:
@@ -416,7 +421,7 @@ class JobReconciler(Reconciler):
             status=InstanceStatus.PENDING.value,
             offer=c.offer.model_dump_json(),
             price=c.offer.price,
-            total_blocks=total_blocks(conf),
+            total_blocks=total_blocks(conf, c.offer),
             provisioning_job_id=snap.job.id,
             idle_duration=idle_duration(conf, snap.run),
             created_at=now,
@@ -458,7 +463,13 @@ class JobReconciler(Reconciler):
         }
 
     async def _note_status(
-        self, s: Any, snap: Snapshot, values: dict[str, Any], now: datetime, fleet_id: str | None
+        self,
+        s: Any,
+        snap: Snapshot,
+        values: dict[str, Any],
+        now: datetime,
+        fleet_id: str | None,
+        event: str | None,
     ) -> None:
         job = snap.job
         if fleet_id:
@@ -470,6 +481,8 @@ class JobReconciler(Reconciler):
         await s.execute(update(t.Run).where(t.Run.id == job.run_id).values(dirty=True))
         reason = values.get("termination_reason")
         msg = f"Job status changed {job.status.upper()} -> {values['status'].upper()}"
+        if event:
+            msg = f"{msg}: {event}"
         if reason:
             msg += f". Termination reason: {reason.upper()}"
             if values.get("termination_reason_message"):

@@ -6,9 +6,17 @@
 | submitted    | only a backend offer fits             | provisioning; pending instance added  |
 | submitted    | fits only instances busy right now    | (wait in the queue)                   |
 | submitted    | nothing fits                          | terminating: no capacity (1)         |
+| submitted    | nothing fits, offers tried before     | terminating: no capacity (1), the     |
+|              |                                       | tried offers listed                   |
 | provisioning | instance not ready yet                | (wait)                                |
-| provisioning | instance terminated                   | terminating: instance lost (2)        |
+| provisioning | its new instance failed (no offers or | submitted, no instance; the offer is  |
+|              | the backend's error), under the cap   | remembered as tried (4)               |
+| provisioning | the same, MAX_OFFERS_TRIED reached    | terminating: no capacity (1), listed  |
+| provisioning | instance terminated (any other way)   | terminating: instance lost (2)        |
 | provisioning | instance ready                        | (start: one call to the agent) (3)    |
+| running      | instance terminating or terminated    | terminating at once: spot:            |
+|              | (the job did not ask for it)          | interrupted_by_no_capacity, else      |
+|              |                                       | instance_unreachable                  |
 | running      | agent: still running                  | (copy logs)                           |
 | running      | agent: finished                       | terminating, the agent's reason       |
 | running      | agent unreachable                     | disconnected_at; after the grace:     |
@@ -28,6 +36,9 @@
 | terminating  | agent job finished/unknown, host gone | logs drained, job removed: final      |
 
 (1) failed_to_start_due_to_no_capacity, (2) waiting_instance_limit_exceeded.
+(4) Offers are tried one after another: placement skips every offer the job tried (same
+backend, region, instance type and spot), and each failure is an event ("offer ... failed:
+...; trying the next one").
 (3) The start's outcome decides the step, `after_start()`:
 
 | start outcome                          | next status / effect                         |
@@ -49,16 +60,21 @@ the user's, server's and policy stops -> terminated; everything else -> failed.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
 
-from dstack.models.instances import InstanceStatus
-from dstack.models.runs import JobStatus, JobTerminationReason
+from dstack.models.instances import InstanceStatus, InstanceTerminationReason
+from dstack.models.runs import JobStatus, JobTerminationReason, TriedOffer
 from dstack.server.scheduler.placement import Candidate
 
 MAX_DURATION_BACKSTOP = timedelta(minutes=2)
+# Offers one job submission tries before it fails for want of capacity (the original's limit).
+MAX_OFFERS_TRIED = 25
+# Tried offers a failure message names; the rest are counted ("and N more").
+TRIED_SHOWN = 5
 
 TERMINATED_REASONS = {
     r.value
@@ -111,6 +127,11 @@ class JobView:
     stop_requested: bool = False
     stop_abort: bool = False
     stop_reason: str | None = None
+    # Why the instance ended (InstanceTerminationReason value), when it did.
+    instance_reason: str | None = None
+    # The offer of the job's instance when it was created for this job (None: a pool instance).
+    new_instance_offer: TriedOffer | None = None
+    tried_offers: tuple[TriedOffer, ...] = ()
 
 
 @dataclass
@@ -121,6 +142,7 @@ class Decision:
     message: str | None = None
     exit_status: int | None = None
     values: dict[str, Any] = field(default_factory=dict)
+    event: str | None = None  # said to the user besides the status change
 
 
 def decide(v: JobView, now: datetime) -> Decision:
@@ -174,11 +196,14 @@ def _decide_submitted(v: JobView) -> Decision:
     if v.placement is None and v.queued:
         return Decision("wait")
     if v.placement is None:
+        message = v.no_capacity_message
+        if v.tried_offers:
+            message = f"No offer left to try: {tried_summary(v.tried_offers)}"
         return Decision(
             "wait",
             status=JobStatus.TERMINATING.value,
             reason=JobTerminationReason.FAILED_TO_START_DUE_TO_NO_CAPACITY.value,
-            message=v.no_capacity_message,
+            message=message,
         )
     if v.placement.instance_id is None:
         return Decision("create_instance", status=JobStatus.PROVISIONING.value)
@@ -187,6 +212,8 @@ def _decide_submitted(v: JobView) -> Decision:
 
 def _decide_provisioning(v: JobView) -> Decision:
     if v.instance_status in _INSTANCE_ENDING or v.instance_id is None:
+        if _offer_failed(v):
+            return _next_offer(v)
         return Decision(
             "wait",
             status=JobStatus.TERMINATING.value,
@@ -203,6 +230,8 @@ def _agent_finished(job: dict[str, Any] | None) -> bool:
 
 
 def _decide_running(v: JobView, now: datetime) -> Decision:
+    if v.instance_status in _INSTANCE_ENDING:
+        return _interrupted(v)
     if not v.agent_reachable:
         if v.disconnected_at is None:
             return Decision("wait", values={"disconnected_at": now})
@@ -266,6 +295,66 @@ def _decide_running(v: JobView, now: datetime) -> Decision:
             values=values,
         )
     return Decision("copy_logs", values=values)
+
+
+# An instance created for the job that ended for one of these reasons never started: its
+# offer is remembered and the next one tried.
+_OFFER_FAILURES = (InstanceTerminationReason.NO_OFFERS.value, InstanceTerminationReason.ERROR.value)
+
+
+def _offer_failed(v: JobView) -> bool:
+    return v.new_instance_offer is not None and v.instance_reason in _OFFER_FAILURES
+
+
+def _next_offer(v: JobView) -> Decision:
+    """Back to `submitted` without the instance, its offer remembered: placement skips it."""
+    assert v.new_instance_offer is not None
+    why = v.instance_message or v.instance_reason or "the instance could not be created"
+    failed = v.new_instance_offer.model_copy(update={"message": why})
+    tried = (*v.tried_offers, failed)
+    values = {"tried_offers": json.dumps([o.model_dump(mode="json") for o in tried])}
+    if len(tried) >= MAX_OFFERS_TRIED:
+        return Decision(
+            "wait",
+            status=JobStatus.TERMINATING.value,
+            reason=JobTerminationReason.FAILED_TO_START_DUE_TO_NO_CAPACITY.value,
+            message=f"Stopped after {len(tried)} offers: {tried_summary(tried)}",
+            values=values,
+            event=f"offer {failed.describe()} failed: {why}",
+        )
+    values.update(instance_id=None, used_blocks=0, job_provisioning_data=None)
+    return Decision(
+        "wait",
+        status=JobStatus.SUBMITTED.value,
+        values=values,
+        event=f"offer {failed.describe()} failed: {why}; trying the next one",
+    )
+
+
+def tried_summary(tried: tuple[TriedOffer, ...]) -> str:
+    """`aws r1 t1 (spot, $1/h): no capacity; ... and 3 more`."""
+    shown = "; ".join(f"{o.describe()}: {o.message}" for o in tried[:TRIED_SHOWN])
+    rest = len(tried) - TRIED_SHOWN
+    return shown + (f"; and {rest} more" if rest > 0 else "")
+
+
+def _interrupted(v: JobView) -> Decision:
+    """The job's instance ended under it (a reclaimed spot instance, a lost host): no need to
+    wait for the agent's grace, the host is gone."""
+    why = v.instance_message or v.instance_reason or "no reason given"
+    if v.spot:
+        return Decision(
+            "wait",
+            status=JobStatus.TERMINATING.value,
+            reason=JobTerminationReason.INTERRUPTED_BY_NO_CAPACITY.value,
+            message=f"the spot instance was terminated under the job ({why})",
+        )
+    return Decision(
+        "wait",
+        status=JobStatus.TERMINATING.value,
+        reason=JobTerminationReason.INSTANCE_UNREACHABLE.value,
+        message=f"the instance was terminated under the job ({why})",
+    )
 
 
 def _decide_terminating(v: JobView, now: datetime) -> Decision:

@@ -27,6 +27,7 @@ class Requirements:
     backends: tuple[str, ...] | None = None
     regions: tuple[str, ...] | None = None
     instance_types: tuple[str, ...] | None = None
+    availability_zones: tuple[str, ...] | None = None
     fleets: tuple[str, ...] | None = None
     creation_policy: str = "reuse-or-create"
     multinode: bool = False
@@ -205,20 +206,50 @@ def _pool_candidate(req: Requirements, inst: PoolInstance) -> Candidate | str:
     return f"{inst.name}: {first_reason}"
 
 
-def _backend_candidates(req: Requirements, cap: FleetCapacity, out: Ranking) -> None:
+# An offer as tried offers name it: (backend, region, instance type, spot).
+OfferKey = tuple[str, str, str, bool]
+
+
+def offer_key(offer: InstanceOfferWithAvailability) -> OfferKey:
+    return (offer.backend, offer.region, offer.instance.name, offer.instance.resources.spot)
+
+
+def offer_rejection(
+    req: Requirements, offer: InstanceOfferWithAvailability, caps: frozenset[str] | None
+) -> str | None:
+    """Why a backend offer cannot take what `req` asks for (None: it can). Also used for a
+    fleet's own fields: a fleet's instances come only from offers its configuration allows."""
+    res = offer.instance.resources
+    return (
+        lacking(req, offer.backend, caps)
+        or _profile_reason(
+            req, offer.backend, offer.region, offer.instance.name, offer.price, res.spot
+        )
+        or _zone_reason(req, offer)
+        or mismatch(req.resources, res)
+    )
+
+
+def _zone_reason(req: Requirements, offer: InstanceOfferWithAvailability) -> str | None:
+    if not req.availability_zones:
+        return None
+    zones = set(offer.availability_zones or ())
+    if not zones & set(req.availability_zones):
+        return f"availability_zones {list(req.availability_zones)} (has {sorted(zones) or 'none'})"
+    return None
+
+
+def _backend_candidates(
+    req: Requirements, cap: FleetCapacity, out: Ranking, tried: frozenset[OfferKey]
+) -> None:
     if req.docker and not cap.docker and cap.offers:
         backends = sorted({o.backend for o in cap.offers})
         out.rejections.append(f"fleet {cap.fleet_name} ({', '.join(backends)}): {NO_DOCKER}")
         return
     for offer in cap.offers:
-        res = offer.instance.resources
-        reason = (
-            lacking(req, offer.backend, cap.capabilities.get(offer.backend))
-            or _profile_reason(
-                req, offer.backend, offer.region, offer.instance.name, offer.price, res.spot
-            )
-            or mismatch(req.resources, res)
-        )
+        reason = offer_rejection(req, offer, cap.capabilities.get(offer.backend))
+        if reason is None and offer_key(offer) in tried:
+            reason = f"in {offer.region}: tried already, it failed"
         if reason:
             out.rejections.append(f"{offer.backend} offer {offer.instance.name}: {reason}")
             continue
@@ -233,8 +264,14 @@ def _score(c: Candidate) -> tuple:
     return (not available, not reused, c.offer.price, waste)
 
 
-def rank(req: Requirements, pool: list[PoolInstance], capacity: list[FleetCapacity]) -> Ranking:
-    """Every place the job could go, best first, plus why each other place was refused."""
+def rank(
+    req: Requirements,
+    pool: list[PoolInstance],
+    capacity: list[FleetCapacity],
+    tried: frozenset[OfferKey] = frozenset(),
+) -> Ranking:
+    """Every place the job could go, best first, plus why each other place was refused.
+    `tried`: offers this job's earlier instances failed on, never chosen again."""
     out = Ranking()
     wanted = set(req.fleets) if req.fleets else None
     for inst in pool:
@@ -249,7 +286,7 @@ def rank(req: Requirements, pool: list[PoolInstance], capacity: list[FleetCapaci
     if req.creation_policy != "reuse":
         for cap in capacity:
             if wanted is None or cap.fleet_name in wanted:
-                _backend_candidates(req, cap, out)
+                _backend_candidates(req, cap, out, tried)
     out.candidates.sort(key=_score)
     return out
 

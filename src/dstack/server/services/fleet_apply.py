@@ -37,8 +37,15 @@ from dstack.server.services.fleet_delete import (
     live_instances,
     terminate_instances,
 )
+from dstack.server.services.fleet_nodes import (
+    add_instances,
+    check_capabilities,
+    choose_offer,
+    nodes_of,
+)
 from dstack.server.services.fleets import fleet_model
 from dstack.server.services.hosts import hosts_backend, known_host_key
+from dstack.server.services.pool import live_backend_types
 from dstack.server.services.ssh_keys import project_keypair
 
 
@@ -161,6 +168,7 @@ async def _plan(
         if action == "recreate":
             new_hosts = hosts
     _check_backends(ctx, project, conf)
+    check_capabilities(ctx, project.name, public)
     await _check_taken(s, project, conf.name or "", new_hosts)
     await _precheck(ctx, s, project, new_hosts)
     return conf, public, current, action, changes, hosts
@@ -278,6 +286,12 @@ async def apply(
     force: bool,
 ) -> Fleet:
     conf, public, current, action, changes, hosts = await _plan(ctx, s, project, spec)
+    nodes = nodes_of(public)
+    offer, no_offer = None, None
+    if current is None and nodes and nodes.get("target"):
+        # Looked up before anything is written (a cloud's offers are network calls).
+        live = await live_backend_types(s)
+        offer, no_offer = await choose_offer(ctx, project.name, ("new", conf.name, public), live)
     now = utcnow()
     if current is not None and (action == "recreate" or (action == "no_changes" and force)):
         raise ServerClientError(
@@ -318,6 +332,12 @@ async def apply(
     removed = [i for k, i in existing.items() if k not in wanted]
     if removed:
         await terminate_instances(s, project, current, removed, now)
+    if nodes and offer is not None and action == "create":
+        await add_instances(s, current, public, offer, nodes["target"], now, "nodes.target")
+    elif nodes and no_offer:
+        # Accepted all the same (capacity may come): the reconciler keeps trying for min.
+        current.status_message = f"No instance created: {no_offer}"
+        fleet_event(s, current, current.status_message, now)
     if conf.ssh_config is not None:
         private, public_key = await project_keypair(s, ctx.box, project)
         num = await _next_num(s, current.id)

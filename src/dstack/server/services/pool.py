@@ -17,7 +17,12 @@ from dstack.models.resources import ResourcesSpec
 from dstack.models.runs import JobStatus
 from dstack.server.backends.base import Compute, OfferRequirements
 from dstack.server.db import tables as t
-from dstack.server.scheduler.placement import FleetCapacity, PoolInstance, Requirements
+from dstack.server.scheduler.placement import (
+    FleetCapacity,
+    PoolInstance,
+    Requirements,
+    offer_rejection,
+)
 from dstack.server.services.context import ServerContext
 from dstack.server.services.hosts import capabilities
 
@@ -180,8 +185,62 @@ async def with_capacity(
             offers.extend(await ctx.offer_cache.get(backend, offer_requirements(req)))
             docker = docker and backend.capabilities.docker
             caps[btype] = backend.capabilities.names()
+        offers, why = fleet_offers(conf, offers, caps)
+        if why:
+            notes.append(f"fleet {name}: {why}")
         capacity.append(FleetCapacity(fleet_id, name, tuple(offers), docker, caps))
     return Pool(rows.instances, capacity, bool(rows.fleets), notes)
+
+
+def fleet_offers(
+    conf: dict[str, Any], offers: list[InstanceOfferWithAvailability], caps: dict[str, Any]
+) -> tuple[list[InstanceOfferWithAvailability], str | None]:
+    """The offers a fleet's own configuration allows (`resources`, `spot_policy`,
+    `max_price`, `regions`, `availability_zones`, `instance_types`, `reservation`), and why
+    none is left when none is."""
+    freq = fleet_requirements(conf)
+    kept, first = [], None
+    for o in offers:
+        why = offer_rejection(freq, o, caps.get(o.backend))
+        if why is None:
+            kept.append(o)
+        else:
+            first = first or f"{o.backend} offer {o.instance.name}: {why}"
+    if offers and not kept:
+        return kept, f"no offer matches the fleet's configuration ({first})"
+    return kept, None
+
+
+_DEFAULT_RESOURCES = ResourcesSpec().model_dump(mode="json")
+
+
+def fleet_requirements(conf: dict[str, Any]) -> Requirements:
+    """A backend fleet's configuration as requirements its offers must meet. Resources left
+    at their defaults are not a filter (an instance of a fleet is what its runs need)."""
+
+    def tup(name: str) -> tuple[str, ...] | None:
+        value = conf.get(name)
+        return tuple(value) if value else None
+
+    resources = conf.get("resources")
+    spot_policy = conf.get("spot_policy") or "on-demand"
+    need = set()
+    if conf.get("reservation"):
+        need.add("reservations")
+    if spot_policy == "spot":
+        need.add("spot")
+    return Requirements(
+        resources=ResourcesSpec.model_validate(resources)
+        if resources and resources != _DEFAULT_RESOURCES
+        else None,
+        spot_policy=spot_policy,
+        max_price=conf.get("max_price"),
+        backends=tup("backends"),
+        regions=tup("regions"),
+        instance_types=tup("instance_types"),
+        availability_zones=tup("availability_zones"),
+        needs=frozenset(need),
+    )
 
 
 def unavailable(backend: Compute, rows: PoolRows) -> str | None:
@@ -249,6 +308,7 @@ def requirements_for(conf: Any, job_requirements: dict[str, Any]) -> Requirement
         backends=tup("backends"),
         regions=tup("regions"),
         instance_types=tup("instance_types"),
+        availability_zones=tup("availability_zones"),
         fleets=tup("fleets"),
         creation_policy=getattr(policy, "value", policy) or "reuse-or-create",
         multinode=bool(job_requirements.get("multinode")),

@@ -94,6 +94,7 @@ def submission_model(job: t.Job) -> JobSubmission:
         job_runtime_data=jrd,
         error=JOB_ERRORS.get(job.termination_reason or ""),
         probes=[{"success_streak": n} for n in json.loads(job.probe_streaks or "[]")],
+        tried_offers=json.loads(job.tried_offers or "[]"),
     )
 
 
