@@ -5,9 +5,20 @@ it exactly as it reads a real one. Import as `from catalog_fixture import write_
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from gpuhunt import AcceleratorVendor, CatalogItem, CPUArchitecture
 from gpuhunt._internal.storage import dump
+
+from dstack.models.offers import InstanceOfferWithAvailability
+from dstack.server.backends.base import (
+    Capabilities,
+    Compute,
+    Host,
+    OfferRequirements,
+    Provisioning,
+)
+from dstack.server.backends.catalog import OfferCatalog
 
 REGIONS = ("us-east-1", "us-west-2")
 SPOT_DISCOUNT = 0.3  # a spot row costs this share of its on-demand price
@@ -96,3 +107,30 @@ def write_test_catalog(dir: Path, rows: int | None = None, *, provider: str = "a
     path = dir / f"{provider}.csv"
     dump(items, str(path))
     return path
+
+
+class CatalogCompute(Compute):
+    """A test double of a cloud backend that only lists offers, from `catalog` under its own
+    `type` as the provider (`{type}.csv`); it creates nothing."""
+
+    capabilities = Capabilities(spot=True)
+
+    def __init__(self, kind: str, catalog: OfferCatalog, regions: list[str] | None = None):
+        self.type = kind
+        self.catalog = catalog
+        self.regions = regions
+
+    async def offers(self, requirements: OfferRequirements) -> list[InstanceOfferWithAvailability]:
+        return await self.catalog.offers(self.type, requirements, self.regions)
+
+    async def create_instance(self, host: Host, offer: Any) -> Provisioning:
+        raise AssertionError("a catalog-only test double creates nothing")
+
+    async def terminate(self, host: Host) -> str | None:
+        raise AssertionError("a catalog-only test double creates nothing")
+
+    async def open_stream(self, host: Host, port: int) -> Any:
+        raise AssertionError("a catalog-only test double creates nothing")
+
+    async def upstream(self, host: Host, port: int) -> tuple[str, int] | None:
+        return None

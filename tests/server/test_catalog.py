@@ -148,3 +148,10 @@ def test_online_catalog_that_never_loaded_is_an_error(monkeypatch: pytest.Monkey
         offers(OfferCatalog())
     assert "online download failed" in str(e.value) and "GPUHUNT_CATALOG_DIR" in str(e.value)
 
+
+
+def test_offers_of_one_machine_share_their_resources(tmp_path: Path) -> None:
+    write_test_catalog(tmp_path)
+    got = offers(OfferCatalog(tmp_path))
+    # 5 instance types x (spot, on-demand): the scheduler checks 10 machines, not 20 offers.
+    assert len({id(o.instance.resources) for o in got}) == 10

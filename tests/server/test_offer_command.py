@@ -17,18 +17,12 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from catalog_fixture import write_test_catalog
+from catalog_fixture import CatalogCompute, write_test_catalog
 from dstack.cli.main import main
-from dstack.models.offers import InstanceOfferWithAvailability
 from dstack.models.wire import utcnow
 from dstack.server.app import install_error_handlers
 from dstack.server.backends.base import (
-    Capabilities,
-    Compute,
-    Host,
     OfferCache,
-    OfferRequirements,
-    Provisioning,
 )
 from dstack.server.backends.catalog import OfferCatalog
 from dstack.server.db import tables as t
@@ -39,33 +33,6 @@ from dstack.server.services.context import ServerContext
 from dstack.server.services.crypto import hash_token
 
 TOKEN = "offer-test-token"
-
-
-class CatalogCompute(Compute):
-    """A backend that only lists offers, from a catalog file (a test double: it creates
-    nothing)."""
-
-    capabilities = Capabilities(spot=True)
-
-    def __init__(self, kind: str, catalog: OfferCatalog, regions: list[str] | None = None):
-        self.type = kind
-        self.catalog = catalog
-        self.regions = regions
-
-    async def offers(self, requirements: OfferRequirements) -> list[InstanceOfferWithAvailability]:
-        return await self.catalog.offers(self.type, requirements, self.regions)
-
-    async def create_instance(self, host: Host, offer: Any) -> Provisioning:
-        raise AssertionError("not used")
-
-    async def terminate(self, host: Host) -> str | None:
-        raise AssertionError("not used")
-
-    async def open_stream(self, host: Host, port: int) -> Any:
-        raise AssertionError("not used")
-
-    async def upstream(self, host: Host, port: int) -> tuple[str, int] | None:
-        return None
 
 
 def _free_port() -> int:

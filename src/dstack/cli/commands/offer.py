@@ -110,11 +110,12 @@ def _header(api: Any, conf: dict) -> list[tuple[str, str]]:
     ]
 
 
-def _notes(notes: list[str]) -> None:
+def _notes(notes: list[str], style: str = "warning") -> None:
+    """Why a backend offered nothing (no catalog, not for this project)."""
     from dstack.cli.common import out
 
     for note in notes:
-        out(note, style="warning")
+        out(note, style=style)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -160,6 +161,7 @@ def run_plain(args: argparse.Namespace, api: Any, spec: Any, conf: dict) -> int:
     if not args.fleets:
         out("Existing fleets are ignored here; pass --fleet to see offers from a fleet.",
             style="secondary")
+    _notes(answer["notes"], style="secondary")
     return 0
 
 
@@ -192,4 +194,5 @@ def run_grouped(
         _notes(answer["notes"])
         return 0
     out(gpu_groups_table(groups, group_by))
+    _notes(answer["notes"], style="secondary")
     return 0

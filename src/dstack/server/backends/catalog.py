@@ -52,8 +52,7 @@ class _Loaded:
     stamp: Any
 
 
-def to_offer(provider: str, item: Any) -> InstanceOfferWithAvailability:
-    """A gpuhunt `CatalogItem` as an offer of `provider`."""
+def to_resources(item: Any) -> Resources:
     gpus: list[Gpu] = []
     if item.gpu_count:
         vendor = getattr(item.gpu_vendor, "value", item.gpu_vendor) or "nvidia"
@@ -64,7 +63,7 @@ def to_offer(provider: str, item: Any) -> InstanceOfferWithAvailability:
         )
         gpus = [gpu] * item.gpu_count
     disk_gb = item.disk_size if item.disk_size else DEFAULT_DISK_GB
-    resources = Resources(
+    return Resources(
         cpus=item.cpu,
         memory_mib=round(item.memory * MIB_PER_GB),
         gpus=gpus,
@@ -72,6 +71,28 @@ def to_offer(provider: str, item: Any) -> InstanceOfferWithAvailability:
         disk=Disk(size_mib=round(disk_gb * MIB_PER_GB)),
         cpu_arch=getattr(item.cpu_arch, "value", item.cpu_arch),
     )
+
+
+def _shape(item: Any) -> tuple[Any, ...]:
+    return (
+        item.cpu, item.memory, item.gpu_count, item.gpu_name, item.gpu_memory,
+        item.gpu_vendor, item.spot, item.disk_size, item.cpu_arch,
+    )
+
+
+def to_offer(
+    provider: str, item: Any, shapes: dict[tuple[Any, ...], Resources] | None = None
+) -> InstanceOfferWithAvailability:
+    """A gpuhunt `CatalogItem` as an offer of `provider`. With `shapes`, offers of the same
+    machine (one instance type in many regions) share one `Resources` object: less memory,
+    and the scheduler checks each distinct machine once."""
+    if shapes is None:
+        resources = to_resources(item)
+    else:
+        key = _shape(item)
+        if key not in shapes:
+            shapes[key] = to_resources(item)
+        resources = shapes[key]
     zones = (item.provider_data or {}).get("availability_zones")
     return InstanceOfferWithAvailability(
         backend=provider,
@@ -86,8 +107,9 @@ def to_offer(provider: str, item: Any) -> InstanceOfferWithAvailability:
 def convert(provider: str, items: Iterable[Any], allowed_flags: frozenset[str]) -> tuple[_Row, ...]:
     """Offers cheapest first. A row with a flag not allowed is left out: gpuhunt flags rows
     that would break consumers which do not know what the flag means."""
+    shapes: dict[tuple[Any, ...], Resources] = {}
     rows = [
-        _Row(item.spot, item.location, item.price, to_offer(provider, item))
+        _Row(item.spot, item.location, item.price, to_offer(provider, item, shapes))
         for item in items
         if all(f in allowed_flags for f in item.flags)
     ]

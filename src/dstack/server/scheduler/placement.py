@@ -206,21 +206,29 @@ def _pool_candidate(req: Requirements, inst: PoolInstance) -> Candidate | str:
 
 
 def _backend_candidates(req: Requirements, cap: FleetCapacity, out: Ranking) -> None:
+    """A catalog holds thousands of offers but few distinct machines: the resource check runs
+    once per `Resources` object (the catalog shares one between offers of the same shape), and
+    what depends only on the backend once per backend."""
     if req.docker and not cap.docker and cap.offers:
         backends = sorted({o.backend for o in cap.offers})
         out.rejections.append(f"fleet {cap.fleet_name} ({', '.join(backends)}): {NO_DOCKER}")
         return
+    lacks: dict[str, str | None] = {}
+    fits: dict[int, str | None] = {}
     for offer in cap.offers:
-        res = offer.instance.resources
-        reason = (
-            lacking(req, offer.backend, cap.capabilities.get(offer.backend))
-            or _profile_reason(
-                req, offer.backend, offer.region, offer.instance.name, offer.price, res.spot
-            )
-            or mismatch(req.resources, res)
+        backend, res = offer.backend, offer.instance.resources
+        if backend not in lacks:
+            lacks[backend] = lacking(req, backend, cap.capabilities.get(backend))
+        reason = lacks[backend] or _profile_reason(
+            req, backend, offer.region, offer.instance.name, offer.price, res.spot
         )
+        if reason is None:
+            key = id(res)
+            if key not in fits:
+                fits[key] = mismatch(req.resources, res)
+            reason = fits[key]
         if reason:
-            out.rejections.append(f"{offer.backend} offer {offer.instance.name}: {reason}")
+            out.rejections.append(f"{backend} offer {offer.instance.name}: {reason}")
             continue
         out.candidates.append(Candidate(offer, cap.fleet_id, cap.fleet_name, None, 1))
 
