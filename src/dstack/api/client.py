@@ -17,6 +17,7 @@ from pydantic import BaseModel, TypeAdapter
 from dstack.errors import ClientError
 from dstack.models.events import Event
 from dstack.models.fleets import Fleet
+from dstack.models.gpus import GpuGroup
 from dstack.models.logs import JobSubmissionLogs, PollLogsRequest
 from dstack.models.offers import InstanceOfferWithAvailability
 from dstack.models.runs import Run, RunPlan, RunSpec
@@ -267,7 +268,20 @@ class APIClient:
         body = {"run_spec": run_spec.model_dump(mode="json"), "max_offers": max_offers}
         data = self.request(self._p("offers/list"), body) or {}
         offers = self._parse(list[InstanceOfferWithAvailability], data.get("offers", []))
-        return {"offers": offers, "total_offers": data.get("total_offers", len(offers))}
+        return {
+            "offers": offers,
+            "total_offers": data.get("total_offers", len(offers)),
+            "notes": list(data.get("notes") or []),
+        }
+
+    def list_gpus(self, run_spec: RunSpec, group_by: list[str]) -> dict[str, Any]:
+        """Offers grouped per GPU (`gpus`, parsed) and the server's `notes`."""
+        body = {"run_spec": run_spec.model_dump(mode="json"), "group_by": group_by}
+        data = self.request(self._p("gpus/list"), body) or {}
+        return {
+            "gpus": self._parse(list[GpuGroup], data.get("gpus", [])),
+            "notes": list(data.get("notes") or []),
+        }
 
     # -- fleets, volumes, gateways ----------------------------------------------------------
 

@@ -58,19 +58,35 @@ def add_profile_flags(g: Any) -> None:
     g.add_argument("-R", "--reuse", action="store_true", help="only reuse existing instances")
     g.add_argument("--dont-destroy", action="store_true", help="never terminate idle instances")
     g.add_argument("--idle-duration", metavar="DURATION", help="idle time before termination")
-    g.add_argument("--spot", dest="spot_policy", action="store_const", const="spot",
+    g.add_argument("--spot", dest="spot_policy", action=SpotFlag, nargs=0, const="spot",
                    help="spot instances only")
-    g.add_argument("--on-demand", dest="spot_policy", action="store_const", const="on-demand",
-                   help="on-demand instances only")
-    g.add_argument("--spot-auto", dest="spot_policy", action="store_const", const="auto",
+    g.add_argument("--on-demand", dest="spot_policy", action=SpotFlag, nargs=0,
+                   const="on-demand", help="on-demand instances only")
+    g.add_argument("--spot-auto", dest="spot_policy", action=SpotFlag, nargs=0, const="auto",
                    help="spot if available, else on-demand")
-    g.add_argument("--spot-policy", dest="spot_policy", choices=["spot", "on-demand", "auto"],
-                   help="the spot policy")
+    g.add_argument("--spot-policy", dest="spot_policy", action=SpotFlag,
+                   choices=["spot", "on-demand", "auto"], help="the spot policy")
     g.add_argument("--retry", dest="retry", action="store_const", const=True,
                    help="retry on all events for 1h")
     g.add_argument("--no-retry", dest="retry", action="store_const", const=False,
                    help="do not retry")
     g.add_argument("--retry-duration", metavar="DURATION", help="retry on all events this long")
+
+
+class SpotFlag(argparse.Action):
+    """`--spot`, `--on-demand`, `--spot-auto` and `--spot-policy` set one value: two that
+    disagree are refused (the last one silently winning would hide the user's mistake)."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        value = values if isinstance(values, str) else self.const
+        seen = getattr(namespace, "_spot_flag", None)
+        if seen is not None and seen[1] != value:
+            parser.error(f"{seen[0]} and {option_string} are mutually exclusive")
+        namespace._spot_flag = (option_string, value)
+        setattr(namespace, self.dest, value)
 
 
 def check_exclusive(args: argparse.Namespace) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from dstack.models.gpus import GroupBy
 from dstack.models.runs import ApplyRunPlanInput, RunSpec
 
 
@@ -93,3 +94,10 @@ class ListEventsRequest(Request):
     within_fleet: str | None = None
     since: datetime | None = None
     limit: int = Field(default=100, ge=1, le=1000)
+
+
+class ListGpusRequest(Request):
+    run_spec: RunSpec
+    # Besides the GPU itself; `region` needs `backend` (the same region name in two clouds
+    # is two places).
+    group_by: list[GroupBy] | None = None

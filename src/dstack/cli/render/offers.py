@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dstack.cli.render.format import backend_cell, format_price, resources_cell
+from dstack.cli.render.format import backend_cell, format_price, gb, resources_cell
 
 AVAILABILITY_TEXT = {
     "not_available": "not available",
@@ -66,3 +66,45 @@ NO_OFFERS = (
     "No matching instance offers available. Possible reasons: "
     "https://dstack.ai/docs/guides/troubleshooting/#no-offers"
 )
+
+
+def _range_text(lo: float, hi: float, fmt: Any = str) -> str:
+    return fmt(lo) if lo == hi else f"{fmt(lo)}..{fmt(hi)}"
+
+
+def _places_text(values: list[str] | None, single: str | None, many: str) -> str:
+    """A region or backend list; more than three regions read as `N regions`."""
+    if single is not None:
+        return single
+    values = values or []
+    if many == "regions" and len(values) > 3:
+        return f"{len(values)} regions"
+    return ", ".join(values)
+
+
+def gpu_groups_table(groups: list[Any], group_by: list[str]):  # noqa: ANN201
+    """`dstack offer --group-by`: one row per GPU group (cli.md §9)."""
+    from dstack.cli.render.tables import make_table
+
+    by_backend = "backend" in group_by
+    columns = ["#", "GPU", "SPOT", "$/GPU", "BACKEND" if by_backend else "BACKENDS"]
+    show_regions = "region" in group_by or by_backend
+    if show_regions:
+        columns.append("REGION" if "region" in group_by else "REGIONS")
+    columns.append("")
+    rows = []
+    for i, g in enumerate(groups, 1):
+        count = _range_text(g.count.min, g.count.max)
+        row = [
+            str(i),
+            f"{g.name}:{gb(g.memory_mib)}:{count}",
+            ", ".join(g.spot),
+            _range_text(g.price.min, g.price.max, format_price),
+            _places_text(g.backends, g.backend, "backends"),
+        ]
+        if show_regions:
+            row.append(_places_text(g.regions, g.region, "regions"))
+        texts = [AVAILABILITY_TEXT.get(getattr(a, "value", a), "") for a in g.availability]
+        row.append(", ".join(t for t in dict.fromkeys(texts) if t))
+        rows.append(row)
+    return make_table(columns, rows)

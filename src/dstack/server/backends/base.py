@@ -154,6 +154,8 @@ class Compute(ABC):
     type: str
     capabilities: Capabilities = Capabilities()
     provisioning_timeout: float = 600.0
+    # How often a provisioning host is looked at (agent poll and `advance`) while it is silent.
+    provisioning_poll: float = 0.5
     offers_ttl: float = 60.0
     # Project names this backend serves; None: every project. The server's own machine
     # belongs to one project and is never offered to another.

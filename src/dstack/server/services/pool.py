@@ -4,7 +4,7 @@ capacity backends could still add. Used by the plan and by real placement alike.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import func, select
@@ -15,7 +15,7 @@ from dstack.models.instances import InstanceStatus
 from dstack.models.offers import InstanceOfferWithAvailability
 from dstack.models.resources import ResourcesSpec
 from dstack.models.runs import JobStatus
-from dstack.server.backends.base import Compute, OfferRequirements
+from dstack.server.backends.base import BackendError, Compute, OfferRequirements
 from dstack.server.db import tables as t
 from dstack.server.scheduler.placement import (
     FleetCapacity,
@@ -169,27 +169,47 @@ async def with_capacity(
         limit = _nodes_max(conf)
         if limit is not None and rows.counts.get(fleet_id, 0) >= limit:
             continue
-        offers: list[InstanceOfferWithAvailability] = []
-        caps: dict[str, frozenset[str]] = {}
-        docker = True
-        allowed = conf.get("backends")
-        for btype, backend in ctx.backends.items():
-            if allowed and btype not in allowed:
-                continue
-            why = unavailable(backend, rows)
-            if why:
-                # A fleet open to any backend is not told about ones that never create hosts.
-                if allowed or backend.capabilities.creates_instances:
-                    notes.append(f"fleet {name}: backend {btype} {why}")
-                continue
-            offers.extend(await ctx.offer_cache.get(backend, offer_requirements(req)))
-            docker = docker and backend.capabilities.docker
-            caps[btype] = backend.capabilities.names()
-        offers, why = fleet_offers(conf, offers, caps)
+        cap = await backend_capacity(ctx, rows, req, notes, fleet=(fleet_id, name, conf))
+        offers, why = fleet_offers(conf, list(cap.offers), cap.capabilities)
         if why:
             notes.append(f"fleet {name}: {why}")
-        capacity.append(FleetCapacity(fleet_id, name, tuple(offers), docker, caps))
+        capacity.append(replace(cap, offers=tuple(offers)))
     return Pool(rows.instances, capacity, bool(rows.fleets), notes)
+
+
+async def backend_capacity(
+    ctx: ServerContext,
+    rows: PoolRows,
+    req: Requirements | None,
+    notes: list[str],
+    fleet: tuple[str, str, dict[str, Any]] | None = None,
+) -> FleetCapacity:
+    """What the backends could create for one fleet (its `backends` limit applies), or, with
+    no fleet, for the project as a whole (`dstack offer` without `--fleet`)."""
+    fleet_id, name, conf = fleet or ("", "", {})
+    offers: list[InstanceOfferWithAvailability] = []
+    caps: dict[str, frozenset[str]] = {}
+    docker = True
+    allowed = conf.get("backends")
+    where = f"fleet {name}: " if fleet else ""
+    for btype, backend in ctx.backends.items():
+        if allowed and btype not in allowed:
+            continue
+        why = unavailable(backend, rows)
+        if why:
+            # A fleet open to any backend is not told about ones that never create hosts.
+            if allowed or backend.capabilities.creates_instances:
+                notes.append(f"{where}backend {btype} {why}")
+            continue
+        try:
+            offers.extend(await ctx.offer_cache.get(backend, offer_requirements(req)))
+        except BackendError as e:
+            # One backend that cannot list offers (no catalog, no network) leaves the others.
+            notes.append(f"{where}backend {btype} has no offers: {e}")
+            continue
+        docker = docker and backend.capabilities.docker
+        caps[btype] = backend.capabilities.names()
+    return FleetCapacity(fleet_id, name, tuple(offers), docker, caps)
 
 
 def fleet_offers(

@@ -57,6 +57,7 @@ class AWSBackend(Compute):
         multinode=True,
     )
     offers_ttl = 180.0
+    provisioning_poll = 2.0  # each look is a DescribeInstances call
 
     def __init__(
         self,
