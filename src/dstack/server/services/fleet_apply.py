@@ -175,11 +175,12 @@ def _check_backends(ctx: ServerContext, project: t.Project, conf: FleetConfigura
     never silently ends up with fewer backends than it asked for."""
     for name in conf.backends or ():
         btype = getattr(name, "value", name)
-        backend = ctx.backends.get(btype)
+        backend = ctx.backends.get(btype, project.id)
         if backend is None:
-            configured = ", ".join(sorted(ctx.backends)) or "none"
+            configured = ", ".join(ctx.backends.types_for(project.id)) or "none"
             raise ServerClientError(
-                f"backend {btype} is not configured on this server (configured: {configured})",
+                f"backend {btype} is not configured for project {project.name} on this server "
+                f"(configured: {configured})",
                 field="backends",
             )
         if not backend.serves(project.name):
@@ -229,7 +230,7 @@ async def _precheck(
 ) -> None:
     """Every new host answers SSH and accepts the key, before anything is written. The SSH
     backend is looked up in the context (services never import backends)."""
-    backend = hosts_backend(ctx)
+    backend = hosts_backend(ctx, project.id)
     if not hosts or backend is None:
         return
     known = [await known_host_key(s, project.id, h["hostname"], h["port"]) for h in hosts]
@@ -341,7 +342,7 @@ def _add_instance(
     now: Any,
     project_public_key: str,
 ) -> None:
-    backend = hosts_backend(ctx)
+    backend = hosts_backend(ctx, project.id)
     if backend is None:
         raise ServerClientError(
             "this server has no backend for ssh_config hosts", field="ssh_config"
