@@ -64,8 +64,7 @@ async def configure_projects(
     """Add each project's backends, `(project_id, project_name, config with decrypted creds)`;
     one whose check fails is left out with its reason (`registry.failures`)."""
     specs = [
-        BackendSpec(pid, pname, conf.type, conf, _summary(conf))
-        for pid, pname, conf in configured
+        BackendSpec(pid, pname, conf.type, conf, _summary(conf)) for pid, pname, conf in configured
     ]
     await configure(
         registry, specs, factory_of, timeout if timeout is not None else check_timeout()

@@ -179,7 +179,7 @@ def _check_backends(ctx: ServerContext, project: t.Project, conf: FleetConfigura
         if backend is None:
             configured = ", ".join(ctx.backends.types_for(project.id)) or "none"
             raise ServerClientError(
-                f"backend {btype} is not configured for project {project.name} on this server "
+                f"backend {btype} is not configured on this server for project {project.name} "
                 f"(configured: {configured})",
                 field="backends",
             )
