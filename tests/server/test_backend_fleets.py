@@ -25,6 +25,7 @@ from dstack.server.backends.base import (
     OfferRequirements,
     Provisioning,
 )
+from dstack.server.backends.registry import BackendRegistry
 from dstack.server.db import tables as t
 from dstack.server.db.migrate import migrate
 from dstack.server.db.session import Database
@@ -90,7 +91,7 @@ class World:
         await migrate(db.engine)
         settings = Settings(server_dir=self.tmp_path, database_url=db.url, retry_backoff=(0.0,))
         ctx = ServerContext(settings=settings, db=db, box=Box(self.tmp_path / "key"))
-        ctx.backends = {"fake": self.cloud}
+        ctx.backends = BackendRegistry(shared=[self.cloud])
         ctx.offer_cache = OfferCache()
         self.ctx = ctx
         agents = AgentRegistry(ctx)
@@ -193,17 +194,17 @@ def test_a_fleet_creation_failing_without_retry_stops_and_with_retry_moves_on(
     cloud.full = {"a"}
 
     async def body(w: World) -> None:
-        # (NoCapacityError ends the instance `no_offers` once the instance worker tells it
-        # apart; before that, `error`: the retry covers both.)
-        retry = {"on_events": ["no-capacity", "error"]}
+        retry = {"on_events": ["no-capacity"]}
         f = await w.fleet({"name": "h", "nodes": 1, "retry": retry})
-        await w.step(w.instances)  # create fails: no capacity for a
+        await w.step(w.instances)  # create fails: no capacity for a (terminating, no_offers)
+        await w.step(w.instances)  # terminated through the backend
         await w.step(w.fleets)  # the next offer, b
         names = [json.loads(i.offer)["instance"]["name"] for i in await w.rows(t.Instance)]
         assert names == ["a", "b"]
         await w.step(w.instances)
         assert cloud.created == ["b"]
         g = await w.fleet({"name": "k", "nodes": 1})
+        await w.step(w.instances)
         await w.step(w.instances)
         await w.step(w.fleets)
         assert len(await w.rows(t.Instance, fleet_id=g.id)) == 1  # a failed, nothing more

@@ -22,6 +22,7 @@ from dstack.server.backends.base import (
     Provisioning,
 )
 from dstack.server.backends.local import LocalBackend
+from dstack.server.backends.registry import BackendRegistry
 from dstack.server.reconcilers.sweeper import orphans
 from dstack.server.scheduler.placement import rank
 from dstack.server.services.pool import PoolRows, unavailable, with_capacity
@@ -130,7 +131,7 @@ def test_a_fleet_open_to_any_backend_gets_no_capacity_from_a_backend_that_refuse
     local = LocalBackend(tmp_path, "main")
     local._offer = offer(backend="local")  # this machine, without probing it
     other = Counting()
-    ctx = SimpleNamespace(backends={"local": local, "fake": other}, offer_cache=OfferCache())
+    ctx = SimpleNamespace(backends=BackendRegistry([local, other]), offer_cache=OfferCache())
     team = asyncio.run(with_capacity(ctx, rows("team")))  # type: ignore[arg-type]
     assert [o.backend for o in team.capacity[0].offers] == ["fake"]
     assert any("backend local serves only project main" in n for n in team.notes), team.notes

@@ -25,6 +25,7 @@ from dstack.server.backends.base import (
     OfferCache,
 )
 from dstack.server.backends.catalog import OfferCatalog
+from dstack.server.backends.registry import BackendRegistry
 from dstack.server.db import tables as t
 from dstack.server.db.migrate import migrate
 from dstack.server.db.session import Database
@@ -68,11 +69,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     db = Database(f"sqlite+aiosqlite:///{base / 'db.sqlite'}")
     ctx = ServerContext(settings=None, db=db, box=None)  # type: ignore[arg-type]
     ctx.offer_cache = OfferCache()
-    ctx.backends = {
-        "aws": CatalogCompute("aws", catalog),
-        "gcp": CatalogCompute("gcp", catalog),
-        "azure": CatalogCompute("azure", catalog),  # no azure.csv: its offers fail
-    }
+    ctx.backends = BackendRegistry(
+        shared=[
+            CatalogCompute("aws", catalog),
+            CatalogCompute("gcp", catalog),
+            CatalogCompute("azure", catalog),  # no azure.csv: its offers fail
+        ]
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -127,7 +127,7 @@ def relay(tmp_path: Path) -> Iterator[tuple[TestClient, Echo]]:
             echo.writers.append(writer)  # held here, so only the relay's close() can close it
             return reader, writer
 
-    ctx.backends["local"] = Loopback(tmp_path / "agent", "main")
+    ctx.backends.shared.append(Loopback(tmp_path / "agent", "main"))
     app.state.ctx = ctx
     app.include_router(ssh_relay.router)
     with TestClient(app) as client:

@@ -21,6 +21,7 @@ from dstack.models.gpus import GpuGroup
 from dstack.models.logs import JobSubmissionLogs, PollLogsRequest
 from dstack.models.offers import InstanceOfferWithAvailability
 from dstack.models.runs import Run, RunPlan, RunSpec
+from dstack.models.server_config import BackendInfo
 from dstack.models.users import Project, User
 from dstack.models.volumes import Gateway, Volume
 from dstack.version import __version__
@@ -312,6 +313,14 @@ class APIClient:
     def apply_fleet(self, spec: dict[str, Any], current: Any = None, force: bool = False) -> Fleet:
         body = {"plan": {"spec": spec, "current_resource": current}, "force": force}
         return self._parse(Fleet, self.request(self._p("fleets/apply"), body))
+
+    # -- backends (configured in the server's config.yml; read-only here) ----------------
+
+    def list_backend_types(self) -> list[str]:
+        return self._parse(list[str], self.request("/api/backends/list_types"))
+
+    def list_backends(self, project: str | None = None) -> list[BackendInfo]:
+        return self._parse(list[BackendInfo], self.request(self._p("backends/list", project)))
 
     def list_volumes_raw(self) -> list[dict[str, Any]]:
         return self.request(self._p("volumes/list")) or []

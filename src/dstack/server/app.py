@@ -12,7 +12,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from dstack.errors import ResourceNotExistsError, ServerClientError
-from dstack.server.backends import create_backends
+from dstack.models.server_config import ServerConfig
+from dstack.server.backends import configure_projects, create_backends
 from dstack.server.backends.base import OfferCache
 from dstack.server.db.migrate import migrate
 from dstack.server.db.session import Database
@@ -24,6 +25,7 @@ from dstack.server.reconcilers.instance_worker import InstanceReconciler
 from dstack.server.reconcilers.job_worker import JobReconciler
 from dstack.server.reconcilers.run_worker import RunReconciler
 from dstack.server.reconcilers.sweeper import InventorySweeper
+from dstack.server.routers import backends as backends_router
 from dstack.server.routers import (
     events,
     fleets,
@@ -39,6 +41,8 @@ from dstack.server.routers import (
     volumes,
 )
 from dstack.server.routers.deps import AuthError
+from dstack.server.server_config import config_path, load_server_config
+from dstack.server.services.backend_configs import sync_server_config
 from dstack.server.services.bootstrap import BootstrapResult, bootstrap
 from dstack.server.services.codes import CodeTooLargeError
 from dstack.server.services.context import ServerContext
@@ -69,10 +73,24 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(_detail(e.message, code, e.field), status_code=400)
 
 
-async def start(ctx: ServerContext) -> tuple[BootstrapResult, list[asyncio.Task[None]]]:
+async def start(
+    ctx: ServerContext, server_config: ServerConfig | None = None
+) -> tuple[BootstrapResult, list[asyncio.Task[None]]]:
+    # config.yml first: an invalid file stops the start before anything is written.
+    if server_config is None:
+        server_config = load_server_config(config_path(ctx.settings.server_dir))
     await migrate(ctx.db.engine)
-    ctx.backends = create_backends(ctx.settings, ctx.box.decrypt)
+    ctx.backends = await create_backends(ctx.settings, ctx.box.decrypt)
     result = await bootstrap(ctx)
+    await configure_projects(ctx.backends, await sync_server_config(ctx, server_config))
+    result.backends = ctx.backends.describe()
+    for failure in ctx.backends.failures:
+        log.warning(
+            "backend %s of project %s is not configured: %s",
+            failure.type,
+            failure.project_name,
+            failure.reason,
+        )
     ctx.offer_cache = OfferCache()
     # The proxy and the prober reach replicas the way each instance's backend can.
     upstream.install(lambda inst, port: host_upstream(ctx, inst, port))
@@ -124,7 +142,9 @@ def create_proxy(ctx: ServerContext) -> Proxy:
     return Proxy(ctx.db, config, writer=ctx.instance_id, wake_runs=lambda: ctx.hub.wake("runs"))
 
 
-def create_app(settings: Settings, on_ready: object = None) -> FastAPI:
+def create_app(
+    settings: Settings, on_ready: object = None, server_config: ServerConfig | None = None
+) -> FastAPI:
     ctx = ServerContext(
         settings=settings,
         db=Database(settings.database_url),
@@ -134,7 +154,7 @@ def create_app(settings: Settings, on_ready: object = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        result, tasks = await start(ctx)
+        result, tasks = await start(ctx, server_config)
         await proxy.start()
         app.state.bootstrap = result
         if callable(on_ready):
@@ -149,7 +169,7 @@ def create_app(settings: Settings, on_ready: object = None) -> FastAPI:
                 with suppress(asyncio.CancelledError):
                     await task
             await ctx.agents.close()  # type: ignore[attr-defined]
-            for backend in ctx.backends.values():
+            for backend in ctx.backends.all():
                 await backend.close()
             upstream.install(None)
             await ctx.db.close()
@@ -180,6 +200,7 @@ def create_app(settings: Settings, on_ready: object = None) -> FastAPI:
         events,
         repos,
         ssh_relay,
+        backends_router,
     ):
         app.include_router(module.router)
     return app

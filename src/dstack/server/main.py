@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 from dstack.server.services.bootstrap import MAIN_PROJECT, BootstrapResult
 from dstack.server.settings import load_settings
@@ -48,7 +49,22 @@ def _announce(url: str, result: BootstrapResult) -> None:
             "set DSTACK_SERVER_ADMIN_TOKEN to choose a new one",
             flush=True,
         )
+    for line in result.backends:
+        print(line, flush=True)
     print(f"The dstack server is running at {url}", flush=True)
+
+
+def _server_config(server_dir: Path):  # noqa: ANN202 - a models.server_config.ServerConfig
+    """The server's config.yml, validated before anything starts: an invalid file stops the
+    server with its `file:line` error and a non-zero exit code."""
+    from dstack.errors import ConfigurationError
+    from dstack.server.server_config import config_path, load_server_config
+
+    try:
+        return load_server_config(config_path(server_dir))
+    except ConfigurationError as e:
+        print(f"Invalid server configuration: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
 
 
 def run_server(host: str, port: int, log_level: str = "INFO", token: str | None = None) -> None:
@@ -64,8 +80,11 @@ def run_server(host: str, port: int, log_level: str = "INFO", token: str | None 
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per agent call is noise
     settings = load_settings(host=host, port=port)
+    server_config = _server_config(settings.server_dir)
     url = f"http://{host}:{port}"
-    app = create_app(settings, on_ready=lambda result: _announce(url, result))
+    app = create_app(
+        settings, on_ready=lambda result: _announce(url, result), server_config=server_config
+    )
     uvicorn.run(
         asgi_entry(app), host=host, port=port, log_level=log_level.lower(), access_log=False
     )

@@ -243,17 +243,19 @@ class Compute(ABC):
 
 class OfferCache:
     """Offers per (backend, requirements), kept for the backend's `offers_ttl`, with one call in
-    flight per key: a burst of placements costs one catalog or API call, not one each."""
+    flight per key: a burst of placements costs one catalog or API call, not one each. Keyed by
+    the backend object, not its type: two projects' backends of one type have different
+    credentials and regions."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._values: dict[tuple[str, OfferRequirements], tuple[float, list[Any]]] = {}
-        self._inflight: dict[tuple[str, OfferRequirements], asyncio.Future[list[Any]]] = {}
+        self._values: dict[tuple[int, OfferRequirements], tuple[float, list[Any]]] = {}
+        self._inflight: dict[tuple[int, OfferRequirements], asyncio.Future[list[Any]]] = {}
 
     async def get(
         self, backend: Compute, req: OfferRequirements
     ) -> list[InstanceOfferWithAvailability]:
-        key = (backend.type, req)
+        key = (id(backend), req)
         hit = self._values.get(key)
         if hit is not None and self._clock() - hit[0] < backend.offers_ttl:
             return hit[1]
@@ -274,7 +276,7 @@ class OfferCache:
         fut.set_result(offers)
         return offers
 
-    def forget(self, backend_type: str) -> None:
-        for key in [k for k in self._values if k[0] == backend_type]:
+    def forget(self, backend: Compute) -> None:
+        for key in [k for k in self._values if k[0] == id(backend)]:
             del self._values[key]
 

@@ -306,3 +306,18 @@ class ServiceStat(Base):
     writer: Mapped[str] = mapped_column(String(36), primary_key=True)
     requests: Mapped[int] = mapped_column(Integer, default=0)
     waiting: Mapped[int] = mapped_column(Integer, default=0)  # held for a scaled-to-zero run
+
+
+class Backend(Base):
+    """A project's backend from the server's `config.yml`: the configuration without its
+    secrets in `config`, the credentials encrypted with the server's key in `auth`."""
+
+    __tablename__ = "backends"
+    __table_args__ = (Index("ix_backends_project_type", "project_id", "type", unique=True),)
+    id: Mapped[str] = _id()
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
+    type: Mapped[str] = mapped_column(String(50))
+    config: Mapped[str] = mapped_column(Text)
+    auth: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

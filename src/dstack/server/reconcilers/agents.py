@@ -30,7 +30,7 @@ class AgentRegistry:
             task = asyncio.get_running_loop().create_task(cached[1].aclose())
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
-        backend = self.ctx.backends.get(inst.backend)
+        backend = self.ctx.backends.get(inst.backend, inst.project_id)
         try:
             # Each backend says how requests reach its hosts' agents (loopback, an SSH tunnel).
             transport = backend.agent_transport(host_of(inst)) if backend else None

@@ -140,9 +140,13 @@ class FleetReconciler(Reconciler):
         if d.action == "find_offer":  # backend calls, outside any transaction
             key = (fleet.id, fleet.name, conf)
             tried = frozenset(as_tried(offer_of(i)).key() for i in _failed(rows))
-            offer, why = await choose_offer(self.ctx, project.name, key, live_backends, tried)
+            offer, why = await choose_offer(
+                self.ctx, project.id, project.name, key, live_backends, tried
+            )
             if offer is None and tried:  # every offer tried: start over after the backoff
-                offer, why = await choose_offer(self.ctx, project.name, key, live_backends)
+                offer, why = await choose_offer(
+                    self.ctx, project.id, project.name, key, live_backends
+                )
             d = after_offer(d, offer, why)
         async with self.ctx.db.session() as s:
             await self._apply(s, fleet, conf, d, offer, token, now)

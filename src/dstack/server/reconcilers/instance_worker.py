@@ -74,7 +74,7 @@ class InstanceReconciler(Reconciler):
                 port = int(json.loads(inst.remote_connection or "{}").get("port") or 22)
                 known_key = await known_host_key(s, inst.project_id, inst.hostname, port, inst.id)
             create = await create_context(self.ctx, s, inst) if inst.status == S.PENDING else None
-        backend = self.ctx.backends.get(inst.backend)
+        backend = self.ctx.backends.get(inst.backend, inst.project_id)
         checked = inst.status in (S.IDLE, S.BUSY, S.PROVISIONING)
         info = await self._check(inst) if checked else None
         view = InstanceView(

@@ -288,7 +288,7 @@ class JobReconciler(Reconciler):
             cluster=cluster,
             keys=keys,
             label=host_label(self.ctx, inst),
-            remote_host=capabilities(self.ctx, inst.backend).remote_hosts,
+            remote_host=capabilities(self.ctx, inst.backend, inst.project_id).remote_hosts,
         )
         if runtime_error:
             return StartOutcome(StartKind.RUNTIME_ERROR, runtime_error), {}
@@ -324,7 +324,7 @@ class JobReconciler(Reconciler):
                 values["dirty"] = True  # the next step of a new status is due at once
         single = (
             d.action == "create_instance"
-            and capabilities(self.ctx, snap.placement.offer.backend).single_instance
+            and capabilities(self.ctx, snap.placement.offer.backend, job.project_id).single_instance
         )
         async with self._single_lock if single else contextlib.nullcontext():
             await self._write(snap, d, values, token, now)
@@ -401,7 +401,7 @@ class JobReconciler(Reconciler):
         self, s: Any, snap: Snapshot, values: dict[str, Any], now: datetime, token: str
     ) -> None:
         c = snap.placement
-        single = capabilities(self.ctx, c.offer.backend).single_instance
+        single = capabilities(self.ctx, c.offer.backend, snap.job.project_id).single_instance
         if single and c.offer.backend in await live_backend_types(s):
             # Another job created it since this one looked (one host, one agent per server):
             # place again, onto that instance.

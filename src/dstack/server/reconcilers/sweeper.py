@@ -62,7 +62,7 @@ class InventorySweeper:
 
     async def sweep(self) -> list[Orphan]:
         found: list[Orphan] = []
-        for backend in list(self.ctx.backends.values()):
+        for backend in self.ctx.backends.all():
             found.extend(await self._sweep_backend(backend))
         return found
 

@@ -206,7 +206,6 @@ def _pool_candidate(req: Requirements, inst: PoolInstance) -> Candidate | str:
     return f"{inst.name}: {first_reason}"
 
 
-<<<<<<< HEAD
 # An offer as tried offers name it: (backend, region, instance type, spot).
 OfferKey = tuple[str, str, str, bool]
 
@@ -243,12 +242,9 @@ def _zone_reason(req: Requirements, offer: InstanceOfferWithAvailability) -> str
 def _backend_candidates(
     req: Requirements, cap: FleetCapacity, out: Ranking, tried: frozenset[OfferKey]
 ) -> None:
-=======
-def _backend_candidates(req: Requirements, cap: FleetCapacity, out: Ranking) -> None:
     """A catalog holds thousands of offers but few distinct machines: the resource check runs
     once per `Resources` object (the catalog shares one between offers of the same shape), and
     what depends only on the backend once per backend."""
->>>>>>> catalog
     if req.docker and not cap.docker and cap.offers:
         backends = sorted({o.backend for o in cap.offers})
         out.rejections.append(f"fleet {cap.fleet_name} ({', '.join(backends)}): {NO_DOCKER}")
@@ -256,11 +252,6 @@ def _backend_candidates(req: Requirements, cap: FleetCapacity, out: Ranking) -> 
     lacks: dict[str, str | None] = {}
     fits: dict[int, str | None] = {}
     for offer in cap.offers:
-<<<<<<< HEAD
-        reason = offer_rejection(req, offer, cap.capabilities.get(offer.backend))
-        if reason is None and offer_key(offer) in tried:
-            reason = f"in {offer.region}: tried already, it failed"
-=======
         backend, res = offer.backend, offer.instance.resources
         if backend not in lacks:
             lacks[backend] = lacking(req, backend, cap.capabilities.get(backend))
@@ -272,7 +263,10 @@ def _backend_candidates(req: Requirements, cap: FleetCapacity, out: Ranking) -> 
             if key not in fits:
                 fits[key] = mismatch(req.resources, res)
             reason = fits[key]
->>>>>>> catalog
+        if reason is None:
+            reason = _zone_reason(req, offer)
+        if reason is None and offer_key(offer) in tried:
+            reason = f"in {offer.region}: tried already, it failed"
         if reason:
             out.rejections.append(f"{backend} offer {offer.instance.name}: {reason}")
             continue

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import select
 
@@ -28,6 +28,8 @@ class BootstrapResult:
     admin_token: str | None  # None when the token was set earlier and is not known any more
     created: bool
     admin_token_hash: str = ""
+    # What `dstack server` prints about its backends (set up, and those it could not set up).
+    backends: list[str] = field(default_factory=list)
 
 
 def local_fleet_spec(backends: list[str]) -> FleetSpec:
@@ -64,7 +66,7 @@ async def bootstrap(ctx: ServerContext) -> BootstrapResult:
         await s.flush()
         # The `local` fleet, over the backend(s) that run jobs on the server's own machine,
         # goes to the one project they serve.
-        own = [b.type for b in ctx.backends.values() if not b.capabilities.remote_hosts]
+        own = [b.type for b in ctx.backends.shared if not b.capabilities.remote_hosts]
         if own:
             owner = ctx.settings.local_backend_project
             if owner != project.name:

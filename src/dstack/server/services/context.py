@@ -6,6 +6,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from dstack.server.backends.registry import BackendRegistry
 from dstack.server.db.session import Database
 from dstack.server.services.crypto import Box
 from dstack.server.services.hub import Hub
@@ -19,9 +20,9 @@ class ServerContext:
     box: Box
     hub: Hub = field(default_factory=Hub)
     instance_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
-    # Backends (backends.base.Compute) by the type an instance row records; filled at start
-    # by backends.create_backends. Services and reconcilers read them only through the
-    # compute interface (services/hosts.py), never by name.
-    backends: dict[str, Any] = field(default_factory=dict)
+    # Backends (backends.base.Compute) by project and the type an instance row records; filled
+    # at start by backends.create_backends. Services and reconcilers read them only through
+    # the compute interface (services/hosts.py), never by name.
+    backends: BackendRegistry = field(default_factory=BackendRegistry)
     # Offers per backend, cached for each backend's offers_ttl (backends.base.OfferCache).
     offer_cache: Any = None

@@ -168,7 +168,7 @@ async def _plan(
         if action == "recreate":
             new_hosts = hosts
     _check_backends(ctx, project, conf)
-    check_capabilities(ctx, project.name, public)
+    check_capabilities(ctx, project.id, project.name, public)
     await _check_taken(s, project, conf.name or "", new_hosts)
     await _precheck(ctx, s, project, new_hosts)
     return conf, public, current, action, changes, hosts
@@ -183,11 +183,12 @@ def _check_backends(ctx: ServerContext, project: t.Project, conf: FleetConfigura
     never silently ends up with fewer backends than it asked for."""
     for name in conf.backends or ():
         btype = getattr(name, "value", name)
-        backend = ctx.backends.get(btype)
+        backend = ctx.backends.get(btype, project.id)
         if backend is None:
-            configured = ", ".join(sorted(ctx.backends)) or "none"
+            configured = ", ".join(ctx.backends.types_for(project.id)) or "none"
             raise ServerClientError(
-                f"backend {btype} is not configured on this server (configured: {configured})",
+                f"backend {btype} is not configured on this server for project {project.name} "
+                f"(configured: {configured})",
                 field="backends",
             )
         if not backend.serves(project.name):
@@ -237,7 +238,7 @@ async def _precheck(
 ) -> None:
     """Every new host answers SSH and accepts the key, before anything is written. The SSH
     backend is looked up in the context (services never import backends)."""
-    backend = hosts_backend(ctx)
+    backend = hosts_backend(ctx, project.id)
     if not hosts or backend is None:
         return
     known = [await known_host_key(s, project.id, h["hostname"], h["port"]) for h in hosts]
@@ -291,7 +292,9 @@ async def apply(
     if current is None and nodes and nodes.get("target"):
         # Looked up before anything is written (a cloud's offers are network calls).
         live = await live_backend_types(s)
-        offer, no_offer = await choose_offer(ctx, project.name, ("new", conf.name, public), live)
+        offer, no_offer = await choose_offer(
+            ctx, project.id, project.name, ("new", conf.name, public), live
+        )
     now = utcnow()
     if current is not None and (action == "recreate" or (action == "no_changes" and force)):
         raise ServerClientError(
@@ -361,7 +364,7 @@ def _add_instance(
     now: Any,
     project_public_key: str,
 ) -> None:
-    backend = hosts_backend(ctx)
+    backend = hosts_backend(ctx, project.id)
     if backend is None:
         raise ServerClientError(
             "this server has no backend for ssh_config hosts", field="ssh_config"

@@ -43,7 +43,9 @@ def nodes_of(conf: dict[str, Any]) -> dict[str, Any] | None:
     return nodes if isinstance(nodes, dict) else None
 
 
-def check_capabilities(ctx: ServerContext, project_name: str, conf: dict[str, Any]) -> None:
+def check_capabilities(
+    ctx: ServerContext, project_id: str, project_name: str, conf: dict[str, Any]
+) -> None:
     """A field the fleet's backends cannot do is refused at apply, naming the field: among
     the backends the fleet may use, at least one must have every capability it needs."""
     if nodes_of(conf) is None:
@@ -54,7 +56,7 @@ def check_capabilities(ctx: ServerContext, project_name: str, conf: dict[str, An
     named = set(conf.get("backends") or ())
     usable = [
         b
-        for btype, b in ctx.backends.items()
+        for btype, b in ctx.backends.for_project(project_id).items()
         if (not named or btype in named)
         and b.capabilities.creates_instances
         and b.serves(project_name)
@@ -72,6 +74,7 @@ def check_capabilities(ctx: ServerContext, project_name: str, conf: dict[str, An
 
 async def choose_offer(
     ctx: ServerContext,
+    project_id: str,
     project_name: str,
     fleet: tuple[str, str, dict[str, Any]],
     live_backends: set[str],
@@ -82,6 +85,7 @@ async def choose_offer(
     transaction; `live_backends` is `pool.live_backend_types`."""
     rows = PoolRows(
         project_name=project_name,
+        project_id=project_id,
         fleets=[fleet],
         instances=[],
         counts={},

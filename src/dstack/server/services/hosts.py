@@ -37,17 +37,19 @@ def host_of(inst: t.Instance, decrypt: Any = None) -> Host:
 
 
 def backend_of(ctx: ServerContext, inst: t.Instance) -> Compute | None:
-    return ctx.backends.get(inst.backend)
+    """The instance's backend as its project sees it (a project's cloud backends are its own)."""
+    return ctx.backends.get(inst.backend, inst.project_id)
 
 
-def capabilities(ctx: ServerContext, backend_type: str | None) -> Capabilities:
-    backend = ctx.backends.get(backend_type or "")
+def capabilities(ctx: ServerContext, backend_type: str | None, project_id: str) -> Capabilities:
+    backend = ctx.backends.get(backend_type, project_id)
     return backend.capabilities if backend is not None else NO_CAPABILITIES
 
 
-def hosts_backend(ctx: ServerContext) -> Compute | None:
+def hosts_backend(ctx: ServerContext, project_id: str) -> Compute | None:
     """The backend whose hosts a fleet lists in `ssh_config`."""
-    return next((b for b in ctx.backends.values() if b.capabilities.hosts_from_config), None)
+    backends = ctx.backends.for_project(project_id).values()
+    return next((b for b in backends if b.capabilities.hosts_from_config), None)
 
 
 async def upstream(ctx: ServerContext, inst: t.Instance, port: int) -> tuple[str, int] | None:

@@ -59,6 +59,7 @@ class PoolRows:
     instances: list[PoolInstance]
     counts: dict[str, int]  # live instances per fleet id
     live_backends: set[str]  # backends with a live instance anywhere on this server
+    project_id: str = ""  # whose backends give capacity (a project's clouds are its own)
 
 
 async def busy_blocks(session: AsyncSession, instance_ids: list[str]) -> dict[str, int]:
@@ -128,6 +129,7 @@ async def load_pool_rows(ctx: ServerContext, session: AsyncSession, project_id: 
         ],
         counts=counts,
         live_backends=live_backends,
+        project_id=project_id,
     )
 
 
@@ -192,7 +194,7 @@ async def backend_capacity(
     docker = True
     allowed = conf.get("backends")
     where = f"fleet {name}: " if fleet else ""
-    for btype, backend in ctx.backends.items():
+    for btype, backend in ctx.backends.for_project(rows.project_id).items():
         if allowed and btype not in allowed:
             continue
         why = unavailable(backend, rows)
@@ -306,9 +308,9 @@ def _pool_instance(ctx: ServerContext, inst: t.Instance, fleet: t.Fleet, busy: i
         busy_blocks=busy,
         unreachable=inst.unreachable,
         # Process-runtime jobs side by side on one host (docs/architecture.md).
-        shared=capabilities(ctx, inst.backend).shared_host,
+        shared=capabilities(ctx, inst.backend, inst.project_id).shared_host,
         docker=bool(json.loads(inst.host_info).get("docker")) if inst.host_info else True,
-        capabilities=capabilities(ctx, inst.backend).names(),
+        capabilities=capabilities(ctx, inst.backend, inst.project_id).names(),
     )
 
 

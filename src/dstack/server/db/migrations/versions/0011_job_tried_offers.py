@@ -6,7 +6,7 @@ list of {backend, region, instance_type, spot, price, message}) so placement ski
 `dstack ps -v` shows them. NULL: nothing tried yet.
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 Create Date: 2026-12-06 10:00:00
 """
 
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
-down_revision = "0009"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
