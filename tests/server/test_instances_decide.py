@@ -52,6 +52,11 @@ TABLE = [
         InstanceDecision("terminate"),
     ),
     (
+        "terminating/a-host-that-failed-to-come-up-stays-listed",
+        view(status="terminating", agent_ok=None, termination_reason="no_offers"),
+        InstanceDecision("terminate", keep_row=True),
+    ),
+    (
         "provisioning/agent-answers",
         view(status="provisioning", agent_ok=True, provisioning_since=ago(5)),
         InstanceDecision("ready"),
@@ -273,6 +278,12 @@ AFTER = [
             message="the host could not be cleaned up",
             values={"finished_at": T0, "deleted": True},
         ),
+    ),
+    (
+        "terminate/ok-failed-host-kept",
+        d(Act.TERMINATE, keep_row=True),
+        Outcome(True),
+        d(Act.TERMINATE, keep_row=True, status="terminated", values={"finished_at": T0}),
     ),
     (
         "terminate/failed-retried",

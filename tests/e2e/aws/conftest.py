@@ -4,12 +4,15 @@ use, and the watcher that boots moto's instances as SSH hosts."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from ..harness import Server
 from . import ec2_hosts
+from .ec2_proxy import EC2Proxy
+from .server_util import AWSWorld, start_server
 
 
 @pytest.fixture
@@ -43,3 +46,43 @@ def booter(moto_ec2: ec2_hosts.MotoEC2, tmp_path: Path) -> Iterator[ec2_hosts.Bo
         yield w
     finally:
         w.stop()
+
+
+@pytest.fixture
+def ec2_proxy(moto_ec2: ec2_hosts.MotoEC2) -> Iterator[EC2Proxy]:
+    p = EC2Proxy(moto_ec2.url)
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+@pytest.fixture
+def aws_world_factory(
+    tmp_path: Path,
+    moto_ec2: ec2_hosts.MotoEC2,
+    vpc: tuple[str, str],
+    booter: ec2_hosts.BootWatcher,
+    ec2_proxy: EC2Proxy,
+) -> Iterator[Callable[..., AWSWorld]]:
+    """Start a server with the AWS backend (extra env for the test's knobs)."""
+    from catalog_fixture import write_test_catalog
+
+    catalog = tmp_path / "catalog"
+    write_test_catalog(catalog)
+    servers: list[Server] = []
+
+    def make(extra_env: dict[str, str] | None = None) -> AWSWorld:
+        srv = start_server(
+            tmp_path / "home", moto_ec2, ec2_proxy, vpc[0], booter.user, catalog, extra_env
+        )
+        servers.append(srv)
+        proj = tmp_path / "proj"
+        proj.mkdir(exist_ok=True)
+        return AWSWorld(srv, moto_ec2, booter, ec2_proxy, proj)
+
+    try:
+        yield make
+    finally:
+        for srv in servers:
+            srv.cleanup()

@@ -88,6 +88,7 @@ class InstanceReconciler(Reconciler):
             provisioning_since=inst.started_at or inst.created_at,
             provisioning_timeout=backend.provisioning_timeout if backend else 0.0,
             provisioning_poll=backend.provisioning_poll if backend else 0.5,
+            termination_reason=inst.termination_reason,
         )
         d = decide(view, now)
         if d.action != Act.WAIT:

@@ -19,7 +19,9 @@
 |              |                                    |           | host gone: terminating      |
 |              |                                    |           | (unreachable)               |
 | idle         | no jobs, idle past idle_duration   | -         | terminating (idle_timeout)  |
-| terminating  | -                                  | terminate | terminated; failed: retried |
+| terminating  | -                                  | terminate | terminated (still listed    |
+|              |                                    |           | when it failed to come up); |
+|              |                                    |           | failed: retried             |
 
 `decide()` picks the act from what was observed; `after()` turns the act's outcome into the
 transition. Both are pure: the worker only observes, acts and writes what they return.
@@ -64,6 +66,7 @@ class InstanceView:
     provisioning_since: datetime | None = None
     provisioning_timeout: float = 600.0
     provisioning_poll: float = POLL
+    termination_reason: str | None = None  # stored with `terminating`
 
 
 @dataclass
@@ -75,6 +78,8 @@ class InstanceDecision:
     values: dict[str, Any] = field(default_factory=dict)
     # Seconds until this instance should be looked at again (None: the status's interval).
     recheck: float | None = None
+    # Terminated but still listed: a host that failed to come up stays visible with its error.
+    keep_row: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,8 @@ def decide(v: InstanceView, now: datetime) -> InstanceDecision:
     if status == S.PROVISIONING:
         return _provisioning(v, now)
     if status == S.TERMINATING:
-        return InstanceDecision(Act.TERMINATE)
+        failed = v.termination_reason in (R.ERROR.value, R.NO_OFFERS.value)
+        return InstanceDecision(Act.TERMINATE, keep_row=failed)
     if status not in (S.IDLE, S.BUSY):
         return InstanceDecision(Act.WAIT)
     if v.agent_ok is False:
@@ -146,7 +152,9 @@ def after(d: InstanceDecision, o: Outcome, now: datetime) -> InstanceDecision:
         return replace(d, status=S.TERMINATING, reason=R.PROVISIONING_TIMEOUT, message=o.message)
     if d.action == Act.TERMINATE:
         if o.ok:
-            values = {"finished_at": now, "deleted": True}
+            values: dict[str, Any] = {"finished_at": now}
+            if not d.keep_row:
+                values["deleted"] = True
             return replace(d, status=S.TERMINATED, message=o.message, values=values)
         return replace(d, message=o.message)  # stays terminating: retried on the next pass
     if d.action == Act.REVIVE and o.ok:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,12 @@ from dstack.server.backends.ssh.connection import HostUnreachable
 PHASE_LAUNCHED = "launched"
 PHASE_BOOTSTRAPPED = "bootstrapped"
 DEFAULT_DISK_GB = 100
+# The smallest root volume launched: an AMI's own snapshot needs room (Ubuntu's is 8 GB).
+MIN_DISK_GB = 20
+
+
+def disk_gb(requested: float | None) -> int:
+    return max(MIN_DISK_GB, int(requested)) if requested else DEFAULT_DISK_GB
 
 
 class AWSBackend(Compute):
@@ -92,7 +99,7 @@ class AWSBackend(Compute):
         offers = await shared_catalog().offers(
             self.type, requirements, regions=self.regions() or None
         )
-        disk_mib = int((requirements.disk_gb or DEFAULT_DISK_GB) * 1024)
+        disk_mib = disk_gb(requirements.disk_gb) * 1024
         return [_with_disk(o, disk_mib) for o in offers]
 
     async def create_instance(
@@ -119,14 +126,14 @@ class AWSBackend(Compute):
             "project_public_key": host.project_public_key,
             "spot": offer.instance.resources.spot,
         }
-        return Provisioning(agent_url="", hostname="", remote=remote)
+        # The agent's token: chosen here when the server has none for the instance yet; the
+        # bootstrap (in `advance`) hands the stored one to the agent.
+        token = None if host.agent_token else secrets.token_urlsafe(32)
+        return Provisioning(agent_url="", hostname="", remote=remote, agent_token=token)
 
     def _launch_spec(self, host: Host, offer: InstanceOfferWithAvailability) -> LaunchSpec:
         resources = offer.instance.resources
         request = host.request
-        disk_gb = int(request.get("disk_gb") or 0) or max(
-            DEFAULT_DISK_GB, resources.disk.size_mib // 1024
-        )
         return LaunchSpec(
             instance_id=host.instance_id,
             name=host.name,
@@ -134,7 +141,7 @@ class AWSBackend(Compute):
             instance_type=offer.instance.name,
             image=self.ec2.image_for(bool(resources.gpus)),
             gpu=bool(resources.gpus),
-            disk_gb=disk_gb,
+            disk_gb=disk_gb(request.get("disk_gb")),
             spot=resources.spot,
             max_price=request.get("max_price"),
             public_key=host.project_public_key or "",
