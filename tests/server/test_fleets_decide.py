@@ -55,3 +55,10 @@ def test_retry_waits_the_backoff_then_tries_again_within_the_duration() -> None:
     late = (fail(700), fail(100))
     d = decide(FleetView(**base, failures=late), NOW)
     assert d.action == "wait" and "retry.duration" in d.message
+
+
+def test_below_min_waits_while_an_instance_is_still_terminating() -> None:
+    """Its outcome (a failure to come up, or an idle timeout) decides what comes next: a
+    replacement created meanwhile would skip the failure's backoff and retry rules."""
+    d = decide(FleetView("active", 0, ending=1, nodes_min=1), NOW)
+    assert d.action == "wait" and d.create == 0

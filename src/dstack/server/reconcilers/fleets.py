@@ -6,6 +6,7 @@ a deletion.
 | status      | observation                                  | next status / effect              |
 |-------------|----------------------------------------------|-----------------------------------|
 | active      | SSH fleet, or at least nodes.min live        | (nothing; a message is cleared)   |
+| active      | below min, an instance still terminating     | (wait: its outcome decides)       |
 | active      | below min, a creation failed, retry does not | message: why, no new instance     |
 |             | cover its event (no-capacity or error)       |                                   |
 | active      | below min, failures for longer than          | message: retry window passed      |
@@ -18,10 +19,11 @@ a deletion.
 
 `after_offer()`: an offer -> (min - live) pending instances from it (the instance reconciler
 creates them); none -> message "no offers matching ...". Failed creations (instances of the
-fleet that ended `no_offers` or `error`) since the fleet last had an instance start are its
-tried offers: each later lookup skips them, and once none is left after the backoff all are
-tried again. A message is stored on the fleet (`dstack fleet`) and said once as an event.
-Instances that went below min together (two idle ones timing out at once) are re-created.
+fleet that ended `no_offers`, `error` or `provisioning_timeout`) since the fleet last had an
+instance start are its tried offers: each later lookup skips them, and once none is left
+after the backoff all are tried again. A message is stored on the fleet (`dstack fleet`) and
+said once as an event. Instances that went below min together (two idle ones timing out at
+once) are re-created once they have ended.
 """
 
 from __future__ import annotations
@@ -46,12 +48,18 @@ from dstack.server.services.fleet_nodes import add_instances, choose_offer, node
 from dstack.server.services.pool import LIVE_INSTANCE_STATUSES, fleet_conf, live_backend_types
 
 # What a failed creation's instance reason means to `retry.on_events`.
-RETRY_EVENT = {IR.NO_OFFERS.value: RetryEvent.NO_CAPACITY.value, IR.ERROR.value: "error"}
+# A host that never came up (provisioning_timeout) is an error too: without it a fleet would
+# replace a host that cannot boot over and over, with no backoff.
+RETRY_EVENT = {
+    IR.NO_OFFERS.value: RetryEvent.NO_CAPACITY.value,
+    IR.ERROR.value: RetryEvent.ERROR.value,
+    IR.PROVISIONING_TIMEOUT.value: RetryEvent.ERROR.value,
+}
 
 
 @dataclass(frozen=True)
 class Failure:
-    reason: str  # no_offers | error
+    reason: str  # no_offers | error | provisioning_timeout
     message: str
     at: datetime
 
@@ -60,6 +68,7 @@ class Failure:
 class FleetView:
     status: str
     live_instances: int  # instances not yet terminated
+    ending: int = 0  # instances terminating (a failure is known only once they end)
     nodes_min: int = 0  # 0 for an SSH fleet
     failures: tuple[Failure, ...] = ()  # failed creations since an instance last started
     retry: dict[str, Any] | None = None  # {"on_events": [...], "duration": seconds}
@@ -85,9 +94,11 @@ def decide(v: FleetView, now: datetime) -> FleetDecision:
     missing = v.nodes_min - v.live_instances
     if v.status != FleetStatus.ACTIVE.value or missing <= 0:
         return FleetDecision()
+    if v.ending:
+        return FleetDecision(message=v.message)
     if v.failures:
         last = v.failures[-1]
-        event = RETRY_EVENT.get(last.reason, "error")
+        event = RETRY_EVENT.get(last.reason, RetryEvent.ERROR.value)
         if v.retry is None or event not in (v.retry.get("on_events") or []):
             return FleetDecision(
                 message=f"Creating an instance failed ({last.message}); the fleet's `retry` "
@@ -162,9 +173,11 @@ class FleetReconciler(Reconciler):
             Failure(i.termination_reason or "", i.termination_reason_message or "", i.finished_at)
             for i in sorted(_failed(rows), key=lambda i: i.finished_at)
         )
+        ending = sum(1 for i in rows if i.status == InstanceStatus.TERMINATING.value)
         return FleetView(
             status=fleet.status,
             live_instances=live,
+            ending=ending,
             nodes_min=int(nodes.get("min") or 0),
             failures=failures,
             retry=conf.get("retry"),
