@@ -193,3 +193,36 @@ def test_a_failing_terminate_is_retried_and_never_shown_done_early(aws_world_fac
 
     wait_until(check, timeout=90, what="terminate to succeed after failing")
     assert "UnauthorizedOperation" in w.events() or fault.hits >= 3
+
+
+def test_an_instance_no_row_owns_is_swept(aws_world_factory: Any) -> None:
+    """An EC2 instance tagged for this project with an instance id the server does not know
+    (a create whose row was lost) is terminated by the inventory sweeper, with an event; an
+    untagged one is never touched."""
+    w = aws_world_factory()
+    ec2 = w.moto.client()
+    image = ec2.describe_images(Owners=[ec2_hosts.AMI_OWNER])["Images"][0]["ImageId"]
+
+    def launch(tags: list[dict[str, str]]) -> str:
+        spec = [{"ResourceType": "instance", "Tags": tags}] if tags else []
+        res = ec2.run_instances(
+            ImageId=image, InstanceType="t3.medium", MinCount=1, MaxCount=1,
+            TagSpecifications=spec,
+        )  # fmt: skip
+        return res["Instances"][0]["InstanceId"]
+
+    orphan = launch(
+        [
+            {"Key": "dstack_project", "Value": "main"},
+            {"Key": "dstack_instance_id", "Value": "4f1e7c0e-0000-4000-8000-000000000000"},
+        ]
+    )
+    mine = launch([{"Key": "Name", "Value": "not-dstack"}])
+
+    def state(ec2_id: str) -> str:
+        res = ec2.describe_instances(InstanceIds=[ec2_id])
+        return res["Reservations"][0]["Instances"][0]["State"]["Name"]
+
+    wait_until(lambda: state(orphan) == "terminated", timeout=60, what="the orphan to be swept")
+    assert state(mine) == "running"
+    assert orphan in w.events()
