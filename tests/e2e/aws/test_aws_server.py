@@ -53,7 +53,8 @@ def test_offers_a_fleet_that_grows_for_runs_and_shrinks_when_idle(aws_world_fact
     prices = [o["price"] for o in offers]
     assert prices == sorted(prices)
 
-    r = w.apply("fleet.dstack.yml", FLEET.format(extra="idle_duration: 4s\n"))
+    extra = "idle_duration: 4s\ntags:\n  owner: alice\navailability_zones: [us-east-1a]\n"
+    r = w.apply("fleet.dstack.yml", FLEET.format(extra=extra))
     assert r.returncode == 0, r.stdout + r.stderr
     assert w.fleet("cloud")["instances"] == []  # nodes.min is 0: nothing until a run needs it
 
@@ -65,7 +66,9 @@ def test_offers_a_fleet_that_grows_for_runs_and_shrinks_when_idle(aws_world_fact
     live = w.wait_live_ec2(2)
     assert {i["InstanceType"] for i in live} == {"t3.medium"}  # the cheapest that fits
     tags = {t["Key"]: t["Value"] for t in live[0]["Tags"]}
-    assert tags["team"] == "ml" and tags["dstack_project"] == "main"
+    assert tags["team"] == "ml" and tags["dstack_project"] == "main"  # config.yml's tags
+    assert tags["owner"] == "alice"  # the fleet's
+    assert {i["Placement"]["AvailabilityZone"] for i in live} == {"us-east-1a"}
     assert len(w.fleet("cloud")["instances"]) == 2
     for name in ("grow-a", "grow-b"):
         srv.wait_status(name, "done", timeout=60)

@@ -147,6 +147,39 @@ class OfferRequirements:
     disk_gb: float | None = None
 
 
+@dataclass
+class VolumeSpec:
+    """A network volume as a backend sees it. `data` is the backend's own record (it returns
+    it in `VolumeProvisioning.data`; the server stores it and gives it back)."""
+
+    volume_id: str  # the server's id: the tag every cloud resource of it carries
+    project_id: str
+    name: str
+    region: str | None = None
+    availability_zone: str | None = None
+    size_gb: int | None = None
+    external_id: str | None = None  # the cloud's id (given by the user to register one)
+    tags: dict[str, str] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class VolumeProvisioning:
+    external_id: str  # e.g. vol-0123...
+    region: str
+    availability_zone: str | None
+    size_gb: int
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class VolumeAttachment:
+    """Where the attached volume shows up on the host (a block device path), for the agent."""
+
+    device: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
 Stream = tuple[Any, Any]  # (reader, writer) of a byte stream
 
 
@@ -212,6 +245,31 @@ class Compute(ABC):
     async def terminate_orphan(self, item: InventoryItem) -> None:
         """Destroy an inventory item no instance row owns."""
         return None
+
+    # -- network volumes (capabilities.volumes) ---------------------------------------------
+
+    async def create_volume(self, volume: VolumeSpec) -> VolumeProvisioning:
+        """Create the volume (or find the one created for `volume.volume_id` before a crash)."""
+        raise BackendError(f"backend {self.type} has no network volumes")
+
+    async def register_volume(self, volume: VolumeSpec) -> VolumeProvisioning:
+        """Adopt an existing cloud volume (`volume.external_id`): check it exists, say where."""
+        raise BackendError(f"backend {self.type} has no network volumes")
+
+    async def delete_volume(self, volume: VolumeSpec) -> None:
+        """Delete it; succeeds if it is already gone. Never called for a registered volume."""
+        raise BackendError(f"backend {self.type} has no network volumes")
+
+    async def attach_volume(self, volume: VolumeSpec, host: Host) -> VolumeAttachment:
+        """Attach it to the host (idempotent: attached already to this host is success)."""
+        raise BackendError(f"backend {self.type} has no network volumes")
+
+    async def detach_volume(self, volume: VolumeSpec, host: Host, force: bool = False) -> None:
+        """Ask for the detach (idempotent); `is_volume_detached` tells when it is done."""
+        raise BackendError(f"backend {self.type} has no network volumes")
+
+    async def is_volume_detached(self, volume: VolumeSpec, host: Host) -> bool:
+        raise BackendError(f"backend {self.type} has no network volumes")
 
     # -- transport ------------------------------------------------------------------------
 

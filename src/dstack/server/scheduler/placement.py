@@ -231,9 +231,11 @@ def offer_rejection(
 
 
 def _zone_reason(req: Requirements, offer: InstanceOfferWithAvailability) -> str | None:
-    if not req.availability_zones:
+    """An offer that names no zones can be had in any zone of its region: the backend places
+    the instance in one the job asked for."""
+    if not req.availability_zones or offer.availability_zones is None:
         return None
-    zones = set(offer.availability_zones or ())
+    zones = set(offer.availability_zones)
     if not zones & set(req.availability_zones):
         return f"availability_zones {list(req.availability_zones)} (has {sorted(zones) or 'none'})"
     return None

@@ -136,9 +136,19 @@ async def create_context(ctx: ServerContext, s: AsyncSession, inst: t.Instance) 
     if conf.get("placement"):
         request["placement"] = conf["placement"]
         request["fleet"] = fleet.name if fleet else None
-    if conf.get("tags"):
-        request["tags"] = conf["tags"]
+    run_conf = await _run_configuration(s, job)
+    tags = {**(conf.get("tags") or {}), **(run_conf.get("tags") or {})}
+    if tags:
+        request["tags"] = tags
+    zones = run_conf.get("availability_zones") or conf.get("availability_zones")
+    if zones:
+        request["availability_zones"] = list(zones)
     return CreateContext(project.ssh_private_key if project else None, public, request)
+
+
+async def _run_configuration(s: AsyncSession, job: t.Job | None) -> dict[str, Any]:
+    run = await s.get(t.Run, job.run_id) if job else None
+    return json.loads(run.run_spec).get("configuration", {}) if run else {}
 
 
 def _disk_min_gb(resources: dict[str, Any] | None) -> int | None:

@@ -145,7 +145,8 @@ class AWSBackend(Compute):
             spot=resources.spot,
             max_price=request.get("max_price"),
             public_key=host.project_public_key or "",
-            availability_zones=tuple(offer.availability_zones or ()),
+            availability_zones=_zones(offer.availability_zones, request.get("availability_zones")),
+            tags=tuple(sorted((str(k), str(v)) for k, v in (request.get("tags") or {}).items())),
             reservation=request.get("reservation"),
             placement_group=(
                 f"dstack-{self.project}-{request['fleet']}"
@@ -279,6 +280,13 @@ def _with_disk(
     resources = offer.instance.resources.model_copy(update={"disk": Disk(size_mib=disk_mib)})
     instance = offer.instance.model_copy(update={"resources": resources})
     return offer.model_copy(update={"instance": instance})
+
+
+def _zones(offered: list[str] | None, wanted: list[str] | None) -> tuple[str, ...]:
+    """The zones a subnet may be in: those the offer has that the job asked for."""
+    if offered and wanted:
+        return tuple(z for z in offered if z in wanted)
+    return tuple(offered or wanted or ())
 
 
 def _tag(inst: dict[str, Any], key: str) -> str | None:

@@ -73,6 +73,7 @@ class LaunchSpec:
     availability_zones: tuple[str, ...] = ()
     placement_group: str | None = None
     reservation: str | None = None
+    tags: tuple[tuple[str, str], ...] = ()  # the fleet's and the run's `tags`
 
 
 class EC2:
@@ -160,7 +161,10 @@ class EC2:
                 }
             ],
             "TagSpecifications": [
-                {"ResourceType": "instance", "Tags": self._tags(spec.name, spec.instance_id)}
+                {
+                    "ResourceType": "instance",
+                    "Tags": self._tags(spec.name, spec.instance_id, dict(spec.tags)),
+                }
             ],
         }
         if spec.spot:
@@ -215,8 +219,15 @@ class EC2:
 
     # -- what every instance needs ------------------------------------------------------------
 
-    def _tags(self, name: str, instance_id: str | None = None) -> list[dict[str, str]]:
-        tags = {**(self.config.tags or {}), "Name": name, TAG_PROJECT: self.project}
+    def _tags(
+        self, name: str, instance_id: str | None = None, extra: dict[str, str] | None = None
+    ) -> list[dict[str, str]]:
+        tags = {
+            **(self.config.tags or {}),
+            **(extra or {}),
+            "Name": name,
+            TAG_PROJECT: self.project,
+        }
         if instance_id:
             tags[TAG_INSTANCE] = instance_id
         return [{"Key": k, "Value": str(v)} for k, v in tags.items()]
