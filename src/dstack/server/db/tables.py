@@ -239,6 +239,9 @@ class Job(LeaseMixin, Base):
     unhealthy_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # Seconds without an SSH connection to the job, as last reported by its agent.
     inactivity_secs: Mapped[int | None] = mapped_column(Integer)
+    # The job's volumes as placement resolved them: JSON list of {volume_id, name, path}
+    # (migration 0012); NULL: none.
+    volumes: Mapped[str | None] = mapped_column(Text)
     # Offers whose new instance failed before the job started, JSON list of
     # models.runs.TriedOffer (migration 0011): placement skips them.
     tried_offers: Mapped[str | None] = mapped_column(Text)
@@ -268,6 +271,11 @@ class Code(Base):
 
 
 class Volume(LeaseMixin, Base):
+    """A volume (migration 0012). A network volume has a `backend` and lives in its cloud
+    (`external_id`, `provisioning_data` is the backend's record); a directory volume has no
+    backend: it belongs to a fleet and is a directory on the one instance of it that first
+    used it (`instance_id`, bound then), so runs using it are placed there."""
+
     __tablename__ = "volumes"
     id: Mapped[str] = _id()
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
@@ -278,6 +286,45 @@ class Volume(LeaseMixin, Base):
     status_message: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    backend: Mapped[str | None] = mapped_column(String(30))
+    region: Mapped[str | None] = mapped_column(String(60))
+    availability_zone: Mapped[str | None] = mapped_column(String(60))
+    size_gb: Mapped[int | None] = mapped_column(Integer)
+    external_id: Mapped[str | None] = mapped_column(String(200))
+    # Registered by the user (`volume_id`): never deleted in the cloud by the server.
+    external: Mapped[bool] = mapped_column(Boolean, default=False)
+    provisioning_data: Mapped[str | None] = mapped_column(Text)
+    fleet_id: Mapped[str | None] = mapped_column(ForeignKey("fleets.id"))
+    instance_id: Mapped[str | None] = mapped_column(ForeignKey("instances.id"))
+    to_be_deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    # When a job last stopped using it (`auto_cleanup_duration` counts from here).
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Failed backend calls in a row, and when the next may be tried (a backoff, never a spin).
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (claim_index("volumes"),)
+
+
+class VolumeAttachment(Base):
+    """A volume attached (or being attached, or detached) to an instance for a job. A network
+    volume is attached to at most one live instance; rows are kept after `detached` for the
+    history (`dstack volume get`)."""
+
+    __tablename__ = "volume_attachments"
+    id: Mapped[str] = _id()
+    volume_id: Mapped[str] = mapped_column(ForeignKey("volumes.id"), index=True)
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id"), index=True)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"))
+    status: Mapped[str] = mapped_column(String(20))  # attaching attached detaching detached
+    device: Mapped[str | None] = mapped_column(Text)  # where it shows up on the host
+    data: Mapped[str | None] = mapped_column(Text)  # the backend's record, JSON
+    message: Mapped[str | None] = mapped_column(Text)
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    attached_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    detach_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    detached_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class Gateway(LeaseMixin, Base):
