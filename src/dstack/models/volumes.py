@@ -3,9 +3,27 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import Enum
 from typing import Any
 
 from dstack.models.wire import WireModel
+
+
+class VolumeStatus(str, Enum):
+    SUBMITTED = "submitted"  # a network volume not created (or registered) yet
+    PROVISIONING = "provisioning"  # unused, as in the reference; kept for the API's shape
+    ACTIVE = "active"  # usable: mounted by runs
+    FAILED = "failed"  # creation failed; `status_message` says why
+
+    def is_finished(self) -> bool:
+        return self == VolumeStatus.FAILED
+
+
+class AttachmentStatus(str, Enum):
+    ATTACHING = "attaching"
+    ATTACHED = "attached"
+    DETACHING = "detaching"
+    DETACHED = "detached"
 
 
 class Volume(WireModel):

@@ -36,6 +36,13 @@ def host_of(inst: t.Instance, decrypt: Any = None) -> Host:
     )
 
 
+def host_key(inst: t.Instance) -> str:
+    """The machine an instance row stands for, across rows: a directory volume stays on a
+    machine when the row holding it is replaced (an SSH host re-added, the local instance
+    created again after an idle timeout)."""
+    return f"{inst.backend}:{inst.hostname or inst.name}"
+
+
 def backend_of(ctx: ServerContext, inst: t.Instance) -> Compute | None:
     """The instance's backend as its project sees it (a project's cloud backends are its own)."""
     return ctx.backends.get(inst.backend, inst.project_id)
