@@ -1,5 +1,10 @@
 """`type: volume` (§14). One model for all backends; `backend` decides which fields apply.
 
+A volume is either a network volume (`backend`: created in that cloud) or a directory volume
+(`fleet`: a directory on the one host of that SSH or local fleet that first uses it). Exactly
+one of the two is given; a directory volume has nothing to size or place, so it takes only
+`name`, `fleet`, `auto_cleanup_duration` and `tags`.
+
 A field that the chosen backend does not know is reported exactly like an unknown key
 ("Extra inputs are not permitted"), which is what a per-backend model would say.
 """
@@ -31,12 +36,14 @@ _BACKEND_FIELDS: dict[str, set[str]] = {
     "lium": {"volume_id"},
 }
 _REGION_REQUIRED = {"aws", "gcp", "runpod"}
+_DIRECTORY_FIELDS = {"type", "name", "fleet", "auto_cleanup_duration", "tags"}
 
 
 class VolumeConfiguration(ConfigModel):
     type: Literal["volume"]
     name: str | None = None
-    backend: VolumeBackend
+    backend: VolumeBackend | None = None
+    fleet: str | None = None
     region: str | None = None
     availability_zone: str | None = None
     size: Memory | None = None
@@ -69,11 +76,32 @@ class VolumeConfiguration(ConfigModel):
         out["size"] = disk
         return out
 
+    @property
+    def is_directory(self) -> bool:
+        return self.fleet is not None
+
     @model_validator(mode="after")
     def _backend_fields(self) -> VolumeConfiguration:
-        allowed = _COMMON | _BACKEND_FIELDS[self.backend]
         # Judged by value, not by presence: a dumped configuration lists every field as null.
         given = {f for f in self.model_fields_set if getattr(self, f) is not None}
+        if self.backend is not None and self.fleet is not None:
+            raise field_error(
+                "fleet",
+                "give `backend` (a network volume) or `fleet` (a directory volume), not both",
+            )
+        if self.fleet is not None:
+            for field in sorted(given - _DIRECTORY_FIELDS):
+                raise field_error(
+                    field, "Extra inputs are not permitted (a directory volume, `fleet`)"
+                )
+            return self
+        if self.backend is None:
+            raise field_error(
+                "backend",
+                "Field required (a network volume names its `backend`; a directory volume "
+                "on an SSH or the local fleet names its `fleet` instead)",
+            )
+        allowed = _COMMON | _BACKEND_FIELDS[self.backend]
         for field in sorted(given - allowed):
             raise field_error(field, f"Extra inputs are not permitted (backend {self.backend})")
         if self.backend in _REGION_REQUIRED and self.region is None:
