@@ -303,8 +303,21 @@ class Volume(LeaseMixin, Base):
     # Failed backend calls in a row, and when the next may be tried (a backoff, never a spin).
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # `dstack volume delete --force` (migration 0013): forget a directory volume whose host's
+    # agent cannot be reached, instead of waiting for it.
+    force_delete: Mapped[bool] = mapped_column(Boolean, default=False)
 
-    __table_args__ = (claim_index("volumes"),)
+    __table_args__ = (
+        Index(
+            "ix_volumes_active_name",
+            "project_id",
+            "name",
+            unique=True,
+            sqlite_where=text("deleted = 0"),
+            postgresql_where=text("deleted = false"),
+        ),
+        claim_index("volumes"),
+    )
 
 
 class VolumeAttachment(Base):
