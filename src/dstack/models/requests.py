@@ -101,3 +101,17 @@ class ListGpusRequest(Request):
     # Besides the GPU itself; `region` needs `backend` (the same region name in two clouds
     # is two places).
     group_by: list[GroupBy] | None = None
+
+
+class GetVolumeRequest(Request):
+    name: str
+
+
+class CreateVolumeRequest(Request):
+    configuration: dict[str, Any]  # a `type: volume` configuration
+
+
+class DeleteVolumesRequest(Request):
+    names: list[str] = Field(min_length=1)
+    # Forget a directory volume whose machine is gone; end detaches stuck past the timeout.
+    force: bool = False

@@ -37,6 +37,8 @@ class Volume(WireModel):
     status: str
     status_message: str | None = None
     deleted: bool = False
+    # Deletion was asked for; the volume goes once nothing has it attached.
+    to_be_deleted: bool = False
     volume_id: str | None = None
     provisioning_data: dict[str, Any] | None = None
     attachments: list[dict[str, Any]] | None = None

@@ -25,6 +25,7 @@ from dstack.server.reconcilers.instance_worker import InstanceReconciler
 from dstack.server.reconcilers.job_worker import JobReconciler
 from dstack.server.reconcilers.run_worker import RunReconciler
 from dstack.server.reconcilers.sweeper import InventorySweeper
+from dstack.server.reconcilers.volumes import VolumeReconciler
 from dstack.server.routers import backends as backends_router
 from dstack.server.routers import (
     events,
@@ -101,6 +102,7 @@ async def start(
         JobReconciler(ctx, agents),
         InstanceReconciler(ctx, agents),
         FleetReconciler(ctx),
+        VolumeReconciler(ctx, agents),
     ]
     tasks = [asyncio.create_task(r.run_forever(), name=r.kind) for r in reconcilers]
     tasks.append(asyncio.create_task(InventorySweeper(ctx).run_forever(), name="inventory"))

@@ -47,6 +47,11 @@ class NoCapacityError(BackendError):
     try its next offer, and remembers this one as tried."""
 
 
+class PermanentError(BackendError):
+    """Retrying cannot help (a volume id that does not exist, a size the cloud refuses): the
+    resource fails at once instead of being retried with a backoff."""
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a backend can do, read by the scheduler, the plan and the reconcilers instead of

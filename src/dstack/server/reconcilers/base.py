@@ -126,6 +126,11 @@ class Reconciler(ABC):
         the lease is stamped, so they must not use the lease columns or `dirty`."""
         return (self.table.last_processed_at,)
 
+    def scope(self) -> Any | None:
+        """An extra condition on the rows this loop drives, beyond an active status (None:
+        none). Volumes keep their status when deleted, so their loop leaves deleted rows out."""
+        return None
+
     def now(self) -> datetime:
         """The clock of claims and leases (a test replaces it to expire leases at will)."""
         return utcnow()
@@ -140,7 +145,9 @@ class Reconciler(ABC):
                     tbl.last_processed_at <= now - timedelta(seconds=self.interval(status)),
                 )
             )
-        return and_(tbl.status.in_(self.active_statuses), or_(*conds), self._free(now))
+        scope = self.scope()
+        base = and_(tbl.status.in_(self.active_statuses), or_(*conds), self._free(now))
+        return base if scope is None else and_(base, scope)
 
     def _free(self, now: datetime) -> Any:
         tbl = self.table
@@ -409,12 +416,14 @@ class Reconciler(ABC):
         resync = self.ctx.settings.resync_seconds
         tbl = self.table
         now = self.now()
+        scope = self.scope()
+        q = select(tbl.status, func.min(tbl.last_processed_at)).where(
+            tbl.status.in_(self.active_statuses), self._free(now)
+        )
+        if scope is not None:
+            q = q.where(scope)
         async with self.ctx.db.session() as s:
-            rows = await s.execute(
-                select(tbl.status, func.min(tbl.last_processed_at))
-                .where(tbl.status.in_(self.active_statuses), self._free(now))
-                .group_by(tbl.status)
-            )
+            rows = await s.execute(q.group_by(tbl.status))
             due = [
                 (last + timedelta(seconds=self.interval(status)) - now).total_seconds()
                 for status, last in rows.all()
