@@ -335,8 +335,11 @@ class APIClient:
         data = self.request(self._p("volumes/create"), {"configuration": configuration})
         return self._parse(Volume, data)
 
-    def delete_volumes(self, names: list[str]) -> None:
-        self.request(self._p("volumes/delete"), {"names": names})
+    def get_volume_plan(self, configuration: dict[str, Any]) -> dict[str, Any]:
+        return self.request(self._p("volumes/get_plan"), {"configuration": configuration}) or {}
+
+    def delete_volumes(self, names: list[str], force: bool = False) -> None:
+        self.request(self._p("volumes/delete"), {"names": names, "force": force})
 
     def list_gateways_raw(self) -> list[dict[str, Any]]:
         return self.request(self._p("gateways/list")) or []

@@ -27,6 +27,10 @@ def apply_other(args: argparse.Namespace, conf: Any, path: str) -> int:
         from dstack.cli.apply_fleet import apply_fleet
 
         return apply_fleet(args, api, data, path, _print_header)
+    if kind == "volume":
+        from dstack.cli.apply_volume import apply_volume
+
+        return apply_volume(args, api, data, path)
     existing = _get_existing(api, kind, data["name"])
     _print_header(api, kind, data, path)
     name = data["name"]
@@ -64,7 +68,6 @@ def _same(existing: dict[str, Any], data: dict[str, Any]) -> bool:
 def _get_existing(api: APIClient, kind: str, name: str) -> dict[str, Any] | None:
     getter = {
         "fleet": api.get_fleet_raw,
-        "volume": api.get_volume_raw,
         "gateway": api.get_gateway_raw,
     }[kind]
     try:
@@ -102,12 +105,6 @@ def _print_header(api: APIClient, kind: str, data: dict[str, Any], path: str) ->
             pairs.append(("Reservation", data["reservation"]))
         if not ssh:
             pairs.append(("Spot policy", data.get("spot_policy") or "on-demand"))
-    elif kind == "volume":
-        pairs.append(("Volume type", "external" if data.get("volume_id") else "managed"))
-        pairs.append(("Backend", data.get("backend") or ""))
-        pairs.append(("Region", data.get("region") or ""))
-        size = data.get("size")
-        pairs.append(("Size", f"{size:g}GB" if isinstance(size, int | float) else "-"))
     else:
         pairs.append(("Backend", data.get("backend") or ""))
         pairs.append(("Region", data.get("region") or ""))
@@ -137,10 +134,6 @@ def _create(
     if kind == "fleet":
         spec = {"configuration": data, "configuration_path": path, "profile": None}
         api.apply_fleet(spec, current=existing, force=force)
-    elif kind == "volume":
-        if existing is not None:
-            api.delete_volumes([data["name"]])
-        api.create_volume(data)
     else:
         if existing is not None:
             api.delete_gateways([data["name"]])
@@ -165,10 +158,9 @@ def _wait(api: APIClient, kind: str, name: str, timeout: float = 1800.0) -> int:
                     raise CLIError("Some instances failed. Check `dstack fleet -v` for errors")
                 return 0
         else:
-            raw = api.get_volume_raw(name) if kind == "volume" else api.get_gateway_raw(name)
+            raw = api.get_gateway_raw(name)
             status = raw.get("status")
-            done = {"volume": ("active",), "gateway": ("running",)}[kind]
-            if status in done:
+            if status == "running":
                 echo(f"{kind.capitalize()} {name} is {status}")
                 return 0
             if status == "failed":
