@@ -72,10 +72,10 @@ def test_docker_run_argv() -> None:
         "working_dir": "sub",
         "shm_size_mib": 512,
         "ports": [8000],
-        "volumes": [{"host": "/data", "container": "/mnt/data"}],
         "gpus": -1,
     }
-    argv = run_argv(spec, "/home/jobs/j1/code", has_nvidia=True)
+    binds = [{"source": "/data", "path": "/mnt/data", "read_only": False, "name": None}]
+    argv = run_argv(spec, "/home/jobs/j1/code", has_nvidia=True, binds=binds)
     assert argv[:2] == ["docker", "run"]
     joined = " ".join(argv)
     assert "--name dstack-j1" in joined and "--label dstack.job=j1" in joined

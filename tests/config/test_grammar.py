@@ -370,16 +370,18 @@ def test_env_dollar_escape():
 
 def test_volume_forms():
     volumes = parse_configuration(
-        task(volumes=["data:/data", "/mnt/cache:/root/.cache/", {"name": ["a", "b"], "path": "/x"},
+        task(volumes=["data:/data", "/mnt/cache:/root/.cache/:ro",
+                      {"name": ["a", "b"], "path": "/x"},
                       {"instance_path": "/srv", "path": "/srv", "optional": True},
                       {"name": "ckpt-${{ dstack.node_rank }}", "path": "/ckpt"}])
     ).volumes  # fmt: skip
     dumped = [v.model_dump() for v in volumes]
     assert dumped == [
         {"name": ["data"], "path": "/data"},
-        {"instance_path": "/mnt/cache", "path": "/root/.cache", "optional": False},
+        {"instance_path": "/mnt/cache", "path": "/root/.cache", "optional": False,
+         "read_only": True},
         {"name": ["a", "b"], "path": "/x"},
-        {"instance_path": "/srv", "path": "/srv", "optional": True},
+        {"instance_path": "/srv", "path": "/srv", "optional": True, "read_only": False},
         {"name": ["ckpt-${{ dstack.node_rank }}"], "path": "/ckpt"},
     ]
 
@@ -391,7 +393,8 @@ def test_volume_forms():
      ("data", "volumes[0]: invalid volume 'data'"),
      ({"name": "x"}, "volumes[0].path: Field required"),
      ({"instance_path": "rel/x", "path": "/x"}, "volumes[0].instance_path: path must be absolute"),
-     ({"name": [], "path": "/x"}, "volume name list must not be empty")],
+     ({"name": [], "path": "/x"}, "volume name list must not be empty"),
+     ("data:/x:ro", "a network volume takes no mode")],
 )  # fmt: skip
 def test_volume_errors(volume, message):
     assert message in error_of(task(volumes=[volume]))

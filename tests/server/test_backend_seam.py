@@ -190,8 +190,9 @@ def test_a_field_the_backend_cannot_honour_is_refused_naming_it() -> None:
 def test_needs_come_from_the_configuration() -> None:
     from dstack.server.services.pool import needs
 
+    # Volumes restrict placement by where each volume is (scheduler), not by a capability.
     conf = SimpleNamespace(volumes=[{"name": "data", "path": "/data"}])
-    assert needs(conf, {}) == {"volumes"}
+    assert needs(conf, {}) == frozenset()
     assert needs(SimpleNamespace(volumes=[]), {"reservation": "r-1", "spot": "spot"}) == {
         "reservations",
         "spot",

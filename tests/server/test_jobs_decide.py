@@ -16,6 +16,7 @@ from dstack.server.reconcilers.jobs import (
     JobView,
     StartKind,
     StartOutcome,
+    after_detach,
     after_start,
     decide,
     final_status,
@@ -530,6 +531,66 @@ TABLE = [
         dict(status="terminated", stop_requested=True, stop_reason="terminated_by_user"),
         Decision("wait"),
     ),
+    # -- volumes -------------------------------------------------------------------------
+    (
+        "submitted/volume-gone-or-failed",
+        dict(
+            status="submitted",
+            instance_id=None,
+            instance_status=None,
+            placement=POOL,
+            volume_error="volume data failed: quota",
+        ),
+        Decision(
+            "wait",
+            status="terminating",
+            reason="volume_error",
+            message="volume data failed: quota",
+        ),
+    ),
+    (
+        "submitted/queued-for-a-volume-in-use",
+        dict(status="submitted", instance_id=None, instance_status=None, queued=True),
+        Decision("wait"),
+    ),
+    (
+        "terminating/agent-job-finished-volume-held-detaches",
+        dict(
+            status="terminating",
+            termination_reason="done_by_runner",
+            agent_job={"status": "done"},
+            volumes_held=True,
+        ),
+        Decision("detach", status="done"),
+    ),
+    (
+        "terminating/abort-volume-held-detaches-forced",
+        dict(
+            status="terminating",
+            termination_reason="aborted_by_user",
+            agent_job=None,
+            volumes_held=True,
+        ),
+        Decision("detach_abort", status="aborted"),
+    ),
+    (
+        "terminating/host-gone-volume-held-detaches",
+        dict(
+            status="terminating",
+            termination_reason="instance_unreachable",
+            instance_status="terminated",
+            agent_reachable=False,
+            agent_job=None,
+            volumes_held=True,
+        ),
+        Decision("detach", status="failed"),
+    ),
+    (
+        # The agent still runs the job: never detach under it; stop it first.
+        "terminating/agent-running-volume-held-stops-first",
+        dict(status="terminating", termination_reason="terminated_by_user", volumes_held=True),
+        Decision("stop", values={"stop_sent_at": NOW}),
+    ),
     # -- final statuses are left alone ---------------------------------------------------
     ("done/left-alone", dict(status="done"), Decision("wait")),
     ("failed/left-alone", dict(status="failed"), Decision("wait")),
@@ -666,6 +727,21 @@ START_TABLE = [
     ),
     ("started", StartOutcome.answered(STARTED_STATE), Decision("start", status="running")),
     (
+        "volume-attached-elsewhere-waits",
+        StartOutcome(StartKind.VOLUME_WAIT, "volume data is still attached to another instance"),
+        Decision("wait"),
+    ),
+    (
+        "volume-attach-failed",
+        StartOutcome(StartKind.VOLUME_ERROR, "volume data could not be attached: busy"),
+        Decision(
+            "start",
+            status="terminating",
+            reason="volume_error",
+            message="volume data could not be attached: busy",
+        ),
+    ),
+    (
         # A start repeated after a crash may find the job already finished: it ran, so it is
         # `running` now and the next observation ends it with the agent's reason.
         "started/already-finished",
@@ -688,6 +764,12 @@ def test_after_start(outcome: StartOutcome, expected: Decision) -> None:
 
 def test_every_start_kind_has_a_row() -> None:
     assert {r[1].kind for r in START_TABLE} == set(StartKind)
+
+
+def test_after_detach_finishes_only_once_released() -> None:
+    detach = Decision("detach", status="done")
+    assert after_detach(detach, True) == Decision("finalize", status="done")
+    assert after_detach(detach, False) == Decision("wait")
 
 
 def test_answered_classifies_the_agents_state() -> None:

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from typing import Any
 
+from dstack.agent import volumes
 from dstack.agent.gpus import docker_gpus_args
 
 CODE_MOUNT = "/workflow"
@@ -29,11 +30,13 @@ def run_argv(
     code_dir: str,
     has_nvidia: bool,
     assigned_gpus: dict[str, Any] | None = None,
+    binds: list[dict[str, Any]] | None = None,
 ) -> list[str]:
     """`docker run` attached (no -d), so its exit code is the container's.
 
     Env values are passed as bare `-e NAME` and taken from the docker client's own
-    environment, so secrets never appear on a command line that `ps` shows.
+    environment, so secrets never appear on a command line that `ps` shows. `binds`: the
+    job's volumes as `volumes.prepare` found them on the host.
     """
     job_id = spec["id"]
     argv = [
@@ -50,8 +53,7 @@ def run_argv(
     for port in spec.get("ports") or []:
         argv += ["-p", f"127.0.0.1::{port}"]
     argv += ["-v", f"{code_dir}:{CODE_MOUNT}"]
-    for volume in spec.get("volumes") or []:
-        argv += ["-v", f"{volume['host']}:{volume['container']}"]
+    argv += volumes.docker_args(binds or [])
     for key in sorted(spec.get("env") or {}):
         argv += ["-e", key]
     argv += ["-w", container_workdir(spec.get("working_dir"))]

@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 from typing import IO, Any
 
-from dstack.agent import docker, gpus, ports, sshd
+from dstack.agent import docker, gpus, ports, sshd, volumes
 from dstack.agent import protocol as p
 from dstack.agent.gpus import GPUS_FILE
 from dstack.agent.hostinfo import GpuCache
@@ -376,6 +376,21 @@ class JobStore:
             self._job_locks.pop(job_id, None)
             log.info("job %s: removed", job_id)
         return {"id": job_id, "removed": True}
+
+    def delete_volume_dir(self, volume_id: str) -> dict[str, Any]:
+        """Remove a directory volume's data, unless a job that has not finished mounts it."""
+        if not JOB_ID_RE.match(volume_id):
+            raise BadRequest("id: not a volume id")
+        with self._lock:
+            for state in self.list():
+                if is_finished(state):
+                    continue
+                spec = read_json(self.root / state["id"] / SPEC_FILE) or {}
+                if any(v.get("volume_id") == volume_id for v in spec.get("volumes") or []):
+                    raise Conflict(f"volume {volume_id} is in use by job {state['id']}")
+            deleted = volumes.delete_directory(volume_id)
+        log.info("volume %s: directory %s", volume_id, "deleted" if deleted else "absent")
+        return {"volume_id": volume_id, "deleted": deleted}
 
 
 def _spool(src: IO[bytes], dst: IO[bytes], length: int) -> str:

@@ -54,6 +54,9 @@ GET_JOB = Route("GET", "/api/jobs/{id}")
 JOB_LOGS = Route("GET", "/api/jobs/{id}/logs")
 STOP_JOB = Route("POST", "/api/jobs/{id}/stop")
 REMOVE_JOB = Route("POST", "/api/jobs/{id}/remove")
+# Remove a directory volume's data from the host (`{id}` is the volume's id); refused (409)
+# while a job that is not finished mounts it.
+DELETE_VOLUME_DIR = Route("POST", "/api/volumes/{id}/delete")
 
 ROUTES: tuple[Route, ...] = (
     HEALTHCHECK,
@@ -64,6 +67,7 @@ ROUTES: tuple[Route, ...] = (
     JOB_LOGS,
     STOP_JOB,
     REMOVE_JOB,
+    DELETE_VOLUME_DIR,
 )
 # Only the healthcheck answers without the token: it is how a caller finds out whether
 # something at the port is an agent at all.
@@ -106,6 +110,7 @@ MAX_DURATION_EXCEEDED = "max_duration_exceeded"
 EXECUTOR_ERROR = "executor_error"
 CREATING_CONTAINER_ERROR = "creating_container_error"
 PORTS_BINDING_FAILED = "ports_binding_failed"
+VOLUME_ERROR = "volume_error"
 
 
 class JobState(TypedDict):

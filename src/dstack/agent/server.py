@@ -262,6 +262,12 @@ class Handler(BaseHTTPRequestHandler):
         return self.server.jobs.remove(m["id"])
 
 
+    @serves(p.DELETE_VOLUME_DIR)
+    def delete_volume_dir(self, m: re.Match[str]) -> Any:
+        self._json_body()
+        return self.server.jobs.delete_volume_dir(m["id"])
+
+
 def _parse_json(raw: bytes, what: str) -> Any:
     if not raw.strip():
         return {}

@@ -72,18 +72,54 @@ def _listen_port(body: dict[str, Any]) -> int | None:
     return port
 
 
-def _volumes(body: dict[str, Any]) -> list[dict[str, str]]:
+def _abs_path(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+        raise BadRequest(f"{field}: must be an absolute path")
+    if ".." in value.split("/"):
+        raise BadRequest(f"{field}: must not contain '..'")
+    return value
+
+
+def _volume(item: Any, i: int) -> dict[str, Any]:
+    """One typed volume entry (`volumes.py` says what each kind is); the old
+    `{host, container}` shape is read as an instance volume."""
+    field = f"volumes[{i}]"
+    if not isinstance(item, dict):
+        raise BadRequest(f"{field}: must be an object")
+    if "kind" not in item and "host" in item:
+        item = {"kind": "instance", "instance_path": item["host"], "path": item.get("container")}
+    kind = item.get("kind")
+    path = _abs_path(item.get("path"), f"{field}.path")
+    read_only = item.get("read_only", False)
+    if not isinstance(read_only, bool):
+        raise BadRequest(f"{field}.read_only: must be a boolean")
+    if kind == "instance":
+        optional = item.get("optional", False)
+        if not isinstance(optional, bool):
+            raise BadRequest(f"{field}.optional: must be a boolean")
+        host = _abs_path(item.get("instance_path"), f"{field}.instance_path")
+        return {"kind": kind, "instance_path": host, "path": path, "optional": optional,
+                "read_only": read_only}  # fmt: skip
+    name = item.get("name")
+    if not isinstance(name, str) or not name or "/" in name or "\0" in name:
+        raise BadRequest(f"{field}.name: must be a volume name")
+    if kind == "directory":
+        volume_id = item.get("volume_id")
+        if not isinstance(volume_id, str) or not JOB_ID_RE.match(volume_id):
+            raise BadRequest(f"{field}.volume_id: must be a volume id")
+        return {"kind": kind, "volume_id": volume_id, "name": name, "path": path}
+    if kind == "network":
+        device = _abs_path(item.get("device"), f"{field}.device")
+        return {"kind": kind, "name": name, "device": device, "path": path,
+                "read_only": read_only}  # fmt: skip
+    raise BadRequest(f"{field}.kind: must be 'network', 'directory' or 'instance'")
+
+
+def _volumes(body: dict[str, Any]) -> list[dict[str, Any]]:
     value = body.get("volumes") or []
     if not isinstance(value, list):
-        raise BadRequest("volumes: must be a list of {host, container}")
-    result = []
-    for item in value:
-        if not isinstance(item, dict) or not all(
-            isinstance(item.get(k), str) and item.get(k) for k in ("host", "container")
-        ):
-            raise BadRequest("volumes: each item must be {host: str, container: str}")
-        result.append({"host": item["host"], "container": item["container"]})
-    return result
+        raise BadRequest("volumes: must be a list")
+    return [_volume(item, i) for i, item in enumerate(value)]
 
 
 def _ssh_keys(body: dict[str, Any], field: str) -> list[str]:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dstack.agent import docker, sshd
+from dstack.agent import docker, sshd, volumes
 from dstack.agent.gpus import GPUS_FILE, visible_devices_env
 from dstack.agent.logs import CHUNK_SIZE, LogWriter
 from dstack.agent.ports import LISTEN_FILE, SERVICE_PORT_ENV
@@ -46,6 +46,7 @@ LEFTOVER_READ_TIMEOUT = 5.0
 DOCKER_GRACE_SECONDS = 10.0
 PORTS_WAIT_SECONDS = 60.0
 SSH_LOG = "sshd.out"
+VOLUME_ERROR = "volume_error"
 
 
 class StartError(Exception):
@@ -115,13 +116,20 @@ class Supervisor:
     def _start(self) -> subprocess.Popen[bytes]:
         code_dir = self.dir / CODE_DIR
         code_dir.mkdir(exist_ok=True)
+        binds = self._volumes()
         if self.docker:
-            return self._start_docker(code_dir)
+            return self._start_docker(code_dir, binds)
         workdir = process_workdir(code_dir, self.spec.get("working_dir"))
         if not workdir.is_dir():
             raise StartError("executor_error", f"working_dir {workdir} does not exist")
+        try:
+            links = volumes.link_for_process(binds)
+        except volumes.VolumeError as e:
+            raise StartError(VOLUME_ERROR, str(e)) from None
+        write_json_atomic(self.dir / volumes.LINKS_FILE, links)
         env = base_env()
         env.update({"DSTACK_WORKING_DIR": str(workdir), "DSTACK_REPO_DIR": str(code_dir)})
+        env.update(volumes.volume_env(binds))
         env.update(visible_devices_env(read_json(self.dir / GPUS_FILE)))
         env.update(self.spec.get("env") or {})
         listen = read_json(self.dir / LISTEN_FILE) or {}
@@ -176,7 +184,14 @@ class Supervisor:
             with contextlib.suppress(subprocess.SubprocessError):
                 self.sshd.wait(5)
 
-    def _start_docker(self, code_dir: Path) -> subprocess.Popen[bytes]:
+    def _volumes(self) -> list[dict[str, Any]]:
+        """The job's volumes on this host (agent home: two levels above the job's dir)."""
+        try:
+            return volumes.prepare(self.spec.get("volumes") or [], self.dir.parent.parent)
+        except volumes.VolumeError as e:
+            raise StartError(VOLUME_ERROR, str(e)) from None
+
+    def _start_docker(self, code_dir: Path, binds: list[dict[str, Any]]) -> subprocess.Popen[bytes]:
         docker_bin = shutil.which("docker")
         if docker_bin is None:
             raise StartError("creating_container_error", "docker is not installed on the host")
@@ -185,10 +200,13 @@ class Supervisor:
             "DSTACK_WORKING_DIR": docker.container_workdir(spec.get("working_dir")),
             "DSTACK_REPO_DIR": docker.CODE_MOUNT,
         }
+        # In the container a volume is where it is mounted.
+        job_env.update({volumes.env_name(b["name"]): b["path"] for b in binds if b.get("name")})
         job_env.update(spec.get("env") or {})
         spec["env"] = job_env
         has_nvidia = shutil.which("nvidia-smi") is not None
-        argv = docker.run_argv(spec, str(code_dir), has_nvidia, read_json(self.dir / GPUS_FILE))
+        gpus = read_json(self.dir / GPUS_FILE)
+        argv = docker.run_argv(spec, str(code_dir), has_nvidia, gpus, binds)
         argv[0] = docker_bin
         env = dict(os.environ)
         env.update(job_env)
@@ -391,6 +409,7 @@ class Supervisor:
             "finished_at": now_iso(),
         }
         self.log.close()
+        volumes.unlink(read_json(self.dir / volumes.LINKS_FILE) or [])
         write_json_atomic(self.dir / RESULT_FILE, result)
 
 

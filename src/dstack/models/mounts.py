@@ -40,11 +40,14 @@ class VolumeMountPoint(ConfigModel):
 
 
 class InstanceMountPoint(ConfigModel):
-    """A host directory bind-mounted into the container."""
+    """A host directory bind-mounted into the container. `optional`: a host without the
+    directory runs the job without it (instead of failing); `read_only`: `:ro` in the short
+    form."""
 
     instance_path: AbsolutePath
     path: AbsolutePath
     optional: bool = False
+    read_only: bool = False
 
 
 def _split_mount(value: Any) -> Any:
@@ -54,7 +57,15 @@ def _split_mount(value: Any) -> Any:
     if not sep or not source or not target:
         raise ValueError(f"invalid volume '{value}': expected `name:/path` or `/host:/path`")
     if "/" in source:
-        return {"instance_path": source, "path": target}
+        mode = None
+        if target.endswith((":ro", ":rw")):
+            target, mode = target[:-3], target[-2:]
+        out: dict[str, Any] = {"instance_path": source, "path": target}
+        if mode is not None:
+            out["read_only"] = mode == "ro"
+        return out
+    if ":" in target:
+        raise ValueError(f"invalid volume '{value}': a network volume takes no mode (`:ro`)")
     return {"name": source, "path": target}
 
 

@@ -133,6 +133,11 @@ class AgentClient:
     async def remove_job(self, job_id: str) -> dict[str, Any]:
         return await self._call(p.REMOVE_JOB, job_id)
 
+    async def delete_volume_dir(self, volume_id: str) -> dict[str, Any]:
+        """Remove a directory volume's data on the host: `{volume_id, deleted}` (`deleted`
+        False: there was none). AgentError 409 while an unfinished job mounts it."""
+        return await self._call(p.DELETE_VOLUME_DIR, volume_id, json={})
+
 
 def _error_message(response: httpx.Response) -> str:
     try:

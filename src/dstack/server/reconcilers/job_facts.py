@@ -5,13 +5,15 @@ stays the act/apply half of the jobs state machine."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from dstack.models.offers import InstanceOfferWithAvailability
 from dstack.models.runs import RunSpec, TriedOffer
 from dstack.server.db import tables as t
+from dstack.server.services import events
 from dstack.server.services.fleet_nodes import total_blocks
 
 __all__ = ["total_blocks"]
@@ -109,3 +111,40 @@ def new_instance_offer(inst: t.Instance | None, job: t.Job) -> TriedOffer | None
     if inst is None or not inst.offer or inst.provisioning_job_id != job.id:
         return None
     return as_tried(offer_of(inst))
+
+
+async def note_status(
+    s: Any,
+    job: t.Job,
+    values: dict[str, Any],
+    now: datetime,
+    fleet_id: str | None,
+    event: str | None,
+) -> None:
+    """A job's status change, in the transaction that writes it: the run is told (and takes
+    the fleet its first job landed in) and the change is an event."""
+    if fleet_id:
+        await s.execute(
+            update(t.Run)
+            .where(t.Run.id == job.run_id, t.Run.fleet_id.is_(None))
+            .values(fleet_id=fleet_id)
+        )
+    await s.execute(update(t.Run).where(t.Run.id == job.run_id).values(dirty=True))
+    reason = values.get("termination_reason")
+    msg = f"Job status changed {job.status.upper()} -> {values['status'].upper()}"
+    if event:
+        msg = f"{msg}: {event}"
+    if reason:
+        msg += f". Termination reason: {reason.upper()}"
+        if values.get("termination_reason_message"):
+            msg += f" ({values['termination_reason_message']})"
+    events.record(
+        s,
+        project_id=job.project_id,
+        target_type="job",
+        target_id=job.id,
+        target_name=job.job_name,
+        message=msg,
+        now=now,
+        within_run_id=job.run_id,
+    )

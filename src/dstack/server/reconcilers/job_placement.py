@@ -21,9 +21,11 @@ from dstack.server.scheduler.placement import (
     rank,
 )
 from dstack.server.services.context import ServerContext
+from dstack.server.services.job_volumes import Mounts, with_volumes
 from dstack.server.services.pool import PoolRows, fleet_conf, requirements_for, with_capacity
 
-# (the chosen place or None, whether the job queues for a busy one, why nothing fits)
+# (the chosen place or None, whether the job queues for a busy one, why nothing fits or,
+# when it queues for a volume, why it waits)
 Placement = tuple[Candidate | None, bool, str | None]
 
 
@@ -43,15 +45,20 @@ class Placer:
             cached = self._reqs[key] = requirements_for(conf, spec.requirements)
         return cached
 
-    async def place(self, run: t.Run, job: t.Job, spec: JobSpec, rows: PoolRows) -> Placement:
+    async def place(
+        self, run: t.Run, job: t.Job, spec: JobSpec, rows: PoolRows, mounts: Mounts = ()
+    ) -> Placement:
         """Rank the places the job could go. Backend offers are fetched here, after the
-        snapshot's transaction ended (a cloud's offers are network calls)."""
-        req = self.requirements(run, spec)
+        snapshot's transaction ended (a cloud's offers are network calls). `mounts`: where
+        the job's volumes are (services/job_volumes.py), read in the snapshot."""
+        req = with_volumes(self.requirements(run, spec), mounts)
         pool = await with_capacity(self.ctx, rows, req)
         tried = frozenset(o.key() for o in tried_offers(job))
         ranking = rank(req, pool.instances, pool.capacity, tried)
         ranking.rejections.extend(pool.notes)
         message = no_capacity_message(ranking, pool.has_fleets)
+        if ranking.best is None and ranking.waiting:
+            message = ranking.waiting
         if spec.jobs_per_replica <= 1:
             return ranking.best, ranking.only_busy, message
         async with self.ctx.db.session() as s:

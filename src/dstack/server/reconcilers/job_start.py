@@ -208,6 +208,7 @@ def runtime_data(
         working_dir=state.get("working_dir") or body.get("working_dir"),
         username=state.get("ssh_user"),
         ports=ports or None,
+        volume_names=[v["name"] for v in body.get("volumes") or [] if v.get("name")] or None,
     )
 
 

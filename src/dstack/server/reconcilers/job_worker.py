@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from dstack.errors import ServerClientError
 from dstack.models.instances import InstanceStatus
 from dstack.models.runs import JobProvisioningData, JobSpec, JobStatus
 from dstack.models.wire import utcnow
@@ -34,6 +35,7 @@ from dstack.server.reconcilers.job_facts import (
     is_spot,
     new_instance_offer,
     next_instance_num,
+    note_status,
     total_blocks,
     tried_offers,
 )
@@ -44,11 +46,13 @@ from dstack.server.reconcilers.job_start import (
     runtime_data,
     ssh_keys,
 )
+from dstack.server.reconcilers.job_volumes import VolumeSteps
 from dstack.server.reconcilers.jobs import (
     Decision,
     JobView,
     StartKind,
     StartOutcome,
+    after_detach,
     after_start,
     decide,
 )
@@ -57,6 +61,7 @@ from dstack.server.services import events, logs
 from dstack.server.services.codes import load_code
 from dstack.server.services.context import ServerContext
 from dstack.server.services.hosts import capabilities, host_access, host_label
+from dstack.server.services.job_volumes import Mounts, placed_volumes, volume_locations
 from dstack.server.services.pool import (
     PoolRows,
     busy_blocks,
@@ -80,6 +85,9 @@ class Snapshot:
     queued: bool = False
     no_capacity: str | None = None
     inactivity_duration: int | None = None
+    mounts: Mounts = ()
+    volume_error: str | None = None
+    volumes_held: bool = False
 
 
 _FINISHED = tuple(s.value for s in JobStatus if s.is_finished())
@@ -99,6 +107,7 @@ class JobReconciler(Reconciler):
         self._single_lock = asyncio.Lock()
         self._specs: dict[str, tuple[str, JobSpec]] = {}
         self.placer = Placer(ctx)
+        self.volumes = VolumeSteps(ctx)
         self.host_jobs = HostJobs(max_age=ctx.settings.running_job_poll_seconds / 2)
 
     def claim_order(self) -> tuple[Any, ...]:
@@ -141,9 +150,15 @@ class JobReconciler(Reconciler):
             placing = job.status == JobStatus.SUBMITTED.value and job.instance_id is None
             if placing:
                 rows = await load_pool_rows(self.ctx, s, project.id)
+                try:
+                    snap.mounts = await volume_locations(self.ctx, s, project.id, snap.spec, job.id)
+                except ServerClientError as e:
+                    snap.volume_error, rows = e.message, None
         if rows is not None:
-            where = await self.placer.place(snap.run, snap.job, snap.spec, rows)
+            where = await self.placer.place(snap.run, snap.job, snap.spec, rows, snap.mounts)
             snap.placement, snap.queued, snap.no_capacity = where
+        if job.status == JobStatus.TERMINATING.value:
+            snap.volumes_held = await self.volumes.held(job.id)
         return snap
 
     def _job_spec(self, job: t.Job) -> JobSpec:
@@ -210,6 +225,8 @@ class JobReconciler(Reconciler):
             instance_reason=inst.termination_reason if inst else None,
             new_instance_offer=new_instance_offer(inst, job),
             tried_offers=tried_offers(job),
+            volume_error=snap.volume_error,
+            volumes_held=snap.volumes_held,
         )
 
     # -- act ------------------------------------------------------------------------------
@@ -222,6 +239,10 @@ class JobReconciler(Reconciler):
         if d.action == "start":
             outcome, extra = await self._start(snap)
             return after_start(outcome), extra
+        if d.action in ("detach", "detach_abort"):
+            abort, grace = d.action == "detach_abort", snap.spec.stop_duration or 0
+            released = await self.volumes.release(snap.job, snap.instance, abort, grace)
+            d = after_detach(d, released)
         extra: dict[str, Any] = {}
         if snap.job.status == JobStatus.RUNNING.value:
             jrd = published_ports(snap.job.job_runtime_data, agent_job)
@@ -292,6 +313,12 @@ class JobReconciler(Reconciler):
         )
         if runtime_error:
             return StartOutcome(StartKind.RUNTIME_ERROR, runtime_error), {}
+        mounted = await self.volumes.attach(snap.job, snap.spec, inst)
+        if mounted.error:
+            return StartOutcome(StartKind.VOLUME_ERROR, mounted.error), {}
+        if mounted.waiting:
+            return StartOutcome(StartKind.VOLUME_WAIT, mounted.waiting), {}
+        spec["volumes"] = mounted.entries
         try:
             state = await client.start_job(spec, code)
         except AgentUnreachableError:
@@ -330,6 +357,8 @@ class JobReconciler(Reconciler):
             await self._write(snap, d, values, token, now)
         if values.get("status") in _FINISHED:
             await self._wake_queue(job.project_id)
+        elif d.action == "wait" and snap.queued and snap.no_capacity and snap.mounts:
+            await self.volumes.note_waiting(job, snap.no_capacity, now)
         if "status" in values:
             self.ctx.hub.wake("runs")
         if d.action == "create_instance":
@@ -348,7 +377,9 @@ class JobReconciler(Reconciler):
             fleet_id = values.pop("_fleet_id", None)
             await self.guarded_update(s, snap.job.id, token, values, now)
             if "status" in values:
-                await self._note_status(s, snap, values, now, fleet_id, d.event)
+                await note_status(s, snap.job, values, now, fleet_id, d.event)
+            if values.get("status") in _FINISHED and snap.job.volumes:
+                await self.volumes.last_used(s, snap.job, now)
             await s.commit()
 
     async def _wake_queue(self, project_id: str) -> None:
@@ -389,6 +420,9 @@ class JobReconciler(Reconciler):
                 await self._release_for_replacement(s, snap.job.id, token)
                 raise Requeued("the instance's blocks were taken meanwhile; retrying placement")
         values.update(self._placement_values(snap, inst, c, now))
+        if not await self.volumes.bind_placed(s, values["volumes"], inst):
+            await self._release_for_replacement(s, snap.job.id, token)
+            raise Requeued("a directory volume was bound to another machine; retrying placement")
 
     async def _release_for_replacement(self, s: Any, job_id: str, token: str) -> None:
         """Give the lease back, due at once: the pass ends with `Requeued`, and the loop is
@@ -459,41 +493,6 @@ class JobReconciler(Reconciler):
             "instance_id": inst.id,
             "used_blocks": c.blocks,
             "job_provisioning_data": jpd.model_dump_json(),
+            "volumes": placed_volumes(snap.spec, snap.mounts, c.volumes),
             "_fleet_id": c.fleet_id,
         }
-
-    async def _note_status(
-        self,
-        s: Any,
-        snap: Snapshot,
-        values: dict[str, Any],
-        now: datetime,
-        fleet_id: str | None,
-        event: str | None,
-    ) -> None:
-        job = snap.job
-        if fleet_id:
-            await s.execute(
-                update(t.Run)
-                .where(t.Run.id == job.run_id, t.Run.fleet_id.is_(None))
-                .values(fleet_id=fleet_id)
-            )
-        await s.execute(update(t.Run).where(t.Run.id == job.run_id).values(dirty=True))
-        reason = values.get("termination_reason")
-        msg = f"Job status changed {job.status.upper()} -> {values['status'].upper()}"
-        if event:
-            msg = f"{msg}: {event}"
-        if reason:
-            msg += f". Termination reason: {reason.upper()}"
-            if values.get("termination_reason_message"):
-                msg += f" ({values['termination_reason_message']})"
-        events.record(
-            s,
-            project_id=job.project_id,
-            target_type="job",
-            target_id=job.id,
-            target_name=job.job_name,
-            message=msg,
-            now=now,
-            within_run_id=job.run_id,
-        )

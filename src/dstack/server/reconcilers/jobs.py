@@ -8,6 +8,9 @@
 | submitted    | nothing fits                          | terminating: no capacity (1)         |
 | submitted    | nothing fits, offers tried before     | terminating: no capacity (1), the     |
 |              |                                       | tried offers listed                   |
+| submitted    | a volume it mounts is gone or failed  | terminating: volume_error             |
+| submitted    | fits only where a volume is in use    | (wait in the queue; the reason is an  |
+|              | elsewhere, or not created yet         | event, once)                          |
 | provisioning | instance not ready yet                | (wait)                                |
 | provisioning | its new instance failed (no offers or | submitted, no instance; the offer is  |
 |              | the backend's error), under the cap   | remembered as tried (4)               |
@@ -34,6 +37,12 @@
 | terminating  | agent job running, no stop sent       | stop sent (abort if aborted_by_user)  |
 | terminating  | stop sent, past stop_duration + grace | abort sent                            |
 | terminating  | agent job finished/unknown, host gone | logs drained, job removed: final      |
+| terminating  | the same, a volume still attached     | detach (5); final once none is held   |
+
+(5) `detach`: detaching, `detach_volume`, then `is_volume_detached` on each pass; forced at
+once for an abort, else after stop_duration; given up on after DETACH_TIMEOUT (the attachment
+stays `detaching` with a message, the job finishes). `after_detach()` turns it into the final
+step once no volume is held.
 
 (1) failed_to_start_due_to_no_capacity, (2) waiting_instance_limit_exceeded.
 (4) Offers are tried one after another: placement skips every offer the job tried (same
@@ -44,6 +53,8 @@ backend, region, instance type and spot), and each failure is an event ("offer .
 | start outcome                          | next status / effect                         |
 |----------------------------------------|----------------------------------------------|
 | agent or peer nodes not ready yet      | (wait; started on a later pass)              |
+| a volume is still attached elsewhere   | (wait; attached on a later pass)             |
+| a volume could not be attached         | terminating: volume_error                    |
 | agent unreachable                      | (wait; the instance check looks at the host) |
 | this host cannot run the job           | terminating: executor_error                  |
 | the agent refuses the job              | terminating: executor_error                  |
@@ -132,6 +143,10 @@ class JobView:
     # The offer of the job's instance when it was created for this job (None: a pool instance).
     new_instance_offer: TriedOffer | None = None
     tried_offers: tuple[TriedOffer, ...] = ()
+    # A volume the job mounts cannot be (deleted or failed since the run was submitted).
+    volume_error: str | None = None
+    # The job still holds a volume attachment (terminating: detached before the job ends).
+    volumes_held: bool = False
 
 
 @dataclass
@@ -193,6 +208,13 @@ def _escalated(v: JobView) -> str | None:
 def _decide_submitted(v: JobView) -> Decision:
     if v.instance_id is not None:
         return Decision("wait", status=JobStatus.PROVISIONING.value)
+    if v.volume_error:
+        return Decision(
+            "wait",
+            status=JobStatus.TERMINATING.value,
+            reason=JobTerminationReason.VOLUME_ERROR.value,
+            message=v.volume_error,
+        )
     if v.placement is None and v.queued:
         return Decision("wait")
     if v.placement is None:
@@ -365,21 +387,37 @@ def _decide_terminating(v: JobView, now: datetime) -> Decision:
     return d
 
 
+def _finish(v: JobView, reason: str | None) -> Decision:
+    """The job has stopped: final, once its volumes are detached."""
+    if v.volumes_held:
+        abort = reason == JobTerminationReason.ABORTED_BY_USER.value or v.stop_abort
+        return Decision("detach_abort" if abort else "detach", status=final_status(reason))
+    return Decision("finalize", status=final_status(reason))
+
+
+def after_detach(d: Decision, released: bool) -> Decision:
+    """The detach step's outcome: the final step once no volume is held, else wait (still
+    terminating)."""
+    if released:
+        return Decision("finalize", status=d.status, values=d.values)
+    return Decision("wait", values=d.values)
+
+
 def _terminating(v: JobView, now: datetime) -> Decision:
     reason = _escalated(v) or v.termination_reason
     gone = v.instance_id is None or v.instance_status in (InstanceStatus.TERMINATED.value, None)
     if gone or v.agent_job is None and v.agent_reachable:
-        return Decision("finalize", status=final_status(reason))
+        return _finish(v, reason)
     if not v.agent_reachable:
         since = v.stop_sent_at or v.disconnected_at
         if since is None:
             return Decision("wait", values={"disconnected_at": now})
         limit = v.stop_duration + v.terminate_grace + v.unreachable_grace
         if (now - since).total_seconds() >= limit:
-            return Decision("finalize", status=final_status(reason))
+            return _finish(v, reason)
         return Decision("wait")
     if _agent_finished(v.agent_job):
-        return Decision("finalize", status=final_status(reason))
+        return _finish(v, reason)
     if reason == JobTerminationReason.ABORTED_BY_USER.value or v.stop_requested and v.stop_abort:
         # Killing is idempotent, so an abort is sent on every pass until the job is gone; this
         # also escalates a graceful stop already in flight.
@@ -401,6 +439,8 @@ class StartKind(str, Enum):
     AGENT_UNREACHABLE = "agent_unreachable"
     AGENT_REFUSED = "agent_refused"  # the agent answered the start with an error
     PORTS_BINDING_FAILED = "ports_binding_failed"  # the app's port is taken on the host
+    VOLUME_WAIT = "volume_wait"  # a volume is still attached to (or leaving) another instance
+    VOLUME_ERROR = "volume_error"  # a volume could not be attached or mounted there
     STARTED = "started"
 
 
@@ -426,10 +466,18 @@ def after_start(outcome: StartOutcome) -> Decision:
     kind = outcome.kind
     if kind is StartKind.STARTED:
         return Decision("start", status=JobStatus.RUNNING.value)
-    if kind in (StartKind.AGENT_NOT_READY, StartKind.PEERS_NOT_READY, StartKind.AGENT_UNREACHABLE):
+    waits = (
+        StartKind.AGENT_NOT_READY,
+        StartKind.PEERS_NOT_READY,
+        StartKind.AGENT_UNREACHABLE,
+        StartKind.VOLUME_WAIT,
+    )
+    if kind in waits:
         return Decision("wait")  # still provisioning: the next pass starts it
     if kind is StartKind.PORTS_BINDING_FAILED:
         reason = JobTerminationReason.PORTS_BINDING_FAILED
+    elif kind is StartKind.VOLUME_ERROR:
+        reason = JobTerminationReason.VOLUME_ERROR
     else:  # RUNTIME_ERROR, AGENT_REFUSED
         reason = JobTerminationReason.EXECUTOR_ERROR
     return Decision(

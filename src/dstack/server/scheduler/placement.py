@@ -7,7 +7,7 @@ placement both come from `rank()`, so the plan never lies.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dstack.models.instances import InstanceStatus, Resources
@@ -17,6 +17,95 @@ from dstack.server.scheduler.matching import mismatch, share
 # An instance still starting, and one up (taking jobs).
 _STARTING = (InstanceStatus.PENDING.value, InstanceStatus.PROVISIONING.value)
 _UP = (InstanceStatus.IDLE.value, InstanceStatus.BUSY.value)
+
+
+@dataclass(frozen=True)
+class VolumeLocation:
+    """Where a volume a job mounts lives, as placement needs it. A network volume has a
+    `backend` (and region, zone); a directory volume has a `fleet_name` and, once a job used
+    it, the `host_key` of its machine."""
+
+    volume_id: str
+    name: str
+    backend: str | None = None
+    region: str | None = None
+    availability_zone: str | None = None
+    fleet_name: str | None = None
+    host_key: str | None = None
+    # A new instance of this backend is the same machine again (the server's own machine):
+    # a bound directory volume may still be placed on one of its offers.
+    host_backend: str | None = None
+    # The instance another job's live attachment (or placement) holds it on: elsewhere the
+    # job waits for it.
+    in_use_on: str | None = None
+    in_use_by: str | None = None
+    # Not `active` yet (a network volume being created): the job waits.
+    pending: bool = False
+
+    def where(self) -> str:
+        if self.backend is not None:
+            return f"{self.backend} {self.availability_zone or self.region}"
+        return self.host_key or f"fleet {self.fleet_name}"
+
+
+@dataclass(frozen=True)
+class Place:
+    """A pool instance or an offer, as a volume's location filter sees it (`instance_id` and
+    `host_key` None: a new instance of an offer)."""
+
+    backend: str
+    region: str
+    zones: tuple[str, ...] | None
+    fleet_name: str
+    instance_id: str | None = None
+    host_key: str | None = None
+
+
+def volume_misplaced(loc: VolumeLocation, place: Place) -> str | None:
+    """Why the volume cannot be mounted at `place` (None: it can)."""
+    if loc.backend is not None:
+        zone_ok = (
+            not loc.availability_zone or place.zones is None or loc.availability_zone in place.zones
+        )
+        if loc.backend != place.backend or loc.region != place.region or not zone_ok:
+            return f"volume {loc.name} is in {loc.where()}"
+        return None
+    if loc.fleet_name != place.fleet_name:
+        return f"volume {loc.name} belongs to fleet {loc.fleet_name}"
+    if loc.host_key is None:
+        return None
+    if place.host_key is not None:
+        return None if place.host_key == loc.host_key else f"volume {loc.name} is on {loc.where()}"
+    # An offer: only a backend whose new instance is that same machine again.
+    if loc.host_backend == place.backend:
+        return None
+    return f"volume {loc.name} is on {loc.where()}"
+
+
+def choose_volumes(
+    mounts: tuple[tuple[VolumeLocation, ...], ...], place: Place
+) -> tuple[tuple[str, ...], str | None, str | None]:
+    """Per mount, the first alternative usable at `place`: (chosen volume ids, why the place
+    cannot take the job, why the job must wait there: a volume in use elsewhere or not
+    created yet)."""
+    chosen: list[str] = []
+    waiting = None
+    for alternatives in mounts:
+        fitting = [v for v in alternatives if volume_misplaced(v, place) is None]
+        if not fitting:
+            return (), volume_misplaced(alternatives[0], place), None
+        free = [v for v in fitting if not v.pending and v.in_use_on in (None, place.instance_id)]
+        if free:
+            chosen.append(free[0].volume_id)
+            continue
+        v = fitting[0]
+        chosen.append(v.volume_id)
+        if v.pending:
+            waiting = waiting or f"volume {v.name} is not created yet; the job waits for it"
+        else:
+            who = f" by {v.in_use_by}" if v.in_use_by else ""
+            waiting = waiting or f"volume {v.name} is in use{who}; the job waits for it"
+    return tuple(chosen), None, waiting
 
 
 @dataclass(frozen=True)
@@ -38,6 +127,8 @@ class Requirements:
     docker: bool = False
     # Backend capabilities the job's configuration needs (e.g. "volumes", "reservations").
     needs: frozenset[str] = frozenset()
+    # The job's named volumes: per mount, its alternatives (any one, the first usable).
+    volumes: tuple[tuple[VolumeLocation, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -63,6 +154,9 @@ class PoolInstance:
     docker: bool = True
     # Its backend's capabilities (None: not known, nothing is refused for it).
     capabilities: frozenset[str] | None = None
+    # The machine it stands for (services/hosts.host_key) and its zone, when known.
+    host_key: str | None = None
+    availability_zone: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +178,8 @@ class Candidate:
     fleet_name: str
     instance_id: str | None  # None = a new instance from the backend
     blocks: int
+    volumes: tuple[str, ...] = ()  # the volume chosen for each mount, by id
+    waiting: str | None = None  # why it is busy when a volume keeps it so
 
 
 @dataclass
@@ -102,6 +198,11 @@ class Ranking:
     def only_busy(self) -> bool:
         """Something fits but is taken now: the job queues instead of failing."""
         return bool(self.candidates) and self.best is None
+
+    @property
+    def waiting(self) -> str | None:
+        """Why a queued job waits, when a volume is the reason (shown to the user)."""
+        return next((c.waiting for c in self.candidates if c.waiting), None)
 
 
 def _profile_reason(
@@ -164,6 +265,15 @@ def lacking(req: Requirements, backend: str, caps: frozenset[str] | None) -> str
     return f"backend {backend} " + "; ".join(NEEDS.get(m, f"lacks {m}") for m in missing)
 
 
+def _with_volumes(cand: Candidate | str, volumes: tuple[str, ...], waiting: str | None) -> Any:
+    if isinstance(cand, str) or not volumes:
+        return cand
+    if waiting:
+        offer = cand.offer.model_copy(update={"availability": InstanceAvailability.BUSY})
+        return replace(cand, offer=offer, volumes=volumes, waiting=waiting)
+    return replace(cand, volumes=volumes)
+
+
 def _pool_candidate(req: Requirements, inst: PoolInstance) -> Candidate | str:
     if inst.unreachable:
         return f"{inst.name}: unreachable"
@@ -172,6 +282,15 @@ def _pool_candidate(req: Requirements, inst: PoolInstance) -> Candidate | str:
     why = lacking(req, inst.backend, inst.capabilities)
     if why:
         return f"{inst.name}: {why}"
+    zones = (inst.availability_zone,) if inst.availability_zone else None
+    place = Place(inst.backend, inst.region, zones, inst.fleet_name, inst.id, inst.host_key)
+    volumes, misplaced, waiting = choose_volumes(req.volumes, place)
+    if misplaced:
+        return f"{inst.name}: {misplaced}"
+    return _with_volumes(_pool_fit(req, inst), volumes, waiting)
+
+
+def _pool_fit(req: Requirements, inst: PoolInstance) -> Candidate | str:
     if inst.shared and not req.exclusive and inst.status in (*_STARTING, *_UP):
         return _shared_candidate(req, inst)
     if inst.status not in _UP:
@@ -269,10 +388,16 @@ def _backend_candidates(
             reason = _zone_reason(req, offer)
         if reason is None and offer_key(offer) in tried:
             reason = f"in {offer.region}: tried already, it failed"
+        volumes, waiting = (), None
+        if reason is None and req.volumes:
+            zones = tuple(offer.availability_zones) if offer.availability_zones else None
+            place = Place(backend, offer.region, zones, cap.fleet_name)
+            volumes, reason, waiting = choose_volumes(req.volumes, place)
         if reason:
             out.rejections.append(f"{backend} offer {offer.instance.name}: {reason}")
             continue
-        out.candidates.append(Candidate(offer, cap.fleet_id, cap.fleet_name, None, 1))
+        cand = Candidate(offer, cap.fleet_id, cap.fleet_name, None, 1)
+        out.candidates.append(_with_volumes(cand, volumes, waiting))
 
 
 def _score(c: Candidate) -> tuple:

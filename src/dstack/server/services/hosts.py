@@ -148,6 +148,14 @@ async def create_context(ctx: ServerContext, s: AsyncSession, inst: t.Instance) 
     if tags:
         request["tags"] = tags
     zones = run_conf.get("availability_zones") or conf.get("availability_zones")
+    # A network volume the job mounts is in one zone: the instance must be created there.
+    volume_zones = [
+        e["availability_zone"]
+        for e in json.loads(job.volumes or "[]" if job else "[]")
+        if e.get("availability_zone")
+    ]
+    if volume_zones:
+        zones = volume_zones[:1]
     if zones:
         request["availability_zones"] = list(zones)
     return CreateContext(project.ssh_private_key if project else None, public, request)

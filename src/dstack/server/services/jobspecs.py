@@ -8,10 +8,12 @@ the spec a user reads back with `dstack run get --json` is what actually ran.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from collections.abc import Mapping
 from typing import Any
 
+from dstack.errors import ServerClientError
 from dstack.models.runs import JobSpec
 from dstack.server.services.ide_install import IDE_NAMES, install_command
 
@@ -246,9 +248,46 @@ def _replica_jobs(
             service_port=service_port,
             probes=service_probes(conf),
             app_specs=_app_specs(conf),
+            volumes=job_volumes(conf, job_num) or None,
         )
         for job_num in range(nodes)
     ]
+
+
+_INTERPOLATION_RE = re.compile(r"\$\{\{\s*([^}]*?)\s*\}\}")
+# What a volume name may interpolate: the job's own number (the same value under both names).
+_VOLUME_VARS = ("dstack.job_num", "dstack.node_rank")
+
+
+def interpolate_volume_name(name: str, job_num: int) -> str:
+    """`ckpt-${{ dstack.node_rank }}` -> `ckpt-1` for node 1: each node of a task gets its own
+    volume. Anything else in `${{ }}` is refused, naming it (never left in the name)."""
+
+    def sub(match: re.Match[str]) -> str:
+        if match.group(1) not in _VOLUME_VARS:
+            raise ServerClientError(
+                f"volume name {name!r}: unsupported interpolation '${{{{ {match.group(1)} }}}}' "
+                f"(only {' and '.join('${{ ' + v + ' }}' for v in _VOLUME_VARS)})",
+                field="configuration.volumes",
+            )
+        return str(job_num)
+
+    return _INTERPOLATION_RE.sub(sub, name)
+
+
+def job_volumes(conf: Any, job_num: int) -> list[dict[str, Any]]:
+    """The run's `volumes` as job `job_num` mounts them, names interpolated: a named volume
+    `{name: [alternatives], path}` (the first usable one where the job goes is mounted), an
+    instance volume `{instance_path, path, optional, read_only}`. Which named volume each is,
+    and where it lives, is resolved against the database at plan and placement time."""
+    out: list[dict[str, Any]] = []
+    for mount in getattr(conf, "volumes", None) or []:
+        if hasattr(mount, "instance_path"):
+            out.append(mount.model_dump(mode="json"))
+        else:
+            names = [interpolate_volume_name(n, job_num) for n in mount.name]
+            out.append({"name": names, "path": mount.path})
+    return out
 
 
 def _app_specs(conf: Any) -> list[dict[str, Any]]:

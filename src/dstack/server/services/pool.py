@@ -24,7 +24,7 @@ from dstack.server.scheduler.placement import (
     offer_rejection,
 )
 from dstack.server.services.context import ServerContext
-from dstack.server.services.hosts import capabilities
+from dstack.server.services.hosts import capabilities, host_key
 
 FINISHED_JOB_STATUSES = tuple(
     s.value for s in (JobStatus.TERMINATED, JobStatus.ABORTED, JobStatus.FAILED, JobStatus.DONE)
@@ -311,7 +311,19 @@ def _pool_instance(ctx: ServerContext, inst: t.Instance, fleet: t.Fleet, busy: i
         shared=capabilities(ctx, inst.backend, inst.project_id).shared_host,
         docker=bool(json.loads(inst.host_info).get("docker")) if inst.host_info else True,
         capabilities=capabilities(ctx, inst.backend, inst.project_id).names(),
+        host_key=host_key(inst) if inst.hostname else None,
+        availability_zone=instance_zone(inst, offer),
     )
+
+
+def instance_zone(inst: t.Instance, offer: InstanceOfferWithAvailability) -> str | None:
+    """The zone the instance is in: its backend's record says so (`availability_zone`), or an
+    offer of one zone; None when unknown (no zone filter applies)."""
+    zone = json.loads(inst.remote_connection or "{}").get("availability_zone")
+    if zone:
+        return str(zone)
+    zones = offer.availability_zones or []
+    return zones[0] if len(zones) == 1 else None
 
 
 def requirements_for(conf: Any, job_requirements: dict[str, Any]) -> Requirements:
@@ -343,10 +355,10 @@ def requirements_for(conf: Any, job_requirements: dict[str, Any]) -> Requirement
 
 def needs(conf: Any, job_requirements: dict[str, Any]) -> frozenset[str]:
     """Backend capabilities the configuration asks for: a backend without one is refused in
-    the plan, naming the field, instead of the field being ignored."""
+    the plan, naming the field, instead of the field being ignored. `volumes` is not one: a
+    network volume's own backend, region and zone restrict where the job goes (and only a
+    backend with volumes has any); directory and instance volumes need nothing of it."""
     out = set()
-    if getattr(conf, "volumes", None):
-        out.add("volumes")
     if job_requirements.get("reservation"):
         out.add("reservations")
     if job_requirements.get("spot") == "spot":

@@ -24,6 +24,7 @@ from dstack.models.wire import utcnow
 from dstack.server.db import tables as t
 from dstack.server.services import events
 from dstack.server.services.context import ServerContext
+from dstack.server.services.job_volumes import check_run_volumes
 from dstack.server.services.jobspecs import build_job_specs
 from dstack.server.services.names import generate_name
 from dstack.server.services.runs import (
@@ -77,6 +78,9 @@ async def apply_plan(
         )
         spec = spec.model_copy(update={"run_name": generate_name(taken)})
     spec = spec.model_copy(update={"configuration": conf.model_dump(mode="json")})
+    # Every volume the run names must exist (and not have failed): refused here, by name.
+    specs = build_job_specs(spec.run_name, conf, spec.repo_code_hash)
+    await check_run_volumes(ctx, s, project.id, specs)
     run = await _insert_run(s, user, project.id, spec, conf, utcnow(), "Run submitted")
     try:
         await s.commit()

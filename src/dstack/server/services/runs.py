@@ -28,9 +28,10 @@ from dstack.models.runs import (
 )
 from dstack.models.wire import utcnow
 from dstack.server.db import tables as t
-from dstack.server.scheduler.placement import rank
+from dstack.server.scheduler.placement import Ranking, rank
 from dstack.server.services import events
 from dstack.server.services.context import ServerContext
+from dstack.server.services.job_volumes import volume_locations, with_volumes
 from dstack.server.services.jobspecs import build_job_specs
 from dstack.server.services.names import invalid_name_message, is_valid_name
 from dstack.server.services.pool import load_pool, requirements_for
@@ -143,7 +144,11 @@ async def get_plan(
     pool = await load_pool(ctx, s, project.id)
     job_plans = []
     for js in job_specs[:1] if len({j.job_num for j in job_specs}) == 1 else job_specs:
-        ranking = rank(requirements_for(conf, js.requirements), pool.instances, pool.capacity)
+        mounts = await volume_locations(ctx, s, project.id, js, None)
+        req = requirements_for(conf, js.requirements)
+        ranking = rank(with_volumes(req, mounts), pool.instances, pool.capacity)
+        if mounts and not ranking.candidates:
+            refuse_misplaced_volumes(rank(req, pool.instances, pool.capacity), ranking)
         offers = [c.offer for c in ranking.candidates]
         job_plans.append(
             JobPlan(
@@ -167,6 +172,18 @@ async def get_plan(
         job_plans=job_plans,
         current_resource=current,
         action=action,
+    )
+
+
+def refuse_misplaced_volumes(without: Ranking, ranking: Ranking) -> None:
+    """Places exist for the job but none where its volumes are: refused in the plan, saying
+    where each place and volume is, rather than a run that can never start."""
+    if not without.candidates:
+        return
+    shown = "; ".join(r for r in ranking.rejections if "volume " in r)
+    raise ServerClientError(
+        f"No instance or offer is where the run's volumes are: {shown}",
+        field="configuration.volumes",
     )
 
 

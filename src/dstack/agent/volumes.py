@@ -1,0 +1,171 @@
+"""A job's volumes on the host: where each one's data is, and how the job sees it.
+
+Three kinds arrive in the start spec (`spec.py` validates them):
+- `network`: a block device the server attached (`device`); mounted once per host at
+  `<agent home>/mnt/<basename of device>` (formatted ext4 first when it holds no
+  filesystem), or used as is when that path already is a mount point.
+- `directory`: `<volumes root>/<volume id>`, created at job start; the root is
+  `~/.dstack-volumes` of the agent's user, outside the agent's home, so the data outlives the
+  agent's files (an SSH host's teardown removes the agent's home, never this).
+- `instance`: a host directory (`instance_path`); `optional` ones that do not exist are
+  skipped.
+
+The docker runtime bind-mounts each at its `path` (`:ro` when read-only). The process runtime
+has no container: `path` becomes a symlink to the host directory when it does not exist and
+its parent is writable (removed when the job ends); the job is refused otherwise. Either way
+`DSTACK_VOLUME_<NAME>_PATH` holds the real host directory. Read-only is not enforced for
+processes (docs/agent.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+VOLUMES_DIR_ENV = "DSTACK_AGENT_VOLUMES_DIR"
+MOUNT_DIR = "mnt"
+LINKS_FILE = "volume_links.json"
+_COMMAND_TIMEOUT = 300.0
+
+
+class VolumeError(Exception):
+    """The job cannot have one of its volumes; the message says which and why."""
+
+
+def volumes_root() -> Path:
+    override = os.environ.get(VOLUMES_DIR_ENV)
+    return Path(override) if override else Path.home() / ".dstack-volumes"
+
+
+def env_name(name: str) -> str:
+    """`DSTACK_VOLUME_<NAME>_PATH`, the name upper-cased with anything else as `_`."""
+    return "DSTACK_VOLUME_" + re.sub(r"[^A-Z0-9]", "_", name.upper()) + "_PATH"
+
+
+def prepare(volumes: list[dict[str, Any]], home: Path) -> list[dict[str, Any]]:
+    """Each volume's host directory, as binds `{source, path, read_only, name}`, in spec
+    order; VolumeError when one cannot be had (a missing optional instance path is skipped)."""
+    binds = []
+    for v in volumes:
+        kind = v["kind"]
+        if kind == "directory":
+            source = volumes_root() / v["volume_id"]
+            try:
+                source.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise VolumeError(f"volume {v['name']}: cannot create {source}: {e}") from None
+        elif kind == "network":
+            source = _mount_network(v, home)
+        else:
+            source = Path(v["instance_path"])
+            if not source.exists():
+                if v.get("optional"):
+                    continue
+                raise VolumeError(
+                    f"instance volume {source} does not exist on the host "
+                    "(set `optional: true` to run without it)"
+                )
+        binds.append(
+            {
+                "source": str(source),
+                "path": v["path"],
+                "read_only": bool(v.get("read_only")),
+                "name": v.get("name"),
+            }
+        )
+    return binds
+
+
+def _sudo() -> list[str]:
+    return [] if os.geteuid() == 0 else ["sudo", "-n"]
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(
+            argv, capture_output=True, text=True, timeout=_COMMAND_TIMEOUT, stdin=subprocess.DEVNULL
+        )
+    except (OSError, subprocess.SubprocessError) as e:
+        return subprocess.CompletedProcess(argv, 127, "", str(e))
+
+
+def _mount_network(v: dict[str, Any], home: Path) -> Path:
+    device = v["device"]
+    point = home / MOUNT_DIR / os.path.basename(device)
+    if os.path.ismount(point):
+        return point
+    if not os.path.exists(device):
+        raise VolumeError(f"device {device} of volume {v['name']} is not present")
+    point.mkdir(parents=True, exist_ok=True)
+    probe = _run([*_sudo(), "blkid", "-p", device])
+    if probe.returncode == 2:  # blkid: no filesystem found
+        made = _run([*_sudo(), "mkfs.ext4", "-q", device])
+        if made.returncode != 0:
+            raise VolumeError(f"volume {v['name']}: mkfs.ext4 {device} failed: {made.stderr}")
+    elif probe.returncode != 0:
+        raise VolumeError(f"volume {v['name']}: blkid -p {device} failed: {probe.stderr}")
+    mounted = _run([*_sudo(), "mount", device, str(point)])
+    if mounted.returncode != 0:
+        raise VolumeError(f"volume {v['name']}: mount {device} failed: {mounted.stderr}")
+    return point
+
+
+def docker_args(binds: list[dict[str, Any]]) -> list[str]:
+    args = []
+    for b in binds:
+        args += ["-v", f"{b['source']}:{b['path']}" + (":ro" if b["read_only"] else "")]
+    return args
+
+
+def volume_env(binds: list[dict[str, Any]]) -> dict[str, str]:
+    return {env_name(b["name"]): b["source"] for b in binds if b.get("name")}
+
+
+def link_for_process(binds: list[dict[str, Any]]) -> list[str]:
+    """Make each bind's `path` a symlink to its host directory; returns the links made (to
+    remove when the job ends). A `path` that is already the host directory, or a link to it,
+    is left as is."""
+    made: list[str] = []
+    for b in binds:
+        path, source = Path(b["path"]), Path(b["source"])
+        if path.is_symlink() and os.path.realpath(path) == os.path.realpath(source):
+            continue
+        if path.exists() and os.path.realpath(path) == os.path.realpath(source):
+            continue
+        what = f"volume {b['name']}" if b.get("name") else f"instance volume {source}"
+        if path.exists() or path.is_symlink():
+            raise VolumeError(
+                f"{what}: {path} already exists on the host, so it cannot be made to point to "
+                f"{source} (the process runtime has no container); use another path"
+                + (f" or read ${env_name(b['name'])}" if b.get("name") else "")
+            )
+        if not os.access(path.parent, os.W_OK):
+            raise VolumeError(
+                f"{what}: cannot create {path} (its parent is missing or not writable by the "
+                f"agent's user); on the process runtime the data is at {source}"
+                + (f", in ${env_name(b['name'])}" if b.get("name") else "")
+            )
+        path.symlink_to(source, target_is_directory=True)
+        made.append(str(path))
+    return made
+
+
+def unlink(links: list[str]) -> None:
+    for link in links:
+        with contextlib.suppress(OSError):
+            if os.path.islink(link):
+                os.unlink(link)
+
+
+def delete_directory(volume_id: str) -> bool:
+    """Remove a directory volume's data; False when there was none."""
+    path = volumes_root() / volume_id
+    if not path.exists():
+        return False
+    shutil.rmtree(path)
+    return True
