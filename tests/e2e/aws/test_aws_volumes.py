@@ -162,6 +162,7 @@ def test_attach_mount_detach_move(moto_ec2: Any, two_zone_vpc: str, booter: Any)
 
         # Written inside the host at the mount point: on the disk; and the other way round.
         disk = disks.disk(v.external_id)
+        assert disks.disk_of("data") == disk  # how an end-to-end test finds it by name
         as_user = ("runuser", "-u", booter.user, "--", "sh", "-c")  # as a job would
         assert host_a.run(*as_user, f"echo step-1 > {m.target}/ckpt").returncode == 0
         assert (disk / "ckpt").read_text() == "step-1\n"

@@ -325,8 +325,12 @@ class AWSBackend(Compute):
         device = await asyncio.to_thread(
             self.ebs.attach, region, ebs_id, ec2_id, self.volume_timeout
         )
+        # On Nitro instances the kernel names the disk /dev/nvme<N>n1, not `device`; udev's
+        # stable link by the volume's serial is recorded for an agent that looks for it.
+        by_id = "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_" + ebs_id.replace("-", "")
         return VolumeAttachment(
-            device=device, data={"ec2_id": ec2_id, "ebs_id": ebs_id, "region": region}
+            device=device,
+            data={"ec2_id": ec2_id, "ebs_id": ebs_id, "region": region, "nvme_by_id": by_id},
         )
 
     async def detach_volume(self, volume: VolumeSpec, host: Host, force: bool = False) -> None:
