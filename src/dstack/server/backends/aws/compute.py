@@ -274,7 +274,9 @@ class AWSBackend(Compute):
         regions = self.regions()
         region = volume.region or (regions[0] if len(regions) == 1 else None)
         if not region:
-            raise BackendError(f"volume {volume.name} names no region (the backend has several)")
+            raise BackendError(
+                f"volume {volume.name} names no region (the backend has no single region)"
+            )
         if regions and region not in regions:
             raise BackendError(
                 f"volume {volume.name} is in {region}, not among the backend's regions "
