@@ -7,6 +7,10 @@ instance was launched with, as the AMI's user. The server then finds a host wher
 is, bootstraps its agent over SSH and runs jobs there. An instance terminated in moto (by the
 server, or by a test playing EC2 reclaiming a spot instance) loses its host.
 
+Volumes: `EBSDisks` (ebs_disks.py) makes each EBS volume moto reports attached to a booted
+instance a real directory at the agent's mount point on that host; `BootWatcher.disks.disk(id)`
+is the volume's data as this machine sees it.
+
 Each host has its own view of the user's home (a private bind mount in sshd's mount
 namespace), so two instances never share an agent directory although they share the user.
 Addresses: the instance's address on the namespace's side, a point-to-point peer on this
@@ -32,6 +36,7 @@ from typing import Any
 import boto3
 
 from ..ssh.hosts import SSHD, keygen
+from .ebs_disks import EBSDisks
 
 REGION = "us-east-1"
 AMI_NAME = "ubuntu/images/hvm-ssd/ubuntu-xenial-16.04-amd64-server-20170721"
@@ -44,6 +49,8 @@ def available() -> str | None:
     for tool in ("ip", "unshare"):
         if not shutil.which(tool):
             return f"EC2 host tests need {tool}"
+    if not shutil.which("nsenter"):
+        return "EC2 host tests need nsenter (volume mounts inside a host)"
     if not os.path.exists(SSHD):
         return "EC2 host tests need OpenSSH's sshd"
     try:
@@ -123,6 +130,13 @@ class BootedHost:
     home: Path  # this host's own view of the user's home
     sshd_pid: int | None = None
 
+    def run(self, *cmd: str) -> subprocess.CompletedProcess[str]:
+        """`cmd` as root inside the host's mount namespace (where its sshd, agent and jobs see
+        their files)."""
+        if not self.sshd_pid:
+            raise RuntimeError(f"{self.ec2_id} has no sshd")
+        return _sh("nsenter", "-t", str(self.sshd_pid), "-m", "--", *cmd, check=False)
+
     def processes(self) -> list[int]:
         out = _sh("ip", "netns", "pids", self.ns, check=False).stdout.split()
         return [int(p) for p in out if p.isdigit()]
@@ -150,6 +164,7 @@ class BootWatcher:
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     errors: list[str] = field(default_factory=list)
+    disks: EBSDisks | None = None  # made on start, when the hosts' user exists
 
     @property
     def user(self) -> str:
@@ -158,6 +173,7 @@ class BootWatcher:
     def start(self) -> BootWatcher:
         _sh("useradd", "--create-home", "--shell", "/bin/sh", self.user)
         _sh("usermod", "-p", "*", self.user)
+        self.disks = EBSDisks(self.moto, self.workdir / "ebs", self.user)
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
         return self
@@ -183,6 +199,8 @@ class BootWatcher:
                 continue
             if inst["State"]["Name"] == "running" and inst.get("PrivateIpAddress"):
                 self.hosts[ec2_id] = self.boot(inst)
+        if self.disks is not None:
+            self.disks.sync(self.hosts)
 
     def boot(self, inst: dict[str, Any]) -> BootedHost:
         i = len(self.hosts) + len(self.errors)

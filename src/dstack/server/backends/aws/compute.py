@@ -10,6 +10,9 @@ Life of an instance:
    the server's one SSH connection to it.
 4. `terminate` terminates by EC2 id and by tag, and reports success only once EC2 says the
    instance is shutting down or gone.
+EBS volumes (`capabilities.volumes`) are created, found and deleted by their
+`dstack_volume_id` tag (`volumes.py`); a job's instance is launched in the zone its volumes are
+in (`host.request["availability_zones"]`, which placement narrows to the volumes' zone).
 An instance EC2 lost (a spot reclaim, a manual terminate) is reported by `revive` as
 `HostGone`, so its jobs end at once instead of waiting out the unreachable grace.
 """
@@ -29,6 +32,7 @@ from dstack.models.backends import AWSBackendConfig
 from dstack.models.instances import Disk
 from dstack.models.offers import InstanceOfferWithAvailability
 from dstack.server.backends.aws.ec2 import EC2, GONE_STATES, TAG_INSTANCE, LaunchSpec
+from dstack.server.backends.aws.volumes import EBS, NewVolume
 from dstack.server.backends.base import (
     BackendError,
     Capabilities,
@@ -36,10 +40,14 @@ from dstack.server.backends.base import (
     Host,
     HostGone,
     InventoryItem,
+    NoCapacityError,
     OfferRequirements,
     Provisioning,
     Ready,
     Stream,
+    VolumeAttachment,
+    VolumeProvisioning,
+    VolumeSpec,
 )
 from dstack.server.backends.ssh.backend import SSHBackend
 from dstack.server.backends.ssh.connection import HostUnreachable
@@ -62,9 +70,13 @@ class AWSBackend(Compute):
         cluster_placement=True,
         reservations=True,
         multinode=True,
+        volumes=True,
     )
     offers_ttl = 180.0
     provisioning_poll = 2.0  # each look is a DescribeInstances call
+    # How long a volume may stay `creating` or `attaching` before the call fails (EBS takes
+    # seconds; the reconciler retries a failure with backoff).
+    volume_timeout = 120.0
 
     def __init__(
         self,
@@ -77,6 +89,7 @@ class AWSBackend(Compute):
         self.projects = frozenset({project})
         self.config = config
         self.ec2 = EC2(project, config)
+        self.ebs = EBS(self.ec2)
         # Hosts are SSH hosts once booted: the SSH backend's connection pool and bootstrap.
         self.ssh = SSHBackend(data_dir, decrypt)
         self.provisioning_timeout = float(
@@ -253,6 +266,97 @@ class AWSBackend(Compute):
             return f"EC2 instance {rc.get('ec2_id')} is {state}; the agent was never installed"
         return await self.ssh.diagnose(host)
 
+    # -- EBS volumes ----------------------------------------------------------------------------
+
+    def volume_region(self, volume: VolumeSpec) -> str:
+        """The volume's region: the one it names (it must be one the backend uses: instances are
+        created nowhere else), or the backend's only region."""
+        regions = self.regions()
+        region = volume.region or (regions[0] if len(regions) == 1 else None)
+        if not region:
+            raise BackendError(
+                f"volume {volume.name} names no region (the backend has no single region)"
+            )
+        if regions and region not in regions:
+            raise BackendError(
+                f"volume {volume.name} is in {region}, not among the backend's regions "
+                f"({', '.join(regions)})"
+            )
+        return region
+
+    async def create_volume(self, volume: VolumeSpec) -> VolumeProvisioning:
+        if not volume.size_gb or volume.size_gb < 1:
+            raise BackendError(f"volume {volume.name} needs a size to be created")
+        region = self.volume_region(volume)
+        zone = volume.availability_zone or await asyncio.to_thread(self.ebs.default_zone, region)
+        spec = NewVolume(
+            volume_id=volume.volume_id,
+            name=volume.name,
+            region=region,
+            availability_zone=zone,
+            size_gb=int(volume.size_gb),
+            tags=tuple(sorted((str(k), str(v)) for k, v in volume.tags.items())),
+        )
+        vol = await asyncio.to_thread(self.ebs.create, spec, self.volume_timeout)
+        return _provisioning(region, vol)
+
+    async def register_volume(self, volume: VolumeSpec) -> VolumeProvisioning:
+        region = self.volume_region(volume)
+        if not volume.external_id:
+            raise BackendError(f"volume {volume.name} names no volume_id to register")
+        vol = await asyncio.to_thread(self.ebs.describe, region, volume.external_id)
+        if vol is None:
+            raise BackendError(f"volume {volume.external_id} not found in {region}")
+        return _provisioning(region, vol)
+
+    async def delete_volume(self, volume: VolumeSpec) -> None:
+        """Deletes the recorded EBS volume and any other live one tagged for this volume (a
+        create whose result was lost in a crash)."""
+        region = self.volume_region(volume)
+        tagged = await asyncio.to_thread(self.ebs.tagged, region, volume.volume_id)
+        ids = {v["VolumeId"] for v in tagged}
+        if volume.external_id:
+            ids.add(volume.external_id)
+        for ebs_id in sorted(ids):
+            await asyncio.to_thread(self.ebs.delete, region, ebs_id)
+
+    async def attach_volume(self, volume: VolumeSpec, host: Host) -> VolumeAttachment:
+        region, ebs_id, ec2_id = self._volume_on_host(volume, host)
+        if not ec2_id:
+            raise BackendError(f"{self.host_label(host)} has no EC2 instance yet")
+        device = await asyncio.to_thread(
+            self.ebs.attach, region, ebs_id, ec2_id, self.volume_timeout
+        )
+        # On Nitro instances the kernel names the disk /dev/nvme<N>n1, not `device`; udev's
+        # stable link by the volume's serial is recorded for an agent that looks for it.
+        by_id = "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_" + ebs_id.replace("-", "")
+        return VolumeAttachment(
+            device=device,
+            data={"ec2_id": ec2_id, "ebs_id": ebs_id, "region": region, "nvme_by_id": by_id},
+        )
+
+    async def detach_volume(self, volume: VolumeSpec, host: Host, force: bool = False) -> None:
+        region, ebs_id, ec2_id = self._volume_on_host(volume, host)
+        if ec2_id:
+            await asyncio.to_thread(self.ebs.detach, region, ebs_id, ec2_id, force)
+
+    async def is_volume_detached(self, volume: VolumeSpec, host: Host) -> bool:
+        region, ebs_id, ec2_id = self._volume_on_host(volume, host)
+        if not ec2_id:
+            return True  # never attached: attach needs the EC2 id
+        return await asyncio.to_thread(self.ebs.is_detached, region, ebs_id, ec2_id)
+
+    def _volume_on_host(self, volume: VolumeSpec, host: Host) -> tuple[str, str, str | None]:
+        region = self.volume_region(volume)
+        if not volume.external_id:
+            raise BackendError(f"volume {volume.name} has no EBS volume yet")
+        host_region = host.remote.get("region")
+        if host_region and host_region != region:
+            raise BackendError(
+                f"volume {volume.name} is in {region} and {self.host_label(host)} in {host_region}"
+            )
+        return region, volume.external_id, host.remote.get("ec2_id")
+
     # -- transport: an SSH host once booted ---------------------------------------------------
 
     def agent_transport(self, host: Host) -> httpx.AsyncBaseTransport | None:
@@ -283,10 +387,27 @@ def _with_disk(
 
 
 def _zones(offered: list[str] | None, wanted: list[str] | None) -> tuple[str, ...]:
-    """The zones a subnet may be in: those the offer has that the job asked for."""
+    """The zones a subnet may be in: those the offer has that the job asked for (the zone of
+    its volumes, the fleet's or run's `availability_zones`). None in common is no capacity for
+    this offer, never "any zone": a job whose volume is in one zone must not land in another."""
     if offered and wanted:
-        return tuple(z for z in offered if z in wanted)
+        both = tuple(z for z in offered if z in wanted)
+        if not both:
+            raise NoCapacityError(
+                f"the offer's zones ({', '.join(offered)}) exclude {', '.join(wanted)}"
+            )
+        return both
     return tuple(offered or wanted or ())
+
+
+def _provisioning(region: str, vol: dict[str, Any]) -> VolumeProvisioning:
+    return VolumeProvisioning(
+        external_id=str(vol["VolumeId"]),
+        region=region,
+        availability_zone=vol.get("AvailabilityZone"),
+        size_gb=int(vol["Size"]),
+        data={"volume_type": vol.get("VolumeType")},
+    )
 
 
 def _tag(inst: dict[str, Any], key: str) -> str | None:
