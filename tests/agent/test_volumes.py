@@ -44,7 +44,7 @@ def test_typed_entries_and_the_old_shape_are_accepted() -> None:
     )["volumes"]
     assert got[0] == {
         "kind": "network", "name": "data", "device": "/dev/xvdf", "path": "/data",
-        "read_only": False,
+        "read_only": False, "device_aliases": [],
     }  # fmt: skip
     assert got[1]["volume_id"] == "v-1"
     assert got[2]["read_only"] is True and got[2]["optional"] is False
@@ -135,7 +135,7 @@ def test_instance_volumes_optional_skipped_required_fails(
 def test_network_volume_whose_device_is_absent_fails_the_job(vagent: AgentProcess) -> None:
     entry = {"kind": "network", "name": "data", "device": "/dev/nonexistent-xvdz", "path": "/d"}
     vagent.shell("n", "true", volumes=[entry])
-    state = vagent.wait_finished("n")
+    state = vagent.wait_finished("n", timeout=30)  # it waits a while for the device to appear
     assert state["termination_reason"] == "volume_error"
     assert (
         "device /dev/nonexistent-xvdz of volume data is not present"
@@ -157,3 +157,17 @@ def test_delete_volume_dir_refused_while_mounted(vagent: AgentProcess, tmp_path:
     assert not (tmp_path / "vols" / "vol-3").exists()
     again = vagent.ok("POST", "/api/volumes/vol-3/delete", {})
     assert again["deleted"] is False
+
+
+def test_a_device_found_under_its_alias(tmp_path: Path) -> None:
+    """A Nitro instance shows an EBS volume attached as /dev/sdf as an NVMe device: the agent
+    takes the first path that exists, the named device first."""
+    from dstack.agent.volumes import _present_device
+
+    alias = tmp_path / "nvme-Amazon_Elastic_Block_Store_vol0abc"
+    alias.write_text("")
+    entry = {"name": "data", "device": "/dev/nonexistent-sdf", "device_aliases": [str(alias)]}
+    assert _present_device(entry, tmp_path / "home", wait=0) == str(alias)
+    entry["device_aliases"] = []
+    with pytest.raises(Exception, match="is not present"):
+        _present_device(entry, tmp_path / "home", wait=0)

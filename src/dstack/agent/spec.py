@@ -110,8 +110,12 @@ def _volume(item: Any, i: int) -> dict[str, Any]:
         return {"kind": kind, "volume_id": volume_id, "name": name, "path": path}
     if kind == "network":
         device = _abs_path(item.get("device"), f"{field}.device")
+        raw = item.get("device_aliases") or []
+        if not isinstance(raw, list):
+            raise BadRequest(f"{field}.device_aliases: must be a list of paths")
+        aliases = [_abs_path(a, f"{field}.device_aliases") for a in raw]
         return {"kind": kind, "name": name, "device": device, "path": path,
-                "read_only": read_only}  # fmt: skip
+                "read_only": read_only, "device_aliases": aliases}  # fmt: skip
     raise BadRequest(f"{field}.kind: must be 'network', 'directory' or 'instance'")
 
 

@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -94,13 +95,33 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
         return subprocess.CompletedProcess(argv, 127, "", str(e))
 
 
-def _mount_network(v: dict[str, Any], home: Path) -> Path:
-    device = v["device"]
-    point = home / MOUNT_DIR / os.path.basename(device)
-    if os.path.ismount(point):
+# How long a network volume's device may take to show up after the attach.
+DEVICE_WAIT_SECONDS = 15.0
+
+
+def _present_device(v: dict[str, Any], home: Path, wait: float) -> str | None:
+    """The device path that exists (the one the server named, else an alias such as the NVMe
+    name a Nitro instance gives an EBS volume), waiting a little: a device shows up on the
+    host a moment after the cloud reports it attached. None once the mount point is already
+    mounted (someone mounted it for us)."""
+    point = home / MOUNT_DIR / os.path.basename(v["device"])
+    deadline = time.monotonic() + wait
+    while True:
+        if os.path.ismount(point):
+            return None
+        for candidate in [v["device"], *(v.get("device_aliases") or [])]:
+            if os.path.exists(candidate):
+                return candidate
+        if time.monotonic() >= deadline:
+            raise VolumeError(f"device {v['device']} of volume {v['name']} is not present")
+        time.sleep(0.5)
+
+
+def _mount_network(v: dict[str, Any], home: Path, wait: float = DEVICE_WAIT_SECONDS) -> Path:
+    point = home / MOUNT_DIR / os.path.basename(v["device"])
+    device = _present_device(v, home, wait)
+    if device is None:
         return point
-    if not os.path.exists(device):
-        raise VolumeError(f"device {device} of volume {v['name']} is not present")
     point.mkdir(parents=True, exist_ok=True)
     probe = _run([*_sudo(), "blkid", "-p", device])
     if probe.returncode == 2:  # blkid: no filesystem found

@@ -106,7 +106,8 @@ class VolumeSteps:
                 return out
             out.entries.append(
                 {"kind": "network", "name": v.name, "device": device, "path": entry["path"],
-                 "read_only": bool(json.loads(v.configuration or "{}").get("read_only"))}
+                 "read_only": bool(json.loads(v.configuration or "{}").get("read_only")),
+                 "device_aliases": await self._aliases(v, inst)}
             )  # fmt: skip
         out.entries += instance_entries(spec)
         return out
@@ -152,6 +153,21 @@ class VolumeSteps:
         if bound and bound != key:
             return f"volume {v.name} is on {bound}, not on {key} where the job was placed"
         return None
+
+    async def _aliases(self, v: t.Volume, inst: t.Instance) -> list[str]:
+        """Other paths the backend says the attached device may appear at on the host."""
+        async with self.ctx.db.session() as s:
+            data = (
+                await s.execute(
+                    select(t.VolumeAttachment.data).where(
+                        t.VolumeAttachment.volume_id == v.id,
+                        t.VolumeAttachment.instance_id == inst.id,
+                        t.VolumeAttachment.status == AttachmentStatus.ATTACHED.value,
+                    )
+                )
+            ).scalars().first()
+        aliases = json.loads(data or "{}").get("aliases") or []
+        return [a for a in aliases if isinstance(a, str) and a.startswith("/")]
 
     async def _attach_network(
         self, job: t.Job, v: t.Volume, inst: t.Instance

@@ -42,6 +42,7 @@ from dstack.server.backends.base import (
     InventoryItem,
     NoCapacityError,
     OfferRequirements,
+    PermanentError,
     Provisioning,
     Ready,
     Stream,
@@ -138,6 +139,8 @@ class AWSBackend(Compute):
             "project_key_enc": host.project_key_enc,
             "project_public_key": host.project_public_key,
             "spot": offer.instance.resources.spot,
+            # Placement keeps a job with an EBS volume to the volume's zone.
+            "availability_zone": found.get("Placement", {}).get("AvailabilityZone"),
         }
         # The agent's token: chosen here when the server has none for the instance yet; the
         # bootstrap (in `advance`) hands the stored one to the agent.
@@ -303,10 +306,10 @@ class AWSBackend(Compute):
     async def register_volume(self, volume: VolumeSpec) -> VolumeProvisioning:
         region = self.volume_region(volume)
         if not volume.external_id:
-            raise BackendError(f"volume {volume.name} names no volume_id to register")
+            raise PermanentError(f"volume {volume.name} names no volume_id to register")
         vol = await asyncio.to_thread(self.ebs.describe, region, volume.external_id)
-        if vol is None:
-            raise BackendError(f"volume {volume.external_id} not found in {region}")
+        if vol is None:  # retrying cannot make it exist: the volume fails with this
+            raise PermanentError(f"volume {volume.external_id} not found in {region}")
         return _provisioning(region, vol)
 
     async def delete_volume(self, volume: VolumeSpec) -> None:
@@ -332,7 +335,9 @@ class AWSBackend(Compute):
         by_id = "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_" + ebs_id.replace("-", "")
         return VolumeAttachment(
             device=device,
-            data={"ec2_id": ec2_id, "ebs_id": ebs_id, "region": region, "nvme_by_id": by_id},
+            # `aliases`: where the device may show up instead (Nitro instances expose EBS
+            # volumes as NVMe devices); the agent uses the first that exists.
+            data={"ec2_id": ec2_id, "ebs_id": ebs_id, "region": region, "aliases": [by_id]},
         )
 
     async def detach_volume(self, volume: VolumeSpec, host: Host, force: bool = False) -> None:
