@@ -184,7 +184,7 @@ def test_network_volume_attached_before_start_and_detached_after(tmp_path: Path)
         sent = w.agents.specs[0]["volumes"]
         assert sent == [
             {"kind": "network", "name": "data", "device": "/dev/sdf", "path": "/data",
-             "read_only": False},
+             "read_only": False, "device_aliases": []},
             {"kind": "instance", "instance_path": "/srv/cache", "path": "/cache",
              "optional": False, "read_only": True},
         ]  # fmt: skip
