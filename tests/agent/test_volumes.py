@@ -171,3 +171,13 @@ def test_a_device_found_under_its_alias(tmp_path: Path) -> None:
     entry["device_aliases"] = []
     with pytest.raises(Exception, match="is not present"):
         _present_device(entry, tmp_path / "home", wait=0)
+
+
+def test_mount_points_are_read_from_the_kernel(tmp_path: Path) -> None:
+    """A bind mount from the same filesystem has the same device number as its parent, which
+    os.path.ismount cannot tell; the kernel's mount list can."""
+    from dstack.agent.volumes import _unescape, is_mount_point
+
+    assert is_mount_point(Path("/"))
+    assert not is_mount_point(tmp_path)
+    assert _unescape("/mnt/with\\040space") == "/mnt/with space"

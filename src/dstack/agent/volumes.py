@@ -99,6 +99,27 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
 DEVICE_WAIT_SECONDS = 15.0
 
 
+def is_mount_point(path: Path) -> bool:
+    """Whether something is mounted at `path`. `os.path.ismount` misses a bind mount of a
+    directory from the same filesystem (same device number), so the kernel's own list of this
+    process's mounts is read first where there is one (Linux)."""
+    try:
+        text = Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        return os.path.ismount(path)
+    target = os.path.realpath(path)
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) > 4 and _unescape(fields[4]) == target:
+            return True
+    return False
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes (\\040 ...)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
 def _present_device(v: dict[str, Any], home: Path, wait: float) -> str | None:
     """The device path that exists (the one the server named, else an alias such as the NVMe
     name a Nitro instance gives an EBS volume), waiting a little: a device shows up on the
@@ -107,7 +128,7 @@ def _present_device(v: dict[str, Any], home: Path, wait: float) -> str | None:
     point = home / MOUNT_DIR / os.path.basename(v["device"])
     deadline = time.monotonic() + wait
     while True:
-        if os.path.ismount(point):
+        if is_mount_point(point):
             return None
         for candidate in [v["device"], *(v.get("device_aliases") or [])]:
             if os.path.exists(candidate):

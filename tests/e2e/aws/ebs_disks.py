@@ -3,10 +3,11 @@
 moto keeps a volume's attachments but no bytes. `EBSDisks` gives each EBS volume a "disk": a
 directory under the test's tmp dir, keyed by the volume id, so its data outlives instances.
 When moto reports the volume attached to a booted instance at device D, the disk is
-bind-mounted onto `<home>/.dstack-agent/mnt/<basename of D>` inside that host's mount
-namespace (where its sshd, and so its agent and jobs, live); when moto reports the detach, it
-is unmounted. That is the agent's "already a mount point" case of the volume contract: the
-agent mounts nothing and formats nothing, and no product code knows it runs in a test.
+bind-mounted onto `<home>/.dstack-agent/state/mnt/<basename of D>` (`state` is the agent's
+home) inside that host's mount namespace (where its sshd, and so its agent and jobs, live);
+when moto reports the detach, it is unmounted. That is the agent's "already a mount point"
+case of the volume contract: the agent mounts nothing and formats nothing, and no product
+code knows it runs in a test.
 
 What a real instance does that this does not: the block device itself (`D` does not exist on
 the test host; on Nitro instances it would be `/dev/nvme*n1`), the delay between EC2's
@@ -81,7 +82,7 @@ class EBSDisks:
 
     def mount_point(self, device: str) -> str:
         home = pwd.getpwnam(self.user).pw_dir
-        return f"{home}/{AGENT_DIR}/mnt/{os.path.basename(device)}"
+        return f"{home}/{AGENT_DIR}/state/mnt/{os.path.basename(device)}"
 
     def wait_mounted(self, ebs_id: str, ec2_id: str | None, timeout: float = 10) -> Mounted | None:
         """The volume's mount once it is on `ec2_id` (None: once it is on no host)."""
@@ -132,11 +133,11 @@ class EBSDisks:
         return Mounted(ebs_id, host.ec2_id, device, target)
 
     def _make_mount_point(self, host: BootedHost, device: str) -> None:
-        """`<home>/.dstack-agent/mnt/<dev>`, made through this side's view of the host's home
+        """`<home>/.dstack-agent/state/mnt/<dev>`, made through this side's view of the host's home
         (the same directory the namespace has bind-mounted as the home), owned by the user."""
         pw = pwd.getpwnam(self.user)
         path = host.home
-        for part in (AGENT_DIR, "mnt", os.path.basename(device)):
+        for part in (AGENT_DIR, "state", "mnt", os.path.basename(device)):
             path = path / part
             if not path.exists():
                 path.mkdir(mode=0o755)

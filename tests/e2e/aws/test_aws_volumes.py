@@ -156,7 +156,7 @@ def test_attach_mount_detach_move(moto_ec2: Any, two_zone_vpc: str, booter: Any)
         m = disks.wait_mounted(v.external_id, a_id)
         host_a = booter.hosts[a_id]
         assert m.target == disks.mount_point("/dev/sdf")
-        assert m.target.endswith("/.dstack-agent/mnt/sdf")
+        assert m.target.endswith("/.dstack-agent/state/mnt/sdf")
         assert host_a.run("mountpoint", "-q", m.target).returncode == 0
         assert host_a.run("stat", "-c", "%U", m.target).stdout.strip() == booter.user
 
