@@ -349,3 +349,28 @@ def test_directory_volume_binds_to_the_first_machine_and_keeps_later_jobs_there(
                 await w.step(w.jobs)
 
     vscenario(tmp_path, body)
+
+
+def test_a_terminated_instance_releases_its_volumes(tmp_path: Path) -> None:
+    """The cloud detaches what was attached to a machine it terminates: the attachment ends
+    with it, so the volume is free for the next run instead of looking in use forever."""
+
+    async def body(w: VWorld) -> None:
+        await w.volume("data")
+        await w.run(task(["data:/data"]), name="held")
+        await w.step(w.jobs)
+        await w.step(w.jobs)
+        (att,) = await w.rows(t.VolumeAttachment)
+        assert att.status == "attached"
+        async with w.ctx.db.session() as s:
+            await s.execute(
+                update(t.Instance)
+                .where(t.Instance.id == att.instance_id)
+                .values(status="terminating", dirty=True)
+            )
+            await s.commit()
+        await w.step(w.instances)
+        (att,) = await w.rows(t.VolumeAttachment)
+        assert att.status == "detached" and "terminated" in (att.message or "")
+
+    vscenario(tmp_path, body)

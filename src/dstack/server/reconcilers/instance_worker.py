@@ -13,6 +13,7 @@ from sqlalchemy import func, select, update
 from dstack.models.instances import InstanceStatus as S
 from dstack.models.instances import InstanceTerminationReason as R
 from dstack.models.offers import InstanceOfferWithAvailability
+from dstack.models.volumes import AttachmentStatus as A
 from dstack.models.wire import utcnow
 from dstack.server.agent_client import AgentClientError
 from dstack.server.backends.base import (
@@ -272,10 +273,29 @@ class InstanceReconciler(Reconciler):
                 await s.execute(
                     update(t.Fleet).where(t.Fleet.id == inst.fleet_id).values(dirty=True)
                 )
+            if values.get("status") == S.TERMINATED:
+                await self._release_volumes(s, inst.id, now)
             await s.commit()
         if changed:
             self.ctx.hub.wake("jobs")
             self.ctx.hub.wake("fleets")
+
+    async def _release_volumes(self, s: Any, instance_id: str, now: datetime) -> None:
+        """A terminated machine holds no volume: the cloud detaches what was attached to it, so
+        its attachments end here (else the volumes would look in use forever)."""
+        live = [a.value for a in (A.ATTACHING, A.ATTACHED, A.DETACHING)]
+        await s.execute(
+            update(t.VolumeAttachment)
+            .where(
+                t.VolumeAttachment.instance_id == instance_id,
+                t.VolumeAttachment.status.in_(live),
+            )
+            .values(
+                status=A.DETACHED.value,
+                detached_at=now,
+                message="detached: the instance was terminated",
+            )
+        )
 
     async def _still_version(self, s: Any, inst: t.Instance) -> bool:
         """A conditional no-op write: it takes the write lock and checks the version in one
