@@ -374,3 +374,35 @@ def test_a_terminated_instance_releases_its_volumes(tmp_path: Path) -> None:
         assert att.status == "detached" and "terminated" in (att.message or "")
 
     vscenario(tmp_path, body)
+
+
+def test_a_volume_another_job_on_the_instance_uses_is_not_detached(tmp_path: Path) -> None:
+    """dstack#3841: two jobs on one instance share the attached volume; the first ending
+    must not detach it under the second."""
+
+    async def body(w: VWorld) -> None:
+        await w.volume("data")
+        async with w.ctx.db.session() as s:  # one machine with room for two jobs
+            await s.execute(update(t.Instance).values(total_blocks=2))
+            await s.commit()
+        await w.run(task(["data:/data"]), name="one")
+        await w.run(task(["data:/data"]), name="two")
+        for _ in range(3):
+            await w.step(w.jobs)
+        one, two = await w.job("one"), await w.job("two")
+        assert (one.status, two.status) == ("running", "running")
+        assert one.instance_id == two.instance_id
+        await w.finish_on_agent("one")
+        for _ in range(3):
+            await w.step(w.jobs)
+        assert (await w.job("one")).status == "done"
+        assert not [c for c in w.cloud.calls if c[0] == "detach"]
+        live = [a for a in await w.rows(t.VolumeAttachment) if a.status == "attached"]
+        assert [a.job_id for a in live] == [two.id]
+        await w.finish_on_agent("two")
+        for _ in range(3):
+            await w.step(w.jobs)
+        assert (await w.job("two")).status == "done"
+        assert [c[0] for c in w.cloud.calls].count("detach") >= 1
+
+    vscenario(tmp_path, body, hosts=1)
