@@ -79,11 +79,11 @@ def test_a_missing_or_empty_file_configures_no_backends(tmp_path: Path) -> None:
         (
             "projects:\n- name: main\n  backends:\n  - type: aws\n  - type: gcp\n",
             ":5: projects[0].backends[1].type: backend type gcp is not supported by this server "
-            "yet (supported: aws)",
+            "yet (supported: aws, slurm)",
         ),
         (
             "projects:\n- name: main\n  backends:\n  - type: nosuch\n",
-            ":4: projects[0].backends[0].type: unknown backend type 'nosuch' (supported: aws)",
+            ":4: projects[0].backends[0].type: unknown backend type 'nosuch' (supported: aws, slurm)",
         ),
         (
             "projects:\n- name: a\n- name: b\n- name: a\n",

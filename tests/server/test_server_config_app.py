@@ -153,12 +153,12 @@ def test_the_api_shows_each_projects_backends_redacted(client: TestClient) -> No
     missing = client.post("/api/project/main/backends/gcp/config_info")
     assert missing.status_code == 400
     assert missing.json()["detail"][0]["code"] == "resource_not_exists"
-    assert client.post("/api/backends/list_types").json() == ["aws"]
+    assert client.post("/api/backends/list_types").json() == ["aws", "slurm"]
     # The SDK's view of the same route.
     api = APIClient("http://testserver", TOKEN, "main")
     api._http = client
     assert [b.name for b in api.list_backends()] == ["ssh", "aws"]
-    assert api.list_backend_types() == ["aws"]
+    assert api.list_backend_types() == ["aws", "slurm"]
 
 
 @pytest.mark.parametrize("action", ["create", "update", "delete", "create_yaml", "update_yaml"])

@@ -24,6 +24,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="dstack-agent", description="dstack host agent")
     parser.add_argument("--home", required=True, help="state directory of the agent")
     parser.add_argument("--host", default="127.0.0.1", help="loopback address to bind")
+    parser.add_argument(
+        "--listen",
+        metavar="ADDR",
+        help="address to bind instead of --host, loopback or not: for a host the server "
+        "reaches through a jump host (a Slurm compute node behind its login node); every "
+        "request but the health check still needs the token",
+    )
     parser.add_argument("--port", type=int, default=0, help="port (0 = pick a free one)")
     parser.add_argument(
         "--token-file", help="file holding the bearer token (else env DSTACK_AGENT_TOKEN)"
@@ -96,7 +103,9 @@ def _interrupt(_signum: int, _frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not is_loopback(args.host):
+    if args.listen:
+        args.host = args.listen
+    elif not is_loopback(args.host):
         print(f"error: refusing to bind non-loopback address {args.host!r}", file=sys.stderr)
         return 2
     try:

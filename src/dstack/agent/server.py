@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from dstack.agent import __version__
+from dstack.agent import __version__, relay
 from dstack.agent import protocol as p
 from dstack.agent.hostinfo import HostInfoCache
 from dstack.agent.jobs import Conflict, JobStore, NotFound
@@ -93,6 +93,24 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_PATCH(self) -> None:
         self._dispatch("PATCH")
+
+    def do_CONNECT(self) -> None:
+        """A byte stream to a port on this host's loopback (`relay.py` says why)."""
+        self._body_read = True
+        self.close_connection = True
+        try:
+            self._authenticate()
+            target = relay.open_target(relay.target_of(self.path))
+        except HttpError as e:
+            self._error(e.status, str(e))
+            return
+        except relay.RelayError as e:
+            self._error(e.status, str(e))
+            return
+        self.send_response(200, "Connection established")
+        self.end_headers()
+        self.wfile.flush()
+        relay.relay(self.connection, target)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Protocol-level errors (bad request line, unknown method) answer JSON too."""
@@ -249,9 +267,7 @@ class Handler(BaseHTTPRequestHandler):
         if not isinstance(abort, bool):
             raise BadRequest(f"{p.ABORT}: must be a boolean")
         if reason is not None and (not isinstance(reason, str) or not reason or len(reason) > 100):
-            raise BadRequest(
-                f"{p.REASON}: must be a non-empty string (at most 100 chars) or null"
-            )
+            raise BadRequest(f"{p.REASON}: must be a non-empty string (at most 100 chars) or null")
         if message is not None and not isinstance(message, str):
             raise BadRequest(f"{p.MESSAGE}: must be a string or null")
         return self.server.jobs.stop(m["id"], abort, reason, message)
@@ -260,7 +276,6 @@ class Handler(BaseHTTPRequestHandler):
     def remove_job(self, m: re.Match[str]) -> Any:
         self._json_body()
         return self.server.jobs.remove(m["id"])
-
 
     @serves(p.DELETE_VOLUME_DIR)
     def delete_volume_dir(self, m: re.Match[str]) -> Any:

@@ -5,13 +5,18 @@ behind them live in the server."""
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from dstack.models.common import TAG_KEY_RE, TAG_VALUE_RE, ConfigModel
 
 AWS_REGION_RE = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
+# Slurm names (clusters, partitions, Unix users) as they may appear in a shell command.
+SLURM_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
+HOST_KEY_RE = re.compile(
+    r"^(ssh-[a-z0-9-]+|ecdsa-sha2-[a-z0-9-]+|sk-[a-z0-9@.-]+) [A-Za-z0-9+/=]+( .*)?$"
+)
 
 
 class AWSDefaultCreds(ConfigModel):
@@ -90,7 +95,150 @@ class AWSBackendConfig(ConfigModel):
             return self.default_vpcs
         return not (self.vpc_name or self.vpc_ids)
 
+    def split_secrets(self, mask: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(the configuration with every credential value masked, the credentials): the masked
+        form keeps the kind of credentials and which fields they have."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        creds = data.pop("creds", {})
+        data["creds"] = {k: (v if k == "type" else mask) for k, v in creds.items()}
+        return data, creds
+
+    @staticmethod
+    def join_secrets(data: dict[str, Any], secrets: dict[str, Any]) -> dict[str, Any]:
+        return {**data, "creds": secrets}
+
+
+class SlurmPrivateKey(ConfigModel):
+    """The key the server logs in to the login node with: a file on the server (read at each
+    start) or the key itself (stored encrypted, never shown)."""
+
+    path: str | None = Field(default=None, min_length=1)
+    content: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one(self) -> SlurmPrivateKey:
+        if (self.path is None) == (self.content is None):
+            raise ValueError("set exactly one of private_key.path and private_key.content")
+        return self
+
+
+class SlurmGPUPartitions(ConfigModel):
+    """Partitions whose nodes have GPUs of one model (named here when their GRES do not)."""
+
+    gpu: str = Field(min_length=1)
+    partitions: list[str] = Field(min_length=1)
+
+
+class SlurmCluster(ConfigModel):
+    name: str
+    hostname: str = Field(min_length=1)
+    port: int = Field(default=22, ge=1, le=65535)
+    user: str = Field(min_length=1)
+    private_key: SlurmPrivateKey
+    # The login node's OpenSSH public host key (`ssh-ed25519 AAAA...`); without it the key
+    # is trusted on first use and kept for the server process.
+    host_key: str | None = None
+    gpu_partitions: list[SlurmGPUPartitions] = Field(default_factory=list)
+    cpu_partitions: list[str] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not SLURM_NAME_RE.match(value):
+            raise ValueError(
+                f"invalid cluster name {value!r} (letters, digits, '.', '-' and '_', at most 64)"
+            )
+        return value
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, value: str) -> str:
+        if not SLURM_NAME_RE.match(value):
+            raise ValueError(f"invalid user name {value!r}")
+        return value
+
+    @field_validator("host_key")
+    @classmethod
+    def _host_key(cls, value: str | None) -> str | None:
+        if value is not None and not HOST_KEY_RE.match(value.strip()):
+            raise ValueError(
+                "host_key must be an OpenSSH public key line, like 'ssh-ed25519 AAAA...'"
+            )
+        return value.strip() if value else value
+
+    @field_validator("cpu_partitions")
+    @classmethod
+    def _partitions(cls, value: list[str]) -> list[str]:
+        for p in value:
+            if not SLURM_NAME_RE.match(p):
+                raise ValueError(f"invalid partition name {p!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> SlurmCluster:
+        seen: set[str] = set(self.cpu_partitions)
+        for group in self.gpu_partitions:
+            for p in group.partitions:
+                if not SLURM_NAME_RE.match(p):
+                    raise ValueError(f"invalid partition name {p!r}")
+                if p in seen:
+                    raise ValueError(f"partition {p} is listed twice")
+                seen.add(p)
+        return self
+
+    def partitions(self) -> list[str]:
+        """The partitions this server may use; empty: all the cluster has."""
+        return [p for g in self.gpu_partitions for p in g.partitions] + self.cpu_partitions
+
+
+class SlurmBackendConfig(ConfigModel):
+    type: Literal["slurm"] = "slurm"
+    clusters: list[SlurmCluster] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> SlurmBackendConfig:
+        names = [c.name for c in self.clusters]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate cluster name(s): {', '.join(dup)}")
+        return self
+
+    def split_secrets(self, mask: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Private keys given inline are the secrets, by cluster name."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        keys: dict[str, str] = {}
+        for cluster in data["clusters"]:
+            key = cluster["private_key"]
+            if "content" in key:
+                keys[cluster["name"]] = key["content"]
+                key["content"] = mask
+        return data, {"private_keys": keys}
+
+    @staticmethod
+    def join_secrets(data: dict[str, Any], secrets: dict[str, Any]) -> dict[str, Any]:
+        keys = secrets.get("private_keys") or {}
+        out = {**data, "clusters": []}
+        for cluster in data.get("clusters") or []:
+            cluster = dict(cluster)
+            if cluster["name"] in keys:
+                cluster["private_key"] = {"content": keys[cluster["name"]]}
+            out["clusters"].append(cluster)
+        return out
+
 
 # Every backend type config.yml can configure; grows as backends are added.
-AnyBackendConfig = AWSBackendConfig  # a discriminated union once there are two
-CONFIGURABLE_BACKENDS: tuple[str, ...] = ("aws",)
+def _backend_tag(value: Any) -> str:
+    """`@aws`, `@slurm`: labels the error formatter leaves out of a field's path."""
+    btype = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return f"@{btype}"
+
+
+AnyBackendConfig = Annotated[
+    Annotated[AWSBackendConfig, Tag("@aws")] | Annotated[SlurmBackendConfig, Tag("@slurm")],
+    Discriminator(_backend_tag),
+]
+BACKEND_CONFIG_CLASSES: dict[str, type[AWSBackendConfig] | type[SlurmBackendConfig]] = {
+    "aws": AWSBackendConfig,
+    "slurm": SlurmBackendConfig,
+}
+CONFIGURABLE_BACKENDS: tuple[str, ...] = tuple(BACKEND_CONFIG_CLASSES)

@@ -22,9 +22,15 @@ def _aws() -> Callable[..., Compute]:
     return create_aws  # type: ignore[return-value]
 
 
+def _slurm() -> Callable[..., Compute]:
+    from dstack.server.backends.slurm import create_slurm
+
+    return create_slurm  # type: ignore[return-value]
+
+
 # Backend type -> a function giving its factory `(project_name, config, data_dir, decrypt) ->
 # Compute`, imported only when a project configures that type (a cloud SDK is heavy to import).
-FACTORIES: dict[str, Callable[[], Factory]] = {"aws": _aws}
+FACTORIES: dict[str, Callable[[], Factory]] = {"aws": _aws, "slurm": _slurm}
 
 
 def factory_of(btype: str) -> Callable[..., Compute]:
@@ -52,6 +58,9 @@ def check_timeout() -> float:
 
 
 def _summary(config: AnyBackendConfig) -> str:
+    clusters = getattr(config, "clusters", None)
+    if clusters:
+        return "clusters " + ", ".join(c.name for c in clusters)
     regions = getattr(config, "regions", None)
     return ", ".join(regions) if regions else "all regions"
 

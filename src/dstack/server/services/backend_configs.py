@@ -13,11 +13,16 @@ import uuid
 from typing import Any
 
 import yaml
+from pydantic import TypeAdapter
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dstack.errors import ResourceNotExistsError, ServerClientError
-from dstack.models.backends import CONFIGURABLE_BACKENDS, AnyBackendConfig
+from dstack.models.backends import (
+    BACKEND_CONFIG_CLASSES,
+    CONFIGURABLE_BACKENDS,
+    AnyBackendConfig,
+)
 from dstack.models.server_config import BackendInfo, BackendYAML, ServerConfig
 from dstack.models.wire import utcnow
 from dstack.server.db import tables as t
@@ -36,13 +41,14 @@ EDIT_THE_FILE = (
 Configured = tuple[str, str, AnyBackendConfig]
 
 
+_ADAPTER: TypeAdapter[AnyBackendConfig] = TypeAdapter(AnyBackendConfig)
+
+
 def _split(conf: AnyBackendConfig) -> tuple[str, str]:
-    """(config JSON with every credential value masked, credentials JSON). The masked form keeps
-    the kind of credentials and which fields they have, which is all the API ever shows."""
-    data = conf.model_dump(mode="json", exclude_none=True)
-    creds = data.pop("creds", {})
-    data["creds"] = {k: (v if k == "type" else REDACTED) for k, v in creds.items()}
-    return json.dumps(data, sort_keys=True), json.dumps(creds, sort_keys=True)
+    """(config JSON with every secret value masked, secrets JSON). Each backend's model says
+    which of its fields are secrets; the masked form is all the API ever shows."""
+    data, secrets = conf.split_secrets(REDACTED)
+    return json.dumps(data, sort_keys=True), json.dumps(secrets, sort_keys=True)
 
 
 async def sync_server_config(ctx: ServerContext, config: ServerConfig) -> list[Configured]:
@@ -90,8 +96,8 @@ async def _upsert(
 
 def _config_of(row: t.Backend, box: Box) -> AnyBackendConfig:
     data = json.loads(row.config)
-    data["creds"] = json.loads(box.decrypt(row.auth))
-    return AnyBackendConfig.model_validate(data)
+    cls = BACKEND_CONFIG_CLASSES[row.type]
+    return _ADAPTER.validate_python(cls.join_secrets(data, json.loads(box.decrypt(row.auth))))
 
 
 async def load_configured(s: AsyncSession, box: Box) -> list[Configured]:

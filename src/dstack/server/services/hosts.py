@@ -132,7 +132,11 @@ async def create_context(ctx: ServerContext, s: AsyncSession, inst: t.Instance) 
     fleet = await s.get(t.Fleet, inst.fleet_id) if inst.fleet_id else None
     conf = json.loads(fleet.spec).get("configuration", {}) if fleet else {}
     job = await s.get(t.Job, inst.provisioning_job_id) if inst.provisioning_job_id else None
-    wanted = json.loads(job.job_spec).get("requirements", {}) if job else {}
+    job_spec = json.loads(job.job_spec) if job else {}
+    wanted = job_spec.get("requirements", {})
+    if job_spec.get("max_duration"):
+        # A scheduler that enforces run time itself (Slurm's --time) is told the limit.
+        request["max_duration"] = int(job_spec["max_duration"])
     disk = _disk_min_gb(wanted.get("resources")) or _disk_min_gb(conf.get("resources"))
     if disk:
         request["disk_gb"] = disk

@@ -150,7 +150,8 @@ class _Entry:
         self.conn: asyncssh.SSHClientConnection | None = None
         self.host_key = ""
         self.closed = True
-        self.forwards: dict[int, int] = {}  # remote port -> local port
+        # (destination host as the SSH server resolves it, port) -> local port
+        self.forwards: dict[tuple[str, int], int] = {}
         self.lock = asyncio.Lock()
 
     def lost(self) -> None:
@@ -178,37 +179,38 @@ class SSHPool:
             entry.forwards.clear()
             return conn, host_key
 
-    async def forward(self, params: HostParams, known_key: str | None, remote_port: int) -> int:
-        """A local port that reaches `remote_port` on the host's loopback."""
+    async def forward(
+        self, params: HostParams, known_key: str | None, remote_port: int, dest: str = "127.0.0.1"
+    ) -> int:
+        """A local port that reaches `remote_port` on the host's loopback, or on `dest` as the
+        host reaches it (a Slurm compute node seen from the login node)."""
         conn, _ = await self.connect(params, known_key)
         entry = self._entries[params.key]
         async with entry.lock:
-            local = entry.forwards.get(remote_port)
+            local = entry.forwards.get((dest, remote_port))
             if local is None:
                 try:
-                    listener = await conn.forward_local_port(
-                        "127.0.0.1", 0, "127.0.0.1", remote_port
-                    )
+                    listener = await conn.forward_local_port("127.0.0.1", 0, dest, remote_port)
                 except (OSError, asyncssh.Error) as e:
                     raise HostUnreachable(
-                        f"port forwarding to {params.hostname} failed: {e}"
+                        f"port forwarding to {dest}:{remote_port} via {params.hostname} failed: {e}"
                     ) from e
                 local = listener.get_port()
-                entry.forwards[remote_port] = local
+                entry.forwards[(dest, remote_port)] = local
             return local
 
     async def open_stream(
-        self, params: HostParams, known_key: str | None, port: int
+        self, params: HostParams, known_key: str | None, port: int, dest: str = "127.0.0.1"
     ) -> tuple[asyncssh.SSHReader, asyncssh.SSHWriter]:
-        """A direct-tcpip channel to `port` on the host's loopback over the pooled connection
-        (so through the proxy jump too): one channel per stream, closed with its writer."""
+        """A direct-tcpip channel to `port` on the host's loopback (or on `dest` as the host
+        reaches it) over the pooled connection (so through the proxy jump too): one channel
+        per stream, closed with its writer."""
         conn, _ = await self.connect(params, known_key)
         try:
-            return await conn.open_connection("127.0.0.1", port)
+            return await conn.open_connection(dest, port)
         except (OSError, asyncssh.Error) as e:
-            raise HostUnreachable(
-                f"cannot open a connection to port {port} on {params.hostname}: {e}"
-            ) from e
+            where = params.hostname if dest == "127.0.0.1" else f"{dest} via {params.hostname}"
+            raise HostUnreachable(f"cannot open a connection to port {port} on {where}: {e}") from e
 
     async def run(
         self,

@@ -69,6 +69,8 @@ else echo "linger=no"; fi
 
 UNIT_NAME = "dstack-agent.service"
 UNIT_MARKER = "# installed by dstack: the SSH fleet agent"
+
+
 @dataclass(frozen=True)
 class HostFacts:
     os: str
@@ -218,9 +220,9 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def upload_script(sha256: str) -> str:
-    """Reads the zipapp on stdin unless the same one is already there."""
-    d = f'"$HOME"/{AGENT_DIR}'
+def upload_script(sha256: str, directory: str = AGENT_DIR) -> str:
+    """Reads the zipapp on stdin unless the same one is already there (in `~/<directory>`)."""
+    d = f'"$HOME"/{directory}'
     return (
         f"set -e; mkdir -p {d}; chmod 700 {d}; "
         f'if [ -f {d}/agent.sha256 ] && [ "$(cat {d}/agent.sha256)" = {sha256} ]; '
