@@ -83,7 +83,8 @@ def test_a_missing_or_empty_file_configures_no_backends(tmp_path: Path) -> None:
         ),
         (
             "projects:\n- name: main\n  backends:\n  - type: nosuch\n",
-            ":4: projects[0].backends[0].type: unknown backend type 'nosuch' (supported: aws, slurm)",
+            ":4: projects[0].backends[0].type: unknown backend type 'nosuch' "
+            "(supported: aws, slurm)",
         ),
         (
             "projects:\n- name: a\n- name: b\n- name: a\n",
