@@ -338,3 +338,19 @@ def test_connect_through_the_agent_reaches_the_nodes_loopback(tmp_path: Path) ->
     finally:
         agent.shutdown()
         agent.server_close()
+
+
+def test_slurm_is_asked_for_the_least_the_job_accepts_within_the_node() -> None:
+    """Several dstack jobs share a node when Slurm places them there: each asks for its own
+    lower bounds, never more than the node has; a fleet's instance (no job) takes the node."""
+    from dstack.server.services.hosts import _least
+
+    least = _least(
+        {
+            "cpu": {"count": {"min": 1, "max": None}},
+            "memory": {"min": 0.5, "max": None},
+            "gpu": {"count": {"min": 0, "max": None}},
+        }
+    )
+    assert least == {"cpus": 1, "memory_mib": 512, "gpus": 0}
+    assert _least(None) == {}

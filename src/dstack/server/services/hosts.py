@@ -137,6 +137,9 @@ async def create_context(ctx: ServerContext, s: AsyncSession, inst: t.Instance) 
     if job_spec.get("max_duration"):
         # A scheduler that enforces run time itself (Slurm's --time) is told the limit.
         request["max_duration"] = int(job_spec["max_duration"])
+    least = _least(wanted.get("resources"))
+    if least:
+        request["resources"] = least
     disk = _disk_min_gb(wanted.get("resources")) or _disk_min_gb(conf.get("resources"))
     if disk:
         request["disk_gb"] = disk
@@ -168,6 +171,24 @@ async def create_context(ctx: ServerContext, s: AsyncSession, inst: t.Instance) 
 async def _run_configuration(s: AsyncSession, job: t.Job | None) -> dict[str, Any]:
     run = await s.get(t.Run, job.run_id) if job else None
     return json.loads(run.run_spec).get("configuration", {}) if run else {}
+
+
+def _least(resources: dict[str, Any] | None) -> dict[str, int]:
+    """The least the job accepts (its ranges' lower ends): a backend that can hand out part
+    of a machine (a Slurm allocation) asks for this, not for the whole offer."""
+    if not resources:
+        return {}
+    cpu = ((resources.get("cpu") or {}).get("count") or {}).get("min")
+    memory = (resources.get("memory") or {}).get("min")
+    gpus = ((resources.get("gpu") or {}).get("count") or {}).get("min")
+    out = {}
+    if cpu:
+        out["cpus"] = int(cpu)
+    if memory:
+        out["memory_mib"] = int(float(memory) * 1024)
+    if gpus is not None:
+        out["gpus"] = int(gpus)
+    return out
 
 
 def _disk_min_gb(resources: dict[str, Any] | None) -> int | None:

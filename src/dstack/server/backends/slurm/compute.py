@@ -180,13 +180,17 @@ class SlurmBackend(Compute):
     def _job_request(
         self, host: Host, offer: InstanceOfferWithAvailability, partition: str
     ) -> sc.JobRequest:
+        """What Slurm is asked for: the least the job accepts, within the node's shape, so
+        that several dstack jobs share a node when Slurm places them there; an instance made
+        for a fleet (no job) asks for the whole shape."""
         res = offer.instance.resources
+        least = host.request.get("resources") or {}
         return sc.JobRequest(
             instance_id=host.instance_id,
             partition=partition,
-            cpus=res.cpus,
-            memory_mib=res.memory_mib,
-            gpus=len(res.gpus),
+            cpus=min(res.cpus, least.get("cpus") or res.cpus),
+            memory_mib=min(res.memory_mib, least.get("memory_mib") or res.memory_mib),
+            gpus=min(len(res.gpus), least.get("gpus", len(res.gpus))),
             max_duration_s=host.request.get("max_duration"),
         )
 
