@@ -87,7 +87,6 @@ def slurm_conf(
         "KillWait=2",
         "MinJobAge=300",
         "ReturnToService=2",
-        "SchedulerParameters=defer_batch=0",
         "MailProg=/bin/true",
     ]
     if any(n.gpus for n in nodes):
