@@ -833,17 +833,24 @@ def test_nothing_left_after_tried_offers_fails_with_the_list() -> None:
     assert d.message == "No offer left to try: fake r1 a (on-demand, $1/h): full"
 
 
-@pytest.mark.parametrize("spot,reason", [(True, "interrupted_by_no_capacity"),
-                                         (False, "instance_unreachable")])  # fmt: skip
+@pytest.mark.parametrize(
+    "spot,instance_reason,reason",
+    [
+        (True, "terminated_by_user", "interrupted_by_no_capacity"),
+        # The backend lost the machine (a Slurm NODE_FAIL, a preemption): an interruption.
+        (False, "unreachable", "interrupted_by_no_capacity"),
+        (False, "terminated_by_user", "instance_unreachable"),
+    ],
+)
 @pytest.mark.parametrize("inst_status", ["terminating", "terminated"])
 def test_a_running_job_whose_instance_ends_under_it_ends_at_once(
-    spot: bool, reason: str, inst_status: str
+    spot: bool, instance_reason: str, reason: str, inst_status: str
 ) -> None:
-    v = view(instance_status=inst_status, spot=spot, instance_reason="unreachable",
+    v = view(instance_status=inst_status, spot=spot, instance_reason=instance_reason,
              agent_reachable=False, disconnected_at=None)  # fmt: skip
     d = decide(v, NOW)
     assert d.status == "terminating" and d.reason == reason
-    assert "terminated under the job (unreachable)" in d.message
+    assert f"terminated under the job ({instance_reason})" in d.message
 
 
 def test_a_stop_of_the_job_wins_over_its_instance_ending() -> None:

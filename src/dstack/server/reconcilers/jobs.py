@@ -17,8 +17,10 @@
 | provisioning | the same, MAX_OFFERS_TRIED reached    | terminating: no capacity (1), listed  |
 | provisioning | instance terminated (any other way)   | terminating: instance lost (2)        |
 | provisioning | instance ready                        | (start: one call to the agent) (3)    |
-| running      | instance terminating or terminated    | terminating at once: spot:            |
-|              | (the job did not ask for it)          | interrupted_by_no_capacity, else      |
+| running      | instance terminating or terminated    | terminating at once: spot, or the     |
+|              | (the job did not ask for it)          | backend lost the machine (instance    |
+|              |                                       | reason unreachable):                  |
+|              |                                       | interrupted_by_no_capacity, else      |
 |              |                                       | instance_unreachable                  |
 | running      | agent: still running                  | (copy logs)                           |
 | running      | agent: finished                       | terminating, the agent's reason       |
@@ -364,12 +366,15 @@ def _interrupted(v: JobView) -> Decision:
     """The job's instance ended under it (a reclaimed spot instance, a lost host): no need to
     wait for the agent's grace, the host is gone."""
     why = v.instance_message or v.instance_reason or "no reason given"
-    if v.spot:
+    if v.spot or v.instance_reason == InstanceTerminationReason.UNREACHABLE.value:
+        # The backend said the machine is gone (a reclaimed spot instance, a Slurm node that
+        # failed or a preempted allocation): capacity taken away, so `retry: interruption`.
+        what = "spot instance" if v.spot else "instance"
         return Decision(
             "wait",
             status=JobStatus.TERMINATING.value,
             reason=JobTerminationReason.INTERRUPTED_BY_NO_CAPACITY.value,
-            message=f"the spot instance was terminated under the job ({why})",
+            message=f"the {what} was terminated under the job ({why})",
         )
     return Decision(
         "wait",

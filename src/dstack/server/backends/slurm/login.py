@@ -67,6 +67,8 @@ class LoginNodes:
         self, cluster: str, command: str, stdin: bytes | str | None = None
     ) -> tuple[int, str, str]:
         await self._connect(cluster)
+        if isinstance(stdin, str):  # the pool's sessions are binary
+            stdin = stdin.encode()
         return await self.pool.run(
             self.params(cluster), self._host_keys.get(cluster), command, stdin
         )

@@ -71,6 +71,9 @@ def sbatch_command(req: JobRequest) -> str:
         f"--partition={shlex.quote(safe_id(req.partition, 'partition'))}",
         "--nodes=1",
         "--ntasks=1",
+        # A node that dies ends the job NODE_FAIL (the dstack job is interrupted and its
+        # `retry` decides), instead of Slurm requeueing it behind dstack's back.
+        "--no-requeue",
         f"--cpus-per-task={int(req.cpus)}",
         f"--mem={int(req.memory_mib)}M",
     ]

@@ -58,6 +58,11 @@ class HostParams:
         return self.address + via
 
 
+def same_key(a: str, b: str) -> bool:
+    """Two OpenSSH public key lines name the same key whatever their comments say."""
+    return a.split()[:2] == b.split()[:2]
+
+
 def fingerprint(public_key: str) -> str:
     try:
         return asyncssh.import_public_key(public_key).get_fingerprint()
@@ -171,7 +176,7 @@ class SSHPool:
         entry = self._entries.setdefault(params.key, _Entry())
         async with entry.lock:
             if entry.conn is not None and not entry.closed:
-                if known_key and entry.host_key and known_key != entry.host_key:
+                if known_key and entry.host_key and not same_key(known_key, entry.host_key):
                     raise HostKeyChanged(f"the host key of {params.hostname} changed")
                 return entry.conn, entry.host_key
             conn, host_key = await open_connection(params, known_key, on_lost=entry.lost)

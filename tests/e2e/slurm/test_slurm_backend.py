@@ -1,0 +1,151 @@
+"""The `slurm` backend end to end against a real Slurm 22.05 cluster (tests/e2e/slurm/cluster.py):
+a real server configured through config.yml, the real CLI. Each dstack job is a Slurm batch
+job whose script runs the agent on a compute node; the server reaches it through the login
+node."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ..harness import Server, wait_until, write_config
+from .cluster import SlurmCluster, available
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(available() is not None, reason=str(available()))]
+
+FLEET = "type: fleet\nname: hpc\nnodes: 0..4\nbackends: [slurm]\nidle_duration: 1s\n"
+
+
+def task(name: str, command: str, extra: str = "") -> str:
+    return (
+        f"type: task\nname: {name}\ncommands:\n  - {json.dumps(command)}\n"
+        "resources:\n  cpu: 1..\n  memory: 0.1GB..\n  disk: 0.1GB..\n" + extra
+    )
+
+
+@pytest.fixture
+def slurm_server(tmp_path: Path, slurm_cluster: SlurmCluster) -> Any:
+    srv = Server(
+        home=tmp_path / "home",
+        extra_env={
+            "DSTACK_SERVER_LOCAL_BACKEND": "0",
+            "DSTACK_SERVER_INSTANCE_CHECK_SECONDS": "1",
+            "DSTACK_SERVER_UNREACHABLE_GRACE": "60",
+        },
+    )
+    srv.home.mkdir()
+    srv.server_dir.mkdir(parents=True)
+    c = slurm_cluster
+    config = {
+        "projects": [
+            {
+                "name": "main",
+                "backends": [
+                    {
+                        "type": "slurm",
+                        "clusters": [
+                            {
+                                "name": "hpc",
+                                "hostname": c.login_address,
+                                "port": 22,
+                                "user": c.user,
+                                "private_key": {"path": str(c.key_path)},
+                                "host_key": c.host_key,
+                            }
+                        ],
+                    }
+                ],
+            }
+        ]
+    }
+    (srv.server_dir / "config.yml").write_text(yaml.safe_dump(config))
+    srv.start()
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    write_config(proj, "fleet.dstack.yml", FLEET)
+    r = srv.cli("apply", "-f", "fleet.dstack.yml", "-y", cwd=proj)
+    assert r.returncode == 0, r.stdout + r.stderr + srv.log_tail()
+    try:
+        yield srv, proj, c
+    finally:
+        srv.cleanup()
+
+
+def squeue(c: SlurmCluster) -> list[str]:
+    r = c.ssh("squeue -h -o '%j|%T|%N'")
+    return [line for line in r.stdout.splitlines() if line.strip()]
+
+
+def test_offers_a_task_and_a_task_too_big(slurm_server: Any) -> None:
+    srv, proj, c = slurm_server
+    r = srv.cli("offer", "--backend", "slurm", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    offers = json.loads(r.stdout)["offers"]
+    assert offers and {o["region"] for o in offers} == {"hpc"}, offers
+    zones = {z for o in offers for z in o.get("availability_zones") or []}
+    assert "cpu" in zones, offers
+
+    write_config(proj, "t.dstack.yml", task("hello", "echo hello-from-$(hostname)"))
+    r = srv.cli("apply", "-f", "t.dstack.yml", "-y", cwd=proj, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr + srv.log_tail()
+    nodes = {n.name for n in c.nodes}
+    assert any(f"hello-from-{n}" in r.stdout for n in nodes), r.stdout
+    wait_until(lambda: not squeue(c), timeout=30, what="the Slurm job to end")
+
+    big = task("huge", "true").replace("cpu: 1..", "cpu: 64..")
+    write_config(proj, "b.dstack.yml", big)
+    r = srv.cli("apply", "-f", "b.dstack.yml", "-y", cwd=proj, timeout=60)
+    assert r.returncode != 0
+    assert "cpu" in (r.stdout + r.stderr).lower(), r.stdout + r.stderr
+
+
+def test_two_jobs_share_a_node_and_stop_scancels(slurm_server: Any) -> None:
+    srv, proj, c = slurm_server
+    for name in ("share-a", "share-b"):
+        write_config(proj, f"{name}.dstack.yml", task(name, "sleep 300"))
+        r = srv.cli("apply", "-f", f"{name}.dstack.yml", "-y", "-d", cwd=proj)
+        assert r.returncode == 0, r.stdout + r.stderr
+    for name in ("share-a", "share-b"):
+        srv.wait_status(name, "running", timeout=90)
+    jobs = squeue(c)
+    assert len(jobs) == 2 and all("|RUNNING|" in j for j in jobs), jobs
+    # Each asks Slurm for one CPU: Slurm may put both on one node (cons_tres), and the
+    # agents of two dstack jobs on one node keep apart (own directories, ports).
+    r = srv.cli("stop", "share-a", "-y")
+    assert r.returncode == 0, r.stdout + r.stderr
+    srv.wait_status("share-a", "terminated", "done", "failed", "aborted", timeout=60)
+    wait_until(lambda: len(squeue(c)) == 1, timeout=60, what="one Slurm job cancelled")
+    assert srv.run("share-b")["status"] == "running"
+    r = srv.cli("stop", "share-b", "-x", "-y")
+    assert r.returncode == 0
+    wait_until(lambda: not squeue(c), timeout=60, what="every Slurm job cancelled")
+
+
+@pytest.mark.timeout(300)  # Slurm takes ~17 s to call a silent node down
+def test_a_node_that_dies_interrupts_the_job_and_retry_resubmits(slurm_server: Any) -> None:
+    srv, proj, c = slurm_server
+    extra = "retry:\n  on_events: [interruption]\n  duration: 10m\n"
+    write_config(proj, "n.dstack.yml", task("nodefail", "sleep 600", extra))
+    r = srv.cli("apply", "-f", "n.dstack.yml", "-y", "-d", cwd=proj)
+    assert r.returncode == 0, r.stdout + r.stderr
+    srv.wait_status("nodefail", "running", timeout=90)
+    (job,) = squeue(c)
+    node = job.split("|")[2]
+    c.kill_node(node)
+
+    def resubmitted() -> Any:
+        run = srv.run("nodefail")
+        subs = [s for j in run["jobs"] for s in j["job_submissions"]]
+        return len(subs) >= 2 and subs
+
+    subs = wait_until(resubmitted, timeout=150, what="a resubmitted job")
+    assert subs[0]["termination_reason"] == "interrupted_by_no_capacity", subs[0]
+    assert "NODE_FAIL" in (subs[0]["termination_reason_message"] or ""), subs[0]
+    srv.wait_status("nodefail", "running", timeout=120)
+    (job,) = squeue(c)
+    assert job.split("|")[2] != node  # the dead node is down: Slurm chose the other
+    srv.cli("stop", "nodefail", "-x", "-y")
