@@ -323,3 +323,13 @@ AFTER = [
 )
 def test_after(decision: InstanceDecision, outcome: Outcome, expected: InstanceDecision) -> None:
     assert after(decision, outcome, T0) == expected
+
+
+def test_a_host_gone_keeps_what_the_backend_said_of_its_jobs() -> None:
+    for act in (Act.ADVANCE, Act.REVIVE):
+        out = after(
+            d(act),
+            Outcome(False, "TIMEOUT", values={"remote_connection": "{}"}, reason=R.UNREACHABLE),
+            T0,
+        )
+        assert out.status == "terminating" and out.values["remote_connection"] == "{}"

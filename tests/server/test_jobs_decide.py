@@ -856,3 +856,13 @@ def test_a_running_job_whose_instance_ends_under_it_ends_at_once(
 def test_a_stop_of_the_job_wins_over_its_instance_ending() -> None:
     v = view(instance_status="terminating", stop_requested=True, stop_reason="terminated_by_user")
     assert decide(v, NOW).reason == "terminated_by_user"
+
+
+def test_a_lost_host_whose_backend_names_how_its_jobs_end() -> None:
+    """A Slurm job that hit its time limit ends the dstack job `max_duration_exceeded`, one
+    cancelled outside dstack fails it: not interruptions, so `retry` does not resubmit."""
+    v = view(instance_status="terminating", instance_reason="unreachable",
+             instance_lost_as="max_duration_exceeded", instance_message="TIMEOUT",
+             agent_reachable=False, disconnected_at=None)  # fmt: skip
+    d = decide(v, NOW)
+    assert (d.status, d.reason, d.message) == ("terminating", "max_duration_exceeded", "TIMEOUT")

@@ -186,3 +186,16 @@ def test_batch_script_runs_the_agent_in_the_foreground() -> None:
     assert "umask 077" in prep and "chmod 600" in prep and "chmod 700" in prep
     with pytest.raises(ValueError):
         sc.prepare_script("i-1", "not-a-hash")
+
+
+def test_how_an_ended_slurm_job_ends_the_dstack_job() -> None:
+    from dstack.server.backends.slurm.parsing import JobState, job_reason
+
+    def state(s: str) -> JobState:
+        return JobState(state=s, reason="None", node="n1")
+
+    assert job_reason(state("TIMEOUT")) == "max_duration_exceeded"
+    assert job_reason(state("CANCELLED by 1000")) == "executor_error"
+    assert job_reason(state("NODE_FAIL")) is None  # an interruption
+    assert job_reason(state("PREEMPTED")) is None
+    assert job_reason(None) is None

@@ -149,3 +149,17 @@ def test_a_node_that_dies_interrupts_the_job_and_retry_resubmits(slurm_server: A
     (job,) = squeue(c)
     assert job.split("|")[2] != node  # the dead node is down: Slurm chose the other
     srv.cli("stop", "nodefail", "-x", "-y")
+
+
+def test_a_scancel_from_outside_fails_the_job_naming_slurm(slurm_server: Any) -> None:
+    srv, proj, c = slurm_server
+    extra = "retry:\n  on_events: [interruption]\n  duration: 10m\n"
+    write_config(proj, "x.dstack.yml", task("cancelled", "sleep 600", extra))
+    r = srv.cli("apply", "-f", "x.dstack.yml", "-y", "-d", cwd=proj)
+    assert r.returncode == 0, r.stdout + r.stderr
+    srv.wait_status("cancelled", "running", timeout=90)
+    assert c.ssh("scancel --name=$(squeue -h -o %j | head -n1)").returncode == 0
+    run = srv.wait_status("cancelled", "failed", timeout=60)
+    (sub,) = [s for j in run["jobs"] for s in j["job_submissions"]]  # not resubmitted
+    assert sub["termination_reason"] == "executor_error", sub
+    assert "scancel" in (sub["termination_reason_message"] or ""), sub

@@ -39,7 +39,13 @@ class BackendError(Exception):
 
 class HostGone(BackendError):
     """The backend lost the host for good (a reclaimed spot instance, a machine terminated
-    outside the server): its jobs end now, and the instance is let go."""
+    outside the server): its jobs end now, and the instance is let go. `job_reason` (a
+    `JobTerminationReason` value) says how its jobs end when that is not an interruption (a
+    Slurm job that hit its time limit ends `max_duration_exceeded`)."""
+
+    def __init__(self, message: str, job_reason: str | None = None) -> None:
+        super().__init__(message)
+        self.job_reason = job_reason
 
 
 class NoCapacityError(BackendError):

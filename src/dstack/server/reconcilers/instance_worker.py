@@ -207,7 +207,11 @@ class InstanceReconciler(Reconciler):
                 await self.agents.forget(inst.id)
                 return Outcome(True, values={"agent_url": p2.agent_url, "agent_pid": p2.agent_pid})
         except HostGone as e:
-            return Outcome(False, str(e), reason=R.UNREACHABLE)
+            values = {}
+            if e.job_reason:  # kept with the host's record: the job reconciler reads it
+                rc = {**json.loads(inst.remote_connection or "{}"), "lost_as": e.job_reason}
+                values["remote_connection"] = json.dumps(rc)
+            return Outcome(False, str(e), values=values, reason=R.UNREACHABLE)
         except NoCapacityError as e:
             return Outcome(False, str(e), reason=R.NO_OFFERS)
         except (BackendError, AgentClientError) as e:

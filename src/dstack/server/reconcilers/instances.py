@@ -144,7 +144,9 @@ def after(d: InstanceDecision, o: Outcome, now: datetime) -> InstanceDecision:
         return replace(d, status=S.TERMINATING, reason=R.ERROR, message=o.message)
     if d.action == Act.ADVANCE:
         if not o.ok:
-            return replace(d, status=S.TERMINATING, reason=o.reason or R.ERROR, message=o.message)
+            values = {**d.values, **o.values}
+            reason = o.reason or R.ERROR
+            return replace(d, status=S.TERMINATING, reason=reason, message=o.message, values=values)
         if o.values:  # a boot step happened: the agent may answer right away
             return replace(d, values={**o.values, "dirty": True}, recheck=None)
         return d
@@ -160,5 +162,8 @@ def after(d: InstanceDecision, o: Outcome, now: datetime) -> InstanceDecision:
     if d.action == Act.REVIVE and o.ok:
         return replace(d, values={**d.values, **o.values, "unreachable": False})
     if d.action == Act.REVIVE and o.reason == R.UNREACHABLE:  # the host is gone for good
-        return replace(d, status=S.TERMINATING, reason=R.UNREACHABLE, message=o.message)
+        values = {**d.values, **o.values}
+        return replace(
+            d, status=S.TERMINATING, reason=R.UNREACHABLE, message=o.message, values=values
+        )
     return d

@@ -148,3 +148,12 @@ async def note_status(
         now=now,
         within_run_id=job.run_id,
     )
+
+
+def lost_as(inst: t.Instance | None) -> str | None:
+    """How the backend said the jobs of the host it lost end (`HostGone.job_reason`, kept in
+    the host's record); None: as an interruption."""
+    if inst is None or not inst.remote_connection:
+        return None
+    value = json.loads(inst.remote_connection).get("lost_as")
+    return value if isinstance(value, str) else None

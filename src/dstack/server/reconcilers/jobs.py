@@ -142,6 +142,8 @@ class JobView:
     stop_reason: str | None = None
     # Why the instance ended (InstanceTerminationReason value), when it did.
     instance_reason: str | None = None
+    # How the backend said the lost host's jobs end (`HostGone.job_reason`); None: interrupted.
+    instance_lost_as: str | None = None
     # The offer of the job's instance when it was created for this job (None: a pool instance).
     new_instance_offer: TriedOffer | None = None
     tried_offers: tuple[TriedOffer, ...] = ()
@@ -366,6 +368,10 @@ def _interrupted(v: JobView) -> Decision:
     """The job's instance ended under it (a reclaimed spot instance, a lost host): no need to
     wait for the agent's grace, the host is gone."""
     why = v.instance_message or v.instance_reason or "no reason given"
+    if v.instance_lost_as:
+        return Decision(
+            "wait", status=JobStatus.TERMINATING.value, reason=v.instance_lost_as, message=why
+        )
     if v.spot or v.instance_reason == InstanceTerminationReason.UNREACHABLE.value:
         # The backend said the machine is gone (a reclaimed spot instance, a Slurm node that
         # failed or a preempted allocation): capacity taken away, so `retry: interruption`.

@@ -238,7 +238,9 @@ class SlurmBackend(Compute):
         job = await self._job(rc)
         phase = sp.phase_of(job)
         if phase is sp.Phase.GONE:
-            raise HostGone(sp.gone_message(rc["cluster"], str(rc["job_id"]), job))
+            raise HostGone(
+                sp.gone_message(rc["cluster"], str(rc["job_id"]), job), sp.job_reason(job)
+            )
         assert job is not None
         if phase is sp.Phase.PENDING:
             reason = sp.pending_message(job)
@@ -279,7 +281,9 @@ class SlurmBackend(Compute):
             return None
         job = await self._job(rc)
         if sp.phase_of(job) is sp.Phase.GONE:
-            raise HostGone(sp.gone_message(rc["cluster"], str(rc["job_id"]), job))
+            raise HostGone(
+                sp.gone_message(rc["cluster"], str(rc["job_id"]), job), sp.job_reason(job)
+            )
         return None
 
     async def diagnose(self, host: Host) -> str:

@@ -13,6 +13,7 @@ from enum import Enum
 
 from dstack.models.instances import Gpu, InstanceType, Resources
 from dstack.models.offers import InstanceAvailability, InstanceOfferWithAvailability
+from dstack.models.runs import JobTerminationReason
 
 BACKEND = "slurm"
 # One line per (node, partition): name|partition|CPUs|memory MB|GRES|state (long form).
@@ -265,6 +266,23 @@ _ENDED = {
     "REVOKED": "the federation revoked it",
     "SPECIAL_EXIT": "it ended with a special exit state",
 }
+
+
+# How the dstack jobs of an ended Slurm job end, where it is not an interruption (a failed
+# node or a preemption is: `retry: [interruption]` resubmits those).
+_JOB_REASONS = {
+    "TIMEOUT": JobTerminationReason.MAX_DURATION_EXCEEDED.value,
+    "CANCELLED": JobTerminationReason.EXECUTOR_ERROR.value,
+    "OUT_OF_MEMORY": JobTerminationReason.EXECUTOR_ERROR.value,
+    "DEADLINE": JobTerminationReason.MAX_DURATION_EXCEEDED.value,
+}
+
+
+def job_reason(job: JobState | None) -> str | None:
+    """The `JobTerminationReason` value the dstack job ends with (None: interrupted)."""
+    if job is None:
+        return None
+    return _JOB_REASONS.get(job.state.split()[0].rstrip("+"))
 
 
 def phase_of(job: JobState | None) -> Phase:
