@@ -198,3 +198,14 @@ def test_needs_come_from_the_configuration() -> None:
         "spot",
     }
     assert needs(SimpleNamespace(), {"spot": "auto"}) == frozenset()
+    # `nodes: 2` needs a backend that runs multi-node tasks (Slurm here does not yet).
+    assert needs(SimpleNamespace(), {"multinode": True}) == {"multinode"}
+
+
+def test_a_multinode_task_is_refused_on_a_backend_without_multinode() -> None:
+    capacity = replace(cap(offer(backend="slurm")), capabilities={"slurm": frozenset()})
+    ranked = rank(req(needs=frozenset({"multinode"})), [], [capacity])
+    assert ranked.candidates == []
+    assert ranked.rejections == [
+        "slurm offer t1: backend slurm cannot run a multi-node task (`nodes` > 1)"
+    ]

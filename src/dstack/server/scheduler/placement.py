@@ -252,6 +252,7 @@ NEEDS = {
     "volumes": "cannot mount `volumes`",
     "reservations": "cannot use a `reservation`",
     "spot": "has no spot instances (`spot_policy: spot`)",
+    "multinode": "cannot run a multi-node task (`nodes` > 1)",
 }
 
 

@@ -363,4 +363,6 @@ def needs(conf: Any, job_requirements: dict[str, Any]) -> frozenset[str]:
         out.add("reservations")
     if job_requirements.get("spot") == "spot":
         out.add("spot")
+    if job_requirements.get("multinode"):
+        out.add("multinode")
     return frozenset(out)
