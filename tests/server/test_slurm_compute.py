@@ -343,7 +343,7 @@ def test_connect_through_the_agent_reaches_the_nodes_loopback(tmp_path: Path) ->
 def test_slurm_is_asked_for_the_least_the_job_accepts_within_the_node() -> None:
     """Several dstack jobs share a node when Slurm places them there: each asks for its own
     lower bounds, never more than the node has; a fleet's instance (no job) takes the node."""
-    from dstack.server.services.hosts import _least
+    from dstack.server.services.host_request import _least
 
     least = _least(
         {

@@ -36,7 +36,8 @@ from dstack.server.reconcilers.instances import (
 )
 from dstack.server.services import events
 from dstack.server.services.context import ServerContext
-from dstack.server.services.hosts import CreateContext, create_context, host_of, known_host_key
+from dstack.server.services.host_request import CreateContext, create_context
+from dstack.server.services.hosts import host_of, known_host_key
 from dstack.server.services.pool import FINISHED_JOB_STATUSES, LIVE_INSTANCE_STATUSES, fleet_conf
 
 log = logging.getLogger(__name__)
