@@ -163,3 +163,27 @@ def test_a_scancel_from_outside_fails_the_job_naming_slurm(slurm_server: Any) ->
     (sub,) = [s for j in run["jobs"] for s in j["job_submissions"]]  # not resubmitted
     assert sub["termination_reason"] == "executor_error", sub
     assert "scancel" in (sub["termination_reason_message"] or ""), sub
+
+
+def test_a_job_waiting_in_slurm_says_why(slurm_server: Any) -> None:
+    """Both nodes busy (each job takes a node's two CPUs): the third waits in Slurm's queue, and
+    `dstack ps` shows Slurm's reason with `provisioning`."""
+    srv, proj, c = slurm_server
+    names = ("busy-a", "busy-b", "queued")
+    for name in names:
+        text = task(name, "sleep 300").replace("cpu: 1..", "cpu: 2..")
+        write_config(proj, f"{name}.dstack.yml", text)
+        r = srv.cli("apply", "-f", f"{name}.dstack.yml", "-y", "-d", cwd=proj)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    def waiting() -> Any:
+        sub = srv.run("queued")["jobs"][0]["job_submissions"][-1]
+        return "pending in Slurm" in (sub.get("status_message") or "") and sub
+
+    sub = wait_until(waiting, timeout=90, what="the queued job to show Slurm's reason")
+    assert sub["status"] == "provisioning", sub
+    # Slurm says `Resources`, or `Priority` for a job queued behind another waiting one.
+    assert "(Resources)" in sub["status_message"] or "(Priority)" in sub["status_message"], sub
+    assert "pending in Slurm" in srv.cli("ps", "-v").stdout
+    for name in names:
+        srv.cli("stop", name, "-x", "-y")

@@ -125,6 +125,8 @@ class Provisioning:
     remote: dict[str, Any] | None = None  # replaces Host.remote when set
     # The agent token, when the backend chose it (else the one the server wrote is kept).
     agent_token: str | None = None
+    # Why the host is not up yet, for the user (a Slurm job's pending reason); None: nothing.
+    note: str | None = None
 
 
 @dataclass

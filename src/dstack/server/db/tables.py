@@ -139,6 +139,9 @@ class Instance(LeaseMixin, Base):
     status: Mapped[str] = mapped_column(String(20))
     termination_reason: Mapped[str | None] = mapped_column(String(60))
     termination_reason_message: Mapped[str | None] = mapped_column(Text)
+    # Why a provisioning host is not up yet, as its backend says (e.g. Slurm's pending reason);
+    # shown with the job (`dstack ps`). Migration 0014.
+    status_message: Mapped[str | None] = mapped_column(Text)
     unreachable: Mapped[bool] = mapped_column(Boolean, default=False)
     offer: Mapped[str | None] = mapped_column(Text)  # InstanceOfferWithAvailability JSON
     price: Mapped[float] = mapped_column(Float, default=0.0)

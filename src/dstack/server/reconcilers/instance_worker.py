@@ -183,6 +183,7 @@ class InstanceReconciler(Reconciler):
                 values: dict[str, Any] = {
                     "host_info": json.dumps(r.host_info),
                     "unreachable": False,
+                    "status_message": None,
                 }
                 if r.offer is not None:
                     values["offer"] = r.offer.model_dump_json()
@@ -227,6 +228,7 @@ class InstanceReconciler(Reconciler):
             "agent_url": p.agent_url,
             "agent_pid": p.agent_pid,
             "hostname": p.hostname,
+            "status_message": p.note,
         }
         if p.agent_token:
             values["agent_token_enc"] = self.ctx.box.encrypt(p.agent_token)

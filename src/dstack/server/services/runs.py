@@ -21,6 +21,7 @@ from dstack.errors import (
 from dstack.models.configurations import parse_configuration
 from dstack.models.runs import (
     JobPlan,
+    JobStatus,
     Run,
     RunPlan,
     RunSpec,
@@ -126,7 +127,22 @@ async def to_model(
         fleet=fleet,
         submissions_limit=submissions_limit,
         connection_info=connection_info,
+        instance_notes=await instance_notes(s, jobs),
     )
+
+
+async def instance_notes(s: AsyncSession, jobs: list[t.Job]) -> dict[str, str]:
+    """Why the instances of provisioning jobs are not up yet, as their backends said."""
+    provisioning = JobStatus.PROVISIONING.value
+    ids = [j.instance_id for j in jobs if j.instance_id and j.status == provisioning]
+    if not ids:
+        return {}
+    rows = await s.execute(
+        select(t.Instance.id, t.Instance.status_message).where(
+            t.Instance.id.in_(ids), t.Instance.status_message.is_not(None)
+        )
+    )
+    return {iid: note for iid, note in rows.all()}
 
 
 async def get_plan(

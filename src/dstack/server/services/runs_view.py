@@ -70,7 +70,8 @@ def job_status_message(job: t.Job) -> str:
     return status
 
 
-def submission_model(job: t.Job) -> JobSubmission:
+def submission_model(job: t.Job, note: str | None = None) -> JobSubmission:
+    """`note`: why the job's instance is not up yet (shown with `provisioning`)."""
     jpd = (
         JobProvisioningData.model_validate_json(job.job_provisioning_data)
         if job.job_provisioning_data
@@ -86,7 +87,7 @@ def submission_model(job: t.Job) -> JobSubmission:
         finished_at=job.finished_at,
         inactivity_secs=job.inactivity_secs,
         status=JobStatus(job.status),
-        status_message=job_status_message(job),
+        status_message=(f"{job_status_message(job)} ({note})" if note else job_status_message(job)),
         termination_reason=job.termination_reason,
         termination_reason_message=job.termination_reason_message,
         exit_status=job.exit_status,
@@ -96,6 +97,15 @@ def submission_model(job: t.Job) -> JobSubmission:
         probes=[{"success_streak": n} for n in json.loads(job.probe_streaks or "[]")],
         tried_offers=json.loads(job.tried_offers or "[]"),
     )
+
+
+def _with_note(message: str, latest: JobSubmission | None) -> str:
+    """A run whose first job is provisioning shows why its instance is not up yet, when the
+    backend said (`provisioning (pending in Slurm (Resources))`)."""
+    noted = latest is not None and latest.status == JobStatus.PROVISIONING
+    if noted and latest.status_message.startswith(f"{latest.status.value} ("):
+        return latest.status_message
+    return message
 
 
 def _cost(subs: list[JobSubmission], now: datetime) -> float:
@@ -133,6 +143,7 @@ def run_model(
     submissions_limit: int | None = None,
     server_url_path: str = "",
     connection_info: bool = False,
+    instance_notes: dict[str, str] | None = None,
 ) -> Run:
     now = utcnow()
     by_job: dict[tuple[int, int], list[t.Job]] = defaultdict(list)
@@ -147,7 +158,8 @@ def run_model(
         latest_rows.append(rows[-1])
         if submissions_limit:
             rows = rows[-submissions_limit:]
-        subs = [submission_model(r) for r in rows]
+        notes = instance_notes or {}
+        subs = [submission_model(r, notes.get(r.instance_id or "")) for r in rows]
         all_subs.extend(subs)
         job_spec = JobSpec.model_validate_json(rows[-1].job_spec)
         info = job_connection_info(spec, job_spec, subs[-1]) if connection_info else None
@@ -162,7 +174,7 @@ def run_model(
         submitted_at=run.submitted_at,
         last_processed_at=run.last_processed_at,
         status=status,
-        status_message=run_status_message(run, latest_rows),
+        status_message=_with_note(run_status_message(run, latest_rows), latest),
         termination_reason=run.termination_reason,
         run_spec=spec,
         jobs=job_models,

@@ -247,7 +247,7 @@ class SlurmBackend(Compute):
             if rc.get("slurm_reason") == reason and rc.get("phase") == PHASE_PENDING:
                 return None
             rc.update(phase=PHASE_PENDING, slurm_reason=reason)
-            return Provisioning(agent_url="", hostname="", remote=rc)
+            return Provisioning(agent_url="", hostname="", remote=rc, note=reason)
         if rc.get("phase") == PHASE_RUNNING:
             return None  # the agent's address is known; the server keeps polling it
         node = job.node.split(",")[0]
