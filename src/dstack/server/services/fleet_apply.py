@@ -21,8 +21,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dstack.errors import ConfigurationError, ServerClientError
-from dstack.models.configurations import parse_configuration
+from dstack.errors import ServerClientError
 from dstack.models.fleets import Fleet, FleetSpec, FleetStatus
 from dstack.models.fleets_config import FleetConfiguration
 from dstack.models.instances import InstanceStatus
@@ -45,20 +44,13 @@ from dstack.server.services.fleet_nodes import (
 )
 from dstack.server.services.fleets import fleet_model
 from dstack.server.services.hosts import hosts_backend, known_host_key
+from dstack.server.services.named_config import parse_named
 from dstack.server.services.pool import live_backend_types
 from dstack.server.services.ssh_keys import project_keypair
 
 
 def parse_fleet(spec: dict[str, Any]) -> FleetConfiguration:
-    try:
-        conf = parse_configuration(spec.get("configuration") or {})
-    except ConfigurationError as e:
-        raise ServerClientError(str(e), field=e.path) from e
-    if not isinstance(conf, FleetConfiguration):
-        raise ServerClientError("the configuration is not a fleet", field="type")
-    if not conf.name:
-        raise ServerClientError("the fleet configuration must have a `name`", field="name")
-    return conf
+    return parse_named(spec.get("configuration") or {}, FleetConfiguration, "fleet")
 
 
 def public_configuration(conf: FleetConfiguration) -> dict[str, Any]:

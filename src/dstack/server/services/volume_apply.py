@@ -21,14 +21,14 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dstack.errors import ConfigurationError, ResourceExistsError, ServerClientError
-from dstack.models.configurations import parse_configuration
+from dstack.errors import ResourceExistsError, ServerClientError
 from dstack.models.volumes import Volume, VolumeStatus
 from dstack.models.volumes_config import VolumeConfiguration
 from dstack.models.wire import utcnow
 from dstack.server.db import tables as t
 from dstack.server.services import events
 from dstack.server.services.context import ServerContext
+from dstack.server.services.named_config import parse_named
 from dstack.server.services.volumes import find_volume, volume_model
 
 CREATE = "create"
@@ -36,15 +36,7 @@ NO_CHANGES = "no_changes"
 
 
 def parse_volume(configuration: dict[str, Any]) -> VolumeConfiguration:
-    try:
-        conf = parse_configuration(configuration)
-    except ConfigurationError as e:
-        raise ServerClientError(str(e), field=e.path) from e
-    if not isinstance(conf, VolumeConfiguration):
-        raise ServerClientError("the configuration is not a volume", field="type")
-    if not conf.name:
-        raise ServerClientError("the volume configuration must have a `name`", field="name")
-    return conf
+    return parse_named(configuration, VolumeConfiguration, "volume")
 
 
 def stored(conf: VolumeConfiguration) -> dict[str, Any]:

@@ -1,0 +1,23 @@
+"""A resource's configuration as an apply request carries it (fleets, volumes): parsed with
+the configuration language's own errors, of the expected type, and named."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from dstack.errors import ConfigurationError, ServerClientError
+from dstack.models.configurations import parse_configuration
+
+C = TypeVar("C")
+
+
+def parse_named(data: dict[str, Any], expected: type[C], kind: str) -> C:
+    try:
+        conf = parse_configuration(data)
+    except ConfigurationError as e:
+        raise ServerClientError(str(e), field=e.path) from e
+    if not isinstance(conf, expected):
+        raise ServerClientError(f"the configuration is not a {kind}", field="type")
+    if not getattr(conf, "name", None):
+        raise ServerClientError(f"the {kind} configuration must have a `name`", field="name")
+    return conf
