@@ -5,18 +5,16 @@ it exactly as it reads a real one. Import as `from catalog_fixture import write_
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from gpuhunt import AcceleratorVendor, CatalogItem, CPUArchitecture
 from gpuhunt._internal.storage import dump
 
+from compute_double import ComputeDouble
 from dstack.models.offers import InstanceOfferWithAvailability
 from dstack.server.backends.base import (
     Capabilities,
-    Compute,
     Host,
     OfferRequirements,
-    Provisioning,
 )
 from dstack.server.backends.catalog import OfferCatalog
 
@@ -46,8 +44,15 @@ SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96)
 
 
 def _item(
-    name: str, region: str, cpu: int, memory: float, gpu: str | None, gpu_memory: float | None,
-    gpu_count: int, price: float, spot: bool,
+    name: str,
+    region: str,
+    cpu: int,
+    memory: float,
+    gpu: str | None,
+    gpu_memory: float | None,
+    gpu_count: int,
+    price: float,
+    spot: bool,
 ) -> CatalogItem:
     return CatalogItem(
         provider="aws",
@@ -78,8 +83,12 @@ def known_items() -> list[CatalogItem]:
 
 def synthetic_items(n: int) -> list[CatalogItem]:
     """`n` rows of made-up instance types (varied CPUs, memory, GPUs, regions, prices)."""
-    regions = [f"{geo}-{side}-{k}" for geo in ("us", "eu", "ap") for side in ("east", "west")
-               for k in (1, 2)]
+    regions = [
+        f"{geo}-{side}-{k}"
+        for geo in ("us", "eu", "ap")
+        for side in ("east", "west")
+        for k in (1, 2)
+    ]
     out: list[CatalogItem] = []
     i = 0
     while len(out) < n:
@@ -109,7 +118,7 @@ def write_test_catalog(dir: Path, rows: int | None = None, *, provider: str = "a
     return path
 
 
-class CatalogCompute(Compute):
+class CatalogCompute(ComputeDouble):
     """A test double of a cloud backend that only lists offers, from `catalog` under its own
     `type` as the provider (`{type}.csv`); it creates nothing."""
 
@@ -123,14 +132,5 @@ class CatalogCompute(Compute):
     async def offers(self, requirements: OfferRequirements) -> list[InstanceOfferWithAvailability]:
         return await self.catalog.offers(self.type, requirements, self.regions)
 
-    async def create_instance(self, host: Host, offer: Any) -> Provisioning:
-        raise AssertionError("a catalog-only test double creates nothing")
-
     async def terminate(self, host: Host) -> str | None:
         raise AssertionError("a catalog-only test double creates nothing")
-
-    async def open_stream(self, host: Host, port: int) -> Any:
-        raise AssertionError("a catalog-only test double creates nothing")
-
-    async def upstream(self, host: Host, port: int) -> tuple[str, int] | None:
-        return None

@@ -12,13 +12,13 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from compute_double import ComputeDouble
 from dstack.models.instances import InstanceType, Resources
 from dstack.models.offers import InstanceAvailability, InstanceOfferWithAvailability
 from dstack.models.runs import ApplyRunPlanInput, RunSpec
 from dstack.models.wire import utcnow
 from dstack.server.backends.base import (
     Capabilities,
-    Compute,
     Host,
     NoCapacityError,
     OfferCache,
@@ -51,7 +51,7 @@ def offer(name: str, price: float, spot: bool = False) -> InstanceOfferWithAvail
     )
 
 
-class FakeCloud(Compute):
+class FakeCloud(ComputeDouble):
     """A cloud whose offers and capacity the test sets; creating an instance of a type in
     `full` raises NoCapacityError."""
 
@@ -71,15 +71,6 @@ class FakeCloud(Compute):
             raise NoCapacityError(f"no capacity for {offer.instance.name} in {offer.region}")
         self.created.append(offer.instance.name)
         return Provisioning(agent_url="http://127.0.0.1:9", hostname=f"h-{host.name}")
-
-    async def terminate(self, host: Host) -> str | None:
-        return None
-
-    async def open_stream(self, host: Host, port: int) -> Any:
-        raise AssertionError("not used")
-
-    async def upstream(self, host: Host, port: int) -> tuple[str, int] | None:
-        return None
 
 
 class World:

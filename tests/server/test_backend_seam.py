@@ -11,15 +11,13 @@ from typing import Any
 
 import pytest
 
+from compute_double import ComputeDouble
 from dstack.models.offers import InstanceOfferWithAvailability
 from dstack.server.backends.base import (
     Capabilities,
-    Compute,
-    Host,
     InventoryItem,
     OfferCache,
     OfferRequirements,
-    Provisioning,
 )
 from dstack.server.backends.local import LocalBackend
 from dstack.server.backends.registry import BackendRegistry
@@ -30,7 +28,7 @@ from dstack.server.services.pool import PoolRows, unavailable, with_capacity
 from .test_scheduler import cap, inst, offer, req
 
 
-class Counting(Compute):
+class Counting(ComputeDouble):
     """A backend that counts its catalog calls (an emulator of a slow cloud API)."""
 
     type = "fake"
@@ -47,18 +45,6 @@ class Counting(Compute):
         if self.fail:
             raise RuntimeError("catalog down")
         return [offer(backend=self.type)]
-
-    async def create_instance(self, host: Host, offer: Any) -> Provisioning:
-        raise AssertionError("not used")
-
-    async def terminate(self, host: Host) -> str | None:
-        return None
-
-    async def open_stream(self, host: Host, port: int) -> Any:
-        raise AssertionError("not used")
-
-    async def upstream(self, host: Host, port: int) -> tuple[str, int] | None:
-        return None
 
 
 class Clock:

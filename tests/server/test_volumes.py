@@ -14,17 +14,14 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
+from compute_double import ComputeDouble
 from dstack.errors import ServerClientError
 from dstack.models.wire import utcnow
 from dstack.server.backends.base import (
     BackendError,
     Capabilities,
-    Compute,
-    Host,
     OfferCache,
-    OfferRequirements,
     PermanentError,
-    Provisioning,
     VolumeProvisioning,
     VolumeSpec,
 )
@@ -39,7 +36,7 @@ from dstack.server.services.crypto import Box
 from dstack.server.settings import Settings
 
 
-class VolumeCloud(Compute):
+class VolumeCloud(ComputeDouble):
     """A cloud with network volumes; `fail` holds errors the next calls raise, in order. Its
     type is `aws` only because a volume configuration's `backend` accepts the real names; it
     is registered under that name in this test's registry and nowhere else."""
@@ -77,21 +74,6 @@ class VolumeCloud(Compute):
     async def delete_volume(self, volume: VolumeSpec) -> None:
         self.calls.append(("delete", volume.external_id or ""))
         self._maybe_fail()
-
-    async def offers(self, requirements: OfferRequirements) -> list[Any]:
-        return []
-
-    async def create_instance(self, host: Host, offer: Any) -> Provisioning:
-        raise AssertionError("not used")
-
-    async def terminate(self, host: Host) -> str | None:
-        return None
-
-    async def open_stream(self, host: Host, port: int) -> Any:
-        raise AssertionError("not used")
-
-    async def upstream(self, host: Host, port: int) -> tuple[str, int] | None:
-        return None
 
 
 class FakeAgent:
@@ -316,9 +298,7 @@ def test_failures_past_the_backoff_or_permanent_fail_the_volume(tmp_path: Path) 
         assert row.status == "failed"
         assert row.status_message == "Creating the volume failed 3 times; last: boom"
         w.cloud.fail = [PermanentError("vol-missing does not exist")]
-        await w.apply(
-            {"name": "ext", "backend": "aws", "region": "r1", "volume_id": "vol-missing"}
-        )
+        await w.apply({"name": "ext", "backend": "aws", "region": "r1", "volume_id": "vol-missing"})
         await w.step()
         ext = await w.volume("ext")
         assert ext.status == "failed"
