@@ -32,6 +32,7 @@ from catalog_fixture import CatalogCompute, write_test_catalog  # noqa: E402
 from dstack.models.configurations import parse_configuration  # noqa: E402
 from dstack.server.backends.base import OfferCache, OfferRequirements  # noqa: E402
 from dstack.server.backends.catalog import OfferCatalog  # noqa: E402
+from dstack.server.backends.registry import BackendRegistry  # noqa: E402
 from dstack.server.scheduler.placement import rank  # noqa: E402
 from dstack.server.services.jobspecs import build_job_specs  # noqa: E402
 from dstack.server.services.pool import PoolRows, backend_capacity, requirements_for  # noqa: E402
@@ -55,7 +56,7 @@ class Ctx:
     """What `backend_capacity` reads of the server context."""
 
     def __init__(self, backend: CatalogCompute) -> None:
-        self.backends = {backend.type: backend}
+        self.backends = BackendRegistry(shared=[backend])
         self.offer_cache = OfferCache()
 
 
