@@ -19,12 +19,15 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The tests folder itself (not the repo root): gpuhunt installs a top-level `tests` package
+# that would shadow ours.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from bench.bench_run import apply_to_running, cli, stats  # noqa: E402
-from tests.e2e.harness import Server, wait_until  # noqa: E402
-from tests.e2e.ssh import hosts as sshhosts  # noqa: E402
-from tests.e2e.ssh.test_fleets import fleet_yaml  # noqa: E402
+from bench_run import apply_to_running, cli, stats  # noqa: E402
+
+from e2e.harness import Server, wait_until  # noqa: E402
+from e2e.ssh import hosts as sshhosts  # noqa: E402
+from e2e.ssh.test_fleets import fleet_yaml  # noqa: E402
 
 
 def _instances(server: Server, name: str) -> list[dict]:

@@ -37,11 +37,11 @@ from urllib.parse import urlsplit
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from tests.e2e.harness import Server, free_port, wait_until  # noqa: E402
+# The tests folder itself: gpuhunt installs a top-level `tests` package that shadows ours.
+sys.path.insert(0, str(REPO / "tests"))
 
 from dstack.server.proxy.http1 import Pool  # noqa: E402  (a light keep-alive load client)
+from e2e.harness import Server, free_port, wait_until  # noqa: E402
 
 APP = r"""
 import asyncio, os

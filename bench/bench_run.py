@@ -18,9 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The tests folder itself (not the repo root): gpuhunt installs a top-level `tests` package
+# that would shadow ours.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from tests.e2e.harness import Server, wait_until  # noqa: E402
+from e2e.harness import Server, wait_until  # noqa: E402
 
 SMALL = "resources: {{cpu: 1.., memory: 0.5GB.., disk: 1GB..}}\n"
 LONG = "type: task\nname: {name}\ncommands: [sleep 600]\n" + SMALL

@@ -11,6 +11,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+# `import httpx` also imports httpx's own command-line client (click, pygments, rich's
+# markdown) whenever click happens to be installed: ~0.3 s on every command, for nothing we
+# use. A None entry makes that import fail, and httpx then skips it.
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+
 # name -> one-line description shown in `dstack --help` (kept here so help needs no imports).
 COMMANDS: dict[str, str] = {
     "apply": "Apply a configuration: submit a run, create a fleet, volume or gateway",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 
 from dstack.models.requests import (
     ApplyRunPlanRequest,
@@ -15,6 +15,7 @@ from dstack.models.requests import (
 from dstack.models.runs import Run, RunPlan
 from dstack.server.db import tables as t
 from dstack.server.routers.deps import ProjectAccess, get_ctx, get_session, get_user, project_access
+from dstack.server.routers.fast_json import json_response
 from dstack.server.services import run_apply
 from dstack.server.services import runs as svc
 from dstack.server.services.context import ServerContext
@@ -68,13 +69,13 @@ async def list_runs(
     body: ListRunsRequest | None = None,
     user: t.User = Depends(get_user),
     s=Depends(get_session),  # noqa: ANN001
-) -> list[Run]:
+) -> Response:
     body = body or ListRunsRequest()
     if body.project_name:
         projects = [await project_for_member(s, user, body.project_name)]
     else:
         projects = await list_projects(s, user)
-    return await svc.list_runs(
+    runs = await svc.list_runs(
         s,
         user,
         {p.id: p for p in projects},
@@ -85,3 +86,4 @@ async def list_runs(
         prev_submitted_at=body.prev_submitted_at,
         prev_run_id=body.prev_run_id,
     )
+    return json_response(list[Run], runs)

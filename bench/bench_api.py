@@ -1,0 +1,174 @@
+"""Whole-process API figures of one real server (issue "Fast at every size"):
+
+    python bench/bench_api.py [--runs 1000] [--rounds 3] [--seconds 5]
+
+- submissions: `runs/apply` through the API, 8 requests in flight, runs per second (the runs ask
+  for 8 GPUs the local backend does not have, so they end as "no capacity" without starting
+  processes that would compete for the CPU);
+- runs/list: pages of 100 over the `--runs` runs, 8 connections, requests per second and p99;
+- `dstack ps` against the running server, whole process;
+- cold start: `dstack server` launched until its first authenticated answer.
+
+The client runs in this process (asyncio + httpx), on the same cores as the server: the
+figures are what one machine does, client included. Medians over `--rounds`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+# The tests folder itself: gpuhunt installs a top-level `tests` package that shadows ours.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from e2e.harness import Server  # noqa: E402
+
+CONCURRENCY = 8
+
+
+def run_spec(name: str) -> dict:
+    conf = {"type": "task", "commands": ["true"], "resources": {"gpu": "H100:8"}}
+    return {"run_name": name, "configuration": conf}
+
+
+async def _workers(n_items: int, work) -> list[float]:  # noqa: ANN001
+    """`n_items` calls of `work(i, client)` with CONCURRENCY in flight; latency of each."""
+    latencies: list[float] = []
+    counter = iter(range(n_items))
+    limits = httpx.Limits(max_connections=CONCURRENCY)
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+
+        async def worker() -> None:
+            for i in counter:
+                start = time.perf_counter()
+                await work(i, client)
+                latencies.append(time.perf_counter() - start)
+
+        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    return latencies
+
+
+def submissions(server: Server, n: int, prefix: str) -> float:
+    headers = {"Authorization": f"Bearer {server.token}"}
+    url = f"{server.url}/api/project/main/runs/apply"
+
+    async def apply(i: int, client: httpx.AsyncClient) -> None:
+        body = {"plan": {"run_spec": run_spec(f"{prefix}-{i}"), "current_resource": None}}
+        r = await client.post(url, json=body, headers=headers)
+        if r.status_code != 200:
+            raise RuntimeError(f"runs/apply answered {r.status_code}: {r.text[:300]}")
+
+    start = time.perf_counter()
+    asyncio.run(_workers(n, apply))
+    return n / (time.perf_counter() - start)
+
+
+def list_pages(server: Server, seconds: float) -> tuple[float, float]:
+    headers = {"Authorization": f"Bearer {server.token}"}
+    url = f"{server.url}/api/runs/list"
+    deadline = time.perf_counter() + seconds
+    done: list[float] = []
+
+    async def run() -> None:
+        limits = httpx.Limits(max_connections=CONCURRENCY)
+        async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+
+            async def worker() -> None:
+                while time.perf_counter() < deadline:
+                    start = time.perf_counter()
+                    r = await client.post(url, json={"limit": 100}, headers=headers)
+                    if r.status_code != 200 or len(r.json()) != 100:
+                        raise RuntimeError(f"runs/list answered {r.status_code}: {r.text[:200]}")
+                    done.append(time.perf_counter() - start)
+
+            await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+
+    start = time.perf_counter()
+    asyncio.run(run())
+    elapsed = time.perf_counter() - start
+    p99 = sorted(done)[max(0, int(round(0.99 * (len(done) - 1))))]
+    return len(done) / elapsed, p99
+
+
+def ps_time(server: Server) -> float:
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "dstack.cli.main", "ps"],
+        env=server.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True,
+    )
+    return time.perf_counter() - start
+
+
+def cold_start(home: Path) -> float:
+    """From launching `dstack server` on an existing state directory until an authenticated
+    `get_my_user` answers 200."""
+    server = Server(home)
+    token = server.token
+    start = time.perf_counter()
+    log = open(home / "server.log", "ab")  # noqa: SIM115
+    server.proc = subprocess.Popen(
+        [sys.executable, "-m", "dstack.cli.main", "server", "--port", str(server.port)],
+        env=server.env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )
+    try:
+        while True:
+            try:
+                r = httpx.post(
+                    f"{server.url}/api/users/get_my_user",
+                    headers={"Authorization": f"Bearer {token}"}, timeout=1,
+                )
+                if r.status_code == 200:
+                    return time.perf_counter() - start
+            except httpx.HTTPError:
+                pass
+            if server.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {server.log_tail()}")
+            time.sleep(0.005)
+    finally:
+        server.stop()
+
+
+def line(name: str, samples: list[float], unit: str, target: str) -> str:
+    return f"{name:<34} median {statistics.median(samples):9.3f} {unit:<6} {target}  {samples}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    args = ap.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="bench-api-"))
+    server = Server(home)
+    server.start()
+    rates, lists, p99s, ps = [], [], [], []
+    try:
+        per_round = max(1, args.runs // args.rounds)
+        for r in range(args.rounds):
+            rates.append(round(submissions(server, per_round, f"b{r}"), 1))
+        for _ in range(args.rounds):
+            rps, p99 = list_pages(server, args.seconds)
+            lists.append(round(rps, 1))
+            p99s.append(round(p99 * 1000, 1))
+        for _ in range(max(5, args.rounds)):
+            ps.append(round(ps_time(server), 3))
+    finally:
+        server.stop()
+    colds = [round(cold_start(home), 3) for _ in range(args.rounds)]
+    print(line("runs/apply, 8 in flight", rates, "runs/s", "(target >= 100)"))
+    print(line(f"runs/list page 100 of {args.runs}", lists, "req/s", "(target >= 150)"))
+    print(line("runs/list p99", p99s, "ms", "(target <= 50)"))
+    print(line("dstack ps", ps, "s", "(target <= 0.15)"))
+    print(line("cold start to first answer", colds, "s", "(target <= 0.7)"))
+
+
+if __name__ == "__main__":
+    main()
