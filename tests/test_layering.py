@@ -327,7 +327,10 @@ PROBE = textwrap.dedent(
         code = main()
     except SystemExit as e:
         code = e.code
-    heavy = sorted(m.split(".")[0] for m in sys.modules if m.split(".")[0] in {heavy!r})
+    # A None entry is a placeholder that blocks an import (cli/main.py's httpx._main), not a
+    # module that was loaded.
+    loaded = [m for m, mod in sys.modules.items() if mod is not None]
+    heavy = sorted(m.split(".")[0] for m in loaded if m.split(".")[0] in {heavy!r})
     print("HEAVY=" + ",".join(sorted(set(heavy))))
     print("DSTACK=" + ",".join(sorted(m for m in sys.modules if m.startswith("dstack"))))
     sys.exit(code or 0)
