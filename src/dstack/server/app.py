@@ -38,6 +38,7 @@ from dstack.server.routers import (
     runs,
     server,
     ssh_relay,
+    ui,
     users,
     volumes,
 )
@@ -205,4 +206,6 @@ def create_app(
         backends_router,
     ):
         app.include_router(module.router)
+    # Last: the UI's catch-all GET (client-side routes) must not shadow any route above.
+    app.include_router(ui.router)
     return app
