@@ -19,12 +19,16 @@ UI_DIR = Path(ui.__file__).resolve().parent.parent / "ui"
 @pytest.fixture
 def client() -> TestClient:
     app = FastAPI()
+    ui.install(app)
 
     @app.get("/metrics")
-    async def metrics() -> dict:  # a GET route added before the UI keeps its own answer
+    async def metrics() -> dict:  # a GET route added after the UI keeps its own answer
         return {"metrics": True}
 
-    app.include_router(ui.router)
+    @app.post("/api/thing")
+    async def thing() -> dict:
+        return {}
+
     return TestClient(app)
 
 
@@ -63,8 +67,14 @@ def test_server_paths_never_fall_back_to_the_page(client: TestClient, path: str)
     assert r.headers["content-type"] == "application/json"
 
 
-def test_a_get_route_before_the_ui_keeps_its_answer(client: TestClient):
+def test_a_get_route_after_the_ui_keeps_its_answer(client: TestClient):
     assert client.get("/metrics").json() == {"metrics": True}
+
+
+def test_unknown_posts_stay_404_and_known_paths_keep_405(client: TestClient):
+    assert client.post("/api/project/main/secrets/list").status_code == 404
+    assert client.post("/runs").status_code == 404
+    assert client.get("/api/thing").status_code == 405
 
 
 def test_every_module_the_page_imports_ships(client: TestClient):

@@ -206,6 +206,5 @@ def create_app(
         backends_router,
     ):
         app.include_router(module.router)
-    # Last: the UI's catch-all GET (client-side routes) must not shadow any route above.
-    app.include_router(ui.router)
+    ui.install(app)
     return app

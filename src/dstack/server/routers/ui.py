@@ -4,16 +4,19 @@ router picks the page); `/ui/...` are the assets. Every UI answer carries a Cont
 Policy that allows only this origin's scripts and styles: the UI renders with DOM calls and
 text nodes, never inline handlers or `innerHTML`, so it needs nothing looser.
 
-This router must be included last: its catch-all GET would otherwise shadow GET routes added
-after it. Paths under the API's prefixes never fall back to the page, so a mistyped API GET is
-still a JSON 404."""
+Client-side routes are served from the 404 handler, not from a catch-all route: a catch-all
+GET would shadow GET routes added after it and turn every unknown POST into a 405. Only a GET
+that matched no route and is outside the server's own prefixes falls back to the page, so the
+API keeps its JSON 404s."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import FileResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
 
@@ -60,9 +63,19 @@ async def index() -> Response:
     return _index()
 
 
-@router.get("/{route:path}")
-async def client_route(route: str) -> Response:
-    """A deep link (`/runs/main/my-run`) reloaded in the browser gets the page too."""
-    if route.split("/", 1)[0] in RESERVED:
-        raise HTTPException(status_code=404, detail="Not Found")
-    return _index()
+def is_client_route(request: Request, status_code: int) -> bool:
+    """A page address the browser asked for (a reloaded deep link such as
+    `/projects/main/runs/my-run`), as opposed to an unknown API or proxy path."""
+    first = request.url.path.lstrip("/").split("/", 1)[0]
+    return status_code == 404 and request.method in ("GET", "HEAD") and first not in RESERVED
+
+
+def install(app: FastAPI) -> None:
+    """The UI's routes and the fallback that answers client-side routes with the page."""
+    app.include_router(router)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _not_found(request: Request, e: StarletteHTTPException) -> Response:
+        if is_client_route(request, e.status_code):
+            return _index()
+        return await http_exception_handler(request, e)

@@ -39,7 +39,9 @@ export function navigate(path) {
 }
 
 function nav() {
-  const here = location.pathname === "/" ? "/runs" : location.pathname;
+  // A run's page (/projects/p/runs/r) belongs to Runs, not to Projects.
+  const here = location.pathname === "/" || /\/runs\//.test(location.pathname)
+    ? "/runs" : location.pathname;
   return h(
     "header",
     { class: "topbar" },

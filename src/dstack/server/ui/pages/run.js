@@ -74,6 +74,21 @@ function summary(run) {
   return h("dl", { class: "summary" }, items.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
 }
 
+/** The configuration as the user wrote it: the server's defaults (null, empty) left out. */
+function pruned(value) {
+  if (Array.isArray(value)) return value.map(pruned);
+  if (value && typeof value === "object") {
+    const out = {};
+    for (const [k, v] of Object.entries(value)) {
+      const p = pruned(v);
+      const empty = p === null || (typeof p === "object" && Object.keys(p).length === 0);
+      if (!empty) out[k] = p;
+    }
+    return out;
+  }
+  return value;
+}
+
 function eventsTable(events) {
   return table(["Time", "Event", "Actor", "Targets"], events.map((e) => [
     when(e.recorded_at), e.message, e.actor_user || "",
@@ -127,7 +142,7 @@ export function runPage(main, { params, navigate }) {
       ["Job", "Replica", "Node", "Submission", "Status", "Reason", "Instance", "Resources",
         "Price", "Submitted", ""],
       jobRows(run, `${chosen[0]}/${chosen[1]}`, choose), "No jobs yet."));
-    confBox.textContent = JSON.stringify(run.run_spec.configuration, null, 2);
+    confBox.textContent = JSON.stringify(pruned(run.run_spec.configuration), null, 2);
   };
   const refresh = () => stopRun.now();
   const stopRun = poll(async () => {
