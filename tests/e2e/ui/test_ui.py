@@ -182,3 +182,38 @@ def test_unknown_client_route_shows_not_found(server: Server, page):  # noqa: AN
     sign_in(page, server, "/no/such/page")
     page.wait_for_selector("main h1:has-text('Not found')")
     wait_until(lambda: not page.errors, timeout=1, what="no page errors")
+
+
+def test_metrics_chart_draws_what_the_route_answers(server: Server, project_dir: Path, page, shots):  # noqa: ANN001, E501
+    """The chart against the metrics route's contract. The browser's network layer answers
+    that one GET (the route is another change's; `test_metrics_show_a_chart_or_say_there_are_
+    none` uses the real one once it exists); the page, run and everything else are real."""
+    submit(server, project_dir, "ui-chart", "sleep 600")
+    server.wait_status("ui-chart", "running", timeout=60)
+    answer = {"metrics": [
+        {"name": "cpu_usage_percent", "timestamps": ["2026-01-01T00:00:00Z",
+         "2026-01-01T00:00:10Z", "2026-01-01T00:00:20Z"], "values": [10, 55.5, 30]},
+        {"name": "memory_usage_bytes", "timestamps": ["2026-01-01T00:00:00Z"],
+         "values": [3 * 1024**3]},
+        {"name": "gpu_util_percent_gpu0", "timestamps": [], "values": []},
+    ]}
+    asked: list[str] = []
+
+    def fulfil(route) -> None:  # noqa: ANN001
+        asked.append(route.request.url)
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(answer))
+
+    page.route("**/api/project/main/metrics/job/ui-chart?*", fulfil)
+    sign_in(page, server, "/projects/main/runs/ui-chart")
+    cpu = page.wait_for_selector("figure.chart[data-metric='cpu_usage_percent']",
+                                 timeout=TIMEOUT_MS)
+    assert len(cpu.query_selector("polyline").get_attribute("points").split()) == 3
+    assert cpu.query_selector("figcaption").text_content().endswith("30%")
+    mem = page.query_selector("figure.chart[data-metric='memory_usage_bytes']")
+    assert mem.query_selector("circle") is not None and "3.0GB" in mem.text_content()
+    assert page.query_selector("figure.chart[data-metric='gpu_util_percent_gpu0']") is None
+    page.locator("#metrics").screenshot(path=str(shots / "run-chart.png"))
+    assert "replica_num=0&job_num=0&limit=" in asked[0]
+    assert asked[0].startswith(f"{server.url}/api/project/main/metrics/job/ui-chart?")
+    server.api("/api/project/main/runs/stop", {"runs_names": ["ui-chart"], "abort": True})
+    assert not page.errors, page.errors
