@@ -217,3 +217,29 @@ def test_metrics_chart_draws_what_the_route_answers(server: Server, project_dir:
     assert asked[0].startswith(f"{server.url}/api/project/main/metrics/job/ui-chart?")
     server.api("/api/project/main/runs/stop", {"runs_names": ["ui-chart"], "abort": True})
     assert not page.errors, page.errors
+
+
+def test_runs_list_filters(server: Server, project_dir: Path, page):  # noqa: ANN001
+    submit(server, project_dir, "ui-filter-done", "echo finished-quickly")
+    submit(server, project_dir, "ui-filter-live", "sleep 600")
+    server.wait_status("ui-filter-done", "done", timeout=60)
+    server.wait_status("ui-filter-live", "running", timeout=60)
+    sign_in(page, server, "/runs")
+    row = "a.run-link:has-text('{}')"
+    page.wait_for_selector(row.format("ui-filter-live"), timeout=TIMEOUT_MS)
+    page.select_option("select[name=status]", "done")
+    page.wait_for_selector(row.format("ui-filter-done"))
+    assert page.query_selector(row.format("ui-filter-live")) is None
+    assert "status=done" in page.url
+    page.fill("input[name=q]", "filter-done")
+    page.fill("input[name=user]", "adm")
+    page.select_option("select[name=project]", "main")
+    page.wait_for_selector(row.format("ui-filter-done"), timeout=TIMEOUT_MS)
+    page.reload()  # the filters are in the address, so a reload keeps them
+    page.wait_for_selector(row.format("ui-filter-done"), timeout=TIMEOUT_MS)
+    assert page.input_value("input[name=q]") == "filter-done"
+    assert page.query_selector(row.format("ui-filter-live")) is None
+    page.fill("input[name=user]", "someone-else")
+    page.wait_for_selector("#runs .empty:has-text('No run matches')")
+    server.api("/api/project/main/runs/stop", {"runs_names": ["ui-filter-live"], "abort": True})
+    assert not page.errors, page.errors
