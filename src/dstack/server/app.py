@@ -38,6 +38,7 @@ from dstack.server.routers import (
     runs,
     server,
     ssh_relay,
+    ui,
     users,
     volumes,
 )
@@ -205,4 +206,5 @@ def create_app(
         backends_router,
     ):
         app.include_router(module.router)
+    ui.install(app)
     return app

@@ -52,6 +52,17 @@ def _announce(url: str, result: BootstrapResult) -> None:
     for line in result.backends:
         print(line, flush=True)
     print(f"The dstack server is running at {url}", flush=True)
+    print(f"The web UI: {ui_link(url, result.admin_token)}", flush=True)
+
+
+def ui_link(url: str, token: str | None) -> str:
+    """The UI's address; with the admin token, a link that signs in (the page stores the token
+    and removes it from the address bar). The token is in the fragment, which browsers never
+    send to a server, so it stays out of access logs and proxies."""
+    from urllib.parse import quote
+
+    base = url.rstrip("/") + "/"
+    return f"{base}#token={quote(token, safe='')}" if token else base
 
 
 def _server_config(server_dir: Path):  # noqa: ANN202 - a models.server_config.ServerConfig
