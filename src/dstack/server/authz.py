@@ -19,6 +19,10 @@ manage cloud fleets and volumes and read logs and events.
 
 from __future__ import annotations
 
+import math
+import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -214,3 +218,46 @@ def host_fleet_role_ok(rule: Rule, global_admin: bool, project_role: str | None,
     if not (rule.host_fleets_need_admin and on_unrented_hosts) or global_admin:
         return True
     return role_at_least(project_role, "admin")
+
+
+# -- failed authentication, limited per client address ---------------------------------------
+# Guessing tokens costs a wait. Only failures count (a busy client with a valid token is never
+# slowed), the window slides, and a limited address is refused before its token is looked at
+# (answering a good token differently would let guessing go on). The API's gate and the service
+# proxy share one limiter.
+
+MAX_FAILURES = 10
+WINDOW_SECONDS = 60.0
+MAX_ADDRESSES = 10_000  # memory bound: the oldest address is forgotten first
+
+
+class AuthLimiter:
+    def __init__(self, max_failures: int = MAX_FAILURES, window: float = WINDOW_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self.max_failures = max_failures
+        self.window = window
+        self.clock = clock
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, address: str) -> deque[float]:
+        now = self.clock()
+        q = self._failures.get(address)
+        if q is None:
+            return deque()
+        while q and now - q[0] >= self.window:
+            q.popleft()
+        if not q:
+            del self._failures[address]
+        return q
+
+    def blocked_for(self, address: str) -> int:
+        """Seconds until this address may try again (0: it may now)."""
+        q = self._recent(address)
+        if len(q) < self.max_failures:
+            return 0
+        return max(1, math.ceil(self.window - (self.clock() - q[0])))
+
+    def failed(self, address: str) -> None:
+        if address not in self._failures and len(self._failures) >= MAX_ADDRESSES:
+            self._failures.pop(next(iter(self._failures)))
+        self._failures.setdefault(address, deque()).append(self.clock())

@@ -25,6 +25,7 @@ from sqlalchemy import update
 
 from dstack.models.wire import utcnow
 from dstack.server import authz
+from dstack.server.authz import AuthLimiter
 from dstack.server.db import tables as t
 from dstack.server.db.session import Database
 from dstack.server.proxy import openai
@@ -45,7 +46,6 @@ from dstack.server.proxy.probes import Prober
 from dstack.server.proxy.ratelimit import RateLimiter
 from dstack.server.proxy.registry import Registry, Replica, Service
 from dstack.server.proxy.stats import StatsRecorder
-from dstack.server.services.auth_limit import AuthLimiter
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from starlette.requests import HTTPConnection
 
 from dstack.errors import ResourceNotExistsError
 from dstack.server import authz
+from dstack.server.authz import AuthLimiter
 from dstack.server.db import tables as t
-from dstack.server.services.auth_limit import AuthLimiter
 from dstack.server.services.context import ServerContext
 from dstack.server.services.users import get_project, user_by_token
 
