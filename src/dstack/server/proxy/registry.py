@@ -100,7 +100,8 @@ class Registry:
                     t.Member.user_id == user.id
                 )
             )
-            return Caller(user.id, user.global_role == "admin", {pid: role for pid, role in rows.all()})
+            roles = {pid: role for pid, role in rows.all()}
+            return Caller(user.id, user.global_role == "admin", roles)
 
     async def models(self, project: str) -> list[tuple[str, str]]:
         """(model name, run name) of the project's active model services."""
