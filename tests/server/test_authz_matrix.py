@@ -234,3 +234,22 @@ def test_failed_authentication_is_limited_per_address(server: tuple[TestClient, 
     finally:
         limiter.max_failures = old
         limiter._failures.clear()
+
+
+def test_metrics_rule_for_the_prometheus_route() -> None:
+    """`GET /metrics` may not exist yet in this build: its rule is checked on its own."""
+    rule = authz.rule_for("GET", "/metrics")
+    assert rule is not None and rule.need is authz.Need.METRICS
+    admin, member = authz.Caller(global_admin=True), authz.Caller(False, "admin")
+    assert authz.decide(rule, admin) is authz.Verdict.ALLOW
+    assert authz.decide(rule, member) is authz.Verdict.FORBIDDEN
+    assert authz.decide(rule, None) is authz.Verdict.NOT_AUTHENTICATED
+    assert authz.decide(rule, None, metrics_public=True) is authz.Verdict.ALLOW
+    for path in ("/", "/ui/{path:path}"):
+        assert authz.decide(authz.rule_for("GET", path), None) is authz.Verdict.ALLOW
+    secrets = "/api/project/{project_name}/secrets"
+    user = authz.Caller(False, "user")
+    assert authz.decide(authz.rule_for("POST", f"{secrets}/list"), user) is authz.Verdict.ALLOW
+    for action in ("get", "create_or_update", "delete"):
+        verdict = authz.decide(authz.rule_for("POST", f"{secrets}/{action}"), user)
+        assert verdict is authz.Verdict.FORBIDDEN

@@ -74,6 +74,10 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/"): _PUBLIC,
     ("GET", "/ui/{path:path}"): _PUBLIC,
     ("GET", "/metrics"): Rule(Need.METRICS),
+    # FastAPI's own pages (not in the schema): the API's shape, no data.
+    ("GET", "/api/docs"): _PUBLIC,
+    ("GET", "/api/docs/oauth2-redirect"): _PUBLIC,
+    ("GET", "/api/openapi.json"): _PUBLIC,
     # Users: each user sees themself; the global admin manages everyone.
     ("POST", "/api/users/get_my_user"): _SIGNED_IN,
     ("POST", "/api/users/list"): _GLOBAL,
@@ -160,7 +164,6 @@ class Caller:
     global_admin: bool
     project_role: str | None = None  # in the route's project; None when not a member
     project_public: bool = False
-    metrics_public: bool = False
 
 
 def rule_for(method: str, path_template: str) -> Rule | None:
@@ -171,12 +174,13 @@ def role_at_least(role: str | None, needed: str) -> bool:
     return role in ROLES and ROLES.index(role) >= ROLES.index(needed)
 
 
-def decide(rule: Rule, caller: Caller | None, project_exists: bool = True) -> Verdict:
-    """The verdict for one call. Pure: `deps.enforce` gathers the facts, the matrix test and the
-    proxy use the same function."""
-    if rule.need is Need.PUBLIC:
-        return Verdict.ALLOW
-    if rule.need is Need.METRICS and caller is not None and caller.metrics_public:
+def decide(
+    rule: Rule, caller: Caller | None, project_exists: bool = True, metrics_public: bool = False
+) -> Verdict:
+    """The verdict for one call. Pure: `deps.enforce` gathers the facts, the proxy uses the same
+    function. `metrics_public`: the server's configuration opens `/metrics` to scrapers
+    without a token (whoever adds that setting sets `app.state.metrics_public`)."""
+    if rule.need is Need.PUBLIC or (rule.need is Need.METRICS and metrics_public):
         return Verdict.ALLOW
     if caller is None:
         return Verdict.NOT_AUTHENTICATED

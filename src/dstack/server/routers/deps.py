@@ -92,8 +92,9 @@ async def enforce(conn: HTTPConnection, s: AsyncSession = Depends(get_session)) 
     rule = authz.rule_for(method, path)
     if rule is None:
         raise AuthError(f"No access rule for {method} {path}", code="forbidden")
-    if rule.need is authz.Need.PUBLIC:
-        access = Access(rule, None)
+    metrics_public = bool(getattr(conn.app.state, "metrics_public", False))
+    if authz.decide(rule, None, metrics_public=metrics_public) is authz.Verdict.ALLOW:
+        access = Access(rule, None)  # public: no token needed, none looked at
     else:
         access = await _decide(conn, s, rule)
     conn.state.access = access
