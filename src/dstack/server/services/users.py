@@ -1,4 +1,5 @@
-"""Users, projects and membership: who may call what.
+"""Users, projects and membership: lookups and creation (who may call what is decided by
+server/authz.py and applied by routers/deps.enforce).
 
 Tokens are looked up by their SHA-256 hash; the token itself exists only in the response that
 created it and in the user's client config.
