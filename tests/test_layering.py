@@ -119,8 +119,12 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         # Which backends each project has (it imports only the compute interface).
         "dstack.server.backends.registry",
     ),
+    # The access table and its pure decisions (imports nothing of ours): the API's gate in
+    # routers and the service proxy apply the same rules.
+    "dstack.server.authz": (),
     "dstack.server.routers": (
         *LEAVES,
+        "dstack.server.authz",
         "dstack.server.routers",
         "dstack.server.services",
         "dstack.models",
@@ -148,6 +152,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     ),
     "dstack.server.proxy": (
         *LEAVES,
+        "dstack.server.authz",
         "dstack.server.proxy",
         "dstack.server.db",
         "dstack.models",

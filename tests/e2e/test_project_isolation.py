@@ -4,50 +4,28 @@ any fleet. Two projects using one server never restart the local agent."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
+import json
+import re
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from .harness import Server, write_config
+from .services_util import service, service_dir, wait_serving
 from .test_runs import task
-
-MEMBER_SCRIPT = textwrap.dedent(
-    """
-    import asyncio, os, sys
-    from dstack.server.db.session import Database
-    from dstack.server.services.users import create_project, create_user
-    from dstack.server.settings import load_settings
-
-    async def main():
-        db = Database(load_settings().database_url)
-        async with db.session() as s:
-            user, token = await create_user(s, sys.argv[1])
-            await s.flush()
-            await create_project(s, user, sys.argv[2])
-            await s.commit()
-        await db.close()
-        print(token)
-
-    asyncio.run(main())
-    """
-)
 
 
 def add_member(srv: Server, user: str, project: str) -> str:
-    """A user who is a member (the owner) of a project of their own, and nothing else. The
-    server has no route for this yet (teams are their own issue): written to its database."""
-    r = subprocess.run(
-        [sys.executable, "-c", MEMBER_SCRIPT, user, project],
-        env=srv.env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert r.returncode == 0, r.stderr
-    token = r.stdout.strip().splitlines()[-1]
+    """A user who is the admin of a project of their own and a member of nothing else, made the
+    way an admin does it: `dstack user create`, then the user's `dstack project create`."""
+    r = srv.cli("user", "create", user)
+    assert r.returncode == 0, r.stdout + r.stderr
+    token = re.search(r"shown only now\): (\S+)", r.stdout).group(1)  # type: ignore[union-attr]
+    env = {"DSTACK_SERVER_URL": srv.url, "DSTACK_TOKEN": token, "DSTACK_PROJECT": "main"}
+    r = srv.cli("project", "create", project, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
     added = srv.cli("project", "add", "--name", project, "--url", srv.url, "--token", token, "-n")
     assert added.returncode == 0, added.stdout + added.stderr
     return token
@@ -124,3 +102,109 @@ def test_two_projects_never_restart_the_local_agent(shared: Server, project_dir:
     assert srv.agent_pid() == agent
     instances = srv.api("/api/project/main/fleets/get", {"name": "local"}).json()["instances"]
     assert len(instances) == 1, instances
+
+
+def _not_found(r: httpx.Response, what: str) -> bool:
+    return r.status_code == 400 and r.json()["detail"][0]["msg"] == f"{what} not found"
+
+
+def _team(srv: Server) -> str:
+    """bob and his project `team` (made by an earlier test, or now); his token, rotated by the
+    admin when bob exists already (a token is shown only once)."""
+    if "team" not in srv.cli("project", "list").stdout:
+        return add_member(srv, "bob", "team")
+    r = srv.cli("user", "refresh-token", "bob")
+    token = re.search(r"shown only now\): (\S+)", r.stdout).group(1)  # type: ignore[union-attr]
+    srv.cli("project", "add", "--name", "team", "--url", srv.url, "--token", token, "-n")
+    return token
+
+
+def test_two_teams_see_and_touch_nothing_of_each_other(
+    shared: Server, project_dir: Path, tmp_path: Path
+):
+    srv = shared
+    bob = _team(srv)
+    # Team main (the admin) has a service and a finished task; team `team` (bob) has a fleet.
+    d = service_dir(tmp_path)
+    write_config(d, "svc.dstack.yml", service("private-svc"))
+    r = srv.cli("apply", "-f", "svc.dstack.yml", "-y", "-d", cwd=d)
+    assert r.returncode == 0, r.stdout + r.stderr
+    write_config(project_dir, "t.dstack.yml", task("admins-task", "echo secret-output"))
+    r = srv.cli("apply", "-f", "t.dstack.yml", "-y", "--project", "main", cwd=project_dir)
+    assert r.returncode == 0, r.stdout + r.stderr
+    write_config(project_dir, "bf.dstack.yml", "type: fleet\nname: bobs\nnodes: 0..1\n")
+    r = srv.cli("apply", "-f", "bf.dstack.yml", "-y", "--project", "team", cwd=project_dir)
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_serving(srv, "private-svc")
+    run = srv.run("admins-task")
+    job_id = run["jobs"][0]["job_submissions"][-1]["id"]
+    local = srv.api("/api/project/main/fleets/get", {"name": "local"}).json()
+    bobs = srv.api("/api/project/team/fleets/get", {"name": "bobs"}, token=bob).json()
+
+    # Lists across projects show only the caller's own.
+    runs = srv.api("/api/runs/list", {}, token=bob).json()
+    assert all(r["project_name"] == "team" for r in runs), runs
+    fleets = [f["name"] for f in srv.api("/api/fleets/list", {}, token=bob).json()]
+    assert "local" not in fleets and "bobs" in fleets
+    assert "admins-task" not in srv.cli("ps", "-a", "--project", "team").stdout
+    names = [p["project_name"] for p in srv.api("/api/projects/list", {}, token=bob).json()]
+    assert names == ["team"]
+    # The other project by name: as if it did not exist.
+    for path, body in [
+        ("/api/project/main/runs/get", {"run_name": "admins-task"}),
+        ("/api/project/main/runs/stop", {"runs_names": ["private-svc"]}),
+        ("/api/project/main/logs/poll", {"run_name": "admins-task", "job_submission_id": job_id}),
+        ("/api/project/main/fleets/delete", {"names": ["local"]}),
+        ("/api/project/main/backends/list", {}),
+        ("/api/projects/main/get", {}),
+        ("/api/runs/list", {"project_name": "main"}),
+        ("/api/events/list", {"project_name": "main"}),
+    ]:
+        assert _not_found(srv.api(path, body, token=bob), "Project main"), path
+    # ... and by id, through bob's own project.
+    r = srv.api("/api/project/team/runs/get", {"id": run["id"]}, token=bob)
+    assert _not_found(r, f"Run {run['id']}")
+    r = srv.api("/api/project/team/fleets/get", {"id": local["id"]}, token=bob)
+    assert r.status_code == 400 and "does not exist" in r.text
+    body = {"run_name": "admins-task", "job_submission_id": job_id}
+    assert srv.api("/api/project/team/logs/poll", body, token=bob).status_code == 400
+    events = srv.api("/api/events/list", {"project_name": "team"}, token=bob).json()
+    assert not any("admins-task" in json.dumps(e) or e.get("target_name") == "local"
+                   for e in events)  # fmt: skip
+    # The admin's service refuses bob's token; the admin's own passes.
+    url = f"{srv.url}/proxy/services/main/private-svc/"
+    r = httpx.get(url, headers={"Authorization": f"Bearer {bob}"}, timeout=10)
+    assert r.status_code == 403, r.text
+    r = httpx.get(url, headers={"Authorization": f"Bearer {srv.token}"}, timeout=10)
+    assert r.status_code == 200, r.text
+    # The other way round: the admin's team sees bob's fleet only as a global admin would.
+    assert srv.api("/api/project/main/fleets/get", {"id": bobs["id"]}).status_code == 400
+    srv.cli("stop", "private-svc", "-y", "-x", "--project", "main")
+
+
+def test_a_plain_member_runs_but_does_not_manage_the_servers_machine(
+    shared: Server, project_dir: Path
+):
+    """carol is a `user` of main: she may run there (and stop anyone's run: runs are the team's
+    work), but the `local` fleet is the server's own machine: only a project admin deletes it.
+    A deactivated carol is refused at once, the SSH relay and the proxy included."""
+    srv = shared
+    r = srv.cli("user", "create", "carol")
+    token = re.search(r"shown only now\): (\S+)", r.stdout).group(1)  # type: ignore[union-attr]
+    r = srv.cli("project", "add-member", "main", "carol", "--role", "user", "--project", "main")
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = srv.api("/api/project/main/fleets/delete", {"names": ["local"]}, token=token)
+    assert r.status_code == 403 and "requires the admin role" in r.text, r.text
+    assert srv.api("/api/project/main/backends/list", {}, token=token).status_code == 403
+    write_config(project_dir, "c.dstack.yml", task("carols", "echo carol-ran"))
+    env = {"DSTACK_SERVER_URL": srv.url, "DSTACK_TOKEN": token, "DSTACK_PROJECT": "main"}
+    r = srv.cli("apply", "-f", "c.dstack.yml", "-y", cwd=project_dir, env=env)
+    assert r.returncode == 0 and "carol-ran" in r.stdout, r.stdout + r.stderr
+    r = srv.cli("user", "update", "carol", "--deactivate")
+    assert r.returncode == 0, r.stdout + r.stderr
+    started = time.monotonic()
+    r = srv.api("/api/runs/list", {}, token=token)
+    assert r.status_code == 403 and r.json()["detail"][0]["msg"] == "Invalid token"
+    assert time.monotonic() - started < 5
+    r = srv.cli("ssh-proxy", "--url", srv.url, "--project", "main", "carols", env=env)
+    assert r.returncode == 1 and r.stderr.strip() == "dstack: Invalid token", r.stderr

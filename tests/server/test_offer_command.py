@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from catalog_fixture import CatalogCompute, write_test_catalog
 from dstack.cli.main import main
 from dstack.models.wire import utcnow
-from dstack.server.app import install_error_handlers
+from dstack.server.app import GATE, install_error_handlers
 from dstack.server.backends.base import (
     OfferCache,
 )
@@ -83,7 +83,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield
         await db.close()
 
-    app = FastAPI(lifespan=lifespan)
+    app = FastAPI(lifespan=lifespan, dependencies=GATE)  # the server's access gate
     app.state.ctx = ctx
     install_error_handlers(app)
     app.include_router(offers.router)

@@ -18,6 +18,7 @@ import pytest
 from fastapi import FastAPI
 
 from dstack.models.wire import utcnow
+from dstack.server.app import GATE, install_error_handlers
 from dstack.server.backends.base import Host
 from dstack.server.backends.local import LocalBackend
 from dstack.server.db import tables as t
@@ -118,7 +119,8 @@ def relay(tmp_path: Path) -> Iterator[tuple[TestClient, Echo]]:
                 await s.flush()
             await s.commit()
 
-    app = FastAPI()
+    app = FastAPI(dependencies=GATE)  # the server's access gate, as create_app installs it
+    install_error_handlers(app)
     ctx = ServerContext(settings=None, db=db, box=None)  # type: ignore[arg-type]
 
     class Loopback(LocalBackend):
@@ -151,11 +153,12 @@ def test_refusals_say_why(relay: tuple[TestClient, Echo]) -> None:
         "Missing bearer token: send `Authorization: Bearer <token>`",
     )
     assert _refusal(client, "/api/project/main/runs/web/ssh", "nope") == (403, "Invalid token")
+    # Not a member: the same answer as for a project that does not exist (names do not leak).
     assert _refusal(client, "/api/project/main/runs/web/ssh", OUTSIDER) == (
-        403,
-        "The token's user is not a member of project main",
+        400,
+        "Project main not found",
     )
-    assert _refusal(client, "/api/project/other/runs/web/ssh")[0] == 403
+    assert _refusal(client, "/api/project/other/runs/web/ssh") == (400, "Project other not found")
     assert _refusal(client, "/api/project/main/runs/nope/ssh") == (
         404,
         "Run nope not found in project main",

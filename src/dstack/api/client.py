@@ -87,8 +87,9 @@ def error_from_response(response: httpx.Response) -> ClientError:
             str(first["msg"]), status_code=status, code=first.get("code"), field=first.get("field")
         )
     body = response.text[:500]
-    return ClientError(f"Unexpected error: status code {status} when requesting {url}. {body}",
-                       status_code=status)
+    return ClientError(
+        f"Unexpected error: status code {status} when requesting {url}. {body}", status_code=status
+    )
 
 
 class APIClient:
@@ -147,9 +148,7 @@ class APIClient:
                 break
             except (httpx.ConnectError, httpx.ConnectTimeout) as e:
                 if attempt == CONNECT_TRIES - 1:
-                    raise ClientError(
-                        f"Failed to connect to dstack server {self.base_url}"
-                    ) from e
+                    raise ClientError(f"Failed to connect to dstack server {self.base_url}") from e
                 time.sleep(self.retry_delay)
             except httpx.TimeoutException as e:
                 raise ClientError(f"Request to dstack server {self.base_url} timed out") from e
@@ -175,8 +174,10 @@ class APIClient:
         from pydantic import ValidationError
 
         try:
-            if isinstance(model, type) and not hasattr(model, "__origin__") and issubclass(
-                model, BaseModel
+            if (
+                isinstance(model, type)
+                and not hasattr(model, "__origin__")
+                and issubclass(model, BaseModel)
             ):
                 return model.model_validate(data)
             return TypeAdapter(model).validate_python(data)
@@ -197,13 +198,55 @@ class APIClient:
     def get_project(self, name: str) -> Project:
         return self._parse(Project, self.request(f"/api/projects/{name}/get"))
 
+    # -- administration: users, projects, members (docs/teams.md) -----------------------
+
+    def list_users(self) -> list[User]:
+        return self._parse(list[User], self.request("/api/users/list"))
+
+    def get_user(self, username: str) -> User:
+        return self._parse(User, self.request("/api/users/get_user", {"username": username}))
+
+    def create_user(self, username: str, global_role: str = "user",
+                    email: str | None = None) -> User:  # fmt: skip
+        body = {"username": username, "global_role": global_role, "email": email}
+        return self._parse(User, self.request("/api/users/create", body))
+
+    def update_user(self, username: str, **fields: Any) -> User:
+        """`fields`: global_role, email, active; only those given change."""
+        return self._parse(
+            User, self.request("/api/users/update", {"username": username, **fields})
+        )
+
+    def refresh_token(self, username: str) -> User:
+        return self._parse(User, self.request("/api/users/refresh_token", {"username": username}))
+
+    def delete_users(self, usernames: list[str]) -> None:
+        self.request("/api/users/delete", {"users": usernames})
+
+    def create_project(self, name: str, is_public: bool = False) -> Project:
+        body = {"project_name": name, "is_public": is_public}
+        return self._parse(Project, self.request("/api/projects/create", body))
+
+    def delete_projects(self, names: list[str]) -> None:
+        self.request("/api/projects/delete", {"projects_names": names})
+
+    def update_project(self, name: str, is_public: bool) -> Project:
+        body = {"is_public": is_public}
+        return self._parse(Project, self.request(f"/api/projects/{name}/update", body))
+
+    def add_members(self, name: str, members: list[dict[str, str]]) -> Project:
+        body = {"members": members}
+        return self._parse(Project, self.request(f"/api/projects/{name}/add_members", body))
+
+    def remove_members(self, name: str, usernames: list[str]) -> Project:
+        body = {"usernames": usernames}
+        return self._parse(Project, self.request(f"/api/projects/{name}/remove_members", body))
+
     # -- runs ----------------------------------------------------------------------------
 
     def upload_code(self, archive: bytes, repo_id: str = "none") -> str:
         files = {"file": ("code.tar.gz", archive, "application/gzip")}
-        data = self.request(
-            self._p("repos/upload_code"), params={"repo_id": repo_id}, files=files
-        )
+        data = self.request(self._p("repos/upload_code"), params={"repo_id": repo_id}, files=files)
         return (data or {}).get("hash", "")
 
     def get_run_plan(self, run_spec: RunSpec, max_offers: int | None = None) -> RunPlan:

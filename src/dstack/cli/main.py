@@ -26,12 +26,13 @@ COMMANDS: dict[str, str] = {
     "gateway": "List and delete gateways",
     "logs": "Print the logs of a run",
     "offer": "List the instance offers that match resource requirements",
-    "project": "Manage the projects in ~/.dstack/config.yml",
+    "project": "Manage projects: those in ~/.dstack/config.yml, and on the server",
     "ps": "List runs",
     "run": "Inspect a run (`dstack run get NAME --json`)",
     "schema": "Print the JSON schema of configuration files",
     "server": "Start the dstack server",
     "stop": "Stop a run",
+    "user": "Manage the server's users (global admin)",
     "volume": "List and delete volumes",
 }
 ALIASES: dict[str, str] = {"destroy": "delete"}

@@ -8,8 +8,10 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
+from starlette.requests import HTTPConnection
+from starlette.websockets import WebSocket
 
 from dstack.errors import ResourceNotExistsError, ServerClientError
 from dstack.models.server_config import ServerConfig
@@ -42,7 +44,7 @@ from dstack.server.routers import (
     users,
     volumes,
 )
-from dstack.server.routers.deps import AuthError
+from dstack.server.routers.deps import AuthError, enforce
 from dstack.server.server_config import config_path, load_server_config
 from dstack.server.services.backend_configs import sync_server_config
 from dstack.server.services.bootstrap import BootstrapResult, bootstrap
@@ -60,19 +62,39 @@ def _detail(msg: str, code: str, field: str | None = None) -> dict:
     return {"detail": [{"msg": msg, "code": code, "field": field}]}
 
 
+async def _answer(conn: HTTPConnection, body: dict, status: int, headers: dict | None = None):  # noqa: ANN202
+    """The JSON answer; on a WebSocket, the same as a denial before the upgrade (or, where the
+    server has no denial responses, a close with 4000 + status)."""
+    response = JSONResponse(body, status_code=status, headers=headers)
+    if isinstance(conn, WebSocket):
+        if "websocket.http.response" in conn.scope.get("extensions", {}):
+            await conn.send_denial_response(response)
+        else:
+            await conn.accept()
+            await conn.close(4000 + status, body["detail"][0]["msg"][:120])
+        return None
+    return response
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AuthError)
-    async def _auth(_: Request, e: AuthError) -> JSONResponse:
-        return JSONResponse(_detail(e.message, "not_authenticated"), status_code=403)
+    async def _auth(conn: HTTPConnection, e: AuthError):  # noqa: ANN202
+        headers = {"Retry-After": str(e.retry_after)} if e.retry_after else None
+        return await _answer(conn, _detail(e.message, e.code), e.status, headers)
 
     @app.exception_handler(CodeTooLargeError)
-    async def _too_large(_: Request, e: CodeTooLargeError) -> JSONResponse:
-        return JSONResponse(_detail(e.message, e.code), status_code=413)
+    async def _too_large(conn: HTTPConnection, e: CodeTooLargeError):  # noqa: ANN202
+        return await _answer(conn, _detail(e.message, e.code), 413)
 
     @app.exception_handler(ServerClientError)
-    async def _client(_: Request, e: ServerClientError) -> JSONResponse:
+    async def _client(conn: HTTPConnection, e: ServerClientError):  # noqa: ANN202
         code = "resource_not_exists" if isinstance(e, ResourceNotExistsError) else e.code
-        return JSONResponse(_detail(e.message, code, e.field), status_code=400)
+        return await _answer(conn, _detail(e.message, code, e.field), 400)
+
+
+# Every route, including those of routers added later, passes the one access gate (rules in
+# `authz.RULES`); the authorization matrix test checks that none escapes it.
+GATE = [Depends(enforce)]
 
 
 async def start(
@@ -184,27 +206,16 @@ def create_app(
         docs_url="/api/docs",
         openapi_url="/api/openapi.json",
         redoc_url=None,
+        dependencies=GATE,
     )
     app.state.ctx = ctx
     app.state.proxy = proxy
+    app.state.auth_limiter = proxy.auth_limiter  # one count of failures for the API and proxy
     app.add_middleware(ProxyMiddleware, proxy=proxy)
     install_error_handlers(app)
     # One router per resource kind.
-    for module in (
-        server,
-        users,
-        projects,
-        runs,
-        logs,
-        fleets,
-        volumes,
-        gateways,
-        offers,
-        events,
-        repos,
-        ssh_relay,
-        backends_router,
-    ):
+    for module in (server, users, projects, runs, logs, fleets, volumes, gateways, offers,
+                   events, repos, ssh_relay, backends_router):  # fmt: skip
         app.include_router(module.router)
     ui.install(app)
     return app

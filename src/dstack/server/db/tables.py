@@ -83,6 +83,7 @@ class User(Base):
     email: Mapped[str | None] = mapped_column(String(200))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class Project(Base):
@@ -94,6 +95,7 @@ class Project(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     ssh_private_key: Mapped[str | None] = mapped_column(Text)
     ssh_public_key: Mapped[str | None] = mapped_column(Text)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class Member(Base):

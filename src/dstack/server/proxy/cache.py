@@ -51,6 +51,9 @@ class AsyncCache(Generic[K, V]):
         """The next `get` loads (the value is known to be wrong, not just old)."""
         self._values.pop(key, None)
 
+    def forget_all(self) -> None:
+        self._values.clear()
+
     def _start(self, key: K) -> asyncio.Task[V]:
         task = self._loading.get(key)
         if task is None:

@@ -24,6 +24,8 @@ import httpx
 from sqlalchemy import update
 
 from dstack.models.wire import utcnow
+from dstack.server import authz
+from dstack.server.authz import AuthLimiter
 from dstack.server.db import tables as t
 from dstack.server.db.session import Database
 from dstack.server.proxy import openai
@@ -98,6 +100,8 @@ class Proxy:
         self.registry = Registry(db, config.cache_ttl, config.unhealthy_cooldown)
         self.stats = StatsRecorder(db, writer)
         self.limiter = RateLimiter()
+        # Failed authentication per client address; the app shares it with the API's gate.
+        self.auth_limiter = AuthLimiter()
         self.prober = Prober(db, config.probe_tick)
         self.outstanding: dict[str, int] = defaultdict(int)
         self._refused: dict[str, float] = {}  # job id -> until when to prefer other replicas
@@ -158,6 +162,13 @@ class Proxy:
             await _send_json(send, e.status, body, e.headers)
 
     async def _authorize(self, scope: dict[str, Any], project_id: str) -> None:
+        """The table's rule for the proxy (`authz.PROXY_SERVICE`), with the API's answers: one
+        for unknown, wrong and deactivated tokens, 429 after too many failures."""
+        address = (scope.get("client") or ("unknown",))[0]
+        wait = self.auth_limiter.blocked_for(address)
+        if wait:
+            raise HTTPError(429, "Too many failed authentication attempts", "not_authenticated",
+                            {"retry-after": str(wait)})  # fmt: skip
         th = _token_hash(scope)
         if th is None:
             raise HTTPError(
@@ -167,8 +178,11 @@ class Proxy:
             )
         caller = await self.registry.caller(th)
         if caller is None:
+            self.auth_limiter.failed(address)
             raise HTTPError(403, "Invalid token", "not_authenticated")
-        if not caller.admin and project_id not in caller.projects:
+        role = caller.roles.get(project_id)
+        verdict = authz.decide(authz.PROXY_SERVICE, authz.Caller(caller.admin, role))
+        if verdict is not authz.Verdict.ALLOW:
             raise HTTPError(403, "The token's user is not a member of the project", "forbidden")
 
     # -- /proxy/services --------------------------------------------------------------------

@@ -58,7 +58,7 @@ class Service:
 class Caller:
     user_id: str
     admin: bool
-    projects: frozenset[str]
+    roles: dict[str, str]  # project id -> project role
 
 
 class Registry:
@@ -80,6 +80,11 @@ class Registry:
     async def service(self, project: str, run: str, fresh: bool = False) -> Service | None:
         return await self._services.get((project, run), fresh)
 
+    def forget_callers(self) -> None:
+        """A user was deactivated, deleted, demoted or given a new token: refuse them at once
+        (in this process; other server replicas within CALLER_TTL)."""
+        self._callers.forget_all()
+
     async def caller(self, token_hash: str) -> Caller | None:
         return await self._callers.get(token_hash)
 
@@ -90,10 +95,13 @@ class Registry:
             ).scalar_one_or_none()
             if user is None or not user.active:
                 return None
-            ids = (
-                await s.execute(select(t.Member.project_id).where(t.Member.user_id == user.id))
-            ).scalars()
-            return Caller(user.id, user.global_role == "admin", frozenset(ids))
+            rows = await s.execute(
+                select(t.Member.project_id, t.Member.project_role).where(
+                    t.Member.user_id == user.id
+                )
+            )
+            roles = {pid: role for pid, role in rows.all()}
+            return Caller(user.id, user.global_role == "admin", roles)
 
     async def models(self, project: str) -> list[tuple[str, str]]:
         """(model name, run name) of the project's active model services."""

@@ -1,25 +1,40 @@
-"""Authentication and project access for every endpoint: the bearer token is checked against
-the stored hash, and the project against the caller's membership."""
+"""Authentication and access for every endpoint. `enforce` runs before each route (an app-wide
+dependency): it finds the matched route's rule in `authz.RULES`, checks the bearer token (failed
+attempts are rate-limited per client address) and the caller's role, and leaves the outcome on
+the request. `get_user` and `project_access` only read that outcome; no router decides access."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from fastapi import Depends, Request
+from fastapi import Depends
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.requests import HTTPConnection
 
+from dstack.errors import ResourceNotExistsError
+from dstack.server import authz
+from dstack.server.authz import AuthLimiter
 from dstack.server.db import tables as t
 from dstack.server.services.context import ServerContext
-from dstack.server.services.users import project_for_member, user_by_token
+from dstack.server.services.users import get_project, user_by_token
+
+MISSING_TOKEN = "Missing bearer token: send `Authorization: Bearer <token>`"
+BAD_TOKEN = "Invalid token"
 
 
 class AuthError(Exception):
-    def __init__(self, message: str) -> None:
+    """403 `not_authenticated`; `status` 429 (with `retry_after`) when the address is limited."""
+
+    def __init__(self, message: str, status: int = 403, retry_after: int | None = None,
+                 code: str = "not_authenticated") -> None:  # fmt: skip
         self.message = message
+        self.status = status
+        self.retry_after = retry_after
+        self.code = code
 
 
-def get_ctx(request: Request) -> ServerContext:
+def get_ctx(request: HTTPConnection) -> ServerContext:
     return request.app.state.ctx
 
 
@@ -28,15 +43,109 @@ async def get_session(ctx: ServerContext = Depends(get_ctx)) -> AsyncIterator[As
         yield s
 
 
-async def get_user(request: Request, s: AsyncSession = Depends(get_session)) -> t.User:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
+@dataclass
+class Access:
+    """What `enforce` found: the caller (None on public routes without a token), the route's
+    project and the caller's role in it, and how the rule let them through."""
+
+    rule: authz.Rule
+    user: t.User | None
+    project: t.Project | None = None
+    project_role: str | None = None
+    verdict: authz.Verdict = authz.Verdict.ALLOW
+
+
+def limiter(conn: HTTPConnection) -> AuthLimiter:
+    state = conn.app.state
+    if not hasattr(state, "auth_limiter"):
+        state.auth_limiter = AuthLimiter()
+    return state.auth_limiter
+
+
+async def authenticate(conn: HTTPConnection, s: AsyncSession) -> t.User:
+    """The token's active user. Unknown, wrong and deactivated tokens get one identical answer;
+    an address with too many failures gets 429 before its token is even looked at."""
+    address = conn.client.host if conn.client else "unknown"
+    wait = limiter(conn).blocked_for(address)
+    if wait:
+        raise AuthError("Too many failed authentication attempts", 429, retry_after=wait)
+    scheme, _, token = conn.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise AuthError("Missing bearer token: send `Authorization: Bearer <token>`")
+        raise AuthError(MISSING_TOKEN)
     user = await user_by_token(s, token.strip())
     if user is None:
-        raise AuthError("Invalid token")
+        limiter(conn).failed(address)
+        raise AuthError(BAD_TOKEN)
     return user
+
+
+def _route_key(conn: HTTPConnection) -> tuple[str, str]:
+    route = conn.scope.get("route")
+    path = getattr(route, "path", None) or conn.scope.get("path", "")
+    method = "WS" if conn.scope["type"] == "websocket" else conn.scope.get("method", "GET")
+    return method, path
+
+
+async def enforce(conn: HTTPConnection, s: AsyncSession = Depends(get_session)) -> Access:
+    """The one gate (installed on the app in app.py)."""
+    method, path = _route_key(conn)
+    rule = authz.rule_for(method, path)
+    if rule is None:
+        raise AuthError(f"No access rule for {method} {path}", code="forbidden")
+    metrics_public = bool(getattr(conn.app.state, "metrics_public", False))
+    if authz.decide(rule, None, metrics_public=metrics_public) is authz.Verdict.ALLOW:
+        access = Access(rule, None)  # public: no token needed, none looked at
+    else:
+        access = await _decide(conn, s, rule)
+    conn.state.access = access
+    return access
+
+
+async def _decide(conn: HTTPConnection, s: AsyncSession, rule: authz.Rule) -> Access:
+    user = await authenticate(conn, s)
+    project_name = conn.path_params.get("project_name")
+    project = role = None
+    if project_name is not None and rule.need in authz.PROJECT_NEEDS:
+        project = await get_project(s, project_name)
+        if project is not None:
+            member = await s.get(t.Member, (project.id, user.id))
+            role = member.project_role if member else None
+    caller = authz.Caller(
+        global_admin=user.global_role == "admin",
+        project_role=role,
+        project_public=bool(project and project.is_public),
+    )
+    verdict = authz.decide(rule, caller, project_exists=project is not None)
+    _raise_unless_allowed(verdict, rule, project_name)
+    return Access(rule, user, project, role, verdict)
+
+
+def _raise_unless_allowed(
+    verdict: authz.Verdict, rule: authz.Rule, project_name: str | None
+) -> None:
+    if verdict in (authz.Verdict.ALLOW, authz.Verdict.SELF_SERVICE):
+        return
+    if verdict is authz.Verdict.HIDDEN:
+        raise ResourceNotExistsError(
+            f"Project {project_name} not found", code="resource_not_exists"
+        )
+    if rule.need in authz.PROJECT_NEEDS:
+        needed = authz.PROJECT_NEEDS[rule.need]
+        raise AuthError(f"Requires the {needed} role in project {project_name}", code="forbidden")
+    raise AuthError("Requires the global admin role", code="forbidden")
+
+
+def get_access(conn: HTTPConnection) -> Access:
+    access = getattr(conn.state, "access", None)
+    if access is None:  # the app is built without `enforce`: refuse rather than guess
+        raise AuthError("Access was not checked", code="forbidden")
+    return access
+
+
+def get_user(access: Access = Depends(get_access)) -> t.User:
+    if access.user is None:
+        raise AuthError(MISSING_TOKEN)
+    return access.user
 
 
 @dataclass
@@ -44,12 +153,30 @@ class ProjectAccess:
     user: t.User
     project: t.Project
     session: AsyncSession
+    role: str | None = None
+    rule: authz.Rule | None = None
+    verdict: authz.Verdict = authz.Verdict.ALLOW
 
 
 async def project_access(
-    project_name: str,
-    user: t.User = Depends(get_user),
-    s: AsyncSession = Depends(get_session),
+    access: Access = Depends(get_access), s: AsyncSession = Depends(get_session)
 ) -> ProjectAccess:
-    project = await project_for_member(s, user, project_name)
-    return ProjectAccess(user=user, project=project, session=s)
+    if access.user is None or access.project is None:
+        raise AuthError("Access was not checked for a project", code="forbidden")
+    return ProjectAccess(access.user, access.project, s, access.project_role, access.rule,
+                         access.verdict)  # fmt: skip
+
+
+async def require_project(s: AsyncSession, user: t.User, name: str, need: authz.Need) -> t.Project:
+    """For the routes whose project comes in the body (events, project deletion): the same
+    decision as `enforce`, with the table's needs."""
+    project = await get_project(s, name)
+    role = None
+    if project is not None:
+        member = await s.get(t.Member, (project.id, user.id))
+        role = member.project_role if member else None
+    caller = authz.Caller(global_admin=user.global_role == "admin", project_role=role)
+    rule = authz.Rule(need)
+    _raise_unless_allowed(authz.decide(rule, caller, project is not None), rule, name)
+    assert project is not None
+    return project

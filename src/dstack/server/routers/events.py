@@ -1,6 +1,6 @@
 """Event endpoints (`dstack event`): the transitions reconcilers recorded, filtered by target
-or by the run or fleet they happened within. The project comes in the body, not the path, so
-membership is checked here."""
+or by the run or fleet they happened within. The project comes in the body, not the path: the
+gate lets any signed-in user in and `require_project` applies the table's project rule."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from fastapi import APIRouter, Depends
 
 from dstack.models.events import Event
 from dstack.models.requests import ListEventsRequest
+from dstack.server.authz import Need
 from dstack.server.db import tables as t
-from dstack.server.routers.deps import get_session, get_user
+from dstack.server.routers.deps import get_session, get_user, require_project
 from dstack.server.services import events, fleets, runs
-from dstack.server.services.users import project_for_member
 
 router = APIRouter()
 
@@ -22,7 +22,7 @@ async def events_list(
     user: t.User = Depends(get_user),
     s=Depends(get_session),  # noqa: ANN001
 ) -> list[Event]:
-    project = await project_for_member(s, user, body.project_name or "main")
+    project = await require_project(s, user, body.project_name or "main", Need.PROJECT_USER)
     within = within_fleet = None
     if body.within_run:
         within = (await runs.get_run_row(s, project, body.within_run)).id

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from fastapi import APIRouter, Depends
 
 from dstack.errors import ServerClientError
@@ -14,8 +17,10 @@ from dstack.models.requests import (
     GetFleetPlanRequest,
     GetFleetRequest,
 )
+from dstack.server import authz
 from dstack.server.db import tables as t
 from dstack.server.routers.deps import (
+    AuthError,
     ProjectAccess,
     get_ctx,
     get_session,
@@ -27,6 +32,32 @@ from dstack.server.services.context import ServerContext
 from dstack.server.services.users import list_projects
 
 router = APIRouter()
+
+
+def _check_hosts(
+    ctx: ServerContext, a: ProjectAccess, configurations: list[dict[str, Any]]
+) -> None:
+    """The table's rule for fleet writes: hosts the project does not rent need project admin."""
+    assert a.rule is not None
+    admin = a.user.global_role == "admin"
+    for conf in configurations:
+        unrented = fleets.on_unrented_hosts(ctx, conf)
+        if not authz.host_fleet_role_ok(a.rule, admin, a.role, unrented):
+            name = conf.get("name") or "(unnamed)"
+            raise AuthError(
+                f"Fleet {name} is on hosts the project does not rent (SSH hosts or the server's"
+                f" own machine): managing it requires the admin role in project {a.project.name}",
+                code="forbidden",
+            )
+
+
+async def _current_confs(a: ProjectAccess, names: list[str]) -> list[dict[str, Any]]:
+    out = []
+    for name in names:
+        row = await fleet_delete.current_fleet(a.session, a.project, name)
+        if row is not None:
+            out.append(json.loads(row.spec).get("configuration") or {})
+    return out
 
 
 @router.post("/api/project/{project_name}/fleets/list", response_model=list[Fleet])
@@ -65,6 +96,10 @@ async def apply(
     a: ProjectAccess = Depends(project_access),
     ctx: ServerContext = Depends(get_ctx),
 ) -> Fleet:
+    conf = body.plan.spec.get("configuration")
+    conf = conf if isinstance(conf, dict) else {}  # the service refuses it, naming the field
+    current = await _current_confs(a, [conf["name"]] if conf.get("name") else [])
+    _check_hosts(ctx, a, [conf, *current])
     return await fleet_apply.apply(ctx, a.session, a.user, a.project, body.plan.spec, body.force)
 
 
@@ -74,6 +109,7 @@ async def delete(
     a: ProjectAccess = Depends(project_access),
     ctx: ServerContext = Depends(get_ctx),
 ) -> dict:
+    _check_hosts(ctx, a, await _current_confs(a, body.names))
     await fleet_delete.delete_fleets(ctx, a.session, a.user, a.project, body.names)
     return {}
 
@@ -84,5 +120,6 @@ async def delete_instances(
     a: ProjectAccess = Depends(project_access),
     ctx: ServerContext = Depends(get_ctx),
 ) -> dict:
+    _check_hosts(ctx, a, await _current_confs(a, [body.name]))
     await fleet_delete.delete_instances(ctx, a.session, a.project, body.name, body.instance_nums)
     return {}

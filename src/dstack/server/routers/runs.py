@@ -13,13 +13,21 @@ from dstack.models.requests import (
     StopRunsRequest,
 )
 from dstack.models.runs import Run, RunPlan
+from dstack.server.authz import Need
 from dstack.server.db import tables as t
-from dstack.server.routers.deps import ProjectAccess, get_ctx, get_session, get_user, project_access
+from dstack.server.routers.deps import (
+    ProjectAccess,
+    get_ctx,
+    get_session,
+    get_user,
+    project_access,
+    require_project,
+)
 from dstack.server.routers.fast_json import json_response
 from dstack.server.services import run_apply
 from dstack.server.services import runs as svc
 from dstack.server.services.context import ServerContext
-from dstack.server.services.users import list_projects, project_for_member
+from dstack.server.services.users import list_projects
 
 router = APIRouter()
 
@@ -72,7 +80,7 @@ async def list_runs(
 ) -> Response:
     body = body or ListRunsRequest()
     if body.project_name:
-        projects = [await project_for_member(s, user, body.project_name)]
+        projects = [await require_project(s, user, body.project_name, Need.PROJECT_USER)]
     else:
         projects = await list_projects(s, user)
     runs = await svc.list_runs(

@@ -1,6 +1,7 @@
 """`/api/project/{project}/runs/{run}/ssh`: the WebSocket `dstack ssh-proxy` relays a job's SSH
-session through (services/job_ssh.py). Thin: authentication, the job and the stream are the
-service's; this module only speaks WebSocket.
+session through (services/job_ssh.py). Thin: access is decided by the app's gate
+(routers/deps.enforce), the job and the stream are the service's; this module only speaks
+WebSocket.
 
 A refusal is answered before the upgrade, as a plain HTTP response with the REST API's
 `{"detail": [...]}` body and status (403, 404, 409, 502), so the client can print the reason."""
@@ -9,10 +10,11 @@ from __future__ import annotations
 
 import contextlib
 
-from fastapi import APIRouter, WebSocket
+from fastapi import APIRouter, Depends, WebSocket
 from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from dstack.server.routers.deps import ProjectAccess, project_access
 from dstack.server.services import job_ssh
 
 router = APIRouter()
@@ -20,13 +22,16 @@ router = APIRouter()
 
 @router.websocket("/api/project/{project_name}/runs/{run_name}/ssh")
 async def ssh_relay(
-    websocket: WebSocket, project_name: str, run_name: str, replica_num: int = 0, job_num: int = 0
+    websocket: WebSocket,
+    run_name: str,
+    replica_num: int = 0,
+    job_num: int = 0,
+    a: ProjectAccess = Depends(project_access),
 ) -> None:
-    scheme, _, token = websocket.headers.get("authorization", "").partition(" ")
-    token = token.strip() if scheme.lower() == "bearer" else ""
+    await a.session.close()  # a long SSH session holds no database connection
     try:
         reader, writer = await job_ssh.open_job_stream(
-            websocket.app.state.ctx, token or None, project_name, run_name, replica_num, job_num
+            websocket.app.state.ctx, a.project, run_name, replica_num, job_num
         )
     except job_ssh.RelayRefused as e:
         await _refuse(websocket, e)

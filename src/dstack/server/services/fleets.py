@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -10,6 +12,7 @@ from dstack.models.fleets import Fleet, FleetSpec, FleetStatus
 from dstack.models.instances import Instance, InstanceStatus
 from dstack.models.offers import InstanceOfferWithAvailability
 from dstack.server.db import tables as t
+from dstack.server.services.context import ServerContext
 from dstack.server.services.pool import busy_blocks
 
 
@@ -93,3 +96,14 @@ async def get_fleet(
     if row is None:
         raise ResourceNotExistsError(f"Fleet {name or fleet_id} does not exist")
     return await fleet_model(s, row, project)
+
+
+def on_unrented_hosts(ctx: ServerContext, configuration: dict[str, Any]) -> bool:
+    """Whether a fleet's hosts are not rented from a cloud by the project: SSH hosts the user
+    lists (`ssh_config`), or backends whose hosts are the server's own machine. Managing such a
+    fleet needs project admin (authz: `Rule.host_fleets_need_admin`)."""
+    if configuration.get("ssh_config"):
+        return True
+    own = {b.type for b in ctx.backends.shared if not b.capabilities.remote_hosts}
+    named = set(configuration.get("backends") or [])
+    return bool(named) and named <= own

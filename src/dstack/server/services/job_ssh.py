@@ -29,7 +29,6 @@ from dstack.models.runs import JobStatus, RunStatus
 from dstack.server.db import tables as t
 from dstack.server.services.context import ServerContext
 from dstack.server.services.hosts import backend_of, open_stream
-from dstack.server.services.users import get_project, user_by_token
 
 log = logging.getLogger(__name__)
 
@@ -53,26 +52,6 @@ class SSHTarget:
     job: t.Job
     instance: t.Instance
     port: int  # the job's sshd on its host
-
-
-async def authorize(s: AsyncSession, token: str | None, project_name: str) -> t.Project:
-    """The project if the token's user may use it. 403 for a missing or unknown project as for a
-    forbidden one, so project names do not leak (as the service proxy does)."""
-    if not token:
-        raise RelayRefused(
-            403, "Missing bearer token: send `Authorization: Bearer <token>`", "not_authenticated"
-        )
-    user = await user_by_token(s, token)
-    if user is None:
-        raise RelayRefused(403, "Invalid token", "not_authenticated")
-    project = await get_project(s, project_name)
-    if project is not None and (
-        user.global_role == "admin" or await s.get(t.Member, (project.id, user.id)) is not None
-    ):
-        return project
-    raise RelayRefused(
-        403, f"The token's user is not a member of project {project_name}", "forbidden"
-    )
 
 
 async def find_target(
@@ -130,15 +109,14 @@ async def _latest_job(s: AsyncSession, run_id: str, replica_num: int, job_num: i
 
 async def open_job_stream(
     ctx: ServerContext,
-    token: str | None,
-    project_name: str,
+    project: t.Project,
     run_name: str,
     replica_num: int = 0,
     job_num: int = 0,
 ) -> tuple[Any, Any]:
-    """Check access and the job, then open (reader, writer) to its sshd; RelayRefused if not."""
+    """Check the job, then open (reader, writer) to its sshd; RelayRefused if not. Access to
+    `project` was decided by the app's gate (`routers/deps.enforce`)."""
     async with ctx.db.session() as s:
-        project = await authorize(s, token, project_name)
         target = await find_target(s, project, run_name, replica_num, job_num)
     if backend_of(ctx, target.instance) is None:
         raise RelayRefused(

@@ -1,4 +1,5 @@
-"""Users, projects and membership: who may call what.
+"""Users, projects and membership: lookups and creation (who may call what is decided by
+server/authz.py and applied by routers/deps.enforce).
 
 Tokens are looked up by their SHA-256 hash; the token itself exists only in the response that
 created it and in the user's client config.
@@ -11,7 +12,6 @@ import uuid
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dstack.errors import ResourceNotExistsError
 from dstack.models.users import Member, Project, User, UserTokenCreds
 from dstack.models.wire import utcnow
 from dstack.server.db import tables as t
@@ -44,26 +44,16 @@ async def create_user(
 
 
 async def get_user_by_name(session: AsyncSession, name: str) -> t.User | None:
-    return (await session.execute(select(t.User).where(t.User.name == name))).scalar_one_or_none()
+    q = select(t.User).where(t.User.name == name, t.User.deleted.is_(False))
+    return (await session.execute(q)).scalar_one_or_none()
 
 
 async def get_project(session: AsyncSession, name: str) -> t.Project | None:
     return (
-        await session.execute(select(t.Project).where(t.Project.name == name))
+        await session.execute(
+            select(t.Project).where(t.Project.name == name, t.Project.deleted.is_(False))
+        )
     ).scalar_one_or_none()
-
-
-async def project_for_member(session: AsyncSession, user: t.User, name: str) -> t.Project:
-    """The project if `user` may use it; the same error whether it is missing or forbidden, so
-    project names do not leak."""
-    project = await get_project(session, name)
-    if project is not None:
-        if user.global_role == "admin":
-            return project
-        member = await session.get(t.Member, (project.id, user.id))
-        if member is not None:
-            return project
-    raise ResourceNotExistsError(f"Project {name} not found", code="resource_not_exists")
 
 
 async def create_project(session: AsyncSession, owner: t.User, name: str) -> t.Project:
@@ -108,7 +98,8 @@ async def project_model(session: AsyncSession, project: t.Project) -> Project:
 
 
 async def list_projects(session: AsyncSession, user: t.User) -> list[t.Project]:
-    q = select(t.Project).order_by(t.Project.created_at)
+    """The projects `user` is a member of (every project for a global admin)."""
+    q = select(t.Project).where(t.Project.deleted.is_(False)).order_by(t.Project.created_at)
     if user.global_role != "admin":
         q = q.join(t.Member, t.Member.project_id == t.Project.id).where(t.Member.user_id == user.id)
     return list((await session.execute(q)).scalars())
