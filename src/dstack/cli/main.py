@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "ps": "List runs",
     "run": "Inspect a run (`dstack run get NAME --json`)",
     "schema": "Print the JSON schema of configuration files",
+    "secret": "Manage the project's secrets (`${{ secrets.NAME }}` in runs)",
     "server": "Start the dstack server",
     "stop": "Stop a run",
     "volume": "List and delete volumes",

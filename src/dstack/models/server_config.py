@@ -4,8 +4,10 @@ server loads the file, stores the secrets encrypted and builds the backends."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -59,8 +61,83 @@ class ProjectConfig(ConfigModel):
         return value
 
 
+# A key name is part of every value it encrypts (`enc:aes:<name>:...`), so no colon in it.
+KEY_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class AESKeyConfig(ConfigModel):
+    """AES-256-GCM: `secret` is 32 random bytes in base64 (`openssl rand -base64 32`)."""
+
+    type: Literal["aes"] = "aes"
+    name: str
+    secret: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not KEY_NAME_RE.match(value):
+            raise ValueError(f"invalid key name {value!r} (letters, digits, . _ -, at most 64)")
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, value: str) -> str:
+        try:
+            raw = base64.b64decode(value.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("the secret must be base64 (openssl rand -base64 32)") from None
+        if len(raw) != 32:
+            raise ValueError(
+                f"the secret must be 32 bytes in base64, got {len(raw)} bytes "
+                "(openssl rand -base64 32)"
+            )
+        return value.strip()
+
+
+class IdentityKeyConfig(ConfigModel):
+    """No encryption: values written while it is the first key are stored in clear."""
+
+    type: Literal["identity"] = "identity"
+
+
+EncryptionKeyConfig = Annotated[AESKeyConfig | IdentityKeyConfig, Field(discriminator="type")]
+
+
+class EncryptionConfig(ConfigModel):
+    """The first key encrypts new values; every key decrypts (rotation: put the new key first
+    and keep the old one until nothing is encrypted with it)."""
+
+    keys: list[EncryptionKeyConfig] = Field(default_factory=list)
+
+    @field_validator("keys", mode="before")
+    @classmethod
+    def _types(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, dict) and item.get("type") not in ("aes", "identity"):
+                    raise field_error(
+                        f"{i}.type",
+                        f"unknown key type {item.get('type')!r} (supported: aes, identity)",
+                    )
+        return value
+
+    @model_validator(mode="after")
+    def _unique(self) -> EncryptionConfig:
+        seen: set[str] = set()
+        for i, key in enumerate(self.keys):
+            name = getattr(key, "name", "noname")
+            if name in seen:
+                raise field_error(f"keys.{i}.name", f"duplicate encryption key name {name}")
+            seen.add(name)
+        return self
+
+
 class ServerConfig(ConfigModel):
     projects: list[ProjectConfig] = Field(default_factory=list)
+    encryption: EncryptionConfig | None = None
+
+    def encryption_keys(self) -> list[AESKeyConfig | IdentityKeyConfig]:
+        return list(self.encryption.keys) if self.encryption is not None else []
 
     @model_validator(mode="after")
     def _unique(self) -> ServerConfig:
