@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -65,23 +65,27 @@ class ProjectConfig(ConfigModel):
 KEY_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
-class AESKeyConfig(ConfigModel):
-    """AES-256-GCM: `secret` is 32 random bytes in base64 (`openssl rand -base64 32`)."""
+class EncryptionKeyConfig(ConfigModel):
+    """`type: aes` (AES-256-GCM; `name`, and `secret`: 32 random bytes in base64, as
+    `openssl rand -base64 32` prints) or `type: identity` (no encryption: values written while
+    it is the first key are stored in clear)."""
 
-    type: Literal["aes"] = "aes"
-    name: str
-    secret: str
+    type: Literal["aes", "identity"]
+    name: str | None = None
+    secret: str | None = None
 
     @field_validator("name")
     @classmethod
-    def _name(cls, value: str) -> str:
-        if not KEY_NAME_RE.match(value):
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and not KEY_NAME_RE.match(value):
             raise ValueError(f"invalid key name {value!r} (letters, digits, . _ -, at most 64)")
         return value
 
     @field_validator("secret")
     @classmethod
-    def _secret(cls, value: str) -> str:
+    def _secret(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         try:
             raw = base64.b64decode(value.strip(), validate=True)
         except (binascii.Error, ValueError):
@@ -93,14 +97,21 @@ class AESKeyConfig(ConfigModel):
             )
         return value.strip()
 
+    @model_validator(mode="after")
+    def _fields(self) -> EncryptionKeyConfig:
+        if self.type == "aes":
+            for field in ("name", "secret"):
+                if getattr(self, field) is None:
+                    raise field_error(field, f"an aes key needs a `{field}`")
+        else:
+            for field in ("name", "secret"):
+                if getattr(self, field) is not None:
+                    raise field_error(field, f"an identity key has no `{field}`")
+        return self
 
-class IdentityKeyConfig(ConfigModel):
-    """No encryption: values written while it is the first key are stored in clear."""
-
-    type: Literal["identity"] = "identity"
-
-
-EncryptionKeyConfig = Annotated[AESKeyConfig | IdentityKeyConfig, Field(discriminator="type")]
+    @property
+    def key_name(self) -> str:
+        return self.name or "noname"
 
 
 class EncryptionConfig(ConfigModel):
@@ -125,7 +136,7 @@ class EncryptionConfig(ConfigModel):
     def _unique(self) -> EncryptionConfig:
         seen: set[str] = set()
         for i, key in enumerate(self.keys):
-            name = getattr(key, "name", "noname")
+            name = key.key_name
             if name in seen:
                 raise field_error(f"keys.{i}.name", f"duplicate encryption key name {name}")
             seen.add(name)
@@ -136,7 +147,7 @@ class ServerConfig(ConfigModel):
     projects: list[ProjectConfig] = Field(default_factory=list)
     encryption: EncryptionConfig | None = None
 
-    def encryption_keys(self) -> list[AESKeyConfig | IdentityKeyConfig]:
+    def encryption_keys(self) -> list[EncryptionKeyConfig]:
         return list(self.encryption.keys) if self.encryption is not None else []
 
     @model_validator(mode="after")

@@ -85,6 +85,7 @@ async def start(
     if server_config is None:
         server_config = load_server_config(config_file)
     ctx.box.configure(keys_from_config(server_config.encryption_keys()))
+    state_dir.secure(ctx.settings.server_dir, sqlite_file(ctx.settings.database_url))
     await migrate(ctx.db.engine)
     async with ctx.db.session() as s:
         try:  # a key removed too early, or changed: stop here, naming it
@@ -158,7 +159,6 @@ def create_proxy(ctx: ServerContext) -> Proxy:
 def create_app(
     settings: Settings, on_ready: object = None, server_config: ServerConfig | None = None
 ) -> FastAPI:
-    state_dir.secure(settings.server_dir, sqlite_file(settings.database_url))
     ctx = ServerContext(
         settings=settings,
         db=Database(settings.database_url),

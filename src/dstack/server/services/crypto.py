@@ -79,7 +79,7 @@ def keys_from_config(configured: Sequence[object]) -> list[Key]:
     out = []
     for k in configured:
         if getattr(k, "type", None) == "aes":
-            out.append(Key("aes", k.name, base64.b64decode(k.secret)))  # type: ignore[attr-defined]
+            out.append(Key("aes", k.name, base64.b64decode(k.secret)))  # type: ignore[attr-defined,arg-type]
         else:
             out.append(Key("identity", IDENTITY_NAME))
     return out
