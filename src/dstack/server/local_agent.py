@@ -75,11 +75,22 @@ async def _existing(home: Path, token: str) -> LocalAgent | None:
     if not info or not pid_alive(int(info.get("pid", 0))):
         return None
     url = f"http://127.0.0.1:{int(info['port'])}"
-    if _token_matches(home, token) and await _answers(url, token):
-        return LocalAgent(url=url, pid=int(info["pid"]))
-    if is_agent_of(int(info["pid"]), home):
-        await _stop_pid(int(info["pid"]))  # wrong token or wedged: replace it (jobs survive)
+    pid = int(info["pid"])
+    exposed = _holds_private_env(pid)  # started by an older server, the token in its env
+    if not exposed and _token_matches(home, token) and await _answers(url, token):
+        return LocalAgent(url=url, pid=pid)
+    if is_agent_of(pid, home):
+        await _stop_pid(pid)  # wrong token, wedged or exposed: replace it (jobs survive)
     return None
+
+
+def _holds_private_env(pid: int) -> bool:
+    """Whether the process's environment (readable by every job) holds a credential."""
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(item.split(b"=", 1)[0].decode(errors="replace") in _PRIVATE_ENV for item in env)
 
 
 def is_agent_of(pid: int, home: Path) -> bool:
