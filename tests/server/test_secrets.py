@@ -257,3 +257,9 @@ def test_a_stored_value_written_without_prefix_by_the_old_box_is_read(server_dir
         bare = Fernet(key).encrypt(b"legacy-value").decode()
         assert ctx.box.decrypt(bare) == "legacy-value"
         assert utcnow()  # the app is up with a configured aes key
+
+
+def test_the_plan_refuses_what_the_apply_would(client: TestClient) -> None:
+    body = _task(["A=${{ secrets.absent }}"])["plan"]
+    r = client.post("/api/project/main/runs/get_plan", json=body)
+    assert r.status_code == 400 and "secret absent" in r.text
