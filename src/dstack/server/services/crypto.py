@@ -107,10 +107,6 @@ class Box:
         self._writer = keys[0] if keys else self._file
         self._keys = {(k.type, k.name): k for k in (*keys, self._file)}
 
-    @property
-    def key_names(self) -> list[str]:
-        return [f"{t}:{n}" for t, n in self._keys]
-
     def encrypt(self, value: str) -> str:
         k = self._writer
         return f"{PREFIX}:{k.type}:{k.name}:{k.encrypt(value)}"
