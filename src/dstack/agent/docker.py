@@ -95,3 +95,37 @@ def docker_cmd(
 
 def remove_container(job_id: str) -> None:
     docker_cmd(["rm", "-f", container_name(job_id)])
+
+
+def registry_of(image: str) -> str | None:
+    """The registry host an image is pulled from; None for Docker Hub (`docker login`'s
+    default). `ghcr.io/org/app:1` -> `ghcr.io`, `localhost:5000/app` -> `localhost:5000`."""
+    first, sep, _ = image.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return None
+
+
+def login(
+    docker_bin: str, config_dir: str, image: str, auth: dict[str, str], env: dict[str, str]
+) -> str | None:
+    """`docker login` into a config directory of the job's own (mode 0700), the password on
+    stdin (never on a command line). Returns an error text without the password, or None."""
+    registry = registry_of(image)
+    argv = [docker_bin, "--config", config_dir, "login", "-u", auth["username"]]
+    argv += ["--password-stdin"] + ([registry] if registry else [])
+    try:
+        done = subprocess.run(
+            argv,
+            input=auth["password"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"docker login failed: {e.__class__.__name__}"
+    if done.returncode == 0:
+        return None
+    why = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+    return f"docker login to {registry or 'Docker Hub'} as {auth['username']} failed: {why[0]}"

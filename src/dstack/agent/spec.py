@@ -136,6 +136,20 @@ def _ssh_keys(body: dict[str, Any], field: str) -> list[str]:
     return [k.strip() for k in keys]
 
 
+def _registry_auth(body: dict[str, Any]) -> dict[str, str] | None:
+    """`{username, password}` for the docker runtime's image pull (never echoed in errors)."""
+    value = body.get("registry_auth")
+    if value is None:
+        return None
+    if (
+        not isinstance(value, dict)
+        or not isinstance(value.get("username"), str)
+        or not isinstance(value.get("password"), str)
+    ):
+        raise BadRequest("registry_auth: must be an object with string username and password")
+    return {"username": value["username"], "password": value["password"]}
+
+
 def validate_spec(body: Any) -> dict[str, Any]:
     """Return a normalized spec with defaults filled in; unknown fields are ignored."""
     if not isinstance(body, dict):
@@ -168,6 +182,7 @@ def validate_spec(body: Any) -> dict[str, Any]:
         "listen_port": _listen_port(body),
         "listen_port_search": _int(body, "listen_port_search", 1, 1),
         "host_label": _opt_str(body, "host_label"),
+        "registry_auth": _registry_auth(body),
     }
     if spec["listen_port_search"] > MAX_SEARCH:
         raise BadRequest(f"listen_port_search: must be <= {MAX_SEARCH}")

@@ -210,7 +210,23 @@ class Supervisor:
         argv[0] = docker_bin
         env = dict(os.environ)
         env.update(job_env)
+        if spec.get("registry_auth"):
+            env["DOCKER_CONFIG"] = self._registry_login(docker_bin, spec)
         return self._popen(argv, env, str(self.dir))
+
+    def _registry_login(self, docker_bin: str, spec: dict[str, Any]) -> str:
+        """`registry_auth`: log in with a Docker config of this job only, so the credentials
+        are not left in the agent user's ~/.docker for other jobs to use."""
+        config_dir = self.dir / "docker-config"
+        config_dir.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(config_dir, 0o700)
+        client_env = {k: os.environ[k] for k in sshd.DOCKER_CLIENT_ENV if k in os.environ}
+        error = docker.login(
+            docker_bin, str(config_dir), spec["image"], spec["registry_auth"], client_env
+        )
+        if error:
+            raise StartError("creating_container_error", error)
+        return str(config_dir)
 
     def _popen(self, argv: list[str], env: dict[str, str], cwd: str) -> subprocess.Popen[bytes]:
         try:

@@ -21,6 +21,7 @@ from dstack.models.gpus import GpuGroup
 from dstack.models.logs import JobSubmissionLogs, PollLogsRequest
 from dstack.models.offers import InstanceOfferWithAvailability
 from dstack.models.runs import Run, RunPlan, RunSpec
+from dstack.models.secrets import Secret
 from dstack.models.server_config import BackendInfo
 from dstack.models.users import Project, User
 from dstack.models.volumes import Gateway, Volume
@@ -364,6 +365,19 @@ class APIClient:
 
     def list_backends(self, project: str | None = None) -> list[BackendInfo]:
         return self._parse(list[BackendInfo], self.request(self._p("backends/list", project)))
+
+    def list_secrets(self) -> list[Secret]:
+        return self._parse(list[Secret], self.request(self._p("secrets/list")) or [])
+
+    def get_secret(self, name: str) -> Secret:
+        return self._parse(Secret, self.request(self._p("secrets/get"), {"name": name}))
+
+    def set_secret(self, name: str, value: str) -> Secret:
+        body = {"name": name, "value": value}
+        return self._parse(Secret, self.request(self._p("secrets/create_or_update"), body))
+
+    def delete_secrets(self, names: list[str]) -> None:
+        self.request(self._p("secrets/delete"), {"secrets_names": names})
 
     def list_volumes_raw(self) -> list[dict[str, Any]]:
         return self.request(self._p("volumes/list")) or []

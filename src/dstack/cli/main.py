@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "ps": "List runs",
     "run": "Inspect a run (`dstack run get NAME --json`)",
     "schema": "Print the JSON schema of configuration files",
+    "secret": "Manage the project's secrets (`${{ secrets.NAME }}` in runs)",
     "server": "Start the dstack server",
     "stop": "Stop a run",
     "user": "Manage the server's users (global admin)",

@@ -101,3 +101,24 @@ Env = Annotated[
         }
     ),
 ]
+
+
+_TOKEN_RE = re.compile(r"\$\$|\$\{\{(.*?)\}\}")
+
+
+def interpolate_secrets(value: str, secrets: dict[str, str]) -> str:
+    """`${{ secrets.NAME }}` -> the secret's value, `$$` -> `$`, for a value that refers to a
+    secret (a value without a reference is left exactly as written). The server calls it when
+    the job starts; every name must be in `secrets` (it checked them)."""
+    if not secret_references(value):
+        return value
+
+    def sub(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        ref = _REFERENCE_RE.match(match.group(1))
+        if ref is None or ref.group(1) != "secrets":
+            return match.group(0)
+        return secrets[ref.group(2)]
+
+    return _TOKEN_RE.sub(sub, value)

@@ -4,6 +4,8 @@ server loads the file, stores the secrets encrypted and builds the backends."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from typing import Any, Literal
 
@@ -59,8 +61,94 @@ class ProjectConfig(ConfigModel):
         return value
 
 
+# A key name is part of every value it encrypts (`enc:aes:<name>:...`), so no colon in it.
+KEY_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class EncryptionKeyConfig(ConfigModel):
+    """`type: aes` (AES-256-GCM; `name`, and `secret`: 32 random bytes in base64, as
+    `openssl rand -base64 32` prints) or `type: identity` (no encryption: values written while
+    it is the first key are stored in clear)."""
+
+    type: Literal["aes", "identity"]
+    name: str | None = None
+    secret: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and not KEY_NAME_RE.match(value):
+            raise ValueError(f"invalid key name {value!r} (letters, digits, . _ -, at most 64)")
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            raw = base64.b64decode(value.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("the secret must be base64 (openssl rand -base64 32)") from None
+        if len(raw) != 32:
+            raise ValueError(
+                f"the secret must be 32 bytes in base64, got {len(raw)} bytes "
+                "(openssl rand -base64 32)"
+            )
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _fields(self) -> EncryptionKeyConfig:
+        if self.type == "aes":
+            for field in ("name", "secret"):
+                if getattr(self, field) is None:
+                    raise field_error(field, f"an aes key needs a `{field}`")
+        else:
+            for field in ("name", "secret"):
+                if getattr(self, field) is not None:
+                    raise field_error(field, f"an identity key has no `{field}`")
+        return self
+
+    @property
+    def key_name(self) -> str:
+        return self.name or "noname"
+
+
+class EncryptionConfig(ConfigModel):
+    """The first key encrypts new values; every key decrypts (rotation: put the new key first
+    and keep the old one until nothing is encrypted with it)."""
+
+    keys: list[EncryptionKeyConfig] = Field(default_factory=list)
+
+    @field_validator("keys", mode="before")
+    @classmethod
+    def _types(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, dict) and item.get("type") not in ("aes", "identity"):
+                    raise field_error(
+                        f"{i}.type",
+                        f"unknown key type {item.get('type')!r} (supported: aes, identity)",
+                    )
+        return value
+
+    @model_validator(mode="after")
+    def _unique(self) -> EncryptionConfig:
+        seen: set[str] = set()
+        for i, key in enumerate(self.keys):
+            name = key.key_name
+            if name in seen:
+                raise field_error(f"keys.{i}.name", f"duplicate encryption key name {name}")
+            seen.add(name)
+        return self
+
+
 class ServerConfig(ConfigModel):
     projects: list[ProjectConfig] = Field(default_factory=list)
+    encryption: EncryptionConfig | None = None
+
+    def encryption_keys(self) -> list[EncryptionKeyConfig]:
+        return list(self.encryption.keys) if self.encryption is not None else []
 
     @model_validator(mode="after")
     def _unique(self) -> ServerConfig:

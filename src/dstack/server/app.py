@@ -13,12 +13,12 @@ from fastapi.responses import JSONResponse
 from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket
 
-from dstack.errors import ResourceNotExistsError, ServerClientError
+from dstack.errors import ConfigurationError, ResourceNotExistsError, ServerClientError
 from dstack.models.server_config import ServerConfig
 from dstack.server.backends import configure_projects, create_backends
 from dstack.server.backends.base import OfferCache
 from dstack.server.db.migrate import migrate
-from dstack.server.db.session import Database
+from dstack.server.db.session import Database, sqlite_file
 from dstack.server.proxy import upstream
 from dstack.server.proxy.handler import MODELS, SERVICES, Proxy, ProxyConfig
 from dstack.server.reconcilers.agents import AgentRegistry
@@ -38,6 +38,7 @@ from dstack.server.routers import (
     projects,
     repos,
     runs,
+    secrets,
     server,
     ssh_relay,
     ui,
@@ -46,12 +47,14 @@ from dstack.server.routers import (
 )
 from dstack.server.routers.deps import AuthError, enforce
 from dstack.server.server_config import config_path, load_server_config
+from dstack.server.services import state_dir
 from dstack.server.services.backend_configs import sync_server_config
 from dstack.server.services.bootstrap import BootstrapResult, bootstrap
 from dstack.server.services.codes import CodeTooLargeError
 from dstack.server.services.context import ServerContext
-from dstack.server.services.crypto import Box
+from dstack.server.services.crypto import Box, keys_from_config
 from dstack.server.services.hosts import upstream as host_upstream
+from dstack.server.services.key_check import check_stored_values
 from dstack.server.settings import Settings
 from dstack.version import __version__
 
@@ -101,9 +104,18 @@ async def start(
     ctx: ServerContext, server_config: ServerConfig | None = None
 ) -> tuple[BootstrapResult, list[asyncio.Task[None]]]:
     # config.yml first: an invalid file stops the start before anything is written.
+    config_file = config_path(ctx.settings.server_dir)
     if server_config is None:
-        server_config = load_server_config(config_path(ctx.settings.server_dir))
+        server_config = load_server_config(config_file)
+    ctx.box.configure(keys_from_config(server_config.encryption_keys()))
+    state_dir.secure(ctx.settings.server_dir, sqlite_file(ctx.settings.database_url))
     await migrate(ctx.db.engine)
+    async with ctx.db.session() as s:
+        try:  # a key removed too early, or changed: stop here, naming it
+            await check_stored_values(s, ctx.box, config_file)
+        except ConfigurationError as e:
+            log.error("Invalid server configuration: %s", e)
+            raise
     ctx.backends = await create_backends(ctx.settings, ctx.box.decrypt)
     result = await bootstrap(ctx)
     await configure_projects(ctx.backends, await sync_server_config(ctx, server_config))
@@ -215,7 +227,7 @@ def create_app(
     install_error_handlers(app)
     # One router per resource kind.
     for module in (server, users, projects, runs, logs, fleets, volumes, gateways, offers,
-                   events, repos, ssh_relay, backends_router):  # fmt: skip
+                   events, repos, ssh_relay, backends_router, secrets):  # fmt: skip
         app.include_router(module.router)
     ui.install(app)
     return app

@@ -75,11 +75,22 @@ async def _existing(home: Path, token: str) -> LocalAgent | None:
     if not info or not pid_alive(int(info.get("pid", 0))):
         return None
     url = f"http://127.0.0.1:{int(info['port'])}"
-    if _token_matches(home, token) and await _answers(url, token):
-        return LocalAgent(url=url, pid=int(info["pid"]))
-    if is_agent_of(int(info["pid"]), home):
-        await _stop_pid(int(info["pid"]))  # wrong token or wedged: replace it (jobs survive)
+    pid = int(info["pid"])
+    exposed = _holds_private_env(pid)  # started by an older server, the token in its env
+    if not exposed and _token_matches(home, token) and await _answers(url, token):
+        return LocalAgent(url=url, pid=pid)
+    if is_agent_of(pid, home):
+        await _stop_pid(pid)  # wrong token, wedged or exposed: replace it (jobs survive)
     return None
+
+
+def _holds_private_env(pid: int) -> bool:
+    """Whether the process's environment (readable by every job) holds a credential."""
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(item.split(b"=", 1)[0].decode(errors="replace") in _PRIVATE_ENV for item in env)
 
 
 def is_agent_of(pid: int, home: Path) -> bool:
@@ -104,14 +115,32 @@ async def _stop_pid(pid: int) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def _spawn(home: Path, token: str) -> subprocess.Popen[bytes]:
+# The server's own credentials: never in the agent's environment, which every process of the
+# same user (the local backend's jobs) reads in /proc/<agent pid>/environ.
+_PRIVATE_ENV = ("DSTACK_AGENT_TOKEN", "DSTACK_SERVER_ADMIN_TOKEN", "DSTACK_DATABASE_URL")
+
+
+def agent_env() -> dict[str, str]:
     package_root = str(Path(dstack.__file__).resolve().parent.parent)
-    env = dict(os.environ)
-    env["DSTACK_AGENT_TOKEN"] = token
+    env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    return env
+
+
+def _spawn(home: Path, token: str) -> subprocess.Popen[bytes]:
+    """The agent gets only the token's SHA-256, in a 0600 file: not the token, and nothing in
+    its environment or command line (both readable in /proc by the jobs it runs)."""
+    digest_file = home / "token.sha256"
+    fd = os.open(digest_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(hashlib.sha256(token.encode()).hexdigest() + "\n")
+    os.chmod(digest_file, 0o600)
+    argv = [sys.executable, "-m", "dstack.agent", "--home", str(home), "--port", "0"]
+    argv += ["--token-sha256-file", str(digest_file)]
+    env = agent_env()
     with open(home / "agent.stdout.log", "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dstack.agent", "--home", str(home), "--port", "0"],
+            argv,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -134,7 +163,8 @@ def _log_tail(home: Path) -> str:
 async def ensure_local_agent(home: Path, token: str) -> LocalAgent:
     """Reuse the live agent of `home` when it accepts `token`, else start one."""
     home = Path(home)
-    home.mkdir(parents=True, exist_ok=True)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(home, 0o700)
     found = await _existing(home, token)
     if found is not None:
         return found

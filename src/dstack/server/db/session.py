@@ -82,6 +82,8 @@ event.listen(_TrackedSession, "after_transaction_end", _on_transaction_end)
 
 class Database:
     def __init__(self, url: str, strict: bool | None = None) -> None:
+        """`url`: a SQLite file's database is created 0600 by the server at start
+        (`services/state_dir.py`), not here: a test's throwaway database needs no care."""
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self.strict = os.environ.get(STRICT_ENV) == "1" if strict is None else strict
@@ -130,6 +132,14 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL; None for Postgres or an in-memory database."""
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split(":///", 1)[1] if ":///" in url else ""
+    return Path(path) if path and path != ":memory:" else None
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]

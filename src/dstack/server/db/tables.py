@@ -386,3 +386,16 @@ class Backend(Base):
     auth: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Secret(Base):
+    """A project's named value for `${{ secrets.NAME }}`; `value` encrypted with the box."""
+
+    __tablename__ = "secrets"
+    __table_args__ = (Index("ix_secrets_project_name", "project_id", "name", unique=True),)
+    id: Mapped[str] = _id()
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
+    name: Mapped[str] = mapped_column(String(100))
+    value: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

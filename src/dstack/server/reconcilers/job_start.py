@@ -174,6 +174,7 @@ def agent_job_spec(
         "ssh_keys": list(keys or []),
         "host_ssh_keys": _host_keys(run, remote_host),
         "host_label": label or inst.hostname or inst.name,
+        "registry_auth": spec.registry_auth,
         **listen_fields(spec, runtime, env),
     }
     return body, None

@@ -58,7 +58,7 @@ from dstack.server.reconcilers.jobs import (
     decide,
 )
 from dstack.server.scheduler.placement import Candidate
-from dstack.server.services import events, logs
+from dstack.server.services import events, logs, secrets
 from dstack.server.services.codes import load_code
 from dstack.server.services.context import ServerContext
 from dstack.server.services.hosts import capabilities, host_access, host_label
@@ -315,6 +315,10 @@ class JobReconciler(Reconciler):
         )
         if runtime_error:
             return StartOutcome(StartKind.RUNTIME_ERROR, runtime_error), {}
+        try:
+            spec = await secrets.resolve_job(self.ctx, snap.project.id, spec)
+        except ServerClientError as e:  # a secret deleted since the apply: the message names it
+            return StartOutcome(StartKind.RUNTIME_ERROR, e.message), {}
         mounted = await self.volumes.attach(snap.job, snap.spec, inst)
         if mounted.error:
             return StartOutcome(StartKind.VOLUME_ERROR, mounted.error), {}

@@ -215,6 +215,12 @@ def build_job_specs(run_name: str, conf: Any, repo_code_hash: str | None) -> lis
     return specs
 
 
+def _registry_auth(conf: Any) -> dict[str, Any] | None:
+    """As written (`${{ secrets.NAME }}` kept): the server resolves it when the job starts."""
+    auth = getattr(conf, "registry_auth", None)
+    return auth.model_dump() if auth is not None else None
+
+
 def _replica_jobs(
     run_name: str, conf: Any, repo_code_hash: str | None, replica_num: int, group: str
 ) -> list[JobSpec]:
@@ -237,6 +243,7 @@ def _replica_jobs(
             commands=_commands(conf, run_name, working_dir),
             env={k: v for k, v in (conf.env or {}).items() if v is not None},
             image_name=getattr(conf, "image", None),
+            registry_auth=_registry_auth(conf),
             privileged=bool(getattr(conf, "privileged", False)),
             max_duration=seconds_or_none(getattr(conf, "max_duration", None)),
             stop_duration=stop_duration(conf),

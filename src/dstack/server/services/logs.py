@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dstack.models.logs import JobSubmissionLogs, LogEvent
+from dstack.server.services.state_dir import private_file
 
 MAX_PAGE_BYTES = 4 * 1024 * 1024
 
@@ -80,7 +81,8 @@ def append(path: Path, entries: list[dict[str, Any]], next_offset: int) -> None:
     """Append one agent page; the page's last record carries the agent cursor."""
     if not entries:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():  # a job's output is for its project: 0700 folders, a 0600 file
+        private_file(path)
     out = []
     for i, e in enumerate(entries):
         rec: dict[str, Any] = {

@@ -27,6 +27,7 @@ from dstack.server.services.context import ServerContext
 from dstack.server.services.job_volumes import check_run_volumes
 from dstack.server.services.jobspecs import build_job_specs
 from dstack.server.services.names import generate_name
+from dstack.server.services.pubkeys import check_ssh_key_pub
 from dstack.server.services.runs import (
     ACTIVE_RUN_STATUSES,
     active_run,
@@ -34,6 +35,7 @@ from dstack.server.services.runs import (
     parse_run_configuration,
     to_model,
 )
+from dstack.server.services.secrets import check_run_secrets
 
 
 async def apply_plan(
@@ -47,6 +49,8 @@ async def apply_plan(
     spec = plan.run_spec
     check_name(spec.run_name)
     conf = parse_run_configuration(spec)
+    check_ssh_key_pub(spec.ssh_key_pub)
+    await check_run_secrets(s, project.id, conf)
     if spec.repo_code_hash is not None:
         code = await s.get(t.Code, (project.id, spec.repo_code_hash))
         if code is None:

@@ -36,7 +36,9 @@ from dstack.server.services.job_volumes import volume_locations, with_volumes
 from dstack.server.services.jobspecs import build_job_specs
 from dstack.server.services.names import invalid_name_message, is_valid_name
 from dstack.server.services.pool import load_pool, requirements_for
+from dstack.server.services.pubkeys import check_ssh_key_pub
 from dstack.server.services.runs_view import run_model
+from dstack.server.services.secrets import check_run_secrets
 
 RUN_TYPES = ("dev-environment", "task", "service")
 ACTIVE_RUN_STATUSES = tuple(s.value for s in RunStatus if not s.is_finished())
@@ -192,6 +194,8 @@ async def get_plan(
 ) -> RunPlan:
     check_name(spec.run_name)
     conf = parse_run_configuration(spec)
+    check_ssh_key_pub(spec.ssh_key_pub)  # the plan refuses what the apply would
+    await check_run_secrets(s, project.id, conf)
     spec = spec.model_copy(update={"configuration": conf.model_dump(mode="json")})
     job_specs = build_job_specs(spec.run_name or "run", conf, spec.repo_code_hash)
     pool = await load_pool(ctx, s, project.id)
