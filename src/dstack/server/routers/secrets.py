@@ -18,6 +18,7 @@ from dstack.server.services.context import ServerContext
 
 router = APIRouter()
 
+
 @router.post("/api/project/{project_name}/secrets/list", response_model=list[Secret])
 async def secrets_list(a: ProjectAccess = Depends(project_access)) -> list[Secret]:
     return await secrets.list_secrets(a.session, a.project)
