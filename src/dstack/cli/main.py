@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "fleet": "List, inspect and delete fleets",
     "gateway": "List and delete gateways",
     "logs": "Print the logs of a run",
+    "metrics": "Show CPU, memory and GPU use of a run's jobs",
     "offer": "List the instance offers that match resource requirements",
     "project": "Manage the projects in ~/.dstack/config.yml",
     "ps": "List runs",

@@ -24,7 +24,7 @@ from dstack.server.reconcilers.fleets import FleetReconciler
 from dstack.server.reconcilers.instance_worker import InstanceReconciler
 from dstack.server.reconcilers.job_worker import JobReconciler
 from dstack.server.reconcilers.run_worker import RunReconciler
-from dstack.server.reconcilers.sweeper import InventorySweeper
+from dstack.server.reconcilers.sweeper import InventorySweeper, MetricsSweeper
 from dstack.server.reconcilers.volumes import VolumeReconciler
 from dstack.server.routers import backends as backends_router
 from dstack.server.routers import (
@@ -41,6 +41,7 @@ from dstack.server.routers import (
     users,
     volumes,
 )
+from dstack.server.routers import metrics as metrics_router
 from dstack.server.routers.deps import AuthError
 from dstack.server.server_config import config_path, load_server_config
 from dstack.server.services.backend_configs import sync_server_config
@@ -106,6 +107,7 @@ async def start(
     ]
     tasks = [asyncio.create_task(r.run_forever(), name=r.kind) for r in reconcilers]
     tasks.append(asyncio.create_task(InventorySweeper(ctx).run_forever(), name="inventory"))
+    tasks.append(asyncio.create_task(MetricsSweeper(ctx).run_forever(), name="metrics"))
     return result, tasks
 
 
@@ -203,6 +205,7 @@ def create_app(
         repos,
         ssh_relay,
         backends_router,
+        metrics_router,
     ):
         app.include_router(module.router)
     return app

@@ -26,6 +26,7 @@ from dstack.server.services import events
 from dstack.server.services.context import ServerContext
 from dstack.server.services.job_volumes import check_run_volumes
 from dstack.server.services.jobspecs import build_job_specs
+from dstack.server.services.metrics import check_utilization_window
 from dstack.server.services.names import generate_name
 from dstack.server.services.runs import (
     ACTIVE_RUN_STATUSES,
@@ -47,6 +48,7 @@ async def apply_plan(
     spec = plan.run_spec
     check_name(spec.run_name)
     conf = parse_run_configuration(spec)
+    check_utilization_window(conf, ctx.settings.metrics_running_ttl_seconds)
     if spec.repo_code_hash is not None:
         code = await s.get(t.Code, (project.id, spec.repo_code_hash))
         if code is None:
