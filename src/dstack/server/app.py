@@ -42,8 +42,10 @@ from dstack.server.routers import (
     volumes,
 )
 from dstack.server.routers import metrics as metrics_router
+from dstack.server.routers import prometheus as prometheus_router
 from dstack.server.routers.deps import AuthError
 from dstack.server.server_config import config_path, load_server_config
+from dstack.server.services import metrics_listener, telemetry
 from dstack.server.services.backend_configs import sync_server_config
 from dstack.server.services.bootstrap import BootstrapResult, bootstrap
 from dstack.server.services.codes import CodeTooLargeError
@@ -108,6 +110,9 @@ async def start(
     tasks = [asyncio.create_task(r.run_forever(), name=r.kind) for r in reconcilers]
     tasks.append(asyncio.create_task(InventorySweeper(ctx).run_forever(), name="inventory"))
     tasks.append(asyncio.create_task(MetricsSweeper(ctx).run_forever(), name="metrics"))
+    if ctx.settings.metrics_address:  # bound now: a bad or taken address stops the start
+        listener = await metrics_listener.start(ctx.db, ctx.settings.metrics_address)
+        tasks.append(asyncio.create_task(metrics_listener.serve(listener), name="prometheus"))
     return result, tasks
 
 
@@ -143,7 +148,13 @@ def create_proxy(ctx: ServerContext) -> Proxy:
         hold_seconds=st.service_hold_seconds,
         unhealthy_cooldown=st.service_unhealthy_cooldown,
     )
-    return Proxy(ctx.db, config, writer=ctx.instance_id, wake_runs=lambda: ctx.hub.wake("runs"))
+    return Proxy(
+        ctx.db,
+        config,
+        writer=ctx.instance_id,
+        wake_runs=lambda: ctx.hub.wake("runs"),
+        on_request=telemetry.proxy_request,
+    )
 
 
 def create_app(
@@ -206,6 +217,7 @@ def create_app(
         ssh_relay,
         backends_router,
         metrics_router,
+        prometheus_router,
     ):
         app.include_router(module.router)
     return app
