@@ -105,7 +105,7 @@ def test_dstack_metrics_shows_the_jobs_gpu(gpu_srv: Server, tmp_path: Path) -> N
 
 
 def test_utilization_policy_stops_an_idle_gpu_run(gpu_srv: Server, tmp_path: Path) -> None:
-    policy = "utilization_policy:\n  min_gpu_utilization: 10\n  time_window: 4s\n"
+    policy = "utilization_policy:\n  min_gpu_utilization: 10\n  time_window: 10s\n"
     write_config(tmp_path, "idle.dstack.yml", _task("idle-gpu", policy))
     r = gpu_srv.cli("apply", "-f", "idle.dstack.yml", "-y", "-d", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -136,7 +136,7 @@ def test_a_busy_gpu_run_keeps_running(tmp_path_factory: pytest.TempPathFactory) 
     )
     srv.start()
     try:
-        policy = "utilization_policy:\n  min_gpu_utilization: 10\n  time_window: 2s\n"
+        policy = "utilization_policy:\n  min_gpu_utilization: 10\n  time_window: 5s\n"
         work = tmp_path_factory.mktemp("busy")
         write_config(work, "b.dstack.yml", _task("busy-gpu", policy))
         r = srv.cli("apply", "-f", "b.dstack.yml", "-y", "-d", cwd=work)
@@ -148,7 +148,7 @@ def test_a_busy_gpu_run_keeps_running(tmp_path_factory: pytest.TempPathFactory) 
                 >= 12
             ),
             timeout=30,
-            what="six seconds of samples",
+            what="twelve seconds of samples",
         )
         assert srv.run("busy-gpu")["status"] == "running"
     finally:
