@@ -197,3 +197,53 @@ def test_route(client: TestClient) -> None:
     assert client.get("/api/project/main/metrics/job/nope").status_code == 400
     anonymous = client.get(url, headers={"Authorization": "Bearer wrong"})
     assert anonymous.status_code in (401, 403)
+
+
+def test_prometheus_is_off_by_default(client: TestClient) -> None:
+    assert client.get("/metrics").status_code == 404
+    assert client.get("/metrics", headers={"Authorization": ""}).status_code == 404
+
+
+def test_prometheus_on_the_api_port(tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    settings = Settings(
+        server_dir=tmp_path,
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}",
+        admin_token=TOKEN,
+        local_backend_enabled=False,
+        prometheus_enabled=True,
+    )
+    with TestClient(create_app(settings)) as c:
+        spec = {"run_name": "mm", "configuration": {"type": "task", "commands": ["true"]}}
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        assert c.post("/api/project/main/runs/apply", json={"plan": {"run_spec": spec}},
+                      headers=headers).status_code == 200  # fmt: skip
+        assert c.get("/metrics").status_code == 403
+        c.portal.call(_add_user, c.app.state.ctx, "bob-token")  # type: ignore[attr-defined]
+        bob = {"Authorization": "Bearer bob-token"}
+        assert c.get("/metrics", headers=bob).status_code == 403  # not a global admin
+        r = c.get("/metrics", headers=headers)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+        families = {f.name: f for f in text_string_to_metric_families(r.text)}
+        runs = [(s.labels["project_name"], s.value) for s in families["dstack_runs"].samples]
+        assert runs and runs[0] == ("main", 1.0)
+        assert "dstack_reconciler_pass_duration_seconds" in families
+
+
+async def _add_user(ctx: Any, token: str) -> None:
+    from dstack.server.services.users import create_user
+
+    async with ctx.db.session() as s:
+        await create_user(s, "bob", token=token)
+        await s.commit()
+
+
+def test_metrics_listener_address() -> None:
+    from dstack.server.services.metrics_listener import parse_address
+
+    assert parse_address("127.0.0.1:9090") == ("127.0.0.1", 9090)
+    assert parse_address("[::1]:9090") == ("::1", 9090)
+    for bad in ("9090", "host:", "host:99999", ":80"):
+        with pytest.raises(ValueError, match="DSTACK_SERVER_METRICS_ADDRESS"):
+            parse_address(bad)
