@@ -222,6 +222,7 @@ def test_prometheus_on_the_api_port(tmp_path: Path) -> None:
         assert c.get("/metrics").status_code == 403
         c.portal.call(_add_user, c.app.state.ctx, "bob-token")  # type: ignore[attr-defined]
         bob = {"Authorization": "Bearer bob-token"}
+        assert c.post("/api/users/get_my_user", headers=bob).status_code == 200
         assert c.get("/metrics", headers=bob).status_code == 403  # not a global admin
         r = c.get("/metrics", headers=headers)
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
