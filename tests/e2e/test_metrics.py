@@ -49,9 +49,7 @@ def gpu_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def _task(name: str, extra: str = "") -> str:
     command = json.dumps(f"{sys.executable} -c 'import time; time.sleep(600)'")
     return (
-        f"type: task\nname: {name}\n"
-        f"commands:\n  - {command}\n"
-        "resources:\n  gpu: H100:2\n" + extra
+        f"type: task\nname: {name}\ncommands:\n  - {command}\nresources:\n  gpu: H100:2\n" + extra
     )
 
 

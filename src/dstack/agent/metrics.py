@@ -154,7 +154,7 @@ class Sampler:
         self._lock = threading.Lock()
         self._buffers: dict[str, collections.deque[dict[str, Any]]] = {}
         self._last_cpu: dict[str, tuple[float, float]] = {}
-        self._docker_pids: dict[str, int | None] = {}
+        self._docker_pids: dict[str, int] = {}
 
     def start(self) -> None:
         threading.Thread(target=self._loop, name="metrics", daemon=True).start()
@@ -200,11 +200,10 @@ class Sampler:
     ) -> tuple[float, int, int] | None:
         spec = read_json(path / SPEC_FILE) or {}
         if spec.get("runtime") == "docker":
-            if job_id not in self._docker_pids:
-                self._docker_pids[job_id] = _container_pid(job_id)
-            pid = self._docker_pids[job_id]
-            if pid is None:
+            pid = self._docker_pids.get(job_id) or _container_pid(job_id)
+            if pid is None:  # not created yet (image pull): asked again next time
                 return None
+            self._docker_pids[job_id] = pid
             try:
                 cgroup = parse_cgroup_path(Path(f"/proc/{pid}/cgroup").read_text())
             except OSError:

@@ -21,6 +21,10 @@ def _int_env(name: str, default: int) -> int:
     return int(raw) if raw else default
 
 
+def _flag_env(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
 def _backoff_env() -> tuple[float, ...]:
     raw = os.environ.get("DSTACK_SERVER_RETRY_BACKOFF")
     if not raw:
@@ -110,9 +114,6 @@ def load_settings(host: str | None = None, port: int | None = None) -> Settings:
             "DSTACK_SERVER_METRICS_FINISHED_TTL_SECONDS", 7 * 86400.0
         ),
         metrics_sweep_seconds=_float_env("DSTACK_SERVER_METRICS_SWEEP_SECONDS", 300.0),
-        prometheus_enabled=os.environ.get("DSTACK_ENABLE_PROMETHEUS_METRICS", "")
-        .lower()
-        .strip()
-        in ("1", "true", "yes"),
+        prometheus_enabled=_flag_env("DSTACK_ENABLE_PROMETHEUS_METRICS"),
         metrics_address=os.environ.get("DSTACK_SERVER_METRICS_ADDRESS") or None,
     )
