@@ -155,3 +155,55 @@ def test_a_cancelled_observer_does_not_cancel_the_shared_fetch() -> None:
         assert agent.calls == 1
 
     run(main())
+
+
+class MetricsAgent(FakeAgent):
+    """Answers samples newer than the `metrics_after` asked, as the agent does."""
+
+    def __init__(self, jobs: list[str]) -> None:
+        super().__init__(jobs)
+        self.samples = {"j1": [{"ts": 1.0}, {"ts": 2.0}]}
+        self.asked: list[float] = []
+
+    async def list_jobs_with_metrics(self, after: float) -> Any:
+        self.asked.append(after)
+        states = await self.list_jobs()
+        newer = {j: [s for s in v if s["ts"] > after] for j, v in self.samples.items()}
+        return states, {j: v for j, v in newer.items() if v}
+
+
+def test_samples_ride_the_list_and_each_is_asked_once() -> None:
+    async def main() -> None:
+        agent, clock, stored = MetricsAgent(["j1"]), Clock(), []
+
+        async def sink(samples: dict[str, Any]) -> None:
+            stored.append(samples)
+
+        cache = HostJobs(max_age=0.25, clock=clock, metrics_sink=sink)
+        await cache.job("i1", agent, "j1")  # type: ignore[arg-type]
+        agent.samples["j1"].append({"ts": 3.0})
+        clock.now += 1
+        await cache.job("i1", agent, "j1")  # type: ignore[arg-type]
+        clock.now += 1
+        await cache.job("i1", agent, "j1")  # type: ignore[arg-type]
+        assert agent.asked == [0.0, 2.0, 3.0]
+        assert stored == [{"j1": [{"ts": 1.0}, {"ts": 2.0}]}, {"j1": [{"ts": 3.0}]}]
+
+    run(main())
+
+
+def test_a_failed_store_asks_for_the_same_samples_again() -> None:
+    async def main() -> None:
+        agent, clock = MetricsAgent(["j1"]), Clock()
+
+        async def sink(samples: dict[str, Any]) -> None:
+            raise RuntimeError("database is locked")
+
+        cache = HostJobs(max_age=0.25, clock=clock, metrics_sink=sink)
+        state = await cache.job("i1", agent, "j1")  # type: ignore[arg-type]
+        assert state == {"id": "j1", "status": "running"}  # the job list still answers
+        clock.now += 1
+        await cache.job("i1", agent, "j1")  # type: ignore[arg-type]
+        assert agent.asked == [0.0, 0.0]
+
+    run(main())

@@ -413,6 +413,24 @@ TABLE = [
         dict(inactivity_duration=1, agent_job={"status": "running", "no_connections_secs": None}),
         Decision("copy_logs"),
     ),
+    # -- utilization_policy (the verdict itself: test_utilization.py) ---------------------
+    (
+        "running/utilization-policy-violated",
+        dict(utilization_violation="GPU 0 utilization stayed below 10% for 300s (at most 2%)"),
+        Decision(
+            "copy_logs",
+            status="terminating",
+            reason="terminated_due_to_utilization_policy",
+            message="GPU 0 utilization stayed below 10% for 300s (at most 2%)",
+        ),
+    ),
+    (
+        "running/utilization-violated-but-agent-finished-first",
+        dict(utilization_violation="idle", agent_job={"status": "done", "exit_status": 0}),
+        Decision(
+            "copy_logs", status="terminating", reason="done_by_runner", exit_status=0
+        ),
+    ),
     # -- stop requests from the run (jobs.stop_requested): only decide() moves the status ---
     (
         "submitted/stop-requested",

@@ -151,6 +151,9 @@ def _run(argv: list[str]) -> str | None:
     return proc.stdout if proc.returncode == 0 else None
 
 
+run_tool = _run  # for the metrics sampler: the same timeouts and failure handling
+
+
 def _gpus() -> tuple[list[dict[str, Any]], str | None]:
     out = _run(
         [

@@ -141,6 +141,11 @@ JOB_STATE_FIELDS: tuple[str, ...] = tuple(JobState.__annotations__)
 
 # LIST_JOBS answers {JOBS: [JobState, ...]}: every job on the host.
 JOBS = "jobs"
+# LIST_JOBS?METRICS_AFTER=TS (seconds since the epoch) adds {METRICS: {job id: [sample, ...]}},
+# the job's resource samples newer than TS (agent/metrics.py), oldest first. Without the
+# parameter the answer carries no metrics.
+METRICS_AFTER = "metrics_after"
+METRICS = "metrics"
 
 # STOP_JOB's body.
 ABORT = "abort"
@@ -164,8 +169,26 @@ def error_message(body: Any) -> str | None:
     return None
 
 
-def jobs_body(states: list[JobState]) -> dict[str, Any]:
-    return {JOBS: states}
+def jobs_body(
+    states: list[JobState], metrics: dict[str, list[dict[str, Any]]] | None = None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {JOBS: states}
+    if metrics is not None:
+        body[METRICS] = metrics
+    return body
+
+
+def metrics_of(body: Any) -> dict[str, list[dict[str, Any]]]:
+    """The samples in a LIST_JOBS answer ({} when there are none); ValueError when malformed."""
+    metrics = body.get(METRICS) if isinstance(body, dict) else None
+    if metrics is None:
+        return {}
+    if not isinstance(metrics, dict) or not all(
+        isinstance(v, list) and all(isinstance(x, dict) and "ts" in x for x in v)
+        for v in metrics.values()
+    ):
+        raise ValueError(f"{METRICS}: expected a map of job ids to lists of samples")
+    return metrics
 
 
 def jobs_of(body: Any) -> list[JobState]:

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from dstack.agent import __version__, relay
+from dstack.agent import __version__, metrics, relay
 from dstack.agent import protocol as p
-from dstack.agent.hostinfo import HostInfoCache
+from dstack.agent.hostinfo import HostInfoCache, run_tool
 from dstack.agent.jobs import Conflict, JobStore, NotFound
 from dstack.agent.logs import BadOffset
 from dstack.agent.spec import BadRequest
@@ -53,6 +53,11 @@ class AgentHTTPServer(ThreadingHTTPServer):
         self.token_sha256 = token_sha256
         self.jobs = JobStore(home)
         self.host_info = HostInfoCache(home)
+        self.metrics = metrics.Sampler(
+            lambda: metrics.running_jobs(self.jobs.root, self.jobs.list()),
+            metrics.gpu_reader(run_tool),
+        )
+        self.metrics.start()
 
 
 Endpoint = Callable[["Handler", "re.Match[str]"], Any]
@@ -220,7 +225,13 @@ class Handler(BaseHTTPRequestHandler):
 
     @serves(p.LIST_JOBS)
     def list_jobs(self, _m: re.Match[str]) -> Any:
-        return p.jobs_body(self.server.jobs.list())
+        if not self.query.get(p.METRICS_AFTER):
+            return p.jobs_body(self.server.jobs.list())
+        try:
+            after = float(self.query[p.METRICS_AFTER][-1])
+        except ValueError:
+            raise HttpError(400, f"{p.METRICS_AFTER}: must be a number") from None
+        return p.jobs_body(self.server.jobs.list(), self.server.metrics.since(after))
 
     @serves(p.START_JOB)
     def start_job(self, m: re.Match[str]) -> Any:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, TypeAdapter
@@ -19,6 +20,7 @@ from dstack.models.events import Event
 from dstack.models.fleets import Fleet
 from dstack.models.gpus import GpuGroup
 from dstack.models.logs import JobSubmissionLogs, PollLogsRequest
+from dstack.models.metrics import JobMetrics
 from dstack.models.offers import InstanceOfferWithAvailability
 from dstack.models.runs import Run, RunPlan, RunSpec
 from dstack.models.secrets import Secret
@@ -307,6 +309,24 @@ class APIClient:
     def poll_logs(self, req: PollLogsRequest) -> JobSubmissionLogs:
         body = req.model_dump(mode="json")
         return self._parse(JobSubmissionLogs, self.request(self._p("logs/poll"), body))
+
+    def get_job_metrics(
+        self,
+        run_name: str,
+        replica_num: int = 0,
+        job_num: int = 0,
+        limit: int = 1,
+        after: datetime | None = None,
+        before: datetime | None = None,
+    ) -> JobMetrics:
+        """Named series of one job's CPU, memory and GPU metrics, newest `limit` points."""
+        params: dict[str, Any] = {"replica_num": replica_num, "job_num": job_num, "limit": limit}
+        if after is not None:
+            params["after"] = after.isoformat()
+        if before is not None:
+            params["before"] = before.isoformat()
+        path = self._p(f"metrics/job/{quote(run_name, safe='')}")
+        return self._parse(JobMetrics, self.request(path, method="GET", params=params))
 
     def list_offers(self, run_spec: RunSpec, max_offers: int | None = None) -> dict[str, Any]:
         """Raw answer (`offers`, `total_offers`) with the offers parsed into models."""

@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "fleet": "List, inspect and delete fleets",
     "gateway": "List and delete gateways",
     "logs": "Print the logs of a run",
+    "metrics": "Show CPU, memory and GPU use of a run's jobs",
     "offer": "List the instance offers that match resource requirements",
     "project": "Manage projects: those in ~/.dstack/config.yml, and on the server",
     "ps": "List runs",

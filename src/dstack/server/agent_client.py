@@ -107,6 +107,17 @@ class AgentClient:
         except ValueError as e:
             raise AgentError(f"agent sent an invalid job list: {e}", 200) from e
 
+    async def list_jobs_with_metrics(
+        self, metrics_after: float
+    ) -> tuple[list[JobState], dict[str, list[dict[str, Any]]]]:
+        """The job list and, by job id, the resource samples taken after `metrics_after`
+        (seconds since the epoch): one call for both, as the server polls the list anyway."""
+        body = await self._call(p.LIST_JOBS, params={p.METRICS_AFTER: metrics_after})
+        try:
+            return p.jobs_of(body), p.metrics_of(body)
+        except ValueError as e:
+            raise AgentError(f"agent sent an invalid job list: {e}", 200) from e
+
     async def get_job(self, job_id: str) -> JobState:
         return await self._call(p.GET_JOB, job_id)
 

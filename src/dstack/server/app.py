@@ -26,7 +26,7 @@ from dstack.server.reconcilers.fleets import FleetReconciler
 from dstack.server.reconcilers.instance_worker import InstanceReconciler
 from dstack.server.reconcilers.job_worker import JobReconciler
 from dstack.server.reconcilers.run_worker import RunReconciler
-from dstack.server.reconcilers.sweeper import InventorySweeper
+from dstack.server.reconcilers.sweeper import InventorySweeper, MetricsSweeper
 from dstack.server.reconcilers.volumes import VolumeReconciler
 from dstack.server.routers import backends as backends_router
 from dstack.server.routers import (
@@ -45,9 +45,11 @@ from dstack.server.routers import (
     users,
     volumes,
 )
+from dstack.server.routers import metrics as metrics_router
+from dstack.server.routers import prometheus as prometheus_router
 from dstack.server.routers.deps import AuthError, enforce
 from dstack.server.server_config import config_path, load_server_config
-from dstack.server.services import state_dir
+from dstack.server.services import metrics_listener, state_dir, telemetry
 from dstack.server.services.backend_configs import sync_server_config
 from dstack.server.services.bootstrap import BootstrapResult, bootstrap
 from dstack.server.services.codes import CodeTooLargeError
@@ -141,6 +143,10 @@ async def start(
     ]
     tasks = [asyncio.create_task(r.run_forever(), name=r.kind) for r in reconcilers]
     tasks.append(asyncio.create_task(InventorySweeper(ctx).run_forever(), name="inventory"))
+    tasks.append(asyncio.create_task(MetricsSweeper(ctx).run_forever(), name="metrics"))
+    if ctx.settings.metrics_address:  # bound now: a bad or taken address stops the start
+        listener = await metrics_listener.start(ctx.db, ctx.settings.metrics_address)
+        tasks.append(asyncio.create_task(metrics_listener.serve(listener), name="prometheus"))
     return result, tasks
 
 
@@ -176,7 +182,13 @@ def create_proxy(ctx: ServerContext) -> Proxy:
         hold_seconds=st.service_hold_seconds,
         unhealthy_cooldown=st.service_unhealthy_cooldown,
     )
-    return Proxy(ctx.db, config, writer=ctx.instance_id, wake_runs=lambda: ctx.hub.wake("runs"))
+    return Proxy(
+        ctx.db,
+        config,
+        writer=ctx.instance_id,
+        wake_runs=lambda: ctx.hub.wake("runs"),
+        on_request=telemetry.proxy_request,
+    )
 
 
 def create_app(
@@ -227,7 +239,8 @@ def create_app(
     install_error_handlers(app)
     # One router per resource kind.
     for module in (server, users, projects, runs, logs, fleets, volumes, gateways, offers,
-                   events, repos, ssh_relay, backends_router, secrets):  # fmt: skip
+                   events, repos, ssh_relay, backends_router, secrets, metrics_router,
+                   prometheus_router):  # fmt: skip
         app.include_router(module.router)
     ui.install(app)
     return app

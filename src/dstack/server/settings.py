@@ -21,6 +21,10 @@ def _int_env(name: str, default: int) -> int:
     return int(raw) if raw else default
 
 
+def _flag_env(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
 def _backoff_env() -> tuple[float, ...]:
     raw = os.environ.get("DSTACK_SERVER_RETRY_BACKOFF")
     if not raw:
@@ -56,6 +60,15 @@ class Settings:
     service_max_body: int = 64 * 1024 * 1024
     service_hold_seconds: float = 120.0
     service_unhealthy_cooldown: float = 10.0
+    # Job metrics (services/metrics.py): how long points are kept while the job runs (at
+    # least its utilization_policy window) and after it finished; how often old ones go.
+    metrics_running_ttl_seconds: float = 3600.0
+    metrics_finished_ttl_seconds: float = 7 * 86400.0
+    metrics_sweep_seconds: float = 300.0
+    # Prometheus `/metrics` (docs/metrics.md): off unless enabled; served on the API port
+    # (admin token required) or, with `metrics_address`, alone on that address (no token).
+    prometheus_enabled: bool = False
+    metrics_address: str | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -96,4 +109,11 @@ def load_settings(host: str | None = None, port: int | None = None) -> Settings:
         service_max_body=_int_env("DSTACK_SERVICE_MAX_BODY", 64 * 1024 * 1024),
         service_hold_seconds=_float_env("DSTACK_SERVICE_HOLD_SECONDS", 120.0),
         service_unhealthy_cooldown=_float_env("DSTACK_SERVICE_UNHEALTHY_COOLDOWN", 10.0),
+        metrics_running_ttl_seconds=_float_env("DSTACK_SERVER_METRICS_RUNNING_TTL_SECONDS", 3600),
+        metrics_finished_ttl_seconds=_float_env(
+            "DSTACK_SERVER_METRICS_FINISHED_TTL_SECONDS", 7 * 86400.0
+        ),
+        metrics_sweep_seconds=_float_env("DSTACK_SERVER_METRICS_SWEEP_SECONDS", 300.0),
+        prometheus_enabled=_flag_env("DSTACK_ENABLE_PROMETHEUS_METRICS"),
+        metrics_address=os.environ.get("DSTACK_SERVER_METRICS_ADDRESS") or None,
     )

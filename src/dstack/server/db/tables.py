@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -399,3 +400,20 @@ class Secret(Base):
     value: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class JobMetricsPoint(Base):
+    """One resource sample of a running job, as its agent took it (migration 0017).
+
+    Keyed by (job, sample time in ms): an agent answers the same sample again after a server
+    restart, and two server replicas may both fetch it; the key keeps one. `gpus` is JSON: one
+    reading per GPU of the job ({util, memory_used_bytes, memory_total_bytes, power_watts,
+    temperature_celsius}). Deleted after a retention period (services/metrics.py)."""
+
+    __tablename__ = "job_metrics_points"
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    timestamp_ms: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    cpu_usage_percent: Mapped[float | None] = mapped_column(Float)
+    memory_usage_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    memory_working_set_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    gpus: Mapped[str] = mapped_column(Text, default="[]")

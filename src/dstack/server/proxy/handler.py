@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import random
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +49,9 @@ from dstack.server.proxy.registry import Registry, Replica, Service
 from dstack.server.proxy.stats import StatsRecorder
 
 log = logging.getLogger(__name__)
+
+# (project, run, outcome: "forwarded" or the proxy's error status, seconds) of one request.
+RequestObserver = Callable[[str, str, str, float], None]
 
 SERVICES = "/proxy/services/"
 MODELS = "/proxy/models/"
@@ -94,7 +98,11 @@ class Proxy:
         config: ProxyConfig,
         writer: str,
         wake_runs: Callable[[], None] = lambda: None,
+        on_request: RequestObserver = lambda *_: None,
     ) -> None:
+        # Told of every request to a service (project, run, HTTP status, seconds): the
+        # server's Prometheus counters (services/telemetry.py).
+        self.on_request = on_request
         self.db = db
         self.config = config
         self.registry = Registry(db, config.cache_ttl, config.unhealthy_cooldown)
@@ -209,8 +217,19 @@ class Proxy:
             await self._authorize(scope, svc.project_id)
         raw = scope.get("raw_path") or scope["path"].encode()
         path = raw[len(prefix) :].decode("latin-1") if svc.strip_prefix else raw.decode("latin-1")
-        await self._check_rate(scope, svc, path)
-        await self._dispatch(scope, receive, send, svc, path, prefix)
+        # "forwarded": a replica answered (with whatever status); else the proxy's own error.
+        started, outcome = time.monotonic(), "forwarded"
+        try:
+            await self._check_rate(scope, svc, path)
+            await self._dispatch(scope, receive, send, svc, path, prefix)
+        except HTTPError as e:
+            outcome = str(e.status)
+            raise
+        except BaseException:
+            outcome = "500"
+            raise
+        finally:
+            self.on_request(project, run, outcome, time.monotonic() - started)
 
     async def _check_rate(self, scope: dict[str, Any], svc: Service, path: str) -> None:
         if not svc.rate_limits:

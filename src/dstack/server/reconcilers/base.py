@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from abc import ABC, abstractmethod
 from contextvars import ContextVar
@@ -35,6 +36,7 @@ from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import UnaryExpression
 
 from dstack.models.wire import utcnow
+from dstack.server.services import telemetry
 from dstack.server.services.context import ServerContext
 
 log = logging.getLogger(__name__)
@@ -330,6 +332,7 @@ class Reconciler(ABC):
         p = _Pass(row_id, token)
         _current_pass.set(p)  # this task's context only
         beat = asyncio.create_task(self._heartbeat(p))
+        started = time.monotonic()
         try:
             async with self._sem:
                 await self.process(row_id, token)
@@ -351,6 +354,7 @@ class Reconciler(ABC):
             await asyncio.gather(beat, return_exceptions=True)
             if p.lost:
                 self.leases_lost += 1
+            telemetry.reconciler_pass(self.kind, time.monotonic() - started, p.lost)
             self._inflight.discard(row_id)
             self._slot_freed.set()
             if p.rewake and not p.lost:

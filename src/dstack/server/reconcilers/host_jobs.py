@@ -15,11 +15,18 @@ with a fresh one. A job that is present may be seen up to `max_age` late, as wit
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from dstack.server.agent_client import AgentClient, JobState
+
+log = logging.getLogger(__name__)
+
+# Receives each host's new resource samples (job id -> samples), e.g. to store them.
+MetricsSink = Callable[[dict[str, list[dict[str, Any]]]], Awaitable[None]]
 
 # Entries older than this many `max_age` are dropped when the table is tidied.
 _KEEP_AGES = 100
@@ -41,9 +48,18 @@ _Flight = tuple[float, "asyncio.Future[Snapshot]"]
 class HostJobs:
     """A small coalescing cache of each host's job list, keyed by instance id."""
 
-    def __init__(self, max_age: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        max_age: float,
+        clock: Callable[[], float] = time.monotonic,
+        metrics_sink: MetricsSink | None = None,
+    ) -> None:
         self.max_age = max_age
         self._clock = clock
+        # With a sink, each list also asks for the samples newer than the last ones received
+        # from that host (0 after a restart: the agent's whole buffer; the sink dedups).
+        self._sink = metrics_sink
+        self._metrics_after: dict[str, float] = {}
         self._snapshots: dict[str, Snapshot] = {}
         self._inflight: dict[str, _Flight] = {}
 
@@ -86,7 +102,10 @@ class HostJobs:
         return entry
 
     async def _list(self, instance_id: str, client: AgentClient, asked: float) -> Snapshot:
-        states = await client.list_jobs()
+        if self._sink is None:
+            states = await client.list_jobs()
+        else:
+            states = await self._list_with_metrics(instance_id, client, self._sink)
         snap = Snapshot(asked, {s["id"]: s for s in states})
         current = self._snapshots.get(instance_id)
         if current is None or current.asked_at <= asked:
@@ -94,8 +113,24 @@ class HostJobs:
         self._tidy()
         return snap
 
+    async def _list_with_metrics(
+        self, instance_id: str, client: AgentClient, sink: MetricsSink
+    ) -> list[JobState]:
+        after = self._metrics_after.get(instance_id, 0.0)
+        states, samples = await client.list_jobs_with_metrics(after)
+        newest = max((s["ts"] for batch in samples.values() for s in batch), default=after)
+        if samples:
+            try:
+                await sink(samples)
+            except Exception:  # the job list matters more than a lost sample: ask again
+                log.exception("storing metrics of instance %s failed", instance_id)
+                return states
+        self._metrics_after[instance_id] = max(float(newest), after)
+        return states
+
     def _tidy(self) -> None:
         """Instances come and go: keep the table to the ones observed lately."""
         horizon = self._clock() - self.max_age * _KEEP_AGES
         for instance_id in [k for k, v in self._snapshots.items() if v.asked_at < horizon]:
             del self._snapshots[instance_id]
+            self._metrics_after.pop(instance_id, None)

@@ -5,16 +5,19 @@ stays the act/apply half of the jobs state machine."""
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
 
 from dstack.models.offers import InstanceOfferWithAvailability
+from dstack.models.profiles import UtilizationPolicy
 from dstack.models.runs import RunSpec, TriedOffer
 from dstack.server.db import tables as t
+from dstack.server.reconcilers.utilization import GpuSample, utilization_violation
 from dstack.server.services import events
 from dstack.server.services.fleet_nodes import total_blocks
+from dstack.server.services.metrics import gpu_utils
 
 __all__ = ["total_blocks"]
 
@@ -79,6 +82,28 @@ def inactivity_duration(run: t.Run) -> int | None:
         return None
     value = conf.get("inactivity_duration")
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def utilization_policy(run: t.Run) -> UtilizationPolicy | None:
+    """The run's `utilization_policy` (configuration, else profile); None when unset."""
+    spec = RunSpec.model_validate_json(run.run_spec)
+    raw = spec.configuration.get("utilization_policy") or (spec.profile or {}).get(
+        "utilization_policy"
+    )
+    return UtilizationPolicy.model_validate(raw) if raw else None
+
+
+async def utilization_check(s: Any, job: t.Job, run: t.Run, now: datetime) -> str | None:
+    """Why the running job breaks its run's utilization_policy (utilization.py), or None."""
+    policy = utilization_policy(run)
+    if policy is None or job.running_at is None:
+        return None
+    since = now - timedelta(seconds=policy.time_window)
+    points = await gpu_utils(s, job.id, since)
+    samples = [GpuSample(at, utils) for at, utils in points]
+    return utilization_violation(
+        policy.min_gpu_utilization, policy.time_window, samples, job.running_at, now
+    )
 
 
 def offer_of(inst: t.Instance) -> InstanceOfferWithAvailability:

@@ -9,6 +9,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy import select, update
@@ -39,6 +40,7 @@ from dstack.server.reconcilers.job_facts import (
     note_status,
     total_blocks,
     tried_offers,
+    utilization_check,
 )
 from dstack.server.reconcilers.job_placement import Placer
 from dstack.server.reconcilers.job_start import (
@@ -63,6 +65,7 @@ from dstack.server.services.codes import load_code
 from dstack.server.services.context import ServerContext
 from dstack.server.services.hosts import capabilities, host_access, host_label
 from dstack.server.services.job_volumes import Mounts, placed_volumes, volume_locations
+from dstack.server.services.metrics import store_samples
 from dstack.server.services.pool import (
     PoolRows,
     busy_blocks,
@@ -86,6 +89,7 @@ class Snapshot:
     queued: bool = False
     no_capacity: str | None = None
     inactivity_duration: int | None = None
+    utilization_violation: str | None = None
     mounts: Mounts = ()
     volume_error: str | None = None
     volumes_held: bool = False
@@ -109,7 +113,8 @@ class JobReconciler(Reconciler):
         self._specs: dict[str, tuple[str, JobSpec]] = {}
         self.placer = Placer(ctx)
         self.volumes = VolumeSteps(ctx)
-        self.host_jobs = HostJobs(max_age=ctx.settings.running_job_poll_seconds / 2)
+        sink = partial(store_samples, ctx.db)  # samples come with the job list
+        self.host_jobs = HostJobs(ctx.settings.running_job_poll_seconds / 2, metrics_sink=sink)
 
     def claim_order(self) -> tuple[Any, ...]:
         # Queued jobs are taken in priority, then submission order (DESIGN.md, 'Scheduling').
@@ -148,6 +153,7 @@ class JobReconciler(Reconciler):
             snap = Snapshot(job, run, project, inst, self._job_spec(job))
             if job.status == JobStatus.RUNNING.value:
                 snap.inactivity_duration = inactivity_duration(run)
+                snap.utilization_violation = await utilization_check(s, job, run, utcnow())
             placing = job.status == JobStatus.SUBMITTED.value and job.instance_id is None
             if placing:
                 rows = await load_pool_rows(self.ctx, s, project.id)
@@ -220,6 +226,7 @@ class JobReconciler(Reconciler):
             no_capacity_message=snap.no_capacity,
             inactivity_duration=snap.inactivity_duration,
             inactivity_secs=job.inactivity_secs,
+            utilization_violation=snap.utilization_violation,
             stop_requested=job.stop_requested,
             stop_abort=job.stop_abort,
             stop_reason=job.stop_reason,

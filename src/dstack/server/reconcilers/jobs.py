@@ -30,6 +30,8 @@
 | running      | past max_duration + 2 min (backstop)  | terminating: max_duration_exceeded    |
 | running      | dev env: no SSH connection for        | terminating:                          |
 |              | inactivity_duration (agent's count)   | inactivity_duration_exceeded          |
+| running      | a GPU idle for utilization_policy's   | terminating: terminated_due_to_       |
+|              | window (utilization.py)               | utilization_policy                    |
 | submitted,   | stop requested (by the run)           | terminating: the request's reason     |
 | provisioning,|                                       | (running: unless the agent reports    |
 | pulling,     |                                       | the job finished; its own reason wins)|
@@ -136,6 +138,8 @@ class JobView:
     no_capacity_message: str | None = None
     inactivity_duration: int | None = None  # a dev environment's limit, seconds (None: off)
     inactivity_secs: int | None = None  # the value stored on the job row
+    # Why the job breaks its utilization_policy (reconcilers/utilization.py), None: it does not.
+    utilization_violation: str | None = None
     # A stop the run reconciler asked for (jobs.stop_requested, stop_abort, stop_reason).
     stop_requested: bool = False
     stop_abort: bool = False
@@ -318,6 +322,14 @@ def _decide_running(v: JobView, now: datetime) -> Decision:
             status=JobStatus.TERMINATING.value,
             reason=JobTerminationReason.INACTIVITY_DURATION_EXCEEDED.value,
             message=f"no SSH connection for {idle}s (inactivity_duration is {limit}s)",
+            values=values,
+        )
+    if v.utilization_violation:
+        return Decision(
+            "copy_logs",
+            status=JobStatus.TERMINATING.value,
+            reason=JobTerminationReason.TERMINATED_DUE_TO_UTILIZATION_POLICY.value,
+            message=v.utilization_violation,
             values=values,
         )
     return Decision("copy_logs", values=values)

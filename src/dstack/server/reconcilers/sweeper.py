@@ -19,7 +19,7 @@ from dstack.models.instances import InstanceStatus
 from dstack.models.wire import utcnow
 from dstack.server.backends.base import BackendError, Compute, InventoryItem
 from dstack.server.db import tables as t
-from dstack.server.services import events
+from dstack.server.services import events, metrics
 from dstack.server.services.context import ServerContext
 
 log = logging.getLogger(__name__)
@@ -134,3 +134,25 @@ class InventorySweeper:
             await s.commit()
         for o in swept:
             log.warning("terminated orphan %s of backend %s", o.item.description, o.backend)
+
+
+class MetricsSweeper:
+    """Deletes job metrics points past their retention (services/metrics.py says how long)."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("metrics sweep failed; will retry")
+            await asyncio.sleep(self.ctx.settings.metrics_sweep_seconds)
+
+    async def sweep(self) -> int:
+        st = self.ctx.settings
+        async with self.ctx.db.session() as s:
+            return await metrics.delete_old(
+                s, utcnow(), st.metrics_running_ttl_seconds, st.metrics_finished_ttl_seconds
+            )

@@ -26,6 +26,7 @@ from dstack.server.services import events
 from dstack.server.services.context import ServerContext
 from dstack.server.services.job_volumes import check_run_volumes
 from dstack.server.services.jobspecs import build_job_specs
+from dstack.server.services.metrics import check_utilization_window
 from dstack.server.services.names import generate_name
 from dstack.server.services.pubkeys import check_ssh_key_pub
 from dstack.server.services.runs import (
@@ -51,6 +52,7 @@ async def apply_plan(
     conf = parse_run_configuration(spec)
     check_ssh_key_pub(spec.ssh_key_pub)
     await check_run_secrets(s, project.id, conf)
+    check_utilization_window(conf, ctx.settings.metrics_running_ttl_seconds)
     if spec.repo_code_hash is not None:
         code = await s.get(t.Code, (project.id, spec.repo_code_hash))
         if code is None:
