@@ -48,6 +48,10 @@ def run_argv(
         f"dstack.job={job_id}",
         "--init",
     ]
+    if spec.get("user"):
+        argv += ["--user", spec["user"]]
+    if spec.get("privileged"):
+        argv.append("--privileged")
     if spec.get("shm_size_mib"):
         argv += ["--shm-size", f"{spec['shm_size_mib']}m"]
     for port in spec.get("ports") or []:

@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 from typing import IO, Any
 
-from dstack.agent import docker, gpus, ports, sshd, volumes
+from dstack.agent import docker, gpus, jobuser, ports, pyenv, sshd, volumes
 from dstack.agent import protocol as p
 from dstack.agent.gpus import GPUS_FILE
 from dstack.agent.hostinfo import GpuCache
@@ -213,7 +213,7 @@ class JobStore:
             if state["status"] != p.SUBMITTED:
                 return state  # started (or stopped) before: never twice
             (path / CODE_DIR).mkdir(exist_ok=True)
-            if not self._assign_listen_port(path):
+            if not self._assign_listen_port(path) or not self._prepare_runtime(path):
                 return self._state_at(path)
             self._assign_gpus(path)
             self._assign_ssh(path)
@@ -229,21 +229,23 @@ class JobStore:
         error = ports.assign(self.root, path, spec, host)
         if error is None:
             return True
-        writer = LogWriter(path / LOGS_FILE)
-        try:
-            writer.write("stderr", (error + "\n").encode())
-        finally:
-            writer.close()
-        result = {
-            "status": p.FAILED,
-            "exit_status": None,
-            "termination_reason": p.PORTS_BINDING_FAILED,
-            "termination_message": error,
-            "finished_at": now_iso(),
-        }
-        write_json_atomic(path / RESULT_FILE, result)
-        log.warning("job %s: %s", spec.get("id"), error)
+        _fail_before_start(path, p.PORTS_BINDING_FAILED, error)
         return False
+
+    def _prepare_runtime(self, path: Path) -> bool:
+        """The job's `user` and `python` on this host, resolved before anything runs: a user or
+        a Python the host lacks fails the job now, saying so, instead of running it otherwise."""
+        spec = read_json(path / SPEC_FILE) or {}
+        try:
+            jobuser.prepare(path, spec)
+            pyenv.prepare(path, spec)
+        except (jobuser.UserError, pyenv.PythonError) as e:
+            _fail_before_start(path, p.EXECUTOR_ERROR, str(e))
+            return False
+        except OSError as e:
+            _fail_before_start(path, p.EXECUTOR_ERROR, f"cannot prepare the job: {e}")
+            return False
+        return True
 
     def _assign_gpus(self, path: Path) -> None:
         spec = read_json(path / SPEC_FILE) or {}
@@ -369,6 +371,8 @@ class JobStore:
                 docker.remove_container(job_id)
             with contextlib.suppress(OSError):
                 sshd.revoke_on_host(job_id)
+            pyenv.cleanup(path)
+            jobuser.cleanup(path)
             trash = self.root / f".removed-{uuid.uuid4().hex}"
             os.replace(path, trash)
             shutil.rmtree(trash, ignore_errors=True)
@@ -391,6 +395,24 @@ class JobStore:
             deleted = volumes.delete_directory(volume_id)
         log.info("volume %s: directory %s", volume_id, "deleted" if deleted else "absent")
         return {"volume_id": volume_id, "deleted": deleted}
+
+
+def _fail_before_start(path: Path, reason: str, error: str) -> None:
+    """The job never runs: the reason goes to its stderr log and its result."""
+    writer = LogWriter(path / LOGS_FILE)
+    try:
+        writer.write("stderr", (error + "\n").encode())
+    finally:
+        writer.close()
+    result = {
+        "status": p.FAILED,
+        "exit_status": None,
+        "termination_reason": reason,
+        "termination_message": error,
+        "finished_at": now_iso(),
+    }
+    write_json_atomic(path / RESULT_FILE, result)
+    log.warning("job %s: %s", path.name, error)
 
 
 def _spool(src: IO[bytes], dst: IO[bytes], length: int) -> str:

@@ -13,6 +13,10 @@ DEFAULT_STOP_DURATION = 300
 KEY_TYPE_RE = re.compile(r"^(ssh-[a-z0-9-]+|ecdsa-sha2-[a-z0-9-]+|sk-[a-z0-9@.-]+) [A-Za-z0-9+/=]+")
 
 
+USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}(:[A-Za-z0-9_][A-Za-z0-9._-]{0,63})?$")
+PYTHON_RE = re.compile(r"^3\.\d{1,2}$")
+
+
 class BadRequest(ValueError):
     """A client error; the message names the field and becomes the 400 response."""
 
@@ -136,6 +140,39 @@ def _ssh_keys(body: dict[str, Any], field: str) -> list[str]:
     return [k.strip() for k in keys]
 
 
+def _matching(body: dict[str, Any], field: str, pattern: re.Pattern[str], what: str) -> Any:
+    value = _opt_str(body, field)
+    if value is not None and not pattern.match(value):
+        raise BadRequest(f"{field}: must be {what}")
+    return value
+
+
+def _registry_auth(body: dict[str, Any]) -> dict[str, str] | None:
+    """Credentials for pulling a private image; never logged, never on a command line."""
+    value = body.get("registry_auth")
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(
+        isinstance(value.get(k), str) and value.get(k) for k in ("username", "password")
+    ):
+        raise BadRequest("registry_auth: must be {username, password} strings")
+    if any("\n" in value[k] or "\0" in value[k] for k in ("username", "password")):
+        raise BadRequest("registry_auth: must not contain newlines")
+    return {"username": value["username"], "password": value["password"]}
+
+
+def _runtime_fields(body: dict[str, Any]) -> dict[str, Any]:
+    privileged = body.get("privileged", False)
+    if not isinstance(privileged, bool):
+        raise BadRequest("privileged: must be a boolean")
+    return {
+        "user": _matching(body, "user", USER_RE, "a user name or id, optionally :group"),
+        "python": _matching(body, "python", PYTHON_RE, "a Python version like 3.12"),
+        "privileged": privileged,
+        "registry_auth": _registry_auth(body),
+    }
+
+
 def validate_spec(body: Any) -> dict[str, Any]:
     """Return a normalized spec with defaults filled in; unknown fields are ignored."""
     if not isinstance(body, dict):
@@ -168,6 +205,7 @@ def validate_spec(body: Any) -> dict[str, Any]:
         "listen_port": _listen_port(body),
         "listen_port_search": _int(body, "listen_port_search", 1, 1),
         "host_label": _opt_str(body, "host_label"),
+        **_runtime_fields(body),
     }
     if spec["listen_port_search"] > MAX_SEARCH:
         raise BadRequest(f"listen_port_search: must be <= {MAX_SEARCH}")

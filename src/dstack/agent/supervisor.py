@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dstack.agent import docker, sshd, volumes
+from dstack.agent import docker, jobuser, pyenv, registry, sshd, volumes
 from dstack.agent.gpus import GPUS_FILE, visible_devices_env
 from dstack.agent.logs import CHUNK_SIZE, LogWriter
 from dstack.agent.ports import LISTEN_FILE, SERVICE_PORT_ENV
@@ -73,6 +73,8 @@ def base_env() -> dict[str, str]:
 
 
 def process_workdir(code_dir: Path, working_dir: str | None) -> Path:
+    # The code of a job run as another user lives elsewhere (jobuser.py): `code` links to it.
+    code_dir = Path(os.path.realpath(code_dir))
     if not working_dir:
         return code_dir
     return Path(working_dir) if working_dir.startswith("/") else code_dir / working_dir
@@ -128,7 +130,12 @@ class Supervisor:
             raise StartError(VOLUME_ERROR, str(e)) from None
         write_json_atomic(self.dir / volumes.LINKS_FILE, links)
         env = base_env()
-        env.update({"DSTACK_WORKING_DIR": str(workdir), "DSTACK_REPO_DIR": str(code_dir)})
+        ident = jobuser.identity(self.dir)
+        if ident:
+            env.update(jobuser.user_env(ident))
+        env["PATH"] = pyenv.path_env(self.dir, env["PATH"])
+        real_code = os.path.realpath(code_dir)
+        env.update({"DSTACK_WORKING_DIR": str(workdir), "DSTACK_REPO_DIR": real_code})
         env.update(volumes.volume_env(binds))
         env.update(visible_devices_env(read_json(self.dir / GPUS_FILE)))
         env.update(self.spec.get("env") or {})
@@ -136,7 +143,7 @@ class Supervisor:
         if listen.get("port"):
             env[SERVICE_PORT_ENV] = str(listen["port"])  # the agent chose it: it was free
         self.job_env = env
-        return self._popen(self.spec["commands"], env, str(workdir))
+        return self._popen(self.spec["commands"], env, str(workdir), ident)
 
     def _start_sshd(self) -> None:
         """The job's SSH server, in its own session: stopping the job's process group must not
@@ -196,6 +203,10 @@ class Supervisor:
         if docker_bin is None:
             raise StartError("creating_container_error", "docker is not installed on the host")
         spec = dict(self.spec)
+        if spec.get("registry_auth"):
+            error = registry.pull(spec["image"], spec["registry_auth"], docker_bin)
+            if error is not None:
+                raise StartError("creating_container_error", error)
         job_env = {
             "DSTACK_WORKING_DIR": docker.container_workdir(spec.get("working_dir")),
             "DSTACK_REPO_DIR": docker.CODE_MOUNT,
@@ -212,10 +223,13 @@ class Supervisor:
         env.update(job_env)
         return self._popen(argv, env, str(self.dir))
 
-    def _popen(self, argv: list[str], env: dict[str, str], cwd: str) -> subprocess.Popen[bytes]:
+    def _popen(
+        self, argv: list[str], env: dict[str, str], cwd: str, ident: dict[str, Any] | None = None
+    ) -> subprocess.Popen[bytes]:
         try:
             return subprocess.Popen(
                 argv,
+                **jobuser.popen_kwargs(ident),
                 cwd=cwd,
                 env=env,
                 stdin=subprocess.DEVNULL,

@@ -37,6 +37,7 @@ from dstack.server.services.jobspecs import build_job_specs
 from dstack.server.services.names import invalid_name_message, is_valid_name
 from dstack.server.services.pool import load_pool, requirements_for
 from dstack.server.services.runs_view import run_model
+from dstack.server.services.runtime_fields import check_runtime_fields
 
 RUN_TYPES = ("dev-environment", "task", "service")
 ACTIVE_RUN_STATUSES = tuple(s.value for s in RunStatus if not s.is_finished())
@@ -63,6 +64,7 @@ def parse_run_configuration(spec: RunSpec) -> Any:
             field=f"run_spec.configuration.env.{unset[0]}",
         )
     _check_groups(conf)
+    check_runtime_fields(conf)
     return conf
 
 
@@ -165,6 +167,12 @@ async def get_plan(
         ranking = rank(with_volumes(req, mounts), pool.instances, pool.capacity)
         if mounts and not ranking.candidates:
             refuse_misplaced_volumes(rank(req, pool.instances, pool.capacity), ranking)
+        if ranking.field_refusals and not ranking.candidates:
+            raise ServerClientError(
+                "No instance can run this configuration as written: "
+                + "; ".join(ranking.field_refusals[:5]),
+                field="configuration",
+            )
         offers = [c.offer for c in ranking.candidates]
         job_plans.append(
             JobPlan(
