@@ -88,6 +88,10 @@ def _relocate(job_dir: Path, job_id: str, ident: dict[str, Any]) -> str:
     target = _base() / job_id
     if code.is_symlink():
         return str(target)  # done by an earlier start of this job
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+    elif target.exists():
+        shutil.rmtree(target)  # an earlier start was cut short before the link was made
     target.mkdir(mode=0o700)
     for entry in list(code.iterdir()):
         shutil.move(str(entry), str(target / entry.name))
