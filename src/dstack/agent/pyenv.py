@@ -28,12 +28,19 @@ class PythonError(Exception):
     """The host has no such Python; the message names the host and what it has."""
 
 
+def _folders(path: str | None) -> list[str]:
+    """PATH without version-manager shims (pyenv, asdf): a shim named python3.12 exists for
+    every version the manager has installed, but only runs in a shell that selected it."""
+    raw = (path if path is not None else os.environ.get("PATH", "")).split(os.pathsep)
+    return [f for f in raw if f and os.path.basename(f.rstrip("/")) != "shims"]
+
+
 def versions(path: str | None = None) -> list[str]:
     """`3.X` versions with a `python3.X` executable on PATH, sorted."""
     found = set()
-    for folder in (path if path is not None else os.environ.get("PATH", "")).split(os.pathsep):
+    for folder in _folders(path):
         try:
-            names = os.listdir(folder or ".")
+            names = os.listdir(folder)
         except OSError:
             continue
         for name in names:
@@ -49,7 +56,7 @@ def uv_available() -> bool:
 
 def find(version: str) -> str | None:
     """The interpreter for `version`: on PATH, else the one `uv` has installed."""
-    direct = shutil.which(f"python{version}")
+    direct = shutil.which(f"python{version}", path=os.pathsep.join(_folders(None)))
     if direct:
         return direct
     uv = shutil.which("uv")
