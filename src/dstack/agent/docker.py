@@ -31,6 +31,7 @@ def run_argv(
     has_nvidia: bool,
     assigned_gpus: dict[str, Any] | None = None,
     binds: list[dict[str, Any]] | None = None,
+    mounts: list[str] | None = None,
 ) -> list[str]:
     """`docker run` attached (no -d), so its exit code is the container's.
 
@@ -58,6 +59,7 @@ def run_argv(
         argv += ["-p", f"127.0.0.1::{port}"]
     argv += ["-v", f"{code_dir}:{CODE_MOUNT}"]
     argv += volumes.docker_args(binds or [])
+    argv += mounts or []  # `files`, as `-v` arguments (files.docker_mounts)
     for key in sorted(spec.get("env") or {}):
         argv += ["-e", key]
     argv += ["-w", container_workdir(spec.get("working_dir"))]

@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 from typing import IO, Any
 
-from dstack.agent import docker, gpus, jobuser, ports, pyenv, sshd, volumes
+from dstack.agent import docker, files, gpus, jobuser, ports, pyenv, sshd, volumes
 from dstack.agent import protocol as p
 from dstack.agent.gpus import GPUS_FILE
 from dstack.agent.hostinfo import GpuCache
@@ -30,7 +30,7 @@ from dstack.agent.logs import LogWriter, read_page
 from dstack.agent.protocol import JOB_ID_RE, JobState
 from dstack.agent.spec import BadRequest, validate_spec
 from dstack.agent.state import SUPERVISOR_LOST, derive_state, is_finished
-from dstack.agent.tarsafe import unpack_code
+from dstack.agent.tarsafe import UnsafeArchive, unpack_code
 from dstack.agent.util import (
     CHILD_FILE,
     CODE_DIR,
@@ -195,10 +195,21 @@ class JobStore:
         tmp = self.root / f".new-{uuid.uuid4().hex}"
         tmp.mkdir()
         try:
-            if length:
+            code_length = length - files.total_length(spec)
+            if code_length < 0:
+                raise BadRequest("files: longer than the body")
+            if code_length and code_length < length:
+                with files.copy_range(code, code_length) as part:
+                    unpack_code(part, tmp / CODE_DIR)
+            elif code_length:
                 unpack_code(code, tmp / CODE_DIR)
             else:
                 (tmp / CODE_DIR).mkdir()
+            if code_length < length:
+                try:
+                    files.unpack(code, code_length, spec, tmp)
+                except (UnsafeArchive, files.FilesError) as e:
+                    raise BadRequest(f"files: {e}") from None
             write_json_atomic(tmp / SPEC_FILE, spec, mode=0o600)
             shutil.rmtree(path, ignore_errors=True)  # a leftover without spec.json
             os.replace(tmp, path)
@@ -372,6 +383,7 @@ class JobStore:
             with contextlib.suppress(OSError):
                 sshd.revoke_on_host(job_id)
             pyenv.cleanup(path)
+            files.cleanup(path)
             jobuser.cleanup(path)
             trash = self.root / f".removed-{uuid.uuid4().hex}"
             os.replace(path, trash)

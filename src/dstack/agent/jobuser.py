@@ -96,6 +96,12 @@ def _relocate(job_dir: Path, job_id: str, ident: dict[str, Any]) -> str:
     for entry in list(code.iterdir()):
         shutil.move(str(entry), str(target / entry.name))
     _chown_tree(target, ident["uid"], ident["gid"])
+    staged = job_dir / f"{CODE_DIR}-files"  # files.py: beside the code, wherever it goes
+    if staged.is_dir():
+        moved = target.with_name(f"{target.name}-files")
+        shutil.rmtree(moved, ignore_errors=True)
+        shutil.move(str(staged), str(moved))
+        _chown_tree(moved, ident["uid"], ident["gid"])
     code.rmdir()
     code.symlink_to(target, target_is_directory=True)
     return str(target)

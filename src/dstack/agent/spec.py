@@ -161,6 +161,25 @@ def _registry_auth(body: dict[str, Any]) -> dict[str, str] | None:
     return {"username": value["username"], "password": value["password"]}
 
 
+def _files(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The archives after the code in the start frame: where each goes, how long it is."""
+    value = body.get("files") or []
+    if not isinstance(value, list):
+        raise BadRequest("files: must be a list")
+    out = []
+    for i, item in enumerate(value):
+        path = item.get("path") if isinstance(item, dict) else None
+        length = item.get("length") if isinstance(item, dict) else None
+        if not isinstance(path, str) or not path or "\0" in path:
+            raise BadRequest(f"files[{i}].path: must be a path")
+        if ".." in path.split("/") or (path.startswith("~") and path != "~" and path[1] != "/"):
+            raise BadRequest(f"files[{i}].path: must not contain '..' or name another user's ~")
+        if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
+            raise BadRequest(f"files[{i}].length: must be a positive integer")
+        out.append({"path": path, "length": length})
+    return out
+
+
 def _runtime_fields(body: dict[str, Any]) -> dict[str, Any]:
     privileged = body.get("privileged", False)
     if not isinstance(privileged, bool):
@@ -170,6 +189,8 @@ def _runtime_fields(body: dict[str, Any]) -> dict[str, Any]:
         "python": _matching(body, "python", PYTHON_RE, "a Python version like 3.12"),
         "privileged": privileged,
         "registry_auth": _registry_auth(body),
+        "files": _files(body),
+        "home_dir": _opt_str(body, "home_dir"),
     }
 
 

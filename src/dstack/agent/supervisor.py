@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dstack.agent import docker, jobuser, pyenv, registry, sshd, volumes
+from dstack.agent import docker, files, jobuser, pyenv, registry, sshd, volumes
 from dstack.agent.gpus import GPUS_FILE, visible_devices_env
 from dstack.agent.logs import CHUNK_SIZE, LogWriter
 from dstack.agent.ports import LISTEN_FILE, SERVICE_PORT_ENV
@@ -122,6 +122,12 @@ class Supervisor:
         if self.docker:
             return self._start_docker(code_dir, binds)
         workdir = process_workdir(code_dir, self.spec.get("working_dir"))
+        ident = jobuser.identity(self.dir)
+        home = ident["home"] if ident else base_env().get("HOME", "/")
+        try:
+            files.place(self.dir, self.spec, home, str(workdir), jobuser.popen_kwargs(ident))
+        except files.FilesError as e:
+            raise StartError("executor_error", str(e)) from None
         if not workdir.is_dir():
             raise StartError("executor_error", f"working_dir {workdir} does not exist")
         try:
@@ -130,7 +136,6 @@ class Supervisor:
             raise StartError(VOLUME_ERROR, str(e)) from None
         write_json_atomic(self.dir / volumes.LINKS_FILE, links)
         env = base_env()
-        ident = jobuser.identity(self.dir)
         if ident:
             env.update(jobuser.user_env(ident))
         env["PATH"] = pyenv.path_env(self.dir, env["PATH"])
@@ -217,7 +222,9 @@ class Supervisor:
         spec["env"] = job_env
         has_nvidia = shutil.which("nvidia-smi") is not None
         gpus = read_json(self.dir / GPUS_FILE)
-        argv = docker.run_argv(spec, str(code_dir), has_nvidia, gpus, binds)
+        workdir = docker.container_workdir(spec.get("working_dir"))
+        mounts = files.docker_mounts(self.dir, spec, workdir)
+        argv = docker.run_argv(spec, str(code_dir), has_nvidia, gpus, binds, mounts)
         argv[0] = docker_bin
         env = dict(os.environ)
         env.update(job_env)

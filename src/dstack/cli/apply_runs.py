@@ -60,6 +60,16 @@ def upload_code(api: APIClient, root: Path) -> str:
     return code_hash or archive_hash(data)
 
 
+def _upload_files(api: APIClient, configuration: dict[str, Any], path: str) -> list[Any]:
+    from dstack.api.code import upload_limit
+    from dstack.api.file_archives import upload_files
+    from dstack.models.runs import FileArchiveMapping
+
+    base = Path.cwd() if path == "-" else Path(path).resolve().parent
+    entries = upload_files(api, configuration, base, upload_limit())
+    return [FileArchiveMapping(**e) for e in entries]
+
+
 def make_run_spec(
     configuration: dict[str, Any], path: str, code_hash: str | None, ssh_key_pub: str | None = None
 ) -> RunSpec:
@@ -82,6 +92,8 @@ def apply_run(args: argparse.Namespace, conf: Any, path: str) -> int:
     if not args.no_repo:
         code_hash = upload_code(api, Path.cwd())
     spec = make_run_spec(configuration, path, code_hash, _ssh_key_pub(args))
+    if configuration.get("files"):
+        spec = spec.model_copy(update={"file_archives": _upload_files(api, configuration, path)})
     plan = _get_plan(api, spec, args.max_offers)
     print_plan(plan, args.verbose, args.max_offers, lambda: _has_fleets(api))
     current = plan.current_resource

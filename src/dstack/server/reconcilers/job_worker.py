@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 
 from dstack.errors import ServerClientError
 from dstack.models.instances import InstanceStatus
-from dstack.models.runs import JobProvisioningData, JobSpec, JobStatus
+from dstack.models.runs import JobProvisioningData, JobSpec, JobStatus, RunSpec
 from dstack.models.wire import utcnow
 from dstack.server.agent_client import (
     AgentClient,
@@ -59,7 +59,7 @@ from dstack.server.reconcilers.jobs import (
 )
 from dstack.server.scheduler.placement import Candidate
 from dstack.server.services import events, logs
-from dstack.server.services.codes import load_code
+from dstack.server.services.codes import load_code, load_file_archives
 from dstack.server.services.context import ServerContext
 from dstack.server.services.hosts import capabilities, host_access, host_label
 from dstack.server.services.job_volumes import Mounts, placed_volumes, volume_locations
@@ -301,6 +301,11 @@ class JobReconciler(Reconciler):
             await s.commit()
             if snap.spec.repo_code_hash:
                 code = await load_code(s, snap.project.id, snap.spec.repo_code_hash) or b""
+            run_spec = RunSpec.model_validate_json(snap.run.run_spec)
+            archives = [(f.id, f.path) for f in run_spec.file_archives]
+            file_entries, file_blobs, files_error = await load_file_archives(
+                s, snap.project.id, archives
+            )
         keys = ssh_keys(snap.run, project_key)
         spec, runtime_error = agent_job_spec(
             snap.job,
@@ -313,6 +318,7 @@ class JobReconciler(Reconciler):
             label=host_label(self.ctx, inst),
             remote_host=capabilities(self.ctx, inst.backend, inst.project_id).remote_hosts,
         )
+        runtime_error = runtime_error or files_error
         if runtime_error:
             return StartOutcome(StartKind.RUNTIME_ERROR, runtime_error), {}
         mounted = await self.volumes.attach(snap.job, snap.spec, inst)
@@ -321,6 +327,8 @@ class JobReconciler(Reconciler):
         if mounted.waiting:
             return StartOutcome(StartKind.VOLUME_WAIT, mounted.waiting), {}
         spec["volumes"] = mounted.entries
+        spec["files"], spec["home_dir"] = file_entries, run_spec.configuration.get("home_dir")
+        code += file_blobs
         try:
             state = await client.start_job(spec, code)
         except AgentUnreachableError:

@@ -33,6 +33,23 @@ async def store_code(s: AsyncSession, project: t.Project, blob: bytes, limit: in
     return digest
 
 
+async def load_file_archives(
+    s: AsyncSession, project_id: str, archives: list[tuple[str, str]]
+) -> tuple[list[dict[str, object]], bytes, str | None]:
+    """The run's `files` as the agent's start frame carries them after the code: each
+    archive's target path and length, and the archives themselves, in order; or why not (an
+    archive is missing)."""
+    entries: list[dict[str, object]] = []
+    blobs = []
+    for digest, path in archives:
+        blob = await load_code(s, project_id, digest)
+        if blob is None:
+            return [], b"", f"files: the archive for {path} was not uploaded"
+        entries.append({"path": path, "length": len(blob)})
+        blobs.append(blob)
+    return entries, b"".join(blobs), None
+
+
 async def load_code(s: AsyncSession, project_id: str, digest: str) -> bytes | None:
     row = await s.get(t.Code, (project_id, digest))
     return row.blob if row else None

@@ -54,6 +54,12 @@ async def apply_plan(
                 f"Code {spec.repo_code_hash} was not uploaded; upload it first",
                 field="plan.run_spec.repo_code_hash",
             )
+    for archive in spec.file_archives:
+        if await s.get(t.Code, (project.id, archive.id)) is None:
+            raise ServerClientError(
+                f"The archive of files entry {archive.path} was not uploaded; upload it first",
+                field="plan.run_spec.file_archives",
+            )
     if spec.run_name:
         active = await active_run(s, project.id, spec.run_name)
         if active is not None and _updatable(active, conf, plan):
