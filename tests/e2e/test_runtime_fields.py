@@ -116,3 +116,40 @@ def test_python_the_host_lacks_is_refused_in_the_plan(rt: Server, project_dir: P
     out = r.stdout + r.stderr
     assert "`python: 3.15`: host " in out and " on PATH and no uv" in out, out
     assert rt.api("/api/project/main/runs/get", {"run_name": "no-py"}).status_code != 200
+
+
+def test_files_are_copied_to_their_paths(rt: Server, project_dir: Path, tmp_path: Path) -> None:
+    conf_dir = project_dir / "conf"
+    (conf_dir / "assets" / "sub").mkdir(parents=True)
+    (conf_dir / "assets" / "sub" / "a.txt").write_text("asset-a\n")
+    (conf_dir / "settings.ini").write_text("setting=1\n")
+    absolute = tmp_path / "abs-target"
+    write_config(
+        conf_dir,
+        "f.dstack.yml",
+        "type: task\nname: with-files\nworking_dir: work\n"
+        f"files:\n  - settings.ini:conf/settings.ini\n  - assets:{absolute}\n"
+        "commands:\n  - cat conf/settings.ini\n  - pwd\n  - cat ../data.txt\n" + RES,
+    )
+    r = rt.cli("apply", "-f", "conf/f.dstack.yml", "-y", cwd=project_dir, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "setting=1" in r.stdout  # relative to the working dir, which it created
+    assert "payload-from-the-working-dir" in r.stdout  # working_dir is inside the code
+    assert (absolute / "sub" / "a.txt").read_text() == "asset-a\n"
+
+
+def test_files_of_a_user_job_go_to_its_home(rt: Server, project_dir: Path, e2e_user: str) -> None:
+    (project_dir / "token.txt").write_text("token-for-user\n")
+    home = Path(pwd.getpwnam(e2e_user).pw_dir)
+    write_config(
+        project_dir,
+        "uf.dstack.yml",
+        f"type: task\nname: user-files\nuser: {e2e_user}\n"
+        "files:\n  - token.txt:~/.dstack-e2e/token.txt\n"
+        "commands:\n  - cat ~/.dstack-e2e/token.txt\n" + RES,
+    )
+    r = rt.cli("apply", "-f", "uf.dstack.yml", "-y", cwd=project_dir, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "token-for-user" in r.stdout
+    placed = home / ".dstack-e2e" / "token.txt"
+    assert placed.stat().st_uid == pwd.getpwnam(e2e_user).pw_uid  # copied as the user

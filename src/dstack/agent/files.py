@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import IO, Any
@@ -23,17 +21,6 @@ from dstack.agent.tarsafe import unpack_code
 from dstack.agent.util import CODE_DIR
 
 ENTRY = "x"
-COPY_TIMEOUT = 600.0
-# Run as the job's user: copy a file or merge a folder into place, creating parents.
-_COPY = (
-    "import os,shutil,sys\n"
-    "src,dst=sys.argv[1],sys.argv[2]\n"
-    "os.makedirs(os.path.dirname(dst) or '.',exist_ok=True)\n"
-    "if os.path.isdir(src) and not os.path.islink(src):\n"
-    "    shutil.copytree(src,dst,symlinks=True,dirs_exist_ok=True)\n"
-    "else:\n"
-    "    shutil.copy2(src,dst,follow_symlinks=False)\n"
-)
 
 
 class FilesError(Exception):
@@ -80,26 +67,53 @@ def target(path: str, home: str, workdir: str) -> str:
     return path if path.startswith("/") else os.path.join(workdir, path)
 
 
-def place(job_dir: Path, spec: dict[str, Any], home: str, workdir: str, kwargs: Any) -> None:
-    """Copy every file to its place (process runtime) as the job's user (`kwargs`)."""
+def _copy(src: str, dst: str) -> None:
+    """Copy a file or merge a folder into place, creating parents."""
+    os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
+    if os.path.isdir(src) and not os.path.islink(src):
+        shutil.copytree(src, dst, symlinks=True, dirs_exist_ok=True)
+    else:
+        shutil.copy2(src, dst, follow_symlinks=False)
+
+
+def _copy_as(src: str, dst: str, ident: dict[str, Any] | None) -> str | None:
+    """`_copy` in a forked child that first becomes the job's user (no exec: the agent's
+    Python may be one the user cannot run); the error text, or None."""
+    if not ident:
+        try:
+            _copy(src, dst)
+        except OSError as e:
+            return str(e)
+        return None
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 0
+        try:
+            os.close(read_fd)
+            os.setgroups(ident["groups"])
+            os.setgid(ident["gid"])
+            os.setuid(ident["uid"])
+            _copy(src, dst)
+        except BaseException as e:  # noqa: BLE001 - reported to the parent
+            os.write(write_fd, str(e).encode()[:4000])
+            code = 1
+        os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as f:
+        error = f.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    return None if status == 0 else (error or f"copy failed (status {status})")
+
+
+def place(job_dir: Path, spec: dict[str, Any], home: str, workdir: str, ident: Any) -> None:
+    """Copy every file to its place (process runtime) as the job's user (`ident`)."""
     staging = staging_dir(job_dir)
     for i, entry in enumerate(spec.get("files") or []):
         dst = target(entry["path"], home, workdir)
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-I", "-c", _COPY, str(staging / str(i) / ENTRY), dst],
-                capture_output=True,
-                text=True,
-                timeout=COPY_TIMEOUT,
-                stdin=subprocess.DEVNULL,
-                cwd="/",
-                **kwargs,
-            )
-        except (OSError, subprocess.SubprocessError) as e:
-            raise FilesError(f"files[{i}]: cannot copy to {dst}: {e}") from None
-        if proc.returncode != 0:
-            why = (proc.stderr.strip().splitlines() or ["failed"])[-1]
-            raise FilesError(f"files[{i}]: cannot copy to {dst}: {why}")
+        error = _copy_as(str(staging / str(i) / ENTRY), dst, ident)
+        if error is not None:
+            raise FilesError(f"files[{i}]: cannot copy to {dst}: {error}")
 
 
 def docker_mounts(job_dir: Path, spec: dict[str, Any], workdir: str) -> list[str]:

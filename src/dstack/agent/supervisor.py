@@ -125,7 +125,7 @@ class Supervisor:
         ident = jobuser.identity(self.dir)
         home = ident["home"] if ident else base_env().get("HOME", "/")
         try:
-            files.place(self.dir, self.spec, home, str(workdir), jobuser.popen_kwargs(ident))
+            files.place(self.dir, self.spec, home, str(workdir), ident)
         except files.FilesError as e:
             raise StartError("executor_error", str(e)) from None
         if not workdir.is_dir():
