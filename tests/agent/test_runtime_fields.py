@@ -125,3 +125,53 @@ def test_registry_auth_config_never_keeps_a_credential_store() -> None:
     assert registry.registry_of("ubuntu:22.04") == registry.DOCKER_HUB
     assert registry.registry_of("localhost:5000/x") == "localhost:5000"
     assert registry.registry_of("org/img") == registry.DOCKER_HUB
+
+
+def _entry_archive(content: bytes | None) -> bytes:
+    """An archive of one `files` entry: a file `x`, or a folder `x` with a file in it."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        if content is None:
+            info = tarfile.TarInfo("x")
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(info)
+            content, name = b"inner\n", "x/inner.txt"
+        else:
+            name = "x"
+        info = tarfile.TarInfo(name)
+        info.size = len(content)
+        tar.addfile(info, io.BytesIO(content))
+    return buf.getvalue()
+
+
+def test_files_follow_the_code_and_land_at_their_paths(agent: AgentProcess, tmp_path: Path) -> None:
+    from .test_api import make_tar
+
+    code = make_tar({"main.txt": "code\n"})
+    one, two = _entry_archive(b"one\n"), _entry_archive(None)
+    absolute = tmp_path / "abs" / "dir"
+    spec = {
+        "id": "files",
+        "commands": ["/bin/sh", "-c", f"cat main.txt sub/one.txt {absolute}/inner.txt"],
+        "files": [
+            {"path": "sub/one.txt", "length": len(one)},
+            {"path": str(absolute), "length": len(two)},
+        ],
+    }
+    response = agent.start_job(spec, code + one + two)
+    assert response.status_code == 200, response.text
+    state = agent.wait_finished("files")
+    assert state["status"] == "done", agent.output("files")
+    assert agent.output("files") == "code\none\ninner\n"
+
+
+def test_files_longer_than_the_body_are_refused(agent: AgentProcess) -> None:
+    spec = {"id": "badfiles", "commands": ["true"], "files": [{"path": "a", "length": 99}]}
+    response = agent.start_job(spec, b"12")
+    assert response.status_code == 400 and response.json()["error"].startswith("files:")
+    spec["files"] = [{"path": "~other/x", "length": 1}]
+    response = agent.start_job(spec, b"1")
+    assert response.status_code == 400 and "files[0].path" in response.json()["error"]

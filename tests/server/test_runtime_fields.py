@@ -111,3 +111,37 @@ def test_unsupported_fields_are_refused(field: str) -> None:
 def test_entrypoint_takes_the_commands_as_arguments() -> None:
     job = build_job_specs("r", conf(entrypoint="python3 -u -c", commands=["print(1)"]), None)[0]
     assert job.commands == ["python3", "-u", "-c", "print(1)"]
+
+
+def test_registry_password_is_never_shown_back() -> None:
+    from dstack.models.runs import RunSpec
+    from dstack.server.services.runs_view import REDACTED, redact_run_spec
+
+    auth = {"username": "bob", "password": "s3cret"}
+    spec = RunSpec(configuration={**TASK, "image": "img", "registry_auth": auth})
+    shown = redact_run_spec(spec)
+    assert shown.configuration["registry_auth"] == {"username": "bob", "password": REDACTED}
+    assert "s3cret" not in shown.model_dump_json()
+    assert spec.configuration["registry_auth"]["password"] == "s3cret"  # the stored one stays
+
+
+def test_the_agent_gets_user_python_and_the_pull_credentials() -> None:
+    from dstack.models.runs import RunSpec
+    from dstack.server.db import tables as t
+    from dstack.server.reconcilers.job_start import runtime_fields
+
+    auth = {"username": "bob", "password": "s3cret"}
+    docker_conf = {**TASK, "image": "img", "user": "1000", "registry_auth": auth}
+    run = t.Run(run_spec=RunSpec(configuration=docker_conf).model_dump_json())
+    job = build_job_specs("r", parse_configuration(docker_conf), None)[0]
+    assert runtime_fields(run, job, "docker") == {
+        "user": "1000",
+        "privileged": False,
+        "registry_auth": auth,
+    }
+    process = build_job_specs("r", conf(user="alice", python="3.11"), None)[0]
+    assert runtime_fields(run, process, "process") == {
+        "user": "alice",
+        "privileged": False,
+        "python": "3.11",
+    }
