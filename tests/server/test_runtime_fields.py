@@ -99,13 +99,46 @@ def test_runtime_refusal_ignores_the_docker_runtime() -> None:
     assert runtime_refusal(RuntimeNeeds(runtime="docker", user="x"), facts, "h") is None
 
 
-@pytest.mark.parametrize("field", ["docker", "repos"])
-def test_unsupported_fields_are_refused(field: str) -> None:
-    value = True if field == "docker" else ["https://example.com/r.git"]
+def test_docker_inside_the_job_is_refused() -> None:
     with pytest.raises(ServerClientError) as e:
-        rf.check_runtime_fields(conf(**{field: value}))
-    assert e.value.field == f"configuration.{field}"
-    assert f"`{field}" in str(e.value)
+        rf.check_runtime_fields(conf(docker=True))
+    assert e.value.field == "configuration.docker" and "`docker: true`" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("repo", "field", "text"),
+    [
+        ("file:///etc", "configuration.repos.0.url", "only https, http, git and ssh URLs"),
+        ("ext::sh -c id", "configuration.repos.0.url", "only https, http, git and ssh URLs"),
+        ({"local_path": ".", "path": "/src"}, "configuration.repos.0.path", "`path: /src`"),
+    ],
+)
+def test_repos_that_cannot_be_cloned_are_refused(repo: Any, field: str, text: str) -> None:
+    entry = repo if isinstance(repo, dict) else {"url": repo}
+    with pytest.raises(ServerClientError) as e:
+        rf.check_runtime_fields(conf(repos=[entry]))
+    assert e.value.field == field and text in str(e.value)
+
+
+def test_repo_credentials_are_sealed_and_never_shown(tmp_path: Any) -> None:
+    from dstack.models.runs import RunSpec
+    from dstack.server.services import repos
+    from dstack.server.services.crypto import Box
+
+    box = Box(tmp_path / "key")
+    c = conf(repos=[{"url": "https://git.example/r.git", "branch": "dev"}], single_branch=True)
+    spec = RunSpec(configuration=c.model_dump(mode="json"),
+                   repo_data={"repo_type": "remote", "repo_creds": {"token": "tok"}})  # fmt: skip
+    sealed = repos.seal_creds(spec, box)
+    assert "tok" not in sealed.model_dump_json() and repos.SEALED in sealed.repo_data
+    assert "tok" not in repos.without_creds(sealed).model_dump_json()
+    job = build_job_specs("r", c, None)[0]
+    assert repos.agent_repo(job, sealed, box) == {
+        "url": "https://git.example/r.git", "branch": "dev", "hash": None, "path": ".",
+        "if_exists": "error", "single_branch": True, "token": "tok",
+    }  # fmt: skip
+    with pytest.raises(ServerClientError):
+        repos.seal_creds(spec.model_copy(update={"repo_data": {"repo_creds": {"x": "y"}}}), box)
 
 
 def test_entrypoint_takes_the_commands_as_arguments() -> None:

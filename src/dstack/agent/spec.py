@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from dstack.agent import gitclone
 from dstack.agent.ports import MAX_SEARCH
 from dstack.agent.protocol import JOB_ID_RE
 
@@ -180,6 +181,13 @@ def _files(body: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _repo(body: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        return gitclone.validate(body.get("repo"))
+    except ValueError as e:
+        raise BadRequest(str(e)) from None
+
+
 def _runtime_fields(body: dict[str, Any]) -> dict[str, Any]:
     privileged = body.get("privileged", False)
     if not isinstance(privileged, bool):
@@ -190,6 +198,7 @@ def _runtime_fields(body: dict[str, Any]) -> dict[str, Any]:
         "privileged": privileged,
         "registry_auth": _registry_auth(body),
         "files": _files(body),
+        "repo": _repo(body),
         "home_dir": _opt_str(body, "home_dir"),
     }
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dstack.agent import docker, files, jobuser, pyenv, registry, sshd, volumes
+from dstack.agent import docker, files, gitclone, jobuser, pyenv, registry, sshd, volumes
 from dstack.agent.gpus import GPUS_FILE, visible_devices_env
 from dstack.agent.logs import CHUNK_SIZE, LogWriter
 from dstack.agent.ports import LISTEN_FILE, SERVICE_PORT_ENV
@@ -125,8 +125,11 @@ class Supervisor:
         ident = jobuser.identity(self.dir)
         home = ident["home"] if ident else base_env().get("HOME", "/")
         try:
+            repo = self.spec.get("repo")
+            if repo:
+                gitclone.clone(repo, files.target(repo["path"], home, str(workdir)), ident)
             files.place(self.dir, self.spec, home, str(workdir), ident)
-        except files.FilesError as e:
+        except (files.FilesError, gitclone.CloneError) as e:
             raise StartError("executor_error", str(e)) from None
         if not workdir.is_dir():
             raise StartError("executor_error", f"working_dir {workdir} does not exist")
@@ -223,12 +226,25 @@ class Supervisor:
         has_nvidia = shutil.which("nvidia-smi") is not None
         gpus = read_json(self.dir / GPUS_FILE)
         workdir = docker.container_workdir(spec.get("working_dir"))
-        mounts = files.docker_mounts(self.dir, spec, workdir)
+        mounts = files.docker_mounts(self.dir, spec, workdir) + self._docker_repo(spec, workdir)
         argv = docker.run_argv(spec, str(code_dir), has_nvidia, gpus, binds, mounts)
         argv[0] = docker_bin
         env = dict(os.environ)
         env.update(job_env)
         return self._popen(argv, env, str(self.dir))
+
+    def _docker_repo(self, spec: dict[str, Any], workdir: str) -> list[str]:
+        """Clone the job's repo on the host, to be bind-mounted at its container path."""
+        repo = spec.get("repo")
+        if not repo:
+            return []
+        staging = gitclone.staging_dir(self.dir)
+        try:
+            gitclone.clone(repo, str(staging), None)
+        except gitclone.CloneError as e:
+            raise StartError("executor_error", str(e)) from None
+        home = spec.get("home_dir") or "/root"
+        return ["-v", f"{staging}:{files.target(repo['path'], home, workdir)}"]
 
     def _popen(
         self, argv: list[str], env: dict[str, str], cwd: str, ident: dict[str, Any] | None = None

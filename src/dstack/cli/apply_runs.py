@@ -29,6 +29,7 @@ from dstack.cli.common import (
     out,
 )
 from dstack.cli.profiles import selected_profile
+from dstack.cli.repo_flags import code_root, repo_creds
 from dstack.models.runs import Run, RunPlan, RunSpec, RunStatus
 
 
@@ -89,9 +90,13 @@ def apply_run(args: argparse.Namespace, conf: Any, path: str) -> int:
     _warn_scaling(configuration)
     api = api_client(args)
     code_hash = None
-    if not args.no_repo:
-        code_hash = upload_code(api, Path.cwd())
+    root = None if args.no_repo else code_root(configuration, path)
+    if root is not None:
+        code_hash = upload_code(api, root)
     spec = make_run_spec(configuration, path, code_hash, _ssh_key_pub(args))
+    creds = repo_creds(args)
+    if creds:
+        spec = spec.model_copy(update={"repo_data": {**spec.repo_data, "repo_creds": creds}})
     if configuration.get("files"):
         spec = spec.model_copy(update={"file_archives": _upload_files(api, configuration, path)})
     plan = _get_plan(api, spec, args.max_offers)

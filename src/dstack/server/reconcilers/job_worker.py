@@ -70,6 +70,7 @@ from dstack.server.services.pool import (
     live_backend_types,
     load_pool_rows,
 )
+from dstack.server.services.repos import agent_repo
 from dstack.server.services.ssh_keys import project_keypair
 
 LOG_PAGES_PER_PASS = 16
@@ -328,6 +329,7 @@ class JobReconciler(Reconciler):
             return StartOutcome(StartKind.VOLUME_WAIT, mounted.waiting), {}
         spec["volumes"] = mounted.entries
         spec["files"], spec["home_dir"] = file_entries, run_spec.configuration.get("home_dir")
+        spec["repo"] = agent_repo(snap.spec, run_spec, self.ctx.box)
         code += file_blobs
         try:
             state = await client.start_job(spec, code)

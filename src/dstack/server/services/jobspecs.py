@@ -16,6 +16,7 @@ from typing import Any
 from dstack.errors import ServerClientError
 from dstack.models.runs import JobSpec
 from dstack.server.services.ide_install import IDE_NAMES, install_command
+from dstack.server.services.repos import job_repo_data
 from dstack.server.services.runtime_fields import container_image, runtime_needs
 
 DEFAULT_STOP_DURATION = 300
@@ -254,6 +255,8 @@ def _replica_jobs(
             working_dir=getattr(conf, "working_dir", None),
             repo_code_hash=repo_code_hash,
             repo_dir=LOCAL_REPO_DIR,
+            repo_data=job_repo_data(conf),
+            single_branch=getattr(conf, "single_branch", None),
             service_port=service_port,
             probes=service_probes(conf),
             app_specs=_app_specs(conf),

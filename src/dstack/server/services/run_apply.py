@@ -27,6 +27,7 @@ from dstack.server.services.context import ServerContext
 from dstack.server.services.job_volumes import check_run_volumes
 from dstack.server.services.jobspecs import build_job_specs
 from dstack.server.services.names import generate_name
+from dstack.server.services.repos import seal_creds
 from dstack.server.services.runs import (
     ACTIVE_RUN_STATUSES,
     active_run,
@@ -44,7 +45,7 @@ async def apply_plan(
     plan: ApplyRunPlanInput,
     force: bool,
 ) -> Run:
-    spec = plan.run_spec
+    spec = seal_creds(plan.run_spec, ctx.box)
     check_name(spec.run_name)
     conf = parse_run_configuration(spec)
     if spec.repo_code_hash is not None:

@@ -36,6 +36,7 @@ from dstack.server.services.job_volumes import volume_locations, with_volumes
 from dstack.server.services.jobspecs import build_job_specs
 from dstack.server.services.names import invalid_name_message, is_valid_name
 from dstack.server.services.pool import load_pool, requirements_for
+from dstack.server.services.repos import without_creds
 from dstack.server.services.runs_view import run_model
 from dstack.server.services.runtime_fields import check_runtime_fields
 
@@ -157,7 +158,7 @@ async def get_plan(
 ) -> RunPlan:
     check_name(spec.run_name)
     conf = parse_run_configuration(spec)
-    spec = spec.model_copy(update={"configuration": conf.model_dump(mode="json")})
+    spec = without_creds(spec.model_copy(update={"configuration": conf.model_dump(mode="json")}))
     job_specs = build_job_specs(spec.run_name or "run", conf, spec.repo_code_hash)
     pool = await load_pool(ctx, s, project.id)
     job_plans = []

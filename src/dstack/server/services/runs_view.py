@@ -27,6 +27,7 @@ from dstack.models.runs import (
 )
 from dstack.models.wire import utcnow
 from dstack.server.db import tables as t
+from dstack.server.services.repos import without_creds
 
 JOB_ERRORS = {
     JobTerminationReason.INSTANCE_UNREACHABLE.value: "instance unreachable",
@@ -139,6 +140,7 @@ REDACTED = "<redacted>"
 def redact_run_spec(spec: RunSpec) -> RunSpec:
     """The run as the API shows it: `registry_auth.password` is kept for the image pull only
     (the agent gets it when the job starts), never shown back."""
+    spec = without_creds(spec)
     auth = spec.configuration.get("registry_auth")
     if not isinstance(auth, dict) or "password" not in auth:
         return spec

@@ -15,6 +15,7 @@ from typing import Any
 
 from dstack.errors import ServerClientError
 from dstack.server.scheduler.runtime_fit import RuntimeNeeds
+from dstack.server.services.repos import check_repos
 
 # Server settings: `{python}` is replaced with the run's `python` (DEFAULT_PYTHON without one).
 DEFAULT_IMAGE_ENV = "DSTACK_SERVER_DEFAULT_IMAGE"
@@ -71,10 +72,6 @@ _NOT_YET = {
         "hand the job the host's Docker engine, which is root on the host; set `image` and "
         "`privileged: true` and install Docker in the image instead"
     ),
-    "repos": (
-        "`repos` (remote Git repositories cloned on the host) is not supported yet; clone the "
-        "repository in `commands`, or run `dstack apply` from its working copy"
-    ),
 }
 
 
@@ -82,5 +79,4 @@ def check_runtime_fields(conf: Any) -> None:
     """Refuse what this server cannot carry out, naming the field."""
     if getattr(conf, "docker", None):
         raise ServerClientError(_NOT_YET["docker"], field="configuration.docker")
-    if getattr(conf, "repos", None):
-        raise ServerClientError(_NOT_YET["repos"], field="configuration.repos")
+    check_repos(conf)
