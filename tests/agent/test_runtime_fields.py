@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -175,3 +176,27 @@ def test_files_longer_than_the_body_are_refused(agent: AgentProcess) -> None:
     spec["files"] = [{"path": "~other/x", "length": 1}]
     response = agent.start_job(spec, b"1")
     assert response.status_code == 400 and "files[0].path" in response.json()["error"]
+
+
+def test_ssh_sessions_of_a_user_job_run_as_that_user(
+    agent: AgentProcess, test_user: str, tmp_path: Path
+) -> None:
+    from . import test_sshd
+
+    if shutil.which("setpriv") is None or test_sshd.sshd.find_sshd() is None:
+        pytest.skip("needs setpriv and sshd")
+    key, pub = test_sshd._keypair(tmp_path)
+    state = agent.submit("user-ssh", ["sleep", "60"], user=test_user, ssh_keys=[pub])
+    port, login = state["ssh_port"], state["ssh_user"]
+    assert port, state
+
+    def session() -> Any:
+        r = test_sshd._ssh(key, port, login, "id -un; echo $HOME; pwd")
+        return r if r.returncode == 0 else None
+
+    from .helpers import wait_for
+
+    lines = wait_for(session, timeout=10, interval=0.2).stdout.splitlines()
+    assert lines == [test_user, pwd.getpwnam(test_user).pw_dir, state["working_dir"]]
+    config = (agent.home / "jobs" / "user-ssh" / "ssh" / "sshd_config").read_text()
+    assert "AllowStreamLocalForwarding no" in config

@@ -168,7 +168,8 @@ class Supervisor:
         log = open(self.dir / SSH_LOG, "ab")  # noqa: SIM115 - the child keeps it
         try:
             keys = self.spec.get("ssh_keys") or []
-            argv = sshd.prepare(self.dir, int(port), keys, env, container)
+            ident = None if self.docker else jobuser.identity(self.dir)
+            argv = sshd.prepare(self.dir, int(port), keys, env, container, ident)
             self.sshd = subprocess.Popen(
                 argv,
                 cwd=str(self.dir),
