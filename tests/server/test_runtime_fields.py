@@ -178,3 +178,17 @@ def test_the_agent_gets_user_python_and_the_pull_credentials() -> None:
         "privileged": False,
         "python": "3.11",
     }
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"registry_auth": {"username": "u", "password": "p"}}, "configuration.registry_auth"),
+        ({"image": "img", "nvcc": True}, "configuration.nvcc"),
+    ],
+)
+def test_fields_without_effect_are_refused(fields: dict[str, Any], field: str) -> None:
+    with pytest.raises(ServerClientError) as e:
+        rf.check_runtime_fields(conf(**fields))
+    assert e.value.field == field
+    rf.check_runtime_fields(conf(registry_auth={"username": "u", "password": "p"}, image="i"))

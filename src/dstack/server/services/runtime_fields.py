@@ -79,4 +79,16 @@ def check_runtime_fields(conf: Any) -> None:
     """Refuse what this server cannot carry out, naming the field."""
     if getattr(conf, "docker", None):
         raise ServerClientError(_NOT_YET["docker"], field="configuration.docker")
+    if getattr(conf, "registry_auth", None) and container_image(conf) is None:
+        raise ServerClientError(
+            "`registry_auth` is for pulling `image`, and this run sets no image (it runs as "
+            "processes on the host); remove it or set `image`",
+            field="configuration.registry_auth",
+        )
+    if getattr(conf, "nvcc", None) and getattr(conf, "image", None):
+        raise ServerClientError(
+            "`nvcc` picks the default CUDA image or needs nvcc on the host; with `image` it "
+            "would have no effect: use an image that has nvcc and remove `nvcc`",
+            field="configuration.nvcc",
+        )
     check_repos(conf)
