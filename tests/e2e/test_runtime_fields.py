@@ -153,3 +153,21 @@ def test_files_of_a_user_job_go_to_its_home(rt: Server, project_dir: Path, e2e_u
     assert "token-for-user" in r.stdout
     placed = home / ".dstack-e2e" / "token.txt"
     assert placed.stat().st_uid == pwd.getpwnam(e2e_user).pw_uid  # copied as the user
+
+
+def test_privileged_without_docker_is_refused_naming_the_host(
+    rt: Server, project_dir: Path
+) -> None:
+    from dstack.agent.hostinfo import docker_available
+
+    if docker_available():
+        pytest.skip("this host has a Docker engine: the job would run in a container")
+    write_config(
+        project_dir,
+        "pr.dstack.yml",
+        "type: task\nname: priv\nprivileged: true\ncommands:\n  - echo never\n" + RES,
+    )
+    r = rt.cli("apply", "-f", "pr.dstack.yml", "-y", cwd=project_dir, timeout=60)
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert "`privileged` needs the docker runtime; the host has no Docker engine" in out, out
