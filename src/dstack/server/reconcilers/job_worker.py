@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 
 from dstack.errors import ServerClientError
 from dstack.models.instances import InstanceStatus
-from dstack.models.runs import JobProvisioningData, JobSpec, JobStatus, RunSpec
+from dstack.models.runs import JobProvisioningData, JobSpec, JobStatus
 from dstack.models.wire import utcnow
 from dstack.server.agent_client import (
     AgentClient,
@@ -59,7 +59,7 @@ from dstack.server.reconcilers.jobs import (
 )
 from dstack.server.scheduler.placement import Candidate
 from dstack.server.services import events, logs
-from dstack.server.services.codes import load_code, load_file_archives
+from dstack.server.services.codes import start_payload
 from dstack.server.services.context import ServerContext
 from dstack.server.services.hosts import capabilities, host_access, host_label
 from dstack.server.services.job_volumes import Mounts, placed_volumes, volume_locations
@@ -70,7 +70,6 @@ from dstack.server.services.pool import (
     live_backend_types,
     load_pool_rows,
 )
-from dstack.server.services.repos import agent_repo
 from dstack.server.services.ssh_keys import project_keypair
 
 LOG_PAGES_PER_PASS = 16
@@ -295,18 +294,11 @@ class JobReconciler(Reconciler):
                 cluster = await cluster_ips(s, snap.job, snap.spec.jobs_per_replica)
             if cluster is None:  # peers not placed yet, or the master has not started
                 return StartOutcome(StartKind.PEERS_NOT_READY), {}
-        code = b""
         async with self.ctx.db.session() as s:
             project = await s.get(t.Project, snap.project.id)
             _, project_key = await project_keypair(s, self.ctx.box, project)
             await s.commit()
-            if snap.spec.repo_code_hash:
-                code = await load_code(s, snap.project.id, snap.spec.repo_code_hash) or b""
-            run_spec = RunSpec.model_validate_json(snap.run.run_spec)
-            archives = [(f.id, f.path) for f in run_spec.file_archives]
-            file_entries, file_blobs, files_error = await load_file_archives(
-                s, snap.project.id, archives
-            )
+            payload = await start_payload(s, self.ctx.box, snap.project.id, snap.run, snap.spec)
         keys = ssh_keys(snap.run, project_key)
         spec, runtime_error = agent_job_spec(
             snap.job,
@@ -319,7 +311,7 @@ class JobReconciler(Reconciler):
             label=host_label(self.ctx, inst),
             remote_host=capabilities(self.ctx, inst.backend, inst.project_id).remote_hosts,
         )
-        runtime_error = runtime_error or files_error
+        runtime_error = runtime_error or payload.error
         if runtime_error:
             return StartOutcome(StartKind.RUNTIME_ERROR, runtime_error), {}
         mounted = await self.volumes.attach(snap.job, snap.spec, inst)
@@ -328,11 +320,9 @@ class JobReconciler(Reconciler):
         if mounted.waiting:
             return StartOutcome(StartKind.VOLUME_WAIT, mounted.waiting), {}
         spec["volumes"] = mounted.entries
-        spec["files"], spec["home_dir"] = file_entries, run_spec.configuration.get("home_dir")
-        spec["repo"] = agent_repo(snap.spec, run_spec, self.ctx.box)
-        code += file_blobs
+        spec.update(payload.fields)
         try:
-            state = await client.start_job(spec, code)
+            state = await client.start_job(spec, payload.code)
         except AgentUnreachableError:
             return StartOutcome(StartKind.AGENT_UNREACHABLE), {}  # the instance check notices
         except AgentError as e:
