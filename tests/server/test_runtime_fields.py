@@ -19,8 +19,8 @@ from dstack.server.services.pool import requirements_for
 from .test_scheduler import inst
 
 TASK = {"type": "task", "commands": ["echo hi"], "resources": {"cpu": "1..", "memory": "1GB.."}}
-HOST = {"agent_user": "ubuntu", "agent_root": False, "pythons": ["3.10", "3.11"], "uv": False,
-        "nvcc": False}  # fmt: skip
+HOST = {"agent_user": "ubuntu", "agent_uid": 1000, "agent_root": False,
+        "pythons": ["3.10", "3.11"], "uv": False, "nvcc": False}  # fmt: skip
 
 
 def conf(**kw: Any) -> Any:
@@ -75,6 +75,7 @@ def test_user_needs_a_root_agent_on_the_process_runtime() -> None:
         "users (it runs as ubuntu); set `user: ubuntu` or run the agent as root"
     ]
     assert ranked(conf(user="ubuntu")).candidates
+    assert ranked(conf(user="1000")).candidates  # its own uid
     assert ranked(conf(user="alice"), {**HOST, "agent_root": True}).candidates
     assert ranked(conf(user="alice", image="img"), docker=True).candidates  # docker --user
 

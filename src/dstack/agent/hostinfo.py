@@ -234,6 +234,7 @@ def runtime_facts() -> dict[str, Any]:
         name = str(uid)
     return {
         "agent_user": name,
+        "agent_uid": uid,
         "agent_root": uid == 0,
         "pythons": pyenv.versions(),
         "uv": pyenv.uv_available(),

@@ -29,6 +29,7 @@ class RuntimeNeeds:
 @dataclass(frozen=True)
 class HostFacts:
     agent_user: str | None = None
+    agent_uid: int | None = None
     agent_root: bool | None = None
     pythons: tuple[str, ...] | None = None
     uv: bool | None = None
@@ -41,6 +42,7 @@ class HostFacts:
         pythons = info.get("pythons")
         return cls(
             agent_user=info.get("agent_user"),
+            agent_uid=info.get("agent_uid"),
             agent_root=info.get("agent_root"),
             pythons=tuple(pythons) if isinstance(pythons, list) else None,
             uv=info.get("uv"),
@@ -53,7 +55,8 @@ def runtime_refusal(needs: RuntimeNeeds, facts: HostFacts | None, host: str) -> 
     if facts is None or needs.runtime != "process":
         return None
     user = (needs.user or "").partition(":")[0]
-    if user and facts.agent_root is False and user != facts.agent_user:
+    itself = (facts.agent_user, str(facts.agent_uid))
+    if user and facts.agent_root is False and user not in itself:
         return (
             f"`user: {needs.user}` needs the agent on host {host} to run as root to switch "
             f"users (it runs as {facts.agent_user}); set `user: {facts.agent_user}` or run "
