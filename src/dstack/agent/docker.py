@@ -31,6 +31,7 @@ def run_argv(
     has_nvidia: bool,
     assigned_gpus: dict[str, Any] | None = None,
     binds: list[dict[str, Any]] | None = None,
+    mounts: list[str] | None = None,
 ) -> list[str]:
     """`docker run` attached (no -d), so its exit code is the container's.
 
@@ -48,12 +49,17 @@ def run_argv(
         f"dstack.job={job_id}",
         "--init",
     ]
+    if spec.get("user"):
+        argv += ["--user", spec["user"]]
+    if spec.get("privileged"):
+        argv.append("--privileged")
     if spec.get("shm_size_mib"):
         argv += ["--shm-size", f"{spec['shm_size_mib']}m"]
     for port in spec.get("ports") or []:
         argv += ["-p", f"127.0.0.1::{port}"]
     argv += ["-v", f"{code_dir}:{CODE_MOUNT}"]
     argv += volumes.docker_args(binds or [])
+    argv += mounts or []  # `files`, as `-v` arguments (files.docker_mounts)
     for key in sorted(spec.get("env") or {}):
         argv += ["-e", key]
     argv += ["-w", container_workdir(spec.get("working_dir"))]
@@ -95,37 +101,3 @@ def docker_cmd(
 
 def remove_container(job_id: str) -> None:
     docker_cmd(["rm", "-f", container_name(job_id)])
-
-
-def registry_of(image: str) -> str | None:
-    """The registry host an image is pulled from; None for Docker Hub (`docker login`'s
-    default). `ghcr.io/org/app:1` -> `ghcr.io`, `localhost:5000/app` -> `localhost:5000`."""
-    first, sep, _ = image.partition("/")
-    if sep and ("." in first or ":" in first or first == "localhost"):
-        return first
-    return None
-
-
-def login(
-    docker_bin: str, config_dir: str, image: str, auth: dict[str, str], env: dict[str, str]
-) -> str | None:
-    """`docker login` into a config directory of the job's own (mode 0700), the password on
-    stdin (never on a command line). Returns an error text without the password, or None."""
-    registry = registry_of(image)
-    argv = [docker_bin, "--config", config_dir, "login", "-u", auth["username"]]
-    argv += ["--password-stdin"] + ([registry] if registry else [])
-    try:
-        done = subprocess.run(
-            argv,
-            input=auth["password"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-        )
-    except (OSError, subprocess.SubprocessError) as e:
-        return f"docker login failed: {e.__class__.__name__}"
-    if done.returncode == 0:
-        return None
-    why = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-    return f"docker login to {registry or 'Docker Hub'} as {auth['username']} failed: {why[0]}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import pwd
 import re
 import shutil
 import socket
@@ -17,6 +18,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from dstack.agent import pyenv
 
 CACHE_SECONDS = 5.0
 TOOL_TIMEOUT = 10.0
@@ -220,6 +223,25 @@ def collect(home: Path) -> dict[str, Any]:
         "addresses": _addresses(),
         "docker": docker_available(),
         "gpu_driver": driver,
+        **runtime_facts(),
+    }
+
+
+def runtime_facts() -> dict[str, Any]:
+    """What the server's plan checks a process-runtime job against: who the agent runs as
+    (only root can run a job as another `user`), the Pythons on PATH (`python`), uv, nvcc."""
+    uid = os.geteuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = str(uid)
+    return {
+        "agent_user": name,
+        "agent_uid": uid,
+        "agent_root": uid == 0,
+        "pythons": pyenv.versions(),
+        "uv": pyenv.uv_available(),
+        "nvcc": shutil.which("nvcc") is not None,
     }
 
 

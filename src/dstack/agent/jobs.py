@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 from typing import IO, Any
 
-from dstack.agent import docker, gpus, ports, sshd, volumes
+from dstack.agent import docker, files, gpus, jobuser, ports, pyenv, sshd, volumes
 from dstack.agent import protocol as p
 from dstack.agent.gpus import GPUS_FILE
 from dstack.agent.hostinfo import GpuCache
@@ -30,7 +30,7 @@ from dstack.agent.logs import LogWriter, read_page
 from dstack.agent.protocol import JOB_ID_RE, JobState
 from dstack.agent.spec import BadRequest, validate_spec
 from dstack.agent.state import SUPERVISOR_LOST, derive_state, is_finished
-from dstack.agent.tarsafe import unpack_code
+from dstack.agent.tarsafe import UnsafeArchive, unpack_code
 from dstack.agent.util import (
     CHILD_FILE,
     CODE_DIR,
@@ -195,10 +195,21 @@ class JobStore:
         tmp = self.root / f".new-{uuid.uuid4().hex}"
         tmp.mkdir()
         try:
-            if length:
+            code_length = length - files.total_length(spec)
+            if code_length < 0:
+                raise BadRequest("files: longer than the body")
+            if code_length and code_length < length:
+                with files.copy_range(code, code_length) as part:
+                    unpack_code(part, tmp / CODE_DIR)
+            elif code_length:
                 unpack_code(code, tmp / CODE_DIR)
             else:
                 (tmp / CODE_DIR).mkdir()
+            if code_length < length:
+                try:
+                    files.unpack(code, code_length, spec, tmp)
+                except (UnsafeArchive, files.FilesError) as e:
+                    raise BadRequest(f"files: {e}") from None
             write_json_atomic(tmp / SPEC_FILE, spec, mode=0o600)
             shutil.rmtree(path, ignore_errors=True)  # a leftover without spec.json
             os.replace(tmp, path)
@@ -213,7 +224,7 @@ class JobStore:
             if state["status"] != p.SUBMITTED:
                 return state  # started (or stopped) before: never twice
             (path / CODE_DIR).mkdir(exist_ok=True)
-            if not self._assign_listen_port(path):
+            if not self._assign_listen_port(path) or not self._prepare_runtime(path):
                 return self._state_at(path)
             self._assign_gpus(path)
             self._assign_ssh(path)
@@ -229,21 +240,23 @@ class JobStore:
         error = ports.assign(self.root, path, spec, host)
         if error is None:
             return True
-        writer = LogWriter(path / LOGS_FILE)
-        try:
-            writer.write("stderr", (error + "\n").encode())
-        finally:
-            writer.close()
-        result = {
-            "status": p.FAILED,
-            "exit_status": None,
-            "termination_reason": p.PORTS_BINDING_FAILED,
-            "termination_message": error,
-            "finished_at": now_iso(),
-        }
-        write_json_atomic(path / RESULT_FILE, result)
-        log.warning("job %s: %s", spec.get("id"), error)
+        _fail_before_start(path, p.PORTS_BINDING_FAILED, error)
         return False
+
+    def _prepare_runtime(self, path: Path) -> bool:
+        """The job's `user` and `python` on this host, resolved before anything runs: a user or
+        a Python the host lacks fails the job now, saying so, instead of running it otherwise."""
+        spec = read_json(path / SPEC_FILE) or {}
+        try:
+            jobuser.prepare(path, spec)
+            pyenv.prepare(path, spec)
+        except (jobuser.UserError, pyenv.PythonError) as e:
+            _fail_before_start(path, p.EXECUTOR_ERROR, str(e))
+            return False
+        except OSError as e:
+            _fail_before_start(path, p.EXECUTOR_ERROR, f"cannot prepare the job: {e}")
+            return False
+        return True
 
     def _assign_gpus(self, path: Path) -> None:
         spec = read_json(path / SPEC_FILE) or {}
@@ -369,6 +382,9 @@ class JobStore:
                 docker.remove_container(job_id)
             with contextlib.suppress(OSError):
                 sshd.revoke_on_host(job_id)
+            pyenv.cleanup(path)
+            files.cleanup(path)
+            jobuser.cleanup(path)
             trash = self.root / f".removed-{uuid.uuid4().hex}"
             os.replace(path, trash)
             shutil.rmtree(trash, ignore_errors=True)
@@ -391,6 +407,24 @@ class JobStore:
             deleted = volumes.delete_directory(volume_id)
         log.info("volume %s: directory %s", volume_id, "deleted" if deleted else "absent")
         return {"volume_id": volume_id, "deleted": deleted}
+
+
+def _fail_before_start(path: Path, reason: str, error: str) -> None:
+    """The job never runs: the reason goes to its stderr log and its result."""
+    writer = LogWriter(path / LOGS_FILE)
+    try:
+        writer.write("stderr", (error + "\n").encode())
+    finally:
+        writer.close()
+    result = {
+        "status": p.FAILED,
+        "exit_status": None,
+        "termination_reason": reason,
+        "termination_message": error,
+        "finished_at": now_iso(),
+    }
+    write_json_atomic(path / RESULT_FILE, result)
+    log.warning("job %s: %s", path.name, error)
 
 
 def _spool(src: IO[bytes], dst: IO[bytes], length: int) -> str:

@@ -5,12 +5,17 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from dstack.agent import gitclone
 from dstack.agent.ports import MAX_SEARCH
 from dstack.agent.protocol import JOB_ID_RE
 
 DEFAULT_STOP_DURATION = 300
 # A key line must start with its type: no authorized_keys options (`command=`, ...) slip in.
 KEY_TYPE_RE = re.compile(r"^(ssh-[a-z0-9-]+|ecdsa-sha2-[a-z0-9-]+|sk-[a-z0-9@.-]+) [A-Za-z0-9+/=]+")
+
+
+USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}(:[A-Za-z0-9_][A-Za-z0-9._-]{0,63})?$")
+PYTHON_RE = re.compile(r"^3\.\d{1,2}$")
 
 
 class BadRequest(ValueError):
@@ -136,18 +141,66 @@ def _ssh_keys(body: dict[str, Any], field: str) -> list[str]:
     return [k.strip() for k in keys]
 
 
+def _matching(body: dict[str, Any], field: str, pattern: re.Pattern[str], what: str) -> Any:
+    value = _opt_str(body, field)
+    if value is not None and not pattern.match(value):
+        raise BadRequest(f"{field}: must be {what}")
+    return value
+
+
 def _registry_auth(body: dict[str, Any]) -> dict[str, str] | None:
-    """`{username, password}` for the docker runtime's image pull (never echoed in errors)."""
+    """Credentials for pulling a private image; never logged, never on a command line."""
     value = body.get("registry_auth")
     if value is None:
         return None
-    if (
-        not isinstance(value, dict)
-        or not isinstance(value.get("username"), str)
-        or not isinstance(value.get("password"), str)
+    if not isinstance(value, dict) or not all(
+        isinstance(value.get(k), str) and value.get(k) for k in ("username", "password")
     ):
-        raise BadRequest("registry_auth: must be an object with string username and password")
+        raise BadRequest("registry_auth: must be {username, password} strings")
+    if any("\n" in value[k] or "\0" in value[k] for k in ("username", "password")):
+        raise BadRequest("registry_auth: must not contain newlines")
     return {"username": value["username"], "password": value["password"]}
+
+
+def _files(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The archives after the code in the start frame: where each goes, how long it is."""
+    value = body.get("files") or []
+    if not isinstance(value, list):
+        raise BadRequest("files: must be a list")
+    out = []
+    for i, item in enumerate(value):
+        path = item.get("path") if isinstance(item, dict) else None
+        length = item.get("length") if isinstance(item, dict) else None
+        if not isinstance(path, str) or not path or "\0" in path:
+            raise BadRequest(f"files[{i}].path: must be a path")
+        if ".." in path.split("/") or (path.startswith("~") and path != "~" and path[1] != "/"):
+            raise BadRequest(f"files[{i}].path: must not contain '..' or name another user's ~")
+        if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
+            raise BadRequest(f"files[{i}].length: must be a positive integer")
+        out.append({"path": path, "length": length})
+    return out
+
+
+def _repo(body: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        return gitclone.validate(body.get("repo"))
+    except ValueError as e:
+        raise BadRequest(str(e)) from None
+
+
+def _runtime_fields(body: dict[str, Any]) -> dict[str, Any]:
+    privileged = body.get("privileged", False)
+    if not isinstance(privileged, bool):
+        raise BadRequest("privileged: must be a boolean")
+    return {
+        "user": _matching(body, "user", USER_RE, "a user name or id, optionally :group"),
+        "python": _matching(body, "python", PYTHON_RE, "a Python version like 3.12"),
+        "privileged": privileged,
+        "registry_auth": _registry_auth(body),
+        "files": _files(body),
+        "repo": _repo(body),
+        "home_dir": _opt_str(body, "home_dir"),
+    }
 
 
 def validate_spec(body: Any) -> dict[str, Any]:
@@ -182,7 +235,7 @@ def validate_spec(body: Any) -> dict[str, Any]:
         "listen_port": _listen_port(body),
         "listen_port_search": _int(body, "listen_port_search", 1, 1),
         "host_label": _opt_str(body, "host_label"),
-        "registry_auth": _registry_auth(body),
+        **_runtime_fields(body),
     }
     if spec["listen_port_search"] > MAX_SEARCH:
         raise BadRequest(f"listen_port_search: must be <= {MAX_SEARCH}")

@@ -79,6 +79,9 @@ def availability(spec: dict[str, Any]) -> str | None:
         return "the host has no OpenSSH server (sshd) installed"
     if shutil.which("ssh-keygen") is None:
         return "the host has no ssh-keygen to create the job's host key"
+    drops = spec.get("user") and os.geteuid() == 0 and spec.get("runtime") == "process"
+    if drops and shutil.which("setpriv") is None:
+        return f"the host has no setpriv to run SSH sessions as user {spec['user']}"
     return None
 
 
@@ -95,10 +98,19 @@ LOGIN_SCRIPT = """#!/bin/sh
 . {env}
 cd "$DSTACK_WORKING_DIR" 2>/dev/null || true
 if [ -n "$SSH_ORIGINAL_COMMAND" ]; then
-  exec "${{SHELL:-/bin/sh}}" -c "$SSH_ORIGINAL_COMMAND"
+  exec {drop}"${{SHELL:-/bin/sh}}" -c "$SSH_ORIGINAL_COMMAND"
 fi
-exec "${{SHELL:-/bin/sh}}"
+exec {drop}"${{SHELL:-/bin/sh}}"
 """
+
+
+def drop_prefix(ident: dict[str, Any] | None) -> str:
+    """A job run as another user (jobuser.py): its sessions log in to the job's server as the
+    agent's user, and the login script becomes the job's user before running anything."""
+    if not ident:
+        return ""
+    groups = ",".join(str(g) for g in ident["groups"]) or str(ident["gid"])
+    return f"setpriv --reuid={ident['uid']} --regid={ident['gid']} --groups={groups} -- "
 
 
 # Docker jobs: an image may have no sshd (busybox has none, and the host's cannot run inside it:
@@ -132,6 +144,7 @@ def prepare(
     keys: list[str],
     env: dict[str, str],
     container: tuple[str, str] | None = None,
+    ident: dict[str, Any] | None = None,
 ) -> list[str]:
     """Write the server's files under JOB_DIR/ssh and return its argv. CONTAINER is
     (name, working dir) for a docker job: sessions then run inside it; ENV is what the session
@@ -167,7 +180,7 @@ def prepare(
     _write(d / "env.sh", _env_script(env), 0o600)
     env_file = shlex.quote(str(d / "env.sh"))
     if container is None:
-        login = LOGIN_SCRIPT.format(env=env_file)
+        login = LOGIN_SCRIPT.format(env=env_file, drop=drop_prefix(ident))
     else:
         name, workdir = container
         login = DOCKER_LOGIN_SCRIPT.format(
@@ -198,6 +211,11 @@ def prepare(
         "LogLevel ERROR",
         f"ForceCommand /bin/sh {d / 'login.sh'}",
     ]
+    if ident:
+        # Sessions are the job's user, but forwarding happens in sshd itself (the agent's
+        # user): no Unix sockets (a root-only socket such as Docker's) and no agent sockets.
+        lines = [ln for ln in lines if not ln.startswith(("AllowStreamLocal", "AllowAgent"))]
+        lines += ["AllowStreamLocalForwarding no", "AllowAgentForwarding no"]
     if sftp:
         lines.append(f"Subsystem sftp {sftp}")
     _write(d / "sshd_config", "\n".join(lines) + "\n", 0o600)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dstack.agent import docker, sshd, volumes
+from dstack.agent import docker, files, gitclone, jobuser, pyenv, registry, sshd, volumes
 from dstack.agent.gpus import GPUS_FILE, visible_devices_env
 from dstack.agent.logs import CHUNK_SIZE, LogWriter
 from dstack.agent.ports import LISTEN_FILE, SERVICE_PORT_ENV
@@ -73,6 +73,8 @@ def base_env() -> dict[str, str]:
 
 
 def process_workdir(code_dir: Path, working_dir: str | None) -> Path:
+    # The code of a job run as another user lives elsewhere (jobuser.py): `code` links to it.
+    code_dir = Path(os.path.realpath(code_dir))
     if not working_dir:
         return code_dir
     return Path(working_dir) if working_dir.startswith("/") else code_dir / working_dir
@@ -120,6 +122,15 @@ class Supervisor:
         if self.docker:
             return self._start_docker(code_dir, binds)
         workdir = process_workdir(code_dir, self.spec.get("working_dir"))
+        ident = jobuser.identity(self.dir)
+        home = ident["home"] if ident else base_env().get("HOME", "/")
+        try:
+            repo = self.spec.get("repo")
+            if repo:
+                gitclone.clone(repo, files.target(repo["path"], home, str(workdir)), ident)
+            files.place(self.dir, self.spec, home, str(workdir), ident)
+        except (files.FilesError, gitclone.CloneError) as e:
+            raise StartError("executor_error", str(e)) from None
         if not workdir.is_dir():
             raise StartError("executor_error", f"working_dir {workdir} does not exist")
         try:
@@ -128,7 +139,11 @@ class Supervisor:
             raise StartError(VOLUME_ERROR, str(e)) from None
         write_json_atomic(self.dir / volumes.LINKS_FILE, links)
         env = base_env()
-        env.update({"DSTACK_WORKING_DIR": str(workdir), "DSTACK_REPO_DIR": str(code_dir)})
+        if ident:
+            env.update(jobuser.user_env(ident))
+        env["PATH"] = pyenv.path_env(self.dir, env["PATH"])
+        real_code = os.path.realpath(code_dir)
+        env.update({"DSTACK_WORKING_DIR": str(workdir), "DSTACK_REPO_DIR": real_code})
         env.update(volumes.volume_env(binds))
         env.update(visible_devices_env(read_json(self.dir / GPUS_FILE)))
         env.update(self.spec.get("env") or {})
@@ -136,7 +151,7 @@ class Supervisor:
         if listen.get("port"):
             env[SERVICE_PORT_ENV] = str(listen["port"])  # the agent chose it: it was free
         self.job_env = env
-        return self._popen(self.spec["commands"], env, str(workdir))
+        return self._popen(self.spec["commands"], env, str(workdir), ident)
 
     def _start_sshd(self) -> None:
         """The job's SSH server, in its own session: stopping the job's process group must not
@@ -153,7 +168,8 @@ class Supervisor:
         log = open(self.dir / SSH_LOG, "ab")  # noqa: SIM115 - the child keeps it
         try:
             keys = self.spec.get("ssh_keys") or []
-            argv = sshd.prepare(self.dir, int(port), keys, env, container)
+            ident = None if self.docker else jobuser.identity(self.dir)
+            argv = sshd.prepare(self.dir, int(port), keys, env, container, ident)
             self.sshd = subprocess.Popen(
                 argv,
                 cwd=str(self.dir),
@@ -196,6 +212,10 @@ class Supervisor:
         if docker_bin is None:
             raise StartError("creating_container_error", "docker is not installed on the host")
         spec = dict(self.spec)
+        if spec.get("registry_auth"):
+            error = registry.pull(spec["image"], spec["registry_auth"], docker_bin)
+            if error is not None:
+                raise StartError("creating_container_error", error)
         job_env = {
             "DSTACK_WORKING_DIR": docker.container_workdir(spec.get("working_dir")),
             "DSTACK_REPO_DIR": docker.CODE_MOUNT,
@@ -206,32 +226,34 @@ class Supervisor:
         spec["env"] = job_env
         has_nvidia = shutil.which("nvidia-smi") is not None
         gpus = read_json(self.dir / GPUS_FILE)
-        argv = docker.run_argv(spec, str(code_dir), has_nvidia, gpus, binds)
+        workdir = docker.container_workdir(spec.get("working_dir"))
+        mounts = files.docker_mounts(self.dir, spec, workdir) + self._docker_repo(spec, workdir)
+        argv = docker.run_argv(spec, str(code_dir), has_nvidia, gpus, binds, mounts)
         argv[0] = docker_bin
         env = dict(os.environ)
         env.update(job_env)
-        if spec.get("registry_auth"):
-            env["DOCKER_CONFIG"] = self._registry_login(docker_bin, spec)
         return self._popen(argv, env, str(self.dir))
 
-    def _registry_login(self, docker_bin: str, spec: dict[str, Any]) -> str:
-        """`registry_auth`: log in with a Docker config of this job only, so the credentials
-        are not left in the agent user's ~/.docker for other jobs to use."""
-        config_dir = self.dir / "docker-config"
-        config_dir.mkdir(mode=0o700, exist_ok=True)
-        os.chmod(config_dir, 0o700)
-        client_env = {k: os.environ[k] for k in sshd.DOCKER_CLIENT_ENV if k in os.environ}
-        error = docker.login(
-            docker_bin, str(config_dir), spec["image"], spec["registry_auth"], client_env
-        )
-        if error:
-            raise StartError("creating_container_error", error)
-        return str(config_dir)
+    def _docker_repo(self, spec: dict[str, Any], workdir: str) -> list[str]:
+        """Clone the job's repo on the host, to be bind-mounted at its container path."""
+        repo = spec.get("repo")
+        if not repo:
+            return []
+        staging = gitclone.staging_dir(self.dir)
+        try:
+            gitclone.clone(repo, str(staging), None)
+        except gitclone.CloneError as e:
+            raise StartError("executor_error", str(e)) from None
+        home = spec.get("home_dir") or "/root"
+        return ["-v", f"{staging}:{files.target(repo['path'], home, workdir)}"]
 
-    def _popen(self, argv: list[str], env: dict[str, str], cwd: str) -> subprocess.Popen[bytes]:
+    def _popen(
+        self, argv: list[str], env: dict[str, str], cwd: str, ident: dict[str, Any] | None = None
+    ) -> subprocess.Popen[bytes]:
         try:
             return subprocess.Popen(
                 argv,
+                **jobuser.popen_kwargs(ident),
                 cwd=cwd,
                 env=env,
                 stdin=subprocess.DEVNULL,

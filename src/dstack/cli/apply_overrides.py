@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dstack.cli.common import CLIError
+from dstack.cli.repo_flags import add_repo_flags, apply_repo_flags
 
 RUN_TYPES = ("dev-environment", "task", "service")
 RUN_ARGS_RE = "${{ run.args }}"
@@ -33,6 +34,7 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
                    help="private key for SSH to the run (its public key is sent as the run's"
                    " key; default ~/.dstack/ssh/id_rsa, created on first use)")
     g.add_argument("--no-repo", action="store_true", help="do not upload the working directory")
+    add_repo_flags(g)
 
 
 def add_resource_flags(g: Any) -> None:
@@ -185,6 +187,7 @@ def apply_overrides(
     if resources != (out.get("resources") or {}):
         out["resources"] = resources
     _apply_profile_flags(out, args)
+    apply_repo_flags(out, args)
     ports = getattr(args, "port", None) or []
     if ports:
         if kind not in ("dev-environment", "task"):

@@ -29,6 +29,7 @@ from dstack.cli.common import (
     out,
 )
 from dstack.cli.profiles import selected_profile
+from dstack.cli.repo_flags import code_root, repo_creds
 from dstack.models.runs import Run, RunPlan, RunSpec, RunStatus
 
 
@@ -60,6 +61,16 @@ def upload_code(api: APIClient, root: Path) -> str:
     return code_hash or archive_hash(data)
 
 
+def _upload_files(api: APIClient, configuration: dict[str, Any], path: str) -> list[Any]:
+    from dstack.api.code import upload_limit
+    from dstack.api.file_archives import upload_files
+    from dstack.models.runs import FileArchiveMapping
+
+    base = Path.cwd() if path == "-" else Path(path).resolve().parent
+    entries = upload_files(api, configuration, base, upload_limit())
+    return [FileArchiveMapping(**e) for e in entries]
+
+
 def make_run_spec(
     configuration: dict[str, Any], path: str, code_hash: str | None, ssh_key_pub: str | None = None
 ) -> RunSpec:
@@ -79,9 +90,15 @@ def apply_run(args: argparse.Namespace, conf: Any, path: str) -> int:
     _warn_scaling(configuration)
     api = api_client(args)
     code_hash = None
-    if not args.no_repo:
-        code_hash = upload_code(api, Path.cwd())
+    root = None if args.no_repo else code_root(configuration, path)
+    if root is not None:
+        code_hash = upload_code(api, root)
     spec = make_run_spec(configuration, path, code_hash, _ssh_key_pub(args))
+    creds = repo_creds(args)
+    if creds:
+        spec = spec.model_copy(update={"repo_data": {**spec.repo_data, "repo_creds": creds}})
+    if configuration.get("files"):
+        spec = spec.model_copy(update={"file_archives": _upload_files(api, configuration, path)})
     plan = _get_plan(api, spec, args.max_offers)
     print_plan(plan, args.verbose, args.max_offers, lambda: _has_fleets(api))
     current = plan.current_resource

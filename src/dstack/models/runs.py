@@ -132,6 +132,9 @@ class JobSpec(WireModel):
     home_dir: str | None = None
     image_name: str | None = None
     privileged: bool = False
+    # The process runtime's Python and CUDA compiler, found on the host (services/runtime_fields).
+    python: str | None = None
+    nvcc: bool = False
     single_branch: bool | None = None
     max_duration: int | None = None
     stop_duration: int | None = 300

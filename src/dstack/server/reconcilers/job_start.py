@@ -174,10 +174,24 @@ def agent_job_spec(
         "ssh_keys": list(keys or []),
         "host_ssh_keys": _host_keys(run, remote_host),
         "host_label": label or inst.hostname or inst.name,
-        "registry_auth": spec.registry_auth,
         **listen_fields(spec, runtime, env),
+        **runtime_fields(run, spec, runtime),
     }
     return body, None
+
+
+def runtime_fields(run: t.Run, spec: JobSpec, runtime: str) -> dict[str, Any]:
+    """`user`, `python`, `privileged` and the image's `registry_auth`, as the agent takes them.
+    The credentials are read from the run's configuration when the job starts, so they are
+    not copied into every job's spec."""
+    out: dict[str, Any] = {"user": spec.user, "privileged": spec.privileged}
+    if runtime == "process":
+        out["python"] = spec.python
+    else:
+        auth = RunSpec.model_validate_json(run.run_spec).configuration.get("registry_auth")
+        if auth:
+            out["registry_auth"] = {"username": auth["username"], "password": auth["password"]}
+    return out
 
 
 # Where the job's SSH server is, in the container-port terms of the reference: the runner's sshd

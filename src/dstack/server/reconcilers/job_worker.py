@@ -61,7 +61,7 @@ from dstack.server.reconcilers.jobs import (
 )
 from dstack.server.scheduler.placement import Candidate
 from dstack.server.services import events, logs, secrets
-from dstack.server.services.codes import load_code
+from dstack.server.services.codes import start_payload
 from dstack.server.services.context import ServerContext
 from dstack.server.services.hosts import capabilities, host_access, host_label
 from dstack.server.services.job_volumes import Mounts, placed_volumes, volume_locations
@@ -301,13 +301,11 @@ class JobReconciler(Reconciler):
                 cluster = await cluster_ips(s, snap.job, snap.spec.jobs_per_replica)
             if cluster is None:  # peers not placed yet, or the master has not started
                 return StartOutcome(StartKind.PEERS_NOT_READY), {}
-        code = b""
         async with self.ctx.db.session() as s:
             project = await s.get(t.Project, snap.project.id)
             _, project_key = await project_keypair(s, self.ctx.box, project)
             await s.commit()
-            if snap.spec.repo_code_hash:
-                code = await load_code(s, snap.project.id, snap.spec.repo_code_hash) or b""
+            payload = await start_payload(s, self.ctx.box, snap.project.id, snap.run, snap.spec)
         keys = ssh_keys(snap.run, project_key)
         spec, runtime_error = agent_job_spec(
             snap.job,
@@ -320,6 +318,7 @@ class JobReconciler(Reconciler):
             label=host_label(self.ctx, inst),
             remote_host=capabilities(self.ctx, inst.backend, inst.project_id).remote_hosts,
         )
+        runtime_error = runtime_error or payload.error
         if runtime_error:
             return StartOutcome(StartKind.RUNTIME_ERROR, runtime_error), {}
         try:
@@ -332,8 +331,9 @@ class JobReconciler(Reconciler):
         if mounted.waiting:
             return StartOutcome(StartKind.VOLUME_WAIT, mounted.waiting), {}
         spec["volumes"] = mounted.entries
+        spec.update(payload.fields)
         try:
-            state = await client.start_job(spec, code)
+            state = await client.start_job(spec, payload.code)
         except AgentUnreachableError:
             return StartOutcome(StartKind.AGENT_UNREACHABLE), {}  # the instance check notices
         except AgentError as e:

@@ -13,6 +13,12 @@ from typing import Any
 from dstack.models.instances import InstanceStatus, Resources
 from dstack.models.offers import InstanceAvailability, InstanceOfferWithAvailability
 from dstack.server.scheduler.matching import mismatch, share
+from dstack.server.scheduler.runtime_fit import (
+    HostFacts,
+    RuntimeNeeds,
+    no_docker_reason,
+    runtime_refusal,
+)
 
 # An instance still starting, and one up (taking jobs).
 _STARTING = (InstanceStatus.PENDING.value, InstanceStatus.PROVISIONING.value)
@@ -129,6 +135,8 @@ class Requirements:
     needs: frozenset[str] = frozenset()
     # The job's named volumes: per mount, its alternatives (any one, the first usable).
     volumes: tuple[tuple[VolumeLocation, ...], ...] = ()
+    # What the job's runtime fields (`user`, `python`, `privileged`, ...) ask of the host.
+    runtime: RuntimeNeeds | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +165,8 @@ class PoolInstance:
     # The machine it stands for (services/hosts.host_key) and its zone, when known.
     host_key: str | None = None
     availability_zone: str | None = None
+    # Who its agent runs as, its Pythons, ... (None: not reported yet).
+    facts: HostFacts | None = None
 
 
 @dataclass(frozen=True)
@@ -186,6 +196,9 @@ class Candidate:
 class Ranking:
     candidates: list[Candidate] = field(default_factory=list)
     rejections: list[str] = field(default_factory=list)
+    # Rejections for a field of the configuration the place cannot honour (the plan names
+    # them when nothing else is left).
+    field_refusals: list[str] = field(default_factory=list)
 
     @property
     def best(self) -> Candidate | None:
@@ -246,7 +259,7 @@ def _shared_candidate(req: Requirements, inst: PoolInstance) -> Candidate | str:
     return Candidate(offer, inst.fleet_id, inst.fleet_name, inst.id, 0)
 
 
-NO_DOCKER = "no Docker engine (the configuration sets `image`)"
+NO_DOCKER = no_docker_reason(None)
 # What a job asks for that needs a backend capability, in the user's words.
 NEEDS = {
     "volumes": "cannot mount `volumes`",
@@ -275,11 +288,21 @@ def _with_volumes(cand: Candidate | str, volumes: tuple[str, ...], waiting: str 
     return replace(cand, volumes=volumes)
 
 
+class _FieldRefusal(str):
+    """A rejection for a configuration field the place cannot honour."""
+
+
 def _pool_candidate(req: Requirements, inst: PoolInstance) -> Candidate | str:
     if inst.unreachable:
         return f"{inst.name}: unreachable"
     if req.docker and not inst.docker:
-        return f"{inst.name}: {NO_DOCKER}"
+        named = req.runtime is not None and req.runtime.container_fields
+        why = f"{inst.name}: {no_docker_reason(req.runtime)}"
+        return _FieldRefusal(why) if named else why
+    if req.runtime is not None:
+        why = runtime_refusal(req.runtime, inst.facts, inst.name)
+        if why:
+            return _FieldRefusal(f"{inst.name}: {why}")
     why = lacking(req, inst.backend, inst.capabilities)
     if why:
         return f"{inst.name}: {why}"
@@ -369,7 +392,10 @@ def _backend_candidates(
     what depends only on the backend once per backend."""
     if req.docker and not cap.docker and cap.offers:
         backends = sorted({o.backend for o in cap.offers})
-        out.rejections.append(f"fleet {cap.fleet_name} ({', '.join(backends)}): {NO_DOCKER}")
+        why = f"fleet {cap.fleet_name} ({', '.join(backends)}): {no_docker_reason(req.runtime)}"
+        out.rejections.append(why)
+        if req.runtime is not None and req.runtime.container_fields:
+            out.field_refusals.append(why)
         return
     lacks: dict[str, str | None] = {}
     fits: dict[int, str | None] = {}
@@ -424,8 +450,10 @@ def rank(
             out.rejections.append(f"{inst.name}: fleet {inst.fleet_name} not in {sorted(wanted)}")
             continue
         cand = _pool_candidate(req, inst)
+        if isinstance(cand, _FieldRefusal):
+            out.field_refusals.append(str(cand))
         if isinstance(cand, str):
-            out.rejections.append(cand)
+            out.rejections.append(str(cand))
         else:
             out.candidates.append(cand)
     if req.creation_policy != "reuse":

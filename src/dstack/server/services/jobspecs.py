@@ -16,6 +16,8 @@ from typing import Any
 from dstack.errors import ServerClientError
 from dstack.models.runs import JobSpec
 from dstack.server.services.ide_install import IDE_NAMES, install_command
+from dstack.server.services.repos import job_repo_data
+from dstack.server.services.runtime_fields import container_image, runtime_needs
 
 DEFAULT_STOP_DURATION = 300
 OFF_STOP_DURATION = 10 * 365 * 24 * 3600
@@ -37,7 +39,7 @@ def join_commands(commands: list[str]) -> str:
 def _shell(conf: Any) -> str:
     shell = getattr(conf, "shell", None)
     if shell in (None, ""):
-        return "/bin/sh" if getattr(conf, "image", None) else DEFAULT_SHELL
+        return "/bin/sh" if container_image(conf) else DEFAULT_SHELL
     return {"sh": "/bin/sh", "bash": "/bin/bash"}.get(shell, shell)
 
 
@@ -84,7 +86,8 @@ def requirements(conf: Any) -> dict[str, Any]:
     resources = conf.resources.model_dump(mode="json")
     gpu = resources.get("gpu") or {"count": {"min": 0, "max": None}}
     count_max = (gpu.get("count") or {}).get("max")
-    if not gpu.get("vendor") and not gpu.get("name") and count_max != 0 and not conf.image:
+    image = container_image(conf)
+    if not gpu.get("vendor") and not gpu.get("name") and count_max != 0 and not image:
         gpu["vendor"] = "nvidia"
     resources["gpu"] = gpu
     spot = getattr(conf, "spot_policy", None)
@@ -113,6 +116,11 @@ def _replicas(conf: Any) -> int:
 
 
 def _commands(conf: Any, run_name: str, working_dir: str) -> list[str]:
+    """With `entrypoint` (docker style), the job runs the entrypoint with the commands as
+    its arguments, on either runtime; otherwise the commands run in the shell."""
+    entrypoint = getattr(conf, "entrypoint", None)
+    if entrypoint:
+        return shlex.split(entrypoint) + list(getattr(conf, "commands", None) or [])
     shell = _shell(conf)
     if conf.type == "dev-environment":
         body = _dev_env_commands(conf, run_name, working_dir)
@@ -215,12 +223,6 @@ def build_job_specs(run_name: str, conf: Any, repo_code_hash: str | None) -> lis
     return specs
 
 
-def _registry_auth(conf: Any) -> dict[str, Any] | None:
-    """As written (`${{ secrets.NAME }}` kept): the server resolves it when the job starts."""
-    auth = getattr(conf, "registry_auth", None)
-    return auth.model_dump() if auth is not None else None
-
-
 def _replica_jobs(
     run_name: str, conf: Any, repo_code_hash: str | None, replica_num: int, group: str
 ) -> list[JobSpec]:
@@ -242,9 +244,10 @@ def _replica_jobs(
             user=getattr(conf, "user", None),
             commands=_commands(conf, run_name, working_dir),
             env={k: v for k, v in (conf.env or {}).items() if v is not None},
-            image_name=getattr(conf, "image", None),
-            registry_auth=_registry_auth(conf),
+            image_name=container_image(conf),
             privileged=bool(getattr(conf, "privileged", False)),
+            python=runtime_needs(conf).python,
+            nvcc=runtime_needs(conf).nvcc,
             max_duration=seconds_or_none(getattr(conf, "max_duration", None)),
             stop_duration=stop_duration(conf),
             requirements=requirements(conf),
@@ -252,6 +255,8 @@ def _replica_jobs(
             working_dir=getattr(conf, "working_dir", None),
             repo_code_hash=repo_code_hash,
             repo_dir=LOCAL_REPO_DIR,
+            repo_data=job_repo_data(conf),
+            single_branch=getattr(conf, "single_branch", None),
             service_port=service_port,
             probes=service_probes(conf),
             app_specs=_app_specs(conf),

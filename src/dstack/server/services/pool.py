@@ -23,8 +23,10 @@ from dstack.server.scheduler.placement import (
     Requirements,
     offer_rejection,
 )
+from dstack.server.scheduler.runtime_fit import HostFacts
 from dstack.server.services.context import ServerContext
 from dstack.server.services.hosts import capabilities, host_key
+from dstack.server.services.runtime_fields import container_image, runtime_needs
 
 FINISHED_JOB_STATUSES = tuple(
     s.value for s in (JobStatus.TERMINATED, JobStatus.ABORTED, JobStatus.FAILED, JobStatus.DONE)
@@ -313,6 +315,7 @@ def _pool_instance(ctx: ServerContext, inst: t.Instance, fleet: t.Fleet, busy: i
         capabilities=capabilities(ctx, inst.backend, inst.project_id).names(),
         host_key=host_key(inst) if inst.hostname else None,
         availability_zone=instance_zone(inst, offer),
+        facts=HostFacts.from_host_info(json.loads(inst.host_info)) if inst.host_info else None,
     )
 
 
@@ -347,8 +350,9 @@ def requirements_for(conf: Any, job_requirements: dict[str, Any]) -> Requirement
         creation_policy=getattr(policy, "value", policy) or "reuse-or-create",
         multinode=bool(job_requirements.get("multinode")),
         # Without an image the job runs as processes on the host: it need not own a block.
-        exclusive=bool(getattr(conf, "image", None)) or bool(job_requirements.get("multinode")),
-        docker=bool(getattr(conf, "image", None)),
+        exclusive=bool(container_image(conf)) or bool(job_requirements.get("multinode")),
+        docker=bool(container_image(conf)),
+        runtime=runtime_needs(conf),
         needs=needs(conf, job_requirements),
     )
 

@@ -29,6 +29,7 @@ from dstack.server.services.jobspecs import build_job_specs
 from dstack.server.services.metrics import check_utilization_window
 from dstack.server.services.names import generate_name
 from dstack.server.services.pubkeys import check_ssh_key_pub
+from dstack.server.services.repos import seal_creds
 from dstack.server.services.runs import (
     ACTIVE_RUN_STATUSES,
     active_run,
@@ -47,7 +48,7 @@ async def apply_plan(
     plan: ApplyRunPlanInput,
     force: bool,
 ) -> Run:
-    spec = plan.run_spec
+    spec = seal_creds(plan.run_spec, ctx.box)
     check_name(spec.run_name)
     conf = parse_run_configuration(spec)
     check_ssh_key_pub(spec.ssh_key_pub)
@@ -59,6 +60,12 @@ async def apply_plan(
             raise ServerClientError(
                 f"Code {spec.repo_code_hash} was not uploaded; upload it first",
                 field="plan.run_spec.repo_code_hash",
+            )
+    for archive in spec.file_archives:
+        if await s.get(t.Code, (project.id, archive.id)) is None:
+            raise ServerClientError(
+                f"The archive of files entry {archive.path} was not uploaded; upload it first",
+                field="plan.run_spec.file_archives",
             )
     if spec.run_name:
         active = await active_run(s, project.id, spec.run_name)

@@ -37,7 +37,9 @@ from dstack.server.services.jobspecs import build_job_specs
 from dstack.server.services.names import invalid_name_message, is_valid_name
 from dstack.server.services.pool import load_pool, requirements_for
 from dstack.server.services.pubkeys import check_ssh_key_pub
+from dstack.server.services.repos import without_creds
 from dstack.server.services.runs_view import run_model
+from dstack.server.services.runtime_fields import check_runtime_fields
 from dstack.server.services.secrets import check_run_secrets
 
 RUN_TYPES = ("dev-environment", "task", "service")
@@ -65,6 +67,7 @@ def parse_run_configuration(spec: RunSpec) -> Any:
             field=f"run_spec.configuration.env.{unset[0]}",
         )
     _check_groups(conf)
+    check_runtime_fields(conf)
     return conf
 
 
@@ -196,7 +199,7 @@ async def get_plan(
     conf = parse_run_configuration(spec)
     check_ssh_key_pub(spec.ssh_key_pub)  # the plan refuses what the apply would
     await check_run_secrets(s, project.id, conf)
-    spec = spec.model_copy(update={"configuration": conf.model_dump(mode="json")})
+    spec = without_creds(spec.model_copy(update={"configuration": conf.model_dump(mode="json")}))
     job_specs = build_job_specs(spec.run_name or "run", conf, spec.repo_code_hash)
     pool = await load_pool(ctx, s, project.id)
     job_plans = []
@@ -206,6 +209,12 @@ async def get_plan(
         ranking = rank(with_volumes(req, mounts), pool.instances, pool.capacity)
         if mounts and not ranking.candidates:
             refuse_misplaced_volumes(rank(req, pool.instances, pool.capacity), ranking)
+        if ranking.field_refusals and not ranking.candidates:
+            raise ServerClientError(
+                "No instance can run this configuration as written: "
+                + "; ".join(ranking.field_refusals[:5]),
+                field="configuration",
+            )
         offers = [c.offer for c in ranking.candidates]
         job_plans.append(
             JobPlan(

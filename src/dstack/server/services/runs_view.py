@@ -27,6 +27,7 @@ from dstack.models.runs import (
 )
 from dstack.models.wire import utcnow
 from dstack.server.db import tables as t
+from dstack.server.services.repos import without_creds
 
 JOB_ERRORS = {
     JobTerminationReason.INSTANCE_UNREACHABLE.value: "instance unreachable",
@@ -133,6 +134,20 @@ def run_status_message(run: t.Run, latest: list[t.Job]) -> str:
     return status.value
 
 
+REDACTED = "<redacted>"
+
+
+def redact_run_spec(spec: RunSpec) -> RunSpec:
+    """The run as the API shows it: `registry_auth.password` is kept for the image pull only
+    (the agent gets it when the job starts), never shown back."""
+    spec = without_creds(spec)
+    auth = spec.configuration.get("registry_auth")
+    if not isinstance(auth, dict) or "password" not in auth:
+        return spec
+    conf = dict(spec.configuration, registry_auth=dict(auth, password=REDACTED))
+    return spec.model_copy(update={"configuration": conf})
+
+
 def run_model(
     run: t.Run,
     jobs: list[t.Job],
@@ -152,7 +167,7 @@ def run_model(
     job_models: list[Job] = []
     all_subs: list[JobSubmission] = []
     latest_rows: list[t.Job] = []
-    spec = RunSpec.model_validate_json(run.run_spec)
+    spec = redact_run_spec(RunSpec.model_validate_json(run.run_spec))
     for key in sorted(by_job):
         rows = by_job[key]
         latest_rows.append(rows[-1])
