@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +33,11 @@ def test_a_process_with_a_token_in_its_environment_is_recognised(
         env={"PATH": "/usr/bin:/bin", **env},
     )  # fmt: skip
     try:
+        # Until the child has exec'd, /proc shows the forked copy of this process.
+        for _ in range(500):
+            if b"time.sleep" in Path(f"/proc/{proc.pid}/cmdline").read_bytes():
+                break
+            time.sleep(0.01)
         # Popping the variable in the process does not remove it from /proc/<pid>/environ.
         assert local_agent._holds_private_env(proc.pid) is exposed
     finally:
