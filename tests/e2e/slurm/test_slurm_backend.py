@@ -87,7 +87,12 @@ def test_offers_a_task_and_a_task_too_big(slurm_server: Any) -> None:
     offers = json.loads(r.stdout)["offers"]
     assert offers and {o["region"] for o in offers} == {"hpc"}, offers
     zones = {z for o in offers for z in o.get("availability_zones") or []}
-    assert "cpu" in zones, offers
+    assert zones == {"cpu", "gpu"}, offers
+    names = {o["instance"]["name"] for o in offers}
+    # One offer per (partition, node shape): the GPU node is in both partitions.
+    assert names == {"cpu/2cpu-2000MB", "cpu/2cpu-2000MB-2xgpu", "gpu/2cpu-2000MB-2xgpu"}, names
+    table = srv.cli("offer", "--backend", "slurm").stdout
+    assert "slurm (hpc)" in table and "gpu/2cpu-2000MB-2xgpu" in table, table
 
     write_config(proj, "t.dstack.yml", task("hello", "echo hello-from-$(hostname)"))
     r = srv.cli("apply", "-f", "t.dstack.yml", "-y", cwd=proj, timeout=120)
@@ -99,22 +104,44 @@ def test_offers_a_task_and_a_task_too_big(slurm_server: Any) -> None:
     big = task("huge", "true").replace("cpu: 1..", "cpu: 64..")
     write_config(proj, "b.dstack.yml", big)
     r = srv.cli("apply", "-f", "b.dstack.yml", "-y", cwd=proj, timeout=60)
+    out = r.stdout + r.stderr
     assert r.returncode != 0
-    assert "cpu" in (r.stdout + r.stderr).lower(), r.stdout + r.stderr
+    assert "No matching instance offers" in out, out  # the plan says so before submitting
+    # The refusal names each partition's node shape and what it lacks.
+    assert "slurm offer cpu/2cpu-2000MB: cpu 64.. (has 2)" in out, out
+    assert "gpu/2cpu-2000MB-2xgpu: cpu 64.. (has 2)" in out, out
+    assert not squeue(c)  # nothing reached Slurm
 
 
 def test_two_jobs_share_a_node_and_stop_scancels(slurm_server: Any) -> None:
+    """One node drained: Slurm must place both one-CPU jobs on the other, at once; each
+    has its own agent, directory and port there."""
     srv, proj, c = slurm_server
+    drained, shared = c.nodes[0].name, c.nodes[1].name
+    r = c.run_login(f"scontrol update NodeName={drained} State=DRAIN Reason=test", root=True)
+    assert r.returncode == 0, r.stdout + r.stderr
     for name in ("share-a", "share-b"):
-        write_config(proj, f"{name}.dstack.yml", task(name, "sleep 300"))
+        write_config(proj, f"{name}.dstack.yml", task(name, f"echo I-am-{name} $PWD; sleep 300"))
         r = srv.cli("apply", "-f", f"{name}.dstack.yml", "-y", "-d", cwd=proj)
         assert r.returncode == 0, r.stdout + r.stderr
     for name in ("share-a", "share-b"):
         srv.wait_status(name, "running", timeout=90)
     jobs = squeue(c)
-    assert len(jobs) == 2 and all("|RUNNING|" in j for j in jobs), jobs
-    # Each asks Slurm for one CPU: Slurm may put both on one node (cons_tres), and the
-    # agents of two dstack jobs on one node keep apart (own directories, ports).
+    assert len(jobs) == 2 and all(j.endswith(f"|RUNNING|{shared}") for j in jobs), jobs
+    dirs = {}
+    for name in ("share-a", "share-b"):
+        line = wait_until(
+            lambda n=name: next(
+                (x for x in srv.cli("logs", n).stdout.splitlines() if f"I-am-{n}" in x), None
+            ),
+            timeout=30,
+            what=f"{name}'s output",
+        )
+        dirs[name] = line.split()[-1]
+    assert dirs["share-a"] != dirs["share-b"], dirs
+    states = c.run_login("for f in .dstack-slurm/instances/*/state/agent.json; do cat $f; echo; done")
+    ports = {json.loads(x)["port"] for x in states.stdout.splitlines() if x.strip()}
+    assert len(ports) == 2, states.stdout
     r = srv.cli("stop", "share-a", "-y")
     assert r.returncode == 0, r.stdout + r.stderr
     srv.wait_status("share-a", "terminated", "done", "failed", "aborted", timeout=60)
@@ -187,3 +214,4 @@ def test_a_job_waiting_in_slurm_says_why(slurm_server: Any) -> None:
     assert "pending in Slurm" in srv.cli("ps", "-v").stdout
     for name in names:
         srv.cli("stop", name, "-x", "-y")
+

@@ -11,8 +11,9 @@ Life of an instance:
 3. The server reaches the agent through the login node: a local port forward to
    `(node, agent port)`. Streams to a port on the node's loopback (the job's sshd, a service's
    app) are an HTTP `CONNECT` through the agent (`dstack.agent.relay`).
-4. `terminate` cancels by id and by name, waits until `squeue` no longer lists the job, and
-   removes the instance directory.
+4. `terminate` sends SIGTERM to a running job's processes first (`scancel --signal=TERM
+   --full`), `scancel`s what is still listed after a grace, waits until `squeue` no longer
+   lists the job, and removes the instance directory.
 """
 
 from __future__ import annotations
@@ -110,6 +111,8 @@ class SlurmBackend(Compute):
         self.provisioning_timeout = float(
             os.environ.get("DSTACK_SERVER_SLURM_PROVISIONING_TIMEOUT") or 1200
         )
+        # How long a terminated instance's job may take to end on SIGTERM before `scancel`.
+        self.stop_grace = float(os.environ.get("DSTACK_SERVER_SLURM_STOP_GRACE") or 10)
 
     async def _run(self, cluster: str, command: str, stdin: Any = None) -> tuple[int, str, str]:
         return await self.login.run(cluster, command, stdin)
@@ -301,6 +304,10 @@ class SlurmBackend(Compute):
     # -- termination and inventory ---------------------------------------------------------
 
     async def terminate(self, host: Host) -> str | None:
+        """Graceful first: a running job's processes get SIGTERM (`scancel --signal=TERM
+        --full`, the batch script and every process under it), so the agent and what is left
+        of a job end on their own and the Slurm job ends COMPLETED, not CANCELLED; whatever is
+        still listed after `stop_grace` seconds (and a job still pending) is `scancel`ed."""
         rc = host.remote
         cluster = rc.get("cluster")
         if not cluster:
@@ -308,20 +315,27 @@ class SlurmBackend(Compute):
         await self.relays.drop(host.instance_id)
         user = rc.get("user") or self._cluster(cluster).user
         ids = [str(rc["job_id"])] if rc.get("job_id") else []
-        await self._run(cluster, sc.cancel_command(ids, host.instance_id, user))
-        waited = 0.0
-        while True:
-            out = await self._must(cluster, sc.find_job_command(host.instance_id, user))
-            if not out.strip():
-                break
-            if waited >= CANCEL_WAIT_S:
-                raise BackendError(
-                    f"Slurm still lists job(s) {' '.join(out.split())} after scancel"
-                )
-            await self.sleep(0.5)
-            waited += 0.5
+        if ids and rc.get("phase") in (PHASE_STARTING, PHASE_RUNNING):
+            await self._run(cluster, sc.signal_command(ids, "TERM"))
+            await self._wait_gone(cluster, host.instance_id, user, self.stop_grace)
+        if await self._wait_gone(cluster, host.instance_id, user, 0):
+            await self._run(cluster, sc.cancel_command(ids, host.instance_id, user))
+            listed = await self._wait_gone(cluster, host.instance_id, user, CANCEL_WAIT_S)
+            if listed:
+                raise BackendError(f"Slurm still lists job(s) {listed} after scancel")
         await self._run(cluster, sc.remove_dir_command(host.instance_id))
         return None
+
+    async def _wait_gone(self, cluster: str, instance_id: str, user: str, within: float) -> str:
+        """Polls `squeue` until the instance's job is no longer listed or `within` seconds
+        passed; returns the ids still listed ("" when gone)."""
+        waited = 0.0
+        while True:
+            out = await self._must(cluster, sc.find_job_command(instance_id, user))
+            if not out.strip() or waited >= within:
+                return " ".join(out.split())
+            await self.sleep(0.5)
+            waited += 0.5
 
     async def inventory(self) -> list[InventoryItem]:
         items = []
