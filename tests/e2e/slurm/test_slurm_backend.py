@@ -139,7 +139,9 @@ def test_two_jobs_share_a_node_and_stop_scancels(slurm_server: Any) -> None:
         )
         dirs[name] = line.split()[-1]
     assert dirs["share-a"] != dirs["share-b"], dirs
-    states = c.run_login("for f in .dstack-slurm/instances/*/state/agent.json; do cat $f; echo; done")
+    states = c.run_login(
+        "for f in .dstack-slurm/instances/*/state/agent.json; do cat $f; echo; done"
+    )
     ports = {json.loads(x)["port"] for x in states.stdout.splitlines() if x.strip()}
     assert len(ports) == 2, states.stdout
     r = srv.cli("stop", "share-a", "-y")
@@ -214,4 +216,3 @@ def test_a_job_waiting_in_slurm_says_why(slurm_server: Any) -> None:
     assert "pending in Slurm" in srv.cli("ps", "-v").stdout
     for name in names:
         srv.cli("stop", name, "-x", "-y")
-
