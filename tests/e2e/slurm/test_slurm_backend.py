@@ -216,3 +216,57 @@ def test_a_job_waiting_in_slurm_says_why(slurm_server: Any) -> None:
     assert "pending in Slurm" in srv.cli("ps", "-v").stdout
     for name in names:
         srv.cli("stop", name, "-x", "-y")
+
+
+TRAPS_TERM = "trap 'echo got-term; exit 0' TERM; echo started; while true; do sleep 0.2; done"
+
+
+def slurm_states(c: SlurmCluster) -> list[str]:
+    """Every job Slurm still remembers (ended ones for MinJobAge), as `name|STATE`."""
+    r = c.ssh("squeue -h -t all -o '%j|%T'")
+    return sorted(line for line in r.stdout.splitlines() if line.strip())
+
+
+def started(srv: Any, name: str) -> None:
+    wait_until(lambda: "started" in srv.cli("logs", name).stdout, timeout=30, what="started")
+
+
+def test_stop_is_graceful_and_stop_abort_kills_at_once(slurm_server: Any) -> None:
+    """`stop`: the job gets SIGTERM (its trap runs); then the idle allocation is ended with
+    SIGTERM too, so Slurm records it COMPLETED, not CANCELLED. `stop -x`: killed, no trap."""
+    srv, proj, c = slurm_server
+    write_config(proj, "g.dstack.yml", task("graceful", TRAPS_TERM))
+    assert srv.cli("apply", "-f", "g.dstack.yml", "-y", "-d", cwd=proj).returncode == 0
+    srv.wait_status("graceful", "running", timeout=90)
+    started(srv, "graceful")
+    assert srv.cli("stop", "graceful", "-y").returncode == 0
+    srv.wait_status("graceful", "terminated", timeout=60)
+    assert "got-term" in srv.cli("logs", "graceful").stdout
+    wait_until(lambda: not squeue(c), timeout=60, what="the allocation to end")
+    (state,) = slurm_states(c)
+    assert state.endswith("|COMPLETED"), state  # ended on SIGTERM, not scancel's kill
+
+    write_config(proj, "k.dstack.yml", task("killed", TRAPS_TERM, "stop_duration: 5m\n"))
+    assert srv.cli("apply", "-f", "k.dstack.yml", "-y", "-d", cwd=proj).returncode == 0
+    srv.wait_status("killed", "running", timeout=90)
+    started(srv, "killed")
+    assert srv.cli("stop", "killed", "-x", "-y").returncode == 0
+    run = srv.wait_status("killed", "terminated", timeout=30)  # not after stop_duration
+    assert run["jobs"][0]["job_submissions"][-1]["termination_reason"] == "aborted_by_user"
+    assert "got-term" not in srv.cli("logs", "killed").stdout
+    wait_until(lambda: not squeue(c), timeout=60, what="the allocation to end")
+
+
+def test_logs_are_complete_after_the_job(slurm_server: Any) -> None:
+    """5000 lines written as fast as the shell can: all of them, in order, once the job is
+    done and its Slurm job and directory are gone."""
+    srv, proj, c = slurm_server
+    write_config(proj, "l.dstack.yml", task("chatty", "seq 1 5000 | sed 's/^/line-/'"))
+    r = srv.cli("apply", "-f", "l.dstack.yml", "-y", cwd=proj, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr + srv.log_tail()
+    srv.wait_status("chatty", "done", timeout=30)
+    wait_until(lambda: not squeue(c), timeout=60, what="the allocation to end")
+    gone = c.run_login("ls .dstack-slurm/instances | wc -l").stdout.strip()
+    assert gone == "0", gone
+    lines = [x for x in srv.cli("logs", "chatty").stdout.splitlines() if x.startswith("line-")]
+    assert lines == [f"line-{i}" for i in range(1, 5001)], (len(lines), lines[:3], lines[-3:])
