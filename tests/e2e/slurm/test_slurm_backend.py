@@ -40,28 +40,7 @@ def slurm_server(tmp_path: Path, slurm_cluster: SlurmCluster) -> Any:
     srv.home.mkdir()
     srv.server_dir.mkdir(parents=True)
     c = slurm_cluster
-    config = {
-        "projects": [
-            {
-                "name": "main",
-                "backends": [
-                    {
-                        "type": "slurm",
-                        "clusters": [
-                            {
-                                "name": "hpc",
-                                "hostname": c.login_address,
-                                "port": 22,
-                                "user": c.user,
-                                "private_key": {"path": str(c.key_path)},
-                                "host_key": c.host_key,
-                            }
-                        ],
-                    }
-                ],
-            }
-        ]
-    }
+    config = {"projects": [{"name": "main", "backends": [c.backend_config()]}]}
     (srv.server_dir / "config.yml").write_text(yaml.safe_dump(config))
     srv.start()
     proj = tmp_path / "proj"
