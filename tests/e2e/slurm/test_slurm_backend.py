@@ -249,3 +249,14 @@ def test_logs_are_complete_after_the_job(slurm_server: Any) -> None:
     assert gone == "0", gone
     lines = [x for x in srv.cli("logs", "chatty").stdout.splitlines() if x.startswith("line-")]
     assert lines == [f"line-{i}" for i in range(1, 5001)], (len(lines), lines[:3], lines[-3:])
+
+
+def test_a_multi_node_task_is_refused_naming_why(slurm_server: Any) -> None:
+    """Not done yet (docs/slurm.md, "Multi-node tasks"): refused, never half-started."""
+    srv, proj, c = slurm_server
+    write_config(proj, "m.dstack.yml", task("two-nodes", "true", "nodes: 2\n"))
+    r = srv.cli("apply", "-f", "m.dstack.yml", "-y", cwd=proj, timeout=60)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    assert "cannot run a multi-node task" in out, out
+    assert not squeue(c)
