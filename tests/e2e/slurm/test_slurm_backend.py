@@ -251,12 +251,54 @@ def test_logs_are_complete_after_the_job(slurm_server: Any) -> None:
     assert lines == [f"line-{i}" for i in range(1, 5001)], (len(lines), lines[:3], lines[-3:])
 
 
-def test_a_multi_node_task_is_refused_naming_why(slurm_server: Any) -> None:
-    """Not done yet (docs/slurm.md, "Multi-node tasks"): refused, never half-started."""
+
+CLUSTER_FLEET = (
+    "type: fleet\nname: pair\nnodes: 2\nplacement: cluster\nbackends: [slurm]\n"
+    "resources:\n  cpu: 2..\n  memory: 1GB..\n  disk: 0.1GB..\n"
+)
+RANK = (
+    "echo rank=$DSTACK_NODE_RANK nodes=$DSTACK_NODES_NUM master=$DSTACK_MASTER_NODE_IP "
+    "host=$(hostname) ips=$(echo $DSTACK_NODES_IPS | tr ' ' ,) "
+    "> $HOME/rank-$DSTACK_NODE_RANK"
+)
+
+
+@pytest.mark.timeout(300)
+def test_a_two_node_task_runs_in_one_allocation(slurm_server: Any) -> None:
+    """A `placement: cluster` fleet of 2 is one `sbatch --nodes=2` (one agent per node via
+    srun); a `nodes: 2` task runs one rank on each node, with one master and the node
+    addresses from the allocation."""
     srv, proj, c = slurm_server
-    write_config(proj, "m.dstack.yml", task("two-nodes", "true", "nodes: 2\n"))
-    r = srv.cli("apply", "-f", "m.dstack.yml", "-y", cwd=proj, timeout=60)
-    out = r.stdout + r.stderr
-    assert r.returncode != 0, out
-    assert "cannot run a multi-node task" in out, out
-    assert not squeue(c)
+    write_config(proj, "pair.dstack.yml", CLUSTER_FLEET)
+    r = srv.cli("apply", "-f", "pair.dstack.yml", "-y", cwd=proj, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr + srv.log_tail()
+    jobs = wait_until(lambda: squeue(c), timeout=30, what="the fleet's allocation")
+    (job,) = jobs  # one Slurm job for both instances
+    assert job.startswith("dstackg-"), job
+    wait_until(
+        lambda: sum(i["status"] == "idle" for i in fleet_instances(srv, "pair")) == 2,
+        timeout=90,
+        what="both instances of the fleet idle",
+    )
+    text = task("ranks", RANK, "nodes: 2\nfleets: [pair]\n").replace("cpu: 1..", "cpu: 2..")
+    write_config(proj, "r.dstack.yml", text)
+    r = srv.cli("apply", "-f", "r.dstack.yml", "-y", cwd=proj, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr + srv.log_tail()
+    lines = [c.run_login(f"cat rank-{k}").stdout.strip() for k in (0, 1)]
+    fields = [dict(f.split("=", 1) for f in line.split()) for line in lines]
+    addresses = [n.address for n in c.nodes]
+    assert {f["host"] for f in fields} == {n.name for n in c.nodes}, lines
+    assert [f["rank"] for f in fields] == ["0", "1"], lines
+    assert all(f["nodes"] == "2" for f in fields), lines
+    ips = fields[0]["ips"].split(",")
+    assert sorted(ips) == sorted(addresses) and fields[1]["ips"] == fields[0]["ips"], lines
+    assert fields[0]["master"] == fields[1]["master"] == ips[0], lines
+    master_host = next(n.name for n in c.nodes if n.address == ips[0])
+    assert fields[0]["host"] == master_host, lines  # rank 0 runs on the master's node
+    (job,) = squeue(c)  # still the one allocation
+    assert job.startswith("dstackg-"), job
+
+
+def fleet_instances(srv: Any, name: str) -> list[dict[str, Any]]:
+    r = srv.api("/api/project/main/fleets/get", {"name": name})
+    return r.json().get("instances") or [] if r.status_code == 200 else []
