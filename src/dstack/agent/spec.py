@@ -136,6 +136,10 @@ def _ssh_keys(body: dict[str, Any], field: str) -> list[str]:
     return [k.strip() for k in keys]
 
 
+# The node list of the largest multi-node job: one short line per node.
+MAX_HOSTFILE = 1 << 20
+
+
 def validate_spec(body: Any) -> dict[str, Any]:
     """Return a normalized spec with defaults filled in; unknown fields are ignored."""
     if not isinstance(body, dict):
@@ -168,7 +172,10 @@ def validate_spec(body: Any) -> dict[str, Any]:
         "listen_port": _listen_port(body),
         "listen_port_search": _int(body, "listen_port_search", 1, 1),
         "host_label": _opt_str(body, "host_label"),
+        "mpi_hostfile": _opt_str(body, "mpi_hostfile"),
     }
+    if len(spec["mpi_hostfile"] or "") > MAX_HOSTFILE:
+        raise BadRequest(f"mpi_hostfile: must be at most {MAX_HOSTFILE} characters")
     if spec["listen_port_search"] > MAX_SEARCH:
         raise BadRequest(f"listen_port_search: must be <= {MAX_SEARCH}")
     if runtime == "process" and not spec["commands"]:

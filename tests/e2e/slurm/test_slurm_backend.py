@@ -259,6 +259,7 @@ CLUSTER_FLEET = (
 RANK = (
     "echo rank=$DSTACK_NODE_RANK nodes=$DSTACK_NODES_NUM master=$DSTACK_MASTER_NODE_IP "
     "host=$(hostname) ips=$(echo $DSTACK_NODES_IPS | tr ' ' ,) "
+    "hostfile=$(tr '\\n' , < $DSTACK_MPI_HOSTFILE) "
     "> $HOME/rank-$DSTACK_NODE_RANK"
 )
 
@@ -293,6 +294,8 @@ def test_a_two_node_task_runs_in_one_allocation(slurm_server: Any) -> None:
     ips = fields[0]["ips"].split(",")
     assert sorted(ips) == sorted(addresses) and fields[1]["ips"] == fields[0]["ips"], lines
     assert fields[0]["master"] == fields[1]["master"] == ips[0], lines
+    # CPU nodes: one `<ip>` line each, by rank.
+    assert fields[0]["hostfile"] == fields[1]["hostfile"] == ",".join(ips) + ",", lines
     master_host = next(n.name for n in c.nodes if n.address == ips[0])
     assert fields[0]["host"] == master_host, lines  # rank 0 runs on the master's node
     (job,) = squeue(c)  # still the one allocation
