@@ -14,6 +14,9 @@ Life of an instance:
 4. `terminate` sends SIGTERM to a running job's processes first (`scancel --signal=TERM
    --full`), `scancel`s what is still listed after a grace, waits until `squeue` no longer
    lists the job, and removes the instance directory.
+
+The instances of a fixed-size `placement: cluster` fleet share one `sbatch --nodes=N` instead,
+one node (slot) each: `group.py`.
 """
 
 from __future__ import annotations
