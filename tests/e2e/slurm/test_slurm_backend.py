@@ -255,7 +255,6 @@ def test_logs_are_complete_after_the_job(slurm_server: Any) -> None:
     assert lines == [f"line-{i}" for i in range(1, 5001)], (len(lines), lines[:3], lines[-3:])
 
 
-
 CLUSTER_FLEET = (
     "type: fleet\nname: pair\nnodes: 2\nplacement: cluster\nbackends: [slurm]\n"
     "resources:\n  cpu: 2..\n  memory: 1GB..\n  disk: 0.1GB..\n"
