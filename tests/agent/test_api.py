@@ -10,9 +10,10 @@ import tarfile
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 
 from dstack.agent import protocol
-from dstack.agent.spec import validate_spec
+from dstack.agent.spec import BadRequest, validate_spec
 
 from .helpers import TOKEN, AgentProcess, wait_for
 
@@ -361,3 +362,19 @@ def test_concurrent_starts_make_one_job(agent: AgentProcess) -> None:
     agent.wait_finished("race")
     assert agent.output("race") == "once\n"
     assert [p.name for p in (agent.home / "jobs").iterdir()] == ["race"]
+
+
+def test_mpi_hostfile_is_written_and_named(agent: AgentProcess) -> None:
+    """The server's node list becomes a file; DSTACK_MPI_HOSTFILE names it (process runtime)."""
+    hostfile = "10.0.0.1 slots=8\n10.0.0.2 slots=8\n"
+    agent.shell(
+        "mpi", 'echo "F=$DSTACK_MPI_HOSTFILE"; cat "$DSTACK_MPI_HOSTFILE"', mpi_hostfile=hostfile
+    )
+    assert agent.wait_finished("mpi")["status"] == "done"
+    out = agent.output("mpi")
+    assert "/mpi/hostfile" in out and "10.0.0.1 slots=8\n10.0.0.2 slots=8" in out, out
+    agent.shell("nompi", 'echo "F=${DSTACK_MPI_HOSTFILE:-unset}"')
+    agent.wait_finished("nompi")
+    assert "F=unset" in agent.output("nompi")
+    with pytest.raises(BadRequest, match="mpi_hostfile"):
+        validate_spec({"id": "a", "commands": ["true"], "mpi_hostfile": 1})

@@ -51,6 +51,7 @@ class FakeLogin:
         self.next_id = 100
         self.sbatch_error: str | None = None
         self.purged: set[str] = set()
+        self.ends_on_term = True  # the batch script (the agent) exits on SIGTERM
 
     async def run(self, cluster: str, command: str, stdin: Any = None) -> tuple[int, str, str]:
         assert cluster == "hpc"
@@ -83,6 +84,11 @@ class FakeLogin:
             return 0, f"{j['state']}|{j['reason']}|{j['node']}\n", ""
         if command.startswith("squeue -h -u alice"):
             return 0, "".join(f"{i}|{j['name']}\n" for i, j in self.jobs.items() if _live(j)), ""
+        if m := re.match(r"scancel --signal=TERM --full ([\d ]+) 2>", command):
+            for i in m.group(1).split():
+                if self.ends_on_term and self.jobs[i]["state"] == "RUNNING":
+                    self.jobs[i]["state"] = "COMPLETED"
+            return 0, "", ""
         if command.startswith("scancel") or " scancel " in command:
             for job_id in re.findall(r"scancel ([\d ]+?) 2>", command):
                 for i in job_id.split():
@@ -203,7 +209,7 @@ def test_create_advance_terminate() -> None:
     assert item.instance_id == "inst-1" and item.handle["job_id"] == "100"
 
     assert asyncio.run(backend.terminate(host)) is None
-    assert login.jobs["100"]["state"] == "CANCELLED"
+    assert login.jobs["100"]["state"] == "COMPLETED"  # the agent ended on SIGTERM
     assert not [k for k in login.files if k.startswith("inst-1/")]
     assert asyncio.run(backend.terminate(host)) is None  # idempotent
     assert asyncio.run(backend.inventory()) == []
@@ -354,3 +360,42 @@ def test_slurm_is_asked_for_the_least_the_job_accepts_within_the_node() -> None:
     )
     assert least == {"cpus": 1, "memory_mib": 512, "gpus": 0}
     assert _least(None) == {}
+
+
+@pytest.mark.parametrize("ends_on_term", [True, False])
+def test_terminate_signals_term_first_and_scancels_after_the_grace(ends_on_term: bool) -> None:
+    """A running job gets SIGTERM and ends COMPLETED on its own; one that ignores it is
+    `scancel`ed once `stop_grace` has passed (the fake's sleep counts the time)."""
+    login = FakeLogin()
+    login.ends_on_term = ends_on_term
+    backend = _backend(login)
+    host = _host()
+    p = asyncio.run(backend.create_instance(host, _offer()))
+    host.agent_token, host.remote = p.agent_token, p.remote
+    login.jobs["100"].update(state="RUNNING", reason="None", node="n1")
+    login.files["inst-1/state/agent.json"] = json.dumps({"pid": 7, "port": 41234})
+    p1 = asyncio.run(backend.advance(host))
+    assert p1 is not None
+    host.remote = p1.remote
+    login.commands.clear()
+    assert asyncio.run(backend.terminate(host)) is None
+    assert login.commands[0] == "scancel --signal=TERM --full 100 2>/dev/null; true"
+    hard = [c for c in login.commands if c.startswith("scancel 100")]
+    polls = sum(c.startswith("squeue -h --name=") for c in login.commands)
+    if ends_on_term:
+        assert login.jobs["100"]["state"] == "COMPLETED" and not hard
+    else:
+        assert login.jobs["100"]["state"] == "CANCELLED" and hard
+        assert polls >= backend.stop_grace / 0.5  # it waited the grace out first
+
+
+def test_a_pending_job_is_cancelled_at_once() -> None:
+    login = FakeLogin()
+    backend = _backend(login)
+    host = _host()
+    p = asyncio.run(backend.create_instance(host, _offer()))
+    host.agent_token, host.remote = p.agent_token, p.remote
+    login.commands.clear()
+    assert asyncio.run(backend.terminate(host)) is None
+    assert not any("--signal" in c for c in login.commands)
+    assert login.jobs["100"]["state"] == "CANCELLED"

@@ -203,6 +203,10 @@ def _runtime_fields(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# The node list of the largest multi-node job: one short line per node.
+MAX_HOSTFILE = 1 << 20
+
+
 def validate_spec(body: Any) -> dict[str, Any]:
     """Return a normalized spec with defaults filled in; unknown fields are ignored."""
     if not isinstance(body, dict):
@@ -236,7 +240,10 @@ def validate_spec(body: Any) -> dict[str, Any]:
         "listen_port_search": _int(body, "listen_port_search", 1, 1),
         "host_label": _opt_str(body, "host_label"),
         **_runtime_fields(body),
+        "mpi_hostfile": _opt_str(body, "mpi_hostfile"),
     }
+    if len(spec["mpi_hostfile"] or "") > MAX_HOSTFILE:
+        raise BadRequest(f"mpi_hostfile: must be at most {MAX_HOSTFILE} characters")
     if spec["listen_port_search"] > MAX_SEARCH:
         raise BadRequest(f"listen_port_search: must be <= {MAX_SEARCH}")
     if runtime == "process" and not spec["commands"]:

@@ -47,6 +47,8 @@ DOCKER_GRACE_SECONDS = 10.0
 PORTS_WAIT_SECONDS = 60.0
 SSH_LOG = "sshd.out"
 VOLUME_ERROR = "volume_error"
+MPI_HOSTFILE_ENV = "DSTACK_MPI_HOSTFILE"
+MPI_HOSTFILE_CONTAINER = "/dstack/mpi/hostfile"
 
 
 class StartError(Exception):
@@ -146,6 +148,9 @@ class Supervisor:
         env.update({"DSTACK_WORKING_DIR": str(workdir), "DSTACK_REPO_DIR": real_code})
         env.update(volumes.volume_env(binds))
         env.update(visible_devices_env(read_json(self.dir / GPUS_FILE)))
+        hostfile = self._mpi_hostfile()
+        if hostfile is not None:
+            env[MPI_HOSTFILE_ENV] = str(hostfile)
         env.update(self.spec.get("env") or {})
         listen = read_json(self.dir / LISTEN_FILE) or {}
         if listen.get("port"):
@@ -200,6 +205,17 @@ class Supervisor:
             with contextlib.suppress(subprocess.SubprocessError):
                 self.sshd.wait(5)
 
+    def _mpi_hostfile(self) -> Path | None:
+        """The node list of a (multi-node) job, written for MPI launchers: `<job>/mpi/hostfile`
+        (in a container: mounted read-only at MPI_HOSTFILE_CONTAINER)."""
+        text = self.spec.get("mpi_hostfile")
+        if not isinstance(text, str) or not text:
+            return None
+        path = self.dir / "mpi" / "hostfile"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+        return path
+
     def _volumes(self) -> list[dict[str, Any]]:
         """The job's volumes on this host (agent home: two levels above the job's dir)."""
         try:
@@ -222,6 +238,9 @@ class Supervisor:
         }
         # In the container a volume is where it is mounted.
         job_env.update({volumes.env_name(b["name"]): b["path"] for b in binds if b.get("name")})
+        hostfile = self._mpi_hostfile()
+        if hostfile is not None:
+            job_env[MPI_HOSTFILE_ENV] = MPI_HOSTFILE_CONTAINER
         job_env.update(spec.get("env") or {})
         spec["env"] = job_env
         has_nvidia = shutil.which("nvidia-smi") is not None
@@ -230,6 +249,8 @@ class Supervisor:
         mounts = files.docker_mounts(self.dir, spec, workdir) + self._docker_repo(spec, workdir)
         argv = docker.run_argv(spec, str(code_dir), has_nvidia, gpus, binds, mounts)
         argv[0] = docker_bin
+        if hostfile is not None:  # right after `docker run`
+            argv[2:2] = ["-v", f"{hostfile}:{MPI_HOSTFILE_CONTAINER}:ro"]
         env = dict(os.environ)
         env.update(job_env)
         return self._popen(argv, env, str(self.dir))

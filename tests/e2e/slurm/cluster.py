@@ -112,6 +112,19 @@ class SlurmCluster:
             raise SlurmError("the cluster is not started")
         return (self._login.workdir / "ssh_host_ed25519_key.pub").read_text().strip()
 
+    def backend_config(self, name: str = "hpc") -> dict[str, object]:
+        """The server's `config.yml` backend entry for this cluster (the key path, the host key
+        pinned), as a user writes it."""
+        cluster = {
+            "name": name,
+            "hostname": self.login_address,
+            "port": 22,
+            "user": self.user,
+            "private_key": {"path": str(self.key_path)},
+            "host_key": self.host_key,
+        }
+        return {"type": "slurm", "clusters": [cluster]}
+
     @property
     def slurm_conf(self) -> Path:
         return self._conf_dir / "slurm.conf"

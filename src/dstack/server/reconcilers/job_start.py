@@ -174,6 +174,7 @@ def agent_job_spec(
         "ssh_keys": list(keys or []),
         "host_ssh_keys": _host_keys(run, remote_host),
         "host_label": label or inst.hostname or inst.name,
+        "mpi_hostfile": mpi_hostfile(cluster or [_internal_ip(host_info)], gpus),
         **listen_fields(spec, runtime, env),
         **runtime_fields(run, spec, runtime),
     }
@@ -192,6 +193,14 @@ def runtime_fields(run: t.Run, spec: JobSpec, runtime: str) -> dict[str, Any]:
         if auth:
             out["registry_auth"] = {"username": auth["username"], "password": auth["password"]}
     return out
+
+
+def mpi_hostfile(ips: list[str], gpus_per_node: int) -> str:
+    """The text of the file DSTACK_MPI_HOSTFILE names (the agent writes it): one line per node
+    by rank, `<ip> slots=<gpus>` on GPU nodes, `<ip>` on CPU nodes (the reference's format).
+    Every node is taken to have this node's GPU count: the nodes of a replica share a shape."""
+    slots = f" slots={gpus_per_node}" if gpus_per_node > 0 else ""
+    return "".join(f"{ip}{slots}\n" for ip in ips)
 
 
 # Where the job's SSH server is, in the container-port terms of the reference: the runner's sshd

@@ -71,9 +71,15 @@ def _job_request(job: t.Job | None, conf: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fleet_request(fleet: t.Fleet | None, conf: dict[str, Any]) -> dict[str, Any]:
+    """`fleet_nodes`: the size of a fixed-size fleet (`nodes: N`), for a backend that makes the
+    whole fleet one allocation (Slurm's `sbatch --nodes=N`)."""
     if not conf.get("placement"):
         return {}
-    return {"placement": conf["placement"], "fleet": fleet.name if fleet else None}
+    out = {"placement": conf["placement"], "fleet": fleet.name if fleet else None}
+    nodes = conf.get("nodes")
+    if fleet is not None and isinstance(nodes, dict) and nodes.get("min") == nodes.get("max"):
+        out.update(fleet_id=fleet.id, fleet_nodes=nodes.get("min"))
+    return out
 
 
 def _placement_request(

@@ -11,8 +11,12 @@ Life of an instance:
 3. The server reaches the agent through the login node: a local port forward to
    `(node, agent port)`. Streams to a port on the node's loopback (the job's sshd, a service's
    app) are an HTTP `CONNECT` through the agent (`dstack.agent.relay`).
-4. `terminate` cancels by id and by name, waits until `squeue` no longer lists the job, and
-   removes the instance directory.
+4. `terminate` sends SIGTERM to a running job's processes first (`scancel --signal=TERM
+   --full`), `scancel`s what is still listed after a grace, waits until `squeue` no longer
+   lists the job, and removes the instance directory.
+
+The instances of a fixed-size `placement: cluster` fleet share one `sbatch --nodes=N` instead,
+one node (slot) each: `group.py`.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from dstack.server.backends.base import (
     Ready,
     Stream,
 )
+from dstack.server.backends.slurm import group as gr
 from dstack.server.backends.slurm import parsing as sp
 from dstack.server.backends.slurm import scripts as sc
 from dstack.server.backends.slurm.login import LoginNodes, read_keys
@@ -85,7 +90,7 @@ def agent_zipapp() -> bytes:
 
 class SlurmBackend(Compute):
     type = "slurm"
-    capabilities = Capabilities(docker=False, multinode=False, spot=False, volumes=False)
+    capabilities = Capabilities(docker=False, multinode=True, spot=False, volumes=False)
     offers_ttl = 15.0  # node states change as jobs come and go
     provisioning_poll = 0.5  # one `squeue` on a pooled SSH connection
 
@@ -110,6 +115,8 @@ class SlurmBackend(Compute):
         self.provisioning_timeout = float(
             os.environ.get("DSTACK_SERVER_SLURM_PROVISIONING_TIMEOUT") or 1200
         )
+        # How long a terminated instance's job may take to end on SIGTERM before `scancel`.
+        self.stop_grace = float(os.environ.get("DSTACK_SERVER_SLURM_STOP_GRACE") or 10)
 
     async def _run(self, cluster: str, command: str, stdin: Any = None) -> tuple[int, str, str]:
         return await self.login.run(cluster, command, stdin)
@@ -159,6 +166,9 @@ class SlurmBackend(Compute):
         digest = hashlib.sha256((host.agent_token or token or "").encode()).hexdigest()
         agent = await asyncio.to_thread(self.agent)
         await self._must(cluster, deploy.upload_script(deploy.digest(agent), sc.BASE_DIR), agent)
+        group = gr.group_of(host.request)
+        if group is not None:
+            return await self._join(host, offer, group, digest, token)
         job_id = await self._existing_job(cluster, host.instance_id, user, digest)
         if job_id is None:
             await self._must(
@@ -173,6 +183,37 @@ class SlurmBackend(Compute):
             "user": user,
             "job_id": job_id,
             "dir": sc.instance_dir(host.instance_id),
+            "phase": PHASE_SUBMITTED,
+        }
+        return Provisioning(agent_url="", hostname="", remote=remote, agent_token=token)
+
+    async def _join(
+        self,
+        host: Host,
+        offer: InstanceOfferWithAvailability,
+        group: gr.Group,
+        digest: str,
+        token: str | None,
+    ) -> Provisioning:
+        """Take a slot of the fleet's one allocation (submitting it when first): gr.py."""
+        cluster, partition = offer.region, offer.availability_zones[0]
+        req = self._job_request(host, offer, partition)
+        script = gr.join_script(group, host.instance_id, digest, gr.sbatch_command(group, req))
+        rc, out, err = await self._run(cluster, script, gr.batch_script(group))
+        if rc != 0:
+            text = (err or out).strip()
+            if rc == 3 or any(marker in text for marker in _NO_CAPACITY):
+                raise NoCapacityError(f"Slurm cluster {cluster}, partition {partition}: {text}")
+            raise BackendError(f"joining the fleet's allocation failed on {cluster}: {text}")
+        slot, job_id = gr.parse_join(out)
+        remote = {
+            "cluster": cluster,
+            "partition": partition,
+            "user": self._cluster(cluster).user,
+            "job_id": job_id,
+            "dir": gr.slot_dir(group.fleet_id, slot),
+            "group": group.fleet_id,
+            "slot": slot,
             "phase": PHASE_SUBMITTED,
         }
         return Provisioning(agent_url="", hostname="", remote=remote, agent_token=token)
@@ -250,9 +291,14 @@ class SlurmBackend(Compute):
             return Provisioning(agent_url="", hostname="", remote=rc, note=reason)
         if rc.get("phase") == PHASE_RUNNING:
             return None  # the agent's address is known; the server keeps polling it
-        node = job.node.split(",")[0]
-        port = await self._agent_port(rc["cluster"], host.instance_id)
-        if port is None:
+        node, node_ip, port = job.node.split(",")[0], None, None
+        if rc.get("group"):
+            node, node_ip, port = await self._slot_state(rc)
+        else:
+            port = await self._agent_port(rc["cluster"], host.instance_id)
+        if node_ip:
+            rc["node_ip"] = node_ip
+        if port is None or not node:
             if rc.get("phase") == PHASE_STARTING:
                 return None
             rc.update(phase=PHASE_STARTING, node=node, slurm_reason=None)
@@ -262,15 +308,19 @@ class SlurmBackend(Compute):
 
     async def _agent_port(self, cluster: str, instance_id: str) -> int | None:
         _, out, _ = await self._run(cluster, sc.agent_state_command(instance_id))
-        try:
-            port = int(json.loads(out).get("port") or 0) if out.strip() else 0
-        except (ValueError, AttributeError):
-            return None  # being written
-        return port or None
+        return _port_of(out)
+
+    async def _slot_state(self, rc: dict[str, Any]) -> tuple[str, str | None, int | None]:
+        """(node name, node address, agent port) of a group slot, as its agent wrote them."""
+        _, out, _ = await self._run(rc["cluster"], gr.slot_state_command(rc["group"], rc["slot"]))
+        node_line, _, state = out.partition("|\n")
+        parts = node_line.split()
+        return (parts[0] if parts else ""), (parts[1] if len(parts) > 1 else None), _port_of(state)
 
     async def ready(self, host: Host, info: dict[str, Any]) -> Ready:
         info = dict(info)
-        info["internal_ip"] = host.remote.get("node") or info.get("internal_ip")
+        rc = host.remote
+        info["internal_ip"] = rc.get("node_ip") or rc.get("node") or info.get("internal_ip")
         info["docker"] = False
         info["docker_note"] = "the slurm backend runs jobs with the process runtime"
         return Ready(host_info=info)
@@ -301,6 +351,10 @@ class SlurmBackend(Compute):
     # -- termination and inventory ---------------------------------------------------------
 
     async def terminate(self, host: Host) -> str | None:
+        """Graceful first: a running job's processes get SIGTERM (`scancel --signal=TERM
+        --full`, the batch script and every process under it), so the agent and what is left
+        of a job end on their own and the Slurm job ends COMPLETED, not CANCELLED; whatever is
+        still listed after `stop_grace` seconds (and a job still pending) is `scancel`ed."""
         rc = host.remote
         cluster = rc.get("cluster")
         if not cluster:
@@ -308,20 +362,35 @@ class SlurmBackend(Compute):
         await self.relays.drop(host.instance_id)
         user = rc.get("user") or self._cluster(cluster).user
         ids = [str(rc["job_id"])] if rc.get("job_id") else []
-        await self._run(cluster, sc.cancel_command(ids, host.instance_id, user))
-        waited = 0.0
-        while True:
-            out = await self._must(cluster, sc.find_job_command(host.instance_id, user))
-            if not out.strip():
-                break
-            if waited >= CANCEL_WAIT_S:
-                raise BackendError(
-                    f"Slurm still lists job(s) {' '.join(out.split())} after scancel"
-                )
-            await self.sleep(0.5)
-            waited += 0.5
+        # A group's job is the whole fleet's: found by id (a newer group may reuse the name).
+        probe = (
+            gr.live_job_command(ids[0])
+            if rc.get("group") and ids
+            else sc.find_job_command(host.instance_id, user)
+        )
+        if ids and rc.get("phase") in (PHASE_STARTING, PHASE_RUNNING):
+            await self._run(cluster, sc.signal_command(ids, "TERM"))
+            await self._wait_gone(cluster, probe, self.stop_grace)
+        if await self._wait_gone(cluster, probe, 0):
+            await self._run(cluster, sc.cancel_command(ids, host.instance_id, user))
+            listed = await self._wait_gone(cluster, probe, CANCEL_WAIT_S)
+            if listed:
+                raise BackendError(f"Slurm still lists job(s) {listed} after scancel")
+        if rc.get("group") and rc.get("slot") is not None:
+            await self._run(cluster, gr.leave_command(rc["group"], rc["slot"], host.instance_id))
         await self._run(cluster, sc.remove_dir_command(host.instance_id))
         return None
+
+    async def _wait_gone(self, cluster: str, probe: str, within: float) -> str:
+        """Runs `probe` (an `squeue` printing job ids) until it lists nothing or `within`
+        seconds passed; returns the ids still listed ("" when gone)."""
+        waited = 0.0
+        while True:
+            out = await self._must(cluster, probe)
+            if not out.strip() or waited >= within:
+                return " ".join(out.split())
+            await self.sleep(0.5)
+            waited += 0.5
 
     async def inventory(self) -> list[InventoryItem]:
         items = []
@@ -329,6 +398,11 @@ class SlurmBackend(Compute):
             out = await self._must(name, sc.user_jobs_command(cluster.user))
             for job_id, job_name in sp.parse_squeue_user(out):
                 instance_id = sp.instance_of_job(job_name)
+                if job_name.startswith(gr.GROUP_PREFIX):
+                    # A fleet's allocation: its instances end it (listed, never swept).
+                    what = f"Slurm job {job_id} ({job_name}) on cluster {name}"
+                    items.append(InventoryItem(instance_id=None, description=what))
+                    continue
                 if instance_id is None:
                     continue  # the user's own jobs: never ours to sweep
                 items.append(
@@ -407,3 +481,12 @@ class SlurmBackend(Compute):
     async def close(self) -> None:
         await self.relays.close()
         await self.login.close()
+
+
+def _port_of(state: str) -> int | None:
+    """The port in the agent's state file (None while it is not written yet)."""
+    try:
+        port = int(json.loads(state).get("port") or 0) if state.strip() else 0
+    except (ValueError, AttributeError):
+        return None  # being written
+    return port or None

@@ -149,6 +149,16 @@ def cancel_command(job_ids: list[str], instance_id: str, user: str) -> str:
     )
 
 
+def signal_command(job_ids: list[str], signal: str) -> str:
+    """`scancel --signal=SIG --full`: the signal reaches the batch script and every process
+    under it (without `--full` Slurm signals the job's steps only, and a batch job's agent runs
+    in no step); the job is not cancelled, it ends when its script exits."""
+    if signal not in ("TERM", "INT", "USR1", "USR2", "HUP"):
+        raise ValueError(f"signal {signal!r} is not one the backend sends")
+    ids = [j for j in job_ids if _JOB_ID_RE.match(j)]
+    return f"scancel --signal={signal} --full {' '.join(ids)} 2>/dev/null; true" if ids else "true"
+
+
 def remove_dir_command(instance_id: str) -> str:
     return f"rm -rf {_home(instance_dir(instance_id))}"
 
