@@ -85,7 +85,7 @@ class PoolPass:
         self._next: dict[tuple[int, int], int] = {}
         self._groups: dict[tuple[Any, ...], _Group] = {}
         self._res_keys: dict[int, tuple[Any, str]] = {}
-        self._current: list[PoolInstance] | None = pool
+        self._current: list[PoolInstance] = pool
 
     # -- the pass ---------------------------------------------------------------------------
 
@@ -115,12 +115,13 @@ class PoolPass:
         n = self._index.get(c.instance_id) if c.instance_id else None
         if n is not None and c.blocks:
             self.free[n] -= c.blocks
-            self._current = None
+            if self._current is self.pool:
+                self._current = list(self.pool)
+            self._current[n] = self._now(n, self.pool[n])
 
     def current_pool(self) -> list[PoolInstance]:
-        """The pool as this pass has left it (busy blocks counted, as `pool.py` loads it)."""
-        if self._current is None:
-            self._current = [self._now(n, inst) for n, inst in enumerate(self.pool)]
+        """The pool as this pass has left it (busy blocks counted, as `pool.py` loads it).
+        One list, updated in place as the pass takes blocks."""
         return self._current
 
     def _now(self, n: int, inst: PoolInstance) -> PoolInstance:
@@ -130,7 +131,9 @@ class PoolPass:
         status = inst.status
         if status == InstanceStatus.IDLE.value and busy > 0:
             status = InstanceStatus.BUSY.value
-        return replace(inst, busy_blocks=busy, status=status)
+        now = replace(inst, busy_blocks=busy, status=status)
+        now.__dict__["shape"] = inst.shape  # idle and busy are one status class
+        return now
 
     # -- groups -----------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from dstack.models.instances import Resources
 from dstack.models.offers import InstanceAvailability, InstanceOfferWithAvailability
-from dstack.server.scheduler.matching import mismatch, share
+from dstack.server.scheduler.matching import mismatch, share, share_view
 from dstack.server.scheduler.placement import (
     _STARTING,
     _UP,
@@ -67,9 +67,9 @@ def fit(req: Requirements, inst: PoolInstance) -> Fit:
     first_reason = None
     total = inst.total_blocks
     for k in range(total if req.multinode else 1, total + 1):
-        res = share(inst.resources, k, total)
-        why = mismatch(req.resources, res)
+        why = mismatch(req.resources, share_view(inst.resources, k, total))
         if why is None:
+            res = share(inst.resources, k, total)
             return Fit(blocks=k, res=res, waste=_waste(res))
         first_reason = first_reason or why
     return Fit(reason=first_reason)
