@@ -132,16 +132,17 @@ def pool_candidates(
 ) -> None:
     """Each pool host as a candidate or a rejection, in pool order."""
     fits: dict[tuple, Fit] = {}
+    reject, accept = out.reject, out.candidates.append
     for inst in pool:
         if wanted is not None and inst.fleet_name not in wanted:
-            out.reject((inst.name, lambda f=inst.fleet_name: _fleet_reason(f, wanted)))
+            reject((inst.name, lambda f=inst.fleet_name: _fleet_reason(f, wanted)))
             continue
         key = inst.shape
         f = fits.get(key)
         if f is None:
             f = fits[key] = fit(req, inst)
         if f.pre is not None:
-            out.reject((inst.name, f.pre))
+            reject((inst.name, f.pre))
             continue
         volumes, waiting = (), None
         if req.volumes:
@@ -149,10 +150,10 @@ def pool_candidates(
             place = Place(inst.backend, inst.region, zones, inst.fleet_name, inst.id, inst.host_key)
             volumes, misplaced, waiting = choose_volumes(req.volumes, place)
             if misplaced:
-                out.reject((inst.name, misplaced))
+                reject((inst.name, misplaced))
                 continue
         if f.reason is not None:
-            out.reject((inst.name, f.reason))
+            reject((inst.name, f.reason))
             continue
         cand = candidate(inst, f, available(f, inst.total_blocks - inst.busy_blocks))
-        out.candidates.append(cand.with_volumes(volumes, waiting) if volumes else cand)
+        accept(cand.with_volumes(volumes, waiting) if volumes else cand)
