@@ -222,7 +222,7 @@ def _same(got: Ranking, want: Ranking) -> None:
     assert no_capacity_message(got, True) == no_capacity_message(want, True)
 
 
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @FAST
