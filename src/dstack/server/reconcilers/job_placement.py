@@ -55,12 +55,15 @@ class Placer:
         pool = await with_capacity(self.ctx, rows, req)
         tried = frozenset(o.key() for o in tried_offers(job))
         ranking = rank(req, pool.instances, pool.capacity, tried)
+        best = ranking.best
+        if spec.jobs_per_replica <= 1 and best is not None:
+            return best, False, None  # a job that fits never formats why others do not
         ranking.rejections.extend(pool.notes)
         message = no_capacity_message(ranking, pool.has_fleets)
-        if ranking.best is None and ranking.waiting:
+        if best is None and ranking.waiting:
             message = ranking.waiting
         if spec.jobs_per_replica <= 1:
-            return ranking.best, ranking.only_busy, message
+            return best, ranking.only_busy, message
         async with self.ctx.db.session() as s:
             return await self._multinode(s, job, spec, ranking, message)
 

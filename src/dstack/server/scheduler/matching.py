@@ -6,6 +6,7 @@ nobody can take fails with a message naming the requirement no instance met.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from dstack.models.instances import Gpu, Resources
@@ -111,16 +112,40 @@ def mismatch(spec: Any, res: Resources) -> str | None:
     return None
 
 
-def share(res: Resources, blocks: int, total_blocks: int) -> Resources:
-    """The resources of `blocks` out of `total_blocks` equal shares of a host."""
+@dataclass(frozen=True, slots=True)
+class ShareView:
+    """A share of a host as the checks above read it, in plain data: the scheduler tries each
+    block count of a host, and a pydantic copy per try is what it would cost."""
+
+    cpus: int
+    memory_mib: int
+    gpus: list[Gpu]
+    spot: bool
+    disk: Any
+    cpu_arch: str | None
+
+
+def share_view(res: Resources, blocks: int, total_blocks: int) -> Resources | ShareView:
+    """`share()` for checking only (`mismatch` reads it alike)."""
     if blocks >= total_blocks:
         return res
     n_gpus = len(res.gpus) * blocks // total_blocks
+    return ShareView(
+        cpus=res.cpus * blocks // total_blocks,
+        memory_mib=res.memory_mib * blocks // total_blocks,
+        gpus=res.gpus[:n_gpus],
+        spot=res.spot,
+        # The disk is shared, not divided (server.md §4.4 splits CPUs, memory and GPUs).
+        disk=res.disk,
+        cpu_arch=res.cpu_arch,
+    )
+
+
+def share(res: Resources, blocks: int, total_blocks: int) -> Resources:
+    """The resources of `blocks` out of `total_blocks` equal shares of a host."""
+    view = share_view(res, blocks, total_blocks)
+    if isinstance(view, Resources):
+        return view
     return res.model_copy(
-        update={
-            "cpus": res.cpus * blocks // total_blocks,
-            "memory_mib": res.memory_mib * blocks // total_blocks,
-            "gpus": res.gpus[:n_gpus],
-            # The disk is shared, not divided (server.md §4.4 splits CPUs, memory and GPUs).
-        }
+        update={"cpus": view.cpus, "memory_mib": view.memory_mib, "gpus": view.gpus}
     )

@@ -32,13 +32,13 @@ def choose(
         if c.instance_id is not None
         and c.fleet_id in cluster_fleets
         and c.instance_id not in taken
-        and c.offer.total_blocks in (None, c.blocks)
+        and c.total_blocks in (None, c.blocks)
     ]
     if job_num > 0:
         if master_fleet is None:
             return MultinodeChoice(None, True, None)
         mine = [c for c in whole if c.fleet_id == master_fleet]
-        free = [c for c in mine if c.offer.availability.is_available()]
+        free = [c for c in mine if c.available]
         if free:
             return MultinodeChoice(free[0], False, None)
         return MultinodeChoice(None, bool(mine), None if mine else _message(nodes, ranking))
@@ -49,7 +49,7 @@ def choose(
     if not fits:
         return MultinodeChoice(None, False, _message(nodes, ranking))
     for cs in fits:
-        free = [c for c in cs if c.offer.availability.is_available()]
+        free = [c for c in cs if c.available]
         if len(free) >= nodes:
             return MultinodeChoice(free[0], False, None)
     return MultinodeChoice(None, True, None)

@@ -7,18 +7,15 @@ placement both come from `rank()`, so the plan never lies.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from dstack.models.instances import InstanceStatus, Resources
 from dstack.models.offers import InstanceAvailability, InstanceOfferWithAvailability
-from dstack.server.scheduler.matching import mismatch, share
-from dstack.server.scheduler.runtime_fit import (
-    HostFacts,
-    RuntimeNeeds,
-    no_docker_reason,
-    runtime_refusal,
-)
+from dstack.server.scheduler.matching import mismatch
+from dstack.server.scheduler.runtime_fit import HostFacts, RuntimeNeeds, no_docker_reason
 
 # An instance still starting, and one up (taking jobs).
 _STARTING = (InstanceStatus.PENDING.value, InstanceStatus.PROVISIONING.value)
@@ -168,6 +165,29 @@ class PoolInstance:
     # Who its agent runs as, its Pythons, ... (None: not reported yet).
     facts: HostFacts | None = None
 
+    @cached_property
+    def shape(self) -> tuple[Any, ...]:
+        """What placement reads of the instance except who it is (id, name, machine, zone)
+        and how many blocks are taken: hosts with equal shapes fit a job alike, so the fit is
+        checked once per shape (scheduler/shapes.py). Idle and busy are one status class."""
+        status = "up" if self.status in _UP else self.status
+        return (
+            self.fleet_id,
+            self.fleet_name,
+            self.backend,
+            self.region,
+            self.instance_type,
+            self.price,
+            status,
+            self.total_blocks,
+            self.unreachable,
+            self.shared,
+            self.docker,
+            self.capabilities,
+            self.facts,
+            self.resources.model_dump_json(),
+        )
+
 
 @dataclass(frozen=True)
 class FleetCapacity:
@@ -181,29 +201,122 @@ class FleetCapacity:
     capabilities: dict[str, frozenset[str]] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+def _waste(res: Resources) -> float:
+    return res.cpus + res.memory_mib / 1024 + 10 * len(res.gpus)
+
+
 class Candidate:
-    offer: InstanceOfferWithAvailability
-    fleet_id: str
-    fleet_name: str
-    instance_id: str | None  # None = a new instance from the backend
-    blocks: int
-    volumes: tuple[str, ...] = ()  # the volume chosen for each mount, by id
-    waiting: str | None = None  # why it is busy when a volume keeps it so
+    """A place for the job. Its pydantic `offer` is built when first read: a ranking over a
+    large pool holds many candidates, and only the chosen one (or the plan's shown ones) is
+    ever read. Scoring reads only the plain fields (`available`, `price`, `waste`)."""
+
+    __slots__ = (
+        "_offer", "_make", "fleet_id", "fleet_name", "instance_id", "blocks", "volumes",
+        "waiting", "available", "price", "waste", "total_blocks",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        offer: InstanceOfferWithAvailability | None,
+        fleet_id: str,
+        fleet_name: str,
+        instance_id: str | None,  # None = a new instance from the backend
+        blocks: int,
+        volumes: tuple[str, ...] = (),  # the volume chosen for each mount, by id
+        waiting: str | None = None,  # why it is busy when a volume keeps it so
+        *,
+        make: Callable[[], InstanceOfferWithAvailability] | None = None,
+        plain: tuple[bool, float, float, int | None] | None = None,
+    ) -> None:
+        """`offer`, or `make` (builds it) with `plain` = (available, price, waste,
+        total_blocks)."""
+        self._offer, self._make = offer, make
+        self.fleet_id, self.fleet_name = fleet_id, fleet_name
+        self.instance_id, self.blocks = instance_id, blocks
+        self.volumes, self.waiting = volumes, waiting
+        if plain is None:
+            assert offer is not None
+            res = offer.instance.resources
+            plain = (offer.availability.is_available(), offer.price, _waste(res),
+                     offer.total_blocks)  # fmt: skip
+        self.available, self.price, self.waste, self.total_blocks = plain
+
+    @property
+    def offer(self) -> InstanceOfferWithAvailability:
+        if self._offer is None:
+            assert self._make is not None
+            self._offer = self._make()
+        return self._offer
+
+    def with_volumes(self, volumes: tuple[str, ...], waiting: str | None) -> Candidate:
+        """The same place with the volumes chosen there; busy while a volume keeps it so."""
+        where = (self.fleet_id, self.fleet_name, self.instance_id, self.blocks, volumes)
+        if not waiting:
+            return Candidate(self._offer, *where, make=self._make, plain=self._plain())
+        offer = self.offer.model_copy(update={"availability": InstanceAvailability.BUSY})
+        return Candidate(offer, *where, waiting)
+
+    def _plain(self) -> tuple[bool, float, float, int | None]:
+        return (self.available, self.price, self.waste, self.total_blocks)
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.offer, self.fleet_id, self.fleet_name, self.instance_id, self.blocks,
+                self.volumes, self.waiting)  # fmt: skip
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Candidate) and self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"Candidate(fleet={self.fleet_name!r}, instance_id={self.instance_id!r}, "
+            f"blocks={self.blocks}, available={self.available}, price={self.price})"
+        )
 
 
-@dataclass
+# A rejection not formatted yet: the place's name and its reason (or a function giving it).
+Deferred = tuple[str, "str | Callable[[], str]"]
+
+
+def _formatted(r: str | Deferred) -> str:
+    if isinstance(r, str):
+        return r
+    name, why = r
+    return f"{name}: {why if isinstance(why, str) else why()}"
+
+
 class Ranking:
-    candidates: list[Candidate] = field(default_factory=list)
-    rejections: list[str] = field(default_factory=list)
-    # Rejections for a field of the configuration the place cannot honour (the plan names
-    # them when nothing else is left).
-    field_refusals: list[str] = field(default_factory=list)
+    """Candidates best first, and why each other place was refused. Rejections of pool
+    instances are formatted only when read: a job that fits never pays for them."""
+
+    def __init__(
+        self, candidates: list[Candidate] | None = None, rejections: list[str] | None = None
+    ) -> None:
+        self.candidates: list[Candidate] = candidates if candidates is not None else []
+        self._rejections: list[str | Deferred] = list(rejections or [])
+        self._formatted: list[str] | None = None
+        # Rejections for a field of the configuration the place cannot honour (the plan names
+        # them when nothing else is left).
+        self.field_refusals: list[str] = []
+
+    def reject(self, why: str | Deferred) -> None:
+        self._rejections.append(why)
+        self._formatted = None
+
+    @property
+    def rejections(self) -> list[str]:
+        if self._formatted is None:
+            out = [_formatted(r) for r in self._rejections]
+            # One list: what a caller appends to it (notes) stays in it.
+            self._rejections = out  # type: ignore[assignment]
+            self._formatted = out
+        return self._formatted
 
     @property
     def best(self) -> Candidate | None:
         for c in self.candidates:
-            if c.offer.availability.is_available():
+            if c.available:
                 return c
         return None
 
@@ -218,7 +331,7 @@ class Ranking:
         return next((c.waiting for c in self.candidates if c.waiting), None)
 
 
-def _profile_reason(
+def profile_reason(
     req: Requirements, backend: str, region: str, itype: str, price: float, spot: bool
 ) -> str | None:
     if req.backends and backend not in req.backends:
@@ -234,29 +347,6 @@ def _profile_reason(
     if req.spot_policy == "on-demand" and spot:
         return "spot_policy on-demand (instance is spot)"
     return None
-
-
-def _shared_candidate(req: Requirements, inst: PoolInstance) -> Candidate | str:
-    """A non-exclusive job on a shared instance: the whole host, no blocks, never busy; an
-    instance still starting is waited for (the job queues) rather than refused."""
-    reason = _profile_reason(
-        req, inst.backend, inst.region, inst.instance_type, inst.price, inst.resources.spot
-    ) or mismatch(req.resources, inst.resources)
-    if reason:
-        return f"{inst.name}: {reason}"
-    starting = inst.status in _STARTING
-    offer = InstanceOfferWithAvailability(
-        backend=inst.backend,
-        instance={"name": inst.instance_type, "resources": inst.resources},
-        region=inst.region,
-        price=inst.price,
-        availability=InstanceAvailability.BUSY if starting else InstanceAvailability.IDLE,
-        blocks=0,
-        total_blocks=inst.total_blocks,
-        instance_id=inst.id,
-        fleet_name=inst.fleet_name,
-    )
-    return Candidate(offer, inst.fleet_id, inst.fleet_name, inst.id, 0)
 
 
 NO_DOCKER = no_docker_reason(None)
@@ -279,76 +369,6 @@ def lacking(req: Requirements, backend: str, caps: frozenset[str] | None) -> str
     return f"backend {backend} " + "; ".join(NEEDS.get(m, f"lacks {m}") for m in missing)
 
 
-def _with_volumes(cand: Candidate | str, volumes: tuple[str, ...], waiting: str | None) -> Any:
-    if isinstance(cand, str) or not volumes:
-        return cand
-    if waiting:
-        offer = cand.offer.model_copy(update={"availability": InstanceAvailability.BUSY})
-        return replace(cand, offer=offer, volumes=volumes, waiting=waiting)
-    return replace(cand, volumes=volumes)
-
-
-class _FieldRefusal(str):
-    """A rejection for a configuration field the place cannot honour."""
-
-
-def _pool_candidate(req: Requirements, inst: PoolInstance) -> Candidate | str:
-    if inst.unreachable:
-        return f"{inst.name}: unreachable"
-    if req.docker and not inst.docker:
-        named = req.runtime is not None and req.runtime.container_fields
-        why = f"{inst.name}: {no_docker_reason(req.runtime)}"
-        return _FieldRefusal(why) if named else why
-    if req.runtime is not None:
-        why = runtime_refusal(req.runtime, inst.facts, inst.name)
-        if why:
-            return _FieldRefusal(f"{inst.name}: {why}")
-    why = lacking(req, inst.backend, inst.capabilities)
-    if why:
-        return f"{inst.name}: {why}"
-    zones = (inst.availability_zone,) if inst.availability_zone else None
-    place = Place(inst.backend, inst.region, zones, inst.fleet_name, inst.id, inst.host_key)
-    volumes, misplaced, waiting = choose_volumes(req.volumes, place)
-    if misplaced:
-        return f"{inst.name}: {misplaced}"
-    return _with_volumes(_pool_fit(req, inst), volumes, waiting)
-
-
-def _pool_fit(req: Requirements, inst: PoolInstance) -> Candidate | str:
-    if inst.shared and not req.exclusive and inst.status in (*_STARTING, *_UP):
-        return _shared_candidate(req, inst)
-    if inst.status not in _UP:
-        return f"{inst.name}: {inst.status}"
-    reason = _profile_reason(
-        req, inst.backend, inst.region, inst.instance_type, inst.price, inst.resources.spot
-    )
-    if reason:
-        return f"{inst.name}: {reason}"
-    free = inst.total_blocks - inst.busy_blocks
-    first_reason = None
-    need_all = req.multinode
-    for k in range(inst.total_blocks if need_all else 1, inst.total_blocks + 1):
-        res = share(inst.resources, k, inst.total_blocks)
-        why = mismatch(req.resources, res)
-        if why is None:
-            available = k <= free
-            availability = InstanceAvailability.IDLE if available else InstanceAvailability.BUSY
-            offer = InstanceOfferWithAvailability(
-                backend=inst.backend,
-                instance={"name": inst.instance_type, "resources": res},
-                region=inst.region,
-                price=inst.price,  # a share costs what the instance costs (server.md §4.4)
-                availability=availability,
-                blocks=k,
-                total_blocks=inst.total_blocks,
-                instance_id=inst.id,
-                fleet_name=inst.fleet_name,
-            )
-            return Candidate(offer, inst.fleet_id, inst.fleet_name, inst.id, k)
-        first_reason = first_reason or why
-    return f"{inst.name}: {first_reason}"
-
-
 # An offer as tried offers name it: (backend, region, instance type, spot).
 OfferKey = tuple[str, str, str, bool]
 
@@ -365,7 +385,7 @@ def offer_rejection(
     res = offer.instance.resources
     return (
         lacking(req, offer.backend, caps)
-        or _profile_reason(
+        or profile_reason(
             req, offer.backend, offer.region, offer.instance.name, offer.price, res.spot
         )
         or _zone_reason(req, offer)
@@ -393,7 +413,7 @@ def _backend_candidates(
     if req.docker and not cap.docker and cap.offers:
         backends = sorted({o.backend for o in cap.offers})
         why = f"fleet {cap.fleet_name} ({', '.join(backends)}): {no_docker_reason(req.runtime)}"
-        out.rejections.append(why)
+        out.reject(why)
         if req.runtime is not None and req.runtime.container_fields:
             out.field_refusals.append(why)
         return
@@ -403,7 +423,7 @@ def _backend_candidates(
         backend, res = offer.backend, offer.instance.resources
         if backend not in lacks:
             lacks[backend] = lacking(req, backend, cap.capabilities.get(backend))
-        reason = lacks[backend] or _profile_reason(
+        reason = lacks[backend] or profile_reason(
             req, backend, offer.region, offer.instance.name, offer.price, res.spot
         )
         if reason is None:
@@ -421,18 +441,14 @@ def _backend_candidates(
             place = Place(backend, offer.region, zones, cap.fleet_name)
             volumes, reason, waiting = choose_volumes(req.volumes, place)
         if reason:
-            out.rejections.append(f"{backend} offer {offer.instance.name}: {reason}")
+            out.reject(f"{backend} offer {offer.instance.name}: {reason}")
             continue
         cand = Candidate(offer, cap.fleet_id, cap.fleet_name, None, 1)
-        out.candidates.append(_with_volumes(cand, volumes, waiting))
+        out.candidates.append(cand.with_volumes(volumes, waiting) if volumes else cand)
 
 
-def _score(c: Candidate) -> tuple:
-    reused = c.instance_id is not None
-    available = c.offer.availability.is_available()
-    res = c.offer.instance.resources
-    waste = res.cpus + res.memory_mib / 1024 + 10 * len(res.gpus)
-    return (not available, not reused, c.offer.price, waste)
+def _score(c: Candidate) -> tuple[bool, bool, float, float]:
+    return (not c.available, c.instance_id is None, c.price, c.waste)
 
 
 def rank(
@@ -442,20 +458,14 @@ def rank(
     tried: frozenset[OfferKey] = frozenset(),
 ) -> Ranking:
     """Every place the job could go, best first, plus why each other place was refused.
-    `tried`: offers this job's earlier instances failed on, never chosen again."""
+    `tried`: offers this job's earlier instances failed on, never chosen again. Pool hosts are
+    checked once per shape (scheduler/shapes.py); places of equal score keep pool order, then
+    offer order."""
+    from dstack.server.scheduler.shapes import pool_candidates
+
     out = Ranking()
     wanted = set(req.fleets) if req.fleets else None
-    for inst in pool:
-        if wanted is not None and inst.fleet_name not in wanted:
-            out.rejections.append(f"{inst.name}: fleet {inst.fleet_name} not in {sorted(wanted)}")
-            continue
-        cand = _pool_candidate(req, inst)
-        if isinstance(cand, _FieldRefusal):
-            out.field_refusals.append(str(cand))
-        if isinstance(cand, str):
-            out.rejections.append(str(cand))
-        else:
-            out.candidates.append(cand)
+    pool_candidates(req, pool, wanted, out)
     if req.creation_policy != "reuse":
         for cap in capacity:
             if wanted is None or cap.fleet_name in wanted:

@@ -290,8 +290,22 @@ async def load_pool(
     return await with_capacity(ctx, await load_pool_rows(ctx, session, project_id), req)
 
 
+# Stored offers, parsed: an instance's offer never changes, and every placement pass loads the
+# whole pool. Read-only (its resources are shared by the pool instances built from it).
+_PARSED_OFFERS: dict[str, InstanceOfferWithAvailability] = {}
+
+
+def parsed_offer(text: str) -> InstanceOfferWithAvailability:
+    offer = _PARSED_OFFERS.get(text)
+    if offer is None:
+        if len(_PARSED_OFFERS) > 8192:
+            _PARSED_OFFERS.clear()
+        offer = _PARSED_OFFERS[text] = InstanceOfferWithAvailability.model_validate_json(text)
+    return offer
+
+
 def _pool_instance(ctx: ServerContext, inst: t.Instance, fleet: t.Fleet, busy: int) -> PoolInstance:
-    offer = InstanceOfferWithAvailability.model_validate_json(inst.offer or "{}")
+    offer = parsed_offer(inst.offer or "{}")
     status = inst.status
     if status == InstanceStatus.IDLE.value and busy > 0:
         status = InstanceStatus.BUSY.value
