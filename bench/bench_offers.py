@@ -33,7 +33,7 @@ from dstack.models.configurations import parse_configuration  # noqa: E402
 from dstack.server.backends.base import OfferCache, OfferRequirements  # noqa: E402
 from dstack.server.backends.catalog import OfferCatalog  # noqa: E402
 from dstack.server.backends.registry import BackendRegistry  # noqa: E402
-from dstack.server.scheduler.placement import rank  # noqa: E402
+from dstack.server.scheduler.ranking import rank  # noqa: E402
 from dstack.server.services.jobspecs import build_job_specs  # noqa: E402
 from dstack.server.services.pool import PoolRows, backend_capacity, requirements_for  # noqa: E402
 
@@ -48,8 +48,10 @@ def stats(name: str, samples: list[float]) -> str:
     s = sorted(samples)
     p90 = s[min(len(s) - 1, int(round(0.9 * (len(s) - 1))))]
     ms = 1000
-    return (f"{name:<28} median {statistics.median(s) * ms:8.2f} ms   "
-            f"p90 {p90 * ms:8.2f} ms   (n={len(s)})")
+    return (
+        f"{name:<28} median {statistics.median(s) * ms:8.2f} ms   "
+        f"p90 {p90 * ms:8.2f} ms   (n={len(s)})"
+    )
 
 
 class Ctx:
@@ -61,8 +63,12 @@ class Ctx:
 
 
 def requirements(extra: dict):  # noqa: ANN201
-    data = {"type": "task", "commands": [":"], "spot_policy": "auto",
-            "resources": {"cpu": "1..", "memory": "0GB..", "gpu": "0.."}}
+    data = {
+        "type": "task",
+        "commands": [":"],
+        "spot_policy": "auto",
+        "resources": {"cpu": "1..", "memory": "0GB..", "gpu": "0.."},
+    }
     data.update(extra)
     if "resources" in extra:
         data["resources"] = {"cpu": "1..", "memory": "0GB..", **extra["resources"]}
@@ -94,8 +100,10 @@ async def run(n: int, repeat: int) -> None:
         backend = CatalogCompute("bench", catalog)
         start = time.perf_counter()
         everything = await catalog.offers("bench", OfferRequirements())
-        print(f"{'load ' + str(n) + ' rows':<28} {1000 * (time.perf_counter() - start):8.2f} ms"
-              f"   ({len(everything)} offers)")
+        print(
+            f"{'load ' + str(n) + ' rows':<28} {1000 * (time.perf_counter() - start):8.2f} ms"
+            f"   ({len(everything)} offers)"
+        )
         samples, _ = await timed(lambda: catalog.offers("bench", OfferRequirements()), repeat)
         print(stats("offers (all, warm)", samples))
         rows = PoolRows("main", [], [], {}, set())

@@ -41,8 +41,8 @@ from dstack.server.scheduler.placement import (  # noqa: E402
     FleetCapacity,
     PoolInstance,
     Requirements,
-    rank,
 )
+from dstack.server.scheduler.ranking import rank  # noqa: E402
 
 GB = 1024
 # (instance type, cpus, memory GB, gpu name, gpus, gpu memory GB, blocks, price, share of pool)

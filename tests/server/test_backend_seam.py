@@ -22,7 +22,7 @@ from dstack.server.backends.base import (
 from dstack.server.backends.local import LocalBackend
 from dstack.server.backends.registry import BackendRegistry
 from dstack.server.reconcilers.sweeper import orphans
-from dstack.server.scheduler.placement import rank
+from dstack.server.scheduler.ranking import rank
 from dstack.server.services.pool import PoolRows, unavailable, with_capacity
 
 from .test_scheduler import cap, inst, offer, req

@@ -10,7 +10,7 @@ import pytest
 
 from dstack.errors import ServerClientError
 from dstack.models.configurations import parse_configuration
-from dstack.server.scheduler.placement import rank
+from dstack.server.scheduler.ranking import rank
 from dstack.server.scheduler.runtime_fit import HostFacts, RuntimeNeeds, runtime_refusal
 from dstack.server.services import runtime_fields as rf
 from dstack.server.services.jobspecs import build_job_specs

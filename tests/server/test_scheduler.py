@@ -16,8 +16,8 @@ from dstack.server.scheduler.placement import (
     Ranking,
     Requirements,
     no_capacity_message,
-    rank,
 )
+from dstack.server.scheduler.ranking import rank
 
 GB = 1024
 

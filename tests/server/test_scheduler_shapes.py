@@ -30,13 +30,12 @@ from dstack.server.scheduler.placement import (
     Ranking,
     Requirements,
     VolumeLocation,
-    _backend_candidates,
     choose_volumes,
     lacking,
     no_capacity_message,
     profile_reason,
-    rank,
 )
+from dstack.server.scheduler.ranking import _backend_candidates, rank
 
 from .test_scheduler import cap, inst, offer, req
 

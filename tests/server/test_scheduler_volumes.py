@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from dstack.server.scheduler.placement import VolumeLocation, rank
+from dstack.server.scheduler.placement import VolumeLocation
+from dstack.server.scheduler.ranking import rank
 
 from .test_scheduler import cap, inst, offer, req
 

@@ -14,7 +14,7 @@ from dstack.server.backends.ssh.backend import total_blocks
 from dstack.server.backends.ssh.deploy import missing_prerequisites, parse_facts
 from dstack.server.reconcilers.fleets import FleetView, decide
 from dstack.server.scheduler import multinode
-from dstack.server.scheduler.placement import rank
+from dstack.server.scheduler.ranking import rank
 from dstack.server.services.fleet_apply import _diff, parse_fleet, resolve_hosts
 
 from .test_scheduler import inst, req

@@ -13,13 +13,8 @@ from dstack.models.runs import JobSpec, RunSpec
 from dstack.server.db import tables as t
 from dstack.server.reconcilers.job_facts import replica_peers, tried_offers
 from dstack.server.scheduler import multinode
-from dstack.server.scheduler.placement import (
-    Candidate,
-    Ranking,
-    Requirements,
-    no_capacity_message,
-    rank,
-)
+from dstack.server.scheduler.placement import Candidate, Ranking, Requirements, no_capacity_message
+from dstack.server.scheduler.ranking import rank
 from dstack.server.services.context import ServerContext
 from dstack.server.services.job_volumes import Mounts, with_volumes
 from dstack.server.services.pool import PoolRows, fleet_conf, requirements_for, with_capacity

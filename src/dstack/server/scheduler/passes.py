@@ -26,8 +26,8 @@ from dstack.server.scheduler.placement import (
     PoolInstance,
     Ranking,
     Requirements,
-    rank,
 )
+from dstack.server.scheduler.ranking import rank
 from dstack.server.scheduler.shapes import Fit, candidate, fit
 
 _REQ_FIELDS = tuple(f.name for f in fields(Requirements) if f.name != "resources")

@@ -2,7 +2,7 @@
 
 Apply creates `nodes.target` instances, the fleet reconciler keeps `nodes.min`; both take the
 cheapest offer that the fleet's configuration allows, through the same pool and ranking a
-run's placement uses (`pool.with_capacity` + `placement.rank`), so the fleet's `resources`,
+run's placement uses (`pool.with_capacity` + `ranking.rank`), so the fleet's `resources`,
 `spot_policy`, `max_price`, `regions`, `availability_zones`, `instance_types`, `reservation`
 and `backends` mean the same thing for both. The instance reconciler creates the hosts.
 """
@@ -20,7 +20,8 @@ from dstack.errors import ServerClientError
 from dstack.models.instances import InstanceStatus
 from dstack.models.offers import InstanceOfferWithAvailability
 from dstack.server.db import tables as t
-from dstack.server.scheduler.placement import NEEDS, OfferKey, rank
+from dstack.server.scheduler.placement import NEEDS, OfferKey
+from dstack.server.scheduler.ranking import rank
 from dstack.server.services import events
 from dstack.server.services.context import ServerContext
 from dstack.server.services.pool import (

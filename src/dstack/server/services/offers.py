@@ -15,7 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dstack.models.runs import RunSpec
 from dstack.server.db import tables as t
-from dstack.server.scheduler.placement import Ranking, rank
+from dstack.server.scheduler.placement import Ranking
+from dstack.server.scheduler.ranking import rank
 from dstack.server.services.context import ServerContext
 from dstack.server.services.gpu_groups import check_group_by, group_gpus
 from dstack.server.services.jobspecs import build_job_specs

@@ -29,7 +29,8 @@ from dstack.models.runs import (
 )
 from dstack.models.wire import utcnow
 from dstack.server.db import tables as t
-from dstack.server.scheduler.placement import Ranking, rank
+from dstack.server.scheduler.placement import Ranking
+from dstack.server.scheduler.ranking import rank
 from dstack.server.services import events
 from dstack.server.services.context import ServerContext
 from dstack.server.services.job_volumes import volume_locations, with_volumes
