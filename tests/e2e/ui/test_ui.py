@@ -4,14 +4,18 @@ status and logs as they change, stop, metrics, escaping, and screenshots of each
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from ..harness import Server, wait_until, write_config
+from ..services_util import apply_detached, service, service_dir, service_server, wait_serving
 
 pytestmark = pytest.mark.e2e
 TIMEOUT_MS = 60_000
@@ -137,25 +141,41 @@ def test_stop_a_running_task_from_its_page(server: Server, project_dir: Path, pa
     assert not page.errors, page.errors
 
 
-def _metrics_route(server: Server) -> bool:
-    url = f"{server.url}/api/project/main/metrics/job/none?replica_num=0&job_num=0&limit=1"
-    r = httpx.get(url, headers={"Authorization": f"Bearer {server.token}"})
-    return not (r.status_code == 404 and r.json().get("detail") == "Not Found")
+FAKE_SMI = Path(__file__).resolve().parents[2] / "agent" / "samples" / "fake-nvidia-smi"
 
 
-def test_metrics_show_a_chart_or_say_there_are_none(server: Server, project_dir: Path, page, shots):  # noqa: ANN001
-    submit(server, project_dir, "ui-metrics", "python3 -c 'while True: pass' & sleep 600")
-    server.wait_status("ui-metrics", "running", timeout=60)
-    sign_in(page, server, "/projects/main/runs/ui-metrics")
+@pytest.fixture(scope="module")
+def gpu_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server whose agent samples every 0.5 s and sees one GPU (a fake `nvidia-smi` on PATH
+    reporting 37% use), so a chart has points within seconds."""
+    home = tmp_path_factory.mktemp("ui-gpu-home")
+    bin_dir = home / "bin"
+    bin_dir.mkdir()
+    shutil.copy(FAKE_SMI, bin_dir / "nvidia-smi")
+    path = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+    srv = service_server(
+        home, PATH=path, FAKE_GPU_UTIL="37", DSTACK_AGENT_METRICS_INTERVAL="0.5"
+    )
+    try:
+        yield srv
+    finally:
+        srv.cleanup()
+
+
+def test_a_services_metrics_charts(gpu_server: Server, tmp_path: Path, page, shots):  # noqa: ANN001
+    """A running service's page draws its CPU and GPU series from the real metrics route."""
+    directory = service_dir(tmp_path)
+    apply_detached(gpu_server, directory, "ui-svc", service("ui-svc"))
+    wait_serving(gpu_server, "ui-svc")
+    sign_in(page, gpu_server, "/projects/main/runs/ui-svc")
     page.wait_for_selector("main h1 .status[data-status='running']", timeout=TIMEOUT_MS)
-    if not _metrics_route(server):
-        page.wait_for_selector("#no-metrics:has-text('No metrics')", timeout=TIMEOUT_MS)
-    else:
-        chart = page.wait_for_selector("figure.chart[data-metric='cpu_usage_percent'] polyline",
-                                       timeout=TIMEOUT_MS)
-        assert chart.get_attribute("points").count(",") >= 2
-    page.screenshot(path=str(shots / "run-metrics.png"), full_page=True)
-    server.api("/api/project/main/runs/stop", {"runs_names": ["ui-metrics"], "abort": True})
+    for metric in ("cpu_usage_percent", "gpu_util_percent_gpu0"):
+        line = page.wait_for_selector(
+            f"figure.chart[data-metric='{metric}'] polyline", timeout=TIMEOUT_MS
+        )
+        assert line.get_attribute("points").count(",") >= 2, metric
+    page.screenshot(path=str(shots / "service-metrics.png"), full_page=True)
+    gpu_server.api("/api/project/main/runs/stop", {"runs_names": ["ui-svc"], "abort": True})
     assert not page.errors, page.errors
 
 
@@ -185,9 +205,9 @@ def test_unknown_client_route_shows_not_found(server: Server, page):  # noqa: AN
 
 
 def test_metrics_chart_draws_what_the_route_answers(server: Server, project_dir: Path, page, shots):  # noqa: ANN001, E501
-    """The chart against the metrics route's contract. The browser's network layer answers
-    that one GET (the route is another change's; `test_metrics_show_a_chart_or_say_there_are_
-    none` uses the real one once it exists); the page, run and everything else are real."""
+    """The chart against known values: the browser's network layer answers that one GET with
+    series chosen here, so what is drawn can be checked exactly (`test_a_services_metrics_
+    charts` reads the real route); the page, run and everything else are real."""
     submit(server, project_dir, "ui-chart", "sleep 600")
     server.wait_status("ui-chart", "running", timeout=60)
     answer = {"metrics": [
