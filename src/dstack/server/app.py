@@ -11,12 +11,14 @@ from contextlib import asynccontextmanager, suppress
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from dstack.errors import ResourceNotExistsError, ServerClientError
+from dstack.errors import ResourceNotExistsError, ServerClientError, StaleResourceError
 from dstack.models.server_config import ServerConfig
 from dstack.server.backends import configure_projects, create_backends
 from dstack.server.backends.base import OfferCache
 from dstack.server.db.migrate import migrate
 from dstack.server.db.session import Database
+from dstack.server.guard import RequestGuard
+from dstack.server.http_errors import install_fault_handlers, short
 from dstack.server.proxy import upstream
 from dstack.server.proxy.handler import MODELS, SERVICES, Proxy, ProxyConfig
 from dstack.server.reconcilers.agents import AgentRegistry
@@ -68,10 +70,16 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _too_large(_: Request, e: CodeTooLargeError) -> JSONResponse:
         return JSONResponse(_detail(e.message, e.code), status_code=413)
 
+    @app.exception_handler(StaleResourceError)
+    async def _stale(_: Request, e: StaleResourceError) -> JSONResponse:
+        return JSONResponse(_detail(short(e.message, 1000), e.code, e.field), status_code=409)
+
     @app.exception_handler(ServerClientError)
     async def _client(_: Request, e: ServerClientError) -> JSONResponse:
         code = "resource_not_exists" if isinstance(e, ResourceNotExistsError) else e.code
-        return JSONResponse(_detail(e.message, code, e.field), status_code=400)
+        return JSONResponse(_detail(short(e.message, 1000), code, e.field), status_code=400)
+
+    install_fault_handlers(app)
 
 
 async def start(
@@ -186,6 +194,13 @@ def create_app(
     )
     app.state.ctx = ctx
     app.state.proxy = proxy
+    # Added first, so it runs inside the proxy middleware: proxied bodies pass untouched.
+    app.add_middleware(
+        RequestGuard,
+        db=ctx.db,
+        max_body=settings.api_max_body,
+        upload_limit=settings.code_upload_limit,
+    )
     app.add_middleware(ProxyMiddleware, proxy=proxy)
     install_error_handlers(app)
     # One router per resource kind.

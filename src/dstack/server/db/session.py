@@ -30,6 +30,15 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 
 STRICT_ENV = "DSTACK_DB_STRICT"
+# How long a SQLite write waits for another writer's lock before it fails "database is locked"
+# (answered 503 with Retry-After). Short: a lock held longer is a stuck or foreign writer, and a
+# request should not hang on it.
+BUSY_TIMEOUT_ENV = "DSTACK_DB_BUSY_TIMEOUT"
+
+
+def busy_timeout_seconds() -> float:
+    raw = os.environ.get(BUSY_TIMEOUT_ENV)
+    return float(raw) if raw else 5.0
 _WRITE_PREFIXES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
 
 
@@ -90,7 +99,7 @@ class Database:
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             self.engine: AsyncEngine = create_async_engine(
-                url, connect_args={"timeout": 30}, pool_size=5, max_overflow=10
+                url, connect_args={"timeout": busy_timeout_seconds()}, pool_size=5, max_overflow=10
             )
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         else:
@@ -137,5 +146,5 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_seconds() * 1000)}")
     cur.close()

@@ -65,7 +65,10 @@ async def apply(
     a: ProjectAccess = Depends(project_access),
     ctx: ServerContext = Depends(get_ctx),
 ) -> Fleet:
-    return await fleet_apply.apply(ctx, a.session, a.user, a.project, body.plan.spec, body.force)
+    plan = body.plan
+    return await fleet_apply.apply(
+        ctx, a.session, a.user, a.project, plan.spec, body.force, plan.current_resource
+    )
 
 
 @router.post("/api/project/{project_name}/fleets/delete")

@@ -18,7 +18,12 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dstack.errors import ResourceExistsError, ServerClientError
+from dstack.errors import (
+    ResourceExistsError,
+    ServerClientError,
+    StaleResourceError,
+    stale_plan_message,
+)
 from dstack.models.runs import ApplyRunPlanInput, JobStatus, Run, RunSpec, RunStatus
 from dstack.models.wire import utcnow
 from dstack.server.db import tables as t
@@ -56,6 +61,8 @@ async def apply_plan(
             )
     if spec.run_name:
         active = await active_run(s, project.id, spec.run_name)
+        if not force:
+            check_fresh(spec.run_name, plan, active)
         if active is not None and _updatable(active, conf, plan):
             return await _update_service(ctx, s, user, project, active, spec, conf)
         if active is not None and force:
@@ -81,8 +88,10 @@ async def apply_plan(
     # Every volume the run names must exist (and not have failed): refused here, by name.
     specs = build_job_specs(spec.run_name, conf, spec.repo_code_hash)
     await check_run_volumes(ctx, s, project.id, specs)
-    run = await _insert_run(s, user, project.id, spec, conf, utcnow(), "Run submitted")
     try:
+        # The unique index on active (project, name) refuses a concurrent twin at the flush
+        # inside _insert_run (Postgres) or at the commit (SQLite): both are the same loss.
+        run = await _insert_run(s, user, project.id, spec, conf, utcnow(), "Run submitted")
         await s.commit()
     except IntegrityError as e:
         await s.rollback()
@@ -124,6 +133,7 @@ async def _request_replacement(
             replacement_user_id=user.id,
             stop_requested=True,
             dirty=True,
+            generation=t.Run.generation + 1,
         )
     )
     if res.rowcount != 1:
@@ -177,6 +187,23 @@ async def submit_replacement(s: AsyncSession, old: t.Run, now: datetime) -> t.Ru
     )
 
 
+def check_fresh(name: str, plan: ApplyRunPlanInput, active: t.Run | None) -> None:
+    """Refuse a plan made against a run that has changed since (another apply updated or
+    replaced it, or it ended and another run took the name): applying it would overwrite a
+    change its author never saw."""
+    planned = plan.current_resource
+    if planned is None or active is None:
+        return
+    current = active.generation or 1
+    # A client that predates generations sends none (0): only the identity is checked then.
+    if planned.id != active.id or planned.generation not in (0, current):
+        raise StaleResourceError(
+            stale_plan_message("run", name, planned.generation, current),
+            field="plan.current_resource",
+            code="stale_plan",
+        )
+
+
 def _updatable(active: t.Run, conf: Any, plan: ApplyRunPlanInput) -> bool:
     """A running service updates in place (a rolling deployment) when the client applies
     against it (`current_resource` set); anything else is refused or, with `force`,
@@ -209,6 +236,7 @@ async def _update_service(
         .values(
             run_spec=spec.model_dump_json(),
             deployment_num=t.Run.deployment_num + 1,
+            generation=t.Run.generation + 1,
             dirty=True,
         )
     )

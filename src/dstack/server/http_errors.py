@@ -1,0 +1,117 @@
+"""Faults of the machine, not of the request, each answered with a status a client can act on
+instead of a bare 500:
+
+- the database is busy (SQLite's write lock held elsewhere past the busy timeout): 503 with
+  `Retry-After`, nothing written;
+- the disk under the server's data (or the database) is full: 507 with a message;
+- a write lost a race on a unique index (two applies of one name): 409;
+- a request that fails validation: 422 with short messages that never echo the input (a 100 MB
+  name is not sent back), and with control characters escaped.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from dstack.server.guard import BodyTooLarge
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = 2
+MAX_MESSAGE = 300
+BUSY_MARKERS = ("database is locked", "database table is locked", "database is busy")
+FULL_MARKERS = ("database or disk is full", "no space left on device", "disk full")
+FULL_MESSAGE = (
+    "The server is out of disk space (its data directory or database is full); nothing was "
+    "written. Free space on the server and retry."
+)
+BUSY_MESSAGE = "The database is busy; nothing was written. Retry in a moment."
+
+
+def short(text: object, limit: int = MAX_MESSAGE) -> str:
+    """One printable line at most `limit` characters long: control characters escaped (no
+    ANSI escape or newline reaches a terminal), the rest cut with a count."""
+    s = str(text)
+    cut = s[:limit]
+    safe = "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)
+    if len(s) > limit:
+        safe += f"... ({len(s)} characters)"
+    return safe
+
+
+def _detail(msg: str, code: str, field: str | None = None) -> dict:
+    return {"detail": [{"msg": msg, "code": code, "field": field}]}
+
+
+def classify_db_error(e: BaseException) -> str | None:
+    """'busy', 'full' or None for a database error, from its message (the drivers agree on
+    no class: sqlite3 raises OperationalError for both, asyncpg its own classes)."""
+    text = str(getattr(e, "orig", e)).lower()
+    if any(m in text for m in BUSY_MARKERS):
+        return "busy"
+    if any(m in text for m in FULL_MARKERS) or type(getattr(e, "orig", e)).__name__ in (
+        "DiskFullError",
+    ):
+        return "full"
+    return None
+
+
+def is_disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def busy_response() -> JSONResponse:
+    return JSONResponse(
+        _detail(BUSY_MESSAGE, "database_busy"),
+        status_code=503,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+def full_response() -> JSONResponse:
+    return JSONResponse(_detail(FULL_MESSAGE, "insufficient_storage"), status_code=507)
+
+
+def install_fault_handlers(app: FastAPI) -> None:
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(_: Request, e: BodyTooLarge) -> JSONResponse:
+        return JSONResponse(_detail(str(e.detail), "body_too_large"), status_code=413)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        errors = [
+            {
+                "msg": short(err.get("msg", "invalid"), 200),
+                "code": short(err.get("type", "invalid"), 60),
+                "field": short(".".join(str(p) for p in err.get("loc", ())[1:]), 120) or None,
+            }
+            for err in e.errors()[:20]
+        ]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    @app.exception_handler(IntegrityError)
+    async def _conflict(_: Request, e: IntegrityError) -> JSONResponse:
+        log.info("write refused by a unique index: %s", short(e.orig, 200))
+        msg = "The request conflicts with a concurrent change of the same resource; retry"
+        return JSONResponse(_detail(msg, "conflict"), status_code=409)
+
+    @app.exception_handler(DBAPIError)
+    async def _db(_: Request, e: DBAPIError) -> JSONResponse:
+        kind = classify_db_error(e)
+        if kind == "busy":
+            return busy_response()
+        if kind == "full":
+            return full_response()
+        raise e
+
+    @app.exception_handler(OSError)
+    async def _os(_: Request, e: OSError) -> JSONResponse:
+        if is_disk_full(e):
+            return full_response()
+        raise e
