@@ -19,14 +19,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from dstack.server.db.session import db_fault
 from dstack.server.guard import BodyTooLarge
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 2
 MAX_MESSAGE = 300
-BUSY_MARKERS = ("database is locked", "database table is locked", "database is busy")
-FULL_MARKERS = ("database or disk is full", "no space left on device", "disk full")
 FULL_MESSAGE = (
     "The server is out of disk space (its data directory or database is full); nothing was "
     "written. Free space on the server and retry."
@@ -47,19 +46,6 @@ def short(text: object, limit: int = MAX_MESSAGE) -> str:
 
 def _detail(msg: str, code: str, field: str | None = None) -> dict:
     return {"detail": [{"msg": msg, "code": code, "field": field}]}
-
-
-def classify_db_error(e: BaseException) -> str | None:
-    """'busy', 'full' or None for a database error, from its message (the drivers agree on
-    no class: sqlite3 raises OperationalError for both, asyncpg its own classes)."""
-    text = str(getattr(e, "orig", e)).lower()
-    if any(m in text for m in BUSY_MARKERS):
-        return "busy"
-    if any(m in text for m in FULL_MARKERS) or type(getattr(e, "orig", e)).__name__ in (
-        "DiskFullError",
-    ):
-        return "full"
-    return None
 
 
 def is_disk_full(e: BaseException) -> bool:
@@ -103,7 +89,7 @@ def install_fault_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DBAPIError)
     async def _db(_: Request, e: DBAPIError) -> JSONResponse:
-        kind = classify_db_error(e)
+        kind = db_fault(e)
         if kind == "busy":
             return busy_response()
         if kind == "full":

@@ -39,7 +39,26 @@ BUSY_TIMEOUT_ENV = "DSTACK_DB_BUSY_TIMEOUT"
 def busy_timeout_seconds() -> float:
     raw = os.environ.get(BUSY_TIMEOUT_ENV)
     return float(raw) if raw else 5.0
+
+
 _WRITE_PREFIXES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+
+
+BUSY_MARKERS = ("database is locked", "database table is locked", "database is busy")
+FULL_MARKERS = ("database or disk is full", "no space left on device", "disk full")
+
+
+def db_fault(e: BaseException) -> str | None:
+    """'busy' (another writer holds the lock past the busy timeout), 'full' (no disk space)
+    or None, for an error from the database; judged by the message, since the drivers agree
+    on no class (sqlite3 raises OperationalError for both, asyncpg DiskFullError)."""
+    orig = getattr(e, "orig", e)
+    text = str(orig).lower()
+    if any(m in text for m in BUSY_MARKERS):
+        return "busy"
+    if any(m in text for m in FULL_MARKERS) or type(orig).__name__ == "DiskFullError":
+        return "full"
+    return None
 
 
 class SessionNesting(RuntimeError):
