@@ -88,8 +88,8 @@ def rss_bytes(pid: int) -> int:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
-def task_spec(name: str | None, command: str = "sleep 30") -> dict:
+def task_spec(name: str | None, command: str = "sleep 30", **conf: object) -> dict:
     return {
         "run_name": name,
-        "configuration": {"type": "task", "name": name, "commands": [command]},
+        "configuration": {"type": "task", "name": name, "commands": [command], **conf},
     }

@@ -437,7 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         # A bug here must still leave a result behind, not a job stuck "running".
         if not (supervisor.dir / RESULT_FILE).exists():
-            supervisor.abandon(f"supervisor error: {e!r}")
+            full = is_disk_full(e)
+            supervisor.abandon(supervisor.disk.message() if full else f"supervisor error: {e!r}")
         raise
     return 0
 
