@@ -75,6 +75,6 @@ class StaleResourceError(ServerClientError):
 
 def stale_plan_message(kind: str, name: str, planned: int, current: int) -> str:
     return (
-        f"{kind.capitalize()} {name} has changed since the plan (generation {planned} planned, "
-        f"{current} now); re-run apply or use --force"
+        f"{kind.capitalize()} {name} changed since the plan; re-run apply or use --force "
+        f"(the plan saw generation {planned}, it is at {current} now)"
     )
