@@ -161,7 +161,7 @@ def test_fleet_min_is_created_at_apply_from_the_cheapest_offer_and_kept(tmp_path
         await w.step(w.fleets)
         live = [i for i in await w.rows(t.Instance, fleet_id=f.id) if i.status == "pending"]
         assert sorted(i.name for i in live) == ["fl-1", "fl-2"]
-        assert any("Instance created for fleet f (below nodes.min)" in e for e in await w.events())
+        assert any("Instance created for fleet fl (below nodes.min)" in e for e in await w.events())
 
     scenario(tmp_path, cloud, body)
 

@@ -5,6 +5,7 @@ instead of a bare 500:
   `Retry-After`, nothing written;
 - the disk under the server's data (or the database) is full: 507 with a message;
 - a write lost a race on a unique index (two applies of one name): 409;
+- a value the database refuses (Postgres: longer than its column): 400;
 - a request that fails validation: 422 with short messages that never echo the input (a 100 MB
   name is not sent back), and with control characters escaped.
 """
@@ -17,7 +18,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from dstack.server.db.session import db_fault
 from dstack.server.guard import BodyTooLarge
@@ -86,6 +87,13 @@ def install_fault_handlers(app: FastAPI) -> None:
         log.info("write refused by a unique index: %s", short(e.orig, 200))
         msg = "The request conflicts with a concurrent change of the same resource; retry"
         return JSONResponse(_detail(msg, "conflict"), status_code=409)
+
+    @app.exception_handler(DataError)
+    async def _data(_: Request, e: DataError) -> JSONResponse:
+        # Postgres refuses what SQLite stores: a value longer than its column, say.
+        log.info("value refused by the database: %s", short(e.orig, 200))
+        msg = "A value in the request is too long or malformed for the database"
+        return JSONResponse(_detail(msg, "invalid_value"), status_code=400)
 
     @app.exception_handler(DBAPIError)
     async def _db(_: Request, e: DBAPIError) -> JSONResponse:
