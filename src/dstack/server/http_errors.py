@@ -72,11 +72,12 @@ def install_fault_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        # FastAPI's shape (loc, msg, type) without `input` and `ctx`, which echo the value.
         errors = [
             {
+                "loc": [p if isinstance(p, int) else short(p, 60) for p in err.get("loc", ())],
                 "msg": short(err.get("msg", "invalid"), 200),
-                "code": short(err.get("type", "invalid"), 60),
-                "field": short(".".join(str(p) for p in err.get("loc", ())[1:]), 120) or None,
+                "type": short(err.get("type", "invalid"), 60),
             }
             for err in e.errors()[:20]
         ]
