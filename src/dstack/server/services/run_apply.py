@@ -230,9 +230,12 @@ async def _update_service(
     """Record the new spec as the next deployment; the run reconciler rolls the replicas."""
     now = utcnow()
     spec = spec.model_copy(update={"configuration": conf.model_dump(mode="json")})
-    await s.execute(
+    seen = run.generation or 1
+    res = await s.execute(
         update(t.Run)
-        .where(t.Run.id == run.id)
+        # Conditional on the generation read: of two updates racing from the same plan, the
+        # second changes nothing and is refused below instead of overwriting the first.
+        .where(t.Run.id == run.id, t.Run.generation == seen)
         .values(
             run_spec=spec.model_dump_json(),
             deployment_num=t.Run.deployment_num + 1,
@@ -240,6 +243,15 @@ async def _update_service(
             dirty=True,
         )
     )
+    if res.rowcount != 1:
+        name, run_id = run.run_name, run.id  # read before the rollback expires them
+        await s.rollback()
+        now_at = await s.scalar(select(t.Run.generation).where(t.Run.id == run_id))
+        raise StaleResourceError(
+            stale_plan_message("run", name, seen, now_at or seen),
+            field="plan.current_resource",
+            code="stale_plan",
+        )
     events.run_event(
         s, run, f"Run updated in place: deployment {run.deployment_num + 1}", now, actor=user.name
     )
