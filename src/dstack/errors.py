@@ -66,3 +66,15 @@ class ResourceNotExistsError(ServerClientError):
 
 class ResourceExistsError(ServerClientError):
     """A name is taken by an active resource."""
+
+
+class StaleResourceError(ServerClientError):
+    """A plan was made against an older version of the resource than the server now holds
+    (someone else changed it in between): answered 409, nothing applied."""
+
+
+def stale_plan_message(kind: str, name: str, planned: int, current: int) -> str:
+    return (
+        f"{kind.capitalize()} {name} changed since the plan; re-run apply or use --force "
+        f"(the plan saw generation {planned}, it is at {current} now)"
+    )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dstack.agent.tarsafe import UnsafeArchive, check_member_name, unpack_code
+from dstack.agent.tarsafe import Budget, UnsafeArchive, check_member_name, unpack_code
 
 
 def _tar(members: list[tuple[str, str, str]]) -> io.BytesIO:
@@ -99,3 +99,32 @@ def test_check_member_name() -> None:
     assert check_member_name(".") == ""
     with pytest.raises(UnsafeArchive):
         check_member_name("a/../../b")
+
+
+@pytest.mark.parametrize(
+    ("budget", "members", "expected"),
+    [
+        (
+            Budget(max_bytes=100, max_files=10),
+            [("file", "a", "x" * 60), ("file", "b", "y" * 60)],
+            "unpacks to more than 100 bytes",
+        ),
+        (
+            Budget(max_bytes=10**6, max_files=3),
+            [("file", f"f{i}", "") for i in range(4)],
+            "more than 3 entries",
+        ),
+    ],
+)
+def test_caps_stop_a_bomb_before_it_is_written(
+    tmp_path: Path, budget: Budget, members: list, expected: str
+) -> None:
+    dest = tmp_path / "code"
+    with pytest.raises(UnsafeArchive, match=expected):
+        unpack_code(_tar(members), dest, budget)
+    assert not dest.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_an_archive_within_the_caps_unpacks(tmp_path: Path) -> None:
+    members = [("file", "a", "x" * 60), ("file", "b", "y" * 40)]
+    assert unpack_code(_tar(members), tmp_path / "code", Budget(max_bytes=100, max_files=2)) == 2

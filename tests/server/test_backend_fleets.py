@@ -144,9 +144,9 @@ def test_fleet_min_is_created_at_apply_from_the_cheapest_offer_and_kept(tmp_path
     cloud = FakeCloud([offer("big", 3.0), offer("small", 1.0), offer("cheap-spot", 0.5, True)])
 
     async def body(w: World) -> None:
-        f = await w.fleet({"name": "f", "nodes": "2..4"})
+        f = await w.fleet({"name": "fl", "nodes": "2..4"})
         insts = await w.rows(t.Instance, fleet_id=f.id)
-        assert sorted(i.name for i in insts) == ["f-0", "f-1"]
+        assert sorted(i.name for i in insts) == ["fl-0", "fl-1"]
         # on-demand by default: the cheaper spot offer is not the fleet's
         assert {json.loads(i.offer)["instance"]["name"] for i in insts} == {"small"}
         assert all(i.status == "pending" and i.provisioning_job_id is None for i in insts)
@@ -160,8 +160,8 @@ def test_fleet_min_is_created_at_apply_from_the_cheapest_offer_and_kept(tmp_path
             await s.commit()
         await w.step(w.fleets)
         live = [i for i in await w.rows(t.Instance, fleet_id=f.id) if i.status == "pending"]
-        assert sorted(i.name for i in live) == ["f-1", "f-2"]
-        assert any("Instance created for fleet f (below nodes.min)" in e for e in await w.events())
+        assert sorted(i.name for i in live) == ["fl-1", "fl-2"]
+        assert any("Instance created for fleet fl (below nodes.min)" in e for e in await w.events())
 
     scenario(tmp_path, cloud, body)
 
@@ -170,7 +170,7 @@ def test_a_fleet_that_gets_no_offer_is_accepted_and_says_why(tmp_path: Path) -> 
     cloud = FakeCloud([offer("small", 1.0)])
 
     async def body(w: World) -> None:
-        f = await w.fleet({"name": "g", "nodes": 1, "max_price": 0.5})
+        f = await w.fleet({"name": "gf", "nodes": 1, "max_price": 0.5})
         assert f.status.value == "active" and f.instances == []
         assert "price $1 > max_price $0.5" in f.status_message
         assert any("No instance created" in e for e in await w.events())
@@ -186,7 +186,7 @@ def test_a_fleet_creation_failing_without_retry_stops_and_with_retry_moves_on(
 
     async def body(w: World) -> None:
         retry = {"on_events": ["no-capacity"]}
-        f = await w.fleet({"name": "h", "nodes": 1, "retry": retry})
+        f = await w.fleet({"name": "hf", "nodes": 1, "retry": retry})
         await w.step(w.instances)  # create fails: no capacity for a (terminating, no_offers)
         await w.step(w.instances)  # terminated through the backend
         await w.step(w.fleets)  # the next offer, b
@@ -194,7 +194,7 @@ def test_a_fleet_creation_failing_without_retry_stops_and_with_retry_moves_on(
         assert names == ["a", "b"]
         await w.step(w.instances)
         assert cloud.created == ["b"]
-        g = await w.fleet({"name": "k", "nodes": 1})
+        g = await w.fleet({"name": "kf", "nodes": 1})
         await w.step(w.instances)
         await w.step(w.instances)
         await w.step(w.fleets)
@@ -211,7 +211,7 @@ def test_a_run_tries_offers_one_after_another(tmp_path: Path) -> None:
     cloud.full = {"a"}
 
     async def body(w: World) -> None:
-        await w.fleet({"name": "f", "nodes": "0..2"})
+        await w.fleet({"name": "fl", "nodes": "0..2"})
         await w.run(TASK)
         await w.step(w.jobs)  # placed on a new instance from offer a
         await w.step(w.instances)  # a has no capacity
@@ -244,7 +244,7 @@ def test_a_run_whose_every_offer_fails_lists_them(tmp_path: Path) -> None:
     cloud.full = {"a", "b"}
 
     async def body(w: World) -> None:
-        await w.fleet({"name": "f", "nodes": "0..2"})
+        await w.fleet({"name": "fl", "nodes": "0..2"})
         await w.run(TASK)
         for _ in range(5):
             await w.step(w.jobs)
@@ -263,7 +263,7 @@ def test_a_spot_interruption_is_retried_on_a_new_instance(tmp_path: Path) -> Non
     cloud = FakeCloud([offer("s", 0.5, spot=True)])
 
     async def body(w: World) -> None:
-        await w.fleet({"name": "f", "nodes": "0..2", "spot_policy": "spot"})
+        await w.fleet({"name": "fl", "nodes": "0..2", "spot_policy": "spot"})
         conf = {**TASK, "spot_policy": "spot", "retry": {"on_events": ["interruption"]}}
         run = await w.run(conf)
         await w.step(w.jobs)

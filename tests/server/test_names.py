@@ -75,3 +75,18 @@ def test_invalid_name_message() -> None:
         "Invalid run name 'Bad': use 2-41 characters, lowercase letters, digits and '-', "
         "starting with a letter"
     )
+
+
+def test_one_rule_fullmatch_refuses_a_trailing_newline_and_shows_names_short() -> None:
+    from dstack.models.names import is_valid_name, name_problem
+
+    assert is_valid_name("fleet-a") and not is_valid_name("fleet-a\n")
+    message = name_problem("fleet", "\x1b[31m" + "a" * 10_000) or ""
+    assert "\x1b" not in message and len(message) < 200 and "10005 characters" in message
+
+
+def test_http_messages_are_short_and_escaped() -> None:
+    from dstack.server.http_errors import short
+
+    assert short("a\nb\x00c") == "a\\nb\\x00c"
+    assert short("x" * 5000, 10) == "x" * 10 + "... (5000 characters)"

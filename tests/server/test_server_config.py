@@ -94,7 +94,7 @@ def test_a_missing_or_empty_file_configures_no_backends(tmp_path: Path) -> None:
             "projects:\n- name: a\n  backends:\n  - type: aws\n  - type: aws\n",
             ":5: projects[0].backends[1].type: duplicate backend type aws in this project",
         ),
-        ("projects:\n- name: 'no spaces'\n", ":2: projects[0].name: invalid project name"),
+        ("projects:\n- name: 'no spaces'\n", ":2: projects[0].name: Invalid project name"),
         (
             "projects:\n- name: a\n  backends:\n  - type: aws\n    regions: [mars-1]\n",
             ":5: projects[0].backends[0].regions: 'mars-1' is not an AWS region name",

@@ -44,7 +44,7 @@ def test_each_missing_prerequisite_is_named(change: tuple[str, str], named: str)
 def fleet(**ssh: object) -> dict:
     conf = {
         "type": "fleet",
-        "name": "f",
+        "name": "fl",
         "ssh_config": {"user": "u", "ssh_key": {"private": "k"}, "hosts": ["h1", "h2"], **ssh},
     }
     return {"configuration": conf}
@@ -78,9 +78,9 @@ def test_resolve_hosts_refuses_bad_input(ssh: dict, message: str) -> None:
 
 
 def test_diff_in_place_only_for_added_or_removed_hosts() -> None:
-    old = {"name": "f", "ssh_config": {"user": "u", "hosts": [{"hostname": "a", "port": None}]}}
+    old = {"name": "fl", "ssh_config": {"user": "u", "hosts": [{"hostname": "a", "port": None}]}}
     added = {
-        "name": "f",
+        "name": "fl",
         "ssh_config": {
             "user": "u",
             "hosts": [{"hostname": "a", "port": None}, {"hostname": "b", "port": None}],

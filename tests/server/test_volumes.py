@@ -421,34 +421,34 @@ def test_directory_volume_on_an_ssh_fleet(tmp_path: Path) -> None:
         fleet = await w.fleet("ssh", {"ssh_config": {"user": "u", "hosts": ["10.0.0.5"]}})
         await w.fleet("cloud", {"nodes": 1, "backends": ["aws"]})
         with pytest.raises(ServerClientError) as e:
-            await w.plan({"name": "d", "fleet": "cloud"})
+            await w.plan({"name": "dv", "fleet": "cloud"})
         assert "fleet cloud is a backend fleet" in e.value.message
         with pytest.raises(ServerClientError) as e:
-            await w.plan({"name": "d", "fleet": "nope"})
+            await w.plan({"name": "dv", "fleet": "nope"})
         assert e.value.message == "fleet nope does not exist in project p"
-        plan = await w.plan({"name": "d", "fleet": "ssh"})
+        plan = await w.plan({"name": "dv", "fleet": "ssh"})
         assert (plan["volume_type"], plan["fleet"]) == ("directory", "ssh")
-        v = await w.apply({"name": "d", "fleet": "ssh"})
+        v = await w.apply({"name": "dv", "fleet": "ssh"})
         assert v.status == "active"  # nothing to create
         # never bound to a machine: deleted without any agent call
-        await w.delete("d")
+        await w.delete("dv")
         await w.step()
-        assert (await w.volume("d")).deleted and w.agents.agent.deleted == []
+        assert (await w.volume("dv")).deleted and w.agents.agent.deleted == []
         # bound: the agent removes the directory
-        await w.apply({"name": "d", "fleet": "ssh"})
-        vol = await w.volume("d")
+        await w.apply({"name": "dv", "fleet": "ssh"})
+        vol = await w.volume("dv")
         inst = await w.instance(fleet_id=fleet.id)
         await w.set(t.Volume, vol.id, instance_id=inst.id,
                     provisioning_data=json.dumps({"host_key": "aws:10.0.0.5"}))  # fmt: skip
-        await w.delete("d")
+        await w.delete("dv")
         w.agents.agent, agent = None, w.agents.agent  # unreachable for one pass
         await w.step()
-        vol = await w.volume("d")
+        vol = await w.volume("dv")
         assert not vol.deleted and "cannot be reached" in vol.status_message
         w.agents.agent = agent
         await w.set(t.Volume, vol.id, next_attempt_at=None)
         await w.step()
-        assert (await w.volume("d")).deleted and agent.deleted == [vol.id]
+        assert (await w.volume("dv")).deleted and agent.deleted == [vol.id]
         assert w.cloud.calls == []
 
     scenario(tmp_path, body)
@@ -457,18 +457,18 @@ def test_directory_volume_on_an_ssh_fleet(tmp_path: Path) -> None:
 def test_directory_volume_whose_machine_is_gone_needs_force(tmp_path: Path) -> None:
     async def body(w: World) -> None:
         fleet = await w.fleet("ssh", {"ssh_config": {"user": "u", "hosts": ["10.0.0.5"]}})
-        await w.apply({"name": "d", "fleet": "ssh"})
-        vol = await w.volume("d")
+        await w.apply({"name": "dv", "fleet": "ssh"})
+        vol = await w.volume("dv")
         inst = await w.instance(fleet_id=fleet.id)
         await w.set(t.Volume, vol.id, instance_id=inst.id,
                     provisioning_data=json.dumps({"host_key": "aws:10.0.0.5"}))  # fmt: skip
         await w.set(t.Instance, inst.id, status="terminated", deleted=True)
         with pytest.raises(ServerClientError) as e:
-            await w.delete("d")
+            await w.delete("dv")
         assert "the machine holding its directory is gone" in e.value.message
-        await w.delete("d", force=True)
+        await w.delete("dv", force=True)
         await w.step()
-        assert (await w.volume("d")).deleted and w.agents.agent.deleted == []
+        assert (await w.volume("dv")).deleted and w.agents.agent.deleted == []
         assert "Volume forgotten (forced); its directory was left on the host" in (await w.events())
 
     scenario(tmp_path, body)
@@ -477,8 +477,8 @@ def test_directory_volume_whose_machine_is_gone_needs_force(tmp_path: Path) -> N
 def test_directory_volume_in_use_by_a_job_is_not_deleted(tmp_path: Path) -> None:
     async def body(w: World) -> None:
         await w.fleet("ssh", {"ssh_config": {"user": "u", "hosts": ["10.0.0.5"]}})
-        await w.apply({"name": "d", "fleet": "ssh"})
-        vol = await w.volume("d")
+        await w.apply({"name": "dv", "fleet": "ssh"})
+        vol = await w.volume("dv")
         now = utcnow()
         async with w.ctx.db.session() as s:
             run = t.Run(id=str(uuid.uuid4()), project_id=w.project.id, user_id=w.user.id,
@@ -489,11 +489,11 @@ def test_directory_volume_in_use_by_a_job_is_not_deleted(tmp_path: Path) -> None
             s.add(t.Job(id=str(uuid.uuid4()), run_id=run.id, project_id=w.project.id,
                         run_name="train", job_name="train-0-0", status="running", job_spec="{}",
                         submitted_at=now, last_processed_at=now,
-                        volumes=json.dumps([{"volume_id": vol.id, "name": "d",
+                        volumes=json.dumps([{"volume_id": vol.id, "name": "dv",
                                              "path": "/ckpt"}])))  # fmt: skip
             await s.commit()
         with pytest.raises(ServerClientError) as e:
-            await w.delete("d")
+            await w.delete("dv")
         assert "run train (job train-0-0, running)" in e.value.message
 
     scenario(tmp_path, body)

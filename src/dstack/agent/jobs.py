@@ -24,6 +24,7 @@ from typing import IO, Any
 
 from dstack.agent import docker, files, gpus, jobuser, ports, pyenv, sshd, volumes
 from dstack.agent import protocol as p
+from dstack.agent.diskspace import reserve, write_reserved
 from dstack.agent.gpus import GPUS_FILE
 from dstack.agent.hostinfo import GpuCache
 from dstack.agent.logs import LogWriter, read_page
@@ -134,7 +135,11 @@ class JobStore:
             "termination_message": message,
             "finished_at": now_iso(),
         }
-        write_json_atomic(path / RESULT_FILE, result)
+        try:
+            write_reserved(path / RESULT_FILE, result)
+        except OSError as e:
+            # Not kept (recorded again on the next look), but the host still answers.
+            log.warning("job %s: cannot record its loss: %s", spec["id"], e)
         child = read_json(path / CHILD_FILE) or {}
         pid = int(child.get("pid", 0))
         if pid_alive(pid, child.get("proc_start")):
@@ -210,6 +215,7 @@ class JobStore:
                     files.unpack(code, code_length, spec, tmp)
                 except (UnsafeArchive, files.FilesError) as e:
                     raise BadRequest(f"files: {e}") from None
+            reserve(tmp)  # the room its result needs, should the disk fill up meanwhile
             write_json_atomic(tmp / SPEC_FILE, spec, mode=0o600)
             shutil.rmtree(path, ignore_errors=True)  # a leftover without spec.json
             os.replace(tmp, path)

@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from dstack.agent import __version__, metrics, relay
 from dstack.agent import protocol as p
+from dstack.agent.diskspace import is_disk_full, no_space_message
 from dstack.agent.hostinfo import HostInfoCache, run_tool
 from dstack.agent.jobs import Conflict, JobStore, NotFound
 from dstack.agent.logs import BadOffset
@@ -145,6 +146,13 @@ class Handler(BaseHTTPRequestHandler):
             self._error(404, str(e))
         except Conflict as e:
             self._error(409, str(e))
+        except OSError as e:
+            if not is_disk_full(e):
+                log.exception("error handling %s %s", method, self.path)
+                self._error(500, "internal agent error; see agent.log")
+                return
+            log.warning("%s %s: %s", method, self.path, e)
+            self._error(507, no_space_message(self.server.jobs.root))
         except Exception:
             log.exception("error handling %s %s", method, self.path)
             self._error(500, "internal agent error; see agent.log")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dstack.agent import docker, files, gitclone, jobuser, pyenv, registry, sshd, volumes
+from dstack.agent.diskspace import DiskWatch, is_disk_full, is_full, write_reserved
 from dstack.agent.gpus import GPUS_FILE, visible_devices_env
 from dstack.agent.logs import CHUNK_SIZE, LogWriter
 from dstack.agent.ports import LISTEN_FILE, SERVICE_PORT_ENV
@@ -104,6 +105,8 @@ class Supervisor:
         self.job_env: dict[str, str] = {}
         self.sshd: subprocess.Popen[bytes] | None = None
         self.activity: sshd.ActivityTracker | None = None
+        self.disk = DiskWatch(job_dir)
+        self.disk_full = False
 
     # --- signals -------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: Any) -> None:
@@ -297,8 +300,11 @@ class Supervisor:
             if not data:
                 break
             # Disk full: drop output rather than block the job on a full pipe.
-            with contextlib.suppress(OSError):
+            try:
                 self.log.write(stream, data)
+            except OSError as e:
+                if is_disk_full(e):
+                    self.disk.note_full()
         pipe.close()
 
     def _watch_ports(self) -> None:
@@ -411,6 +417,9 @@ class Supervisor:
         self._start_sshd()
         while self.child.poll() is None:
             self._check_requests()
+            if not self.disk_full and self.disk.exhausted():
+                self.disk_full = True
+                self._request_stop(True, "executor_error", self.disk.message())
             if self.activity is not None:
                 self.activity.check(write_json_atomic)
             self.wake.wait(0.2)
@@ -440,12 +449,15 @@ class Supervisor:
             "termination_message": message,
             "finished_at": now_iso(),
         }
-        write_json_atomic(self.dir / RESULT_FILE, result)
+        write_reserved(self.dir / RESULT_FILE, result)
 
     def _finish(self, returncode: int | None, reason: str | None, message: str | None) -> None:
         exit_status = (
             None if returncode is None else (returncode if returncode >= 0 else 128 - returncode)
         )
+        if reason is None and (self.disk_full or (exit_status and is_full(self.dir))):
+            # Stopped for, or failed on, a full disk: that is what the user must hear.
+            reason, message = "executor_error", self.disk.message()
         if reason is not None:
             status = "failed"
         elif self.stop_reason is not None:
@@ -467,9 +479,10 @@ class Supervisor:
             "termination_message": message,
             "finished_at": now_iso(),
         }
-        self.log.close()
+        with contextlib.suppress(OSError):
+            self.log.close()
         volumes.unlink(read_json(self.dir / volumes.LINKS_FILE) or [])
-        write_json_atomic(self.dir / RESULT_FILE, result)
+        write_reserved(self.dir / RESULT_FILE, result)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -483,7 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         # A bug here must still leave a result behind, not a job stuck "running".
         if not (supervisor.dir / RESULT_FILE).exists():
-            supervisor.abandon(f"supervisor error: {e!r}")
+            full = is_disk_full(e)
+            supervisor.abandon(supervisor.disk.message() if full else f"supervisor error: {e!r}")
         raise
     return 0
 

@@ -3,10 +3,16 @@
 Names are checked lexically before anything is written, and every link is checked
 against the real filesystem as it is created, so a chain of individually harmless links
 cannot lead outside either.
+
+An archive is also bounded in what it unpacks to (an archive bomb: 1 MB of zeros compressed
+unpacks to gigabytes): the sizes and the count of its members are added up from their headers
+before each is written, and the unpacking stops at the caps, leaving nothing behind. A full disk
+while unpacking is not the archive's fault: that OSError passes through as it is.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tarfile
@@ -16,6 +22,46 @@ from typing import IO
 
 class UnsafeArchive(ValueError):
     pass
+
+
+MAX_BYTES_ENV = "DSTACK_AGENT_CODE_MAX_BYTES"
+MAX_FILES_ENV = "DSTACK_AGENT_CODE_MAX_FILES"
+DEFAULT_MAX_BYTES = 1024 * 1024 * 1024
+DEFAULT_MAX_FILES = 100_000
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    return int(raw) if raw.isdigit() else default
+
+
+class Budget:
+    """What an archive may still unpack to; `spend` refuses the member that goes over."""
+
+    def __init__(self, max_bytes: int | None = None, max_files: int | None = None) -> None:
+        self.max_bytes = (
+            _env_int(MAX_BYTES_ENV, DEFAULT_MAX_BYTES) if max_bytes is None else max_bytes
+        )
+        self.max_files = (
+            _env_int(MAX_FILES_ENV, DEFAULT_MAX_FILES) if max_files is None else max_files
+        )
+        self.bytes = 0
+        self.files = 0
+
+    def spend(self, member: tarfile.TarInfo) -> None:
+        self.files += 1
+        if self.files > self.max_files:
+            raise UnsafeArchive(
+                f"the code archive holds more than {self.max_files} entries (the agent's limit, "
+                f"{MAX_FILES_ENV})"
+            )
+        if member.isreg():
+            self.bytes += max(member.size, 0)
+        if self.bytes > self.max_bytes:
+            raise UnsafeArchive(
+                f"the code archive unpacks to more than {self.max_bytes} bytes (the agent's "
+                f"limit, {MAX_BYTES_ENV})"
+            )
 
 
 def check_member_name(name: str) -> str:
@@ -72,7 +118,7 @@ def _sanitize(member: tarfile.TarInfo, rel_name: str) -> tarfile.TarInfo:
     return member
 
 
-def unpack_code(fileobj: IO[bytes], dest: Path) -> int:
+def unpack_code(fileobj: IO[bytes], dest: Path, budget: Budget | None = None) -> int:
     """Unpack a .tar.gz stream into `dest` (created; replaced if present). Returns file count.
 
     Unpacks into a sibling temporary directory first, so a rejected archive leaves
@@ -82,6 +128,7 @@ def unpack_code(fileobj: IO[bytes], dest: Path) -> int:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     root = os.path.realpath(tmp)
+    budget = budget or Budget()
     count = 0
     try:
         try:
@@ -90,9 +137,14 @@ def unpack_code(fileobj: IO[bytes], dest: Path) -> int:
                     rel = check_member_name(member.name)
                     if not rel:
                         continue
+                    budget.spend(member)
                     _extract_member(tar, _sanitize(member, rel), root)
                     count += 1
-        except (tarfile.TarError, EOFError, OSError) as e:
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise UnsafeArchive(f"cannot read the code archive: {e}") from e
+        except (tarfile.TarError, EOFError) as e:
             raise UnsafeArchive(f"cannot read the code archive: {e}") from e
         shutil.rmtree(dest, ignore_errors=True)
         os.replace(tmp, dest)

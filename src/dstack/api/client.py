@@ -69,6 +69,14 @@ def _validation_text(items: list[dict[str, Any]], fallback: str) -> str:
     return "; ".join(p for p in parts if p) or fallback
 
 
+def _retry_after(response: httpx.Response) -> float | None:
+    """Seconds to wait before asking again, for a 503 that says (capped: a user waits)."""
+    raw = response.headers.get("retry-after", "")
+    if response.status_code != 503 or not raw.isdigit():
+        return None
+    return min(float(raw), 5.0)
+
+
 def error_from_response(response: httpx.Response) -> ClientError:
     """Map an HTTP error to the user-facing message of cli.md §1."""
     status = response.status_code
@@ -85,7 +93,7 @@ def error_from_response(response: httpx.Response) -> ClientError:
     if status == 404 and not first.get("code"):
         # FastAPI's `{"detail": "Not Found"}` for an unknown path: not the server's word.
         return ClientError(f"Status code 404 when requesting {url}", status_code=404)
-    if status in (400, 404, 409, 413) and first.get("msg"):
+    if status in (400, 404, 409, 413, 503, 507) and first.get("msg"):
         return ServerError(
             str(first["msg"]), status_code=status, code=first.get("code"), field=first.get("field")
         )
@@ -148,7 +156,11 @@ class APIClient:
         for attempt in range(CONNECT_TRIES):
             try:
                 response = self._http.request(method, path, **kw)
-                break
+                wait = _retry_after(response)
+                if wait is None or attempt == CONNECT_TRIES - 1:
+                    break
+                time.sleep(wait)  # busy database: nothing was written, so asking again is safe
+                continue
             except (httpx.ConnectError, httpx.ConnectTimeout) as e:
                 if attempt == CONNECT_TRIES - 1:
                     raise ClientError(f"Failed to connect to dstack server {self.base_url}") from e

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from typing import TYPE_CHECKING, Any
 
 from dstack.errors import DstackError
+from dstack.models.names import RESOURCE_NAME_RE as NAME_RE
+from dstack.models.names import name_problem
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from dstack.api.client import APIClient
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,40}$")
 
 
 class CLIError(DstackError):
@@ -60,11 +60,8 @@ def api_client(args: argparse.Namespace) -> APIClient:
 
 def check_run_name(name: str) -> None:
     """Refuse a bad name before any request, with the rule in the message."""
-    if not NAME_RE.match(name):
-        raise CLIError(
-            f"Invalid run name '{name}': use 2-41 characters, lowercase letters, digits and"
-            " hyphens, starting with a letter"
-        )
+    if not NAME_RE.fullmatch(name):
+        raise CLIError(name_problem("run", name) or "Invalid run name")
 
 
 _console: Console | None = None

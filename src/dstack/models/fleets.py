@@ -35,4 +35,7 @@ class Fleet(WireModel):
     created_at: datetime
     status: FleetStatus
     status_message: str | None = None
+    # Counts the user's changes to the spec; a plan carries it so a stale apply is refused
+    # (409). 0: not known (a client that predates it).
+    generation: int = 0
     instances: list[Instance] = Field(default_factory=list)

@@ -268,6 +268,9 @@ class Run(WireModel):
     cost: float = 0.0
     service: ServiceSpec | None = None
     deployment_num: int = 0
+    # Counts the user's changes to the spec; a plan carries it so a stale apply is refused
+    # (409). 0: not known (a client that predates it).
+    generation: int = 0
     error: str | None = None
     deleted: bool = False
     next_triggered_at: datetime | None = None

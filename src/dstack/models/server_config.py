@@ -13,10 +13,10 @@ from pydantic import Field, field_validator, model_validator
 
 from dstack.models.backends import CONFIGURABLE_BACKENDS, AnyBackendConfig
 from dstack.models.common import BACKEND_IDS, ConfigModel, field_error
+from dstack.models.names import PROJECT_NAME_RE, name_problem
 from dstack.models.wire import WireModel
 
 # The project-name rule of the original (letters, digits, `-` and `_`, at most 50).
-PROJECT_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,50}$")
 
 
 def unsupported_backend_message(btype: Any) -> str:
@@ -33,10 +33,8 @@ class ProjectConfig(ConfigModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not PROJECT_NAME_RE.match(value):
-            raise ValueError(
-                f"invalid project name {value!r} (letters, digits, - and _, at most 50)"
-            )
+        if not PROJECT_NAME_RE.fullmatch(value):
+            raise ValueError(name_problem("project", value, PROJECT_NAME_RE))
         return value
 
     @field_validator("backends", mode="before")

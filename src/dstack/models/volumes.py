@@ -39,6 +39,9 @@ class Volume(WireModel):
     deleted: bool = False
     # Deletion was asked for; the volume goes once nothing has it attached.
     to_be_deleted: bool = False
+    # Counts the user's changes to the spec; a plan carries it so a stale apply is refused
+    # (409). 0: not known (a client that predates it).
+    generation: int = 0
     volume_id: str | None = None
     provisioning_data: dict[str, Any] | None = None
     attachments: list[dict[str, Any]] | None = None

@@ -13,12 +13,19 @@ from fastapi.responses import JSONResponse
 from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket
 
-from dstack.errors import ConfigurationError, ResourceNotExistsError, ServerClientError
+from dstack.errors import (
+    ConfigurationError,
+    ResourceNotExistsError,
+    ServerClientError,
+    StaleResourceError,
+)
 from dstack.models.server_config import ServerConfig
 from dstack.server.backends import configure_projects, create_backends
 from dstack.server.backends.base import OfferCache
 from dstack.server.db.migrate import migrate
 from dstack.server.db.session import Database, sqlite_file
+from dstack.server.guard import RequestGuard
+from dstack.server.http_errors import install_fault_handlers, short
 from dstack.server.proxy import upstream
 from dstack.server.proxy.handler import MODELS, SERVICES, Proxy, ProxyConfig
 from dstack.server.reconcilers.agents import AgentRegistry
@@ -91,10 +98,16 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _too_large(conn: HTTPConnection, e: CodeTooLargeError):  # noqa: ANN202
         return await _answer(conn, _detail(e.message, e.code), 413)
 
+    @app.exception_handler(StaleResourceError)
+    async def _stale(conn: HTTPConnection, e: StaleResourceError):  # noqa: ANN202
+        return await _answer(conn, _detail(short(e.message, 1000), e.code, e.field), 409)
+
     @app.exception_handler(ServerClientError)
     async def _client(conn: HTTPConnection, e: ServerClientError):  # noqa: ANN202
         code = "resource_not_exists" if isinstance(e, ResourceNotExistsError) else e.code
-        return await _answer(conn, _detail(e.message, code, e.field), 400)
+        return await _answer(conn, _detail(short(e.message, 1000), code, e.field), 400)
+
+    install_fault_handlers(app)
 
 
 # Every route, including those of routers added later, passes the one access gate (rules in
@@ -235,6 +248,13 @@ def create_app(
     app.state.ctx = ctx
     app.state.proxy = proxy
     app.state.auth_limiter = proxy.auth_limiter  # one count of failures for the API and proxy
+    # Added first, so it runs inside the proxy middleware: proxied bodies pass untouched.
+    app.add_middleware(
+        RequestGuard,
+        db=ctx.db,
+        max_body=settings.api_max_body,
+        upload_limit=settings.code_upload_limit,
+    )
     app.add_middleware(ProxyMiddleware, proxy=proxy)
     install_error_handlers(app)
     # One router per resource kind.

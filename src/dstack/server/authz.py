@@ -232,6 +232,10 @@ def host_fleet_role_ok(rule: Rule, global_admin: bool, project_role: str | None,
 
 MAX_FAILURES = 10
 WINDOW_SECONDS = 60.0
+# The one wording of a refused token (the gate, the proxy and the request guard): unknown,
+# wrong and deactivated tokens are answered alike.
+MISSING_TOKEN = "Missing bearer token: send `Authorization: Bearer <token>`"
+BAD_TOKEN = "Invalid token"
 MAX_ADDRESSES = 10_000  # memory bound: the oldest address is forgotten first
 
 
@@ -265,3 +269,13 @@ class AuthLimiter:
         if address not in self._failures and len(self._failures) >= MAX_ADDRESSES:
             self._failures.pop(next(iter(self._failures)))
         self._failures.setdefault(address, deque()).append(self.clock())
+
+
+def public_paths() -> frozenset[str]:
+    """The fixed paths (no path parameters) that need no token, from the one table: the
+    request guard lets their bodies through without looking for a token."""
+    return frozenset(
+        path
+        for (_, path), rule in RULES.items()
+        if rule.need is Need.PUBLIC and "{" not in path
+    )

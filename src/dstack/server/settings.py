@@ -40,6 +40,8 @@ class Settings:
     port: int = 3000
     admin_token: str | None = None
     code_upload_limit: int = 2 * 1024 * 1024
+    # Any other API body (JSON): refused (413) above this, before it is read.
+    api_max_body: int = 8 * 1024 * 1024
     # Reconcilers wake at once on changes; the resync period only catches what a wake missed.
     resync_seconds: float = 2.0
     running_job_poll_seconds: float = 0.5
@@ -97,6 +99,7 @@ def load_settings(host: str | None = None, port: int | None = None) -> Settings:
         port=port or _int_env("DSTACK_SERVER_PORT", 3000),
         admin_token=os.environ.get("DSTACK_SERVER_ADMIN_TOKEN") or None,
         code_upload_limit=_int_env("DSTACK_SERVER_CODE_UPLOAD_LIMIT", 2 * 1024 * 1024),
+        api_max_body=_int_env("DSTACK_SERVER_MAX_BODY", 8 * 1024 * 1024),
         resync_seconds=_float_env("DSTACK_SERVER_RESYNC_SECONDS", 2.0),
         running_job_poll_seconds=_float_env("DSTACK_SERVER_JOB_POLL_SECONDS", 0.5),
         agent_unreachable_grace_seconds=_float_env("DSTACK_SERVER_UNREACHABLE_GRACE", 120.0),

@@ -30,7 +30,35 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 
 STRICT_ENV = "DSTACK_DB_STRICT"
+# How long a SQLite write waits for another writer's lock before it fails "database is locked"
+# (answered 503 with Retry-After). Short: a lock held longer is a stuck or foreign writer, and a
+# request should not hang on it.
+BUSY_TIMEOUT_ENV = "DSTACK_DB_BUSY_TIMEOUT"
+
+
+def busy_timeout_seconds() -> float:
+    raw = os.environ.get(BUSY_TIMEOUT_ENV)
+    return float(raw) if raw else 5.0
+
+
 _WRITE_PREFIXES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+
+
+BUSY_MARKERS = ("database is locked", "database table is locked", "database is busy")
+FULL_MARKERS = ("database or disk is full", "no space left on device", "disk full")
+
+
+def db_fault(e: BaseException) -> str | None:
+    """'busy' (another writer holds the lock past the busy timeout), 'full' (no disk space)
+    or None, for an error from the database; judged by the message, since the drivers agree
+    on no class (sqlite3 raises OperationalError for both, asyncpg DiskFullError)."""
+    orig = getattr(e, "orig", e)
+    text = str(orig).lower()
+    if any(m in text for m in BUSY_MARKERS):
+        return "busy"
+    if any(m in text for m in FULL_MARKERS) or type(orig).__name__ == "DiskFullError":
+        return "full"
+    return None
 
 
 class SessionNesting(RuntimeError):
@@ -92,7 +120,7 @@ class Database:
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             self.engine: AsyncEngine = create_async_engine(
-                url, connect_args={"timeout": 30}, pool_size=5, max_overflow=10
+                url, connect_args={"timeout": busy_timeout_seconds()}, pool_size=5, max_overflow=10
             )
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         else:
@@ -147,5 +175,5 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_seconds() * 1000)}")
     cur.close()

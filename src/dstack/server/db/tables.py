@@ -116,6 +116,10 @@ class Fleet(LeaseMixin, Base):
     spec: Mapped[str] = mapped_column(Text)  # FleetSpec JSON
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The user's changes to the spec, counted (migration 0018; Kubernetes' `generation`, where
+    # `version` counts every write): a plan made against an older generation is refused at
+    # apply (409), never applied over a change its author did not see.
+    generation: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
     __table_args__ = (
         Index(
@@ -190,6 +194,10 @@ class Run(LeaseMixin, Base):
     priority: Mapped[int] = mapped_column(Integer, default=0)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The user's changes to the spec, counted (migration 0018; Kubernetes' `generation`, where
+    # `version` counts every write): a plan made against an older generation is refused at
+    # apply (409), never applied over a change its author did not see.
+    generation: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
     __table_args__ = (
         # One active run per (project, name): enforced by the database, not the code.
@@ -293,6 +301,10 @@ class Volume(LeaseMixin, Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The user's changes to the spec, counted (migration 0018; Kubernetes' `generation`, where
+    # `version` counts every write): a plan made against an older generation is refused at
+    # apply (409), never applied over a change its author did not see.
+    generation: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     backend: Mapped[str | None] = mapped_column(String(30))
     region: Mapped[str | None] = mapped_column(String(60))
     availability_zone: Mapped[str | None] = mapped_column(String(60))

@@ -36,6 +36,7 @@ from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import UnaryExpression
 
 from dstack.models.wire import utcnow
+from dstack.server.db.session import db_fault
 from dstack.server.services import telemetry
 from dstack.server.services.context import ServerContext
 
@@ -108,6 +109,8 @@ class Reconciler(ABC):
         self._waiter = ctx.hub.waiter(self.kind)
         # When the loop's idle sleep ends (loop time), while it sleeps; None otherwise.
         self._sleep_deadline: float | None = None
+        # While the database answers busy or full: the pause before the next claim.
+        self._db_backoff = 0.0
         self.leases_lost = 0  # passes whose lease was taken over (heartbeat or guarded write)
 
     # -- to implement ---------------------------------------------------------------------
@@ -343,8 +346,12 @@ class Reconciler(ABC):
         except LeaseLost:
             p.lost = True
             log.debug("%s %s: lease lost, result discarded", self.kind, row_id)
-        except Exception:
-            log.exception("%s %s: processing failed; will retry", self.kind, row_id)
+        except Exception as e:
+            if db_fault(e):
+                # Busy or full: the database's state, not a bug; one line, and the row is retried.
+                log.warning("%s %s: database %s; will retry", self.kind, row_id, db_fault(e))
+            else:
+                log.exception("%s %s: processing failed; will retry", self.kind, row_id)
             try:
                 await self.release(row_id, token)
             except Exception:
@@ -396,9 +403,22 @@ class Reconciler(ABC):
                 continue
             try:
                 claimed = await self.claim(free)
-            except Exception:
-                log.exception("%s: claim failed", self.kind)
+                self._db_backoff = 0.0
+            except Exception as e:
                 claimed = []
+                if not db_fault(e):
+                    log.exception("%s: claim failed", self.kind)
+                else:
+                    # Back off while the database is busy or full (doubling, at most 30 s):
+                    # nothing is lost, every row is still due when it answers again.
+                    self._db_backoff = min(30.0, max(0.5, self._db_backoff * 2))
+                    log.warning(
+                        "%s: database %s; next claim in %.1fs",
+                        self.kind,
+                        db_fault(e),
+                        self._db_backoff,
+                    )
+                    await asyncio.sleep(self._db_backoff)
             self.start(claimed)
             if claimed:
                 await asyncio.sleep(0)

@@ -19,8 +19,8 @@ from dstack.server.db import tables as t
 from dstack.server.services.context import ServerContext
 from dstack.server.services.users import get_project, user_by_token
 
-MISSING_TOKEN = "Missing bearer token: send `Authorization: Bearer <token>`"
-BAD_TOKEN = "Invalid token"
+MISSING_TOKEN = authz.MISSING_TOKEN
+BAD_TOKEN = authz.BAD_TOKEN
 
 
 class AuthError(Exception):

@@ -100,7 +100,10 @@ async def apply(
     conf = conf if isinstance(conf, dict) else {}  # the service refuses it, naming the field
     current = await _current_confs(a, [conf["name"]] if conf.get("name") else [])
     _check_hosts(ctx, a, [conf, *current])
-    return await fleet_apply.apply(ctx, a.session, a.user, a.project, body.plan.spec, body.force)
+    plan = body.plan
+    return await fleet_apply.apply(
+        ctx, a.session, a.user, a.project, plan.spec, body.force, plan.current_resource
+    )
 
 
 @router.post("/api/project/{project_name}/fleets/delete")

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dstack.errors import ServerClientError
+from dstack.errors import ServerClientError, StaleResourceError, stale_plan_message
 from dstack.models.fleets import Fleet, FleetSpec, FleetStatus
 from dstack.models.fleets_config import FleetConfiguration
 from dstack.models.instances import InstanceStatus
@@ -277,8 +277,11 @@ async def apply(
     project: t.Project,
     spec: dict[str, Any],
     force: bool,
+    planned: dict[str, Any] | None = None,
 ) -> Fleet:
     conf, public, current, action, changes, hosts = await _plan(ctx, s, project, spec)
+    if not force:
+        check_fresh(conf.name or "", planned, current)
     nodes = nodes_of(public)
     offer, no_offer = None, None
     if current is None and nodes and nodes.get("target"):
@@ -295,6 +298,8 @@ async def apply(
             "confirm re-creating it)",
             code="resource_exists",
         )
+    if current is not None:
+        current.generation = (current.generation or 1) + 1
     if current is None:
         current = t.Fleet(
             id=str(uuid.uuid4()),
@@ -344,6 +349,21 @@ async def apply(
     await s.commit()
     ctx.hub.wake("instances", "fleets")
     return await fleet_model(s, current, project)
+
+
+def check_fresh(name: str, planned: dict[str, Any] | None, current: t.Fleet | None) -> None:
+    """Refuse a plan made against an older state of the fleet (`planned`, the plan's
+    `current_resource`): someone else applied in between, or deleted and re-created it."""
+    if not planned or current is None:
+        return
+    current_gen = current.generation or 1
+    # A client that predates generations sends none: only the identity is checked then.
+    if planned.get("id") != current.id or planned.get("generation", 0) not in (0, current_gen):
+        raise StaleResourceError(
+            stale_plan_message("fleet", name, int(planned.get("generation") or 0), current_gen),
+            field="plan.current_resource",
+            code="stale_plan",
+        )
 
 
 def _add_instance(

@@ -68,6 +68,7 @@ async def fleet_model(s: AsyncSession, fleet: t.Fleet, project: t.Project) -> Fl
         created_at=fleet.created_at,
         status=FleetStatus(fleet.status),
         status_message=fleet.status_message,
+        generation=fleet.generation or 1,
         instances=await _instances(s, fleet, project),
     )
 

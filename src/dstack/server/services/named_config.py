@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 from dstack.errors import ConfigurationError, ServerClientError
 from dstack.models.configurations import parse_configuration
+from dstack.models.names import name_problem
 
 C = TypeVar("C")
 
@@ -20,4 +21,7 @@ def parse_named(data: dict[str, Any], expected: type[C], kind: str) -> C:
         raise ServerClientError(f"the configuration is not a {kind}", field="type")
     if not getattr(conf, "name", None):
         raise ServerClientError(f"the {kind} configuration must have a `name`", field="name")
+    problem = name_problem(kind, conf.name)  # type: ignore[attr-defined]
+    if problem:
+        raise ServerClientError(problem, field="name")
     return conf

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import random
-import re
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,40}$")
+from dstack.models.names import RESOURCE_NAME_RE as NAME_RE
+from dstack.models.names import name_problem
 
 ADJECTIVES = (
     "amber",
@@ -91,10 +91,7 @@ def is_valid_name(name: str) -> bool:
 
 
 def invalid_name_message(kind: str, name: str) -> str:
-    return (
-        f"Invalid {kind} name '{name}': use 2-41 characters, lowercase letters, digits and '-', "
-        "starting with a letter"
-    )
+    return name_problem(kind, name) or f"Invalid {kind} name"
 
 
 def generate_name(taken: set[str], rng: random.Random | None = None) -> str:

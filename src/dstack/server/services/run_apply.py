@@ -18,7 +18,12 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dstack.errors import ResourceExistsError, ServerClientError
+from dstack.errors import (
+    ResourceExistsError,
+    ServerClientError,
+    StaleResourceError,
+    stale_plan_message,
+)
 from dstack.models.runs import ApplyRunPlanInput, JobStatus, Run, RunSpec, RunStatus
 from dstack.models.wire import utcnow
 from dstack.server.db import tables as t
@@ -69,6 +74,8 @@ async def apply_plan(
             )
     if spec.run_name:
         active = await active_run(s, project.id, spec.run_name)
+        if not force:
+            check_fresh(spec.run_name, plan, active)
         if active is not None and _updatable(active, conf, plan):
             return await _update_service(ctx, s, user, project, active, spec, conf)
         if active is not None and force:
@@ -94,8 +101,10 @@ async def apply_plan(
     # Every volume the run names must exist (and not have failed): refused here, by name.
     specs = build_job_specs(spec.run_name, conf, spec.repo_code_hash)
     await check_run_volumes(ctx, s, project.id, specs)
-    run = await _insert_run(s, user, project.id, spec, conf, utcnow(), "Run submitted")
     try:
+        # The unique index on active (project, name) refuses a concurrent twin at the flush
+        # inside _insert_run (Postgres) or at the commit (SQLite): both are the same loss.
+        run = await _insert_run(s, user, project.id, spec, conf, utcnow(), "Run submitted")
         await s.commit()
     except IntegrityError as e:
         await s.rollback()
@@ -137,6 +146,7 @@ async def _request_replacement(
             replacement_user_id=user.id,
             stop_requested=True,
             dirty=True,
+            generation=t.Run.generation + 1,
         )
     )
     if res.rowcount != 1:
@@ -190,6 +200,23 @@ async def submit_replacement(s: AsyncSession, old: t.Run, now: datetime) -> t.Ru
     )
 
 
+def check_fresh(name: str, plan: ApplyRunPlanInput, active: t.Run | None) -> None:
+    """Refuse a plan made against a run that has changed since (another apply updated or
+    replaced it, or it ended and another run took the name): applying it would overwrite a
+    change its author never saw."""
+    planned = plan.current_resource
+    if planned is None or active is None:
+        return
+    current = active.generation or 1
+    # A client that predates generations sends none (0): only the identity is checked then.
+    if planned.id != active.id or planned.generation not in (0, current):
+        raise StaleResourceError(
+            stale_plan_message("run", name, planned.generation, current),
+            field="plan.current_resource",
+            code="stale_plan",
+        )
+
+
 def _updatable(active: t.Run, conf: Any, plan: ApplyRunPlanInput) -> bool:
     """A running service updates in place (a rolling deployment) when the client applies
     against it (`current_resource` set); anything else is refused or, with `force`,
@@ -216,15 +243,28 @@ async def _update_service(
     """Record the new spec as the next deployment; the run reconciler rolls the replicas."""
     now = utcnow()
     spec = spec.model_copy(update={"configuration": conf.model_dump(mode="json")})
-    await s.execute(
+    seen = run.generation or 1
+    res = await s.execute(
         update(t.Run)
-        .where(t.Run.id == run.id)
+        # Conditional on the generation read: of two updates racing from the same plan, the
+        # second changes nothing and is refused below instead of overwriting the first.
+        .where(t.Run.id == run.id, t.Run.generation == seen)
         .values(
             run_spec=spec.model_dump_json(),
             deployment_num=t.Run.deployment_num + 1,
+            generation=t.Run.generation + 1,
             dirty=True,
         )
     )
+    if res.rowcount != 1:
+        name, run_id = run.run_name, run.id  # read before the rollback expires them
+        await s.rollback()
+        now_at = await s.scalar(select(t.Run.generation).where(t.Run.id == run_id))
+        raise StaleResourceError(
+            stale_plan_message("run", name, seen, now_at or seen),
+            field="plan.current_resource",
+            code="stale_plan",
+        )
     events.run_event(
         s, run, f"Run updated in place: deployment {run.deployment_num + 1}", now, actor=user.name
     )

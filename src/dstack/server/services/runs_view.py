@@ -197,6 +197,7 @@ def run_model(
         cost=_cost(all_subs, now),
         service=_service(spec, project_name),
         deployment_num=run.deployment_num,
+        generation=run.generation or 1,
         error=RUN_ERRORS.get(run.termination_reason or ""),
         deleted=run.deleted,
         next_triggered_at=None if status.is_finished() else run.next_triggered_at,

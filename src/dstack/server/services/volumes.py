@@ -162,6 +162,7 @@ async def volume_model(s: AsyncSession, row: t.Volume, project: t.Project) -> Vo
         status_message=row.status_message,
         deleted=row.deleted,
         to_be_deleted=row.to_be_deleted,
+        generation=row.generation or 1,
         volume_id=row.external_id,
         provisioning_data=pd or None,
         attachments=await _attachment_models(s, await attachments_of(s, [row.id])),
