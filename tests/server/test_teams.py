@@ -91,12 +91,12 @@ def test_deleted_user_frees_the_name_and_keeps_no_access(c: TestClient) -> None:
 
 def test_a_project_with_live_fleets_is_not_deleted(c: TestClient) -> None:
     _post(c, "/api/projects/create", {"project_name": "ml"})
-    fleet = {"type": "fleet", "name": "f", "nodes": 0}
+    fleet = {"type": "fleet", "name": "fl", "nodes": 0}
     r = _post(c, "/api/project/ml/fleets/apply", {"plan": {"spec": {"configuration": fleet}}})
     assert r.status_code == 200, r.text
     r = _post(c, "/api/projects/delete", {"projects_names": ["ml"]})
     assert r.status_code == 400 and "still has 1 fleets" in r.text
-    assert _post(c, "/api/project/ml/fleets/delete", {"names": ["f"]}).status_code == 200
+    assert _post(c, "/api/project/ml/fleets/delete", {"names": ["fl"]}).status_code == 200
 
 
 def test_project_delete_needs_its_admin_and_frees_the_name(c: TestClient) -> None:
