@@ -29,12 +29,21 @@ def load_yaml_model(path: str | Path, model: type[M]) -> M:
     return _load_file(path, lambda data: validate_model(model, data))
 
 
+def load_configuration_text(text: str, name: str) -> AnyConfiguration:
+    """Validate configuration text read elsewhere (stdin); `name` stands for the file."""
+    return _load_text(text, name, parse_configuration)
+
+
 def _load_file(path: str | Path, parse: Callable[[dict[str, Any]], Any]) -> Any:
     name = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigurationError(f"cannot read file: {exc}", file=name) from None
+    return _load_text(text, name, parse)
+
+
+def _load_text(text: str, name: str, parse: Callable[[dict[str, Any]], Any]) -> Any:
     try:
         data = yaml_lines.load_yaml(text)
     except yaml.YAMLError as exc:
