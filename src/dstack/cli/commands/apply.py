@@ -56,13 +56,13 @@ def config_file(path: str | None) -> str:
 
 
 def load(path: str, yes: bool):  # noqa: ANN201 - a configuration model
-    from dstack.models.loading import load_configuration, load_configuration_text
+    from dstack.models.loading import load_for_apply
 
     if path != "-":
-        return load_configuration(path)
+        return load_for_apply(path)
     if not yes:
         raise CLIError("Cannot read configuration from stdin if -y/--yes is not specified")
-    return load_configuration_text(sys.stdin.read(), "<stdin>")
+    return load_for_apply("<stdin>", sys.stdin.read())
 
 
 def run(args: argparse.Namespace) -> int:

@@ -34,6 +34,7 @@ from dstack.server.services import events
 from dstack.server.services.context import ServerContext
 from dstack.server.services.job_volumes import volume_locations, with_volumes
 from dstack.server.services.jobspecs import build_job_specs
+from dstack.server.services.named_config import refuse_unsupported
 from dstack.server.services.names import invalid_name_message, is_valid_name
 from dstack.server.services.pool import load_pool, requirements_for
 from dstack.server.services.runs_view import run_model
@@ -62,6 +63,7 @@ def parse_run_configuration(spec: RunSpec) -> Any:
             f"Environment variable {unset[0]} is not set",
             field=f"run_spec.configuration.env.{unset[0]}",
         )
+    refuse_unsupported(conf, "run_spec.configuration.")
     _check_groups(conf)
     return conf
 
@@ -69,6 +71,8 @@ def parse_run_configuration(spec: RunSpec) -> Any:
 def _check_groups(conf: Any) -> None:
     """Replica groups run with fixed counts; a group that asks to autoscale is refused here
     rather than left at its minimum without a word."""
+    if conf.type != "service":
+        return
     for i, group in enumerate(getattr(conf, "groups", None) or []):
         if group.replicas.min != group.replicas.max:
             name = group.name or str(i)
