@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dstack.models.common import canonical_backend
 from dstack.models.fleets import FleetStatus
 from dstack.models.instances import InstanceStatus
 from dstack.models.offers import InstanceOfferWithAvailability
@@ -192,7 +193,8 @@ async def backend_capacity(
     offers: list[InstanceOfferWithAvailability] = []
     caps: dict[str, frozenset[str]] = {}
     docker = True
-    allowed = conf.get("backends")
+    # Stored before `remote` was read as `ssh`, a fleet's raw configuration may say either.
+    allowed = [canonical_backend(b) for b in conf.get("backends") or ()]
     where = f"fleet {name}: " if fleet else ""
     for btype, backend in ctx.backends.for_project(rows.project_id).items():
         if allowed and btype not in allowed:
