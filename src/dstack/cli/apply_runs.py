@@ -190,6 +190,8 @@ def print_plan(
     else:
         message = NO_OFFERS if has_fleets() else NO_FLEETS
         out(message, style="warning")
+        for note in job_plan.notes if job_plan else []:
+            out(f"  - {note}", style="warning")
     out()
 
 

@@ -36,6 +36,7 @@ from dstack.server.services.job_volumes import volume_locations, with_volumes
 from dstack.server.services.jobspecs import build_job_specs
 from dstack.server.services.named_config import refuse_unsupported
 from dstack.server.services.names import invalid_name_message, is_valid_name
+from dstack.server.services.plan_notes import no_offer_reasons, unique_offers
 from dstack.server.services.pool import load_pool, requirements_for
 from dstack.server.services.runs_view import run_model
 
@@ -169,13 +170,15 @@ async def get_plan(
         ranking = rank(with_volumes(req, mounts), pool.instances, pool.capacity)
         if mounts and not ranking.candidates:
             refuse_misplaced_volumes(rank(req, pool.instances, pool.capacity), ranking)
-        offers = [c.offer for c in ranking.candidates]
+        offers = unique_offers(ranking.candidates)
+        notes = [] if offers else no_offer_reasons(ctx, project.id, req, pool.notes, ranking)
         job_plans.append(
             JobPlan(
                 job_spec=js,
                 offers=offers[: max_offers or 50],
                 total_offers=len(offers),
                 max_price=max((o.price for o in offers), default=None),
+                notes=notes,
             )
         )
     current = None
