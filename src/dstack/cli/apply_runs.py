@@ -261,6 +261,11 @@ def _decide_active(spec: RunSpec, current: Run, args: argparse.Namespace) -> str
 
 
 def _in_place(spec: RunSpec, current: Run) -> bool:
+    """A service updates in place; so does any run whose only change is `priority`."""
+    if configuration_changes(spec.configuration, current.run_spec.configuration) == [
+        "priority"
+    ] and (spec.repo_code_hash or None) == (current.run_spec.repo_code_hash or None):
+        return True
     return (
         spec.configuration.get("type") == "service"
         and current.run_spec.configuration.get("type") == "service"

@@ -56,6 +56,8 @@ async def apply_plan(
             )
     if spec.run_name:
         active = await active_run(s, project.id, spec.run_name)
+        if active is not None and _priority_only(active, spec, conf):
+            return await _update_priority(ctx, s, user, project, active, spec, conf)
         if active is not None and _updatable(active, conf, plan):
             return await _update_service(ctx, s, user, project, active, spec, conf)
         if active is not None and force:
@@ -175,6 +177,47 @@ async def submit_replacement(s: AsyncSession, old: t.Run, now: datetime) -> t.Ru
     return await _insert_run(
         s, user, old.project_id, spec, conf, now, f"Run submitted, replacing run {old.id}"
     )
+
+
+def _priority_only(active: t.Run, spec: RunSpec, conf: Any) -> bool:
+    """Only `priority` differs: the queue order changes, nothing about the run itself, so it
+    is updated in place for any run type (a queued run keeps its place in its new class)."""
+    old = RunSpec.model_validate_json(active.run_spec)
+    new_conf = conf.model_dump(mode="json")
+    rest = {k: v for k, v in new_conf.items() if k != "priority"}
+    old_rest = {k: v for k, v in old.configuration.items() if k != "priority"}
+    return (
+        rest == old_rest
+        and new_conf.get("priority") != old.configuration.get("priority")
+        and (spec.repo_code_hash or None) == (old.repo_code_hash or None)
+        and not active.stop_requested
+    )
+
+
+async def _update_priority(
+    ctx: ServerContext,
+    s: AsyncSession,
+    user: t.User,
+    project: t.Project,
+    run: t.Run,
+    spec: RunSpec,
+    conf: Any,
+) -> Run:
+    before = run.priority
+    after = int(conf.priority or 0)
+    spec = spec.model_copy(update={"configuration": conf.model_dump(mode="json")})
+    await s.execute(
+        update(t.Run)
+        .where(t.Run.id == run.id, t.Run.status.in_(ACTIVE_RUN_STATUSES))
+        .values(priority=after, run_spec=spec.model_dump_json())
+    )
+    events.run_event(
+        s, run, f"Run priority changed from {before} to {after}", utcnow(), actor=user.name
+    )
+    await s.commit()
+    await s.refresh(run)
+    ctx.hub.wake("jobs")
+    return await to_model(s, run, project)
 
 
 def _updatable(active: t.Run, conf: Any, plan: ApplyRunPlanInput) -> bool:
