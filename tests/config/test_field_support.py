@@ -60,7 +60,6 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "startup_order": {"startup_order": "workers-first"},
     "stop_criteria": {"stop_criteria": "master-done"},
     "schedule": {"schedule": {"cron": "0 * * * *"}},
-    "instances": {"instances": ["host-a"]},
     "groups": {"commands": [], "groups": [{"nodes": 1, "commands": ["echo"]}]},
     "gateway": {"gateway": True},
     "https": {"https": True},

@@ -155,7 +155,7 @@ _RUN: dict[str, FieldRule] = {
     "stop_criteria": refused(_NOT_YET),
     "schedule": refused(f"{_NOT_YET}: the run would start at once, not at the cron times"),
     "fleets": W,
-    "instances": refused(f"{_NOT_YET}: the run would not be pinned to those instances"),
+    "instances": W,
 }
 
 SUPPORT: dict[str, dict[str, FieldRule]] = {

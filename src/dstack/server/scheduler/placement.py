@@ -13,6 +13,7 @@ from typing import Any
 from dstack.models.instances import InstanceStatus, Resources
 from dstack.models.offers import InstanceAvailability, InstanceOfferWithAvailability
 from dstack.server.scheduler.matching import mismatch, share
+from dstack.server.scheduler.pins import InstancePin, pinned_out
 
 # An instance still starting, and one up (taking jobs).
 _STARTING = (InstanceStatus.PENDING.value, InstanceStatus.PROVISIONING.value)
@@ -129,6 +130,8 @@ class Requirements:
     needs: frozenset[str] = frozenset()
     # The job's named volumes: per mount, its alternatives (any one, the first usable).
     volumes: tuple[tuple[VolumeLocation, ...], ...] = ()
+    # `instances`: only these existing instances, never a new one (None: not pinned).
+    instances: tuple[InstancePin, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,9 @@ class PoolInstance:
     # The machine it stands for (services/hosts.host_key) and its zone, when known.
     host_key: str | None = None
     availability_zone: str | None = None
+    # What `instances` selectors match besides the name.
+    hostname: str | None = None
+    instance_num: int = 0
 
 
 @dataclass(frozen=True)
@@ -423,12 +429,16 @@ def rank(
         if wanted is not None and inst.fleet_name not in wanted:
             out.rejections.append(f"{inst.name}: fleet {inst.fleet_name} not in {sorted(wanted)}")
             continue
+        pinned = pinned_out(req.instances, inst)
+        if pinned:
+            out.rejections.append(pinned)
+            continue
         cand = _pool_candidate(req, inst)
         if isinstance(cand, str):
             out.rejections.append(cand)
         else:
             out.candidates.append(cand)
-    if req.creation_policy != "reuse":
+    if req.creation_policy != "reuse" and req.instances is None:
         for cap in capacity:
             if wanted is None or cap.fleet_name in wanted:
                 _backend_candidates(req, cap, out, tried)

@@ -1,11 +1,14 @@
 """What a plan says besides its offers: the same offer reached through several fleets shown
 once, and, when nothing fits, why, before the user is asked to submit (issue 12: a plan with
-no offers says why: which backends, which hosts, what the run asks that they lack)."""
+no offers says why: which backends, which hosts, what the run asks that they lack); and the
+`instances` a run is pinned to, checked against the project's instances."""
 
 from __future__ import annotations
 
+from dstack.errors import ServerClientError
 from dstack.models.offers import InstanceOfferWithAvailability
-from dstack.server.scheduler.placement import Candidate, Ranking, Requirements
+from dstack.server.scheduler.pins import unmatched
+from dstack.server.scheduler.placement import Candidate, PoolInstance, Ranking, Requirements
 from dstack.server.services.context import ServerContext
 
 # Enough reasons to see the pattern; the rest are counted.
@@ -63,3 +66,16 @@ def no_offer_reasons(
         more = len(reasons) - MAX_REASONS
         reasons = [*reasons[:MAX_REASONS], f"and {more} more"]
     return reasons
+
+
+def refuse_unknown_instances(req: Requirements, instances: list[PoolInstance]) -> None:
+    """`instances: [does-not-exist]` is refused at plan and apply, naming it and the
+    instances there are, rather than a run that waits forever for a host that is not there."""
+    missing = unmatched(req.instances, instances)
+    if missing:
+        there = ", ".join(sorted(i.name for i in instances)) or "none"
+        raise ServerClientError(
+            f"`instances`: no instance matches {', '.join(missing)} in this project "
+            f"(instances: {there})",
+            field="run_spec.configuration.instances",
+        )

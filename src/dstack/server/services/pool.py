@@ -18,6 +18,7 @@ from dstack.models.resources import ResourcesSpec
 from dstack.models.runs import JobStatus
 from dstack.server.backends.base import BackendError, Compute, OfferRequirements
 from dstack.server.db import tables as t
+from dstack.server.scheduler.pins import InstancePin
 from dstack.server.scheduler.placement import (
     FleetCapacity,
     PoolInstance,
@@ -315,6 +316,8 @@ def _pool_instance(ctx: ServerContext, inst: t.Instance, fleet: t.Fleet, busy: i
         capabilities=capabilities(ctx, inst.backend, inst.project_id).names(),
         host_key=host_key(inst) if inst.hostname else None,
         availability_zone=instance_zone(inst, offer),
+        hostname=inst.hostname,
+        instance_num=inst.instance_num,
     )
 
 
@@ -352,7 +355,13 @@ def requirements_for(conf: Any, job_requirements: dict[str, Any]) -> Requirement
         exclusive=bool(getattr(conf, "image", None)) or bool(job_requirements.get("multinode")),
         docker=bool(getattr(conf, "image", None)),
         needs=needs(conf, job_requirements),
+        instances=_pins(conf),
     )
+
+
+def _pins(conf: Any) -> tuple[InstancePin, ...] | None:
+    selectors = getattr(conf, "instances", None)
+    return tuple(InstancePin.from_selector(s) for s in selectors) if selectors else None
 
 
 def needs(conf: Any, job_requirements: dict[str, Any]) -> frozenset[str]:

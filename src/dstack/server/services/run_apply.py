@@ -27,6 +27,8 @@ from dstack.server.services.context import ServerContext
 from dstack.server.services.job_volumes import check_run_volumes
 from dstack.server.services.jobspecs import build_job_specs
 from dstack.server.services.names import generate_name
+from dstack.server.services.plan_notes import refuse_unknown_instances
+from dstack.server.services.pool import load_pool_rows, requirements_for
 from dstack.server.services.runs import (
     ACTIVE_RUN_STATUSES,
     active_run,
@@ -83,6 +85,9 @@ async def apply_plan(
     # Every volume the run names must exist (and not have failed): refused here, by name.
     specs = build_job_specs(spec.run_name, conf, spec.repo_code_hash)
     await check_run_volumes(ctx, s, project.id, specs)
+    if getattr(conf, "instances", None):
+        rows = await load_pool_rows(ctx, s, project.id)
+        refuse_unknown_instances(requirements_for(conf, specs[0].requirements), rows.instances)
     run = await _insert_run(s, user, project.id, spec, conf, utcnow(), "Run submitted")
     try:
         await s.commit()

@@ -36,7 +36,11 @@ from dstack.server.services.job_volumes import volume_locations, with_volumes
 from dstack.server.services.jobspecs import build_job_specs
 from dstack.server.services.named_config import refuse_unsupported
 from dstack.server.services.names import invalid_name_message, is_valid_name
-from dstack.server.services.plan_notes import no_offer_reasons, unique_offers
+from dstack.server.services.plan_notes import (
+    no_offer_reasons,
+    refuse_unknown_instances,
+    unique_offers,
+)
 from dstack.server.services.pool import load_pool, requirements_for
 from dstack.server.services.runs_view import run_model
 
@@ -167,6 +171,7 @@ async def get_plan(
     for js in job_specs[:1] if len({j.job_num for j in job_specs}) == 1 else job_specs:
         mounts = await volume_locations(ctx, s, project.id, js, None)
         req = requirements_for(conf, js.requirements)
+        refuse_unknown_instances(req, pool.instances)
         ranking = rank(with_volumes(req, mounts), pool.instances, pool.capacity)
         if mounts and not ranking.candidates:
             refuse_misplaced_volumes(rank(req, pool.instances, pool.capacity), ranking)
