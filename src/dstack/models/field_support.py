@@ -153,7 +153,7 @@ _RUN: dict[str, FieldRule] = {
     "utilization_policy": refused(f"{_NOT_YET}: GPU utilization is not watched yet"),
     "startup_order": refused(_NOT_YET),
     "stop_criteria": refused(_NOT_YET),
-    "schedule": refused(f"{_NOT_YET}: the run would start at once, not at the cron times"),
+    "schedule": W,
     "fleets": W,
     "instances": W,
 }
@@ -191,6 +191,9 @@ SUPPORT: dict[str, dict[str, FieldRule]] = {
         "rate_limits": W,
         "probes": W,
         "groups": W,
+        "schedule": refused(
+            "scheduled services are not supported by this server yet (schedule a task)"
+        ),
     },
     "fleet": {
         "type": W,

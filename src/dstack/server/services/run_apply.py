@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dstack.errors import ResourceExistsError, ServerClientError
+from dstack.models.cron import next_fire
 from dstack.models.runs import ApplyRunPlanInput, JobStatus, Run, RunSpec, RunStatus
 from dstack.models.wire import utcnow
 from dstack.server.db import tables as t
@@ -290,9 +291,16 @@ async def _insert_run(
         priority=int(getattr(conf, "priority", 0) or 0),
         dirty=True,
     )
+    schedule = getattr(conf, "schedule", None)
+    if schedule is not None:
+        # Scheduled: pending, no jobs, until the next cron time (the run reconciler submits
+        # them then, and re-arms the schedule each time the run ends on its own).
+        run.status = RunStatus.PENDING.value
+        run.next_triggered_at = next_fire(schedule.cron, now)
+        message += f"; waiting for the schedule: next start {run.next_triggered_at}"
     s.add(run)
     await s.flush()
-    for js in build_job_specs(spec.run_name, conf, spec.repo_code_hash):
+    for js in [] if schedule else build_job_specs(spec.run_name, conf, spec.repo_code_hash):
         s.add(
             new_job_row(run, js.model_dump_json(), js.replica_num, js.job_num, js.job_name, 0, now)
         )
