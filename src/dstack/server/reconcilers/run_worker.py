@@ -130,6 +130,7 @@ class RunReconciler(Reconciler):
             replacement=run.replacement_spec is not None,
             schedule=tuple((conf.get("schedule") or {}).get("cron") or ()),
             next_triggered_at=run.next_triggered_at,
+            stop_criteria=conf.get("stop_criteria"),
         )
 
     async def _apply(

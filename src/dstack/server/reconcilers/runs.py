@@ -8,6 +8,8 @@
 | active      | a job failed, retry window passed  | terminating: retry_limit_exceeded     |
 | active      | a job failed, no retry             | terminating: job_failed               |
 | active      | every job done                     | terminating: all_jobs_done            |
+| active      | `stop_criteria: master-done`, job  | terminating: all_jobs_done (workers   |
+|             | 0 done                             | are asked to stop)                    |
 | active      | jobs in progress                   | running if any job runs, else         |
 |             |                                    | provisioning if any provisions,       |
 |             |                                    | else submitted                        |
@@ -178,6 +180,7 @@ class RunView:
     service: ServiceView | None = None
     replacement: bool = False  # `apply --force` left a spec to submit once this run ends
     schedule: tuple[str, ...] = ()  # `schedule.cron`: the run starts at these times (UTC)
+    stop_criteria: str | None = None  # `master-done`: the run is done when job 0 is
     next_triggered_at: datetime | None = None  # waiting for this start (pending only)
 
 
@@ -339,6 +342,8 @@ def _decide_active(v: RunView, now: datetime) -> RunDecision:
         )
     if jobs and all(j.status == JS.DONE.value for j in jobs):
         return _terminate(v, RR.ALL_JOBS_DONE.value)
+    if v.stop_criteria == "master-done" and _master_done(jobs):
+        return _terminate(v, RR.ALL_JOBS_DONE.value)
     if v.service is not None:
         return _decide_service(v, v.service, now)
     # A stopping or finished job does not move the run back to `submitted`: only jobs still
@@ -350,6 +355,12 @@ def _decide_active(v: RunView, now: datetime) -> RunDecision:
     if status == v.status:
         return RunDecision()
     return RunDecision(status=status, values=_started_values(status))
+
+
+def _master_done(jobs: Sequence[JobState]) -> bool:
+    """Job 0 of every replica finished well (the workers are then stopped)."""
+    masters = [j for j in jobs if j.job_num == 0]
+    return bool(masters) and all(j.status == JS.DONE.value for j in masters)
 
 
 def _status_of(jobs: Sequence[JobState]) -> str:
