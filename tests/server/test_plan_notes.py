@@ -72,3 +72,32 @@ def test_no_offers_names_a_backend_that_is_not_configured(client: TestClient) ->
 def test_no_offers_with_nothing_at_all_says_so(client: TestClient) -> None:
     plan = _plan(client, {"type": "task", "commands": ["x"]})
     assert plan["notes"] == ["no fleet or backend of this project can take runs"]
+
+
+def test_fields_without_effect_on_an_existing_instance_are_warned() -> None:
+    from dstack.models.configurations import parse_configuration
+    from dstack.models.offers import InstanceAvailability
+    from dstack.server.scheduler.placement import Ranking
+    from dstack.server.services.plan_notes import field_warnings
+
+    conf = parse_configuration({"type": "task", "commands": ["x"], "tags": {"team": "ml"}})
+    live = _offer("host", 0.0).model_copy(update={"availability": InstanceAvailability.IDLE})
+    reuse = Ranking(candidates=[Candidate(live, "f1", "onprem", "i-1", 1)])
+    [warning] = field_warnings(conf, reuse)
+    assert warning.startswith("`tags` has no effect here: the run goes to the existing instance")
+    new = Ranking(
+        candidates=[
+            Candidate(
+                _offer("t3", 0.1).model_copy(
+                    update={"availability": InstanceAvailability.AVAILABLE}
+                ),
+                "f1",
+                "c",
+                None,
+                1,
+            )
+        ]
+    )
+    assert field_warnings(conf, new) == []
+    plain = parse_configuration({"type": "task", "commands": ["x"]})
+    assert field_warnings(plain, reuse) == []

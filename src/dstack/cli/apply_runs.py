@@ -192,6 +192,8 @@ def print_plan(
         out(message, style="warning")
         for note in job_plan.notes if job_plan else []:
             out(f"  - {note}", style="warning")
+    for warning in job_plan.warnings if job_plan else []:
+        out(f"Warning: {warning}", style="warning")
     out()
 
 

@@ -5,6 +5,8 @@ no offers says why: which backends, which hosts, what the run asks that they lac
 
 from __future__ import annotations
 
+from typing import Any
+
 from dstack.errors import ServerClientError
 from dstack.models.offers import InstanceOfferWithAvailability
 from dstack.server.scheduler.pins import unmatched
@@ -79,3 +81,18 @@ def refuse_unknown_instances(req: Requirements, instances: list[PoolInstance]) -
             f"(instances: {there})",
             field="run_spec.configuration.instances",
         )
+
+
+def field_warnings(conf: Any, ranking: Ranking) -> list[str]:
+    """Fields that are valid but have no effect on the offer the run would get, shown in the
+    plan: fields that only act when an instance is created (`tags`, `idle_duration`,
+    `reservation`) when the best place is an instance that exists already."""
+    best = ranking.best
+    if best is None or best.instance_id is None:
+        return []
+    where = f"the run goes to the existing instance {best.offer.instance.name} ({best.fleet_name})"
+    out = []
+    for name in ("tags", "idle_duration", "reservation"):
+        if getattr(conf, name, None) is not None:
+            out.append(f"`{name}` has no effect here: {where}; it applies to new instances")
+    return out

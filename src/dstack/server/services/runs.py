@@ -37,6 +37,7 @@ from dstack.server.services.jobspecs import build_job_specs
 from dstack.server.services.named_config import refuse_unsupported
 from dstack.server.services.names import invalid_name_message, is_valid_name
 from dstack.server.services.plan_notes import (
+    field_warnings,
     no_offer_reasons,
     refuse_unknown_instances,
     unique_offers,
@@ -184,6 +185,7 @@ async def get_plan(
                 total_offers=len(offers),
                 max_price=max((o.price for o in offers), default=None),
                 notes=notes,
+                warnings=field_warnings(conf, ranking),
             )
         )
     current = None
