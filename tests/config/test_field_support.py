@@ -50,7 +50,6 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "docker": {"docker": True},
     "single_branch": {"single_branch": True},
     "env": {"env": {"TOKEN": "${{ secrets.TOKEN }}"}},
-    "resources.gpu.compute_capability": {"resources": {"gpu": {"compute_capability": "8.0"}}},
     "resources.shm_size": {"resources": {"shm_size": "1GB"}},
     "repos": {"repos": ["https://github.com/example/repo.git"]},
     "files": {"files": ["data.txt:/data/data.txt"]},

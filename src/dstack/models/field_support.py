@@ -103,7 +103,7 @@ _RESOURCES: dict[str, FieldRule] = {
     "resources.gpu.count": W,
     "resources.gpu.memory": W,
     "resources.gpu.total_memory": W,
-    "resources.gpu.compute_capability": refused(_NOT_YET),
+    "resources.gpu.compute_capability": W,
     "resources.shm_size": refused(_RUNTIME),
 }
 
