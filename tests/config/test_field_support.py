@@ -59,7 +59,6 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "startup_order": {"startup_order": "workers-first"},
     "stop_criteria": {"stop_criteria": "master-done"},
     "schedule": {"schedule": {"cron": "0 * * * *"}},
-    "groups": {"commands": [], "groups": [{"nodes": 1, "commands": ["echo"]}]},
     "gateway": {"gateway": True},
     "https": {"https": True},
     "claim_name": {"backend": "kubernetes", "claim_name": "pvc"},

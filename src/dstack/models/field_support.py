@@ -172,10 +172,7 @@ SUPPORT: dict[str, dict[str, FieldRule]] = {
         "commands": W,
         "ports": W,
         "nodes": backend("multinode", "cannot run multi-node tasks (`nodes`)"),
-        "groups": refused(
-            "heterogeneous node groups are not supported by this server yet: use `nodes` "
-            "and one `resources`"
-        ),
+        "groups": backend("multinode", "cannot run multi-node tasks (`groups`)"),
     },
     "service": {
         **_RUN,

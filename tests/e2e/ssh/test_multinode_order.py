@@ -57,3 +57,27 @@ def test_workers_first_and_master_done(
     started = _running_at(srv, "wf")
     assert started["wf-1-0"] <= started["wf-0-0"], started
     assert "worker-up" in srv.cli("logs", "wf", "--job", "1").stdout
+
+
+def test_task_groups_run_one_job_per_node_with_the_masters_ip(
+    srv: Server, hosts: sshhosts.Hosts, key: Path, project_dir: Path
+) -> None:
+    hs = [hosts.add(), hosts.add()]
+    net = hs[0].address.rsplit(".", 1)[0] + ".0/24"
+    text = fleet_yaml("grouped", hs, key, extra="placement: cluster\n")
+    apply_fleet(srv, project_dir, text.replace("  hosts:", f"  network: {net}\n  hosts:"))
+    conf = (
+        "type: task\nname: grp\nfleets: [grouped]\ngroups:\n"
+        "  - name: head\n    commands: ['echo head-rank=$DSTACK_NODE_RANK']\n"
+        "    resources: {cpu: 1.., memory: 0.1GB.., disk: 1GB..}\n"
+        "  - name: workers\n"
+        "    commands: ['echo worker-sees=${{ groups[0].nodes[0].IP_ADDRESS }}']\n"
+        "    resources: {cpu: 1.., memory: 0.1GB.., disk: 1GB..}\n"
+    )
+    write_config(project_dir, "g.dstack.yml", conf)
+    r = srv.cli("apply", "-f", "g.dstack.yml", "-y", "-d", cwd=project_dir)
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = srv.wait_status("grp", "done", "failed", timeout=120)
+    assert run["status"] == "done", json.dumps(run)[:3000]
+    assert "head-rank=0" in srv.cli("logs", "grp", "--job", "0").stdout
+    assert f"worker-sees={hs[0].address}" in srv.cli("logs", "grp", "--job", "1").stdout
