@@ -67,7 +67,12 @@ def test_nested_group_error_line(tmp_path):
             2,
             "invalid YAML: expected a single document in the stream but found another document",
         ),
-        ("type: task\ncommands: [x]\ncommands: [y]\nfoo: 1\n", 4, "foo: Extra inputs"),
+        ("type: task\ncommands: [x]\nfoo: 1\n", 3, "foo: Extra inputs"),
+        (
+            "type: task\ncommands: [x]\ncommands: [y]\n",
+            3,
+            "invalid YAML: duplicate key 'commands' (lines 2 and 3)",
+        ),
     ],
 )
 def test_file_level_errors(tmp_path, text, line, message):

@@ -173,7 +173,15 @@ def test_plain_table_and_the_fleet_hint(dstack: Any) -> None:
     assert "aws (us-east-1)" in out or "aws (us-west-2)" in out
     assert "gpu=H100:80GB:8 (spot)" in out and "p5.48xlarge" in out
     assert " Shown 1 of 2 offers, $29.496max" in out
-    assert "Existing fleets are ignored here" in out
+    assert "without any fleet's limits; pass --fleet NAME" in out
+    assert "gpu=nvidia:0" not in out
+
+
+def test_a_backend_not_configured_says_so(dstack: Any) -> None:
+    code, out, _ = dstack("-b", "runpod")
+    assert code == 0
+    assert "No matching instance offers available" in out
+    assert "backend runpod is not configured for this project (configured: " in out
 
 
 def test_a_fleet_shows_what_a_run_in_it_would_get(dstack: Any) -> None:

@@ -207,6 +207,10 @@ def print_plan(
     else:
         message = NO_OFFERS if has_fleets() else NO_FLEETS
         out(message, style="warning")
+        for note in job_plan.notes if job_plan else []:
+            out(f"  - {note}", style="warning")
+    for warning in job_plan.warnings if job_plan else []:
+        out(f"Warning: {warning}", style="warning")
     out()
 
 
@@ -276,6 +280,11 @@ def _decide_active(spec: RunSpec, current: Run, args: argparse.Namespace) -> str
 
 
 def _in_place(spec: RunSpec, current: Run) -> bool:
+    """A service updates in place; so does any run whose only change is `priority`."""
+    if configuration_changes(spec.configuration, current.run_spec.configuration) == [
+        "priority"
+    ] and (spec.repo_code_hash or None) == (current.run_spec.repo_code_hash or None):
+        return True
     return (
         spec.configuration.get("type") == "service"
         and current.run_spec.configuration.get("type") == "service"

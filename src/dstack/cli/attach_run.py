@@ -13,12 +13,14 @@ from typing import Any
 
 from dstack.api.client import APIClient
 from dstack.cli.common import CancelledByUser, CLIError, confirm, echo
+from dstack.cli.render.runs import next_start_text
 from dstack.cli.runs import (
     finish_message,
     follow_logs,
     get_job,
     status_text,
     waiting_for_requests,
+    waiting_for_schedule,
 )
 from dstack.models.runs import RunStatus
 
@@ -31,6 +33,10 @@ def attach(api: APIClient, name: str, *, yes: bool, args: argparse.Namespace | N
     try:
         with StatusReporter(f"Launching {name}...") as reporter:
             run = reporter.wait(api, name)
+        if waiting_for_schedule(run):
+            echo(f"{name} is waiting for schedule...")
+            echo(f"Next run: {next_start_text(run)}")
+            return 0
         if waiting_for_requests(run):
             echo(f"{name} is waiting for requests...")
         else:

@@ -20,6 +20,7 @@ sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 COMMANDS: dict[str, str] = {
     "apply": "Apply a configuration: submit a run, create a fleet, volume or gateway",
     "attach": "Attach to a run: wait until it is running and stream its logs",
+    "completion": "Print a shell completion script (bash or zsh)",
     "delete": "Delete the resource described by a configuration file",
     "event": "List events: who changed what and when",
     "fleet": "List, inspect and delete fleets",
@@ -69,8 +70,9 @@ def _target_command(argv: list[str]) -> str | None:
     return None
 
 
-def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    """Configure only the subcommand that `argv` names; the others get their help line only."""
+def build_parser(argv: list[str], *, full: bool = False) -> argparse.ArgumentParser:
+    """Configure only the subcommand that `argv` names; the others get their help line only.
+    `full`: configure every listed command (the tree `dstack completion` generates from)."""
     parser = CLIParser(
         prog="dstack",
         description="dstack: a control plane for GPU workloads "
@@ -93,7 +95,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
             description=help_text,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        if name == target:
+        if name == target or full:
             _load(name).configure(cmd)
     return parser
 

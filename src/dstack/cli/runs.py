@@ -156,9 +156,14 @@ def wait_until_started(
         seen = text
         if run.status not in (RunStatus.PENDING, RunStatus.SUBMITTED, RunStatus.PROVISIONING):
             return run
-        if waiting_for_requests(run):
+        if waiting_for_requests(run) or waiting_for_schedule(run):
             return run
         backoff.sleep()
+
+
+def waiting_for_schedule(run: Run) -> bool:
+    """A scheduled run between its starts: pending until `next_triggered_at`."""
+    return run.status == RunStatus.PENDING and run.next_triggered_at is not None
 
 
 def waiting_for_requests(run: Run) -> bool:

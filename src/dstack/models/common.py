@@ -35,6 +35,28 @@ BackendType = Literal[
 ]  # fmt: skip
 BACKEND_IDS: tuple[str, ...] = get_args(BackendType)
 
+# SSH-fleet hosts: the original's backend id is `remote` (shown as `ssh` in its tables). This
+# server spells it `ssh` everywhere (offers, plans, `ps`) and reads `remote` as the same
+# backend, so a file written for the original does not silently exclude the SSH hosts.
+BACKEND_ALIASES = {"remote": "ssh"}
+# Backend ids a run or fleet may name in `backends`: the original's, plus this server's own
+# names for SSH fleets and this machine (`local`).
+RUN_BACKEND_IDS: tuple[str, ...] = tuple(
+    sorted({BACKEND_ALIASES.get(b, b) for b in BACKEND_IDS} | {"ssh", "local"})
+)
+
+
+def canonical_backend(name: Any) -> Any:
+    """`remote` -> `ssh`; any other value unchanged (validation happens after)."""
+    return BACKEND_ALIASES.get(name, name) if isinstance(name, str) else name
+
+
+RunBackendType = Annotated[
+    Literal[RUN_BACKEND_IDS],  # type: ignore[valid-type]
+    BeforeValidator(canonical_backend),
+    WithJsonSchema({"type": "string", "enum": sorted({*RUN_BACKEND_IDS, *BACKEND_ALIASES})}),
+]
+
 
 class ConfigModel(BaseModel):
     """Base of every configuration model: strict keys, YAML numbers accepted as strings."""

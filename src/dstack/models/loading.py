@@ -16,6 +16,7 @@ import yaml
 from dstack.errors import ConfigurationError
 from dstack.models import yaml_lines
 from dstack.models.configurations import AnyConfiguration, parse_configuration
+from dstack.models.field_support import first_refusal
 from dstack.models.validation import M, validate_model
 
 
@@ -29,12 +30,40 @@ def load_yaml_model(path: str | Path, model: type[M]) -> M:
     return _load_file(path, lambda data: validate_model(model, data))
 
 
+def load_configuration_text(text: str, name: str) -> AnyConfiguration:
+    """Validate configuration text read elsewhere (stdin); `name` stands for the file."""
+    return _load_text(text, name, parse_configuration)
+
+
+def load_for_apply(path: str | Path, text: str | None = None) -> AnyConfiguration:
+    """What `dstack apply` reads: a valid configuration whose every set field this server
+    supports (models/field_support.py); a refused field is an error at its file and line.
+    `text` given: the file's contents were read already (stdin)."""
+    name = str(path)
+    if text is None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigurationError(f"cannot read file: {exc}", file=name) from None
+    conf = _load_text(text, name, parse_configuration)
+    refusal = first_refusal(conf)
+    if refusal is not None:
+        loc = tuple(refusal.path.split("."))
+        line = yaml_lines.find_line(yaml_lines.line_map(text), loc) or 1
+        raise ConfigurationError(refusal.message, path=refusal.path, file=name, line=line)
+    return conf
+
+
 def _load_file(path: str | Path, parse: Callable[[dict[str, Any]], Any]) -> Any:
     name = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigurationError(f"cannot read file: {exc}", file=name) from None
+    return _load_text(text, name, parse)
+
+
+def _load_text(text: str, name: str, parse: Callable[[dict[str, Any]], Any]) -> Any:
     try:
         data = yaml_lines.load_yaml(text)
     except yaml.YAMLError as exc:

@@ -15,12 +15,12 @@ from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from dstack.errors import ConfigurationError
 from dstack.models.common import (
-    BackendType,
     ConfigModel,
     Duration,
     EntityRef,
     IdleDuration,
     OffableDuration,
+    RunBackendType,
     Shorthand,
     Tags,
     field_error,
@@ -170,7 +170,7 @@ def _instances(value: Any) -> Any:
 class ProvisioningParams(ConfigModel):
     """Where and how instances may be provisioned; shared by runs and backend fleets."""
 
-    backends: list[BackendType] | None = None
+    backends: list[RunBackendType] | None = None
     regions: list[str] | None = None
     availability_zones: list[str] | None = None
     instance_types: list[str] | None = None

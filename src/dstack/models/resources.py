@@ -249,6 +249,13 @@ def render_requirements(spec: ResourcesSpec) -> str:
     if spec.disk is not None:
         parts.append(f"disk={spec.disk.size.render(format_memory)}")
     gpu = spec.gpu if spec.gpu is not None else _default_gpu()
+    optional = gpu.count.min in (0, None) and not (
+        gpu.name or gpu.memory or gpu.total_memory or gpu.compute_capability
+    )
+    if optional and gpu.vendor == "nvidia":
+        # GPUs optional and nothing about them asked: a vendor the server filled in (its
+        # default image is CUDA's) would read as a request, `gpu=nvidia:0..` on a CPU run.
+        gpu = gpu.model_copy(update={"vendor": None})
     parts.append(f"gpu={gpu.render()}")
     return " ".join(parts)
 

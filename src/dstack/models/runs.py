@@ -281,6 +281,10 @@ class JobPlan(WireModel):
     offers: list[InstanceOfferWithAvailability]
     total_offers: int
     max_price: float | None = None
+    # No offers: why (backends not configured, hosts and offers and what each lacks).
+    notes: list[str] = Field(default_factory=list)
+    # Fields that have no effect on the offer the run would get.
+    warnings: list[str] = Field(default_factory=list)
 
 
 class RunPlan(WireModel):

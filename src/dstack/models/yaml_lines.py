@@ -42,9 +42,86 @@ ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:int", _INT_RE, list("-+012
 ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
 
 
+# A configuration is a few hundred nodes; aliases may multiply that, but past this many nodes
+# (counting each alias as the copy a consumer would walk) it is an alias bomb, not a config.
+MAX_EXPANDED_NODES = 100_000
+
+
 def load_yaml(text: str) -> Any:
-    """Parse one YAML document; raises `yaml.YAMLError` (with a mark) on malformed input."""
-    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+    """Parse one YAML document; raises `yaml.YAMLError` (with a mark) on malformed input.
+
+    The node tree is composed first and checked before any Python object is built: a key given
+    twice is an error naming both lines (PyYAML silently keeps the last), and a document whose
+    aliases expand past `MAX_EXPANDED_NODES` is refused before anything walks the expansion.
+    """
+    loader = ConfigLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        check_nodes(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def check_nodes(root: yaml.Node) -> None:
+    """Refuse duplicate keys and alias bombs; cost is linear in the *composed* tree."""
+    sizes: dict[int, int] = {}
+    _expanded_size(root, sizes, set())
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], visiting: set[int]) -> int:
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in visiting:
+        raise yaml.composer.ComposerError(
+            None, None, "found a recursive alias (a node that contains itself)", node.start_mark
+        )
+    visiting.add(key)
+    total = 1
+    if isinstance(node, yaml.MappingNode):
+        _check_duplicate_keys(node)
+        for key_node, value_node in node.value:
+            total += _expanded_size(key_node, sizes, visiting)
+            total += _expanded_size(value_node, sizes, visiting)
+            _check_total(total, node)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            total += _expanded_size(item, sizes, visiting)
+            _check_total(total, node)
+    visiting.discard(key)
+    sizes[key] = total
+    return total
+
+
+def _check_total(total: int, node: yaml.Node) -> None:
+    if total > MAX_EXPANDED_NODES:
+        raise yaml.composer.ComposerError(
+            None,
+            None,
+            f"aliases expand this document past {MAX_EXPANDED_NODES} nodes (an alias bomb?)",
+            node.start_mark,
+        )
+
+
+def _check_duplicate_keys(node: yaml.MappingNode) -> None:
+    seen: dict[Any, yaml.Node] = {}
+    for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        name = key_node.value
+        first = seen.get(name)
+        if first is not None:
+            raise yaml.constructor.ConstructorError(
+                None,
+                first.start_mark,
+                f"duplicate key {name!r} (lines {first.start_mark.line + 1} and "
+                f"{key_node.start_mark.line + 1})",
+                key_node.start_mark,
+            )
+        seen[name] = key_node
 
 
 def error_line(exc: yaml.YAMLError) -> int | None:
@@ -57,6 +134,8 @@ def line_map(text: str) -> dict[tuple, int]:
     lines: dict[tuple, int] = {}
     try:
         root = yaml.compose(text, Loader=ConfigLoader)  # noqa: S506
+        if root is not None:
+            check_nodes(root)  # never walk an alias bomb's expansion
     except yaml.YAMLError:
         return lines
     if root is not None:

@@ -56,25 +56,13 @@ def config_file(path: str | None) -> str:
 
 
 def load(path: str, yes: bool):  # noqa: ANN201 - a configuration model
-    from dstack.models.configurations import parse_configuration
-    from dstack.models.loading import load_configuration
+    from dstack.models.loading import load_for_apply
 
     if path != "-":
-        return load_configuration(path)
+        return load_for_apply(path)
     if not yes:
         raise CLIError("Cannot read configuration from stdin if -y/--yes is not specified")
-    import yaml
-
-    from dstack.errors import ConfigurationError
-
-    try:
-        data = yaml.safe_load(sys.stdin.read())
-    except yaml.YAMLError as e:
-        raise ConfigurationError(f"invalid YAML: {e}", file="<stdin>") from None
-    try:
-        return parse_configuration(data)
-    except ConfigurationError as e:
-        raise ConfigurationError(e.message, path=e.path, file="<stdin>") from None
+    return load_for_apply("<stdin>", sys.stdin.read())
 
 
 def run(args: argparse.Namespace) -> int:

@@ -159,8 +159,8 @@ def run_plain(args: argparse.Namespace, api: Any, spec: Any, conf: dict) -> int:
     if footer:
         out(footer, style="secondary")
     if not args.fleets:
-        out("Existing fleets are ignored here; pass --fleet to see offers from a fleet.",
-            style="secondary")
+        out("These are the offers of the configured backends, without any fleet's limits; "
+            "pass --fleet NAME to see what a run in that fleet would get.", style="secondary")
     _notes(answer["notes"], style="secondary")
     return 0
 

@@ -3,7 +3,7 @@ followed by indented job rows."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from dstack.cli.render.format import (
@@ -122,7 +122,15 @@ def run_status_text(run: Any) -> str:
     sub = run.latest_job_submission
     if run.status.is_finished() and sub is not None and sub.status_message:
         return sub.status_message
-    return run.status_message or run.status.value
+    text = run.status_message or run.status.value
+    if getattr(run, "next_triggered_at", None) is not None and not run.status.is_finished():
+        text += f" (next start {next_start_text(run)})"
+    return text
+
+
+def next_start_text(run: Any) -> str:
+    """A scheduled run's next start, in UTC as the cron is written."""
+    return run.next_triggered_at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def run_rows(run: Any, verbose: bool = False, now: datetime | None = None) -> list[Row]:

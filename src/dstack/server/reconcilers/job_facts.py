@@ -36,13 +36,27 @@ async def replica_peers(s: Any, job: t.Job) -> list[t.Job]:
     return [latest[k] for k in sorted(latest)]
 
 
-async def cluster_ips(s: Any, job: t.Job, nodes: int) -> list[str] | None:
-    """Internal IPs of every node of the job's replica by rank, once all are placed and (for
-    workers) the master runs: the master starts first. None until then."""
+def startup_order(run: t.Run) -> str | None:
+    return RunSpec.model_validate_json(run.run_spec).configuration.get("startup_order")
+
+
+def startup_blocked(order: str | None, job_num: int, running: list[bool]) -> bool:
+    """`startup_order`: must node `job_num` wait for its peers (`running`, by rank)?
+    `master-first` (and `any`, the default, which starts the master first too): workers wait
+    for the master. `workers-first`: the master waits for every worker; workers do not wait."""
+    if order == "workers-first":
+        return job_num == 0 and not all(running[1:])
+    return job_num > 0 and not running[0]
+
+
+async def cluster_ips(s: Any, job: t.Job, nodes: int, run: t.Run | None = None) -> list[str] | None:
+    """Internal IPs of every node of the job's replica by rank, once all are placed and the
+    job's turn has come (`startup_blocked`, by the run's `startup_order`). None until then."""
+    order = startup_order(run) if run is not None else None
     peers = await replica_peers(s, job)
     if len(peers) < nodes or any(not p.instance_id for p in peers):
         return None
-    if job.job_num > 0 and peers[0].running_at is None:
+    if startup_blocked(order, job.job_num, [p.running_at is not None for p in peers]):
         return None
     ips = []
     for p in peers:

@@ -298,7 +298,7 @@ class JobReconciler(Reconciler):
         cluster = None
         if snap.spec.jobs_per_replica > 1:
             async with self.ctx.db.session() as s:
-                cluster = await cluster_ips(s, snap.job, snap.spec.jobs_per_replica)
+                cluster = await cluster_ips(s, snap.job, snap.spec.jobs_per_replica, snap.run)
             if cluster is None:  # peers not placed yet, or the master has not started
                 return StartOutcome(StartKind.PEERS_NOT_READY), {}
         async with self.ctx.db.session() as s:

@@ -29,7 +29,7 @@ from dstack.server.reconcilers.runs import (
     is_live_replica,
 )
 from dstack.server.services import events
-from dstack.server.services.jobspecs import replica_spec
+from dstack.server.services.jobspecs import build_job_specs, replica_spec
 from dstack.server.services.run_apply import new_job_row, submit_replacement
 from dstack.server.services.service_stats import request_rate
 
@@ -128,6 +128,9 @@ class RunReconciler(Reconciler):
             backoff=self.ctx.settings.retry_backoff,
             service=service,
             replacement=run.replacement_spec is not None,
+            schedule=tuple((conf.get("schedule") or {}).get("cron") or ()),
+            next_triggered_at=run.next_triggered_at,
+            stop_criteria=conf.get("stop_criteria"),
         )
 
     async def _apply(
@@ -158,6 +161,9 @@ class RunReconciler(Reconciler):
             )
             events.run_event(s, run, _resubmit_message(prev, d.waited), now)
             woke = True
+        if d.submit_new:
+            _submit_all(s, run, now)
+            woke = True
         if d.scale_up or d.scale_down:
             await self._scale(s, run, latest, d, now)
             woke = True
@@ -172,6 +178,8 @@ class RunReconciler(Reconciler):
             msg = f"Run status changed {run.status.upper()} -> {d.status.upper()}"
             if d.reason:
                 msg += f". Termination reason: {d.reason.upper()}"
+            if values.get("next_triggered_at") is not None:
+                msg += f". Waiting for the schedule: next start {values['next_triggered_at']}"
             events.run_event(s, run, msg, now)
         await self.guarded_update(s, run.id, token, values, now)
         replaced = False
@@ -244,6 +252,17 @@ class RunReconciler(Reconciler):
             if asked and not terminating and leased:
                 busy += 1
         return busy
+
+
+def _submit_all(s: Any, run: t.Run, now: datetime) -> None:
+    """A scheduled run's first start: its jobs, built from its spec as apply would have."""
+    spec = RunSpec.model_validate_json(run.run_spec)
+    conf = parse_configuration(spec.configuration)
+    for js in build_job_specs(run.run_name, conf, spec.repo_code_hash):
+        s.add(
+            new_job_row(run, js.model_dump_json(), js.replica_num, js.job_num, js.job_name, 0, now)
+        )
+    events.run_event(s, run, "Schedule fired: the run's jobs are submitted", now)
 
 
 def _replica_facts(job: t.Job) -> ReplicaFacts:

@@ -8,11 +8,17 @@
 | active      | a job failed, retry window passed  | terminating: retry_limit_exceeded     |
 | active      | a job failed, no retry             | terminating: job_failed               |
 | active      | every job done                     | terminating: all_jobs_done            |
+| active      | `stop_criteria: master-done`, job  | terminating: all_jobs_done (workers   |
+|             | 0 done                             | are asked to stop)                    |
 | active      | jobs in progress                   | running if any job runs, else         |
 |             |                                    | provisioning if any provisions,       |
 |             |                                    | else submitted                        |
 | pending     | backoff elapsed                    | submitted; new job submissions        |
 |             |                                    | (event: why the previous one ended)   |
+| pending     | scheduled, next start not reached  | (waits; `next_triggered_at`)          |
+| pending     | scheduled, next start reached      | submitted; every job submitted anew   |
+| any         | scheduled, becomes final (not by   | pending, `next_triggered_at` = the    |
+|             | the user's stop)                   | next cron time after now              |
 | terminating | unfinished jobs                    | they are asked to stop (again: an     |
 |             |                                    | abort escalates a graceful stop)      |
 | terminating | every job finished                 | done / failed / terminated            |
@@ -173,6 +179,9 @@ class RunView:
     backoff: tuple[float, ...]
     service: ServiceView | None = None
     replacement: bool = False  # `apply --force` left a spec to submit once this run ends
+    schedule: tuple[str, ...] = ()  # `schedule.cron`: the run starts at these times (UTC)
+    stop_criteria: str | None = None  # `master-done`: the run is done when job 0 is
+    next_triggered_at: datetime | None = None  # waiting for this start (pending only)
 
 
 @dataclass
@@ -186,13 +195,48 @@ class RunDecision:
     scale_down: list[int] = field(default_factory=list)  # replicas to stop: scaled_down
     waited: float = 0.0  # the backoff a resubmission waited, for its event
     submit_replacement: bool = False  # the run ends now: submit its pending replacement
+    submit_new: bool = False  # a schedule fired on a run without jobs: submit them all
 
 
 def decide(v: RunView, now: datetime) -> RunDecision:
     d = _decide(v, now)
     if v.replacement and d.status in RUN_FINISHED:
         d.submit_replacement = True
+    elif v.schedule and d.status in RUN_FINISHED and not _stopped_by_user(v, d):
+        _rearm(v, d, now)
     return d
+
+
+def _stopped_by_user(v: RunView, d: RunDecision) -> bool:
+    reason = d.reason or v.termination_reason
+    by_user = (RR.STOPPED_BY_USER.value, RR.ABORTED_BY_USER.value)
+    return v.stop_requested or reason in by_user
+
+
+def _rearm(v: RunView, d: RunDecision, now: datetime) -> None:
+    """A scheduled run that ended on its own waits for its next start instead of ending."""
+    from dstack.models.cron import next_fire
+
+    d.status, d.reason = RS.PENDING.value, None
+    d.values.update(
+        next_triggered_at=next_fire(list(v.schedule), now),
+        termination_reason=None,
+        resubmission_attempt=0,
+    )
+
+
+def _decide_scheduled(v: RunView, now: datetime) -> RunDecision:
+    """Pending until the next start; then every job is submitted (anew, or for the first
+    time when the run has none yet)."""
+    due = v.next_triggered_at
+    if due is not None and now < due:
+        return RunDecision()
+    return RunDecision(
+        status=RS.SUBMITTED.value,
+        resubmit=[(j.replica_num, j.job_num) for j in v.latest_jobs],
+        submit_new=not v.latest_jobs,
+        values={"next_triggered_at": None, "resubmission_attempt": 0},
+    )
 
 
 def _decide(v: RunView, now: datetime) -> RunDecision:
@@ -201,6 +245,8 @@ def _decide(v: RunView, now: datetime) -> RunDecision:
     if v.stop_requested:
         reason = RR.ABORTED_BY_USER if v.stop_abort else RR.STOPPED_BY_USER
         return _terminate(v, reason.value)
+    if v.status == RS.PENDING.value and v.next_triggered_at is not None:
+        return _decide_scheduled(v, now)
     if v.status == RS.PENDING.value:
         return _decide_pending(v, now)
     return _decide_active(v, now)
@@ -296,6 +342,8 @@ def _decide_active(v: RunView, now: datetime) -> RunDecision:
         )
     if jobs and all(j.status == JS.DONE.value for j in jobs):
         return _terminate(v, RR.ALL_JOBS_DONE.value)
+    if v.stop_criteria == "master-done" and _master_done(jobs):
+        return _terminate(v, RR.ALL_JOBS_DONE.value)
     if v.service is not None:
         return _decide_service(v, v.service, now)
     # A stopping or finished job does not move the run back to `submitted`: only jobs still
@@ -307,6 +355,12 @@ def _decide_active(v: RunView, now: datetime) -> RunDecision:
     if status == v.status:
         return RunDecision()
     return RunDecision(status=status, values=_started_values(status))
+
+
+def _master_done(jobs: Sequence[JobState]) -> bool:
+    """Job 0 of every replica finished well (the workers are then stopped)."""
+    masters = [j for j in jobs if j.job_num == 0]
+    return bool(masters) and all(j.status == JS.DONE.value for j in masters)
 
 
 def _status_of(jobs: Sequence[JobState]) -> str:

@@ -95,7 +95,40 @@ def check_gpu(spec: Any, res: Resources) -> str | None:
     total_gb = sum(g.memory_mib for g in gpus) / MIB_PER_GB
     if total is not None and not _in_range(total_gb, total):
         return f"gpu total memory {range_str(total, 'GB')} (has {total_gb:.0f}GB)"
+    return _check_compute_capability(getattr(gspec, "compute_capability", None), gpus)
+
+
+def _check_compute_capability(wanted: Any, gpus: list[Gpu]) -> str | None:
+    """`compute_capability` is a minimum; a GPU whose capability is not known (not NVIDIA, or
+    a name gpuhunt does not list) does not meet it."""
+    if wanted is None:
+        return None
+    want = tuple(int(x) for x in wanted)
+    for g in gpus:
+        have = compute_capability(g)
+        if have is None or have < want:
+            has = f"{have[0]}.{have[1]}" if have else "unknown"
+            return f"gpu compute capability {want[0]}.{want[1]}+ ({g.name} has {has})"
     return None
+
+
+def compute_capability(gpu: Gpu) -> tuple[int, int] | None:
+    """From gpuhunt's table of NVIDIA GPUs, by name."""
+    if gpu.vendor != "nvidia":
+        return None
+    return _nvidia_capabilities().get(gpu.name.lower())
+
+
+_CC: dict[str, tuple[int, int]] = {}
+
+
+def _nvidia_capabilities() -> dict[str, tuple[int, int]]:
+    if not _CC:
+        import gpuhunt
+
+        for info in gpuhunt.KNOWN_NVIDIA_GPUS:
+            _CC.setdefault(info.name.lower(), tuple(info.compute_capability))
+    return _CC
 
 
 CHECKS = (check_cpu, check_memory, check_disk, check_gpu)

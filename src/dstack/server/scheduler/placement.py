@@ -15,6 +15,7 @@ from typing import Any
 from dstack.models.instances import InstanceStatus, Resources
 from dstack.models.offers import InstanceAvailability, InstanceOfferWithAvailability
 from dstack.server.scheduler.matching import mismatch
+from dstack.server.scheduler.pins import InstancePin
 from dstack.server.scheduler.runtime_fit import HostFacts, RuntimeNeeds, no_docker_reason
 
 # An instance still starting, and one up (taking jobs).
@@ -134,6 +135,8 @@ class Requirements:
     volumes: tuple[tuple[VolumeLocation, ...], ...] = ()
     # What the job's runtime fields (`user`, `python`, `privileged`, ...) ask of the host.
     runtime: RuntimeNeeds | None = None
+    # `instances`: only these existing instances, never a new one (None: not pinned).
+    instances: tuple[InstancePin, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,9 @@ class PoolInstance:
     # The machine it stands for (services/hosts.host_key) and its zone, when known.
     host_key: str | None = None
     availability_zone: str | None = None
+    # What `instances` selectors match besides the name.
+    hostname: str | None = None
+    instance_num: int = 0
     # Who its agent runs as, its Pythons, ... (None: not reported yet).
     facts: HostFacts | None = None
 

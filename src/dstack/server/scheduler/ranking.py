@@ -83,7 +83,8 @@ def rank(
     out = Ranking()
     wanted = set(req.fleets) if req.fleets else None
     pool_candidates(req, pool, wanted, out)
-    if req.creation_policy != "reuse":
+    # A run pinned to named instances (`instances`) never provisions a new one.
+    if req.creation_policy != "reuse" and req.instances is None:
         for cap in capacity:
             if wanted is None or cap.fleet_name in wanted:
                 _backend_candidates(req, cap, out, tried)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from dstack.models.instances import Resources
 from dstack.models.offers import InstanceAvailability, InstanceOfferWithAvailability
 from dstack.server.scheduler.matching import mismatch, share, share_view
+from dstack.server.scheduler.pins import pinned_out
 from dstack.server.scheduler.placement import (
     _STARTING,
     _UP,
@@ -150,6 +151,11 @@ def pool_candidates(
         if wanted is not None and inst.fleet_name not in wanted:
             reject((inst.name, lambda f=inst.fleet_name: _fleet_reason(f, wanted)))
             continue
+        if req.instances is not None:
+            pinned = pinned_out(req.instances, inst)
+            if pinned:
+                reject(pinned)
+                continue
         key = inst.shape
         f = fits.get(key)
         if f is None:

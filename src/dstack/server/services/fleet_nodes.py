@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dstack.errors import ServerClientError
+from dstack.models.common import canonical_backend
 from dstack.models.instances import InstanceStatus
 from dstack.models.offers import InstanceOfferWithAvailability
 from dstack.server.db import tables as t
@@ -54,7 +55,7 @@ def check_capabilities(
     need = fleet_requirements(conf).needs
     if not need:
         return
-    named = set(conf.get("backends") or ())
+    named = {canonical_backend(b) for b in conf.get("backends") or ()}
     usable = [
         b
         for btype, b in ctx.backends.for_project(project_id).items()

@@ -82,7 +82,7 @@ def stop_duration(conf: Any) -> int:
     return DEFAULT_STOP_DURATION if value is None else int(value)
 
 
-def requirements(conf: Any) -> dict[str, Any]:
+def requirements(conf: Any, nodes: int | None = None) -> dict[str, Any]:
     resources = conf.resources.model_dump(mode="json")
     gpu = resources.get("gpu") or {"count": {"min": 0, "max": None}}
     count_max = (gpu.get("count") or {}).get("max")
@@ -96,9 +96,61 @@ def requirements(conf: Any) -> dict[str, Any]:
         "max_price": getattr(conf, "max_price", None),
         "spot": getattr(spot, "value", spot) or "on-demand",
         "reservation": getattr(conf, "reservation", None),
-        "multinode": _nodes(conf) > 1,
+        "multinode": (nodes if nodes is not None else _nodes(conf)) > 1,
         "backend_options": None,
     }
+
+
+def node_confs(conf: Any) -> list[Any]:
+    """The configuration each node of a replica runs, by job number. A task with node
+    `groups` (configuration.md §7) runs its groups' nodes in order (job 0, the master, is the
+    first group's first node), each with its group's `resources`, `commands` and `ports` laid
+    over the task's; anything else runs `nodes` copies of itself."""
+    groups = getattr(conf, "groups", None) if conf.type == "task" else None
+    if not groups:
+        return [conf] * _nodes(conf)
+    out: list[Any] = []
+    for group in groups:
+        update = {
+            "resources": group.resources,
+            "commands": [_group_ips(c, groups) for c in group.commands or []],
+            "ports": list(group.ports),
+            "groups": None,
+        }
+        out += [conf.model_copy(update=update)] * group.nodes
+    return out
+
+
+_GROUP_IP_RE = re.compile(r"\$\{\{\s*groups\[(\d+)\]\.nodes\[(\d+)\]\.IP_ADDRESS\s*\}\}")
+_GROUP_ANY_RE = re.compile(r"\$\{\{\s*groups\b[^}]*\}\}")
+
+
+def _group_ips(command: str, groups: list[Any]) -> str:
+    """`${{ groups[i].nodes[j].IP_ADDRESS }}` -> that node's line of `$DSTACK_NODES_IPS` (the
+    IPs by rank, known only when the job starts), bounds checked here; any other `groups`
+    interpolation is refused, never left in the command."""
+
+    def sub(match: re.Match[str]) -> str:
+        i, j = int(match.group(1)), int(match.group(2))
+        if i >= len(groups) or j >= groups[i].nodes:
+            raise ServerClientError(
+                f"{match.group(0)}: no such node (groups: "
+                + ", ".join(f"[{k}] {g.nodes} nodes" for k, g in enumerate(groups))
+                + ")",
+                field="run_spec.configuration.groups",
+            )
+        rank = sum(g.nodes for g in groups[:i]) + j
+        return f"$(printf '%s\\n' \"$DSTACK_NODES_IPS\" | sed -n '{rank + 1}p')"
+
+    out = _GROUP_IP_RE.sub(sub, command)
+    other = _GROUP_ANY_RE.search(out)
+    if other:
+        raise ServerClientError(
+            f"unsupported interpolation {other.group(0)} (only "
+            "${{ groups[i].nodes[j].IP_ADDRESS }})",
+            field="run_spec.configuration.groups",
+        )
+    return out
 
 
 def _nodes(conf: Any) -> int:
@@ -233,7 +285,8 @@ def _replica_jobs(
     if conf.type == "service":
         port = conf.port
         service_port = getattr(port, "container_port", port)
-    nodes = _nodes(conf)
+    confs = node_confs(conf)
+    nodes = len(confs)
     return [
         JobSpec(
             replica_num=replica_num,
@@ -242,7 +295,7 @@ def _replica_jobs(
             jobs_per_replica=nodes,
             replica_group=group,
             user=getattr(conf, "user", None),
-            commands=_commands(conf, run_name, working_dir),
+            commands=_commands(node_conf, run_name, working_dir),
             env={k: v for k, v in (conf.env or {}).items() if v is not None},
             image_name=container_image(conf),
             privileged=bool(getattr(conf, "privileged", False)),
@@ -250,7 +303,7 @@ def _replica_jobs(
             nvcc=runtime_needs(conf).nvcc,
             max_duration=seconds_or_none(getattr(conf, "max_duration", None)),
             stop_duration=stop_duration(conf),
-            requirements=requirements(conf),
+            requirements=requirements(node_conf, nodes),
             retry=retry.model_dump(mode="json") if retry is not None else None,
             working_dir=getattr(conf, "working_dir", None),
             repo_code_hash=repo_code_hash,
@@ -259,10 +312,10 @@ def _replica_jobs(
             single_branch=getattr(conf, "single_branch", None),
             service_port=service_port,
             probes=service_probes(conf),
-            app_specs=_app_specs(conf),
+            app_specs=_app_specs(node_conf),
             volumes=job_volumes(conf, job_num) or None,
         )
-        for job_num in range(nodes)
+        for job_num, node_conf in enumerate(confs)
     ]
 
 

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 from dstack.errors import ConfigurationError, ServerClientError
 from dstack.models.configurations import parse_configuration
+from dstack.models.field_support import first_refusal
 from dstack.models.names import name_problem
 
 C = TypeVar("C")
@@ -24,4 +25,14 @@ def parse_named(data: dict[str, Any], expected: type[C], kind: str) -> C:
     problem = name_problem(kind, conf.name)  # type: ignore[attr-defined]
     if problem:
         raise ServerClientError(problem, field="name")
+    refuse_unsupported(conf)
     return conf
+
+
+def refuse_unsupported(conf: Any, prefix: str = "") -> None:
+    """A field this server would ignore is refused, naming it (models/field_support.py)."""
+    refusal = first_refusal(conf)
+    if refusal is not None:
+        raise ServerClientError(
+            str(refusal), field=f"{prefix}{refusal.path}", code="unsupported_field"
+        )

@@ -20,6 +20,7 @@ from dstack.server.scheduler.ranking import rank
 from dstack.server.services.context import ServerContext
 from dstack.server.services.gpu_groups import check_group_by, group_gpus
 from dstack.server.services.jobspecs import build_job_specs
+from dstack.server.services.plan_notes import unconfigured_backends, unique_offers
 from dstack.server.services.pool import (
     backend_capacity,
     load_pool_rows,
@@ -39,10 +40,11 @@ async def _ranking(
     req = requirements_for(conf, job.requirements)
     rows = await load_pool_rows(ctx, s, project.id)
     await s.commit()  # backends are asked outside any transaction
+    # `--backend aws` on a server without AWS: said first, not left as "no offers".
+    notes = unconfigured_backends(ctx, project.id, req)
     if req.fleets or req.creation_policy == "reuse":
         pool = await with_capacity(ctx, rows, req)
-        return rank(req, pool.instances, pool.capacity), pool.notes
-    notes: list[str] = []
+        return rank(req, pool.instances, pool.capacity), [*notes, *pool.notes]
     capacity = await backend_capacity(ctx, rows, req, notes)
     return rank(req, [], [capacity]), notes
 
@@ -51,7 +53,7 @@ async def list_offers(
     ctx: ServerContext, s: AsyncSession, project: t.Project, spec: RunSpec, max_offers: int | None
 ) -> dict[str, Any]:
     ranking, notes = await _ranking(ctx, s, project, spec)
-    offers = [c.offer.model_dump(mode="json") for c in ranking.candidates]
+    offers = [o.model_dump(mode="json") for o in unique_offers(ranking.candidates)]
     return {
         "offers": offers[: max_offers or DEFAULT_MAX_OFFERS],
         "total_offers": len(offers),
@@ -65,5 +67,5 @@ async def list_gpus(
 ) -> dict[str, Any]:
     check_group_by(group_by)
     ranking, notes = await _ranking(ctx, s, project, spec)
-    groups = group_gpus([c.offer for c in ranking.candidates], group_by)
+    groups = group_gpus(unique_offers(ranking.candidates), group_by)
     return {"gpus": [g.model_dump(mode="json") for g in groups], "notes": notes}

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dstack.models.common import canonical_backend
 from dstack.models.fleets import FleetStatus
 from dstack.models.instances import InstanceStatus
 from dstack.models.offers import InstanceOfferWithAvailability
@@ -17,6 +18,7 @@ from dstack.models.resources import ResourcesSpec
 from dstack.models.runs import JobStatus
 from dstack.server.backends.base import BackendError, Compute, OfferRequirements
 from dstack.server.db import tables as t
+from dstack.server.scheduler.pins import InstancePin
 from dstack.server.scheduler.placement import (
     FleetCapacity,
     PoolInstance,
@@ -194,7 +196,8 @@ async def backend_capacity(
     offers: list[InstanceOfferWithAvailability] = []
     caps: dict[str, frozenset[str]] = {}
     docker = True
-    allowed = conf.get("backends")
+    # Stored before `remote` was read as `ssh`, a fleet's raw configuration may say either.
+    allowed = [canonical_backend(b) for b in conf.get("backends") or ()]
     where = f"fleet {name}: " if fleet else ""
     for btype, backend in ctx.backends.for_project(rows.project_id).items():
         if allowed and btype not in allowed:
@@ -330,6 +333,8 @@ def _pool_instance(ctx: ServerContext, inst: t.Instance, fleet: t.Fleet, busy: i
         host_key=host_key(inst) if inst.hostname else None,
         availability_zone=instance_zone(inst, offer),
         facts=HostFacts.from_host_info(json.loads(inst.host_info)) if inst.host_info else None,
+        hostname=inst.hostname,
+        instance_num=inst.instance_num,
     )
 
 
@@ -368,7 +373,13 @@ def requirements_for(conf: Any, job_requirements: dict[str, Any]) -> Requirement
         docker=bool(container_image(conf)),
         runtime=runtime_needs(conf),
         needs=needs(conf, job_requirements),
+        instances=_pins(conf),
     )
+
+
+def _pins(conf: Any) -> tuple[InstancePin, ...] | None:
+    selectors = getattr(conf, "instances", None)
+    return tuple(InstancePin.from_selector(s) for s in selectors) if selectors else None
 
 
 def needs(conf: Any, job_requirements: dict[str, Any]) -> frozenset[str]:

@@ -24,6 +24,7 @@ from dstack.errors import (
     StaleResourceError,
     stale_plan_message,
 )
+from dstack.models.cron import next_fire
 from dstack.models.runs import ApplyRunPlanInput, JobStatus, Run, RunSpec, RunStatus
 from dstack.models.wire import utcnow
 from dstack.server.db import tables as t
@@ -33,6 +34,8 @@ from dstack.server.services.job_volumes import check_run_volumes
 from dstack.server.services.jobspecs import build_job_specs
 from dstack.server.services.metrics import check_utilization_window
 from dstack.server.services.names import generate_name
+from dstack.server.services.plan_notes import refuse_unknown_instances
+from dstack.server.services.pool import load_pool_rows, requirements_for
 from dstack.server.services.pubkeys import check_ssh_key_pub
 from dstack.server.services.repos import seal_creds
 from dstack.server.services.runs import (
@@ -76,6 +79,8 @@ async def apply_plan(
         active = await active_run(s, project.id, spec.run_name)
         if not force:
             check_fresh(spec.run_name, plan, active)
+        if active is not None and _priority_only(active, spec, conf):
+            return await _update_priority(ctx, s, user, project, active, spec, conf)
         if active is not None and _updatable(active, conf, plan):
             return await _update_service(ctx, s, user, project, active, spec, conf)
         if active is not None and force:
@@ -101,6 +106,9 @@ async def apply_plan(
     # Every volume the run names must exist (and not have failed): refused here, by name.
     specs = build_job_specs(spec.run_name, conf, spec.repo_code_hash)
     await check_run_volumes(ctx, s, project.id, specs)
+    if getattr(conf, "instances", None):
+        rows = await load_pool_rows(ctx, s, project.id)
+        refuse_unknown_instances(requirements_for(conf, specs[0].requirements), rows.instances)
     try:
         # The unique index on active (project, name) refuses a concurrent twin at the flush
         # inside _insert_run (Postgres) or at the commit (SQLite): both are the same loss.
@@ -217,6 +225,47 @@ def check_fresh(name: str, plan: ApplyRunPlanInput, active: t.Run | None) -> Non
         )
 
 
+def _priority_only(active: t.Run, spec: RunSpec, conf: Any) -> bool:
+    """Only `priority` differs: the queue order changes, nothing about the run itself, so it
+    is updated in place for any run type (a queued run keeps its place in its new class)."""
+    old = RunSpec.model_validate_json(active.run_spec)
+    new_conf = conf.model_dump(mode="json")
+    rest = {k: v for k, v in new_conf.items() if k != "priority"}
+    old_rest = {k: v for k, v in old.configuration.items() if k != "priority"}
+    return (
+        rest == old_rest
+        and new_conf.get("priority") != old.configuration.get("priority")
+        and (spec.repo_code_hash or None) == (old.repo_code_hash or None)
+        and not active.stop_requested
+    )
+
+
+async def _update_priority(
+    ctx: ServerContext,
+    s: AsyncSession,
+    user: t.User,
+    project: t.Project,
+    run: t.Run,
+    spec: RunSpec,
+    conf: Any,
+) -> Run:
+    before = run.priority
+    after = int(conf.priority or 0)
+    spec = spec.model_copy(update={"configuration": conf.model_dump(mode="json")})
+    await s.execute(
+        update(t.Run)
+        .where(t.Run.id == run.id, t.Run.status.in_(ACTIVE_RUN_STATUSES))
+        .values(priority=after, run_spec=spec.model_dump_json())
+    )
+    events.run_event(
+        s, run, f"Run priority changed from {before} to {after}", utcnow(), actor=user.name
+    )
+    await s.commit()
+    await s.refresh(run)
+    ctx.hub.wake("jobs")
+    return await to_model(s, run, project)
+
+
 def _updatable(active: t.Run, conf: Any, plan: ApplyRunPlanInput) -> bool:
     """A running service updates in place (a rolling deployment) when the client applies
     against it (`current_resource` set); anything else is refused or, with `force`,
@@ -295,9 +344,16 @@ async def _insert_run(
         priority=int(getattr(conf, "priority", 0) or 0),
         dirty=True,
     )
+    schedule = getattr(conf, "schedule", None)
+    if schedule is not None:
+        # Scheduled: pending, no jobs, until the next cron time (the run reconciler submits
+        # them then, and re-arms the schedule each time the run ends on its own).
+        run.status = RunStatus.PENDING.value
+        run.next_triggered_at = next_fire(schedule.cron, now)
+        message += f"; waiting for the schedule: next start {run.next_triggered_at}"
     s.add(run)
     await s.flush()
-    for js in build_job_specs(spec.run_name, conf, spec.repo_code_hash):
+    for js in [] if schedule else build_job_specs(spec.run_name, conf, spec.repo_code_hash):
         s.add(
             new_job_row(run, js.model_dump_json(), js.replica_num, js.job_num, js.job_name, 0, now)
         )

@@ -35,7 +35,14 @@ from dstack.server.services import events
 from dstack.server.services.context import ServerContext
 from dstack.server.services.job_volumes import volume_locations, with_volumes
 from dstack.server.services.jobspecs import build_job_specs
+from dstack.server.services.named_config import refuse_unsupported
 from dstack.server.services.names import invalid_name_message, is_valid_name
+from dstack.server.services.plan_notes import (
+    field_warnings,
+    no_offer_reasons,
+    refuse_unknown_instances,
+    unique_offers,
+)
 from dstack.server.services.pool import load_pool, requirements_for
 from dstack.server.services.pubkeys import check_ssh_key_pub
 from dstack.server.services.repos import without_creds
@@ -67,6 +74,7 @@ def parse_run_configuration(spec: RunSpec) -> Any:
             f"Environment variable {unset[0]} is not set",
             field=f"run_spec.configuration.env.{unset[0]}",
         )
+    refuse_unsupported(conf, "run_spec.configuration.")
     _check_groups(conf)
     check_runtime_fields(conf)
     return conf
@@ -75,6 +83,8 @@ def parse_run_configuration(spec: RunSpec) -> Any:
 def _check_groups(conf: Any) -> None:
     """Replica groups run with fixed counts; a group that asks to autoscale is refused here
     rather than left at its minimum without a word."""
+    if conf.type != "service":
+        return
     for i, group in enumerate(getattr(conf, "groups", None) or []):
         if group.replicas.min != group.replicas.max:
             name = group.name or str(i)
@@ -207,6 +217,7 @@ async def get_plan(
     for js in job_specs[:1] if len({j.job_num for j in job_specs}) == 1 else job_specs:
         mounts = await volume_locations(ctx, s, project.id, js, None)
         req = requirements_for(conf, js.requirements)
+        refuse_unknown_instances(req, pool.instances)
         ranking = rank(with_volumes(req, mounts), pool.instances, pool.capacity)
         if mounts and not ranking.candidates:
             refuse_misplaced_volumes(rank(req, pool.instances, pool.capacity), ranking)
@@ -216,13 +227,16 @@ async def get_plan(
                 + "; ".join(ranking.field_refusals[:5]),
                 field="configuration",
             )
-        offers = [c.offer for c in ranking.candidates]
+        offers = unique_offers(ranking.candidates)
+        notes = [] if offers else no_offer_reasons(ctx, project.id, req, pool.notes, ranking)
         job_plans.append(
             JobPlan(
                 job_spec=js,
                 offers=offers[: max_offers or 50],
                 total_offers=len(offers),
                 max_price=max((o.price for o in offers), default=None),
+                notes=notes,
+                warnings=field_warnings(conf, ranking),
             )
         )
     current = None

@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dstack.errors import ResourceExistsError, ServerClientError
+from dstack.models.common import canonical_backend
 from dstack.models.volumes import Volume, VolumeStatus
 from dstack.models.volumes_config import VolumeConfiguration
 from dstack.models.wire import utcnow
@@ -62,7 +63,9 @@ async def _fleet_for_directory(
     conf = json.loads(fleet.spec).get("configuration") or {}
     if conf.get("ssh_config"):
         return fleet
-    backends = [ctx.backends.get(b, project.id) for b in conf.get("backends") or []]
+    backends = [
+        ctx.backends.get(canonical_backend(b), project.id) for b in conf.get("backends") or []
+    ]
     # This machine's backend (its jobs run beside the server: no remote hosts) keeps one host.
     if backends and all(b is not None and not b.capabilities.remote_hosts for b in backends):
         return fleet
