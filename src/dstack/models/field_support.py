@@ -79,13 +79,7 @@ def _https_asked(value: Any) -> bool:
     return value is not None and value is not False
 
 
-def _env_has_secret(env: Any) -> bool:
-    values = env.values() if isinstance(env, dict) else []
-    return any(isinstance(v, str) and "secrets." in v and "${{" in v for v in values)
-
-
 _NOT_YET = "is not supported by this server yet (it would be ignored, so the run is refused)"
-_RUNTIME = f"{_NOT_YET}; remove it to run"
 _NO_GATEWAYS = "gateways are not supported by this server yet; the service is served at the "
 _NO_GATEWAYS += "server's /proxy/services/<project>/<run>/ URL: remove the field"
 _GATEWAY_TYPE = "gateway configurations are not supported by this server yet (no gateways)"
@@ -104,7 +98,7 @@ _RESOURCES: dict[str, FieldRule] = {
     "resources.gpu.memory": W,
     "resources.gpu.total_memory": W,
     "resources.gpu.compute_capability": W,
-    "resources.shm_size": refused(_RUNTIME),
+    "resources.shm_size": backend("docker", "`shm_size` needs a host with a Docker engine"),
 }
 
 # Fields of every run type (dev-environment, task, service): profile + common run fields.
@@ -112,27 +106,27 @@ _RUN: dict[str, FieldRule] = {
     "type": W,
     "name": W,
     "image": backend("docker", "`image` needs a host with a Docker engine"),
-    "user": refused(_RUNTIME),
-    "privileged": refused(_RUNTIME, when=_truthy),
-    "entrypoint": refused(_RUNTIME),
+    "user": W,
+    "privileged": backend("docker", "`privileged` needs a host with a Docker engine"),
+    "entrypoint": W,
     "working_dir": W,
     "home_dir": refused(f"{_NOT_YET}: the job's home is the host user's or the image's"),
-    "registry_auth": refused(_RUNTIME),
-    "python": refused(_RUNTIME),
-    "nvcc": refused(_RUNTIME, when=_truthy),
-    "docker": refused(_RUNTIME, when=_truthy),
-    "single_branch": refused(_RUNTIME),
-    "env": refused(
-        "`${{ secrets.NAME }}` interpolation is not supported by this server yet "
-        "(the job would get the literal text)",
-        when=_env_has_secret,
+    "registry_auth": W,
+    "python": W,
+    "nvcc": W,
+    "docker": refused(
+        "(Docker inside the job) is not supported: it would need the host's Docker engine, "
+        "which is root on the host; set `image` and `privileged: true` instead",
+        when=_truthy,
     ),
+    "single_branch": W,
+    "env": W,
     "shell": W,
     **_RESOURCES,
     "priority": W,
     "volumes": W,
-    "repos": refused(f"{_NOT_YET}: remote repositories are not cloned yet"),
-    "files": refused(f"{_NOT_YET}: files are not copied yet"),
+    "repos": W,
+    "files": W,
     "dstack": refused(_NOT_YET, when=_truthy),
     "setup": W,
     # Profile parameters (§5).
@@ -150,7 +144,7 @@ _RUN: dict[str, FieldRule] = {
     "max_duration": W,
     "stop_duration": W,
     "creation_policy": W,
-    "utilization_policy": refused(f"{_NOT_YET}: GPU utilization is not watched yet"),
+    "utilization_policy": W,
     "startup_order": W,
     "stop_criteria": W,
     "schedule": W,
