@@ -92,21 +92,59 @@ def test_servers_started_together_bootstrap_once_and_share_one_local_instance(
         stop_all(replicas)
 
 
+def holder_of(db: DB, replicas: list[Replica], query: str) -> Replica | None:
+    """The live replica holding the lease of a row `query` returns (its lock owner)."""
+    for (lock_owner,) in db.rows(query):
+        pid = owner_pid(lock_owner)
+        for r in replicas:
+            if r.proc is not None and r.proc.poll() is None and r.pid == pid:
+                return r
+    return None
+
+
 def kill_holder(db: DB, replicas: list[Replica], query: str, what: str) -> Replica:
-    """SIGKILL the replica holding the lease of the first row `query` returns (its lock owner),
-    as soon as there is one."""
-
-    def holder() -> Replica | None:
-        for (lock_owner,) in db.rows(query):
-            pid = owner_pid(lock_owner)
-            for r in replicas:
-                if r.proc is not None and r.proc.poll() is None and r.pid == pid:
-                    return r
-        return None
-
-    victim = wait_until(holder, timeout=60, interval=0.05, what=what)
+    """SIGKILL the replica holding a lease of a row `query` returns, as soon as there is one."""
+    victim = wait_until(
+        lambda: holder_of(db, replicas, query), timeout=60, interval=0.02, what=what
+    )
     victim.kill()
     return victim
+
+
+# Any lease on the work of runs not yet running: the run, its job, or the instance.
+PROVISIONING_LEASES = """
+SELECT r.lock_owner FROM runs r WHERE r.lock_owner IS NOT NULL
+  AND r.status IN ('submitted', 'provisioning')
+UNION ALL SELECT j.lock_owner FROM jobs j WHERE j.lock_owner IS NOT NULL
+  AND j.status IN ('submitted', 'provisioning')
+UNION ALL SELECT i.lock_owner FROM instances i WHERE i.lock_owner IS NOT NULL
+  AND i.status IN ('pending', 'provisioning')
+"""
+
+
+class Killer(threading.Thread):
+    """Kills the first replica seen holding a provisioning lease, never while an apply is in
+    flight (the CLI would see its server vanish: that is test_errors' business, not ours)."""
+
+    def __init__(self, db: DB, replicas: list[Replica]) -> None:
+        super().__init__(daemon=True)
+        self.db, self.replicas = db, replicas
+        self.applying = threading.Lock()
+        self.victim: Replica | None = None
+        self.killed_at = 0.0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set() and self.victim is None:
+            with self.applying:
+                r = holder_of(self.db, self.replicas, PROVISIONING_LEASES)
+                if r is not None:
+                    r.kill()
+                    self.victim, self.killed_at = r, time.monotonic()
+            time.sleep(0.01)
+
+    def alive(self) -> list[Replica]:
+        return [r for r in self.replicas if r is not self.victim]
 
 
 def test_three_replicas_share_the_work_and_survive_a_kill(
@@ -128,23 +166,20 @@ def test_three_replicas_share_the_work_and_survive_a_kill(
         # 1. Tasks applied on each replica; the replica provisioning the local instance (or
         # placing the job on it) is killed mid-way.
         names = [f"work-{i}" for i in range(3)]
-        for r, n in zip(replicas, names, strict=True):
-            # Each execution leaves one file: a job started twice would leave a second line.
-            apply(r, d, n, task(n, f"echo $DSTACK_RUN_NAME >> {marks}/{n}", "sleep 2",
-                                f"echo logged-{n}"))  # fmt: skip
-        victim = kill_holder(
-            db,
-            replicas,
-            "SELECT lock_owner FROM instances WHERE status IN ('pending', 'provisioning') "
-            "AND lock_owner IS NOT NULL UNION ALL SELECT lock_owner FROM jobs "
-            "WHERE status = 'provisioning' AND lock_owner IS NOT NULL",
-            "a replica holding a provisioning instance or job",
-        )
-        killed_at = time.monotonic()
-        alive = [r for r in replicas if r is not victim]
+        killer = Killer(db, replicas)
+        killer.start()
+        for i, n in enumerate(names):
+            with killer.applying:
+                alive = killer.alive()
+                r = alive[i % len(alive)]
+                # Each execution leaves one line: a job started twice would leave a second.
+                apply(r, d, n, task(n, f"echo $DSTACK_RUN_NAME >> {marks}/{n}", "sleep 2",
+                                    f"echo logged-{n}"))  # fmt: skip
+        wait_until(lambda: killer.victim, timeout=60, what="a replica killed mid-provisioning")
+        alive = killer.alive()
         for n in names:
             alive[0].wait_status(n, "done", timeout=lease + 60)
-        assert time.monotonic() - killed_at < lease + 60
+        assert time.monotonic() - killer.killed_at < lease + 60
         for n in names:
             assert (marks / n).read_text().splitlines() == [n], f"{n} ran more or less than once"
         assert db.one("SELECT count(*) FROM instances") == 1, db.rows(
