@@ -228,3 +228,77 @@ def test_a_wake_on_one_replica_reaches_the_others(pg_cluster: Any) -> None:
                 await db.close()
 
     asyncio.run(main())
+
+
+def test_two_replicas_creating_the_single_instance_at_once_make_one(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two server processes (two contexts: the job worker's in-process lock does not span
+    them) each place a job on a single-instance backend, both having seen no live instance
+    (the stale view is forced). The database refuses the second instance; that job gives its
+    lease back, due again, and places onto the first instance on its next pass."""
+    import json
+    from types import SimpleNamespace
+
+    from dstack.server.backends.registry import BackendRegistry
+    from dstack.server.reconcilers import job_worker
+    from dstack.server.reconcilers.base import Requeued
+    from dstack.server.scheduler.placement import Candidate
+    from dstack.server.services.bootstrap import local_fleet_spec
+
+    from .test_backend_seam import Counting
+    from .test_claim import make_ctx, run_row, seed_owners
+    from .test_scheduler import offer
+
+    async def stale_view(_s: Any) -> set[str]:
+        return set()
+
+    monkeypatch.setattr(job_worker, "live_backend_types", stale_view)
+
+    async def scenario() -> None:
+        ctxs = [make_ctx(db_url, tmp_path) for _ in range(2)]
+        for ctx in ctxs:
+            ctx.backends = BackendRegistry(shared=[Counting(single_instance=True)])
+        o = await seed_owners(ctxs[0].db)
+        now = utcnow()
+        run = run_row(o, run_spec=json.dumps({"configuration": {"type": "task"}}))
+        fleet = t.Fleet(
+            id=str(uuid.uuid4()), project_id=o.project_id, name="fl", status="active",
+            spec=local_fleet_spec(["fake"]).model_dump_json(), created_at=now,
+            last_processed_at=now,
+        )  # fmt: skip
+        jobs = [
+            t.Job(
+                id=str(uuid.uuid4()), project_id=o.project_id, run_id=run.id,
+                run_name=run.run_name, job_name=f"j{i}", job_spec="{}", status="submitted",
+                submitted_at=now, last_processed_at=now, lock_token=f"tok{i}", dirty=False,
+            )  # fmt: skip
+            for i in range(2)
+        ]
+        async with ctxs[0].db.session() as s:
+            s.add_all([run, fleet])
+            await s.flush()
+            s.add_all(jobs)
+            await s.commit()
+        workers = [job_worker.JobReconciler(ctx, agents=None) for ctx in ctxs]  # type: ignore[arg-type]
+        place = Candidate(offer(backend="fake"), fleet.id, "fl", None, 1)
+        project = SimpleNamespace(id=o.project_id)
+
+        def snap(job: t.Job) -> Any:
+            return job_worker.Snapshot(job, run, project, None, None, place)  # type: ignore[arg-type]
+
+        async with ctxs[0].db.session() as s:
+            await workers[0]._add_instance(s, snap(jobs[0]), {}, now, "tok0")
+            await s.commit()
+        async with ctxs[1].db.session() as s:
+            with pytest.raises(Requeued):
+                await workers[1]._add_instance(s, snap(jobs[1]), {}, now, "tok1")
+        async with ctxs[1].db.session() as s:
+            rows = (await s.execute(text("SELECT count(*) FROM instances"))).scalar()
+            assert rows == 1
+            j1 = await s.get(t.Job, jobs[1].id)
+            assert j1.lock_token is None and j1.dirty and j1.instance_id is None
+        for ctx in ctxs:
+            await ctx.db.close()
+
+    asyncio.run(scenario())
