@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,25 +104,32 @@ def stop_all(replicas: list[Replica]) -> None:
 
 
 class DB:
-    """Direct reads of the shared database (what the replicas agree on), from the test."""
+    """Direct reads of the shared database (what the replicas agree on), from the test. Its
+    event loop runs in a thread of its own, so any test thread may query."""
 
     def __init__(self, url: str) -> None:
         self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
         self.engine = create_async_engine(url)
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=60)
 
     def rows(self, sql: str, **params: Any) -> list[tuple]:
         async def go() -> list[tuple]:
             async with self.engine.connect() as conn:
                 return [tuple(r) for r in (await conn.execute(text(sql), params)).all()]
 
-        return self.loop.run_until_complete(go())
+        return self._call(go())
 
     def one(self, sql: str, **params: Any) -> Any:
         return self.rows(sql, **params)[0][0]
 
     def close(self) -> None:
-        self.loop.run_until_complete(self.engine.dispose())
-        self.loop.close()
+        self._call(self.engine.dispose())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
 
 
 def fresh_postgres(cluster: pg.Cluster) -> str:
