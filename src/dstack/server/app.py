@@ -22,7 +22,9 @@ from dstack.errors import (
 from dstack.models.server_config import ServerConfig
 from dstack.server.backends import configure_projects, create_backends
 from dstack.server.backends.base import OfferCache
+from dstack.server.db.cluster import ClusterLease, startup_lock
 from dstack.server.db.migrate import migrate
+from dstack.server.db.notify import PgWakes
 from dstack.server.db.session import Database, sqlite_file
 from dstack.server.guard import RequestGuard
 from dstack.server.http_errors import install_fault_handlers, short
@@ -124,7 +126,9 @@ async def start(
         server_config = load_server_config(config_file)
     ctx.box.configure(keys_from_config(server_config.encryption_keys()))
     state_dir.secure(ctx.settings.server_dir, sqlite_file(ctx.settings.database_url))
-    await migrate(ctx.db.engine)
+    # One server at a time migrates and bootstraps (several replicas may start together).
+    async with startup_lock(ctx.db):
+        await migrate(ctx.db.engine)
     async with ctx.db.session() as s:
         try:  # a key removed too early, or changed: stop here, naming it
             await check_stored_values(s, ctx.box, config_file)
@@ -132,8 +136,10 @@ async def start(
             log.error("Invalid server configuration: %s", e)
             raise
     ctx.backends = await create_backends(ctx.settings, ctx.box.decrypt)
-    result = await bootstrap(ctx)
-    await configure_projects(ctx.backends, await sync_server_config(ctx, server_config))
+    async with startup_lock(ctx.db):
+        result = await bootstrap(ctx)
+        synced = await sync_server_config(ctx, server_config)
+    await configure_projects(ctx.backends, synced)
     result.backends = ctx.backends.describe()
     for failure in ctx.backends.failures:
         log.warning(
@@ -213,9 +219,18 @@ def create_app(
         box=Box(settings.data_dir / "encryption.key"),
     )
     proxy = create_proxy(ctx)
+    # Replicas on one database: one of them probes; wakes reach the others (Postgres).
+    probes = ClusterLease(ctx.db, "probes", ctx.instance_id, settings.lease_seconds)
+    proxy.prober.gate = probes.held
+    wakes = None
+    if not ctx.db.is_sqlite:
+        wakes = PgWakes(ctx.db.engine, ctx.instance_id, ctx.hub.wake_local)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if wakes is not None:
+            ctx.hub.forward = wakes.send
+            await wakes.start()
         result, tasks = await start(ctx, server_config)
         await proxy.start()
         app.state.bootstrap = result
@@ -225,6 +240,10 @@ def create_app(
             yield
         finally:
             await proxy.stop()
+            with suppress(Exception):
+                await probes.release()  # another replica probes from now on
+            if wakes is not None:
+                await wakes.stop()
             for task in tasks:
                 task.cancel()
             for task in tasks:
@@ -247,6 +266,7 @@ def create_app(
     )
     app.state.ctx = ctx
     app.state.proxy = proxy
+    app.state.wakes = wakes
     app.state.auth_limiter = proxy.auth_limiter  # one count of failures for the API and proxy
     # Added first, so it runs inside the proxy middleware: proxied bodies pass untouched.
     app.add_middleware(

@@ -101,6 +101,9 @@ def load_settings(host: str | None = None, port: int | None = None) -> Settings:
         code_upload_limit=_int_env("DSTACK_SERVER_CODE_UPLOAD_LIMIT", 2 * 1024 * 1024),
         api_max_body=_int_env("DSTACK_SERVER_MAX_BODY", 8 * 1024 * 1024),
         resync_seconds=_float_env("DSTACK_SERVER_RESYNC_SECONDS", 2.0),
+        # How long a claimed row (or a cluster-wide task) stays with a server replica that
+        # stopped renewing it: a replica killed mid-pass is replaced after this long.
+        lease_seconds=_float_env("DSTACK_SERVER_LEASE_SECONDS", 30.0),
         running_job_poll_seconds=_float_env("DSTACK_SERVER_JOB_POLL_SECONDS", 0.5),
         agent_unreachable_grace_seconds=_float_env("DSTACK_SERVER_UNREACHABLE_GRACE", 120.0),
         instance_check_seconds=_float_env("DSTACK_SERVER_INSTANCE_CHECK_SECONDS", 10.0),

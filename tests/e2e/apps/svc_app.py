@@ -3,8 +3,8 @@
 Listens on DSTACK_SERVICE_PORT (the replica's port). Endpoints: `/` (who answered), `/echo`
 (any method, body and selected headers back), `/stream` (server-sent events, one every 0.3 s),
 `/ws` (a WebSocket echo), `/slow` (sleeps), `/reset` (drops the connection), `/health` (200,
-or 500 while the file named by $FAIL_HEALTH exists), `/v1/models`, `/v1/chat/completions`
-(OpenAI-shaped, `stream: true` supported).
+or 500 while the file named by $FAIL_HEALTH exists; a line appended to $HEALTH_LOG if set),
+`/v1/models`, `/v1/chat/completions` (OpenAI-shaped, `stream: true` supported).
 """
 
 from __future__ import annotations
@@ -69,6 +69,9 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return None
         if path == "/health":
+            if os.environ.get("HEALTH_LOG"):  # one line per probe (tests count them)
+                with open(os.environ["HEALTH_LOG"], "a") as f:
+                    f.write(f"{time.time()}\n")
             flag = os.environ.get("FAIL_HEALTH")
             if flag and (os.path.exists(flag) or os.path.exists(f"{flag}.{PORT}")):
                 return self._json(500, {"healthy": False})

@@ -167,8 +167,21 @@ class Instance(LeaseMixin, Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The backend type, on an instance of a backend with one live instance per server
+    # (`single_instance`): a unique index over live rows keeps it one across server replicas.
+    # Migration 0022.
+    single_key: Mapped[str | None] = mapped_column(String(100))
 
-    __table_args__ = (claim_index("instances"),)
+    __table_args__ = (
+        claim_index("instances"),
+        Index(
+            "ix_instances_single_live",
+            "single_key",
+            unique=True,
+            sqlite_where=text("status != 'terminated'"),
+            postgresql_where=text("status != 'terminated'"),
+        ),
+    )
 
 
 class Run(LeaseMixin, Base):
@@ -429,3 +442,14 @@ class JobMetricsPoint(Base):
     memory_usage_bytes: Mapped[int | None] = mapped_column(BigInteger)
     memory_working_set_bytes: Mapped[int | None] = mapped_column(BigInteger)
     gpus: Mapped[str] = mapped_column(Text, default="[]")
+
+
+class ServerLease(Base):
+    """A cluster-wide singleton task (probes, inventory sweep): the server replica that holds
+    an unexpired lease runs it; the others wait to take it over (db/cluster.py). Migration
+    0022."""
+
+    __tablename__ = "server_leases"
+    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(100))
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -6,6 +6,9 @@ and whether the probes passed (`jobs.ready`, from `models.readiness.probes_passe
 answer is a success. Which replicas are probed (`may_serve`) and what "ready" means to the
 proxy and the run reconciler (`is_ready`) come from the same module, `models/readiness.py`.
 A probe success also clears `unhealthy_at`.
+
+With several server replicas on one database, one of them probes (the one holding the
+`probes` cluster lease, `gate`); every replica reads the results from the job rows.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -36,6 +40,8 @@ class Prober:
         self.client: httpx.AsyncClient | None = None
         self._due: dict[tuple[str, int], float] = {}
         self._inflight: set[str] = set()
+        # Whether this server process probes now (db/cluster.ClusterLease.held); None: always.
+        self.gate: Callable[[], Awaitable[bool]] | None = None
 
     async def run_forever(self) -> None:
         while True:
@@ -46,6 +52,9 @@ class Prober:
             await asyncio.sleep(self.tick)
 
     async def pass_once(self) -> None:
+        if self.gate is not None and not await self.gate():
+            self._due.clear()  # another replica probes; start afresh if we take over
+            return
         async with self.db.session() as s:
             running = select(t.Job).where(t.Job.status == JobStatus.RUNNING.value)
             jobs = list((await s.execute(running)).scalars())

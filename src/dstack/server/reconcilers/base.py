@@ -367,8 +367,9 @@ class Reconciler(ABC):
             if p.rewake and not p.lost:
                 # Only now: a claim skips rows still in flight, so a wake sent while this row
                 # was in `_inflight` would find nothing to claim and the row would wait for
-                # its interval.
-                self.ctx.hub.wake(self.kind)
+                # its interval. Local: the row is due to any replica's claim anyway, and
+                # this is the hot path (no NOTIFY per pass).
+                self.ctx.hub.wake_local(self.kind)
             else:
                 self._rearm()
 

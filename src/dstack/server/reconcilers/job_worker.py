@@ -13,6 +13,7 @@ from functools import partial
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 
 from dstack.errors import ServerClientError
 from dstack.models.instances import InstanceStatus
@@ -474,9 +475,18 @@ class JobReconciler(Reconciler):
             created_at=now,
             last_processed_at=now,
             dirty=True,
+            # One live instance of such a backend per database, whichever server replica
+            # places it (the check above saw none; a replica may have inserted one since).
+            single_key=c.offer.backend if single else None,
         )
         s.add(inst)
-        await s.flush()
+        try:
+            await s.flush()
+        except IntegrityError as e:
+            if not single:
+                raise
+            await self._release_for_replacement(s, snap.job.id, token)
+            raise Requeued(f"another server created the {c.offer.backend} instance") from e
         events.record(
             s,
             project_id=snap.project.id,

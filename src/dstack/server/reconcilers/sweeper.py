@@ -19,6 +19,7 @@ from dstack.models.instances import InstanceStatus
 from dstack.models.wire import utcnow
 from dstack.server.backends.base import BackendError, Compute, InventoryItem
 from dstack.server.db import tables as t
+from dstack.server.db.cluster import ClusterLease
 from dstack.server.services import events, metrics
 from dstack.server.services.context import ServerContext
 
@@ -53,9 +54,19 @@ class InventorySweeper:
         self.ctx = ctx
 
     async def run_forever(self) -> None:
+        # One replica sweeps for all (docs/replicas.md). The lease outlives a sweep interval,
+        # so the sweeping replica keeps it and another takes over only when it stops renewing.
+        st = self.ctx.settings
+        lease = ClusterLease(
+            self.ctx.db,
+            "inventory",
+            self.ctx.instance_id,
+            max(st.lease_seconds, st.inventory_sweep_seconds * 1.5),
+        )
         while True:
             try:
-                await self.sweep()
+                if await lease.held():
+                    await self.sweep()
             except Exception:
                 log.exception("inventory sweep failed; will retry")
             await asyncio.sleep(self.ctx.settings.inventory_sweep_seconds)

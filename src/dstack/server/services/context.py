@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,9 @@ class ServerContext:
     db: Database
     box: Box
     hub: Hub = field(default_factory=Hub)
-    instance_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    # This server process among the replicas on one database: lease owners and stats writers
+    # carry it, so an operator (or a test) sees which process holds what.
+    instance_id: str = field(default_factory=lambda: f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
     # Backends (backends.base.Compute) by project and the type an instance row records; filled
     # at start by backends.create_backends. Services and reconcilers read them only through
     # the compute interface (services/hosts.py), never by name.

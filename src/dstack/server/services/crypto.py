@@ -88,9 +88,19 @@ def keys_from_config(configured: Sequence[object]) -> list[Key]:
 def _file_key(key_file: Path) -> Key:
     key_file.parent.mkdir(parents=True, exist_ok=True)
     if not key_file.exists():
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # Written whole under a private name, then linked into place: server replicas starting
+        # together on one server directory never read a half-written key, and the first link
+        # wins (the others use its key).
+        tmp = key_file.with_name(f".{key_file.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(Fernet.generate_key())
+        try:
+            os.link(tmp, key_file)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
     os.chmod(key_file, 0o600)
     return Key(FILE_KEY_TYPE, FILE_KEY_NAME, key_file.read_bytes().strip())
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
+from collections.abc import Callable
 
 
 class Waiter:
@@ -48,6 +49,9 @@ class Hub:
     def __init__(self) -> None:
         # Weak: a loop that is gone (a test's reconciler, a stopped server) stops being woken.
         self._waiters: dict[str, weakref.WeakSet[Waiter]] = {}
+        # Other server replicas' loops (on Postgres: db/notify.py's NOTIFY); None: this
+        # process is alone (SQLite) or nothing is wired.
+        self.forward: Callable[[str], None] | None = None
 
     def waiter(self, kind: str) -> Waiter:
         """Register a new waiter for `kind`; wakes from now on set its flag."""
@@ -56,6 +60,15 @@ class Hub:
         return w
 
     def wake(self, *kinds: str) -> None:
+        """Wake this process's loops of each kind and, through `forward`, every replica's."""
+        self.wake_local(*kinds)
+        if self.forward is not None:
+            for kind in kinds:
+                self.forward(kind)
+
+    def wake_local(self, *kinds: str) -> None:
+        """Wake this process's loops only (a wake received from another replica, or a loop
+        re-arming itself for a row it just released)."""
         for kind in kinds:
             for w in list(self._waiters.get(kind, ())):
                 w.set()
