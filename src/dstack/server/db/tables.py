@@ -169,7 +169,7 @@ class Instance(LeaseMixin, Base):
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
     # The backend type, on an instance of a backend with one live instance per server
     # (`single_instance`): a unique index over live rows keeps it one across server replicas.
-    # Migration 0022.
+    # Migration 0019.
     single_key: Mapped[str | None] = mapped_column(String(100))
 
     __table_args__ = (
@@ -447,7 +447,7 @@ class JobMetricsPoint(Base):
 class ServerLease(Base):
     """A cluster-wide singleton task (probes, inventory sweep): the server replica that holds
     an unexpired lease runs it; the others wait to take it over (db/cluster.py). Migration
-    0022."""
+    0019."""
 
     __tablename__ = "server_leases"
     name: Mapped[str] = mapped_column(String(50), primary_key=True)

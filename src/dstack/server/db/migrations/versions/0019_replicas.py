@@ -7,7 +7,7 @@
 - `server_leases`: one row per cluster-wide singleton task (the probes, the inventory sweep);
   the replica whose lease has not expired runs it.
 
-Revision ID: 0022
+Revision ID: 0019
 Revises: 0016
 Create Date: 2026-12-05 14:00:00
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0022"
+revision = "0019"
 down_revision = "0018"
 branch_labels = None
 depends_on = None
