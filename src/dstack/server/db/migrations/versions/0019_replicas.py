@@ -8,7 +8,7 @@
   the replica whose lease has not expired runs it.
 
 Revision ID: 0019
-Revises: 0016
+Revises: 0018
 Create Date: 2026-12-05 14:00:00
 """
 
