@@ -4,7 +4,7 @@ One row per (project, name); `value` is encrypted with the server's box (`enc:<t
 name>:<ciphertext>`). A new table, so the upgrade touches no existing row.
 
 Revision ID: 0016
-Revises: 0014
+Revises: 0015
 Create Date: 2026-12-05 13:30:00
 """
 

@@ -4,7 +4,7 @@
 read them; old points are deleted after a retention period.
 
 Revision ID: 0017
-Revises: 0014
+Revises: 0016
 Create Date: 2026-12-05 13:30:00
 """
 

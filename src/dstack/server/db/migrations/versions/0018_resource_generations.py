@@ -6,7 +6,7 @@ was (`current_resource`, with its generation); an apply whose plan saw an older 
 the row now holds is refused (409) instead of silently overwriting a change someone else made.
 
 Revision ID: 0018
-Revises: 0014
+Revises: 0017
 Create Date: 2026-12-05 13:30:00
 """
 
