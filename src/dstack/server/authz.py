@@ -72,7 +72,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/healthcheck"): _PUBLIC,
     ("POST", "/api/server/get_info"): _PUBLIC,
     ("GET", "/"): _PUBLIC,
-    ("GET", "/ui/{path:path}"): _PUBLIC,
+    ("GET", "/ui/{asset:path}"): _PUBLIC,
     ("GET", "/metrics"): Rule(Need.METRICS),
     # FastAPI's own pages (not in the schema): the API's shape, no data.
     ("GET", "/api/docs"): _PUBLIC,

@@ -54,7 +54,11 @@ def test_page_has_csp_and_deep_links_load_the_page(server: Server):
     r = httpx.get(f"{server.url}/projects/main/runs/anything")
     assert r.status_code == 200 and "/ui/app.js" in r.text
     assert "script-src 'self'" in r.headers["content-security-policy"]
-    assert httpx.get(f"{server.url}/api/nope").status_code == 404
+    # The API's unknown paths stay JSON errors (the UI's fallback never answers them): refused
+    # before routing without a token, 404 with one.
+    assert httpx.get(f"{server.url}/api/nope").status_code == 403
+    auth = {"Authorization": f"Bearer {server.token}"}
+    assert httpx.get(f"{server.url}/api/nope", headers=auth).status_code == 404
     assert httpx.get(f"{server.url}/healthcheck").json() == {"status": "running"}
 
 
@@ -170,8 +174,10 @@ def test_a_services_metrics_charts(gpu_server: Server, tmp_path: Path, page, sho
     sign_in(page, gpu_server, "/projects/main/runs/ui-svc")
     page.wait_for_selector("main h1 .status[data-status='running']", timeout=TIMEOUT_MS)
     for metric in ("cpu_usage_percent", "gpu_util_percent_gpu0"):
+        # "attached", not "visible": a flat series (the fake GPU's steady 37%) is a polyline
+        # with no height, which the browser calls invisible.
         line = page.wait_for_selector(
-            f"figure.chart[data-metric='{metric}'] polyline", timeout=TIMEOUT_MS
+            f"figure.chart[data-metric='{metric}'] polyline", timeout=TIMEOUT_MS, state="attached"
         )
         assert line.get_attribute("points").count(",") >= 2, metric
     page.screenshot(path=str(shots / "service-metrics.png"), full_page=True)
