@@ -90,7 +90,8 @@ def agent_zipapp() -> bytes:
 
 class SlurmBackend(Compute):
     type = "slurm"
-    capabilities = Capabilities(docker=False, multinode=True, spot=False, volumes=False)
+    # Docker per cluster (`docker: true` in config.yml): `no_docker_regions` names the others.
+    capabilities = Capabilities(docker=True, multinode=True, spot=False, volumes=False)
     offers_ttl = 15.0  # node states change as jobs come and go
     provisioning_poll = 0.5  # one `squeue` on a pooled SSH connection
 
@@ -321,9 +322,20 @@ class SlurmBackend(Compute):
         info = dict(info)
         rc = host.remote
         info["internal_ip"] = rc.get("node_ip") or rc.get("node") or info.get("internal_ip")
-        info["docker"] = False
-        info["docker_note"] = "the slurm backend runs jobs with the process runtime"
+        cluster = self.clusters.get(rc.get("cluster") or "")
+        if cluster is None or not cluster.docker:
+            info["docker"] = False
+            info["docker_note"] = _not_configured(rc.get("cluster") or "?")
+        elif not info.get("docker"):
+            info["docker_note"] = (
+                f"cluster {cluster.name} sets `docker: true`, but `docker info` does not answer "
+                f"for user {cluster.user} on node {rc.get('node') or '?'} (is the engine "
+                f"running there and {cluster.user} in the `docker` group?)"
+            )
         return Ready(host_info=info)
+
+    def no_docker_regions(self) -> dict[str, str]:
+        return {n: _not_configured(n) for n, c in self.clusters.items() if not c.docker}
 
     async def revive(self, host: Host) -> Provisioning | None:
         rc = host.remote
@@ -481,6 +493,15 @@ class SlurmBackend(Compute):
     async def close(self) -> None:
         await self.relays.close()
         await self.login.close()
+
+
+def _not_configured(cluster: str) -> str:
+    """Why a cluster's nodes do not run images, and the user's two ways out."""
+    return (
+        f"Slurm cluster {cluster} runs jobs with the process runtime only: set `docker: true` "
+        "on the cluster in the server's config.yml if its compute nodes run a Docker engine "
+        "the login user may use, or remove `image`"
+    )
 
 
 def _port_of(state: str) -> int | None:

@@ -1,0 +1,94 @@
+"""Jobs with `image` on Slurm: a cluster configured `docker: true` runs them in containers on
+its compute nodes (the agent there runs `docker run`); one without it refuses them in the plan,
+naming the cluster and the two ways out. The harness's nodes share this machine's Docker
+engine (its socket is a file on the shared filesystem); the image is built locally
+(tests/conftest.py `busybox_image`), nothing is pulled."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ..harness import Server, wait_until, write_config
+from .cluster import SlurmCluster, available
+from .test_slurm_backend import FLEET, squeue, task
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(available() is not None, reason=str(available()))]
+
+
+def _server(tmp_path: Path, c: SlurmCluster) -> tuple[Server, Path]:
+    srv = Server(
+        home=tmp_path / "home",
+        extra_env={
+            "DSTACK_SERVER_LOCAL_BACKEND": "0",
+            "DSTACK_SERVER_INSTANCE_CHECK_SECONDS": "1",
+            "DSTACK_SERVER_UNREACHABLE_GRACE": "60",
+        },
+    )
+    srv.home.mkdir()
+    srv.server_dir.mkdir(parents=True)
+    config = {"projects": [{"name": "main", "backends": [c.backend_config()]}]}
+    (srv.server_dir / "config.yml").write_text(yaml.safe_dump(config))
+    srv.start()
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    write_config(proj, "fleet.dstack.yml", FLEET)
+    r = srv.cli("apply", "-f", "fleet.dstack.yml", "-y", cwd=proj)
+    assert r.returncode == 0, r.stdout + r.stderr + srv.log_tail()
+    return srv, proj
+
+
+@pytest.fixture
+def docker_server(tmp_path: Path, slurm_docker_cluster: SlurmCluster) -> Iterator[Any]:
+    srv, proj = _server(tmp_path, slurm_docker_cluster)
+    try:
+        yield srv, proj, slurm_docker_cluster
+    finally:
+        srv.cleanup()
+
+
+@pytest.fixture
+def plain_server(tmp_path: Path, slurm_cluster: SlurmCluster) -> Iterator[Any]:
+    srv, proj = _server(tmp_path, slurm_cluster)
+    try:
+        yield srv, proj, slurm_cluster
+    finally:
+        srv.cleanup()
+
+
+def image_task(name: str, image: str, command: str) -> str:
+    return task(name, command, f"image: {image}\n")
+
+
+def test_a_task_with_an_image_runs_in_docker_on_a_node(
+    docker_server: Any, busybox_image: str
+) -> None:
+    srv, proj, c = docker_server
+    # /workflow (the job's code, mounted) exists only inside the container, not on the nodes.
+    command = "test -d /workflow && echo in-container-at-$PWD"
+    write_config(proj, "img.dstack.yml", image_task("in-image", busybox_image, command))
+    r = srv.cli("apply", "-f", "img.dstack.yml", "-y", cwd=proj, timeout=180)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out + srv.log_tail()
+    assert "in-container-at-/workflow" in out, out
+    r = srv.cli("logs", "in-image", cwd=proj)
+    assert "in-container-at-/workflow" in r.stdout, r.stdout + r.stderr
+    wait_until(lambda: not squeue(c), timeout=30, what="the Slurm job to end")
+
+
+def test_a_task_with_an_image_is_refused_where_the_cluster_has_no_docker(
+    plain_server: Any, busybox_image: str
+) -> None:
+    srv, proj, c = plain_server
+    write_config(proj, "img.dstack.yml", image_task("no-docker", busybox_image, "true"))
+    r = srv.cli("apply", "-f", "img.dstack.yml", "-y", cwd=proj, timeout=60)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    assert "No matching instance offers" in out, out
+    assert "Slurm cluster hpc runs jobs with the process runtime only" in out, out
+    assert "set `docker: true`" in out, out
+    assert not squeue(c)  # nothing reached Slurm
