@@ -6,6 +6,7 @@ engine (its socket is a file on the shared filesystem); the image is built local
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -92,3 +93,40 @@ def test_a_task_with_an_image_is_refused_where_the_cluster_has_no_docker(
     assert "Slurm cluster hpc runs jobs with the process runtime only" in out, out
     assert "set `docker: true`" in out, out
     assert not squeue(c)  # nothing reached Slurm
+
+
+def _containers() -> list[str]:
+    r = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", "label=dstack.job"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return r.stdout.split()
+
+
+def test_stop_and_a_scancel_from_outside_end_the_container(
+    docker_server: Any, busybox_image: str
+) -> None:
+    """The container is the Docker engine's child, not the Slurm job's: `dstack stop` (the
+    agent stops it) and a `scancel` from outside (SIGTERM to the job's processes, which the
+    attached `docker run` passes on to the container) must both end it, and the batch script
+    removes the containers of its agent's jobs when the agent ends (none is left, even
+    exited)."""
+    srv, proj, c = docker_server
+    before = set(_containers())
+    for name in ("stopped", "cancelled"):
+        write_config(proj, f"{name}.dstack.yml", image_task(name, busybox_image, "sleep 600"))
+        r = srv.cli("apply", "-f", f"{name}.dstack.yml", "-y", "-d", cwd=proj)
+        assert r.returncode == 0, r.stdout + r.stderr
+        srv.wait_status(name, "running", timeout=90)
+    wait_until(lambda: len(set(_containers()) - before) == 2, timeout=30, what="two containers")
+    r = srv.cli("stop", "stopped", "-y", cwd=proj)
+    assert r.returncode == 0, r.stdout + r.stderr
+    srv.wait_status("stopped", "terminated", "stopped", timeout=60)
+    job = [j for j in squeue(c) if "RUNNING" in j]
+    assert job, squeue(c)
+    r = c.ssh("scancel $(squeue -h -o '%i' | tr '\\n' ' ')")
+    assert r.returncode == 0, r.stdout + r.stderr
+    srv.wait_status("cancelled", "failed", timeout=60)
+    wait_until(lambda: not set(_containers()) - before, timeout=60, what="the containers to be removed")

@@ -175,7 +175,7 @@ class SlurmBackend(Compute):
             await self._must(
                 cluster,
                 sc.prepare_script(host.instance_id, digest),
-                sc.batch_script(host.instance_id),
+                sc.batch_script(host.instance_id, self._cluster(cluster).docker),
             )
             job_id = await self._submit(cluster, self._job_request(host, offer, partition))
         remote = {
@@ -200,7 +200,9 @@ class SlurmBackend(Compute):
         cluster, partition = offer.region, offer.availability_zones[0]
         req = self._job_request(host, offer, partition)
         script = gr.join_script(group, host.instance_id, digest, gr.sbatch_command(group, req))
-        rc, out, err = await self._run(cluster, script, gr.batch_script(group))
+        rc, out, err = await self._run(
+            cluster, script, gr.batch_script(group, self._cluster(cluster).docker)
+        )
         if rc != 0:
             text = (err or out).strip()
             if rc == 3 or any(marker in text for marker in _NO_CAPACITY):
