@@ -129,4 +129,6 @@ def test_stop_and_a_scancel_from_outside_end_the_container(
     r = c.ssh("scancel $(squeue -h -o '%i' | tr '\\n' ' ')")
     assert r.returncode == 0, r.stdout + r.stderr
     srv.wait_status("cancelled", "failed", timeout=60)
-    wait_until(lambda: not set(_containers()) - before, timeout=60, what="the containers to be removed")
+    wait_until(
+        lambda: not set(_containers()) - before, timeout=60, what="the containers to be removed"
+    )
