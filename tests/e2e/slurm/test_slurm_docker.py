@@ -16,7 +16,7 @@ import yaml
 
 from ..harness import Server, wait_until, write_config
 from .cluster import SlurmCluster, available
-from .test_slurm_backend import FLEET, squeue, task
+from .test_slurm_backend import CLUSTER_FLEET, FLEET, squeue, task
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(available() is not None, reason=str(available()))]
 
@@ -132,3 +132,25 @@ def test_stop_and_a_scancel_from_outside_end_the_container(
     wait_until(
         lambda: not set(_containers()) - before, timeout=60, what="the containers to be removed"
     )
+
+
+def test_a_two_node_task_with_an_image_runs_in_one_allocation(
+    docker_server: Any, busybox_image: str
+) -> None:
+    """The fleet allocation's batch script (one agent per node under `srun`) runs images
+    too: each rank in a container, with the allocation's variables."""
+    srv, proj, c = docker_server
+    write_config(proj, "pair.dstack.yml", CLUSTER_FLEET)
+    r = srv.cli("apply", "-f", "pair.dstack.yml", "-y", cwd=proj, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr + srv.log_tail()
+    command = "test -d /workflow && echo rank-$DSTACK_NODE_RANK-of-$DSTACK_NODES_NUM-in-container"
+    text = task("ranks", command, f"nodes: 2\nfleets: [pair]\nimage: {busybox_image}\n")
+    write_config(proj, "r.dstack.yml", text.replace("cpu: 1..", "cpu: 2.."))
+    r = srv.cli("apply", "-f", "r.dstack.yml", "-y", cwd=proj, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr + srv.log_tail()
+    assert "rank-0-of-2-in-container" in r.stdout, r.stdout
+    run = srv.wait_status("ranks", "done", timeout=30)
+    subs = [j["job_submissions"][-1] for j in run["jobs"]]
+    assert len(subs) == 2 and all(s["status"] == "done" for s in subs), subs
+    (job,) = squeue(c)
+    assert job.startswith("dstackg-"), job
