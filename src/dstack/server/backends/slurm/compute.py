@@ -50,6 +50,7 @@ from dstack.server.backends.base import (
     Ready,
     Stream,
 )
+from dstack.server.backends.slurm import docker as dk
 from dstack.server.backends.slurm import group as gr
 from dstack.server.backends.slurm import parsing as sp
 from dstack.server.backends.slurm import scripts as sc
@@ -324,20 +325,12 @@ class SlurmBackend(Compute):
         info = dict(info)
         rc = host.remote
         info["internal_ip"] = rc.get("node_ip") or rc.get("node") or info.get("internal_ip")
-        cluster = self.clusters.get(rc.get("cluster") or "")
-        if cluster is None or not cluster.docker:
-            info["docker"] = False
-            info["docker_note"] = _not_configured(rc.get("cluster") or "?")
-        elif not info.get("docker"):
-            info["docker_note"] = (
-                f"cluster {cluster.name} sets `docker: true`, but `docker info` does not answer "
-                f"for user {cluster.user} on node {rc.get('node') or '?'} (is the engine "
-                f"running there and {cluster.user} in the `docker` group?)"
-            )
+        name = rc.get("cluster") or "?"
+        dk.host_info(self.clusters.get(name), name, rc.get("node") or "?", info)
         return Ready(host_info=info)
 
     def no_docker_regions(self) -> dict[str, str]:
-        return {n: _not_configured(n) for n, c in self.clusters.items() if not c.docker}
+        return {n: dk.not_configured(n) for n, c in self.clusters.items() if not c.docker}
 
     async def revive(self, host: Host) -> Provisioning | None:
         rc = host.remote
@@ -495,15 +488,6 @@ class SlurmBackend(Compute):
     async def close(self) -> None:
         await self.relays.close()
         await self.login.close()
-
-
-def _not_configured(cluster: str) -> str:
-    """Why a cluster's nodes do not run images, and the user's two ways out."""
-    return (
-        f"Slurm cluster {cluster} runs jobs with the process runtime only: set `docker: true` "
-        "on the cluster in the server's config.yml if its compute nodes run a Docker engine "
-        "the login user may use, or remove `image`"
-    )
 
 
 def _port_of(state: str) -> int | None:
