@@ -277,6 +277,23 @@ def test_fleets_filter() -> None:
     assert r.rejections == ["a-i1: fleet a not in ['b']"]
 
 
+def test_regions_without_docker_refuse_only_jobs_with_an_image() -> None:
+    """A backend that runs images in some regions only (a Slurm cluster without `docker:
+    true`): those offers are refused to a job with `image`, in the backend's words."""
+    why = "cluster b runs the process runtime only"
+    capacity = FleetCapacity(
+        "fleet-id",
+        "fleet",
+        (offer("oa", region="a", backend="slurm"), offer("ob", region="b", backend="slurm")),
+        no_docker={("slurm", "b"): why},
+    )
+    r = rank(req(docker=True), [], [capacity])
+    assert [c.offer.region for c in r.candidates] == ["a"]
+    assert r.rejections == [f"slurm offer ob: {why}"]
+    plain = rank(req(), [], [capacity])
+    assert sorted(c.offer.region for c in plain.candidates) == ["a", "b"]
+
+
 @pytest.mark.parametrize(
     ("policy", "names", "rejected"),
     [

@@ -399,3 +399,32 @@ def test_a_pending_job_is_cancelled_at_once() -> None:
     assert asyncio.run(backend.terminate(host)) is None
     assert not any("--signal" in c for c in login.commands)
     assert login.jobs["100"]["state"] == "CANCELLED"
+
+
+def _docker_backend(docker: bool) -> SlurmBackend:
+    config = SlurmBackendConfig.model_validate(
+        {**CONFIG, "clusters": [{**CONFIG["clusters"][0], "docker": docker}]}
+    )
+    return SlurmBackend("main", config, login=FakeLogin(), agent=lambda: b"zipapp")
+
+
+@pytest.mark.parametrize(
+    ("configured", "engine", "docker", "note"),
+    [
+        (False, True, False, "set `docker: true` on the cluster"),
+        (True, True, True, None),
+        (True, False, False, "`docker info` does not answer for user alice on node n1"),
+    ],
+)
+def test_docker_needs_the_cluster_flag_and_an_engine_that_answers(
+    configured: bool, engine: bool, docker: bool, note: str | None
+) -> None:
+    """The cluster's `docker: true` says the nodes run images; the agent's `docker info` on
+    the node has the last word (a job with `image` then fails naming the node and user)."""
+    backend = _docker_backend(configured)
+    host = _host(remote={"cluster": "hpc", "node": "n1", "agent_port": 1})
+    info = asyncio.run(backend.ready(host, {"docker": engine})).host_info
+    assert info["docker"] is docker
+    assert (note in info["docker_note"]) if note else "docker_note" not in info
+    regions = backend.no_docker_regions()
+    assert (regions == {}) if configured else ("remove `image`" in regions["hpc"])

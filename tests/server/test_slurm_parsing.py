@@ -3,6 +3,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
 import pytest
 
 from dstack.models.offers import InstanceAvailability as A
@@ -199,3 +205,37 @@ def test_how_an_ended_slurm_job_ends_the_dstack_job() -> None:
     assert job_reason(state("NODE_FAIL")) is None  # an interruption
     assert job_reason(state("PREEMPTED")) is None
     assert job_reason(None) is None
+
+
+@pytest.mark.parametrize("how", ["exits", "sigterm"])
+def test_on_a_docker_cluster_the_batch_script_removes_its_jobs_containers(
+    tmp_path: Path, how: str
+) -> None:
+    """A real `sh` runs the script with stand-ins for `python3` (the agent) and `docker`:
+    when the agent ends, on its own or on the SIGTERM `scancel` sends, each of its jobs'
+    containers is removed and the agent's exit code is the script's."""
+    home, bin_dir = tmp_path / "home", tmp_path / "bin"
+    jobs = home / ".dstack-slurm/instances/i-1/state/jobs"
+    (jobs / "job-a").mkdir(parents=True)
+    (jobs / "job-b").mkdir()
+    bin_dir.mkdir()
+    wait = "sleep 30 & wait" if how == "sigterm" else "true"
+    agent = f"#!/bin/sh\ntrap 'exit 3' TERM\necho $$ > {tmp_path}/agent.pid\n{wait}\nexit 3\n"
+    (bin_dir / "python3").write_text(agent)
+    (bin_dir / "docker").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/docker.log\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    env = {"HOME": str(home), "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    text = sc.batch_script("i-1", docker=True)
+    assert "exec python3" not in text
+    proc = subprocess.Popen(["sh", "-c", text], env=env)
+    if how == "sigterm":
+        deadline = time.monotonic() + 10
+        while not (tmp_path / "agent.pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=20) == 3
+    removed = sorted((tmp_path / "docker.log").read_text().splitlines())
+    assert removed == ["rm -f dstack-job-a", "rm -f dstack-job-b"]
+    assert sc.batch_script("i-1").strip().splitlines()[-1].startswith("exec python3")

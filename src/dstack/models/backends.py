@@ -140,6 +140,10 @@ class SlurmCluster(ConfigModel):
     host_key: str | None = None
     gpu_partitions: list[SlurmGPUPartitions] = Field(default_factory=list)
     cpu_partitions: list[str] = Field(default_factory=list)
+    # Ours (the original has no such field): the compute nodes run a Docker engine the login
+    # user may use, so jobs with `image` run there in containers. The server cannot know it
+    # before a node runs a job; the agent's `docker info` on the node confirms it then.
+    docker: bool = False
 
     @field_validator("name")
     @classmethod

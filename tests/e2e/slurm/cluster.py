@@ -64,8 +64,13 @@ class SlurmCluster:
     """`start()` brings the cluster up (idle nodes), `stop()` removes every trace of it: call
     it always, also after a failed start."""
 
-    def __init__(self, workdir: Path, gpu_node: bool = True, ready_timeout: float = 60) -> None:
+    def __init__(
+        self, workdir: Path, gpu_node: bool = True, ready_timeout: float = 60, docker: bool = False
+    ) -> None:
+        """`docker`: the login user joins this machine's `docker` group, so jobs on the nodes
+        (which share the machine's filesystem, the engine's socket included) can use Docker."""
         self.workdir = workdir
+        self.docker = docker
         self.ready_timeout = ready_timeout
         self.tag = os.urandom(2).hex()
         subnet = int(self.tag, 16) % 250
@@ -114,8 +119,8 @@ class SlurmCluster:
 
     def backend_config(self, name: str = "hpc") -> dict[str, object]:
         """The server's `config.yml` backend entry for this cluster (the key path, the host key
-        pinned), as a user writes it."""
-        cluster = {
+        pinned), as a user writes it; `docker: true` when the cluster was made with Docker."""
+        cluster: dict[str, object] = {
             "name": name,
             "hostname": self.login_address,
             "port": 22,
@@ -123,6 +128,8 @@ class SlurmCluster:
             "private_key": {"path": str(self.key_path)},
             "host_key": self.host_key,
         }
+        if self.docker:
+            cluster["docker"] = True
         return {"type": "slurm", "clusters": [cluster]}
 
     @property
@@ -170,6 +177,8 @@ class SlurmCluster:
             authorized_key=self.key_path.with_suffix(".pub").read_text().strip(),
         )
         self._login.create()
+        if self.docker:  # before any slurmd starts a job: its groups are read at launch
+            _sh("usermod", "-aG", "docker", self.user)
         _sh("ip", "netns", "exec", self.login_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         for n in self.nodes:
             self._add_node_link(n)

@@ -22,3 +22,18 @@ def slurm_cluster(tmp_path: Path) -> Iterator[SlurmCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def slurm_docker_cluster(tmp_path: Path) -> Iterator[SlurmCluster]:
+    """A cluster whose login user may use this machine's Docker engine (its config entry says
+    `docker: true`)."""
+    reason = available()
+    if reason:
+        pytest.skip(reason)
+    cluster = SlurmCluster(tmp_path / "slurm", docker=True)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

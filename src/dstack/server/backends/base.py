@@ -307,6 +307,12 @@ class Compute(ABC):
         """The host as the user knows it, for messages."""
         return host.hostname or host.name
 
+    def no_docker_regions(self) -> dict[str, str]:
+        """Regions whose hosts cannot run images although `capabilities.docker` holds for the
+        backend as a whole, each with why and what to do (a Slurm cluster not configured
+        `docker: true`): the plan refuses their offers to a job with `image` in these words."""
+        return {}
+
     async def close(self) -> None:
         """Release connections held for the server's lifetime."""
         return None

@@ -205,6 +205,8 @@ class FleetCapacity:
     docker: bool = True  # instances of these offers can run images
     # Capabilities of each backend whose offers these are (a backend missing here: unknown).
     capabilities: dict[str, frozenset[str]] = field(default_factory=dict)
+    # (backend, region) whose hosts cannot run images, with the backend's words for why.
+    no_docker: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 def _waste(res: Resources) -> float:

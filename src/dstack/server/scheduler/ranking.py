@@ -50,6 +50,8 @@ def _backend_candidates(
             if key not in fits:
                 fits[key] = mismatch(req.resources, res)
             reason = fits[key]
+        if reason is None and req.docker:
+            reason = cap.no_docker.get((backend, offer.region))
         if reason is None:
             reason = _zone_reason(req, offer)
         if reason is None and offer_key(offer) in tried:

@@ -195,6 +195,7 @@ async def backend_capacity(
     fleet_id, name, conf = fleet or ("", "", {})
     offers: list[InstanceOfferWithAvailability] = []
     caps: dict[str, frozenset[str]] = {}
+    no_docker: dict[tuple[str, str], str] = {}
     docker = True
     # Stored before `remote` was read as `ssh`, a fleet's raw configuration may say either.
     allowed = [canonical_backend(b) for b in conf.get("backends") or ()]
@@ -216,7 +217,9 @@ async def backend_capacity(
             continue
         docker = docker and backend.capabilities.docker
         caps[btype] = backend.capabilities.names()
-    return FleetCapacity(fleet_id, name, tuple(offers), docker, caps)
+        for region, why in backend.no_docker_regions().items():
+            no_docker[(btype, region)] = why
+    return FleetCapacity(fleet_id, name, tuple(offers), docker, caps, no_docker)
 
 
 def fleet_offers(

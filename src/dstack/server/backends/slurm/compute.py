@@ -50,6 +50,7 @@ from dstack.server.backends.base import (
     Ready,
     Stream,
 )
+from dstack.server.backends.slurm import docker as dk
 from dstack.server.backends.slurm import group as gr
 from dstack.server.backends.slurm import parsing as sp
 from dstack.server.backends.slurm import scripts as sc
@@ -90,7 +91,8 @@ def agent_zipapp() -> bytes:
 
 class SlurmBackend(Compute):
     type = "slurm"
-    capabilities = Capabilities(docker=False, multinode=True, spot=False, volumes=False)
+    # Docker per cluster (`docker: true` in config.yml): `no_docker_regions` names the others.
+    capabilities = Capabilities(docker=True, multinode=True, spot=False, volumes=False)
     offers_ttl = 15.0  # node states change as jobs come and go
     provisioning_poll = 0.5  # one `squeue` on a pooled SSH connection
 
@@ -174,7 +176,7 @@ class SlurmBackend(Compute):
             await self._must(
                 cluster,
                 sc.prepare_script(host.instance_id, digest),
-                sc.batch_script(host.instance_id),
+                sc.batch_script(host.instance_id, self._cluster(cluster).docker),
             )
             job_id = await self._submit(cluster, self._job_request(host, offer, partition))
         remote = {
@@ -199,7 +201,9 @@ class SlurmBackend(Compute):
         cluster, partition = offer.region, offer.availability_zones[0]
         req = self._job_request(host, offer, partition)
         script = gr.join_script(group, host.instance_id, digest, gr.sbatch_command(group, req))
-        rc, out, err = await self._run(cluster, script, gr.batch_script(group))
+        rc, out, err = await self._run(
+            cluster, script, gr.batch_script(group, self._cluster(cluster).docker)
+        )
         if rc != 0:
             text = (err or out).strip()
             if rc == 3 or any(marker in text for marker in _NO_CAPACITY):
@@ -321,9 +325,12 @@ class SlurmBackend(Compute):
         info = dict(info)
         rc = host.remote
         info["internal_ip"] = rc.get("node_ip") or rc.get("node") or info.get("internal_ip")
-        info["docker"] = False
-        info["docker_note"] = "the slurm backend runs jobs with the process runtime"
+        name = rc.get("cluster") or "?"
+        dk.host_info(self.clusters.get(name), name, rc.get("node") or "?", info)
         return Ready(host_info=info)
+
+    def no_docker_regions(self) -> dict[str, str]:
+        return {n: dk.not_configured(n) for n, c in self.clusters.items() if not c.docker}
 
     async def revive(self, host: Host) -> Provisioning | None:
         rc = host.remote

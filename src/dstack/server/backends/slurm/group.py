@@ -53,7 +53,7 @@ def group_job_name(fleet_id: str) -> str:
     return GROUP_PREFIX + sc.safe_id(fleet_id, "fleet id")
 
 
-def batch_script(group: Group) -> str:
+def batch_script(group: Group, docker: bool = False) -> str:
     """`srun` one task per node, each running the agent of its slot in the foreground (a step
     of the job: `scancel` reaches it). A slot's agent waits until its instance wrote the
     token's hash (an instance may join after the allocation started)."""
@@ -63,9 +63,7 @@ def batch_script(group: Group) -> str:
         'while [ ! -f "$D/token.sha256" ]; do sleep 0.2; done; '
         'mkdir -p "$D/state" && rm -f "$D/state/agent.json"; '
         'echo "$(hostname) $(hostname -i | cut -d" " -f1)" > "$D/node.tmp" '
-        '&& mv "$D/node.tmp" "$D/node"; '
-        f'exec python3 "$HOME/{sc.BASE_DIR}/{sc.AGENT_FILE}" --home "$D/state" '
-        '--listen 0.0.0.0 --port 0 --token-sha256-file "$D/token.sha256"'
+        '&& mv "$D/node.tmp" "$D/node"; ' + sc.agent_command(docker)
     )
     return (
         "#!/bin/sh\n"

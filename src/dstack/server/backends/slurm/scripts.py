@@ -86,7 +86,29 @@ def sbatch_command(req: JobRequest) -> str:
     return " ".join(args)
 
 
-def batch_script(instance_id: str) -> str:
+def agent_command(docker: bool = False) -> str:
+    """The agent of the instance directory `$D`, in the foreground. On a `docker: true`
+    cluster the shell stays (the agent is its child, so `scancel` still reaches it): a job's
+    container is the Docker engine's child, not the Slurm job's, so when the agent ends
+    (SIGTERM passed on, or it exits) the containers of its jobs are removed; else `exec`."""
+    agent = (
+        f'python3 "$HOME/{BASE_DIR}/{AGENT_FILE}" --home "$D/state" --listen 0.0.0.0 '
+        '--port 0 --token-sha256-file "$D/token.sha256"'
+    )
+    if not docker:
+        return f"exec {agent}"
+    return (
+        f"{agent} & A=$!; trap 'kill -TERM $A 2>/dev/null' TERM INT; wait $A; RC=$?; "
+        "while kill -0 $A 2>/dev/null; do wait $A; RC=$?; done; "
+        # A wait the trap cut short says 128+signal: the agent's own status is kept until
+        # waited for (127 when there is none left).
+        "if [ $RC -gt 128 ]; then wait $A; R=$?; [ $R -ne 127 ] && RC=$R; fi; "
+        'for J in "$D"/state/jobs/*; do [ -d "$J" ] && '
+        'docker rm -f "dstack-${J##*/}" >/dev/null 2>&1; done; exit $RC'
+    )
+
+
+def batch_script(instance_id: str, docker: bool = False) -> str:
     """Runs the agent in the foreground for the job's lifetime: `scancel` ends it with the
     job (`proctrack/linuxproc` only tracks the script's children, so nothing daemonizes).
     The agent listens on every address of the node: the server reaches it through the login
@@ -100,8 +122,7 @@ def batch_script(instance_id: str) -> str:
         f'D="{d}"\n'
         'mkdir -p "$D/state" && rm -f "$D/state/agent.json"\n'
         'echo "node=$(hostname) job=$SLURM_JOB_ID started=$(date +%s)"\n'
-        f'exec python3 "$HOME/{BASE_DIR}/{AGENT_FILE}" --home "$D/state" --listen 0.0.0.0 '
-        '--port 0 --token-sha256-file "$D/token.sha256"\n'
+        f"{agent_command(docker)}\n"
     )
 
 
