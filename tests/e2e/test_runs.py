@@ -160,9 +160,8 @@ def test_force_replacement_survives_a_server_restart(tmp_path: Path, project_dir
         srv.kill()
         srv.start()
         second = wait_until(
-            lambda: (
-                (r := srv.run("replaced"))["id"] != first["id"] and r["status"] == "running" and r
-            ),
+            lambda: (r := srv.run("replaced"))["id"] != first["id"] and r["status"] == "running"
+            and r,
             timeout=60,
             what="the replacement running after the restart",
         )
