@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
+
+import pytest
 
 from .harness import Server, free_port_block, wait_until, write_config
 
@@ -19,6 +22,15 @@ def service_dir(tmp_path: Path) -> Path:
     d = tmp_path / "svc"
     d.mkdir(parents=True, exist_ok=True)
     shutil.copy(APPS / "svc_app.py", d / "svc_app.py")
+    return d
+
+
+def shared_dir(request: pytest.FixtureRequest) -> Path:
+    """A folder the job's user can read (dstack-job cannot enter root's tmp_path), removed
+    after the test."""
+    d = Path(tempfile.mkdtemp(prefix="dstack-e2e-", dir="/var/tmp"))
+    d.chmod(0o755)
+    request.addfinalizer(lambda: shutil.rmtree(d, ignore_errors=True))
     return d
 
 
