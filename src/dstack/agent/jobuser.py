@@ -23,6 +23,7 @@ import socket
 import stat
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -150,16 +151,23 @@ def job_user(spec: dict[str, Any]) -> str | None:
 
 
 def ensure_account(name: str, host: str) -> None:
-    """Create the default job user once (a system account with a home, no password)."""
+    """Create the default job user once (a system account with a home, no password). Another
+    agent of this host may be creating it at the same moment (useradd then finds /etc/passwd
+    locked): look again, a few times, before giving up."""
+    shell = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
+    argv = ["useradd", "--system", "--create-home", "--shell", shell, name]
+    error = ""
     with _create_lock:
-        if _lookup_user(name) is not None:
-            return
-        argv = ["useradd", "--system", "--create-home", "--shell", "/bin/bash", name]
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.SubprocessError) as e:
-            error = str(e)
-        else:
+        for attempt in range(3):
+            if _lookup_user(name) is not None:
+                return
+            if attempt:
+                time.sleep(1)
+            try:
+                done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+            except (OSError, subprocess.SubprocessError) as e:
+                error = str(e)
+                break  # no useradd: trying again changes nothing
             error = (done.stderr or done.stdout).strip()
         if _lookup_user(name) is None:
             raise UserError(
