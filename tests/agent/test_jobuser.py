@@ -62,8 +62,16 @@ def test_a_directory_volume_of_another_user_lives_where_it_can_reach(
     source = Path(bind["source"])
     assert source == shared / "v1" and source.stat().st_uid == nobody["uid"]
     assert shared.stat().st_mode & 0o777 == 0o711
-    # a root job later uses the same data, where it was created
+    # a root job later uses the same data, where it was created, and writes to it
     assert volumes.prepare([vol], tmp_path, None)[0]["source"] == str(source)
+    (source / "sub").mkdir()
+    (source / "sub" / "f").write_text("x")
+    (source / "link").symlink_to("/etc/hostname")
+    os.chown(source, 0, 0)
+    volumes.prepare([vol], tmp_path, nobody)  # the next job of the user gets it all
+    assert (source / "sub" / "f").stat().st_uid == nobody["uid"] == source.stat().st_uid
+    assert os.lstat(source / "link").st_uid == nobody["uid"]
+    assert Path("/etc/hostname").stat().st_uid == 0  # the link was not followed
     assert volumes.delete_directory("v1") and not source.exists()
 
 

@@ -55,13 +55,16 @@ def shared_root() -> Path:
 
 
 def _give(source: Path, ident: dict[str, Any]) -> None:
-    """Make the volume's data the job user's (once per change of user)."""
+    """Make the volume's data the job user's (once per change of user). fwalk through
+    directory fds and no symlink followed: a former owner swapping a folder for a link while
+    this runs cannot make root chown anything outside the volume."""
     if os.lstat(source).st_uid == ident["uid"]:
         return
-    os.chown(source, ident["uid"], ident["gid"])
-    for dirpath, dirnames, filenames in os.walk(source):
+    uid, gid = ident["uid"], ident["gid"]
+    for _, dirnames, filenames, dir_fd in os.fwalk(source, follow_symlinks=False):
         for name in dirnames + filenames:
-            os.chown(os.path.join(dirpath, name), ident["uid"], ident["gid"], follow_symlinks=False)
+            os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+    os.chown(source, uid, gid, follow_symlinks=False)  # last: the marker that it is done
 
 
 def _directory_source(v: dict[str, Any], ident: dict[str, Any] | None) -> Path:
