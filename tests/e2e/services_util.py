@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
+import tempfile
 from pathlib import Path
+
+import pytest
 
 from .harness import Server, free_port_block, wait_until, write_config
 
 APPS = Path(__file__).parent / "apps"
+# The Python a job runs its app with: the host's, on PATH. Not this venv's (sys.executable),
+# which links into root's home, where the local backend's jobs (run as dstack-job) cannot go.
+JOB_PYTHON = "python3"
 
 
 def service_dir(tmp_path: Path) -> Path:
@@ -20,12 +25,21 @@ def service_dir(tmp_path: Path) -> Path:
     return d
 
 
+def shared_dir(request: pytest.FixtureRequest) -> Path:
+    """A folder the job's user can read (dstack-job cannot enter root's tmp_path), removed
+    after the test."""
+    d = Path(tempfile.mkdtemp(prefix="dstack-e2e-", dir="/var/tmp"))
+    d.chmod(0o755)
+    request.addfinalizer(lambda: shutil.rmtree(d, ignore_errors=True))
+    return d
+
+
 def service(name: str, port: int | None = None, extra: str = "", env: dict | None = None) -> str:
     port = port or free_port_block()
     env_lines = "".join(f"  - {k}={v}\n" for k, v in (env or {}).items())
     return (
         f"type: service\nname: {name}\nport: {port}\n"
-        f"commands:\n  - {json.dumps(sys.executable + ' svc_app.py')}\n"
+        f"commands:\n  - {json.dumps(JOB_PYTHON + ' svc_app.py')}\n"
         "resources:\n  cpu: 1..\n  memory: 0.5GB..\n  disk: 1GB..\n"
         + (f"env:\n{env_lines}" if env_lines else "")
         + extra

@@ -2,13 +2,18 @@
 end to end: a real server (its URL template pointed at a loopback HTTP server this test runs),
 the local agent on the process runtime, and the CLI.
 
-Jobs on the process runtime take HOME from the agent, which the server starts with its own
-environment: the server's temporary HOME. So the build lands in `<server.home>/.vscode-server`,
-never in the real one; `init` echoes `$HOME` and the test checks it.
+Jobs on the process runtime of a root server run as the local job user (docs/secrets.md): here
+a throwaway account, created by the agent and removed after the module, so the build lands in
+its fresh home. A server that is not root runs them as itself, with HOME from the agent, which
+the server starts with its own environment: the server's temporary HOME. Either way never the
+real one; `init` echoes `$HOME` and the test checks it.
 """
 
 from __future__ import annotations
 
+import os
+import pwd
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +27,7 @@ pytestmark = pytest.mark.e2e
 
 COMMIT = "e2e0c0ffee0c0ffee0c0ffee0c0ffee0c0ffee00"
 MISSING = "e2e0dead0dead0dead0dead0dead0dead0dead00"
+JOB_USER = "dstack-e2e-ide"
 RESOURCES = "resources:\n  cpu: 1..\n  memory: 0.5GB..\n  disk: 1GB..\n"
 
 
@@ -50,15 +56,28 @@ def builds() -> Iterator[Builds]:
 
 @pytest.fixture(scope="module")
 def ide_server(tmp_path_factory: pytest.TempPathFactory, builds: Builds) -> Iterator[Server]:
-    srv = Server(
-        home=tmp_path_factory.mktemp("ide-home"),
-        extra_env={"DSTACK_VSCODE_SERVER_URL_TEMPLATE": builds.template},
-    )
+    env = {"DSTACK_VSCODE_SERVER_URL_TEMPLATE": builds.template}
+    root = os.geteuid() == 0
+    if root:
+        _drop_user()  # a fresh home: nothing left by an earlier run
+        env["DSTACK_LOCAL_JOB_USER"] = JOB_USER
+    srv = Server(home=tmp_path_factory.mktemp("ide-home"), extra_env=env)
     srv.start()
     try:
         yield srv
     finally:
         srv.cleanup()
+        if root:
+            _drop_user()
+
+
+def _drop_user() -> None:
+    subprocess.run(["userdel", "-r", JOB_USER], check=False, capture_output=True)
+
+
+def job_home(server: Server) -> Path:
+    """The HOME the jobs get: the job user's (created by the agent) or the server's."""
+    return Path(pwd.getpwnam(JOB_USER).pw_dir) if os.geteuid() == 0 else server.home
 
 
 def dev_env(name: str, version: str) -> str:
@@ -95,10 +114,10 @@ def test_the_server_build_is_in_place_before_init_and_fetched_once(
         out = apply.read()
     finally:
         apply.stop()
-    target = ide_server.home / ".vscode-server" / "bin" / COMMIT
+    target = job_home(ide_server) / ".vscode-server" / "bin" / COMMIT
     installed = f"dstack: pre-installed the VS Code server in {target}"
     assert installed in out, out
-    assert f"job-home={ide_server.home}" in out
+    assert f"job-home={job_home(ide_server)}" in out
     assert "server-present-before-init" in out
     assert out.index(installed) < out.index("server-present-before-init")
     assert "vscode://vscode-remote/ssh-remote+ide-pre/" in out  # the link is unchanged
@@ -133,5 +152,5 @@ def test_a_missing_build_warns_and_the_dev_environment_still_runs(
     assert "server-missing-before-init" in out
     assert any(MISSING in p for p in builds.requests)
     assert ide_server.wait_status("ide-gone", "running")["status"] == "running"
-    assert not (ide_server.home / ".vscode-server" / "bin" / MISSING).exists()
+    assert not (job_home(ide_server) / ".vscode-server" / "bin" / MISSING).exists()
     stop(ide_server, "ide-gone")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from .harness import Server, free_port, wait_until, write_config
-from .services_util import apply_detached, auth, proxy_url, service, service_dir, wait_serving
+from .services_util import (
+    JOB_PYTHON,
+    apply_detached,
+    auth,
+    proxy_url,
+    service,
+    service_dir,
+    wait_serving,
+)
 
 FAKE = Path(__file__).resolve().parents[1] / "agent" / "samples" / "fake-nvidia-smi"
 
@@ -47,7 +54,7 @@ def gpu_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def _task(name: str, extra: str = "") -> str:
-    command = json.dumps(f"{sys.executable} -c 'import time; time.sleep(600)'")
+    command = json.dumps(f"{JOB_PYTHON} -c 'import time; time.sleep(600)'")
     return (
         f"type: task\nname: {name}\ncommands:\n  - {command}\nresources:\n  gpu: H100:2\n" + extra
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 from .harness import Server, wait_until, write_config
@@ -195,8 +196,10 @@ def test_max_duration_stops_the_job(server: Server, project_dir: Path):
     assert sub["status"] == "terminated"
 
 
-def test_retry_on_error_resubmits(server: Server, project_dir: Path, tmp_path: Path):
-    flag = tmp_path / "flag"
+def test_retry_on_error_resubmits(server: Server, project_dir: Path, request):
+    # Where the job's user (dstack-job for a root server) may write: not root's tmp_path.
+    flag = Path("/var/tmp") / f"dstack-e2e-retry-{uuid.uuid4().hex}"
+    request.addfinalizer(lambda: flag.unlink(missing_ok=True))
     write_config(
         project_dir,
         "retry.dstack.yml",

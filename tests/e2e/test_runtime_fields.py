@@ -8,6 +8,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,16 +94,33 @@ def test_unknown_user_fails_the_run_saying_so(rt: Server, project_dir: Path) -> 
 def test_task_gets_the_configured_python(rt: Server, project_dir: Path) -> None:
     if _extra_python() is None:
         pytest.skip(f"no python{EXTRA_PYTHON} under ~/.pyenv/versions")
+    # The extra Python lives in root's home: only a root job reaches it (the next test).
     write_config(
         project_dir,
         "py.dstack.yml",
-        f'type: task\nname: py-version\npython: "{EXTRA_PYTHON}"\ncommands:\n'
+        f'type: task\nname: py-version\nuser: root\npython: "{EXTRA_PYTHON}"\ncommands:\n'
         "  - python --version\n  - python3 -c 'import sys; print(sys.version_info[:2])'\n" + RES,
     )
     r = rt.cli("apply", "-f", "py.dstack.yml", "-y", cwd=project_dir, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"Python {EXTRA_PYTHON}." in r.stdout
     assert f"(3, {EXTRA_PYTHON.split('.')[1]})" in r.stdout
+
+
+def test_a_python_the_job_user_cannot_reach_fails_saying_so(rt: Server, project_dir: Path) -> None:
+    extra = _extra_python()
+    if extra is None or os.geteuid() != 0 or os.stat(Path.home()).st_mode & 0o001:
+        pytest.skip(f"needs root and python{EXTRA_PYTHON} in root's closed home")
+    write_config(
+        project_dir,
+        "py2.dstack.yml",
+        f'type: task\nname: py-job-user\npython: "{EXTRA_PYTHON}"\ncommands:\n'
+        "  - python --version\n" + RES,
+    )
+    r = rt.cli("apply", "-f", "py2.dstack.yml", "-y", cwd=project_dir, timeout=120)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    assert "which user dstack-job (the job's) cannot reach" in out, out
 
 
 def test_python_the_host_lacks_is_refused_in_the_plan(rt: Server, project_dir: Path) -> None:
@@ -118,12 +136,18 @@ def test_python_the_host_lacks_is_refused_in_the_plan(rt: Server, project_dir: P
     assert rt.api("/api/project/main/runs/get", {"run_name": "no-py"}).status_code != 200
 
 
-def test_files_are_copied_to_their_paths(rt: Server, project_dir: Path, tmp_path: Path) -> None:
+def test_files_are_copied_to_their_paths(
+    rt: Server, project_dir: Path, request: pytest.FixtureRequest
+) -> None:
     conf_dir = project_dir / "conf"
     (conf_dir / "assets" / "sub").mkdir(parents=True)
     (conf_dir / "assets" / "sub" / "a.txt").write_text("asset-a\n")
     (conf_dir / "settings.ini").write_text("setting=1\n")
-    absolute = tmp_path / "abs-target"
+    # Where the job's user may write (it runs as dstack-job, which cannot enter tmp_path).
+    shared = Path(tempfile.mkdtemp(prefix="dstack-e2e-files-", dir="/var/tmp"))
+    shared.chmod(0o777)
+    request.addfinalizer(lambda: shutil.rmtree(shared, ignore_errors=True))
+    absolute = shared / "abs-target"
     write_config(
         conf_dir,
         "f.dstack.yml",

@@ -5,17 +5,16 @@ with a message naming it."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import httpx
 
 from .harness import Server, free_port_block, wait_until, write_config
-from .services_util import apply_detached, auth, proxy_url, service_dir
+from .services_util import JOB_PYTHON, apply_detached, auth, proxy_url, service_dir
 
 
 def groups_service(name: str, port: int, b_replicas: str = "2", alpha: str = "alpha") -> str:
-    app = json.dumps(sys.executable + " svc_app.py")
+    app = json.dumps(JOB_PYTHON + " svc_app.py")
     return (
         f"type: service\nname: {name}\nport: {port}\n"
         "resources:\n  cpu: 1..\n  memory: 0.5GB..\n  disk: 1GB..\n"

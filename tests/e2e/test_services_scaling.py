@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from .harness import Server, free_port_block, wait_until
 from .services_util import (
@@ -18,6 +19,7 @@ from .services_util import (
     ready_replicas,
     service,
     service_dir,
+    shared_dir,
     wait_serving,
 )
 
@@ -92,11 +94,14 @@ def test_openai_chat_completions_through_the_models_entry(srv: Server, tmp_path:
     srv.api("/api/project/main/runs/stop", {"runs_names": ["llm"], "abort": True})
 
 
-def test_failing_probe_keeps_a_replica_out_of_rotation(srv: Server, tmp_path: Path):
+def test_failing_probe_keeps_a_replica_out_of_rotation(
+    srv: Server, tmp_path: Path, request: pytest.FixtureRequest
+):
     d = service_dir(tmp_path)
     port = free_port_block()
-    flag = tmp_path / "fail"
-    (tmp_path / f"fail.{port + 1}").write_text("replica 1 is sick")
+    flags = shared_dir(request)  # the replicas read it
+    flag = flags / "fail"
+    (flags / f"fail.{port + 1}").write_text("replica 1 is sick")
     extra = (
         "replicas: 2\n"
         "probes:\n  - type: http\n    url: /health\n    interval: 1s\n    timeout: 2s\n"
@@ -120,7 +125,7 @@ def test_failing_probe_keeps_a_replica_out_of_rotation(srv: Server, tmp_path: Pa
     ps = srv.cli("ps", "-v")
     assert "replica=1" in ps.stdout and "×" in ps.stdout and "✓" in ps.stdout, ps.stdout
     # The sick replica recovers: both serve.
-    (tmp_path / f"fail.{port + 1}").unlink()
+    (flags / f"fail.{port + 1}").unlink()
     wait_until(
         lambda: (
             len(

@@ -4,6 +4,8 @@ reads it, and deleting the volume removes the directory."""
 from __future__ import annotations
 
 import json
+import os
+import pwd
 from pathlib import Path
 
 from .harness import Server, wait_until, write_config
@@ -33,13 +35,19 @@ def test_a_checkpoint_in_a_directory_volume_is_read_by_the_next_run(
     write_config(project_dir, "w.dstack.yml", task("vol-writer", "ckpt-local", write))
     r = srv.cli("apply", "-f", "w.dstack.yml", "-y", cwd=project_dir)
     assert r.returncode == 0, r.stdout + r.stderr
-    read = "cat $DSTACK_VOLUME_CKPT_LOCAL_PATH/step"
+    read = "cat $DSTACK_VOLUME_CKPT_LOCAL_PATH/step; echo at=$DSTACK_VOLUME_CKPT_LOCAL_PATH"
     write_config(project_dir, "r.dstack.yml", task("vol-reader", "ckpt-local", read))
     r = srv.cli("apply", "-f", "r.dstack.yml", "-y", cwd=project_dir)
     assert r.returncode == 0 and "step-7" in r.stdout, r.stdout + r.stderr
 
     vol = json.loads(srv.cli("volume", "get", "ckpt-local", "--json").stdout)
-    folder = srv.home / ".dstack-volumes" / vol["id"]
+    at = [line[3:].strip() for line in r.stdout.splitlines() if line.startswith("at=")]
+    folder = Path(at[0])
+    if os.geteuid() == 0:  # the job ran as dstack-job, which cannot enter root's home
+        assert folder == Path("/var/lib/dstack-volumes") / vol["id"]
+        assert pwd.getpwuid(folder.stat().st_uid).pw_name == "dstack-job"
+    else:
+        assert folder == srv.home / ".dstack-volumes" / vol["id"]
     assert (folder / "step").read_text().strip() == "step-7"
     r = srv.cli("volume", "delete", "ckpt-local", "-y")
     assert r.returncode == 0, r.stdout + r.stderr

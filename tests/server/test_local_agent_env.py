@@ -23,6 +23,15 @@ def test_the_agent_env_drops_the_servers_credentials(monkeypatch: pytest.MonkeyP
     assert "PYTHONPATH" in env
 
 
+def test_the_agent_env_names_the_default_job_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DSTACK_LOCAL_JOB_USER", raising=False)
+    assert local_agent.agent_env()["DSTACK_AGENT_JOB_USER"] == "dstack-job"
+    monkeypatch.setenv("DSTACK_LOCAL_JOB_USER", "")  # off: jobs run as the server's user
+    assert local_agent.agent_env()["DSTACK_AGENT_JOB_USER"] == ""
+    monkeypatch.setenv("DSTACK_LOCAL_JOB_USER", "jobs")
+    assert local_agent.agent_env()["DSTACK_AGENT_JOB_USER"] == "jobs"
+
+
 @pytest.mark.parametrize(("env", "exposed"), [({"DSTACK_AGENT_TOKEN": "t"}, True), ({}, False)])
 def test_a_process_with_a_token_in_its_environment_is_recognised(
     env: dict[str, str], exposed: bool

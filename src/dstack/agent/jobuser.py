@@ -5,6 +5,12 @@ groups, HOME and SHELL. The job's code moves out of the agent's home (typically 
 which the user cannot enter) to a directory of its own under a root-owned base, owned by the
 user; `code/` in the job's directory becomes a link to it. An agent that is not root can only
 run jobs as itself: another user is refused, naming the host, rather than run as the agent.
+
+A root agent given a default job user (DSTACK_AGENT_JOB_USER, set by the server for the local
+backend's agent: the host that holds the server's database and keys) runs a process job that
+names no `user` as that unprivileged account instead of root, creating it on first use
+(`useradd --system --create-home`), so the job cannot read the server's files. `user: root`
+opts back in to root.
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ import pwd
 import shutil
 import socket
 import stat
+import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +33,9 @@ USER_FILE = "user.json"
 # Where a root agent puts the code of jobs that run as another user (root-owned, 0711: users
 # reach their own job's directory by name, but cannot list or plant anything in the base).
 USER_JOBS_BASE = os.environ.get("DSTACK_AGENT_USER_JOBS_DIR", "/var/tmp/dstack-user-jobs")
+# The account a root agent runs process jobs without `user` as; unset or empty: the agent's own.
+JOB_USER_ENV = "DSTACK_AGENT_JOB_USER"
+_create_lock = threading.Lock()
 
 
 class UserError(Exception):
@@ -64,6 +76,22 @@ def resolve(user: str, host: str) -> dict[str, Any]:
     groups = [g.gr_gid for g in grp.getgrall() if ident["name"] in g.gr_mem]
     ident["groups"] = sorted({ident["gid"], *groups})
     return ident
+
+
+def reachable(path: str | Path, ident: dict[str, Any]) -> bool:
+    """Whether the user can pass through every folder above `path` (root's home usually
+    stops everyone else)."""
+    for folder in Path(path).parents:
+        st = os.stat(folder)
+        if st.st_uid == ident["uid"]:
+            bit = stat.S_IXUSR
+        elif st.st_gid in ident["groups"]:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            return False
+    return True
 
 
 def _base() -> Path:
@@ -107,13 +135,56 @@ def _relocate(job_dir: Path, job_id: str, ident: dict[str, Any]) -> str:
     return str(target)
 
 
+def default_user() -> str | None:
+    """The default job user of a root agent (None: jobs without `user` run as the agent)."""
+    if os.geteuid() != 0:
+        return None
+    return os.environ.get(JOB_USER_ENV, "").strip() or None
+
+
+def job_user(spec: dict[str, Any]) -> str | None:
+    """Whom a process job runs as when it is not the agent's own user: its `user`, else the
+    default job user; None for the docker runtime or without either."""
+    if spec.get("runtime") != "process":
+        return None
+    return spec.get("user") or default_user()
+
+
+def ensure_account(name: str, host: str) -> None:
+    """Create the default job user once (a system account with a home, no password). Another
+    agent of this host may be creating it at the same moment (useradd then finds /etc/passwd
+    locked): look again, a few times, before giving up."""
+    shell = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
+    argv = ["useradd", "--system", "--create-home", "--shell", shell, name]
+    error = ""
+    with _create_lock:
+        for attempt in range(3):
+            if _lookup_user(name) is not None:
+                return
+            if attempt:
+                time.sleep(1)
+            try:
+                done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+            except (OSError, subprocess.SubprocessError) as e:
+                error = str(e)
+                break  # no useradd: trying again changes nothing
+            error = (done.stderr or done.stdout).strip()
+        if _lookup_user(name) is None:
+            raise UserError(
+                f"cannot create the job user {name} on {host} ({error or 'useradd failed'}); "
+                f"create it, or set `user` in the run (`user: root` runs the job as root)"
+            )
+
+
 def prepare(job_dir: Path, spec: dict[str, Any]) -> None:
-    """Resolve a process-runtime job's `user` and make its code the user's; raises UserError.
+    """Resolve a process-runtime job's user and make its code the user's; raises UserError.
     The identity goes to USER_FILE for the supervisor."""
-    user = spec.get("user")
-    if not user or spec.get("runtime") != "process":
+    user = job_user(spec)
+    if not user:
         return
     host = spec.get("host_label") or socket.gethostname()
+    if not spec.get("user"):
+        ensure_account(user, host)
     ident = resolve(user, host)
     me = os.geteuid()
     if me != 0:
@@ -146,7 +217,8 @@ def popen_kwargs(ident: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def cleanup(job_dir: Path) -> None:
-    """Remove the user's copy of the job's code (with the job)."""
+    """Remove the user's copy of the job's code and what lies beside it (with the job)."""
     ident = identity(job_dir)
     if ident and ident.get("dir") and Path(ident["dir"]).parent == Path(USER_JOBS_BASE):
-        shutil.rmtree(ident["dir"], ignore_errors=True)
+        for suffix in ("", "-files", "-mpi"):
+            shutil.rmtree(ident["dir"] + suffix, ignore_errors=True)

@@ -17,6 +17,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from dstack.agent import jobuser
 from dstack.agent.util import CODE_DIR, read_json, write_json_atomic
 
 PYENV_FILE = "python.json"
@@ -95,6 +96,13 @@ def prepare(job_dir: Path, spec: dict[str, Any]) -> None:
     interpreter = find(version)
     if interpreter is None:
         raise PythonError(_missing(version, host))
+    ident = jobuser.identity(job_dir)
+    real = os.path.realpath(interpreter)
+    if ident and ident["uid"] != os.geteuid() and not jobuser.reachable(real, ident):
+        raise PythonError(
+            f"python {version} on {host} is {real}, which user {ident['name']} (the job's) "
+            f"cannot reach; install it where every user can, or set `user: root`"
+        )
     code = Path(os.path.realpath(job_dir / CODE_DIR))
     bin_dir = code.parent / f"{code.name}-python"
     bin_dir.mkdir(mode=0o755, exist_ok=True)

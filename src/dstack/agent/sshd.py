@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dstack.agent import jobuser
+
 SSH_DIR = "ssh"
 SSH_FILE = "ssh.json"  # {port, user} (or {error}), written by the agent before the job runs
 ACTIVITY_FILE = "activity.json"  # {connected, since}, written by the supervisor on change
@@ -79,9 +81,9 @@ def availability(spec: dict[str, Any]) -> str | None:
         return "the host has no OpenSSH server (sshd) installed"
     if shutil.which("ssh-keygen") is None:
         return "the host has no ssh-keygen to create the job's host key"
-    drops = spec.get("user") and os.geteuid() == 0 and spec.get("runtime") == "process"
+    drops = jobuser.job_user(spec) if os.geteuid() == 0 else None
     if drops and shutil.which("setpriv") is None:
-        return f"the host has no setpriv to run SSH sessions as user {spec['user']}"
+        return f"the host has no setpriv to run SSH sessions as user {drops}"
     return None
 
 

@@ -151,7 +151,7 @@ class Supervisor:
         env.update({"DSTACK_WORKING_DIR": str(workdir), "DSTACK_REPO_DIR": real_code})
         env.update(volumes.volume_env(binds))
         env.update(visible_devices_env(read_json(self.dir / GPUS_FILE)))
-        hostfile = self._mpi_hostfile()
+        hostfile = self._mpi_hostfile(ident)
         if hostfile is not None:
             env[MPI_HOSTFILE_ENV] = str(hostfile)
         env.update(self.spec.get("env") or {})
@@ -208,21 +208,24 @@ class Supervisor:
             with contextlib.suppress(subprocess.SubprocessError):
                 self.sshd.wait(5)
 
-    def _mpi_hostfile(self) -> Path | None:
+    def _mpi_hostfile(self, ident: dict[str, Any] | None = None) -> Path | None:
         """The node list of a (multi-node) job, written for MPI launchers: `<job>/mpi/hostfile`
-        (in a container: mounted read-only at MPI_HOSTFILE_CONTAINER)."""
+        (in a container: mounted read-only at MPI_HOSTFILE_CONTAINER; a job run as another
+        user cannot enter the agent's home, so beside its code: `<code dir>-mpi/hostfile`)."""
         text = self.spec.get("mpi_hostfile")
         if not isinstance(text, str) or not text:
             return None
-        path = self.dir / "mpi" / "hostfile"
-        path.parent.mkdir(exist_ok=True)
+        parent = Path(ident["dir"] + "-mpi") if ident and ident.get("dir") else self.dir / "mpi"
+        path = parent / "hostfile"
+        parent.mkdir(mode=0o755, exist_ok=True)
         path.write_text(text)
         return path
 
     def _volumes(self) -> list[dict[str, Any]]:
         """The job's volumes on this host (agent home: two levels above the job's dir)."""
         try:
-            return volumes.prepare(self.spec.get("volumes") or [], self.dir.parent.parent)
+            ident = None if self.docker else jobuser.identity(self.dir)
+            return volumes.prepare(self.spec.get("volumes") or [], self.dir.parent.parent, ident)
         except volumes.VolumeError as e:
             raise StartError(VOLUME_ERROR, str(e)) from None
 

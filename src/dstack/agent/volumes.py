@@ -6,7 +6,11 @@ Three kinds arrive in the start spec (`spec.py` validates them):
   filesystem), or used as is when that path already is a mount point.
 - `directory`: `<volumes root>/<volume id>`, created at job start; the root is
   `~/.dstack-volumes` of the agent's user, outside the agent's home, so the data outlives the
-  agent's files (an SSH host's teardown removes the agent's home, never this).
+  agent's files (an SSH host's teardown removes the agent's home, never this). A root agent's
+  job run as another user (jobuser.py) cannot enter root's home, so a directory volume first
+  used by such a job lives in `/var/lib/dstack-volumes/<volume id>` instead (root-owned 0711
+  base; DSTACK_AGENT_SHARED_VOLUMES_DIR overrides); a volume stays where it was first created.
+  Its directory is given to the job's user when a job of that user starts on it.
 - `instance`: a host directory (`instance_path`); `optional` ones that do not exist are
   skipped.
 
@@ -28,7 +32,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dstack.agent import jobuser
+
 VOLUMES_DIR_ENV = "DSTACK_AGENT_VOLUMES_DIR"
+SHARED_VOLUMES_DIR_ENV = "DSTACK_AGENT_SHARED_VOLUMES_DIR"
 MOUNT_DIR = "mnt"
 LINKS_FILE = "volume_links.json"
 _COMMAND_TIMEOUT = 300.0
@@ -43,21 +50,62 @@ def volumes_root() -> Path:
     return Path(override) if override else Path.home() / ".dstack-volumes"
 
 
+def shared_root() -> Path:
+    return Path(os.environ.get(SHARED_VOLUMES_DIR_ENV) or "/var/lib/dstack-volumes")
+
+
+def _give(source: Path, ident: dict[str, Any]) -> None:
+    """Make the volume's data the job user's (once per change of user). fwalk through
+    directory fds and no symlink followed: a former owner swapping a folder for a link while
+    this runs cannot make root chown anything outside the volume."""
+    if os.lstat(source).st_uid == ident["uid"]:
+        return
+    uid, gid = ident["uid"], ident["gid"]
+    for _, dirnames, filenames, dir_fd in os.fwalk(source, follow_symlinks=False):
+        for name in dirnames + filenames:
+            os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+    os.chown(source, uid, gid, follow_symlinks=False)  # last: the marker that it is done
+
+
+def _directory_source(v: dict[str, Any], ident: dict[str, Any] | None) -> Path:
+    own, shared = volumes_root() / v["volume_id"], shared_root() / v["volume_id"]
+    other_user = ident is not None and ident["uid"] != os.geteuid()
+    if own.is_dir() or (not other_user and not shared.is_dir()):
+        source = own
+    else:
+        source = shared
+        if not shared.parent.is_dir():
+            shared.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+            os.chmod(shared.parent, 0o711)
+    source.mkdir(parents=True, exist_ok=True)
+    if other_user:
+        assert ident is not None
+        if not jobuser.reachable(source, ident):
+            raise VolumeError(
+                f"volume {v['name']}: its data is in {source}, which user {ident['name']} "
+                f"cannot reach; move it to {shared} or run the job as root (`user: root`)"
+            )
+        _give(source, ident)
+    return source
+
+
 def env_name(name: str) -> str:
     """`DSTACK_VOLUME_<NAME>_PATH`, the name upper-cased with anything else as `_`."""
     return "DSTACK_VOLUME_" + re.sub(r"[^A-Z0-9]", "_", name.upper()) + "_PATH"
 
 
-def prepare(volumes: list[dict[str, Any]], home: Path) -> list[dict[str, Any]]:
+def prepare(
+    volumes: list[dict[str, Any]], home: Path, ident: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """Each volume's host directory, as binds `{source, path, read_only, name}`, in spec
-    order; VolumeError when one cannot be had (a missing optional instance path is skipped)."""
+    order; VolumeError when one cannot be had (a missing optional instance path is skipped).
+    `ident`: the user a process job runs as (jobuser.py), None for the agent's own."""
     binds = []
     for v in volumes:
         kind = v["kind"]
         if kind == "directory":
-            source = volumes_root() / v["volume_id"]
             try:
-                source.mkdir(parents=True, exist_ok=True)
+                source = _directory_source(v, ident)
             except OSError as e:
                 raise VolumeError(f"volume {v['name']}: cannot create {source}: {e}") from None
         elif kind == "network":
@@ -205,9 +253,10 @@ def unlink(links: list[str]) -> None:
 
 
 def delete_directory(volume_id: str) -> bool:
-    """Remove a directory volume's data; False when there was none."""
-    path = volumes_root() / volume_id
-    if not path.exists():
-        return False
-    shutil.rmtree(path)
-    return True
+    """Remove a directory volume's data (wherever it was created); False when there was none."""
+    found = False
+    for path in (volumes_root() / volume_id, shared_root() / volume_id):
+        if path.exists():
+            shutil.rmtree(path)
+            found = True
+    return found

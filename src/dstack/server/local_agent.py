@@ -77,6 +77,7 @@ async def _existing(home: Path, token: str) -> LocalAgent | None:
     url = f"http://127.0.0.1:{int(info['port'])}"
     pid = int(info["pid"])
     exposed = _holds_private_env(pid)  # started by an older server, the token in its env
+    exposed = exposed or _job_user_changed(pid)  # its jobs must run as the new setting says
     if not exposed and _token_matches(home, token) and await _answers(url, token):
         return LocalAgent(url=url, pid=pid)
     if is_agent_of(pid, home):
@@ -84,13 +85,24 @@ async def _existing(home: Path, token: str) -> LocalAgent | None:
     return None
 
 
+def _env_of(pid: int) -> dict[str, str] | None:
+    try:
+        items = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    pairs = (item.decode(errors="replace").partition("=") for item in items if item)
+    return {k: v for k, _, v in pairs}
+
+
 def _holds_private_env(pid: int) -> bool:
     """Whether the process's environment (readable by every job) holds a credential."""
-    try:
-        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return any(item.split(b"=", 1)[0].decode(errors="replace") in _PRIVATE_ENV for item in env)
+    return any(k in _PRIVATE_ENV for k in _env_of(pid) or {})
+
+
+def _job_user_changed(pid: int) -> bool:
+    """Whether the agent was started with another default job user than the setting now."""
+    env = _env_of(pid)
+    return env is not None and env.get(JOB_USER_ENV, "") != job_user_setting()
 
 
 def is_agent_of(pid: int, home: Path) -> bool:
@@ -120,10 +132,23 @@ async def _stop_pid(pid: int) -> None:
 _PRIVATE_ENV = ("DSTACK_AGENT_TOKEN", "DSTACK_SERVER_ADMIN_TOKEN", "DSTACK_DATABASE_URL")
 
 
+# Server setting: the unprivileged account a root local agent runs process jobs without `user`
+# as, so they cannot read this server's database and keys (docs/secrets.md); empty: the
+# agent's own user. The agent reads it as JOB_USER_ENV (agent/jobuser.py).
+LOCAL_JOB_USER_ENV = "DSTACK_LOCAL_JOB_USER"
+DEFAULT_LOCAL_JOB_USER = "dstack-job"
+JOB_USER_ENV = "DSTACK_AGENT_JOB_USER"
+
+
+def job_user_setting() -> str:
+    return os.environ.get(LOCAL_JOB_USER_ENV, DEFAULT_LOCAL_JOB_USER).strip()
+
+
 def agent_env() -> dict[str, str]:
     package_root = str(Path(dstack.__file__).resolve().parent.parent)
     env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    env[JOB_USER_ENV] = job_user_setting()
     return env
 
 

@@ -2,8 +2,9 @@
 first `dstack apply` runs with no cloud account.
 
 It belongs to one project (the one that owns the `local` fleet, `main` unless
-DSTACK_SERVER_LOCAL_BACKEND_PROJECT says otherwise): a job there runs as the server's own OS
-user, next to the server's data and admin token, so no other project may ever be offered it.
+DSTACK_SERVER_LOCAL_BACKEND_PROJECT says otherwise): a job there runs next to the server's data
+and admin token (as `dstack-job` when the server is root, local_agent.py; as the server's own
+OS user otherwise, or with `user: root`), so no other project may ever be offered it.
 There is one live instance per server: every job shares its agent, which is restarted only
 when that instance is replaced.
 
