@@ -71,11 +71,13 @@ def test_a_fleet_naming_a_backend_it_cannot_have_is_refused(shared: Server, proj
     srv = shared
     if "team" not in srv.cli("project", "list").stdout:
         add_member(srv, "bob", "team")
-    # `local` is no backend of the configuration language: refused with the file and line.
+    # `local` may be named, but it serves only the project that owns it (the server's machine).
     fleet = "type: fleet\nname: mine\nnodes: 0..1\nbackends: [{}]\n"
     write_config(project_dir, "f.dstack.yml", fleet.format("local"))
     r = srv.cli("apply", "-f", "f.dstack.yml", "-y", "--project", "team", cwd=project_dir)
-    assert r.returncode != 0 and "f.dstack.yml:4: backends[0]" in r.stderr, r.stdout + r.stderr
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "backend local serves only project main" in out, out
+    assert "project team cannot use it" in out, out
     # A backend this server does not have is refused, not silently dropped.
     write_config(project_dir, "g.dstack.yml", fleet.format("aws"))
     r = srv.cli("apply", "-f", "g.dstack.yml", "-y", "--project", "team", cwd=project_dir)

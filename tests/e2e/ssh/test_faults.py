@@ -60,17 +60,17 @@ def test_wrong_key_wrong_host_key_and_no_python(
 ):
     h = hosts.add()
     other = sshhosts.keygen(tmp_path / "other" / "id")
-    r = apply_fleet(srv, project_dir, fleet_yaml("k", [h], other), ok=False)
+    r = apply_fleet(srv, project_dir, fleet_yaml("kf", [h], other), ok=False)
     assert r.returncode != 0 and "SSH authentication failed" in r.stderr, r.stdout + r.stderr
 
     # Trust on first use: the key seen first is remembered; a new one is refused.
-    apply_fleet(srv, project_dir, fleet_yaml("k", [h], key))
-    assert srv.cli("fleet", "delete", "k", "-y").returncode == 0
-    wait_until(lambda: _no_fleet(srv, "k"), timeout=30, what="fleet k deleted")
+    apply_fleet(srv, project_dir, fleet_yaml("kf", [h], key))
+    assert srv.cli("fleet", "delete", "kf", "-y").returncode == 0
+    wait_until(lambda: _no_fleet(srv, "kf"), timeout=30, what="fleet kf deleted")
     h.stop_sshd()
     h.new_host_key()
     h.start_sshd()
-    r = apply_fleet(srv, project_dir, fleet_yaml("k", [h], key), ok=False)
+    r = apply_fleet(srv, project_dir, fleet_yaml("kf", [h], key), ok=False)
     assert r.returncode != 0 and "host key" in r.stderr and "changed" in r.stderr, r.stderr
 
     # A host whose PATH has no python3: the bootstrap fails, naming it.

@@ -173,7 +173,7 @@ async def _hosts_of(s: AsyncSession, fleet: t.Fleet) -> list[dict[str, Any]]:
 def _check_backends(ctx: ServerContext, project: t.Project, conf: FleetConfiguration) -> None:
     """Every backend a fleet names must be configured here and serve this project: a fleet
     never silently ends up with fewer backends than it asked for."""
-    for name in conf.backends or ():
+    for i, name in enumerate(conf.backends or ()):
         btype = getattr(name, "value", name)
         backend = ctx.backends.get(btype, project.id)
         if backend is None:
@@ -181,14 +181,14 @@ def _check_backends(ctx: ServerContext, project: t.Project, conf: FleetConfigura
             raise ServerClientError(
                 f"backend {btype} is not configured on this server for project {project.name} "
                 f"(configured: {configured})",
-                field="backends",
+                field=f"backends[{i}]",
             )
         if not backend.serves(project.name):
             owners = ", ".join(sorted(backend.projects or ()))
             raise ServerClientError(
                 f"backend {btype} serves only project {owners}: it runs jobs on the server's own "
-                f"machine as the server's user, so project {project.name} cannot use it",
-                field="backends",
+                f"machine, where its state lives, so project {project.name} cannot use it",
+                field=f"backends[{i}]",
             )
 
 
