@@ -87,7 +87,9 @@ def test_a_full_job_disk_fails_the_job_clearly_and_recovers(tmp_path: Path) -> N
     home = tmp_path / "home"
     agent_home = home / ".dstack" / "server" / "local-agent"
     with tmpfs(agent_home, "24m"):
-        srv = start_server(home, {"DSTACK_AGENT_DISK_FULL_GRACE": "1"})
+        # Jobs as the agent's own user: a `dstack-job` job's folder is outside the agent's home
+        # (/var/tmp/dstack-user-jobs), and the full filesystem here is the agent's home.
+        srv = start_server(home, {"DSTACK_AGENT_DISK_FULL_GRACE": "1", "DSTACK_LOCAL_JOB_USER": ""})
         try:
             # The job fills the disk, then goes on as if nothing happened.
             _apply(srv, "filler", "dd if=/dev/zero of=fill bs=1M count=100; sleep 300")

@@ -154,7 +154,8 @@ def test_three_replicas_share_the_work_and_survive_a_kill(
     home = tmp_path / "home"
     home.mkdir()
     url = fresh_postgres(cluster)
-    extra = {"DSTACK_SERVICE_UNHEALTHY_COOLDOWN": "5"}
+    # Jobs as the server's user: they leave their marks in this test's (root-only) folder.
+    extra = {"DSTACK_SERVICE_UNHEALTHY_COOLDOWN": "5", "DSTACK_LOCAL_JOB_USER": ""}
     replicas = [Replica(home=home, name=f"r{i}", database_url=url, lease_seconds=lease,
                         extra=extra) for i in range(3)]  # fmt: skip
     db = DB(url)

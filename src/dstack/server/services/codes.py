@@ -6,6 +6,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dstack.errors import ServerClientError
@@ -34,7 +35,12 @@ async def store_code(s: AsyncSession, project: t.Project, blob: bytes, limit: in
     digest = hashlib.sha256(blob).hexdigest()
     if await s.get(t.Code, (project.id, digest)) is None:
         s.add(t.Code(project_id=project.id, hash=digest, blob=blob, created_at=utcnow()))
-        await s.commit()
+        try:
+            await s.commit()
+        except IntegrityError:
+            # A concurrent upload of the same archive won the insert: the row it wrote holds
+            # these very bytes (the key is their hash), so this upload is done too.
+            await s.rollback()
     return digest
 
 

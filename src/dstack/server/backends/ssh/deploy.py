@@ -221,14 +221,18 @@ def digest(data: bytes) -> str:
 
 
 def upload_script(sha256: str, directory: str = AGENT_DIR) -> str:
-    """Reads the zipapp on stdin unless the same one is already there (in `~/<directory>`)."""
+    """Reads the zipapp on stdin unless the same one is already there (in `~/<directory>`).
+    Each upload writes its own temporary file (`$$`: this shell's pid): several instances on
+    one login account (a Slurm allocation's nodes) upload at once, and a shared temporary name
+    let one `mv` take the other's file away."""
     d = f'"$HOME"/{directory}'
     return (
         f"set -e; mkdir -p {d}; chmod 700 {d}; "
         f'if [ -f {d}/agent.sha256 ] && [ "$(cat {d}/agent.sha256)" = {sha256} ]; '
         f"then cat >/dev/null; echo kept; exit 0; fi; "
-        f"cat > {d}/agent.pyz.tmp && mv {d}/agent.pyz.tmp {d}/agent.pyz && "
-        f"echo {sha256} > {d}/agent.sha256 && echo copied"
+        f"cat > {d}/agent.pyz.$$ && mv -f {d}/agent.pyz.$$ {d}/agent.pyz && "
+        f"echo {sha256} > {d}/agent.sha256.$$ && mv -f {d}/agent.sha256.$$ {d}/agent.sha256 && "
+        "echo copied"
     )
 
 
