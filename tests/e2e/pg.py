@@ -8,6 +8,8 @@ import os
 import pwd
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,3 +73,23 @@ def start(root: Path) -> Cluster:
     cluster = Cluster(data, port)
     wait_until(lambda: (root / f".s.PGSQL.{port}").exists(), timeout=30, what="postgres socket")
     return cluster
+
+
+def private_cluster(prefix: str) -> Iterator[Cluster]:
+    """Body of a test fixture (`yield from pg.private_cluster("...")`): skips with the reason
+    when no cluster can start here, else one cluster, removed afterwards. Not under pytest's
+    root-only temp dir: the `postgres` user must reach the data directory."""
+    import pytest
+
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    if os.getuid() != 0:
+        pytest.skip("starting a private PostgreSQL cluster as another user needs root")
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        cluster = start(root)
+        yield cluster
+        cluster.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

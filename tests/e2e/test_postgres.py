@@ -3,9 +3,6 @@ with SKIP LOCKED, and a run from apply to done, surviving a server restart."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,19 +15,7 @@ from .test_runs import task
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pg.Cluster]:
-    reason = pg.unavailable()
-    if reason:
-        pytest.skip(reason)
-    if os.getuid() != 0:
-        pytest.skip("starting a private PostgreSQL cluster as another user needs root")
-    # Not under pytest's root-only temp dir: the postgres user must be able to reach it.
-    root = Path(tempfile.mkdtemp(prefix="dstack-test-pg-"))
-    try:
-        c = pg.start(root)
-        yield c
-        c.stop()
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    yield from pg.private_cluster("dstack-test-pg-")
 
 
 def test_runs_on_postgres_and_survive_a_restart(cluster: pg.Cluster, tmp_path: Path) -> None:

@@ -3,9 +3,6 @@ concerns the database, on a private PostgreSQL cluster (tests/e2e/pg.py)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,18 +14,7 @@ from e2e.harness import Server
 
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[pg.Cluster]:
-    reason = pg.unavailable()
-    if reason:
-        pytest.skip(reason)
-    if os.getuid() != 0:
-        pytest.skip("starting a private PostgreSQL cluster as another user needs root")
-    root = Path(tempfile.mkdtemp(prefix="dstack-faults-pg-"))
-    try:
-        cluster = pg.start(root)
-        yield cluster
-        cluster.stop()
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    yield from pg.private_cluster("dstack-faults-pg-")
 
 
 def create_database(cluster: pg.Cluster, name: str) -> None:

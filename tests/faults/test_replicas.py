@@ -5,9 +5,6 @@ rolling update of a service."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -28,18 +25,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[pg.Cluster]:
-    reason = pg.unavailable()
-    if reason:
-        pytest.skip(reason)
-    if os.getuid() != 0:
-        pytest.skip("starting a private PostgreSQL cluster as another user needs root")
-    root = Path(tempfile.mkdtemp(prefix="dstack-test-replicas-pg-"))
-    try:
-        c = pg.start(root)
-        yield c
-        c.stop()
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    yield from pg.private_cluster("dstack-test-replicas-pg-")
 
 
 def database(kind: str, home: Path, request: pytest.FixtureRequest) -> str:

@@ -13,9 +13,6 @@ Time is not measured here: leases are expired by giving a reconciler a clock tha
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -47,18 +44,7 @@ HANG_GUARD = 60.0  # seconds; only ever reached when the behaviour under test is
 def pg_cluster() -> Iterator[Any]:
     from e2e import pg  # tests/e2e/pg.py: a private cluster, as test_postgres.py starts it
 
-    reason = pg.unavailable()
-    if reason:
-        pytest.skip(reason)
-    if os.getuid() != 0:
-        pytest.skip("starting a private PostgreSQL cluster as another user needs root")
-    root = Path(tempfile.mkdtemp(prefix="dstack-test-claim-pg-"))
-    try:
-        cluster = pg.start(root)
-        yield cluster
-        cluster.stop()
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    yield from pg.private_cluster("dstack-test-claim-pg-")
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -8,9 +8,6 @@ Leases are expired with a clock that runs ahead, not by waiting."""
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -37,18 +34,7 @@ GUARD = 30.0  # seconds; reached only when the behaviour under test is broken
 def pg_cluster() -> Iterator[Any]:
     from e2e import pg
 
-    reason = pg.unavailable()
-    if reason:
-        pytest.skip(reason)
-    if os.getuid() != 0:
-        pytest.skip("starting a private PostgreSQL cluster as another user needs root")
-    root = Path(tempfile.mkdtemp(prefix="dstack-test-cluster-pg-"))
-    try:
-        cluster = pg.start(root)
-        yield cluster
-        cluster.stop()
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    yield from pg.private_cluster("dstack-test-cluster-pg-")
 
 
 def fresh_pg(cluster: Any) -> str:
