@@ -9,14 +9,15 @@ from typing import Any
 from sqlalchemy import select
 
 from dstack.models.configurations import parse_configuration
-from dstack.models.runs import JobSpec, RunSpec
+from dstack.models.runs import JobProvisioningData, JobSpec, RunSpec
 from dstack.server.db import tables as t
 from dstack.server.reconcilers.job_facts import replica_peers, tried_offers
 from dstack.server.scheduler import multinode
 from dstack.server.scheduler.placement import Candidate, Ranking, Requirements, no_capacity_message
 from dstack.server.scheduler.ranking import rank
 from dstack.server.services.context import ServerContext
-from dstack.server.services.job_volumes import Mounts, with_volumes
+from dstack.server.services.hosts import host_access
+from dstack.server.services.job_volumes import Mounts, placed_volumes, with_volumes
 from dstack.server.services.pool import PoolRows, fleet_conf, requirements_for, with_capacity
 
 # (the chosen place or None, whether the job queues for a busy one, why nothing fits or,
@@ -87,3 +88,28 @@ class Placer:
             {p.instance_id for p in peers if p.instance_id and p.id != job.id},
         )
         return choice.candidate, choice.queued, choice.message or message
+
+
+def placement_values(
+    ctx: ServerContext, spec: JobSpec, mounts: Mounts, inst: t.Instance, c: Candidate
+) -> dict[str, Any]:
+    """The job's columns once it is placed on `inst` (an existing instance or one just
+    created for it): where it runs, its blocks, how to reach the host, its volumes."""
+    offer = c.offer
+    jpd = JobProvisioningData(
+        backend=offer.backend,
+        instance_type=offer.instance,
+        instance_id=inst.id,
+        internal_ip=None,
+        region=offer.region,
+        price=offer.price,
+        dockerized=False,
+        **host_access(ctx, inst),
+    )
+    return {
+        "instance_id": inst.id,
+        "used_blocks": c.blocks,
+        "job_provisioning_data": jpd.model_dump_json(),
+        "volumes": placed_volumes(spec, mounts, c.volumes),
+        "_fleet_id": c.fleet_id,
+    }

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from dstack.errors import ServerClientError
 from dstack.models.instances import InstanceStatus
-from dstack.models.runs import JobProvisioningData, JobSpec, JobStatus
+from dstack.models.runs import JobSpec, JobStatus
 from dstack.models.wire import utcnow
 from dstack.server.agent_client import (
     AgentClient,
@@ -43,7 +43,7 @@ from dstack.server.reconcilers.job_facts import (
     tried_offers,
     utilization_check,
 )
-from dstack.server.reconcilers.job_placement import Placer
+from dstack.server.reconcilers.job_placement import Placer, placement_values
 from dstack.server.reconcilers.job_start import (
     agent_job_spec,
     published_ports,
@@ -64,8 +64,8 @@ from dstack.server.scheduler.placement import Candidate
 from dstack.server.services import events, logs, secrets
 from dstack.server.services.codes import start_payload
 from dstack.server.services.context import ServerContext
-from dstack.server.services.hosts import capabilities, host_access, host_label
-from dstack.server.services.job_volumes import Mounts, placed_volumes, volume_locations
+from dstack.server.services.hosts import capabilities, host_label
+from dstack.server.services.job_volumes import Mounts, volume_locations
 from dstack.server.services.metrics import store_samples
 from dstack.server.services.pool import (
     PoolRows,
@@ -433,7 +433,7 @@ class JobReconciler(Reconciler):
             if busy + c.blocks > inst.total_blocks:
                 await self._release_for_replacement(s, snap.job.id, token)
                 raise Requeued("the instance's blocks were taken meanwhile; retrying placement")
-        values.update(self._placement_values(snap, inst, c, now))
+        values.update(placement_values(self.ctx, snap.spec, snap.mounts, inst, c))
         if not await self.volumes.bind_placed(s, values["volumes"], inst):
             await self._release_for_replacement(s, snap.job.id, token)
             raise Requeued("a directory volume was bound to another machine; retrying placement")
@@ -496,26 +496,4 @@ class JobReconciler(Reconciler):
             message=f"Instance created for job {snap.job.job_name}",
             now=now,
         )
-        values.update(self._placement_values(snap, inst, c, now))
-
-    def _placement_values(
-        self, snap: Snapshot, inst: t.Instance, c: Candidate, now: datetime
-    ) -> dict[str, Any]:
-        offer = c.offer
-        jpd = JobProvisioningData(
-            backend=offer.backend,
-            instance_type=offer.instance,
-            instance_id=inst.id,
-            internal_ip=None,
-            region=offer.region,
-            price=offer.price,
-            dockerized=False,
-            **host_access(self.ctx, inst),
-        )
-        return {
-            "instance_id": inst.id,
-            "used_blocks": c.blocks,
-            "job_provisioning_data": jpd.model_dump_json(),
-            "volumes": placed_volumes(snap.spec, snap.mounts, c.volumes),
-            "_fleet_id": c.fleet_id,
-        }
+        values.update(placement_values(self.ctx, snap.spec, snap.mounts, inst, c))
