@@ -26,6 +26,7 @@ import asyncssh
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CHUNK = 65536
 DRAIN_AFTER_EXIT = 1.0  # a PTY still held by a background process: stop reading after this
+PTY_QUIET = 0.1  # a PTY whose shell exited is drained until its output pauses this long
 
 
 @dataclass(frozen=True)
@@ -124,8 +125,10 @@ async def _pump_in(process: asyncssh.SSHServerProcess, write: Any, close: Any, p
     close()
 
 
-async def _pump_out(read: Any, out: asyncssh.SSHWriter) -> None:
-    """Session -> client until EOF (a PTY's EIO once its last holder closed it is EOF too)."""
+async def _pump_out(read: Any, out: asyncssh.SSHWriter, seen: list[float] | None = None) -> None:
+    """Session -> client until EOF (a PTY's EIO once its last holder closed it is EOF too).
+    SEEN[0] is when data last came (a PTY's end is a pause, not an EOF: see _run_pty)."""
+    loop = asyncio.get_running_loop()
     while True:
         try:
             data = await read(CHUNK)
@@ -133,12 +136,22 @@ async def _pump_out(read: Any, out: asyncssh.SSHWriter) -> None:
             return
         if not data:
             return
+        if seen is not None:
+            seen[0] = loop.time()
         out.write(data)
         await out.drain()
 
 
+async def _quiet(seen: list[float], limit: float) -> None:
+    """Until the PTY's output has paused for PTY_QUIET (or LIMIT passed)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while loop.time() < deadline and loop.time() - seen[0] < PTY_QUIET:
+        await asyncio.sleep(PTY_QUIET / 3)
+
+
 async def _finish(process: asyncssh.SSHServerProcess, proc: asyncio.subprocess.Process,
-                  outputs: list[asyncio.Task[None]], pty: bool) -> None:  # fmt: skip
+                  outputs: list[asyncio.Task[None]], seen: list[float] | None) -> None:  # fmt: skip
     """Wait for the session (or the client's departure), then report its exit status."""
     closed = asyncio.ensure_future(process.channel.wait_closed())
     exited = asyncio.ensure_future(proc.wait())
@@ -155,7 +168,10 @@ async def _finish(process: asyncssh.SSHServerProcess, proc: asyncio.subprocess.P
         return
     # Output written just before the exit still comes through; a PTY a background process
     # keeps open does not hold the session forever (sshd closes it too).
-    await asyncio.wait(outputs, timeout=DRAIN_AFTER_EXIT if pty else None)
+    if seen is None:
+        await asyncio.wait(outputs)
+    else:
+        await _quiet(seen, DRAIN_AFTER_EXIT)
     for task in outputs:
         task.cancel()
     code = proc.returncode if proc.returncode is not None else 255
@@ -201,7 +217,7 @@ async def _run_pipes(
         asyncio.ensure_future(_pump_out(proc.stderr.read, process.stderr)),
     ]
     try:
-        await _finish(process, proc, outputs, pty=False)
+        await _finish(process, proc, outputs, None)
     finally:
         feeder.cancel()
 
@@ -212,13 +228,16 @@ async def _run_pty(
     loop = asyncio.get_running_loop()
     master, slave = os.openpty()
     _set_size(master, process.get_terminal_size())
+    # This end of the PTY stays open until the session ends: Linux may answer EIO to a read
+    # before it passed on what the shell wrote just before exiting, once no one holds it.
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=cwd,
             start_new_session=True, preexec_fn=_take_controlling_tty,
         )  # fmt: skip
-    finally:
+    except BaseException:
         os.close(slave)
+        raise
     reader = asyncio.StreamReader()
     read_transport, _ = await loop.connect_read_pipe(
         lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(master, "rb", 0)
@@ -231,10 +250,12 @@ async def _run_pty(
         write_transport.write(data)
 
     feeder = asyncio.ensure_future(_pump_in(process, write, lambda: None, proc.pid, master))
-    outputs = [asyncio.ensure_future(_pump_out(reader.read, process.stdout))]
+    seen = [loop.time()]
+    outputs = [asyncio.ensure_future(_pump_out(reader.read, process.stdout, seen))]
     try:
-        await _finish(process, proc, outputs, pty=True)
+        await _finish(process, proc, outputs, seen)
     finally:
         feeder.cancel()
         read_transport.close()
         write_transport.close()
+        os.close(slave)
