@@ -126,6 +126,17 @@ def job_submission(server: Server, name: str) -> dict:
     return server.run(name)["jobs"][0]["job_submissions"][-1]
 
 
+def job_ssh_port(server: Server, name: str) -> int:
+    """The host port of the job's SSH server, published once it listens (a moment after the
+    job runs: attaching before that would be refused)."""
+
+    def port() -> int | None:
+        ports = job_submission(server, name)["job_runtime_data"].get("ports") or {}
+        return int(ports["10022"]) if "10022" in ports else None
+
+    return wait_until(port, timeout=30, what=f"the SSH server of {name}")
+
+
 def test_dev_environment_ssh_scp_rsync_and_ide_link(server: Server, project_dir: Path, tmp_path):
     write_config(
         project_dir,
