@@ -132,6 +132,7 @@ class JobState(TypedDict):
     ssh_port: int | None
     ssh_user: str | None
     ssh_error: str | None
+    ssh_ready: bool  # the job's SSH server accepts connections on ssh_port
     working_dir: str | None
     no_connections_secs: int | None
     listen_port: int | None

@@ -199,6 +199,8 @@ class Supervisor:
         if error is not None:
             write_json_atomic(self.dir / sshd.SSH_FILE, dict(info, port=None, error=error))
             return
+        # `ssh_ready` in the job's state: the CLI attaches only once this is written.
+        write_json_atomic(self.dir / sshd.SSH_FILE, dict(info, listening=True))
         self.activity = sshd.ActivityTracker(self.dir / sshd.ACTIVITY_FILE, int(port))
         self.activity.check(write_json_atomic)
 
