@@ -2,13 +2,16 @@
 server/backends/local_sshd.py) gives a dev environment `ssh <run>`, scp (sftp and legacy),
 rsync and port forwarding, end to end with the user's OpenSSH client.
 
-The server's agent is told there is no sshd (DSTACK_AGENT_SSHD=none; the one installed here, if
-any, is never used), which is what a fresh machine after the README's two commands looks like.
+The server runs where there is no sshd: as root, in a mount namespace whose sshd binaries are
+masked (not executable, so not on PATH nor at the usual paths), which is what a fresh machine
+after the README's two commands looks like; elsewhere the agent is told so
+(DSTACK_AGENT_SSHD=none).
 Also here: an attached `dstack apply` of a short task never warns that SSH failed.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -41,12 +44,31 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("nosshd-home")
-    srv = Server(home=home, extra_env={"DSTACK_AGENT_SSHD": "none"})
+    prefix = _without_sshd()
+    extra = {} if prefix else {"DSTACK_AGENT_SSHD": "none"}
+    srv = Server(home=home, extra_env=extra, argv_prefix=prefix)
     srv.start()
     try:
         yield srv
     finally:
         srv.cleanup()
+
+
+_MASK_SSHD = (
+    'for f in /usr/sbin/sshd /usr/local/sbin/sshd /sbin/sshd; do'
+    ' if [ -e "$f" ]; then mount --bind /dev/null "$f" || exit 90; fi; done;'
+    ' if command -v sshd >/dev/null; then exit 91; fi; exec "$@"'
+)
+
+
+def _without_sshd() -> list[str]:
+    """A wrapper that runs the server with every sshd binary masked, where this test may make
+    mount namespaces (root with `unshare`); [] otherwise."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return []
+    prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c", _MASK_SSHD, "sh"]
+    probe = subprocess.run([*prefix, "true"], capture_output=True, timeout=30)
+    return prefix if probe.returncode == 0 else []
 
 
 def _sshd_cmdline(server: Server, name: str) -> str:
