@@ -8,9 +8,7 @@ import asyncio
 from dstack.server import app as server_app
 
 
-def test_loops_start_after_the_first_answer(monkeypatch) -> None:
-    monkeypatch.setattr(server_app, "BACKGROUND_GRACE", 30.0)
-
+def test_loops_start_after_the_first_answer() -> None:
     async def go() -> list[str]:
         events: list[str] = []
         gate = asyncio.Event()
@@ -33,11 +31,14 @@ def test_loops_start_after_the_grace_without_requests(monkeypatch) -> None:
 
     async def go() -> bool:
         ran = asyncio.Event()
+        gate = asyncio.Event()
 
         async def loop() -> None:
             ran.set()
 
-        await asyncio.wait_for(server_app._after(asyncio.Event(), loop), 5)
+        timer = asyncio.create_task(server_app._open_after_grace(gate))
+        await asyncio.wait_for(server_app._after(gate, loop), 5)
+        await timer
         return ran.is_set()
 
     assert asyncio.run(go())

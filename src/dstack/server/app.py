@@ -117,16 +117,21 @@ def install_error_handlers(app: FastAPI) -> None:
 GATE = [Depends(enforce)]
 
 
-# The reconcilers and sweepers begin once the server has answered its first request, or after
-# this long without one: their first passes (first-time SQL compilation, lazy imports, the
-# database) would otherwise run interleaved with the requests of clients waiting for the
-# restart, delaying the first answer by a few hundred milliseconds on a busy machine.
+# The reconcilers, sweepers and the service prober begin once the server has answered its
+# first request, or after this long without one: their first passes (first-time SQL
+# compilation, lazy imports, lease writes) would otherwise run interleaved with the requests of
+# clients waiting for the restart, delaying the first answer by a few hundred milliseconds on a
+# busy machine.
 BACKGROUND_GRACE = 1.0
 
 
+async def _open_after_grace(gate: asyncio.Event) -> None:
+    await asyncio.sleep(BACKGROUND_GRACE)
+    gate.set()
+
+
 async def _after(gate: asyncio.Event, loop: Callable[[], Awaitable[None]]) -> None:
-    with suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(gate.wait(), BACKGROUND_GRACE)
+    await gate.wait()
     await loop()
 
 
@@ -135,8 +140,8 @@ async def start(
     server_config: ServerConfig | None = None,
     served: asyncio.Event | None = None,
 ) -> tuple[BootstrapResult, list[asyncio.Task[None]]]:
-    """`served`: set when the server has answered a request; background loops wait for it
-    (or `BACKGROUND_GRACE`). None: they start at once."""
+    """`served`: set when the server has answered a request (or `BACKGROUND_GRACE` passed);
+    background loops wait for it. None: they start at once."""
     # config.yml first: an invalid file stops the start before anything is written.
     config_file = config_path(ctx.settings.server_dir)
     if server_config is None:
@@ -183,7 +188,8 @@ async def start(
     if served is None:
         served = asyncio.Event()
         served.set()
-    tasks = [asyncio.create_task(_after(served, loop), name=name) for name, loop in loops]
+    tasks = [asyncio.create_task(_open_after_grace(served), name="grace")]
+    tasks += [asyncio.create_task(_after(served, loop), name=name) for name, loop in loops]
     if ctx.settings.metrics_address:  # bound now: a bad or taken address stops the start
         listener = await metrics_listener.start(ctx.db, ctx.settings.metrics_address)
         tasks.append(asyncio.create_task(metrics_listener.serve(listener), name="prometheus"))
@@ -246,6 +252,9 @@ class _Served:
         if self.event is not None:
             self.event.set()
 
+    def is_set(self) -> bool:
+        return self.event is not None and self.event.is_set()
+
 
 def create_app(
     settings: Settings, on_ready: object = None, server_config: ServerConfig | None = None
@@ -258,8 +267,12 @@ def create_app(
     proxy = create_proxy(ctx)
     # Replicas on one database: one of them probes; wakes reach the others (Postgres).
     probes = ClusterLease(ctx.db, "probes", ctx.instance_id, settings.lease_seconds)
-    proxy.prober.gate = probes.held
     served = _Served()
+
+    async def probe_here() -> bool:
+        return served.is_set() and await probes.held()
+
+    proxy.prober.gate = probe_here
     wakes = None
     if not ctx.db.is_sqlite:
         wakes = PgWakes(ctx.db.engine, ctx.instance_id, ctx.hub.wake_local)
