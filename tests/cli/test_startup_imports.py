@@ -25,8 +25,11 @@ NOT_FOR_PS = (
 )  # fmt: skip
 
 # Loaded only when used: Alembic (with mako and pygments) when the database is not at the
-# head revision, asyncssh when a host is reached over SSH.
-NOT_FOR_SERVER_START = ("alembic", "mako", "pygments", "asyncssh", "boto3", "botocore")
+# head revision, asyncssh when a host is reached over SSH, prometheus_client when a pass or a
+# proxied request is counted, or when scraped.
+NOT_FOR_SERVER_START = (
+    "alembic", "mako", "pygments", "asyncssh", "boto3", "botocore", "prometheus_client",
+)  # fmt: skip
 
 REPORT = (
     "import json, sys\n"
