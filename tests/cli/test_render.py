@@ -123,7 +123,8 @@ def test_a_busy_port_error_names_the_port_and_host():
 
 
 def test_default_ps_filter():
-    active, done1, done2 = run("a"), run("b", status="done"), run("c", status="failed")
+    active, done1, done2 = (r.model_dump(mode="json") for r in
+                            (run("a"), run("b", status="done"), run("c", status="failed")))
     assert filter_runs([active, done1, done2], False, None) == [active]
     assert filter_runs([done1, done2], False, None) == [done1]
     assert filter_runs([active, done1, done2], True, None) == [active, done1, done2]

@@ -355,9 +355,13 @@ class APIClient:
         return self.request("/api/runs/list", body) or []
 
     def list_runs(self, project: str | None = None, **kwargs: Any) -> list[Run]:
+        return self.parse_runs(self.list_runs_raw(project, **kwargs))
+
+    def parse_runs(self, raw: list[dict[str, Any]]) -> list[Run]:
+        """Runs from `list_runs_raw`'s answer (or a part of it: parse only what is shown)."""
         from dstack.models.runs import Run
 
-        return self._parse(list[Run], self.list_runs_raw(project, **kwargs))
+        return self._parse(list[Run], raw)
 
     def poll_logs(self, req: PollLogsRequest) -> JobSubmissionLogs:
         from dstack.models.logs import JobSubmissionLogs

@@ -195,11 +195,15 @@ def runs_table(runs: list[Any], verbose: bool = False, now: datetime | None = No
     )
 
 
-def filter_runs(runs: list[Any], all_runs: bool, last: int | None) -> list[Any]:
-    """Default view: active runs, else the single latest run; `-a` all; `-n N` the last N."""
+def filter_runs(runs: list[dict[str, Any]], all_runs: bool, last: int | None) -> list[dict]:
+    """Default view: active runs, else the single latest run; `-a` all; `-n N` the last N.
+    On the server's answer as sent (`list_runs_raw`), so only the runs shown are parsed."""
+    from dstack.models.runs import RunStatus
+
     if last:
         return runs[:last]
     if all_runs:
         return runs
-    active = [r for r in runs if not r.status.is_finished()]
+    finished = {s.value for s in RunStatus if s.is_finished()}
+    active = [r for r in runs if r.get("status") not in finished]
     return active or runs[:1]
