@@ -43,10 +43,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _shown_raw(api, args: argparse.Namespace) -> list[dict]:  # noqa: ANN001
-    from dstack.cli.render.runs import filter_runs
-
-    limit = args.last if args.last else 100
-    return filter_runs(api.list_runs_raw(limit=limit, job_submissions_limit=1), args.all, args.last)
+    """The runs to show, as the server sent them. Default: the active runs, else the latest
+    run (two small pages, as the reference asks, rather than 100 runs filtered here); `-a`
+    the last 100; `-n N` the last N."""
+    if args.all or args.last:
+        limit = args.last or 100
+        return api.list_runs_raw(limit=limit, job_submissions_limit=1)[:limit]
+    active = api.list_runs_raw(only_active=True, limit=100, job_submissions_limit=1)
+    return active or api.list_runs_raw(limit=1, job_submissions_limit=1)
 
 
 def _table(api, args: argparse.Namespace):  # noqa: ANN001, ANN202

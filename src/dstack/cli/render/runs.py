@@ -193,17 +193,3 @@ def runs_table(runs: list[Any], verbose: bool = False, now: datetime | None = No
         [[r.get(c, "") for c in cols] for r in rows],
         styles=[r.get("_style") for r in rows],
     )
-
-
-def filter_runs(runs: list[dict[str, Any]], all_runs: bool, last: int | None) -> list[dict]:
-    """Default view: active runs, else the single latest run; `-a` all; `-n N` the last N.
-    On the server's answer as sent (`list_runs_raw`), so only the runs shown are parsed."""
-    from dstack.models.runs import RunStatus
-
-    if last:
-        return runs[:last]
-    if all_runs:
-        return runs
-    finished = {s.value for s in RunStatus if s.is_finished()}
-    active = [r for r in runs if r.get("status") not in finished]
-    return active or runs[:1]
