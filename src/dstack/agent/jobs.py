@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 from typing import IO, Any
 
-from dstack.agent import docker, files, gpus, jobuser, ports, pyenv, sshd, volumes
+from dstack.agent import docker, files, gpus, jobuser, notify, ports, pyenv, sshd, volumes
 from dstack.agent import protocol as p
 from dstack.agent.diskspace import reserve, write_reserved
 from dstack.agent.gpus import GPUS_FILE
@@ -72,6 +72,7 @@ class JobStore:
         self._job_locks: dict[str, threading.Lock] = {}
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._gpus = GpuCache()
+        self.changes = notify.Changes()
         # Warm it now: probing GPUs can take a second, which `run` should not pay.
         threading.Thread(target=self._gpus.get, daemon=True).start()
 
@@ -235,6 +236,7 @@ class JobStore:
             self._assign_gpus(path)
             self._assign_ssh(path)
             self._spawn_supervisor(job_id, path)
+            self.changes.bump()
             return self._state_at(path)
 
     def _assign_listen_port(self, path: Path) -> bool:
@@ -353,6 +355,7 @@ class JobStore:
                 "requested_at": previous.get("requested_at") or now_iso(),
             }
             write_json_atomic(path / STOP_FILE, request)
+            self.changes.bump()
             log.info("job %s: stop requested (abort=%s, reason=%s)", job_id, abort, reason)
             self._notify(path)
             return self._state_at(path)
@@ -396,6 +399,7 @@ class JobStore:
             shutil.rmtree(trash, ignore_errors=True)
             self._children.pop(job_id, None)
             self._job_locks.pop(job_id, None)
+            self.changes.bump()
             log.info("job %s: removed", job_id)
         return {"id": job_id, "removed": True}
 
