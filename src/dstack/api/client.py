@@ -320,6 +320,8 @@ class APIClient:
 
     def poll_logs(self, req: PollLogsRequest) -> JobSubmissionLogs:
         body = req.model_dump(mode="json")
+        if not req.wait:
+            body.pop("wait")  # the field is this server's own: others need never see it
         return self._parse(JobSubmissionLogs, self.request(self._p("logs/poll"), body))
 
     def get_job_metrics(

@@ -25,6 +25,7 @@ import logging
 import time
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -37,7 +38,7 @@ from sqlalchemy.sql.elements import UnaryExpression
 
 from dstack.models.wire import utcnow
 from dstack.server.db.session import db_fault
-from dstack.server.services import telemetry
+from dstack.server.services import log_follow, telemetry
 from dstack.server.services.context import ServerContext
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ class Reconciler(ABC):
         # While the database answers busy or full: the pause before the next claim.
         self._db_backoff = 0.0
         self.leases_lost = 0  # passes whose lease was taken over (heartbeat or guarded write)
+        self._closers: list[Callable[[], Awaitable[None]]] = []
 
     # -- to implement ---------------------------------------------------------------------
 
@@ -364,6 +366,8 @@ class Reconciler(ABC):
             telemetry.reconciler_pass(self.kind, time.monotonic() - started, p.lost)
             self._inflight.discard(row_id)
             self._slot_freed.set()
+            # Log followers waiting on this process look again (new records, a run's end).
+            self.ctx.hub.wake_local(log_follow.WAKE)
             if p.rewake and not p.lost:
                 # Only now: a claim skips rows still in flight, so a wake sent while this row
                 # was in `_inflight` would find nothing to claim and the row would wait for
@@ -393,7 +397,35 @@ class Reconciler(ABC):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Have `closer` run when the loop ends (the server stopping cancels it): what the
+        loop holds beyond its passes, e.g. long polls to agents."""
+        self._closers.append(closer)
+
+    async def mark_due(self, row_ids: list[str]) -> None:
+        """Rows something outside the loop saw change (an agent's long poll): due now, on
+        whichever replica claims them first."""
+        if not row_ids:
+            return
+        tbl = self.table
+        async with self.ctx.db.session() as s:
+            await s.execute(
+                update(tbl)
+                .where(tbl.id.in_(row_ids), tbl.status.in_(self.active_statuses))
+                .values(dirty=True)
+            )
+            await s.commit()
+        self.ctx.hub.wake(self.kind)
+
     async def run_forever(self) -> None:
+        try:
+            await self._loop()
+        finally:
+            for closer in self._closers:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(closer())
+
+    async def _loop(self) -> None:
         while True:
             self._slot_freed.clear()
             free = self.workers - len(self._inflight)
