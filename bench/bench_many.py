@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +26,7 @@ import httpx
 # The tests folder itself: gpuhunt installs a top-level `tests` package that shadows ours.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from e2e.harness import Server, wait_until  # noqa: E402
+from e2e.harness import Server  # noqa: E402
 
 CONCURRENCY = 8
 TARGET = 20.0
@@ -51,6 +53,10 @@ async def _submit(server: Server, names: list[str]) -> None:
             for name in pending:
                 body = {"plan": {"run_spec": run_spec(name), "current_resource": None}}
                 r = await client.post(url, json=body, headers=headers)
+                while r.status_code == 503 and "retry-after" in r.headers:
+                    # Busy database, nothing written: ask again, as the CLI's client does.
+                    await asyncio.sleep(float(r.headers["retry-after"]))
+                    r = await client.post(url, json=body, headers=headers)
                 if r.status_code != 200:
                     raise RuntimeError(f"runs/apply answered {r.status_code}: {r.text[:300]}")
 
@@ -98,18 +104,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", metavar="FILE", help="py-spy raw profile of the server")
     args = parser.parse_args()
+    spy = None
     rates: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         server = Server(home=Path(tmp))
         server.start()
         try:
             one_round(server, 1, "warm")  # creates the local instance
-            wait_until(lambda: True)
+            if args.profile:  # py-spy on the server for the rounds (a raw file per process)
+                spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record",
+                                        "-f", "raw", "-r", "100", "-o", args.profile,
+                                        "-p", str(server.proc.pid)],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for r in range(args.rounds):
                 rates.append(one_round(server, args.jobs, f"many{r}"))
                 print(f"round {r + 1}: {rates[-1]:.1f} jobs/s", flush=True)
         finally:
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(30)
             server.cleanup()
     print(f"{args.jobs} echo tasks on one host: median {statistics.median(rates):.1f} jobs/s "
           f"(target >= {TARGET:.0f})")

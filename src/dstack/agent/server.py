@@ -64,6 +64,7 @@ class AgentHTTPServer(ThreadingHTTPServer):
 
     def server_close(self) -> None:
         self.notes.close()
+        self.jobs.close()
         super().server_close()
 
 
