@@ -81,6 +81,17 @@ def _statuses(server: Server, prefix: str) -> dict[str, str]:
         body = dict(body, prev_submitted_at=last["submitted_at"], prev_run_id=last["id"])
 
 
+def passes(server: Server) -> dict[str, float]:
+    """Reconciler passes so far, by kind (the server's own Prometheus counters)."""
+    r = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {server.token}"})
+    out: dict[str, float] = {}
+    for line in r.text.splitlines():
+        if line.startswith("dstack_reconciler_pass_duration_seconds_count"):
+            kind = line.split('kind="', 1)[1].split('"', 1)[0]
+            out[kind] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def one_round(server: Server, n: int, prefix: str) -> float:
     names = [f"{prefix}-{i}" for i in range(n)]
     start = time.perf_counter()
@@ -109,7 +120,7 @@ def main() -> None:
     spy = None
     rates: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        server = Server(home=Path(tmp))
+        server = Server(home=Path(tmp), extra_env={"DSTACK_ENABLE_PROMETHEUS_METRICS": "1"})
         server.start()
         try:
             one_round(server, 1, "warm")  # creates the local instance
@@ -119,8 +130,13 @@ def main() -> None:
                                         "-p", str(server.proc.pid)],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for r in range(args.rounds):
+                before = passes(server)
                 rates.append(one_round(server, args.jobs, f"many{r}"))
-                print(f"round {r + 1}: {rates[-1]:.1f} jobs/s", flush=True)
+                after = passes(server)
+                per_job = ", ".join(f"{k} {(v - before.get(k, 0)) / args.jobs:.1f}"
+                                    for k, v in sorted(after.items()))
+                print(f"round {r + 1}: {rates[-1]:.1f} jobs/s (passes per job: {per_job})",
+                      flush=True)
         finally:
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
