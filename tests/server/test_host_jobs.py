@@ -237,7 +237,7 @@ def test_the_long_poll_hands_on_the_jobs_that_moved() -> None:
             moved.append(ids)
 
         agent = LongPollAgent([
-            ([_job("a"), _job("b")], "e:1"),  # the baseline: nothing moved yet
+            ([_job("a"), _job("b"), _job("z", "done")], "e:1"),  # the baseline: only an end
             ([_job("a", log_bytes=10), _job("b") | {"no_connections_secs": 5}], "e:2"),
             ([_job("a", "done", 10), _job("b"), _job("c")], "e:3"),
         ])
@@ -249,7 +249,7 @@ def test_the_long_poll_hands_on_the_jobs_that_moved() -> None:
         await cache.close()
         # Output and an exit move a job, a clock (no_connections_secs) does not; a job new
         # on the host does.
-        assert moved == [["a"], ["a", "c"]]
+        assert moved == [["z"], ["a"], ["a", "c"]]
         assert agent.cursors == [None, "e:1", "e:2", "e:3"]
 
     run(main())

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from dstack.server.agent_client import AgentClient, AgentClientError, JobState
+from dstack.server.agent_client import FINISHED, AgentClient, AgentClientError, JobState
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +186,12 @@ class HostJobs:
             if cursor is None:
                 return
             now = {s["id"]: tuple(repr(s.get(k)) for k in _WATCHED) for s in states}
-            before = now if seen is None else seen  # the first answer is the baseline
-            moved = [job_id for job_id, sig in now.items() if before.get(job_id) != sig]
+            if seen is None:
+                # The baseline. A job that ended just before it (between an observation and
+                # this first answer) would never move again: its end is handed on now.
+                moved = [s["id"] for s in states if s.get("status") in FINISHED]
+            else:
+                moved = [job_id for job_id, sig in now.items() if seen.get(job_id) != sig]
             seen = now
             if moved:
                 try:
