@@ -296,3 +296,38 @@ def test_no_long_poll_from_an_agent_without_one() -> None:
         await cache.close()
 
     run(main())
+
+
+def test_a_list_older_than_the_long_polls_news_is_not_reused() -> None:
+    """The pass the long poll woke must see what moved: a cached list asked for before the
+    news (still within its reuse age) is not good enough."""
+
+    async def main() -> None:
+        clock = Clock()
+        gate = asyncio.Event()
+
+        class News(LongPollAgent):
+            async def wait_jobs(self, changed_after: str | None, wait: float) -> Any:
+                self.cursors.append(changed_after)
+                if changed_after is None:
+                    return [_job("a")], "e:1"
+                if changed_after == "e:1":
+                    await gate.wait()
+                    return [_job("a", "done")], "e:2"
+                await asyncio.sleep(3600)
+
+        agent = News([])
+        agent.jobs = ["a"]
+        cache = HostJobs(max_age=0.25, clock=clock, change_sink=lambda ids: asyncio.sleep(0))
+        await cache.job("i1", agent, "a")  # type: ignore[arg-type]
+        assert agent.calls == 1
+        clock.now += 0.1  # the cached list is still young enough to reuse...
+        gate.set()
+        for _ in range(10):
+            await asyncio.sleep(0)
+        clock.now += 0.01
+        assert await cache.job("i1", agent, "a") is not None  # ...but older than the news
+        assert agent.calls == 2
+        await cache.close()
+
+    run(main())

@@ -78,6 +78,7 @@ class HostJobs:
         self._changes = change_sink
         self._watches: dict[str, asyncio.Task[None]] = {}
         self._observed: dict[str, float] = {}
+        self._changed_at: dict[str, float] = {}  # when the long poll last reported a move
         self._clock = clock
         # With a sink, each list also asks for the samples newer than the last ones received
         # from that host (0 after a restart: the agent's whole buffer; the sink dedups).
@@ -91,7 +92,9 @@ class HostJobs:
         the client raises (AgentUnreachableError, AgentError) for the whole host."""
         asked = self._clock()
         self._watch(instance_id, client, asked)
-        snap = await self.snapshot(instance_id, client, not_before=asked - self.max_age)
+        # A list older than the long poll's last news is stale: that news is why we are here.
+        fresh = max(asked - self.max_age, self._changed_at.get(instance_id, 0.0))
+        snap = await self.snapshot(instance_id, client, not_before=fresh)
         state = snap.jobs.get(job_id)
         if state is not None or snap.asked_at >= asked:
             return state
@@ -158,6 +161,7 @@ class HostJobs:
         for instance_id in [k for k, v in self._snapshots.items() if v.asked_at < horizon]:
             del self._snapshots[instance_id]
             self._metrics_after.pop(instance_id, None)
+            self._changed_at.pop(instance_id, None)
 
     # -- the long poll ----------------------------------------------------------------------
 
@@ -194,6 +198,7 @@ class HostJobs:
                 moved = [job_id for job_id, sig in now.items() if seen.get(job_id) != sig]
             seen = now
             if moved:
+                self._changed_at[instance_id] = self._clock()
                 try:
                     await sink(moved)
                 except Exception:  # the poll still sees them: a lost wake is only late
