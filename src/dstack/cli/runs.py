@@ -210,8 +210,9 @@ def follow_logs(
             backoff.sleep()
         if follower is not None:
             started = time.monotonic()
-            printed = follower.drain(wait=LONG_POLL)
-            quick_empty = not printed and time.monotonic() - started < LONG_POLL / 4
+            while follower.drain(wait=LONG_POLL):  # output keeps coming: no need to look
+                started = time.monotonic()
+            quick_empty = time.monotonic() - started < LONG_POLL / 4
             if not quick_empty:
                 backoff.reset()
 
