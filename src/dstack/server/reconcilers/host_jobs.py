@@ -187,6 +187,10 @@ class HostJobs:
                 log.debug("long poll of instance %s: %s", instance_id, e)
                 await asyncio.sleep(WATCH_RETRY)
                 return
+            except Exception:  # a bug here must not go unseen, nor end in a tight loop
+                log.exception("long poll of instance %s failed", instance_id)
+                await asyncio.sleep(WATCH_RETRY)
+                return
             if cursor is None:
                 return
             now = {s["id"]: tuple(repr(s.get(k)) for k in _WATCHED) for s in states}
