@@ -171,6 +171,35 @@ def _write(path: Path, text: str, mode: int) -> None:
     os.chmod(str(path), mode)
 
 
+HOST_KEY_FILE = "ssh_host_ed25519_key"
+
+
+def shared_host_key(home: Path) -> Path:
+    """The host key every job's server on this agent presents, created on first use.
+
+    One per agent, not one per job: key generation was on every job's start, and the jobs of
+    one host are one host to an SSH client anyway. Created under a temporary name and linked
+    into place, so two jobs starting at once agree on one key (the loser uses the winner's)."""
+    key = home / HOST_KEY_FILE
+    if key.exists():
+        return key
+    tmp = home / f".{HOST_KEY_FILE}.{os.getpid()}.{time.monotonic_ns()}"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "dstack-job", "-f", str(tmp)],
+        check=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        timeout=30,
+    )
+    with contextlib.suppress(FileExistsError):
+        os.link(tmp, key)
+    for leftover in (tmp, Path(f"{tmp}.pub")):
+        with contextlib.suppress(OSError):
+            leftover.unlink()
+    return key
+
+
 def prepare(
     job_dir: Path,
     port: int,
@@ -189,27 +218,6 @@ def prepare(
     d = job_dir / SSH_DIR
     d.mkdir(mode=0o700, exist_ok=True)
     os.chmod(str(d), 0o700)
-    host_key = d / "host_key"
-    if sshd is not None and not host_key.exists():
-        subprocess.run(
-            [
-                "ssh-keygen",
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                "dstack-job",
-                "-f",
-                str(host_key),
-            ],
-            check=True,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            timeout=30,
-        )
     _write(d / "authorized_keys", "".join(k.strip() + "\n" for k in keys if k.strip()), 0o600)
     _write(d / "env.sh", _env_script(env), 0o600)
     env_file = shlex.quote(str(d / "env.sh"))
@@ -233,11 +241,12 @@ def prepare(
         }
         _write(d / SERVER_FILE, json.dumps(server), 0o600)
         return [*builtin, str(d)]
+    host_key = shared_host_key(job_dir.parent.parent)
     sftp = find_sftp_server()
     lines = [
         f"Port {port}",
         "ListenAddress 127.0.0.1",
-        f"HostKey {d / 'host_key'}",
+        f"HostKey {host_key}",
         f"PidFile {d / 'sshd.pid'}",
         f"AuthorizedKeysFile {d / 'authorized_keys'}",
         "PubkeyAuthentication yes",

@@ -367,6 +367,8 @@ class APIClient:
         from dstack.models.logs import JobSubmissionLogs
 
         body = req.model_dump(mode="json")
+        if not req.wait:
+            body.pop("wait")  # the field is this server's own: others need never see it
         return self._parse(JobSubmissionLogs, self.request(self._p("logs/poll"), body))
 
     def get_job_metrics(

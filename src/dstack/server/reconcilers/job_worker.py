@@ -115,7 +115,9 @@ class JobReconciler(Reconciler):
         self.placer = Placer(ctx)
         self.volumes = VolumeSteps(ctx)
         sink = partial(store_samples, ctx.db)  # samples come with the job list
-        self.host_jobs = HostJobs(ctx.settings.running_job_poll_seconds / 2, metrics_sink=sink)
+        self.host_jobs = HostJobs(ctx.settings.running_job_poll_seconds / 2, metrics_sink=sink,
+                                  change_sink=self.mark_due)  # moved on the agent: due now
+        self.on_close(self.host_jobs.close)
 
     def claim_order(self) -> tuple[Any, ...]:
         # Queued jobs are taken in priority, then submission order (DESIGN.md, 'Scheduling').
