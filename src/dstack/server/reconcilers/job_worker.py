@@ -42,6 +42,7 @@ from dstack.server.reconcilers.job_facts import (
     total_blocks,
     tried_offers,
     utilization_check,
+    wake_queue,
 )
 from dstack.server.reconcilers.job_placement import Placer, placement_values
 from dstack.server.reconcilers.job_start import (
@@ -59,6 +60,7 @@ from dstack.server.reconcilers.jobs import (
     after_detach,
     after_start,
     decide,
+    settled_at_once,
 )
 from dstack.server.scheduler.placement import Candidate
 from dstack.server.services import events, logs, secrets
@@ -138,7 +140,8 @@ class JobReconciler(Reconciler):
         now = utcnow()
         d = decide(view, now)
         d, extra = await self._act(snap, d, agent_job)
-        await self._apply(snap, d, extra, token, now)
+        then = None if snap.job.volumes else settled_at_once(view, d, now)
+        await self._apply(snap, d, extra, token, now, then)
 
     # -- load and observe -----------------------------------------------------------------
 
@@ -165,7 +168,8 @@ class JobReconciler(Reconciler):
         if rows is not None:
             where = await self.placer.place(snap.run, snap.job, snap.spec, rows, snap.mounts)
             snap.placement, snap.queued, snap.no_capacity = where
-        if job.status == JobStatus.TERMINATING.value:
+        if job.status == JobStatus.TERMINATING.value and job.volumes:
+            # Attachments are made for the volumes placement gave the job: none, none held.
             snap.volumes_held = await self.volumes.held(job.id)
         return snap
 
@@ -345,8 +349,15 @@ class JobReconciler(Reconciler):
     # -- apply ----------------------------------------------------------------------------
 
     async def _apply(
-        self, snap: Snapshot, d: Decision, extra: dict[str, Any], token: str, now: datetime
+        self,
+        snap: Snapshot,
+        d: Decision,
+        extra: dict[str, Any],
+        token: str,
+        now: datetime,
+        then: Decision | None = None,
     ) -> None:
+        """`then`: the final step `settled_at_once` decided after `d`, written with it."""
         job = snap.job
         values: dict[str, Any] = dict(d.values)
         values.update(extra)
@@ -363,14 +374,18 @@ class JobReconciler(Reconciler):
                 values["finished_at"] = now
             else:
                 values["dirty"] = True  # the next step of a new status is due at once
+        if then is not None:
+            values.update(then.values, status=then.status, finished_at=now)
+            values.pop("dirty", None)
         single = (
             d.action == "create_instance"
             and capabilities(self.ctx, snap.placement.offer.backend, job.project_id).single_instance
         )
         async with self._single_lock if single else contextlib.nullcontext():
-            await self._write(snap, d, values, token, now)
-        if values.get("status") in _FINISHED:
-            await self._wake_queue(job.project_id)
+            await self._write(snap, d, values, token, now, via=d.status if then else None)
+        if values.get("status") in _FINISHED and job.instance_id is not None:
+            # Only a job that held an instance frees blocks for the queue.
+            await wake_queue(self.ctx, job.project_id)
         elif d.action == "wait" and snap.queued and snap.no_capacity and snap.mounts:
             await self.volumes.note_waiting(job, snap.no_capacity, now)
         if "status" in values:
@@ -381,7 +396,13 @@ class JobReconciler(Reconciler):
             self.ctx.hub.wake("jobs")
 
     async def _write(
-        self, snap: Snapshot, d: Decision, values: dict[str, Any], token: str, now: datetime
+        self,
+        snap: Snapshot,
+        d: Decision,
+        values: dict[str, Any],
+        token: str,
+        now: datetime,
+        via: str | None = None,
     ) -> None:
         async with self.ctx.db.session() as s:
             if d.action == "assign":
@@ -391,21 +412,10 @@ class JobReconciler(Reconciler):
             fleet_id = values.pop("_fleet_id", None)
             await self.guarded_update(s, snap.job.id, token, values, now)
             if "status" in values:
-                await note_status(s, snap.job, values, now, fleet_id, d.event)
+                await note_status(s, snap.job, values, now, fleet_id, d.event, via=via)
             if values.get("status") in _FINISHED and snap.job.volumes:
                 await self.volumes.last_used(s, snap.job, now)
             await s.commit()
-
-    async def _wake_queue(self, project_id: str) -> None:
-        """A job released its blocks: queued jobs of the project try to place again now."""
-        async with self.ctx.db.session() as s:
-            await s.execute(
-                update(t.Job)
-                .where(t.Job.project_id == project_id, t.Job.status == JobStatus.SUBMITTED.value)
-                .values(dirty=True)
-            )
-            await s.commit()
-        self.ctx.hub.wake("jobs")
 
     async def _reserve(
         self, s: Any, snap: Snapshot, values: dict[str, Any], now: datetime, token: str

@@ -121,7 +121,7 @@ async def apply_plan(
             field="plan.run_spec.run_name",
             code="resource_exists",
         ) from e
-    ctx.hub.wake("runs", "jobs")
+    ctx.hub.wake(*(("runs", "jobs") if run.dirty else ("jobs",)))
     return await to_model(s, run, project)
 
 
@@ -351,9 +351,13 @@ async def _insert_run(
         run.status = RunStatus.PENDING.value
         run.next_triggered_at = next_fire(schedule.cron, now)
         message += f"; waiting for the schedule: next start {run.next_triggered_at}"
+    specs = [] if schedule else build_job_specs(spec.run_name, conf, spec.repo_code_hash)
+    # A task or dev environment with its jobs submitted has nothing for the run reconciler to
+    # decide until a job moves (each job status change marks its run due): no pass now.
+    run.dirty = not specs or conf.type == "service"
     s.add(run)
     await s.flush()
-    for js in [] if schedule else build_job_specs(spec.run_name, conf, spec.repo_code_hash):
+    for js in specs:
         s.add(
             new_job_row(run, js.model_dump_json(), js.replica_num, js.job_num, js.job_name, 0, now)
         )
