@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -33,7 +32,6 @@ from dstack.server.reconcilers.host_jobs import HostJobs
 from dstack.server.reconcilers.job_facts import (
     cluster_ips,
     idle_duration,
-    inactivity_duration,
     is_spot,
     lost_as,
     new_instance_offer,
@@ -41,10 +39,10 @@ from dstack.server.reconcilers.job_facts import (
     note_status,
     total_blocks,
     tried_offers,
-    utilization_check,
     wake_queue,
 )
 from dstack.server.reconcilers.job_placement import Placer, placement_values
+from dstack.server.reconcilers.job_snapshots import Snapshot, SnapshotLoader
 from dstack.server.reconcilers.job_start import (
     agent_job_spec,
     published_ports,
@@ -62,40 +60,19 @@ from dstack.server.reconcilers.jobs import (
     decide,
     settled_at_once,
 )
-from dstack.server.scheduler.placement import Candidate
 from dstack.server.services import events, logs, secrets
 from dstack.server.services.codes import start_payload
 from dstack.server.services.context import ServerContext
 from dstack.server.services.hosts import capabilities, host_label
-from dstack.server.services.job_volumes import Mounts, volume_locations
 from dstack.server.services.metrics import store_samples
 from dstack.server.services.pool import (
-    PoolRows,
     busy_blocks,
     fleet_conf,
     live_backend_types,
-    load_pool_rows,
 )
 from dstack.server.services.ssh_keys import project_keypair
 
 LOG_PAGES_PER_PASS = 16
-
-
-@dataclass
-class Snapshot:
-    job: t.Job
-    run: t.Run
-    project: t.Project
-    instance: t.Instance | None
-    spec: JobSpec
-    placement: Candidate | None = None
-    queued: bool = False
-    no_capacity: str | None = None
-    inactivity_duration: int | None = None
-    utilization_violation: str | None = None
-    mounts: Mounts = ()
-    volume_error: str | None = None
-    volumes_held: bool = False
 
 
 _FINISHED = tuple(s.value for s in JobStatus if s.is_finished())
@@ -116,6 +93,7 @@ class JobReconciler(Reconciler):
         self._specs: dict[str, tuple[str, JobSpec]] = {}
         self.placer = Placer(ctx)
         self.volumes = VolumeSteps(ctx)
+        self.snapshots = SnapshotLoader(ctx, self.placer, self.volumes, self._job_spec)
         sink = partial(store_samples, ctx.db)  # samples come with the job list
         self.host_jobs = HostJobs(ctx.settings.running_job_poll_seconds / 2, metrics_sink=sink)
 
@@ -146,32 +124,8 @@ class JobReconciler(Reconciler):
     # -- load and observe -----------------------------------------------------------------
 
     async def _load(self, row_id: str, token: str) -> Snapshot | None:
-        rows: PoolRows | None = None
-        async with self.ctx.db.session() as s:
-            job = await self.load_row(s, row_id, token)
-            if job is None:
-                return None
-            run = await s.get(t.Run, job.run_id)
-            project = await s.get(t.Project, job.project_id)
-            inst = await s.get(t.Instance, job.instance_id) if job.instance_id else None
-            snap = Snapshot(job, run, project, inst, self._job_spec(job))
-            if job.status == JobStatus.RUNNING.value:
-                snap.inactivity_duration = inactivity_duration(run)
-                snap.utilization_violation = await utilization_check(s, job, run, utcnow())
-            placing = job.status == JobStatus.SUBMITTED.value and job.instance_id is None
-            if placing:
-                rows = await load_pool_rows(self.ctx, s, project.id)
-                try:
-                    snap.mounts = await volume_locations(self.ctx, s, project.id, snap.spec, job.id)
-                except ServerClientError as e:
-                    snap.volume_error, rows = e.message, None
-        if rows is not None:
-            where = await self.placer.place(snap.run, snap.job, snap.spec, rows, snap.mounts)
-            snap.placement, snap.queued, snap.no_capacity = where
-        if job.status == JobStatus.TERMINATING.value and job.volumes:
-            # Attachments are made for the volumes placement gave the job: none, none held.
-            snap.volumes_held = await self.volumes.held(job.id)
-        return snap
+        """Loaded with the other passes started at the same time (job_snapshots.py)."""
+        return await self.snapshots.load(row_id, token)
 
     def _job_spec(self, job: t.Job) -> JobSpec:
         """Parsed once per job, not every pass (a running job is looked at twice a second)."""

@@ -45,6 +45,7 @@ from dstack.server.services.runs import (
     parse_run_configuration,
     to_model,
 )
+from dstack.server.services.runs_view import run_model
 from dstack.server.services.secrets import check_run_secrets
 
 
@@ -112,7 +113,7 @@ async def apply_plan(
     try:
         # The unique index on active (project, name) refuses a concurrent twin at the flush
         # inside _insert_run (Postgres) or at the commit (SQLite): both are the same loss.
-        run = await _insert_run(s, user, project.id, spec, conf, utcnow(), "Run submitted")
+        run, jobs = await _insert_run(s, user, project.id, spec, conf, utcnow(), "Run submitted")
         await s.commit()
     except IntegrityError as e:
         await s.rollback()
@@ -122,7 +123,8 @@ async def apply_plan(
             code="resource_exists",
         ) from e
     ctx.hub.wake(*(("runs", "jobs") if run.dirty else ("jobs",)))
-    return await to_model(s, run, project)
+    # Built from the rows just written (nothing else can have changed them yet): no reads.
+    return run_model(run, jobs, project_name=project.name, user_name=user.name, fleet=None)
 
 
 async def _request_replacement(
@@ -203,9 +205,10 @@ async def submit_replacement(s: AsyncSession, old: t.Run, now: datetime) -> t.Ru
         # old run end rather than fail its final write on every pass.
         events.run_event(s, old, f"Run replacement not submitted: {e}", now)
         return None
-    return await _insert_run(
+    run, _ = await _insert_run(
         s, user, old.project_id, spec, conf, now, f"Run submitted, replacing run {old.id}"
     )
+    return run
 
 
 def check_fresh(name: str, plan: ApplyRunPlanInput, active: t.Run | None) -> None:
@@ -331,7 +334,7 @@ async def _insert_run(
     conf: Any,
     now: datetime,
     message: str,
-) -> t.Run:
+) -> tuple[t.Run, list[t.Job]]:
     run = t.Run(
         id=str(uuid.uuid4()),
         project_id=project_id,
@@ -357,12 +360,13 @@ async def _insert_run(
     run.dirty = not specs or conf.type == "service"
     s.add(run)
     await s.flush()
-    for js in specs:
-        s.add(
-            new_job_row(run, js.model_dump_json(), js.replica_num, js.job_num, js.job_name, 0, now)
-        )
+    jobs = [
+        new_job_row(run, js.model_dump_json(), js.replica_num, js.job_num, js.job_name, 0, now)
+        for js in specs
+    ]
+    s.add_all(jobs)
     events.run_event(s, run, message, now, actor=user.name)
-    return run
+    return run, jobs
 
 
 def new_job_row(
