@@ -27,7 +27,7 @@ from dstack.server.agent_client import (
 )
 from dstack.server.db import tables as t
 from dstack.server.reconcilers.agents import AgentRegistry
-from dstack.server.reconcilers.base import Reconciler, Requeued
+from dstack.server.reconcilers.base import LeaseLost, Reconciler, Requeued
 from dstack.server.reconcilers.host_jobs import HostJobs
 from dstack.server.reconcilers.job_facts import (
     cluster_ips,
@@ -60,6 +60,7 @@ from dstack.server.reconcilers.jobs import (
     decide,
     settled_at_once,
 )
+from dstack.server.reconcilers.shared_writes import SharedWrites
 from dstack.server.services import events, logs, secrets
 from dstack.server.services.codes import start_payload
 from dstack.server.services.context import ServerContext
@@ -94,6 +95,7 @@ class JobReconciler(Reconciler):
         self.placer = Placer(ctx)
         self.volumes = VolumeSteps(ctx)
         self.snapshots = SnapshotLoader(ctx, self.placer, self.volumes, self._job_spec)
+        self.shared = SharedWrites(ctx.db, isolated=(LeaseLost,))
         sink = partial(store_samples, ctx.db)  # samples come with the job list
         self.host_jobs = HostJobs(ctx.settings.running_job_poll_seconds / 2, metrics_sink=sink)
 
@@ -358,17 +360,25 @@ class JobReconciler(Reconciler):
         now: datetime,
         via: str | None = None,
     ) -> None:
-        async with self.ctx.db.session() as s:
-            if d.action == "assign":
-                await self._reserve(s, snap, values, now, token)
-            elif d.action == "create_instance":
-                await self._add_instance(s, snap, values, now, token)
+        async def write(s: Any) -> None:
             fleet_id = values.pop("_fleet_id", None)
             await self.guarded_update(s, snap.job.id, token, values, now)
             if "status" in values:
                 await note_status(s, snap.job, values, now, fleet_id, d.event, via=via)
             if values.get("status") in _FINISHED and snap.job.volumes:
                 await self.volumes.last_used(s, snap.job, now)
+
+        if d.action not in ("assign", "create_instance"):
+            # Only this row's own columns (and its run's mark and events): shared with the
+            # other passes writing now, one commit (shared_writes.py).
+            await self.shared.run(write)
+            return
+        async with self.ctx.db.session() as s:
+            if d.action == "assign":
+                await self._reserve(s, snap, values, now, token)
+            else:
+                await self._add_instance(s, snap, values, now, token)
+            await write(s)
             await s.commit()
 
     async def _reserve(
