@@ -28,7 +28,9 @@ from dstack.server.reconcilers.runs import (
     failure_streak,
     is_live_replica,
 )
+from dstack.server.reconcilers.shared_writes import SharedWrites
 from dstack.server.services import events
+from dstack.server.services.context import ServerContext
 from dstack.server.services.jobspecs import build_job_specs, replica_spec
 from dstack.server.services.run_apply import new_job_row, submit_replacement
 from dstack.server.services.service_stats import request_rate
@@ -51,9 +53,19 @@ class RunReconciler(Reconciler):
     def interval(self, status: str) -> float:
         return self.ctx.settings.resync_seconds if status != RunStatus.PENDING.value else 1.0
 
+    def __init__(self, ctx: ServerContext) -> None:
+        super().__init__(ctx)
+        # Nothing isolated: a pass that loses its lease may have written its jobs' stop
+        # requests or new rows already, so the shared transaction is rolled back whole.
+        self.shared = SharedWrites(ctx.db, isolated=())
+
     async def process(self, row_id: str, token: str) -> None:
+        """Load, decide and apply in one transaction, shared with the passes of the same
+        claim (shared_writes.py): one commit for them all."""
         now = utcnow()
-        async with self.ctx.db.session() as s:
+        woke: set[str] = set()
+
+        async def work(s: Any) -> None:
             run = await self.load_row(s, row_id, token)
             if run is None:
                 return
@@ -62,11 +74,14 @@ class RunReconciler(Reconciler):
             service = await self._service_view(s, run, now)
             d = decide(self._view(run, latest, jobs, service, now), now)
             woke_jobs, replaced = await self._apply(s, run, latest, d, token, now)
-            await s.commit()
-        if woke_jobs:
-            self.ctx.hub.wake("jobs")
-        if replaced:
-            self.ctx.hub.wake("runs", "jobs")
+            if woke_jobs or replaced:
+                woke.add("jobs")
+            if replaced:
+                woke.add("runs")
+
+        await self.shared.run(work)
+        if woke:
+            self.ctx.hub.wake(*sorted(woke))
 
     async def _service_view(self, s: Any, run: t.Run, now: datetime) -> ServiceView | None:
         conf = RunSpec.model_validate_json(run.run_spec).configuration
