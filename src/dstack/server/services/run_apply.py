@@ -25,7 +25,7 @@ from dstack.errors import (
     stale_plan_message,
 )
 from dstack.models.cron import next_fire
-from dstack.models.runs import ApplyRunPlanInput, JobStatus, Run, RunSpec, RunStatus
+from dstack.models.runs import ApplyRunPlanInput, JobSpec, JobStatus, Run, RunSpec, RunStatus
 from dstack.models.wire import utcnow
 from dstack.server.db import tables as t
 from dstack.server.services import events
@@ -113,7 +113,9 @@ async def apply_plan(
     try:
         # The unique index on active (project, name) refuses a concurrent twin at the flush
         # inside _insert_run (Postgres) or at the commit (SQLite): both are the same loss.
-        run, jobs = await _insert_run(s, user, project.id, spec, conf, utcnow(), "Run submitted")
+        run, jobs = await _insert_run(
+            s, user, project.id, spec, conf, utcnow(), "Run submitted", specs
+        )
         await s.commit()
     except IntegrityError as e:
         await s.rollback()
@@ -334,7 +336,9 @@ async def _insert_run(
     conf: Any,
     now: datetime,
     message: str,
+    specs: list[JobSpec] | None = None,
 ) -> tuple[t.Run, list[t.Job]]:
+    """The run and its jobs (`specs`: built already by the caller, else built here)."""
     run = t.Run(
         id=str(uuid.uuid4()),
         project_id=project_id,
@@ -354,7 +358,10 @@ async def _insert_run(
         run.status = RunStatus.PENDING.value
         run.next_triggered_at = next_fire(schedule.cron, now)
         message += f"; waiting for the schedule: next start {run.next_triggered_at}"
-    specs = [] if schedule else build_job_specs(spec.run_name, conf, spec.repo_code_hash)
+    if schedule:
+        specs = []
+    elif specs is None:
+        specs = build_job_specs(spec.run_name, conf, spec.repo_code_hash)
     # A task or dev environment with its jobs submitted has nothing for the run reconciler to
     # decide until a job moves (each job status change marks its run due): no pass now.
     run.dirty = not specs or conf.type == "service"
