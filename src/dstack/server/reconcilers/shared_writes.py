@@ -24,30 +24,42 @@ from typing import Any
 from dstack.server.db.session import Database
 
 Write = Callable[[Any], Awaitable[None]]
+# Reads for every write of a turn at once, before the first: (session, the writes' keys).
+Prefetch = Callable[[Any, list[str]], Awaitable[None]]
 
 
 @dataclass
 class _Member:
+    key: str
     write: Write
     context: contextvars.Context
     done: asyncio.Future[None]
 
 
 class SharedWrites:
-    def __init__(self, db: Database, isolated: tuple[type[BaseException], ...]) -> None:
+    def __init__(
+        self,
+        db: Database,
+        isolated: tuple[type[BaseException], ...],
+        prefetch: Prefetch | None = None,
+    ) -> None:
+        """`prefetch`: loads what the turn's writes read, in their session, in a few queries
+        (it leaves them in `session.info`)."""
         self.db = db
         self.isolated = isolated
+        self.prefetch = prefetch
         self._members: list[_Member] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def run(self, write: Write) -> None:
+    async def run(self, write: Write, key: str = "") -> None:
         """Run `write(session)` in the transaction shared by this turn's writes; returns once
-        it is committed (raises what the write raised, or why the commit failed)."""
+        it is committed (raises what the write raised, or why the commit failed). `key`:
+        what `prefetch` loads for it (its row id)."""
         loop = asyncio.get_running_loop()
         if self._members is None:
             self._members = []
             loop.call_soon(self._start)  # after the passes of this turn have asked
-        member = _Member(write, contextvars.copy_context(), loop.create_future())
+        member = _Member(key, write, contextvars.copy_context(), loop.create_future())
         self._members.append(member)
         await member.done
 
@@ -61,6 +73,8 @@ class SharedWrites:
         alone: dict[int, BaseException] = {}
         try:
             async with self.db.session() as s:
+                if self.prefetch is not None:
+                    await self.prefetch(s, [m.key for m in members])
                 for i, m in enumerate(members):
                     try:
                         await asyncio.create_task(m.write(s), context=m.context)
