@@ -59,6 +59,7 @@ class SnapshotLoader:
         self.job_spec = job_spec
         # Rows asked for in this event-loop turn: id -> (lease token, the pass's future).
         self._pending: dict[str, tuple[str, asyncio.Future[Snapshot | None]]] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def load(self, row_id: str, token: str) -> Snapshot | None:
         """The snapshot of a leased job, None when the lease is no longer ours."""
@@ -74,7 +75,8 @@ class SnapshotLoader:
     def _flush(self) -> None:
         batch, self._pending = self._pending or {}, None
         task = asyncio.create_task(self._serve(batch))
-        task.add_done_callback(lambda _: None)
+        self._tasks.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._tasks.discard)
 
     async def _serve(self, batch: dict[str, tuple[str, asyncio.Future[Snapshot | None]]]) -> None:
         try:
