@@ -71,6 +71,20 @@ def submissions(server: Server, n: int, prefix: str) -> float:
     return n / (time.perf_counter() - start)
 
 
+def settled_after(server: Server, since: float) -> float:
+    """Seconds from `since` until no run of the server is active any more: the reconcilers
+    have taken every submission to its final status ("no capacity" here)."""
+    headers = {"Authorization": f"Bearer {server.token}"}
+    body = {"only_active": True, "limit": 1}
+    while True:
+        r = httpx.post(f"{server.url}/api/runs/list", json=body, headers=headers, timeout=60)
+        if r.status_code != 200:
+            raise RuntimeError(f"runs/list answered {r.status_code}: {r.text[:200]}")
+        if not r.json():
+            return time.perf_counter() - since
+        time.sleep(0.02)
+
+
 def list_pages(server: Server, seconds: float) -> tuple[float, float]:
     headers = {"Authorization": f"Bearer {server.token}"}
     url = f"{server.url}/api/runs/list"
@@ -167,8 +181,11 @@ def main() -> None:
     rates, lists, p99s, ps = [], [], [], []
     try:
         per_round = max(1, args.runs // args.rounds)
+        settles = []
         for r in range(args.rounds):
+            start = time.perf_counter()
             rates.append(round(submissions(server, per_round, f"b{r}"), 1))
+            settles.append(round(settled_after(server, start), 2))
         for _ in range(args.rounds):
             rps, p99 = list_pages(server, args.seconds)
             lists.append(round(rps, 1))
@@ -179,6 +196,7 @@ def main() -> None:
         server.stop()
     colds = [round(cold_start(home), 3) for _ in range(args.rounds)]
     print(line("runs/apply, 8 in flight", rates, "runs/s", "(target >= 100)"))
+    print(line(f"{per_round} runs submitted, all ended", settles, "s", "(from the first apply)"))
     print(line(f"runs/list page 100 of {args.runs}", lists, "req/s", "(target >= 150)"))
     print(line("runs/list p99", p99s, "ms", "(target <= 50)"))
     print(line("dstack ps", ps, "s", "(target <= 0.15)"))
