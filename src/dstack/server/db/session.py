@@ -29,6 +29,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 
+from dstack.server.db.write_gate import WriteGate
+
 STRICT_ENV = "DSTACK_DB_STRICT"
 # How long a SQLite write waits for another writer's lock before it fails "database is locked"
 # (answered 503 with Retry-After). Short: a lock held longer is a stuck or foreign writer, and a
@@ -123,6 +125,7 @@ class Database:
                 url, connect_args={"timeout": busy_timeout_seconds()}, pool_size=5, max_overflow=10
             )
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            WriteGate(busy_timeout_seconds()).attach(self.engine)
         else:
             self.engine = create_async_engine(url, pool_size=20, max_overflow=20)
         self.sessionmaker = async_sessionmaker(
