@@ -34,12 +34,6 @@ def _apply(srv: Server, project_dir: Path, name: str, text: str) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-@pytest.mark.xfail(
-    reason="known bug: a queued job is placed by whichever job's pass comes first once capacity "
-    "frees (job_worker claims by priority, but each queued job is re-placed on its own resync "
-    "and in its own task), so the start order is arbitrary; remove this mark with the fix",
-    strict=False,
-)
 def test_queued_jobs_start_by_priority_then_age(
     srv: Server, hosts: sshhosts.Hosts, key: Path, project_dir: Path
 ) -> None:

@@ -21,8 +21,10 @@ from dstack.models.wire import utcnow
 from dstack.server.db import tables as t
 from dstack.server.reconcilers.job_facts import inactivity_duration, utilization_check
 from dstack.server.reconcilers.job_placement import Placer
+from dstack.server.reconcilers.job_precedence import check_precedence
 from dstack.server.reconcilers.job_volumes import VolumeSteps
 from dstack.server.scheduler.placement import Candidate
+from dstack.server.scheduler.precedence import Rival
 from dstack.server.services.context import ServerContext
 from dstack.server.services.job_volumes import Mounts, volume_locations
 from dstack.server.services.pool import PoolRows, load_pool_rows
@@ -43,6 +45,8 @@ class Snapshot:
     mounts: Mounts = ()
     volume_error: str | None = None
     volumes_held: bool = False
+    # A queued job ahead of this one could take the host it was placed on, and why it waits.
+    outranked: tuple[Rival, str] | None = None
 
 
 class SnapshotLoader:
@@ -127,6 +131,8 @@ class SnapshotLoader:
                 raise where
             else:
                 snap.placement, snap.queued, snap.no_capacity = where
+        placed = [(p, rows) for p, rows in places if p.placement is not None]
+        await check_precedence(self.ctx, self.placer, self.job_spec, placed)
         for snap in snaps.values():
             if snap.job.status == JobStatus.TERMINATING.value and snap.job.volumes:
                 # Attachments are made for the volumes placement gave the job: none, none held.

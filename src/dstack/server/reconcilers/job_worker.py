@@ -61,6 +61,7 @@ from dstack.server.reconcilers.jobs import (
     settled_at_once,
 )
 from dstack.server.reconcilers.shared_writes import SharedWrites
+from dstack.server.scheduler.precedence import Rival
 from dstack.server.services import events, logs, secrets
 from dstack.server.services.codes import start_payload
 from dstack.server.services.context import ServerContext
@@ -199,6 +200,7 @@ class JobReconciler(Reconciler):
             tried_offers=tried_offers(job),
             volume_error=snap.volume_error,
             volumes_held=snap.volumes_held,
+            outranked=snap.outranked[1] if snap.outranked else None,
         )
 
     # -- act ------------------------------------------------------------------------------
@@ -346,12 +348,21 @@ class JobReconciler(Reconciler):
             await wake_queue(self.ctx, job.project_id)
         elif d.action == "wait" and snap.queued and snap.no_capacity and snap.mounts:
             await self.volumes.note_waiting(job, snap.no_capacity, now)
+        elif d.action == "yield" and snap.outranked and d.message:
+            await self._yield(snap.outranked[0], job, d.message, now)
         if "status" in values:
             self.ctx.hub.wake("runs")
         if d.action == "create_instance":
             self.ctx.hub.wake("instances")
         if d.action == "assign":
             self.ctx.hub.wake("jobs")
+
+    async def _yield(self, rival: Rival, job: t.Job, message: str, now: datetime) -> None:
+        """The job ahead places now (one in this claim places anyway), and the one that
+        waits says why, once per reason (`dstack event`)."""
+        if not rival.in_batch:
+            await self.mark_due([rival.job_id])
+        await self.volumes.note_waiting(job, message, now)
 
     async def _write(
         self,

@@ -5,6 +5,9 @@
 | submitted    | a pool instance fits                  | provisioning; instance reserved       |
 | submitted    | only a backend offer fits             | provisioning; pending instance added  |
 | submitted    | fits only instances busy right now    | (wait in the queue)                   |
+| submitted    | a pool instance fits, but a queued    | (yield: wait in the queue; the job    |
+|              | job ahead of it (priority, then age)  | ahead is made due, the reason is an   |
+|              | could take it (6)                     | event, once)                          |
 | submitted    | nothing fits                          | terminating: no capacity (1)         |
 | submitted    | nothing fits, offers tried before     | terminating: no capacity (1), the     |
 |              |                                       | tried offers listed                   |
@@ -49,6 +52,8 @@ stays `detaching` with a message, the job finishes). `after_detach()` turns it i
 step once no volume is held.
 
 (1) failed_to_start_due_to_no_capacity, (2) waiting_instance_limit_exceeded.
+(6) scheduler/precedence.py: only a job ahead that fits the host now and would not fit beside
+this one; a job ahead that fits nowhere blocks nobody.
 (4) Offers are tried one after another: placement skips every offer the job tried (same
 backend, region, instance type and spot), and each failure is an event ("offer ... failed:
 ...; trying the next one").
@@ -155,11 +160,13 @@ class JobView:
     volume_error: str | None = None
     # The job still holds a volume attachment (terminating: detached before the job ends).
     volumes_held: bool = False
+    # Why the placement goes to a queued job ahead of this one (None: nobody is ahead for it).
+    outranked: str | None = None
 
 
 @dataclass
 class Decision:
-    action: str  # wait assign create_instance start copy_logs stop abort finalize
+    action: str  # wait yield assign create_instance start copy_logs stop abort finalize
     status: str | None = None  # new status, if it changes
     reason: str | None = None
     message: str | None = None
@@ -249,6 +256,8 @@ def _decide_submitted(v: JobView) -> Decision:
             reason=JobTerminationReason.FAILED_TO_START_DUE_TO_NO_CAPACITY.value,
             message=message,
         )
+    if v.outranked is not None:
+        return Decision("yield", message=v.outranked)
     if v.placement.instance_id is None:
         return Decision("create_instance", status=JobStatus.PROVISIONING.value)
     return Decision("assign", status=JobStatus.PROVISIONING.value)
