@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dstack.errors import (
@@ -348,6 +348,34 @@ async def delete_runs(s: AsyncSession, project: t.Project, names: list[str]) -> 
     await s.commit()
 
 
+def page_query(
+    q: Select[Any],
+    project_ids: list[str],
+    *,
+    only_active: bool,
+    limit: int,
+    ascending: bool,
+    prev_submitted_at: datetime | None,
+    prev_run_id: str | None,
+) -> Select[Any]:
+    """`q` (over runs) narrowed to one runs/list page: the projects' live runs in submission
+    order, `id` breaking ties, after the cursor (`prev_submitted_at`, `prev_run_id`: the last
+    run of the previous page). The `ix_runs_list` index serves the range and the order."""
+    q = q.where(t.Run.project_id.in_(project_ids), t.Run.deleted == False)  # noqa: E712
+    if only_active:
+        q = q.where(t.Run.status.in_(ACTIVE_RUN_STATUSES))
+    if prev_submitted_at is not None:
+        after = (lambda c, v: c > v) if ascending else (lambda c, v: c < v)
+        cursor = after(t.Run.submitted_at, prev_submitted_at)
+        if prev_run_id is not None:
+            same = t.Run.submitted_at == prev_submitted_at
+            cursor = or_(cursor, and_(same, after(t.Run.id, prev_run_id)))
+        q = q.where(cursor)
+    if ascending:
+        return q.order_by(t.Run.submitted_at.asc(), t.Run.id.asc()).limit(limit)
+    return q.order_by(t.Run.submitted_at.desc(), t.Run.id.desc()).limit(limit)
+
+
 async def list_runs(
     s: AsyncSession,
     user: t.User,
@@ -360,16 +388,16 @@ async def list_runs(
     prev_submitted_at: datetime | None,
     prev_run_id: str | None,
 ) -> list[Run]:
-    q = select(t.Run).where(t.Run.project_id.in_(list(project_ids)), t.Run.deleted.is_(False))
-    if only_active:
-        q = q.where(t.Run.status.in_(ACTIVE_RUN_STATUSES))
-    if prev_submitted_at is not None:
-        cmp = (
-            t.Run.submitted_at > prev_submitted_at
-            if ascending
-            else t.Run.submitted_at < prev_submitted_at
-        )
-        q = q.where(cmp)
-    order = t.Run.submitted_at.asc() if ascending else t.Run.submitted_at.desc()
-    rows = list((await s.execute(q.order_by(order, t.Run.id).limit(limit))).scalars())
+    """One page as models, every run built afresh (runs/list serves the same page from
+    `runs_page.list_page`, which reuses unchanged runs' JSON)."""
+    q = page_query(
+        select(t.Run),
+        list(project_ids),
+        only_active=only_active,
+        limit=limit,
+        ascending=ascending,
+        prev_submitted_at=prev_submitted_at,
+        prev_run_id=prev_run_id,
+    )
+    rows = list((await s.execute(q)).scalars())
     return await to_models(s, rows, project_ids, job_submissions_limit)
