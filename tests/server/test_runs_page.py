@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from dstack.models.runs import JobSpec, Run
 from dstack.models.wire import utcnow
@@ -158,7 +158,9 @@ async def _check(db: Database, cache: RunJsonCache, label: str) -> None:
                 break
             walked += [r.id for r in page]
             kw = dict(kw, prev_submitted_at=page[-1].submitted_at, prev_run_id=page[-1].id)
-        assert len(walked) == len(set(walked)), f"{label}: the walk repeats a run"
+        everything, _ = await _both(db, cache, {"ascending": ascending})
+        listed = [r["id"] for r in json.loads(everything)]
+        assert walked == listed, f"{label}: the walk is not the whole list in order"
 
 
 @pytest.fixture
@@ -248,3 +250,24 @@ def test_the_cache_keeps_within_its_bytes_dropping_the_least_recently_listed() -
     assert len(cache) == 2 and cache.size == 10
     cache.put("d", 1, b"x" * 11)  # larger than the whole cache: not kept
     assert cache.get("d", 1) is None and cache.size == 10
+
+
+@pytest.mark.parametrize("ascending", [False, True])
+@pytest.mark.parametrize("cursor", [False, True])
+def test_a_page_is_an_index_range_without_a_sort(db: Database, ascending: bool, cursor: bool):
+    async def plan() -> list[str]:
+        await migrate(db.engine)
+        kw = _args({"ascending": ascending})
+        if cursor:
+            kw.update(prev_submitted_at=T0, prev_run_id="x")
+        del kw["job_submissions_limit"]
+        stmt = svc.page_query(select(t.Run), ["p"], **kw)
+        sql = str(stmt.compile(db.engine, compile_kwargs={"literal_binds": True}))
+        async with db.engine.connect() as conn:
+            rows = (await conn.execute(text(f"EXPLAIN QUERY PLAN {sql}"))).all()
+        await db.close()
+        return [r[-1] for r in rows]
+
+    steps = asyncio.run(plan())
+    assert any("USING INDEX ix_runs_list" in step for step in steps), steps
+    assert not any("TEMP B-TREE" in step for step in steps), steps

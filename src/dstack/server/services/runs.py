@@ -365,12 +365,15 @@ def page_query(
     if only_active:
         q = q.where(t.Run.status.in_(ACTIVE_RUN_STATUSES))
     if prev_submitted_at is not None:
-        after = (lambda c, v: c > v) if ascending else (lambda c, v: c < v)
-        cursor = after(t.Run.submitted_at, prev_submitted_at)
-        if prev_run_id is not None:
-            same = t.Run.submitted_at == prev_submitted_at
-            cursor = or_(cursor, and_(same, after(t.Run.id, prev_run_id)))
-        q = q.where(cursor)
+        at, rid = t.Run.submitted_at, t.Run.id
+        if prev_run_id is None:
+            q = q.where(at > prev_submitted_at if ascending else at < prev_submitted_at)
+        else:
+            # The inclusive bound is implied by the OR; stated, it is the index range.
+            past = rid > prev_run_id if ascending else rid < prev_run_id
+            beyond = at > prev_submitted_at if ascending else at < prev_submitted_at
+            bound = at >= prev_submitted_at if ascending else at <= prev_submitted_at
+            q = q.where(bound, or_(beyond, and_(at == prev_submitted_at, past)))
     if ascending:
         return q.order_by(t.Run.submitted_at.asc(), t.Run.id.asc()).limit(limit)
     return q.order_by(t.Run.submitted_at.desc(), t.Run.id.desc()).limit(limit)
