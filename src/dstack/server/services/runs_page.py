@@ -2,11 +2,10 @@
 
 Building a run's view (parsing its stored specs, pydantic models, loading full job rows) costs
 far more than the page's SQL, and most listed runs are finished and never change again. So a
-page is: one query for the page's runs with what their view depends on besides their rows
-(user name, fleet name), one for their jobs' ids and change tags, one for the instance notes
-of provisioning jobs; each run whose fingerprint matches the cached one is spliced in as
-bytes, and only the others are loaded and built (`runs_view.run_model`, as `runs.to_models`
-does) and serialized with pydantic-core.
+page is one statement (`_page_rows`: the page's runs, with their user and fleet names, their
+jobs' ids and change tags, and the notes of provisioning jobs' instances); each run whose
+fingerprint matches the cached one is spliced in as bytes, and only the others are loaded and
+built (`runs_view.run_model`, as `runs.to_models` does) and serialized with pydantic-core.
 
 The fingerprint holds every input of a run's JSON: the run's and its jobs' `change_tag`s
 (a fresh random value on every write of the row, by any server replica: tables.py), the job
@@ -25,12 +24,12 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import TypeAdapter
-from sqlalchemy import select
+from sqlalchemy import Select, and_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dstack.models.runs import Run
+from dstack.models.runs import JobStatus, Run
 from dstack.server.db import tables as t
-from dstack.server.services.runs import instance_notes, page_query
+from dstack.server.services.runs import page_query
 from dstack.server.services.runs_view import run_model
 
 MAX_BYTES = 64 * 1024 * 1024
@@ -97,36 +96,35 @@ async def list_page(
     """The runs/list answer, byte for byte what `json_response(list[Run], runs.list_runs(...))`
     gives for the same rows."""
     cache = cache if cache is not None else cache_for(s)
-    head = (
-        select(
-            t.Run.id, t.Run.change_tag, t.Run.project_id, t.Run.fleet_id, t.User.name, t.Fleet.name
-        )
-        .outerjoin(t.User, t.User.id == t.Run.user_id)
-        .outerjoin(t.Fleet, t.Fleet.id == t.Run.fleet_id)
-    )
-    q = page_query(
-        head,
-        list(projects),
-        only_active=only_active,
-        limit=limit,
-        ascending=ascending,
-        prev_submitted_at=prev_submitted_at,
-        prev_run_id=prev_run_id,
-    )
-    page = (await s.execute(q)).all()
-    if not page:
-        return b"[]"
-    jobs = (
+    rows = (
         await s.execute(
-            select(t.Job.run_id, t.Job.id, t.Job.change_tag, t.Job.status, t.Job.instance_id).where(
-                t.Job.run_id.in_([r[0] for r in page])
+            _page_rows(
+                list(projects),
+                only_active=only_active,
+                limit=limit,
+                ascending=ascending,
+                prev_submitted_at=prev_submitted_at,
+                prev_run_id=prev_run_id,
             )
         )
     ).all()
-    notes = await instance_notes(s, jobs)  # type: ignore[arg-type]  # reads status, instance_id
-    tags: dict[str, list[tuple[str, int, str | None]]] = {r[0]: [] for r in page}
-    for j in jobs:
-        tags[j.run_id].append((j.id, j.change_tag, notes.get(j.instance_id or "")))
+    page: list[tuple[str, int, str, str | None, str | None, str | None]] = []
+    jobs: dict[str, list[tuple[str, int, str | None]]] = {}
+    notes: dict[str, str] = {}
+    for run_id, run_tag, project_id, fleet_id, user, fleet, job_id, job_tag, iid, note in rows:
+        if run_id not in jobs:
+            page.append((run_id, run_tag, project_id, fleet_id, user, fleet))
+            jobs[run_id] = []
+        if job_id is not None:
+            jobs[run_id].append((job_id, job_tag, iid))
+        if note is not None:
+            notes[iid] = note
+    if not page:
+        return b"[]"
+    tags = {
+        run_id: [(jid, tag, notes.get(iid or "")) for jid, tag, iid in run_jobs]
+        for run_id, run_jobs in jobs.items()
+    }
     context = {
         run_id: (projects[project_id].name, user or "", fleet_id, fleet, job_submissions_limit)
         for run_id, _, project_id, fleet_id, user, fleet in page
@@ -140,6 +138,39 @@ async def list_page(
     if missing:
         bodies.update(await _build(s, missing, context, notes, cache))
     return b"[" + b",".join(bodies[r[0]] for r in page if r[0] in bodies) + b"]"
+
+
+def _page_rows(project_ids: list[str], *, ascending: bool, **page: Any) -> Select[Any]:
+    """The page's runs (`runs.page_query`) joined with what their JSON shows besides their
+    rows, one row per job, in page order: one statement for the whole page. The instance's
+    note is read for provisioning jobs only, as `runs.instance_notes` does."""
+    cols = (t.Run.id, t.Run.change_tag, t.Run.project_id, t.Run.fleet_id, t.Run.user_id)
+    p = page_query(select(*cols, t.Run.submitted_at), project_ids, ascending=ascending, **page)
+    p = p.subquery("page")
+    provisioning = and_(
+        t.Instance.id == t.Job.instance_id, t.Job.status == JobStatus.PROVISIONING.value
+    )
+    order = (p.c.submitted_at, p.c.id)
+    q = (
+        select(
+            p.c.id,
+            p.c.change_tag,
+            p.c.project_id,
+            p.c.fleet_id,
+            t.User.name,
+            t.Fleet.name,
+            t.Job.id,
+            t.Job.change_tag,
+            t.Job.instance_id,
+            t.Instance.status_message,
+        )  # fmt: skip
+        .select_from(p)
+        .outerjoin(t.User, t.User.id == p.c.user_id)
+        .outerjoin(t.Fleet, t.Fleet.id == p.c.fleet_id)
+        .outerjoin(t.Job, t.Job.run_id == p.c.id)
+        .outerjoin(t.Instance, provisioning)
+    )
+    return q.order_by(*(c.asc() if ascending else c.desc() for c in order))
 
 
 def _key(run_tag: int, jobs: list[tuple[str, int, str | None]], context: tuple) -> Hashable:
