@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, or_, select, update
+from sqlalchemy import BindParameter, Select, and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dstack.errors import (
@@ -350,17 +350,18 @@ async def delete_runs(s: AsyncSession, project: t.Project, names: list[str]) -> 
 
 def page_query(
     q: Select[Any],
-    project_ids: list[str],
+    project_ids: list[str] | BindParameter[Any],
     *,
     only_active: bool,
-    limit: int,
+    limit: int | BindParameter[Any],
     ascending: bool,
-    prev_submitted_at: datetime | None,
-    prev_run_id: str | None,
+    prev_submitted_at: datetime | BindParameter[Any] | None,
+    prev_run_id: str | BindParameter[Any] | None,
 ) -> Select[Any]:
     """`q` (over runs) narrowed to one runs/list page: the projects' live runs in submission
     order, `id` breaking ties, after the cursor (`prev_submitted_at`, `prev_run_id`: the last
-    run of the previous page). The `ix_runs_list` index serves the range and the order."""
+    run of the previous page). The `ix_runs_list` index serves the range and the order. The
+    values may be bind parameters: `runs_page` builds one statement per shape of page."""
     q = q.where(t.Run.project_id.in_(project_ids), t.Run.deleted == False)  # noqa: E712
     if only_active:
         q = q.where(t.Run.status.in_(ACTIVE_RUN_STATUSES))

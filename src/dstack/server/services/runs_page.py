@@ -21,10 +21,11 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Hashable
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from pydantic import TypeAdapter
-from sqlalchemy import Select, and_, select
+from sqlalchemy import BindParameter, Select, and_, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dstack.models.runs import JobStatus, Run
@@ -96,18 +97,12 @@ async def list_page(
     """The runs/list answer, byte for byte what `json_response(list[Run], runs.list_runs(...))`
     gives for the same rows."""
     cache = cache if cache is not None else cache_for(s)
-    rows = (
-        await s.execute(
-            _page_rows(
-                list(projects),
-                only_active=only_active,
-                limit=limit,
-                ascending=ascending,
-                prev_submitted_at=prev_submitted_at,
-                prev_run_id=prev_run_id,
-            )
-        )
-    ).all()
+    after = prev_submitted_at is not None
+    params: dict[str, Any] = {"project_ids": list(projects), "limit": limit}
+    if after:
+        params.update(prev_at=prev_submitted_at, prev_id=prev_run_id)
+    stmt = _statement(ascending, only_active, after, after and prev_run_id is not None)
+    rows = (await s.execute(stmt, params)).all()
     page: list[tuple[str, int, str, str | None, str | None, str | None]] = []
     jobs: dict[str, list[tuple[str, int, str | None]]] = {}
     notes: dict[str, str] = {}
@@ -140,7 +135,21 @@ async def list_page(
     return b"[" + b",".join(bodies[r[0]] for r in page if r[0] in bodies) + b"]"
 
 
-def _page_rows(project_ids: list[str], *, ascending: bool, **page: Any) -> Select[Any]:
+@lru_cache(maxsize=16)
+def _statement(ascending: bool, only_active: bool, after: bool, after_id: bool) -> Select[Any]:
+    """One statement per shape of page, built once with bind parameters: building this join
+    and its cache key anew cost SQLAlchemy about as much as running it."""
+    return _page_rows(
+        bindparam("project_ids", expanding=True),
+        ascending=ascending,
+        only_active=only_active,
+        limit=bindparam("limit"),
+        prev_submitted_at=bindparam("prev_at") if after else None,
+        prev_run_id=bindparam("prev_id") if after_id else None,
+    )
+
+
+def _page_rows(project_ids: BindParameter[Any], *, ascending: bool, **page: Any) -> Select[Any]:
     """The page's runs (`runs.page_query`) joined with what their JSON shows besides their
     rows, one row per job, in page order: one statement for the whole page. The instance's
     note is read for provisioning jobs only, as `runs.instance_notes` does."""
