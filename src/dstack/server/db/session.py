@@ -119,12 +119,8 @@ class Database:
             path = url.split(":///", 1)[1]
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-            # Every connection is kept (the cap is the 15 it always was): a connection past
-            # the pool was opened (a new aiosqlite thread, the PRAGMAs) and closed again per
-            # session, most of a ms for each of 8 concurrent runs/list pages. A higher cap
-            # let more writers queue on SQLite's lock, and slowed the reconcilers.
             self.engine: AsyncEngine = create_async_engine(
-                url, connect_args={"timeout": busy_timeout_seconds()}, pool_size=15, max_overflow=0
+                url, connect_args={"timeout": busy_timeout_seconds()}, pool_size=5, max_overflow=10
             )
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         else:
