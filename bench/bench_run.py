@@ -36,10 +36,16 @@ def cli(server: Server, *args: str, cwd: Path) -> subprocess.Popen[bytes]:
     )
 
 
+# The issue "Fast at every size": a trivial task, attached, until it exits.
+TARGETS = {"apply-to-done": "< 1.0 s"}
+
+
 def stats(name: str, samples: list[float]) -> str:
     s = sorted(samples)
     p90 = s[min(len(s) - 1, int(round(0.9 * (len(s) - 1))))]
-    return f"{name:<22} median {statistics.median(s):6.3f} s   p90 {p90:6.3f} s   (n={len(s)})"
+    target = f"   target {TARGETS[name]}" if name in TARGETS else ""
+    return (f"{name:<22} median {statistics.median(s):6.3f} s   p90 {p90:6.3f} s   "
+            f"(n={len(s)}){target}")
 
 
 def apply_to_running(server: Server, work: Path, i: int) -> float:

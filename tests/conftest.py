@@ -1,4 +1,4 @@
-"""Fixtures shared by the agent and end-to-end tests."""
+"""Fixtures shared by the agent and end-to-end tests, and the suite's two tiers."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ import tarfile
 from pathlib import Path
 
 import pytest
+
+TESTS = Path(__file__).resolve().parent
+# Folders whose tests start real servers, agents, hosts or engines: the slow tier.
+SLOW_TIER = ("e2e", "faults")
 
 BUSYBOX_IMAGE = "dstack-test-busybox:latest"
 APPLETS = ["sh", "echo", "sleep", "cat", "ls", "env", "pwd", "true", "false", "httpd", "uname"]
@@ -65,3 +69,38 @@ def busybox_image(tmp_path_factory: pytest.TempPathFactory) -> str:
         timeout=60,
     )
     return BUSYBOX_IMAGE
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--keep-going",
+        action="store_true",
+        help="run the slow tier (e2e, faults) even after a fast-tier test failed",
+    )
+
+
+def _slow(item: pytest.Item) -> bool:
+    try:
+        parts = item.path.resolve().relative_to(TESTS).parts
+    except ValueError:
+        return False
+    return bool(parts) and parts[0] in SLOW_TIER
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Unit tests first: a broken model or reconciler shows in a minute or two instead of after
+    twenty minutes of end-to-end runs. The sort is stable, so a module's tests stay together and
+    module-scoped fixtures are still set up once."""
+    items.sort(key=_slow)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # noqa: ANN201
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and not _slow(item) and not item.config.getoption("--keep-going"):
+        # `-x` for the fast tier only: the slow tier is not worth running on a broken build.
+        item.session.shouldstop = (
+            f"fast-tier test failed ({item.nodeid}); "
+            "the slow tier was not run (--keep-going runs it)"
+        )

@@ -82,7 +82,7 @@ def test_refuses_non_loopback_and_missing_token(tmp_path: Path) -> None:
     agent = AgentProcess(tmp_path / "h2", token="from-file")
     agent.start([*base[:-1], str(tmp_path / "h2"), "--token-file", str(token_file)])
     try:
-        assert agent.ok("GET", "/api/jobs") == {"jobs": []}
+        assert agent.ok("GET", "/api/jobs")["jobs"] == []
     finally:
         agent.kill()
 
@@ -95,7 +95,7 @@ def test_starts_from_the_token_hash_alone(tmp_path: Path) -> None:
     agent = AgentProcess(tmp_path / "h", token="hashed-only")
     agent.start([*base, "--token-sha256-file", str(hashed)], env_extra={"DSTACK_AGENT_TOKEN": ""})
     try:
-        assert agent.ok("GET", "/api/jobs") == {"jobs": []}
+        assert agent.ok("GET", "/api/jobs")["jobs"] == []
         wrong = httpx.get(f"{agent.url}/api/jobs", headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401
     finally:

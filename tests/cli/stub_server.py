@@ -26,6 +26,7 @@ class StubState:
         self.final_status = "done"
         self.applied: list[tuple[str, str]] = []
         self.cancel_replacements = False
+        self.list_requests: list[dict[str, Any]] = []
 
     def make_run(self, spec: dict[str, Any], status: str = "submitted") -> dict[str, Any]:
         name = spec.get("run_name") or "gen-name"
@@ -117,7 +118,11 @@ def handle(state: StubState, path: str, body: dict[str, Any]) -> tuple[int, Any]
     if path.endswith("/fleets/list"):
         return 200, []
     if path == "/api/runs/list":
-        return 200, list(state.runs.values())
+        state.list_requests.append(body)
+        runs = list(reversed(state.runs.values()))  # newest first, as the server sends them
+        if body.get("only_active"):
+            runs = [r for r in runs if r["status"] not in ("done", "failed", "terminated")]
+        return 200, runs[: body.get("limit") or 100]
     return 404, {"detail": "Not Found"}
 
 

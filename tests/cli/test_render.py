@@ -15,7 +15,7 @@ from dstack.cli.render.format import (
     resources_cell,
 )
 from dstack.cli.render.offers import offers_footer, offers_table
-from dstack.cli.render.runs import filter_runs, run_rows, runs_table
+from dstack.cli.render.runs import run_rows, runs_table
 from dstack.models.instances import Resources
 from dstack.models.offers import InstanceOfferWithAvailability
 
@@ -120,14 +120,6 @@ def test_a_busy_port_error_names_the_port_and_host():
     )
     rows = run_rows(run(status="failed", jobs=[j]), now=NOW)
     assert rows[0]["ERROR"] == "ports binding failed: port 8000 is already in use on host local"
-
-
-def test_default_ps_filter():
-    active, done1, done2 = run("a"), run("b", status="done"), run("c", status="failed")
-    assert filter_runs([active, done1, done2], False, None) == [active]
-    assert filter_runs([done1, done2], False, None) == [done1]
-    assert filter_runs([active, done1, done2], True, None) == [active, done1, done2]
-    assert filter_runs([active, done1, done2], False, 2) == [active, done1]
 
 
 def offer(price: float, availability: str = "available") -> InstanceOfferWithAvailability:

@@ -206,6 +206,9 @@ def test_job_hosts_local_direct_and_remote_through_the_host() -> None:
     assert hosts[2].proxy_jump == "run-host" and hosts[2].port == 41000
     _, err = job_hosts("run", _jpd("local"), JobRuntimeData(), key)
     assert "no SSH server" in err
+    # The agent's reason, when it gave one.
+    _, err = job_hosts("run", _jpd("local"), JobRuntimeData(ssh_error="no keys here"), key)
+    assert err == "no keys here"
 
 
 def test_alias_of_other_jobs_is_the_job_name() -> None:

@@ -71,6 +71,8 @@ class Server:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Run the server (and so its agent and jobs) under a wrapper, e.g. a mount namespace.
+    argv_prefix: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -97,7 +99,8 @@ class Server:
     def start(self) -> None:
         log = open(self.home / "server.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dstack.cli.main", "server", "--port", str(self.port)],
+            [*self.argv_prefix, sys.executable, "-m", "dstack.cli.main", "server",
+             "--port", str(self.port)],
             env=self.env(),
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from .harness import Server, free_port, wait_until, write_config
+from .test_runs import task
 
 pytestmark = [
     pytest.mark.e2e,
@@ -123,6 +124,17 @@ def stop(server: Server, name: str, abort: bool = True) -> None:
 
 def job_submission(server: Server, name: str) -> dict:
     return server.run(name)["jobs"][0]["job_submissions"][-1]
+
+
+def job_ssh_port(server: Server, name: str) -> int:
+    """The host port of the job's SSH server, published once it listens (a moment after the
+    job runs: attaching before that would be refused)."""
+
+    def port() -> int | None:
+        ports = job_submission(server, name)["job_runtime_data"].get("ports") or {}
+        return int(ports["10022"]) if "10022" in ports else None
+
+    return wait_until(port, timeout=30, what=f"the SSH server of {name}")
 
 
 def test_dev_environment_ssh_scp_rsync_and_ide_link(server: Server, project_dir: Path, tmp_path):
@@ -376,3 +388,21 @@ def test_inactivity_stops_an_idle_dev_environment_and_keeps_a_connected_one(
     sub = run["jobs"][0]["job_submissions"][-1]
     assert sub["termination_reason"] == "inactivity_duration_exceeded"
     assert sub["error"] == "inactivity duration exceeded"
+
+
+def short_attached_runs_never_warn(server: Server, project_dir: Path, runs: int = 3) -> None:
+    """An attached apply of a task that ends at once: the job may end before, or while, the CLI
+    connects to its SSH server; that is no failure to report."""
+    for i in range(runs):
+        name = f"short-{i}"
+        write_config(project_dir, "s.dstack.yml", task(name, "echo short-output"))
+        r = server.cli("apply", "-f", "s.dstack.yml", "-y", cwd=project_dir, timeout=120)
+        out = r.stdout + r.stderr
+        assert r.returncode == 0, out
+        assert "short-output" in out
+        assert "Warning" not in out and "Failed to connect" not in out, out
+        assert "kex_exchange_identification" not in out, out
+
+
+def test_attached_short_task_never_warns_about_ssh(server: Server, project_dir: Path) -> None:
+    short_attached_runs_never_warn(server, project_dir)

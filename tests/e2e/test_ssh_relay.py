@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from .harness import Server, wait_until, write_config
-from .test_ssh import RESOURCES, Background, job_submission, ssh_config
+from .test_ssh import RESOURCES, Background, job_ssh_port, ssh_config
 
 pytestmark = [pytest.mark.e2e]
 
@@ -57,7 +57,7 @@ def test_forced_relay_ssh_and_scp_on_the_local_backend(
     r = server.cli("apply", "-f", "r.dstack.yml", "-y", "-d", cwd=project_dir)
     assert r.returncode == 0, r.stdout + r.stderr
     server.wait_status("relay-task", "running", timeout=60)
-    sshd = int(job_submission(server, "relay-task")["job_runtime_data"]["ports"]["10022"])
+    sshd = job_ssh_port(server, "relay-task")
     attach = Background(
         server, "attach", "relay-task", "-y", cwd=project_dir, env={"DSTACK_SSH_VIA_SERVER": "1"}
     )

@@ -509,6 +509,43 @@ def test_a_row_comes_due_on_its_interval_even_while_the_loop_sleeps_a_resync(
     asyncio.run(scenario())
 
 
+def test_a_row_marked_due_in_memory_is_taken_at_once_and_only_by_its_loop(
+    db_url: str, tmp_path: Path
+) -> None:
+    """`mark_due` (an agent's long poll saw the row's job change) makes a row that is not due
+    for an hour due now to this loop, without writing it: another claimer does not see it,
+    and a mark made while the row is in flight takes it again right after its pass."""
+
+    async def scenario() -> None:
+        ctx = make_ctx(db_url, tmp_path)
+        o = await seed_owners(ctx.db)
+        (rid,) = await add_runs(ctx.db, o, 1, dirty=False)
+        loop, other = Toy(ctx), Toy(ctx)
+        assert await loop.claim() == []
+        await loop.mark_due([rid])
+        assert await other.claim() == []  # in memory: only the loop that was told
+        passes: list[str] = []
+        done = asyncio.Event()
+
+        async def act(r: Toy, row_id: str, token: str) -> None:
+            passes.append(row_id)
+            if len(passes) == 1:
+                await r.mark_due([row_id])  # it moved again while this pass held it
+                await r.apply(row_id, token)
+            else:
+                await r.apply(row_id, token, status="running")
+                done.set()
+
+        loop.act = act
+        await run_until(loop, done)
+        assert passes == [rid, rid]
+        async with ctx.db.session() as s:
+            assert (await s.get(t.Run, rid)).dirty is False  # type: ignore[union-attr]
+        await ctx.db.close()
+
+    asyncio.run(scenario())
+
+
 # -- no write lock across two sessions --------------------------------------------------------
 
 

@@ -207,3 +207,127 @@ def test_a_failed_store_asks_for_the_same_samples_again() -> None:
         assert agent.asked == [0.0, 0.0]
 
     run(main())
+
+
+class LongPollAgent(FakeAgent):
+    """Answers each long poll with the next of `answers` ((jobs, cursor) pairs), then holds
+    the next call until the test closes the watch."""
+
+    def __init__(self, answers: list[tuple[list[dict[str, Any]], str | None]]) -> None:
+        super().__init__([])
+        self.answers = answers
+        self.cursors: list[str | None] = []
+
+    async def wait_jobs(self, changed_after: str | None, wait: float) -> Any:
+        self.cursors.append(changed_after)
+        if not self.answers:
+            await asyncio.sleep(3600)
+        return self.answers.pop(0)
+
+
+def _job(job_id: str, status: str = "running", log_bytes: int = 0) -> dict[str, Any]:
+    return {"id": job_id, "status": status, "log_bytes": log_bytes, "no_connections_secs": 0}
+
+
+def test_the_long_poll_hands_on_the_jobs_that_moved() -> None:
+    async def main() -> None:
+        moved: list[list[str]] = []
+
+        async def sink(ids: list[str]) -> None:
+            moved.append(ids)
+
+        agent = LongPollAgent([
+            ([_job("a"), _job("b"), _job("z", "done")], "e:1"),  # the baseline: only an end
+            ([_job("a", log_bytes=10), _job("b") | {"no_connections_secs": 5}], "e:2"),
+            ([_job("a", "done", 10), _job("b"), _job("c")], "e:3"),
+        ])
+        agent.jobs = ["a", "b"]
+        cache = HostJobs(max_age=0.25, clock=Clock(), change_sink=sink)
+        await cache.job("i1", agent, "a")  # type: ignore[arg-type]
+        for _ in range(50):
+            await asyncio.sleep(0)
+        await cache.close()
+        # Output and an exit move a job, a clock (no_connections_secs) does not; a job new
+        # on the host does.
+        assert moved == [["z"], ["a"], ["a", "c"]]
+        assert agent.cursors == [None, "e:1", "e:2", "e:3"]
+
+    run(main())
+
+
+def test_the_long_poll_ends_when_the_host_is_no_longer_observed() -> None:
+    async def main() -> None:
+        clock = Clock()
+        gate = asyncio.Event()
+
+        class Held(LongPollAgent):
+            async def wait_jobs(self, changed_after: str | None, wait: float) -> Any:
+                self.cursors.append(changed_after)
+                if changed_after is not None:
+                    await gate.wait()  # held: nothing changed on the host
+                return [_job("a")], "e:1"
+
+        agent = Held([])
+        agent.jobs = ["a"]
+        cache = HostJobs(max_age=0.25, clock=clock, change_sink=lambda ids: asyncio.sleep(0))
+        await cache.job("i1", agent, "a")  # type: ignore[arg-type]
+        for _ in range(10):
+            await asyncio.sleep(0)
+        clock.now += 1000  # nobody asked about the host's jobs since
+        gate.set()  # the held poll runs out
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert all(t.done() for t in cache._watches.values())
+        assert agent.cursors == [None, "e:1"]
+        await cache.close()
+
+    run(main())
+
+
+def test_no_long_poll_from_an_agent_without_one() -> None:
+    async def main() -> None:
+        agent = LongPollAgent([([_job("a")], None)])
+        agent.jobs = ["a"]
+        cache = HostJobs(max_age=0.25, clock=Clock(), change_sink=lambda ids: asyncio.sleep(0))
+        await cache.job("i1", agent, "a")  # type: ignore[arg-type]
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert agent.cursors == [None]  # answered without a cursor: the poll alone from then
+        await cache.close()
+
+    run(main())
+
+
+def test_a_list_older_than_the_long_polls_news_is_not_reused() -> None:
+    """The pass the long poll woke must see what moved: a cached list asked for before the
+    news (still within its reuse age) is not good enough."""
+
+    async def main() -> None:
+        clock = Clock()
+        gate = asyncio.Event()
+
+        class News(LongPollAgent):
+            async def wait_jobs(self, changed_after: str | None, wait: float) -> Any:
+                self.cursors.append(changed_after)
+                if changed_after is None:
+                    return [_job("a")], "e:1"
+                if changed_after == "e:1":
+                    await gate.wait()
+                    return [_job("a", "done")], "e:2"
+                await asyncio.sleep(3600)
+
+        agent = News([])
+        agent.jobs = ["a"]
+        cache = HostJobs(max_age=0.25, clock=clock, change_sink=lambda ids: asyncio.sleep(0))
+        await cache.job("i1", agent, "a")  # type: ignore[arg-type]
+        assert agent.calls == 1
+        clock.now += 0.1  # the cached list is still young enough to reuse...
+        gate.set()
+        for _ in range(10):
+            await asyncio.sleep(0)
+        clock.now += 0.01
+        assert await cache.job("i1", agent, "a") is not None  # ...but older than the news
+        assert agent.calls == 2
+        await cache.close()
+
+    run(main())

@@ -4,10 +4,12 @@ port actually used (the agent's `listen_port`) is what the proxy reads back."""
 
 from __future__ import annotations
 
-from dstack.models.runs import JobSpec
+from dstack.models.runs import JobRuntimeData, JobSpec
 from dstack.server.reconcilers.job_start import (
+    JOB_SSH_PORT,
     REPLICA_PORT_SEARCH,
     listen_fields,
+    published_ports,
     runtime_data,
     service_listen_port,
 )
@@ -45,3 +47,28 @@ def test_runtime_data_records_the_port_the_agent_chose():
     assert runtime_data(body, {"listen_port": 8000}, spec(0)).ports == {8000: 8000}
     docker = runtime_data({"runtime": "docker"}, {"ports": {"8000": 49153}}, spec(1))
     assert docker.ports == {8000: 49153}
+
+
+def test_the_ssh_port_is_published_once_the_jobs_ssh_server_listens():
+    body = {"runtime": "process", "ports": []}
+    starting = {"ssh_port": 41000, "ssh_ready": False, "ssh_user": "u"}
+    jrd = runtime_data(body, starting, spec(0, None))
+    assert JOB_SSH_PORT not in (jrd.ports or {}) and jrd.ssh_error is None
+    jrd_json = jrd.model_dump_json()
+    assert published_ports(jrd_json, starting) is None  # nothing new yet
+    ready = published_ports(jrd_json, {**starting, "ssh_ready": True})
+    assert ready is not None
+    assert JobRuntimeData.model_validate_json(ready).ports == {JOB_SSH_PORT: 41000}
+    assert published_ports(ready, {**starting, "ssh_ready": True}) is None  # written once
+    # An agent from before `ssh_ready` is taken at its word.
+    assert runtime_data(body, {"ssh_port": 41000}, spec(0, None)).ports == {JOB_SSH_PORT: 41000}
+
+
+def test_why_a_job_has_no_ssh_server_reaches_the_runtime_data():
+    body = {"runtime": "process", "ports": []}
+    jrd = runtime_data(body, {"ssh_error": "no keys"}, spec(0, None))
+    assert jrd.ssh_error == "no keys"
+    failed = {"ssh_port": None, "ssh_ready": False, "ssh_error": "the SSH server exited"}
+    later = published_ports(runtime_data(body, {}, spec(0, None)).model_dump_json(), failed)
+    assert later is not None
+    assert JobRuntimeData.model_validate_json(later).ssh_error == "the SSH server exited"

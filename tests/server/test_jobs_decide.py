@@ -20,6 +20,7 @@ from dstack.server.reconcilers.jobs import (
     after_start,
     decide,
     final_status,
+    settled_at_once,
 )
 from dstack.server.scheduler.placement import Candidate
 
@@ -884,3 +885,29 @@ def test_a_lost_host_whose_backend_names_how_its_jobs_end() -> None:
              agent_reachable=False, disconnected_at=None)  # fmt: skip
     d = decide(v, NOW)
     assert (d.status, d.reason, d.message) == ("terminating", "max_duration_exceeded", "TIMEOUT")
+
+
+def test_a_job_that_holds_nothing_is_settled_in_the_same_pass() -> None:
+    """No capacity for a job with no instance: terminating, then at once the final step of
+    the same table (nothing to stop or detach); the worker writes both, one event each."""
+    v = view(status="submitted", instance_id=None, instance_status=None, agent_job=None,
+             no_capacity_message="no offers")  # fmt: skip
+    d = decide(v, NOW)
+    assert d.status == "terminating"
+    then = settled_at_once(v, d, NOW)
+    assert then is not None and then.action == "finalize" and then.status == "failed"
+    stopped = view(status="submitted", instance_id=None, instance_status=None, agent_job=None,
+                   stop_requested=True, stop_reason="terminated_by_user")  # fmt: skip
+    then = settled_at_once(stopped, decide(stopped, NOW), NOW)
+    assert then is not None and then.status == "terminated"
+
+
+def test_a_job_with_an_instance_is_not_settled_at_once() -> None:
+    """A job on an instance has something to stop: its terminating step is another pass."""
+    v = view(status="provisioning", instance_status="terminated", instance_message="gone")
+    d = decide(v, NOW)
+    assert d.status == "terminating"
+    assert settled_at_once(v, d, NOW) is None
+    running = view(stop_requested=True, stop_reason="terminated_by_user")
+    assert settled_at_once(running, decide(running, NOW), NOW) is None
+

@@ -122,3 +122,51 @@ def test_0009_drops_unused_columns_and_keeps_the_rows(tmp_path: Path) -> None:
 async def _indexes(db: Database, table: str) -> list[dict[str, Any]]:
     async with db.engine.connect() as conn:
         return await conn.run_sync(lambda c: inspect(c).get_indexes(table))
+
+
+def test_head_read_from_the_files_is_alembics_head() -> None:
+    from alembic.script import ScriptDirectory
+
+    from dstack.server.db.migrate import head_revisions
+
+    assert head_revisions() == set(ScriptDirectory.from_config(alembic_config()).get_heads())
+
+
+def test_head_is_left_to_alembic_when_a_file_does_not_say_plainly(tmp_path: Path) -> None:
+    from dstack.server.db.migrate import head_revisions
+
+    (tmp_path / "0001_a.py").write_text("revision = '0001'\ndown_revision = None\n")
+    (tmp_path / "0002_b.py").write_text('revision = "0002"\ndown_revision = "0001"\n')
+    assert head_revisions(tmp_path) == {"0002"}
+    (tmp_path / "0003_merge.py").write_text('revision = "0003"\ndown_revision = ("0001", "0002")\n')
+    assert head_revisions(tmp_path) is None
+
+
+def test_a_database_at_head_starts_without_alembic(tmp_path: Path, monkeypatch: Any) -> None:
+    """The cold-start shortcut: at head, Alembic's upgrade is not run; one revision behind, it
+    is, and brings the database to head."""
+    calls: list[str] = []
+    real_upgrade = command.upgrade
+
+    def counting_upgrade(cfg: Config, revision: str) -> None:
+        calls.append(revision)
+        real_upgrade(cfg, revision)
+
+    monkeypatch.setattr(command, "upgrade", counting_upgrade)
+
+    async def go() -> list[tuple[Any, ...]]:
+        db = _database(tmp_path)
+        await migrate(db.engine)  # fresh database: no version table, Alembic runs
+        assert calls == ["head"]
+        await migrate(db.engine)  # at head: nothing to do
+        assert calls == ["head"]
+        await _alembic(db, command.downgrade, "-1")
+        await migrate(db.engine)  # one behind: Alembic upgrades
+        assert calls == ["head", "head"]
+        version = await _rows(db, "select version_num from alembic_version")
+        await db.close()
+        return version
+
+    from dstack.server.db.migrate import head_revisions
+
+    assert {v for (v,) in asyncio.run(go())} == head_revisions()

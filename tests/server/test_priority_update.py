@@ -18,6 +18,9 @@ with warnings.catch_warnings():
 
 TOKEN = "admin-token-for-priority"
 BASE = "/api/project/main/runs"
+# Nothing can run it (no backend): without a retry the reconcilers end it in one pass each,
+# which can be before the second request. Retrying for capacity, it stays active (queued).
+QUEUED = {"type": "task", "commands": ["sleep 1"], "retry": {"on_events": ["no-capacity"]}}
 
 
 @pytest.fixture
@@ -38,7 +41,7 @@ def _apply(client: TestClient, conf: dict[str, Any], current: Any = None) -> Any
 
 
 def test_reapply_with_a_new_priority_updates_the_queued_run(client: TestClient) -> None:
-    conf = {"type": "task", "commands": ["sleep 1"], "priority": 10}
+    conf = {**QUEUED, "priority": 10}
     first = _apply(client, conf)
     assert first.status_code == 200, first.text
     again = _apply(client, {**conf, "priority": 90}, first.json())
@@ -51,7 +54,7 @@ def test_reapply_with_a_new_priority_updates_the_queued_run(client: TestClient) 
 
 
 def test_any_other_change_is_not_a_priority_update(client: TestClient) -> None:
-    conf = {"type": "task", "commands": ["sleep 1"], "priority": 10}
+    conf = {**QUEUED, "priority": 10}
     first = _apply(client, conf)
     other = _apply(client, {**conf, "priority": 90, "commands": ["sleep 2"]}, first.json())
     assert other.status_code == 400 and "already active" in other.text

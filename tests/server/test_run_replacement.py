@@ -55,13 +55,15 @@ async def runs(ctx: ServerContext) -> list[t.Run]:
 
 
 async def finish_jobs(ctx: ServerContext, run_id: str) -> None:
-    """What the job reconciler does for the stop request (it is not running here)."""
+    """What the job reconciler does for the stop request (it is not running here): the jobs
+    end, and each status change marks their run due (job_facts.note_status)."""
     async with ctx.db.session() as s:
         await s.execute(
             update(t.Job)
             .where(t.Job.run_id == run_id)
             .values(status="terminated", termination_reason="terminated_by_user")
         )
+        await s.execute(update(t.Run).where(t.Run.id == run_id).values(dirty=True))
         await s.commit()
 
 

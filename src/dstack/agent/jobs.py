@@ -22,13 +22,14 @@ import uuid
 from pathlib import Path
 from typing import IO, Any
 
-from dstack.agent import docker, files, gpus, jobuser, ports, pyenv, sshd, volumes
+from dstack.agent import docker, files, gpus, jobuser, notify, ports, pyenv, sshd, volumes
 from dstack.agent import protocol as p
 from dstack.agent.diskspace import reserve, write_reserved
 from dstack.agent.gpus import GPUS_FILE
 from dstack.agent.hostinfo import GpuCache
 from dstack.agent.logs import LogWriter, read_page
 from dstack.agent.protocol import JOB_ID_RE, JobState
+from dstack.agent.spawner import Spawner
 from dstack.agent.spec import BadRequest, validate_spec
 from dstack.agent.state import SUPERVISOR_LOST, derive_state, is_finished
 from dstack.agent.tarsafe import UnsafeArchive, unpack_code
@@ -72,8 +73,14 @@ class JobStore:
         self._job_locks: dict[str, threading.Lock] = {}
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._gpus = GpuCache()
+        self.changes = notify.Changes()
+        spawner_argv = [sys.executable, "-s", "-S", "-m", "dstack.agent.spawner"]
+        self._spawner = Spawner(spawner_argv, _supervisor_env())
         # Warm it now: probing GPUs can take a second, which `run` should not pay.
         threading.Thread(target=self._gpus.get, daemon=True).start()
+
+    def close(self) -> None:
+        self._spawner.close()
 
     # --- helpers -------------------------------------------------------------------
     def _dir(self, job_id: str) -> Path:
@@ -235,6 +242,7 @@ class JobStore:
             self._assign_gpus(path)
             self._assign_ssh(path)
             self._spawn_supervisor(job_id, path)
+            self.changes.bump()
             return self._state_at(path)
 
     def _assign_listen_port(self, path: Path) -> bool:
@@ -308,23 +316,24 @@ class JobStore:
         write_json_atomic(path / sshd.SSH_FILE, info)
 
     def _spawn_supervisor(self, job_id: str, path: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "DSTACK_AGENT_TOKEN"}
-        env["PYTHONPATH"] = PACKAGE_ROOT
-        with open(path / SUPERVISOR_LOG, "ab") as out:
-            child = subprocess.Popen(
-                [sys.executable, "-s", "-m", "dstack.agent.supervisor", str(path)],
-                cwd=str(path),
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                start_new_session=True,
-                close_fds=True,
-            )
-        self._children[job_id] = child
-        info = {"pid": child.pid, "proc_start": proc_start_time(child.pid), "started_at": now_iso()}
+        pid = self._spawner.spawn(str(path))  # a fork of the loaded supervisor (spawner.py)
+        if pid is None:
+            with open(path / SUPERVISOR_LOG, "ab") as out:
+                child = subprocess.Popen(
+                    [sys.executable, "-s", "-m", "dstack.agent.supervisor", str(path)],
+                    cwd=str(path),
+                    env=_supervisor_env(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=out,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+            self._children[job_id] = child
+            pid = child.pid
+        info = {"pid": pid, "proc_start": proc_start_time(pid), "started_at": now_iso()}
         write_json_atomic(path / SUPERVISOR_FILE, info)
-        log.info("job %s: started, supervisor pid %s", job_id, child.pid)
+        log.info("job %s: started, supervisor pid %s", job_id, pid)
 
     def stop(
         self, job_id: str, abort: bool, reason: str | None, message: str | None = None
@@ -353,6 +362,7 @@ class JobStore:
                 "requested_at": previous.get("requested_at") or now_iso(),
             }
             write_json_atomic(path / STOP_FILE, request)
+            self.changes.bump()
             log.info("job %s: stop requested (abort=%s, reason=%s)", job_id, abort, reason)
             self._notify(path)
             return self._state_at(path)
@@ -396,6 +406,7 @@ class JobStore:
             shutil.rmtree(trash, ignore_errors=True)
             self._children.pop(job_id, None)
             self._job_locks.pop(job_id, None)
+            self.changes.bump()
             log.info("job %s: removed", job_id)
         return {"id": job_id, "removed": True}
 
@@ -413,6 +424,13 @@ class JobStore:
             deleted = volumes.delete_directory(volume_id)
         log.info("volume %s: directory %s", volume_id, "deleted" if deleted else "absent")
         return {"volume_id": volume_id, "deleted": deleted}
+
+
+def _supervisor_env() -> dict[str, str]:
+    """The agent's environment without its token (jobs never see it), finding this package."""
+    env = {k: v for k, v in os.environ.items() if k != "DSTACK_AGENT_TOKEN"}
+    env["PYTHONPATH"] = PACKAGE_ROOT
+    return env
 
 
 def _fail_before_start(path: Path, reason: str, error: str) -> None:

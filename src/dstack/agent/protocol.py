@@ -132,6 +132,7 @@ class JobState(TypedDict):
     ssh_port: int | None
     ssh_user: str | None
     ssh_error: str | None
+    ssh_ready: bool  # the job's SSH server accepts connections on ssh_port
     working_dir: str | None
     no_connections_secs: int | None
     listen_port: int | None
@@ -146,6 +147,15 @@ JOBS = "jobs"
 # parameter the answer carries no metrics.
 METRICS_AFTER = "metrics_after"
 METRICS = "metrics"
+# Long poll: LIST_JOBS?CHANGED_AFTER=C&WAIT=S answers once the host's change cursor differs
+# from C (a job started, exited, was stopped or removed, wrote output, its SSH server came
+# up), or after S seconds (at most MAX_WAIT), whichever is first. Every LIST_JOBS answer
+# carries {CHANGES: cursor}: the cursor as it was just before the jobs were read. Without
+# CHANGED_AFTER (or with a cursor of an earlier agent process) the answer comes at once.
+CHANGED_AFTER = "changed_after"
+WAIT = "wait"
+CHANGES = "changes"
+MAX_WAIT = 60.0
 
 # STOP_JOB's body.
 ABORT = "abort"
@@ -170,9 +180,13 @@ def error_message(body: Any) -> str | None:
 
 
 def jobs_body(
-    states: list[JobState], metrics: dict[str, list[dict[str, Any]]] | None = None
+    states: list[JobState],
+    metrics: dict[str, list[dict[str, Any]]] | None = None,
+    changes: str | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {JOBS: states}
+    if changes is not None:
+        body[CHANGES] = changes
     if metrics is not None:
         body[METRICS] = metrics
     return body
@@ -189,6 +203,12 @@ def metrics_of(body: Any) -> dict[str, list[dict[str, Any]]]:
     ):
         raise ValueError(f"{METRICS}: expected a map of job ids to lists of samples")
     return metrics
+
+
+def changes_of(body: Any) -> str | None:
+    """The change cursor of a LIST_JOBS answer (None from an agent without long polls)."""
+    value = body.get(CHANGES) if isinstance(body, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def jobs_of(body: Any) -> list[JobState]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from dstack.agent import __version__, metrics, relay
+from dstack.agent import __version__, metrics, notify, relay
 from dstack.agent import protocol as p
 from dstack.agent.diskspace import is_disk_full, no_space_message
 from dstack.agent.hostinfo import HostInfoCache, run_tool
@@ -59,6 +59,13 @@ class AgentHTTPServer(ThreadingHTTPServer):
             metrics.gpu_reader(run_tool),
         )
         self.metrics.start()
+        # Supervisors' notes that a job changed wake the long-polled job list.
+        self.notes = notify.Listener(home, self.jobs.changes.bump)
+
+    def server_close(self) -> None:
+        self.notes.close()
+        self.jobs.close()
+        super().server_close()
 
 
 Endpoint = Callable[["Handler", "re.Match[str]"], Any]
@@ -233,13 +240,23 @@ class Handler(BaseHTTPRequestHandler):
 
     @serves(p.LIST_JOBS)
     def list_jobs(self, _m: re.Match[str]) -> Any:
-        if not self.query.get(p.METRICS_AFTER):
-            return p.jobs_body(self.server.jobs.list())
+        wait = self._query_float(p.WAIT, 0.0)
+        if not 0 <= wait <= p.MAX_WAIT:
+            raise HttpError(400, f"{p.WAIT}: must be between 0 and {p.MAX_WAIT:g} seconds")
+        after = self.query.get(p.CHANGED_AFTER, [None])[-1]
+        metrics_after = self._query_float(p.METRICS_AFTER, None)
+        # The cursor first: a change while the jobs are read moves it past this answer's.
+        changes = self.server.jobs.changes.wait(after, wait if after is not None else 0.0)
+        samples = None if metrics_after is None else self.server.metrics.since(metrics_after)
+        return p.jobs_body(self.server.jobs.list(), samples, changes)
+
+    def _query_float(self, name: str, default: float | None) -> Any:
+        if not self.query.get(name):
+            return default
         try:
-            after = float(self.query[p.METRICS_AFTER][-1])
+            return float(self.query[name][-1])
         except ValueError:
-            raise HttpError(400, f"{p.METRICS_AFTER}: must be a number") from None
-        return p.jobs_body(self.server.jobs.list(), self.server.metrics.since(after))
+            raise HttpError(400, f"{name}: must be a number") from None
 
     @serves(p.START_JOB)
     def start_job(self, m: re.Match[str]) -> Any:

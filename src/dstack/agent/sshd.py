@@ -8,6 +8,11 @@ Sessions run through a small login script (sshd's ForceCommand) that loads the j
 and changes to its working directory before running what the client asked for, so scp/sftp
 (`Subsystem sftp` becomes SSH_ORIGINAL_COMMAND) and `ssh run cmd` behave as in the job.
 
+A host without OpenSSH's sshd can still give jobs SSH when whoever started the agent names
+an SSH server of its own in BUILTIN_SSHD_ENV (the local backend: the server package's asyncssh
+server, `dstack.server.backends.local_sshd`): it reads the same keys plus SERVER_FILE, becomes
+the job's user itself, makes its own host key, and is started, watched and killed like sshd.
+
 Counting established connections to the port gives `no_connections_secs`, which the server
 compares with a dev environment's `inactivity_duration`.
 """
@@ -15,6 +20,7 @@ compares with a dev environment's `inactivity_duration`.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import shlex
@@ -33,6 +39,14 @@ SSH_FILE = "ssh.json"  # {port, user} (or {error}), written by the agent before 
 ACTIVITY_FILE = "activity.json"  # {connected, since}, written by the supervisor on change
 SSHD_PID_FILE = "sshd.json"  # {pid}: lets the agent kill a lost supervisor's sshd
 
+SERVER_FILE = "server.json"  # what a built-in server needs besides sshd's files
+# Which OpenSSH sshd jobs get: a path, or "none" to use the built-in server even where sshd
+# is installed (how CI checks a machine without openssh-server); unset: look for it.
+SSHD_ENV = "DSTACK_AGENT_SSHD"
+# A JSON argv list of an SSH server to use where there is no sshd; the job's SSH directory is
+# appended. Set by the local backend for its agent (the agent itself is stdlib-only).
+BUILTIN_SSHD_ENV = "DSTACK_AGENT_BUILTIN_SSHD"
+
 SFTP_SERVERS = (
     "/usr/lib/openssh/sftp-server",
     "/usr/libexec/openssh/sftp-server",
@@ -42,12 +56,27 @@ SFTP_SERVERS = (
 
 
 def find_sshd() -> str | None:
+    chosen = os.environ.get(SSHD_ENV, "").strip()
+    if chosen == "none":
+        return None
+    if chosen:
+        return chosen if os.access(chosen, os.X_OK) else None
     found = shutil.which("sshd")
     if found:
         return found
     for path in ("/usr/sbin/sshd", "/usr/local/sbin/sshd", "/sbin/sshd"):
         if os.access(path, os.X_OK):
             return path
+    return None
+
+
+def builtin_sshd() -> list[str] | None:
+    try:
+        argv = json.loads(os.environ.get(BUILTIN_SSHD_ENV) or "null")
+    except ValueError:
+        return None
+    if isinstance(argv, list) and argv and all(isinstance(a, str) and a for a in argv):
+        return argv
     return None
 
 
@@ -78,6 +107,8 @@ def availability(spec: dict[str, Any]) -> str | None:
     if spec.get("runtime") == "docker" and shutil.which("docker") is None:
         return "the host has no docker client to open sessions in the job's container"
     if find_sshd() is None:
+        if builtin_sshd() is not None:
+            return None  # it makes its own host key and becomes the job's user itself
         return "the host has no OpenSSH server (sshd) installed"
     if shutil.which("ssh-keygen") is None:
         return "the host has no ssh-keygen to create the job's host key"
@@ -140,6 +171,35 @@ def _write(path: Path, text: str, mode: int) -> None:
     os.chmod(str(path), mode)
 
 
+HOST_KEY_FILE = "ssh_host_ed25519_key"
+
+
+def shared_host_key(home: Path) -> Path:
+    """The host key every job's server on this agent presents, created on first use.
+
+    One per agent, not one per job: key generation was on every job's start, and the jobs of
+    one host are one host to an SSH client anyway. Created under a temporary name and linked
+    into place, so two jobs starting at once agree on one key (the loser uses the winner's)."""
+    key = home / HOST_KEY_FILE
+    if key.exists():
+        return key
+    tmp = home / f".{HOST_KEY_FILE}.{os.getpid()}.{time.monotonic_ns()}"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "dstack-job", "-f", str(tmp)],
+        check=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        timeout=30,
+    )
+    with contextlib.suppress(FileExistsError):
+        os.link(tmp, key)
+    for leftover in (tmp, Path(f"{tmp}.pub")):
+        with contextlib.suppress(OSError):
+            leftover.unlink()
+    return key
+
+
 def prepare(
     job_dir: Path,
     port: int,
@@ -152,32 +212,12 @@ def prepare(
     (name, working dir) for a docker job: sessions then run inside it; ENV is what the session
     needs on the host (the docker client's variables) rather than the job's."""
     sshd = find_sshd()
-    if sshd is None:
+    builtin = builtin_sshd() if sshd is None else None
+    if sshd is None and builtin is None:
         raise OSError("sshd not found")
     d = job_dir / SSH_DIR
     d.mkdir(mode=0o700, exist_ok=True)
     os.chmod(str(d), 0o700)
-    host_key = d / "host_key"
-    if not host_key.exists():
-        subprocess.run(
-            [
-                "ssh-keygen",
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                "dstack-job",
-                "-f",
-                str(host_key),
-            ],
-            check=True,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            timeout=30,
-        )
     _write(d / "authorized_keys", "".join(k.strip() + "\n" for k in keys if k.strip()), 0o600)
     _write(d / "env.sh", _env_script(env), 0o600)
     env_file = shlex.quote(str(d / "env.sh"))
@@ -189,11 +229,24 @@ def prepare(
             env=env_file, container=shlex.quote(name), workdir=shlex.quote(workdir)
         )
     _write(d / "login.sh", login, 0o700)
+    if builtin is not None:
+        # A process job's environment too: the server reads it before it becomes the job's
+        # user (this directory is not the job user's to read); a docker job's uses login.sh.
+        server = {
+            "port": port,
+            "user": current_user(),
+            "ident": ident,
+            "working_dir": env.get("DSTACK_WORKING_DIR"),
+            "env": env if container is None else None,
+        }
+        _write(d / SERVER_FILE, json.dumps(server), 0o600)
+        return [*builtin, str(d)]
+    host_key = shared_host_key(job_dir.parent.parent)
     sftp = find_sftp_server()
     lines = [
         f"Port {port}",
         "ListenAddress 127.0.0.1",
-        f"HostKey {d / 'host_key'}",
+        f"HostKey {host_key}",
         f"PidFile {d / 'sshd.pid'}",
         f"AuthorizedKeysFile {d / 'authorized_keys'}",
         "PubkeyAuthentication yes",

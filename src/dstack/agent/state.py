@@ -46,6 +46,7 @@ def derive_state(
         ssh_port=(ssh or {}).get("port"),
         ssh_user=(ssh or {}).get("user"),
         ssh_error=(ssh or {}).get("error"),
+        ssh_ready=bool((ssh or {}).get("port") and (ssh or {}).get("listening")),
         working_dir=(ssh or {}).get("working_dir"),
         no_connections_secs=no_connections_secs(activity) if (ssh or {}).get("port") else None,
         # The port the app was told to listen on (DSTACK_SERVICE_PORT), once chosen.

@@ -19,11 +19,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dstack.agent import docker, files, gitclone, jobuser, pyenv, registry, sshd, volumes
+from dstack.agent import (
+    docker,
+    files,
+    gitclone,
+    jobuser,
+    notify,
+    pyenv,
+    registry,
+    volumes,
+)
 from dstack.agent.diskspace import DiskWatch, is_disk_full, is_full, write_reserved
 from dstack.agent.gpus import GPUS_FILE, visible_devices_env
 from dstack.agent.logs import CHUNK_SIZE, LogWriter
 from dstack.agent.ports import LISTEN_FILE, SERVICE_PORT_ENV
+from dstack.agent.sshd_job import JobSshServer
 from dstack.agent.util import (
     CHILD_FILE,
     CODE_DIR,
@@ -46,10 +56,11 @@ LEFTOVER_READ_TIMEOUT = 5.0
 # (a wedged daemon must not keep the job "running" forever).
 DOCKER_GRACE_SECONDS = 10.0
 PORTS_WAIT_SECONDS = 60.0
-SSH_LOG = "sshd.out"
 VOLUME_ERROR = "volume_error"
 MPI_HOSTFILE_ENV = "DSTACK_MPI_HOSTFILE"
 MPI_HOSTFILE_CONTAINER = "/dstack/mpi/hostfile"
+# New output is noted to the agent at most this often (its report carries the log's size).
+NOTE_OUTPUT_SECONDS = 0.1
 
 
 class StartError(Exception):
@@ -103,8 +114,9 @@ class Supervisor:
         self.signal_stop = False
         self.child: subprocess.Popen[bytes] | None = None
         self.job_env: dict[str, str] = {}
-        self.sshd: subprocess.Popen[bytes] | None = None
-        self.activity: sshd.ActivityTracker | None = None
+        self.ssh = JobSshServer(job_dir, spec, self.docker)
+        self._noted_at = 0.0
+        self._output_pending = False
         self.disk = DiskWatch(job_dir)
         self.disk_full = False
 
@@ -160,53 +172,6 @@ class Supervisor:
             env[SERVICE_PORT_ENV] = str(listen["port"])  # the agent chose it: it was free
         self.job_env = env
         return self._popen(self.spec["commands"], env, str(workdir), ident)
-
-    def _start_sshd(self) -> None:
-        """The job's SSH server, in its own session: stopping the job's process group must not
-        orphan live connections; they are killed with the server once the job has ended."""
-        info = read_json(self.dir / sshd.SSH_FILE) or {}
-        port = info.get("port")
-        if not port:
-            return
-        container = None
-        env = self.job_env
-        if self.docker:
-            container = (docker.container_name(self.spec["id"]), str(info.get("working_dir")))
-            env = {k: os.environ[k] for k in sshd.DOCKER_CLIENT_ENV if k in os.environ}
-        log = open(self.dir / SSH_LOG, "ab")  # noqa: SIM115 - the child keeps it
-        try:
-            keys = self.spec.get("ssh_keys") or []
-            ident = None if self.docker else jobuser.identity(self.dir)
-            argv = sshd.prepare(self.dir, int(port), keys, env, container, ident)
-            self.sshd = subprocess.Popen(
-                argv,
-                cwd=str(self.dir),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-                close_fds=True,
-            )
-        except (OSError, subprocess.SubprocessError) as e:
-            info = dict(info, port=None, error=f"cannot start the job's SSH server: {e}")
-            write_json_atomic(self.dir / sshd.SSH_FILE, info)
-            return
-        finally:
-            log.close()
-        sshd_info = {"pid": self.sshd.pid, "proc_start": proc_start_time(self.sshd.pid)}
-        write_json_atomic(self.dir / sshd.SSHD_PID_FILE, sshd_info)
-        error = sshd.wait_listening(self.sshd, int(port), self.dir / sshd.SSH_DIR / "sshd.log")
-        if error is not None:
-            write_json_atomic(self.dir / sshd.SSH_FILE, dict(info, port=None, error=error))
-            return
-        self.activity = sshd.ActivityTracker(self.dir / sshd.ACTIVITY_FILE, int(port))
-        self.activity.check(write_json_atomic)
-
-    def _stop_sshd(self) -> None:
-        if self.sshd is not None:
-            sshd.kill_tree(self.sshd.pid)
-            with contextlib.suppress(subprocess.SubprocessError):
-                self.sshd.wait(5)
 
     def _mpi_hostfile(self, ident: dict[str, Any] | None = None) -> Path | None:
         """The node list of a (multi-node) job, written for MPI launchers: `<job>/mpi/hostfile`
@@ -308,7 +273,19 @@ class Supervisor:
             except OSError as e:
                 if is_disk_full(e):
                     self.disk.note_full()
+            else:
+                self._note_output()
         pipe.close()
+
+    def _note_output(self) -> None:
+        """Tell the agent the log grew, at most every NOTE_OUTPUT_SECONDS (a chatty job must
+        not flood it); what is held back is noted by the main loop's next turn."""
+        now = time.monotonic()
+        if now - self._noted_at < NOTE_OUTPUT_SECONDS:
+            self._output_pending = True
+            return
+        self._noted_at, self._output_pending = now, False
+        notify.send(self.dir)
 
     def _watch_ports(self) -> None:
         wanted = {str(p) for p in self.spec.get("ports") or []}
@@ -319,6 +296,7 @@ class Supervisor:
             ports = docker.parse_docker_port(proc.stdout) if proc and proc.returncode == 0 else {}
             if ports and wanted.issubset(ports):
                 write_json_atomic(self.dir / PORTS_FILE, ports)
+                notify.send(self.dir)
                 return
             if time.monotonic() > deadline:
                 return
@@ -417,17 +395,19 @@ class Supervisor:
         if self.docker and self.spec.get("ports"):
             threading.Thread(target=self._watch_ports, daemon=True).start()
         threading.Thread(target=self._wait_child, daemon=True).start()
-        self._start_sshd()
+        # Beside the job, never before it: a one-second job must not wait for its sshd.
+        threading.Thread(target=self.ssh.start, args=(self.job_env,), daemon=True).start()
         while self.child.poll() is None:
             self._check_requests()
             if not self.disk_full and self.disk.exhausted():
                 self.disk_full = True
                 self._request_stop(True, "executor_error", self.disk.message())
-            if self.activity is not None:
-                self.activity.check(write_json_atomic)
+            self.ssh.check_activity()
+            if self._output_pending:
+                self._note_output()
             self.wake.wait(0.2)
             self.wake.clear()
-        self._stop_sshd()
+        self.ssh.stop()
         if not self.docker:
             self._signal_group(signal.SIGKILL)  # leftovers die with the job, as in a container
         for thread in readers:
@@ -440,7 +420,7 @@ class Supervisor:
         self.wake.set()
 
     def abandon(self, message: str) -> None:
-        self._stop_sshd()
+        self.ssh.stop()
         if self.child is not None and self.child.poll() is None:
             self._signal_group(signal.SIGKILL)
             if self.docker:
@@ -453,6 +433,7 @@ class Supervisor:
             "finished_at": now_iso(),
         }
         write_reserved(self.dir / RESULT_FILE, result)
+        notify.send(self.dir)
 
     def _finish(self, returncode: int | None, reason: str | None, message: str | None) -> None:
         exit_status = (
@@ -486,6 +467,7 @@ class Supervisor:
             self.log.close()
         volumes.unlink(read_json(self.dir / volumes.LINKS_FILE) or [])
         write_reserved(self.dir / RESULT_FILE, result)
+        notify.send(self.dir)
 
 
 def main(argv: list[str] | None = None) -> int:

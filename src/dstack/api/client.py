@@ -9,25 +9,26 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel, TypeAdapter
 
 from dstack.errors import ClientError
-from dstack.models.events import Event
-from dstack.models.fleets import Fleet
-from dstack.models.gpus import GpuGroup
-from dstack.models.logs import JobSubmissionLogs, PollLogsRequest
-from dstack.models.metrics import JobMetrics
-from dstack.models.offers import InstanceOfferWithAvailability
-from dstack.models.runs import Run, RunPlan, RunSpec
-from dstack.models.secrets import Secret
-from dstack.models.server_config import BackendInfo
-from dstack.models.users import Project, User
-from dstack.models.volumes import Gateway, Volume
 from dstack.version import __version__
+
+if TYPE_CHECKING:
+    # Models are imported by the methods that parse them: `dstack ps` should not pay for
+    # building the pydantic schemas of events, fleets, backends, ... (issue 16).
+    from dstack.models.events import Event
+    from dstack.models.fleets import Fleet
+    from dstack.models.logs import JobSubmissionLogs, PollLogsRequest
+    from dstack.models.metrics import JobMetrics
+    from dstack.models.runs import Run, RunPlan, RunSpec
+    from dstack.models.secrets import Secret
+    from dstack.models.server_config import BackendInfo
+    from dstack.models.users import Project, User
+    from dstack.models.volumes import Gateway, Volume
 
 T = TypeVar("T")
 
@@ -128,7 +129,15 @@ class APIClient:
         }
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+        # httpx builds a verifying TLS context (certifi's bundle, ~40 ms) for its default
+        # transport even when the server is plain http://, on every CLI command. Requests here
+        # are always relative to `base_url`, so a plain-http server never needs it; proxies from
+        # the environment keep their own verifying transports.
+        plain = self.base_url.startswith("http://")
+        transport = httpx.HTTPTransport(verify=False) if plain else None
+        self._http = httpx.Client(
+            base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
+        )
 
     @classmethod
     def from_config(cls, project: str | None = None, **kwargs: Any) -> APIClient:
@@ -186,7 +195,7 @@ class APIClient:
 
     @staticmethod
     def _parse(model: Callable[..., T] | type[T], data: Any) -> T:
-        from pydantic import ValidationError
+        from pydantic import BaseModel, TypeAdapter, ValidationError
 
         try:
             if (
@@ -205,40 +214,58 @@ class APIClient:
         return self.request("/api/server/get_info") or {}
 
     def get_my_user(self) -> User:
+        from dstack.models.users import User
+
         return self._parse(User, self.request("/api/users/get_my_user"))
 
     def list_projects(self) -> list[Project]:
+        from dstack.models.users import Project
+
         return self._parse(list[Project], self.request("/api/projects/list"))
 
     def get_project(self, name: str) -> Project:
+        from dstack.models.users import Project
+
         return self._parse(Project, self.request(f"/api/projects/{name}/get"))
 
     # -- administration: users, projects, members (docs/teams.md) -----------------------
 
     def list_users(self) -> list[User]:
+        from dstack.models.users import User
+
         return self._parse(list[User], self.request("/api/users/list"))
 
     def get_user(self, username: str) -> User:
+        from dstack.models.users import User
+
         return self._parse(User, self.request("/api/users/get_user", {"username": username}))
 
     def create_user(self, username: str, global_role: str = "user",
                     email: str | None = None) -> User:  # fmt: skip
+        from dstack.models.users import User
+
         body = {"username": username, "global_role": global_role, "email": email}
         return self._parse(User, self.request("/api/users/create", body))
 
     def update_user(self, username: str, **fields: Any) -> User:
         """`fields`: global_role, email, active; only those given change."""
+        from dstack.models.users import User
+
         return self._parse(
             User, self.request("/api/users/update", {"username": username, **fields})
         )
 
     def refresh_token(self, username: str) -> User:
+        from dstack.models.users import User
+
         return self._parse(User, self.request("/api/users/refresh_token", {"username": username}))
 
     def delete_users(self, usernames: list[str]) -> None:
         self.request("/api/users/delete", {"users": usernames})
 
     def create_project(self, name: str, is_public: bool = False) -> Project:
+        from dstack.models.users import Project
+
         body = {"project_name": name, "is_public": is_public}
         return self._parse(Project, self.request("/api/projects/create", body))
 
@@ -246,14 +273,20 @@ class APIClient:
         self.request("/api/projects/delete", {"projects_names": names})
 
     def update_project(self, name: str, is_public: bool) -> Project:
+        from dstack.models.users import Project
+
         body = {"is_public": is_public}
         return self._parse(Project, self.request(f"/api/projects/{name}/update", body))
 
     def add_members(self, name: str, members: list[dict[str, str]]) -> Project:
+        from dstack.models.users import Project
+
         body = {"members": members}
         return self._parse(Project, self.request(f"/api/projects/{name}/add_members", body))
 
     def remove_members(self, name: str, usernames: list[str]) -> Project:
+        from dstack.models.users import Project
+
         body = {"usernames": usernames}
         return self._parse(Project, self.request(f"/api/projects/{name}/remove_members", body))
 
@@ -265,6 +298,8 @@ class APIClient:
         return (data or {}).get("hash", "")
 
     def get_run_plan(self, run_spec: RunSpec, max_offers: int | None = None) -> RunPlan:
+        from dstack.models.runs import RunPlan
+
         body = {"run_spec": run_spec.model_dump(mode="json"), "max_offers": max_offers}
         return self._parse(RunPlan, self.request(self._p("runs/get_plan"), body))
 
@@ -276,6 +311,8 @@ class APIClient:
         it to stop and submits `run_spec` under the same name once it has finished, all from
         this one call. The answer is then the old run (same `id` as before, now stopping);
         the new run is the latest of the name once the old one has ended (docs/api.md)."""
+        from dstack.models.runs import Run
+
         plan = {
             "run_spec": run_spec.model_dump(mode="json"),
             "current_resource": current_resource.model_dump(mode="json")
@@ -290,6 +327,8 @@ class APIClient:
         return self.request(self._p("runs/get"), body)
 
     def get_run(self, name: str | None = None, run_id: str | None = None) -> Run:
+        from dstack.models.runs import Run
+
         return self._parse(Run, self.get_run_raw(name, run_id))
 
     def stop_runs(self, names: list[str], abort: bool = False) -> None:
@@ -316,10 +355,20 @@ class APIClient:
         return self.request("/api/runs/list", body) or []
 
     def list_runs(self, project: str | None = None, **kwargs: Any) -> list[Run]:
-        return self._parse(list[Run], self.list_runs_raw(project, **kwargs))
+        return self.parse_runs(self.list_runs_raw(project, **kwargs))
+
+    def parse_runs(self, raw: list[dict[str, Any]]) -> list[Run]:
+        """Runs from `list_runs_raw`'s answer (or a part of it: parse only what is shown)."""
+        from dstack.models.runs import Run
+
+        return self._parse(list[Run], raw)
 
     def poll_logs(self, req: PollLogsRequest) -> JobSubmissionLogs:
+        from dstack.models.logs import JobSubmissionLogs
+
         body = req.model_dump(mode="json")
+        if not req.wait:
+            body.pop("wait")  # the field is this server's own: others need never see it
         return self._parse(JobSubmissionLogs, self.request(self._p("logs/poll"), body))
 
     def get_job_metrics(
@@ -332,6 +381,8 @@ class APIClient:
         before: datetime | None = None,
     ) -> JobMetrics:
         """Named series of one job's CPU, memory and GPU metrics, newest `limit` points."""
+        from dstack.models.metrics import JobMetrics
+
         params: dict[str, Any] = {"replica_num": replica_num, "job_num": job_num, "limit": limit}
         if after is not None:
             params["after"] = after.isoformat()
@@ -342,6 +393,8 @@ class APIClient:
 
     def list_offers(self, run_spec: RunSpec, max_offers: int | None = None) -> dict[str, Any]:
         """Raw answer (`offers`, `total_offers`) with the offers parsed into models."""
+        from dstack.models.offers import InstanceOfferWithAvailability
+
         body = {"run_spec": run_spec.model_dump(mode="json"), "max_offers": max_offers}
         data = self.request(self._p("offers/list"), body) or {}
         offers = self._parse(list[InstanceOfferWithAvailability], data.get("offers", []))
@@ -353,6 +406,8 @@ class APIClient:
 
     def list_gpus(self, run_spec: RunSpec, group_by: list[str]) -> dict[str, Any]:
         """Offers grouped per GPU (`gpus`, parsed) and the server's `notes`."""
+        from dstack.models.gpus import GpuGroup
+
         body = {"run_spec": run_spec.model_dump(mode="json"), "group_by": group_by}
         data = self.request(self._p("gpus/list"), body) or {}
         return {
@@ -366,6 +421,8 @@ class APIClient:
         return self.request(self._p("fleets/list")) or []
 
     def list_fleets(self) -> list[Fleet]:
+        from dstack.models.fleets import Fleet
+
         return self._parse(list[Fleet], self.list_fleets_raw())
 
     def get_fleet_raw(self, name: str | None = None, fleet_id: str | None = None) -> dict:
@@ -373,6 +430,8 @@ class APIClient:
         return self.request(self._p("fleets/get"), body)
 
     def get_fleet(self, name: str | None = None, fleet_id: str | None = None) -> Fleet:
+        from dstack.models.fleets import Fleet
+
         return self._parse(Fleet, self.get_fleet_raw(name, fleet_id))
 
     def delete_fleets(self, names: list[str]) -> None:
@@ -387,6 +446,8 @@ class APIClient:
         return self.request(self._p("fleets/get_plan"), {"spec": spec}) or {}
 
     def apply_fleet(self, spec: dict[str, Any], current: Any = None, force: bool = False) -> Fleet:
+        from dstack.models.fleets import Fleet
+
         body = {"plan": {"spec": spec, "current_resource": current}, "force": force}
         return self._parse(Fleet, self.request(self._p("fleets/apply"), body))
 
@@ -396,15 +457,23 @@ class APIClient:
         return self._parse(list[str], self.request("/api/backends/list_types"))
 
     def list_backends(self, project: str | None = None) -> list[BackendInfo]:
+        from dstack.models.server_config import BackendInfo
+
         return self._parse(list[BackendInfo], self.request(self._p("backends/list", project)))
 
     def list_secrets(self) -> list[Secret]:
+        from dstack.models.secrets import Secret
+
         return self._parse(list[Secret], self.request(self._p("secrets/list")) or [])
 
     def get_secret(self, name: str) -> Secret:
+        from dstack.models.secrets import Secret
+
         return self._parse(Secret, self.request(self._p("secrets/get"), {"name": name}))
 
     def set_secret(self, name: str, value: str) -> Secret:
+        from dstack.models.secrets import Secret
+
         body = {"name": name, "value": value}
         return self._parse(Secret, self.request(self._p("secrets/create_or_update"), body))
 
@@ -415,12 +484,16 @@ class APIClient:
         return self.request(self._p("volumes/list")) or []
 
     def list_volumes(self) -> list[Volume]:
+        from dstack.models.volumes import Volume
+
         return self._parse(list[Volume], self.list_volumes_raw())
 
     def get_volume_raw(self, name: str) -> dict[str, Any]:
         return self.request(self._p("volumes/get"), {"name": name})
 
     def create_volume(self, configuration: dict[str, Any]) -> Volume:
+        from dstack.models.volumes import Volume
+
         data = self.request(self._p("volumes/create"), {"configuration": configuration})
         return self._parse(Volume, data)
 
@@ -434,12 +507,16 @@ class APIClient:
         return self.request(self._p("gateways/list")) or []
 
     def list_gateways(self) -> list[Gateway]:
+        from dstack.models.volumes import Gateway
+
         return self._parse(list[Gateway], self.list_gateways_raw())
 
     def get_gateway_raw(self, name: str) -> dict[str, Any]:
         return self.request(self._p("gateways/get"), {"name": name})
 
     def create_gateway(self, configuration: dict[str, Any]) -> Gateway:
+        from dstack.models.volumes import Gateway
+
         data = self.request(self._p("gateways/create"), {"configuration": configuration})
         return self._parse(Gateway, data)
 
@@ -459,6 +536,8 @@ class APIClient:
         since: datetime | None = None,
         limit: int = 100,
     ) -> list[Event]:
+        from dstack.models.events import Event
+
         body: dict[str, Any] = {"project_name": project or self.project, "limit": limit}
         if within_run:
             body["within_run"] = within_run

@@ -62,7 +62,7 @@ def _open_ssh(
 ) -> Any:
     """SSH entries and port forwards of job 0 of the run; a failure to connect is reported
     but does not stop log streaming (the run itself is fine)."""
-    from dstack.cli.attach_ssh import open_attachment
+    from dstack.cli.attach_ssh import JobEnded, open_attachment
     from dstack.cli.ssh_relay import forced_route
 
     try:
@@ -78,6 +78,8 @@ def _open_ssh(
             server=(api.base_url, api.project),
             forced_relay=forced_route(),
         )
+    except JobEnded:
+        return None  # a short job ended before SSH was up: no news worth a warning
     except CLIError as e:
         # A short job may end before the connection is up: that is no news worth a warning.
         try:

@@ -1,6 +1,11 @@
 """SSH side of attaching (`dstack apply` attached, `dstack attach`): write the run's `Host`
 entries, make sure `~/.ssh/config` includes them (once, with consent), open the tunnel with the
 port forwards, and say what is where (cli.md §7 output).
+
+The tunnel opens only once the job says its SSH server listens (port 10022 appears in its
+runtime data, or `ssh_error` says why it never will): connecting earlier is what made attached
+runs warn "Failed to connect" though `ssh <run>` worked a second later. A job that ends before
+(or while) SSH comes up raises JobEnded, which is no news worth a warning.
 """
 
 from __future__ import annotations
@@ -17,11 +22,17 @@ from dstack.cli import sshconfig
 from dstack.cli.common import CLIError, confirm, echo
 from dstack.cli.ssh_passphrase import batch_mode
 from dstack.cli.ssh_relay import is_local_url, proxy_command, via_server
-from dstack.cli.tunnel import RESERVED, Forward, Tunnel, job_hosts, plan_forwards
-from dstack.models.runs import Job, Run
+from dstack.cli.tunnel import JOB_SSH_PORT, RESERVED, Forward, Tunnel, job_hosts, plan_forwards
+from dstack.models.runs import Job, JobStatus, Run
 
 DECLINED_FILE = "include-declined"
-PUBLISH_WAIT = 30.0
+PUBLISH_WAIT = 30.0  # the agent gives the job's SSH server 10 s, then reports why it has none
+END_WAIT = 3.0  # after a failed connect: how long the server may take to see the job ended
+POLL = 0.3
+
+
+class JobEnded(CLIError):
+    """The job finished before its SSH server could be reached."""
 
 
 @dataclass
@@ -119,7 +130,7 @@ def open_attachment(
     A docker job's app ports are published on random host ports once its container runs;
     RELOAD fetches the run again until they are known. SERVER (URL, project) lets SSH go
     through the server's relay when the host is not reachable from here (or FORCED_RELAY)."""
-    job = _with_published_ports(run, job, reload)
+    job = _when_ready(run, job, reload)
     sub = job.job_submissions[-1] if job.job_submissions else None
     jpd = sub.job_provisioning_data if sub else None
     jrd = sub.job_runtime_data if sub else None
@@ -160,7 +171,13 @@ def open_attachment(
     ensure_include(yes)
     batch, hint = batch_mode(private, public)
     tunnel = Tunnel(sshconfig.dstack_ssh_config(), alias, forwards, bind, batch, hint)
-    tunnel.open()
+    try:
+        tunnel.open()
+    except CLIError:
+        # A job that ends takes its SSH server with it, mid-handshake or before.
+        if reload is not None and _ends_soon(job, reload):
+            raise JobEnded(f"Run {run.run_spec.run_name} ended before SSH was up") from None
+        raise
     attachment.tunnel = tunnel
     _save_held(alias, bind, tunnel.forwards)
     return attachment
@@ -187,21 +204,58 @@ def _missing_ports(job: Job) -> list[int]:
     return [p for p in wanted if p not in published]
 
 
-def _with_published_ports(run: Run, job: Job, reload: Callable[[], Run] | None) -> Job:
+def _ssh_starting(job: Job) -> bool:
+    """Running, its SSH server not listening yet, and no word that it never will."""
+    sub = job.job_submissions[-1] if job.job_submissions else None
+    jrd = sub.job_runtime_data if sub else None
+    if sub is None or jrd is None or sub.status != JobStatus.RUNNING:
+        return False
+    return JOB_SSH_PORT not in (jrd.ports or {}) and not jrd.ssh_error
+
+
+def _ended(job: Job) -> bool:
+    sub = job.job_submissions[-1] if job.job_submissions else None
+    return sub is not None and (sub.status.is_finished() or sub.status == JobStatus.TERMINATING)
+
+
+def _fresh(job: Job, reload: Callable[[], Run]) -> Job:
+    key = (job.job_spec.replica_num, job.job_spec.job_num)
+    fresh = reload()
+    return next((j for j in fresh.jobs if (j.job_spec.replica_num, j.job_spec.job_num) == key), job)
+
+
+def _when_ready(run: Run, job: Job, reload: Callable[[], Run] | None) -> Job:
+    """The job once its SSH server listens and a docker job's ports are published."""
     import time
 
     deadline = time.monotonic() + PUBLISH_WAIT
-    key = (job.job_spec.replica_num, job.job_spec.job_num)
-    while reload is not None and _missing_ports(job) and time.monotonic() < deadline:
-        time.sleep(0.5)
-        fresh = reload()
-        job = next(
-            (j for j in fresh.jobs if (j.job_spec.replica_num, j.job_spec.job_num) == key), job
-        )
+    while reload is not None and (_missing_ports(job) or _ssh_starting(job)):
+        if _ended(job) or time.monotonic() > deadline:
+            break
+        time.sleep(POLL)
+        job = _fresh(job, reload)
+    if _ended(job):
+        raise JobEnded(f"Run {run.run_spec.run_name} ended before SSH was up")
     missing = _missing_ports(job)
     if missing:
         raise CLIError(f"Port {missing[0]} of the run's container is not published yet; retry")
     return job
+
+
+def _ends_soon(job: Job, reload: Callable[[], Run]) -> bool:
+    import time
+
+    deadline = time.monotonic() + END_WAIT
+    while True:
+        try:
+            job = _fresh(job, reload)
+        except Exception:  # noqa: BLE001 - the connect error is what gets reported then
+            return False
+        if _ended(job):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(POLL)
 
 
 def _held_path(alias: str) -> Path:

@@ -18,6 +18,9 @@ from dstack.models.logs import PollLogsRequest
 from dstack.models.runs import Job, JobSubmission, Run, RunStatus
 
 POLL_INTERVAL = 1.0
+# A follower's long poll (`logs/poll` with `wait`): the server answers as soon as there are
+# new records or the run has finished.
+LONG_POLL = 20.0
 
 
 class Backoff:
@@ -109,15 +112,18 @@ class LogFollower:
         self.since = since
         self.write = write or _write_stdout
 
-    def drain(self) -> int:
-        """Print everything available now; return how many events were printed."""
+    def drain(self, wait: float = 0.0) -> int:
+        """Print everything available now; return how many events were printed. With `wait`,
+        the first request is a long poll: when nothing is there yet, the server holds it
+        until something is (or the run finishes, or `wait` seconds pass)."""
         printed = 0
         while True:
             req = PollLogsRequest(
                 run_name=self.run_name, job_submission_id=self.submission_id,
                 next_token=self.token, start_time=self.since, diagnose=self.diagnose,
-                limit=1000,
+                limit=1000, wait=wait,
             )
+            wait = 0.0
             page = self.api.poll_logs(req)
             for event in page.logs:
                 self.write(base64.b64decode(event.message))
@@ -178,9 +184,14 @@ def waiting_for_requests(run: Run) -> bool:
 def follow_logs(
     api: APIClient, name: str, *, diagnose: bool = False, replica: int = 0, job_num: int = 0
 ) -> Run:
-    """Stream the job's logs until the run finishes; re-attach to resubmissions (retry)."""
+    """Stream the job's logs until the run finishes; re-attach to resubmissions (retry).
+
+    Between looks at the run, a long poll of the logs waits for the server to say something
+    happened (new output, the run's end). An empty answer that came back at once (a server
+    without long polls) makes the next one wait a backing-off pause first."""
     follower: LogFollower | None = None
     backoff = Backoff()
+    quick_empty = False
     while True:
         run = api.get_run(name)
         sub = _latest(get_job(run, replica, job_num)) if run.jobs else None
@@ -193,8 +204,17 @@ def follow_logs(
             return run
         if printed:
             backoff.reset()
-        else:
+            quick_empty = False
+            continue
+        if follower is None or quick_empty:
             backoff.sleep()
+        if follower is not None:
+            started = time.monotonic()
+            while follower.drain(wait=LONG_POLL):  # output keeps coming: no need to look
+                started = time.monotonic()
+            quick_empty = time.monotonic() - started < LONG_POLL / 4
+            if not quick_empty:
+                backoff.reset()
 
 
 def finish_message(run: Run) -> tuple[str, bool]:

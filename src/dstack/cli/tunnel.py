@@ -140,7 +140,7 @@ def job_hosts(
     if jpd is None or jrd is None:
         return [], "the job has not started yet"
     if not sshd_port:
-        return [], "the job has no SSH server (no sshd, or no docker client, on the host)"
+        return [], getattr(jrd, "ssh_error", None) or "the job has no SSH server (it did not start)"
     user = jrd.username or jpd.username or "root"
     if relay:
         return [SSHHost(alias, "", 0, user, identity, proxy_command=relay)], None

@@ -30,3 +30,6 @@ class PollLogsRequest(WireModel):
     next_token: str | None = None
     limit: int = Field(default=100, ge=1, le=1000)
     diagnose: bool = False
+    # Long poll: with nothing new to return, hold the answer up to this many seconds until
+    # there is, or the run finishes (0: answer at once).
+    wait: float = Field(default=0.0, ge=0.0, le=30.0)

@@ -117,6 +117,9 @@ class JobRuntimeData(WireModel):
     offer: InstanceOfferWithAvailability | None = None
     working_dir: str | None = None
     username: str | None = None
+    # Why the job has no SSH server (the agent's words); while None and port 10022 is not in
+    # `ports` yet, the job's SSH server is still starting.
+    ssh_error: str | None = None
 
 
 class JobSpec(WireModel):

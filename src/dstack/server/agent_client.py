@@ -118,6 +118,21 @@ class AgentClient:
         except ValueError as e:
             raise AgentError(f"agent sent an invalid job list: {e}", 200) from e
 
+    async def wait_jobs(
+        self, changed_after: str | None, wait: float
+    ) -> tuple[list[JobState], str | None]:
+        """The job list once the host's change cursor differs from `changed_after` (a job
+        started, exited, wrote output...), or after `wait` seconds; and the new cursor (None
+        from an agent that has no long poll: it answered at once)."""
+        params: dict[str, Any] = {p.WAIT: wait}
+        if changed_after is not None:
+            params[p.CHANGED_AFTER] = changed_after
+        body = await self._call(p.LIST_JOBS, params=params, timeout=wait + DEFAULT_TIMEOUT)
+        try:
+            return p.jobs_of(body), p.changes_of(body)
+        except ValueError as e:
+            raise AgentError(f"agent sent an invalid job list: {e}", 200) from e
+
     async def get_job(self, job_id: str) -> JobState:
         return await self._call(p.GET_JOB, job_id)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 
 from fastapi import Depends, FastAPI
@@ -117,9 +117,31 @@ def install_error_handlers(app: FastAPI) -> None:
 GATE = [Depends(enforce)]
 
 
+# The reconcilers, sweepers and the service prober begin once the server has answered its
+# first request, or after this long without one: their first passes (first-time SQL
+# compilation, lazy imports, lease writes) would otherwise run interleaved with the requests of
+# clients waiting for the restart, delaying the first answer by a few hundred milliseconds on a
+# busy machine.
+BACKGROUND_GRACE = 1.0
+
+
+async def _open_after_grace(gate: asyncio.Event) -> None:
+    await asyncio.sleep(BACKGROUND_GRACE)
+    gate.set()
+
+
+async def _after(gate: asyncio.Event, loop: Callable[[], Awaitable[None]]) -> None:
+    await gate.wait()
+    await loop()
+
+
 async def start(
-    ctx: ServerContext, server_config: ServerConfig | None = None
+    ctx: ServerContext,
+    server_config: ServerConfig | None = None,
+    served: asyncio.Event | None = None,
 ) -> tuple[BootstrapResult, list[asyncio.Task[None]]]:
+    """`served`: set when the server has answered a request (or `BACKGROUND_GRACE` passed);
+    background loops wait for it. None: they start at once."""
     # config.yml first: an invalid file stops the start before anything is written.
     config_file = config_path(ctx.settings.server_dir)
     if server_config is None:
@@ -160,9 +182,14 @@ async def start(
         FleetReconciler(ctx),
         VolumeReconciler(ctx, agents),
     ]
-    tasks = [asyncio.create_task(r.run_forever(), name=r.kind) for r in reconcilers]
-    tasks.append(asyncio.create_task(InventorySweeper(ctx).run_forever(), name="inventory"))
-    tasks.append(asyncio.create_task(MetricsSweeper(ctx).run_forever(), name="metrics"))
+    loops = [(r.kind, r.run_forever) for r in reconcilers]
+    loops += [("inventory", InventorySweeper(ctx).run_forever),
+              ("metrics", MetricsSweeper(ctx).run_forever)]  # fmt: skip
+    if served is None:
+        served = asyncio.Event()
+        served.set()
+    tasks = [asyncio.create_task(_open_after_grace(served), name="grace")]
+    tasks += [asyncio.create_task(_after(served, loop), name=name) for name, loop in loops]
     if ctx.settings.metrics_address:  # bound now: a bad or taken address stops the start
         listener = await metrics_listener.start(ctx.db, ctx.settings.metrics_address)
         tasks.append(asyncio.create_task(metrics_listener.serve(listener), name="prometheus"))
@@ -173,9 +200,12 @@ class ProxyMiddleware:
     """Sends `/proxy/services/...` and `/proxy/models/...` to the proxy before FastAPI routing,
     so a proxied request pays for none of it."""
 
-    def __init__(self, app: object, proxy: Proxy) -> None:
+    def __init__(
+        self, app: object, proxy: Proxy, on_answer: Callable[[], None] | None = None
+    ) -> None:
         self.app = app
         self.proxy = proxy
+        self.on_answer = on_answer  # after each API answer (opens `start`'s background gate)
 
     async def __call__(self, scope: dict, receive: object, send: object) -> None:
         if scope["type"] in ("http", "websocket") and (
@@ -184,6 +214,8 @@ class ProxyMiddleware:
             await self.proxy(scope, receive, send)
             return
         await self.app(scope, receive, send)  # type: ignore[operator]
+        if self.on_answer is not None and scope["type"] == "http":
+            self.on_answer()
 
 
 def asgi_entry(app: FastAPI) -> ProxyMiddleware:
@@ -210,6 +242,20 @@ def create_proxy(ctx: ServerContext) -> Proxy:
     )
 
 
+class _Served:
+    """Whether the server has answered a request since its lifespan began."""
+
+    def __init__(self) -> None:
+        self.event: asyncio.Event | None = None
+
+    def set(self) -> None:
+        if self.event is not None:
+            self.event.set()
+
+    def is_set(self) -> bool:
+        return self.event is not None and self.event.is_set()
+
+
 def create_app(
     settings: Settings, on_ready: object = None, server_config: ServerConfig | None = None
 ) -> FastAPI:
@@ -221,7 +267,12 @@ def create_app(
     proxy = create_proxy(ctx)
     # Replicas on one database: one of them probes; wakes reach the others (Postgres).
     probes = ClusterLease(ctx.db, "probes", ctx.instance_id, settings.lease_seconds)
-    proxy.prober.gate = probes.held
+    served = _Served()
+
+    async def probe_here() -> bool:
+        return served.is_set() and await probes.held()
+
+    proxy.prober.gate = probe_here
     wakes = None
     if not ctx.db.is_sqlite:
         wakes = PgWakes(ctx.db.engine, ctx.instance_id, ctx.hub.wake_local)
@@ -231,7 +282,8 @@ def create_app(
         if wakes is not None:
             ctx.hub.forward = wakes.send
             await wakes.start()
-        result, tasks = await start(ctx, server_config)
+        served.event = asyncio.Event()  # this loop's (an app may be started more than once)
+        result, tasks = await start(ctx, server_config, served.event)
         await proxy.start()
         app.state.bootstrap = result
         if callable(on_ready):
@@ -275,7 +327,7 @@ def create_app(
         max_body=settings.api_max_body,
         upload_limit=settings.code_upload_limit,
     )
-    app.add_middleware(ProxyMiddleware, proxy=proxy)
+    app.add_middleware(ProxyMiddleware, proxy=proxy, on_answer=served.set)
     install_error_handlers(app)
     # One router per resource kind.
     for module in (server, users, projects, runs, logs, fleets, volumes, gateways, offers,

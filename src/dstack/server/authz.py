@@ -234,6 +234,9 @@ MAX_FAILURES = 10
 WINDOW_SECONDS = 60.0
 # The one wording of a refused token (the gate, the proxy and the request guard): unknown,
 # wrong and deactivated tokens are answered alike.
+# The ASGI scope key under which the request guard (guard.py) leaves (token, user row) for a
+# token it accepted, so the gate (routers/deps.py) does not look the same token up again.
+AUTHENTICATED = "dstack.authenticated"
 MISSING_TOKEN = "Missing bearer token: send `Authorization: Bearer <token>`"
 BAD_TOKEN = "Invalid token"
 MAX_ADDRESSES = 10_000  # memory bound: the oldest address is forgotten first

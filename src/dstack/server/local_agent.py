@@ -100,9 +100,15 @@ def _holds_private_env(pid: int) -> bool:
 
 
 def _job_user_changed(pid: int) -> bool:
-    """Whether the agent was started with another default job user than the setting now."""
+    """Whether the agent was started with other settings than now: another default job user,
+    or without this server's own SSH server (an older or another install started it)."""
     env = _env_of(pid)
-    return env is not None and env.get(JOB_USER_ENV, "") != job_user_setting()
+    if env is None:
+        return False
+    return (
+        env.get(JOB_USER_ENV, "") != job_user_setting()
+        or env.get(BUILTIN_SSHD_ENV) != builtin_sshd_setting()
+    )
 
 
 def is_agent_of(pid: int, home: Path) -> bool:
@@ -140,6 +146,15 @@ DEFAULT_LOCAL_JOB_USER = "dstack-job"
 JOB_USER_ENV = "DSTACK_AGENT_JOB_USER"
 
 
+# Where this machine has no OpenSSH sshd, the agent gives jobs the server package's own SSH
+# server (backends/local_sshd.py), run with this server's interpreter (agent/sshd.py).
+BUILTIN_SSHD_ENV = "DSTACK_AGENT_BUILTIN_SSHD"
+
+
+def builtin_sshd_setting() -> str:
+    return json.dumps([sys.executable, "-m", "dstack.server.backends.local_sshd"])
+
+
 def job_user_setting() -> str:
     return os.environ.get(LOCAL_JOB_USER_ENV, DEFAULT_LOCAL_JOB_USER).strip()
 
@@ -149,6 +164,7 @@ def agent_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     env[JOB_USER_ENV] = job_user_setting()
+    env[BUILTIN_SSHD_ENV] = builtin_sshd_setting()
     return env
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ..harness import Server, wait_until
-from ..test_ssh import Background, _get, job_submission, start_web_task, stop
+from ..test_ssh import Background, _get, job_ssh_port, start_web_task, stop
 from ..test_ssh_relay import block_of, established_to, run_ssh
 from . import hosts as sshhosts
 from .test_fleets import apply_fleet
@@ -38,7 +38,7 @@ def test_ssh_and_port_forward_through_the_server_to_a_host_behind_a_bastion(
         f"  hosts:\n    - hostname: {target.address}\n      user: {target.name}\n",
     )
     app, local = start_web_task(srv, project_dir, "hidden-web", RESOURCES)
-    sshd = int(job_submission(srv, "hidden-web")["job_runtime_data"]["ports"]["10022"])
+    sshd = job_ssh_port(srv, "hidden-web")
     user_pub = (srv.home / ".dstack" / "ssh" / "id_rsa.pub").read_text().split()[1]
     assert user_pub not in (bastion.home / ".ssh" / "authorized_keys").read_text()
 

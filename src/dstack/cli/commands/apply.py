@@ -8,6 +8,7 @@ import sys
 
 from dstack.cli.apply_overrides import add_run_flags
 from dstack.cli.common import CLIError, add_project_arg
+from dstack.errors import DstackError
 
 EPILOG = """examples:
   echo n | dstack apply -f train.dstack.yml   show the plan only
@@ -79,3 +80,10 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\nOperation interrupted by user. Exiting...")
         return 0
+    except DstackError as e:  # the client's ServerError: importing it here would load httpx
+        from dstack.cli.field_lines import locate
+
+        where = locate(path, getattr(e, "field", None))
+        if where is None or str(e).startswith(where):
+            raise
+        raise CLIError(f"{where}: {e}") from e

@@ -42,33 +42,27 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fetch(api, args: argparse.Namespace) -> list:  # noqa: ANN001
-    from dstack.cli.render.runs import filter_runs
-
-    limit = args.last if args.last else 100
-    runs = api.list_runs(limit=limit, job_submissions_limit=1)
-    return filter_runs(runs, args.all, args.last)
+def _shown_raw(api, args: argparse.Namespace) -> list[dict]:  # noqa: ANN001
+    """The runs to show, as the server sent them. Default: the active runs, else the latest
+    run (two small pages, as the reference asks, rather than 100 runs filtered here); `-a`
+    the last 100; `-n N` the last N."""
+    if args.all or args.last:
+        limit = args.last or 100
+        return api.list_runs_raw(limit=limit, job_submissions_limit=1)[:limit]
+    active = api.list_runs_raw(only_active=True, limit=100, job_submissions_limit=1)
+    return active or api.list_runs_raw(limit=1, job_submissions_limit=1)
 
 
 def _table(api, args: argparse.Namespace):  # noqa: ANN001, ANN202
     from dstack.cli.render.runs import runs_table
 
-    return runs_table(_fetch(api, args), verbose=args.verbose)
+    return runs_table(api.parse_runs(_shown_raw(api, args)), verbose=args.verbose)
 
 
 def _print_json(api, args: argparse.Namespace) -> int:  # noqa: ANN001
     from dstack.cli.common import print_json
-    from dstack.models.runs import RunStatus
 
-    limit = args.last if args.last else 100
-    raw = api.list_runs_raw(limit=limit, job_submissions_limit=1)
-    if args.last:
-        raw = raw[: args.last]
-    elif not args.all:
-        finished = {s.value for s in RunStatus if s.is_finished()}
-        active = [r for r in raw if r.get("status") not in finished]
-        raw = active or raw[:1]
-    print_json({"project": api.project, "runs": raw})
+    print_json({"project": api.project, "runs": _shown_raw(api, args)})
     return 0
 
 

@@ -59,12 +59,11 @@ def offers_table(offers: list[Any], total: int, *, dim_rest: bool):  # noqa: ANN
 
 
 NO_FLEETS = (
-    "The project has no fleets. Create one before submitting a run.\n"
-    "See https://dstack.ai/docs/concepts/fleets"
+    "The project has no fleets. Create one before submitting a run\n"
+    "(`dstack apply -f fleet.dstack.yml`; docs/configuration.md, \"Fleets, volumes, gateways\")."
 )
 NO_OFFERS = (
-    "No matching instance offers available. Possible reasons: "
-    "https://dstack.ai/docs/guides/troubleshooting/#no-offers"
+    "No matching instance offers available. Why, per backend and host:"
 )
 
 

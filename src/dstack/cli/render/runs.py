@@ -193,13 +193,3 @@ def runs_table(runs: list[Any], verbose: bool = False, now: datetime | None = No
         [[r.get(c, "") for c in cols] for r in rows],
         styles=[r.get("_style") for r in rows],
     )
-
-
-def filter_runs(runs: list[Any], all_runs: bool, last: int | None) -> list[Any]:
-    """Default view: active runs, else the single latest run; `-a` all; `-n N` the last N."""
-    if last:
-        return runs[:last]
-    if all_runs:
-        return runs
-    active = [r for r in runs if not r.status.is_finished()]
-    return active or runs[:1]

@@ -25,6 +25,7 @@ import logging
 import time
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -37,10 +38,15 @@ from sqlalchemy.sql.elements import UnaryExpression
 
 from dstack.models.wire import utcnow
 from dstack.server.db.session import db_fault
-from dstack.server.services import telemetry
+from dstack.server.services import log_follow, telemetry
 from dstack.server.services.context import ServerContext
 
 log = logging.getLogger(__name__)
+
+
+# A row marked due in memory stays so this long at most, and one claim looks at this many.
+NUDGE_SECONDS = 10.0
+NUDGE_BATCH = 500
 
 
 class LeaseLost(Exception):
@@ -112,6 +118,9 @@ class Reconciler(ABC):
         # While the database answers busy or full: the pause before the next claim.
         self._db_backoff = 0.0
         self.leases_lost = 0  # passes whose lease was taken over (heartbeat or guarded write)
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+        # Rows marked due in memory (`mark_due`): id -> loop time marked.
+        self._nudged: dict[str, float] = {}
 
     # -- to implement ---------------------------------------------------------------------
 
@@ -140,9 +149,11 @@ class Reconciler(ABC):
         """The clock of claims and leases (a test replaces it to expire leases at will)."""
         return utcnow()
 
-    def _due(self, now: datetime) -> Any:
+    def _due(self, now: datetime, nudged: list[str] | None = None) -> Any:
         tbl = self.table
         conds = [tbl.dirty.is_(True)]
+        if nudged:
+            conds.append(tbl.id.in_(nudged))
         for status in self.active_statuses:
             conds.append(
                 and_(
@@ -170,7 +181,8 @@ class Reconciler(ABC):
         tbl = self.table
         order = self.claim_order()
         terms = _order_terms(order)
-        pick = select(tbl.id).where(self._due(now)).order_by(*order).limit(n)
+        nudged = self._nudged_ids()
+        pick = select(tbl.id).where(self._due(now, nudged)).order_by(*order).limit(n)
         if self._inflight:
             # Our own rows whose lease lapsed while their pass still runs are not claimed twice.
             pick = pick.where(tbl.id.not_in(sorted(self._inflight)))
@@ -194,6 +206,8 @@ class Reconciler(ABC):
             await s.commit()
         for i in reversed(range(len(terms))):  # stable sorts, last key first
             rows.sort(key=lambda r, i=i: _null_last(r[i + 1]), reverse=terms[i][1])
+        for r in rows:
+            self._nudged.pop(r[0], None)
         return [(r[0], token) for r in rows]
 
     async def extend(self, row_id: str, token: str) -> bool:
@@ -364,7 +378,9 @@ class Reconciler(ABC):
             telemetry.reconciler_pass(self.kind, time.monotonic() - started, p.lost)
             self._inflight.discard(row_id)
             self._slot_freed.set()
-            if p.rewake and not p.lost:
+            # Log followers waiting on this process look again (new records, a run's end).
+            self.ctx.hub.wake_local(log_follow.WAKE)
+            if (p.rewake or row_id in self._nudged) and not p.lost:
                 # Only now: a claim skips rows still in flight, so a wake sent while this row
                 # was in `_inflight` would find nothing to claim and the row would wait for
                 # its interval. Local: the row is due to any replica's claim anyway, and
@@ -393,7 +409,37 @@ class Reconciler(ABC):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Have `closer` run when the loop ends (the server stopping cancels it): what the
+        loop holds beyond its passes, e.g. long polls to agents."""
+        self._closers.append(closer)
+
+    async def mark_due(self, row_ids: list[str]) -> None:
+        """Rows an observer in this process saw change (an agent's long poll): due now, to
+        this loop. Kept in memory, not written as `dirty`: a write per change would queue on
+        the database's write lock with every pass; the observer and the claim are both here,
+        and should this process die, the poll still finds the rows."""
+        now = asyncio.get_running_loop().time()
+        for row_id in row_ids:
+            self._nudged[row_id] = now
+        self._waiter.set()
+
+    def _nudged_ids(self) -> list[str]:
+        """The rows marked due lately (older marks are dropped: the poll has seen them)."""
+        horizon = asyncio.get_running_loop().time() - NUDGE_SECONDS
+        for row_id in [r for r, at in self._nudged.items() if at < horizon]:
+            del self._nudged[row_id]
+        return sorted(self._nudged)[:NUDGE_BATCH]
+
     async def run_forever(self) -> None:
+        try:
+            await self._loop()
+        finally:
+            for closer in self._closers:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(closer())
+
+    async def _loop(self) -> None:
         while True:
             self._slot_freed.clear()
             free = self.workers - len(self._inflight)

@@ -12,10 +12,11 @@ from sqlalchemy import func, select, update
 
 from dstack.models.offers import InstanceOfferWithAvailability
 from dstack.models.profiles import UtilizationPolicy
-from dstack.models.runs import RunSpec, TriedOffer
+from dstack.models.runs import JobStatus, RunSpec, TriedOffer
 from dstack.server.db import tables as t
 from dstack.server.reconcilers.utilization import GpuSample, utilization_violation
 from dstack.server.services import events
+from dstack.server.services.context import ServerContext
 from dstack.server.services.fleet_nodes import total_blocks
 from dstack.server.services.metrics import gpu_utils
 
@@ -159,9 +160,12 @@ async def note_status(
     now: datetime,
     fleet_id: str | None,
     event: str | None,
+    *,
+    via: str | None = None,
 ) -> None:
     """A job's status change, in the transaction that writes it: the run is told (and takes
-    the fleet its first job landed in) and the change is an event."""
+    the fleet its first job landed in) and the change is an event. `via`: the job passed
+    through this status in the same write (jobs.settled_at_once): one event per step."""
     if fleet_id:
         await s.execute(
             update(t.Run)
@@ -170,23 +174,25 @@ async def note_status(
         )
     await s.execute(update(t.Run).where(t.Run.id == job.run_id).values(dirty=True))
     reason = values.get("termination_reason")
-    msg = f"Job status changed {job.status.upper()} -> {values['status'].upper()}"
-    if event:
-        msg = f"{msg}: {event}"
-    if reason:
-        msg += f". Termination reason: {reason.upper()}"
-        if values.get("termination_reason_message"):
-            msg += f" ({values['termination_reason_message']})"
-    events.record(
-        s,
-        project_id=job.project_id,
-        target_type="job",
-        target_id=job.id,
-        target_name=job.job_name,
-        message=msg,
-        now=now,
-        within_run_id=job.run_id,
-    )
+    steps = [job.status, via, values["status"]] if via else [job.status, values["status"]]
+    for i, (before, after) in enumerate(zip(steps, steps[1:], strict=False)):
+        msg = f"Job status changed {before.upper()} -> {after.upper()}"
+        if event and i == 0:
+            msg = f"{msg}: {event}"
+        if reason and i == 0:
+            msg += f". Termination reason: {reason.upper()}"
+            if values.get("termination_reason_message"):
+                msg += f" ({values['termination_reason_message']})"
+        events.record(
+            s,
+            project_id=job.project_id,
+            target_type="job",
+            target_id=job.id,
+            target_name=job.job_name,
+            message=msg,
+            now=now,
+            within_run_id=job.run_id,
+        )
 
 
 def lost_as(inst: t.Instance | None) -> str | None:
@@ -196,3 +202,20 @@ def lost_as(inst: t.Instance | None) -> str | None:
         return None
     value = json.loads(inst.remote_connection).get("lost_as")
     return value if isinstance(value, str) else None
+
+
+async def wake_queue(ctx: ServerContext, project_id: str) -> None:
+    """A job released its blocks: queued jobs of the project try to place again now (rows
+    already due are not written again)."""
+    async with ctx.db.session() as s:
+        await s.execute(
+            update(t.Job)
+            .where(
+                t.Job.project_id == project_id,
+                t.Job.status == JobStatus.SUBMITTED.value,
+                t.Job.dirty.is_(False),
+            )
+            .values(dirty=True)
+        )
+        await s.commit()
+    ctx.hub.wake("jobs")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -225,26 +226,48 @@ def runtime_data(
             ports[spec.service_port] = int(listen)
     else:
         ports.update({int(k): int(v) for k, v in (state.get("ports") or {}).items()})
-    if state.get("ssh_port"):
+    if state.get("ssh_port") and ssh_ready(state):
         ports[JOB_SSH_PORT] = int(state["ssh_port"])
     return JobRuntimeData(
         network_mode="host",
         working_dir=state.get("working_dir") or body.get("working_dir"),
         username=state.get("ssh_user"),
         ports=ports or None,
+        ssh_error=state.get("ssh_error"),
         volume_names=[v["name"] for v in body.get("volumes") or [] if v.get("name")] or None,
     )
 
 
+def ssh_ready(state: dict[str, Any]) -> bool:
+    """Whether the job's SSH server accepts connections (an agent older than `ssh_ready` is
+    taken at its word, as before): the SSH port is published only then, so an attach never
+    races the server's start."""
+    return bool(state.get("ssh_ready", True))
+
+
+@functools.lru_cache(maxsize=1024)
+def _ssh_and_ports(jrd_json: str) -> tuple[dict[int, int], str | None]:
+    """Parsed once per value: a running job is compared with its agent twice a second."""
+    jrd = JobRuntimeData.model_validate_json(jrd_json)
+    return dict(jrd.ports or {}), jrd.ssh_error
+
+
 def published_ports(jrd_json: str | None, agent_job: dict[str, Any] | None) -> str | None:
-    """The runtime data with the host ports docker published after the start (the agent learns
-    them from `docker port` once the container runs); None when nothing is new."""
-    if not jrd_json or not agent_job or not agent_job.get("ports"):
+    """The runtime data with what the agent learned after the start: the host ports docker
+    published once the container ran, the job's SSH port once its server listens, or why it
+    has none; None when nothing is new."""
+    if not jrd_json or not agent_job:
+        return None
+    published = {int(k): int(v) for k, v in (agent_job.get("ports") or {}).items()}
+    if agent_job.get("ssh_port") and ssh_ready(agent_job):
+        published[JOB_SSH_PORT] = int(agent_job["ssh_port"])
+    error = agent_job.get("ssh_error")
+    if not published and not error:
+        return None
+    known, known_error = _ssh_and_ports(jrd_json)
+    if all(known.get(k) == v for k, v in published.items()) and error == known_error:
         return None
     jrd = JobRuntimeData.model_validate_json(jrd_json)
-    ports = dict(jrd.ports or {})
-    published = {int(k): int(v) for k, v in agent_job["ports"].items()}
-    if all(ports.get(k) == v for k, v in published.items()):
-        return None
-    ports.update(published)
-    return jrd.model_copy(update={"ports": ports}).model_dump_json()
+    ports = {**(jrd.ports or {}), **published}
+    update = {"ports": ports or None, "ssh_error": error}
+    return jrd.model_copy(update=update).model_dump_json()

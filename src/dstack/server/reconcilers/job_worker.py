@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -28,12 +27,11 @@ from dstack.server.agent_client import (
 )
 from dstack.server.db import tables as t
 from dstack.server.reconcilers.agents import AgentRegistry
-from dstack.server.reconcilers.base import Reconciler, Requeued
+from dstack.server.reconcilers.base import LeaseLost, Reconciler, Requeued
 from dstack.server.reconcilers.host_jobs import HostJobs
 from dstack.server.reconcilers.job_facts import (
     cluster_ips,
     idle_duration,
-    inactivity_duration,
     is_spot,
     lost_as,
     new_instance_offer,
@@ -41,9 +39,10 @@ from dstack.server.reconcilers.job_facts import (
     note_status,
     total_blocks,
     tried_offers,
-    utilization_check,
+    wake_queue,
 )
 from dstack.server.reconcilers.job_placement import Placer, placement_values
+from dstack.server.reconcilers.job_snapshots import Snapshot, SnapshotLoader
 from dstack.server.reconcilers.job_start import (
     agent_job_spec,
     published_ports,
@@ -59,41 +58,22 @@ from dstack.server.reconcilers.jobs import (
     after_detach,
     after_start,
     decide,
+    settled_at_once,
 )
-from dstack.server.scheduler.placement import Candidate
+from dstack.server.reconcilers.shared_writes import SharedWrites
 from dstack.server.services import events, logs, secrets
 from dstack.server.services.codes import start_payload
 from dstack.server.services.context import ServerContext
 from dstack.server.services.hosts import capabilities, host_label
-from dstack.server.services.job_volumes import Mounts, volume_locations
 from dstack.server.services.metrics import store_samples
 from dstack.server.services.pool import (
-    PoolRows,
     busy_blocks,
     fleet_conf,
     live_backend_types,
-    load_pool_rows,
 )
 from dstack.server.services.ssh_keys import project_keypair
 
 LOG_PAGES_PER_PASS = 16
-
-
-@dataclass
-class Snapshot:
-    job: t.Job
-    run: t.Run
-    project: t.Project
-    instance: t.Instance | None
-    spec: JobSpec
-    placement: Candidate | None = None
-    queued: bool = False
-    no_capacity: str | None = None
-    inactivity_duration: int | None = None
-    utilization_violation: str | None = None
-    mounts: Mounts = ()
-    volume_error: str | None = None
-    volumes_held: bool = False
 
 
 _FINISHED = tuple(s.value for s in JobStatus if s.is_finished())
@@ -114,8 +94,12 @@ class JobReconciler(Reconciler):
         self._specs: dict[str, tuple[str, JobSpec]] = {}
         self.placer = Placer(ctx)
         self.volumes = VolumeSteps(ctx)
+        self.snapshots = SnapshotLoader(ctx, self.placer, self.volumes, self._job_spec)
+        self.shared = SharedWrites(ctx.db, isolated=(LeaseLost,))
         sink = partial(store_samples, ctx.db)  # samples come with the job list
-        self.host_jobs = HostJobs(ctx.settings.running_job_poll_seconds / 2, metrics_sink=sink)
+        self.host_jobs = HostJobs(ctx.settings.running_job_poll_seconds / 2, metrics_sink=sink,
+                                  change_sink=self.mark_due)  # moved on the agent: due now
+        self.on_close(self.host_jobs.close)
 
     def claim_order(self) -> tuple[Any, ...]:
         # Queued jobs are taken in priority, then submission order (DESIGN.md, 'Scheduling').
@@ -138,36 +122,14 @@ class JobReconciler(Reconciler):
         now = utcnow()
         d = decide(view, now)
         d, extra = await self._act(snap, d, agent_job)
-        await self._apply(snap, d, extra, token, now)
+        then = None if snap.job.volumes else settled_at_once(view, d, now)
+        await self._apply(snap, d, extra, token, now, then)
 
     # -- load and observe -----------------------------------------------------------------
 
     async def _load(self, row_id: str, token: str) -> Snapshot | None:
-        rows: PoolRows | None = None
-        async with self.ctx.db.session() as s:
-            job = await self.load_row(s, row_id, token)
-            if job is None:
-                return None
-            run = await s.get(t.Run, job.run_id)
-            project = await s.get(t.Project, job.project_id)
-            inst = await s.get(t.Instance, job.instance_id) if job.instance_id else None
-            snap = Snapshot(job, run, project, inst, self._job_spec(job))
-            if job.status == JobStatus.RUNNING.value:
-                snap.inactivity_duration = inactivity_duration(run)
-                snap.utilization_violation = await utilization_check(s, job, run, utcnow())
-            placing = job.status == JobStatus.SUBMITTED.value and job.instance_id is None
-            if placing:
-                rows = await load_pool_rows(self.ctx, s, project.id)
-                try:
-                    snap.mounts = await volume_locations(self.ctx, s, project.id, snap.spec, job.id)
-                except ServerClientError as e:
-                    snap.volume_error, rows = e.message, None
-        if rows is not None:
-            where = await self.placer.place(snap.run, snap.job, snap.spec, rows, snap.mounts)
-            snap.placement, snap.queued, snap.no_capacity = where
-        if job.status == JobStatus.TERMINATING.value:
-            snap.volumes_held = await self.volumes.held(job.id)
-        return snap
+        """Loaded with the other passes started at the same time (job_snapshots.py)."""
+        return await self.snapshots.load(row_id, token)
 
     def _job_spec(self, job: t.Job) -> JobSpec:
         """Parsed once per job, not every pass (a running job is looked at twice a second)."""
@@ -345,8 +307,15 @@ class JobReconciler(Reconciler):
     # -- apply ----------------------------------------------------------------------------
 
     async def _apply(
-        self, snap: Snapshot, d: Decision, extra: dict[str, Any], token: str, now: datetime
+        self,
+        snap: Snapshot,
+        d: Decision,
+        extra: dict[str, Any],
+        token: str,
+        now: datetime,
+        then: Decision | None = None,
     ) -> None:
+        """`then`: the final step `settled_at_once` decided after `d`, written with it."""
         job = snap.job
         values: dict[str, Any] = dict(d.values)
         values.update(extra)
@@ -363,14 +332,18 @@ class JobReconciler(Reconciler):
                 values["finished_at"] = now
             else:
                 values["dirty"] = True  # the next step of a new status is due at once
+        if then is not None:
+            values.update(then.values, status=then.status, finished_at=now)
+            values.pop("dirty", None)
         single = (
             d.action == "create_instance"
             and capabilities(self.ctx, snap.placement.offer.backend, job.project_id).single_instance
         )
         async with self._single_lock if single else contextlib.nullcontext():
-            await self._write(snap, d, values, token, now)
-        if values.get("status") in _FINISHED:
-            await self._wake_queue(job.project_id)
+            await self._write(snap, d, values, token, now, via=d.status if then else None)
+        if values.get("status") in _FINISHED and job.instance_id is not None:
+            # Only a job that held an instance frees blocks for the queue.
+            await wake_queue(self.ctx, job.project_id)
         elif d.action == "wait" and snap.queued and snap.no_capacity and snap.mounts:
             await self.volumes.note_waiting(job, snap.no_capacity, now)
         if "status" in values:
@@ -381,31 +354,34 @@ class JobReconciler(Reconciler):
             self.ctx.hub.wake("jobs")
 
     async def _write(
-        self, snap: Snapshot, d: Decision, values: dict[str, Any], token: str, now: datetime
+        self,
+        snap: Snapshot,
+        d: Decision,
+        values: dict[str, Any],
+        token: str,
+        now: datetime,
+        via: str | None = None,
     ) -> None:
-        async with self.ctx.db.session() as s:
-            if d.action == "assign":
-                await self._reserve(s, snap, values, now, token)
-            elif d.action == "create_instance":
-                await self._add_instance(s, snap, values, now, token)
+        async def write(s: Any) -> None:
             fleet_id = values.pop("_fleet_id", None)
             await self.guarded_update(s, snap.job.id, token, values, now)
             if "status" in values:
-                await note_status(s, snap.job, values, now, fleet_id, d.event)
+                await note_status(s, snap.job, values, now, fleet_id, d.event, via=via)
             if values.get("status") in _FINISHED and snap.job.volumes:
                 await self.volumes.last_used(s, snap.job, now)
-            await s.commit()
 
-    async def _wake_queue(self, project_id: str) -> None:
-        """A job released its blocks: queued jobs of the project try to place again now."""
+        if d.action not in ("assign", "create_instance"):
+            # Only this row's own columns (and its run's mark and events): shared with the
+            # other passes writing now, one commit (shared_writes.py).
+            await self.shared.run(write)
+            return
         async with self.ctx.db.session() as s:
-            await s.execute(
-                update(t.Job)
-                .where(t.Job.project_id == project_id, t.Job.status == JobStatus.SUBMITTED.value)
-                .values(dirty=True)
-            )
+            if d.action == "assign":
+                await self._reserve(s, snap, values, now, token)
+            else:
+                await self._add_instance(s, snap, values, now, token)
+            await write(s)
             await s.commit()
-        self.ctx.hub.wake("jobs")
 
     async def _reserve(
         self, s: Any, snap: Snapshot, values: dict[str, Any], now: datetime, token: str

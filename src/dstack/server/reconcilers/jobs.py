@@ -76,7 +76,7 @@ the user's, server's and policy stops -> terminated; everything else -> failed.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
@@ -184,6 +184,20 @@ def decide(v: JobView, now: datetime) -> Decision:
     if v.status == JobStatus.TERMINATING.value:
         return _decide_terminating(v, now)
     return Decision("wait")
+
+
+def settled_at_once(v: JobView, d: Decision, now: datetime) -> Decision | None:
+    """The step after `d`, decided now on the same table, when `d` sends a job that holds
+    nothing (no instance; the caller checks it has no volume) to `terminating`: there is
+    nothing to stop, wait for or detach, so the pass writes both steps, each with its event,
+    instead of leaving the second to another pass (a no-capacity job ends in one pass). None
+    when the next step is anything but the final one."""
+    leaving = d.status == JobStatus.TERMINATING.value and v.status != JobStatus.TERMINATING.value
+    if not leaving or v.instance_id is not None or v.volumes_held:
+        return None
+    reason = d.reason if d.reason else v.termination_reason
+    then = decide(replace(v, status=JobStatus.TERMINATING.value, termination_reason=reason), now)
+    return then if then.action == "finalize" else None
 
 
 _STOPPABLE = tuple(

@@ -28,10 +28,14 @@ from dstack.server.reconcilers.runs import (
     failure_streak,
     is_live_replica,
 )
+from dstack.server.reconcilers.shared_writes import SharedWrites
 from dstack.server.services import events
+from dstack.server.services.context import ServerContext
 from dstack.server.services.jobspecs import build_job_specs, replica_spec
 from dstack.server.services.run_apply import new_job_row, submit_replacement
 from dstack.server.services.service_stats import request_rate
+
+_PREFETCHED = "runs.prefetched"  # session.info key: (runs by id, jobs by run id)
 
 
 def latest_jobs(jobs: list[t.Job]) -> list[t.Job]:
@@ -51,22 +55,45 @@ class RunReconciler(Reconciler):
     def interval(self, status: str) -> float:
         return self.ctx.settings.resync_seconds if status != RunStatus.PENDING.value else 1.0
 
+    def __init__(self, ctx: ServerContext) -> None:
+        super().__init__(ctx)
+        # Nothing isolated: a pass that loses its lease may have written its jobs' stop
+        # requests or new rows already, so the shared transaction is rolled back whole.
+        self.shared = SharedWrites(ctx.db, isolated=(), prefetch=self._prefetch)
+
+    async def _prefetch(self, s: Any, run_ids: list[str]) -> None:
+        """The runs of the turn's passes and all their jobs, in two queries (was two a run)."""
+        q = select(t.Run).where(t.Run.id.in_(run_ids))
+        runs = await s.execute(q.execution_options(populate_existing=True))
+        jobs: dict[str, list[t.Job]] = {rid: [] for rid in run_ids}
+        for job in (await s.execute(select(t.Job).where(t.Job.run_id.in_(run_ids)))).scalars():
+            jobs[job.run_id].append(job)
+        s.info[_PREFETCHED] = ({r.id: r for r in runs.scalars()}, jobs)
+
     async def process(self, row_id: str, token: str) -> None:
+        """Load, decide and apply in one transaction, shared with the passes of the same
+        claim (shared_writes.py): one commit for them all."""
         now = utcnow()
-        async with self.ctx.db.session() as s:
-            run = await self.load_row(s, row_id, token)
-            if run is None:
+        woke: set[str] = set()
+
+        async def work(s: Any) -> None:
+            runs, jobs_of = s.info[_PREFETCHED]
+            run = runs.get(row_id)
+            if run is None or run.lock_token != token:
                 return
-            jobs = list((await s.execute(select(t.Job).where(t.Job.run_id == run.id))).scalars())
+            jobs = jobs_of[run.id]
             latest = latest_jobs(jobs)
             service = await self._service_view(s, run, now)
             d = decide(self._view(run, latest, jobs, service, now), now)
             woke_jobs, replaced = await self._apply(s, run, latest, d, token, now)
-            await s.commit()
-        if woke_jobs:
-            self.ctx.hub.wake("jobs")
-        if replaced:
-            self.ctx.hub.wake("runs", "jobs")
+            if woke_jobs or replaced:
+                woke.add("jobs")
+            if replaced:
+                woke.add("runs")
+
+        await self.shared.run(work, key=row_id)
+        if woke:
+            self.ctx.hub.wake(*sorted(woke))
 
     async def _service_view(self, s: Any, run: t.Run, now: datetime) -> ServiceView | None:
         conf = RunSpec.model_validate_json(run.run_spec).configuration

@@ -74,10 +74,21 @@ async def authenticate(conn: HTTPConnection, s: AsyncSession) -> t.User:
     scheme, _, token = conn.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthError(MISSING_TOKEN)
-    user = await user_by_token(s, token.strip())
+    user = _guard_user(conn, s, token.strip()) or await user_by_token(s, token.strip())
     if user is None:
         limiter(conn).failed(address)
         raise AuthError(BAD_TOKEN)
+    return user
+
+
+def _guard_user(conn: HTTPConnection, s: AsyncSession, token: str) -> t.User | None:
+    """The user RequestGuard found for this very token before the body was read (one lookup
+    per request, not two), attached to the request's session."""
+    found = conn.scope.get(authz.AUTHENTICATED)
+    if not found or found[0] != token:
+        return None
+    user = found[1]
+    s.add(user)  # detached from the guard's closed session: no query, just attached
     return user
 
 

@@ -12,7 +12,6 @@ from fastapi import APIRouter, Depends, HTTPException, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dstack.server.routers.deps import get_ctx, get_session
-from dstack.server.services import prometheus
 from dstack.server.services.context import ServerContext
 
 router = APIRouter()
@@ -25,4 +24,6 @@ async def metrics(
 ) -> Response:
     if not ctx.settings.prometheus_enabled:
         raise HTTPException(404, "Prometheus metrics are off (DSTACK_ENABLE_PROMETHEUS_METRICS)")
+    from dstack.server.services import prometheus  # prometheus_client: only when scraped
+
     return Response(await prometheus.exposition(s), media_type=prometheus.CONTENT_TYPE)

@@ -45,8 +45,9 @@ async def apply(
     body: ApplyRunPlanRequest,
     a: ProjectAccess = Depends(project_access),
     ctx: ServerContext = Depends(get_ctx),
-) -> Run:
-    return await run_apply.apply_plan(ctx, a.session, a.user, a.project, body.plan, body.force)
+) -> Response:
+    run = await run_apply.apply_plan(ctx, a.session, a.user, a.project, body.plan, body.force)
+    return json_response(Run, run)
 
 
 @router.post("/api/project/{project_name}/runs/get", response_model=Run)

@@ -12,7 +12,6 @@ import contextlib
 import logging
 
 from dstack.server.db.session import Database
-from dstack.server.services import prometheus
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +46,8 @@ async def start(db: Database, address: str) -> asyncio.AbstractServer:
                 raise ValueError("headers too large")
             method, path = (head.split(b"\r\n", 1)[0].split(b" ") + [b"", b""])[:2]
             if method == b"GET" and path.split(b"?", 1)[0] == b"/metrics":
+                from dstack.server.services import prometheus  # prometheus_client: when scraped
+
                 async with db.session() as s:
                     body = await prometheus.exposition(s)
                 await _answer(writer, b"200 OK", prometheus.CONTENT_TYPE, body)

@@ -138,4 +138,4 @@ async def exposition(s: AsyncSession) -> bytes:
     ]
     registry = CollectorRegistry()
     registry.register(_Snapshot(families))
-    return generate_latest(registry) + generate_latest(telemetry.REGISTRY)
+    return generate_latest(registry) + generate_latest(telemetry.registry())

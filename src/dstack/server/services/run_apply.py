@@ -25,7 +25,7 @@ from dstack.errors import (
     stale_plan_message,
 )
 from dstack.models.cron import next_fire
-from dstack.models.runs import ApplyRunPlanInput, JobStatus, Run, RunSpec, RunStatus
+from dstack.models.runs import ApplyRunPlanInput, JobSpec, JobStatus, Run, RunSpec, RunStatus
 from dstack.models.wire import utcnow
 from dstack.server.db import tables as t
 from dstack.server.services import events
@@ -45,6 +45,7 @@ from dstack.server.services.runs import (
     parse_run_configuration,
     to_model,
 )
+from dstack.server.services.runs_view import run_model
 from dstack.server.services.secrets import check_run_secrets
 
 
@@ -112,7 +113,9 @@ async def apply_plan(
     try:
         # The unique index on active (project, name) refuses a concurrent twin at the flush
         # inside _insert_run (Postgres) or at the commit (SQLite): both are the same loss.
-        run = await _insert_run(s, user, project.id, spec, conf, utcnow(), "Run submitted")
+        run, jobs = await _insert_run(
+            s, user, project.id, spec, conf, utcnow(), "Run submitted", specs
+        )
         await s.commit()
     except IntegrityError as e:
         await s.rollback()
@@ -121,8 +124,9 @@ async def apply_plan(
             field="plan.run_spec.run_name",
             code="resource_exists",
         ) from e
-    ctx.hub.wake("runs", "jobs")
-    return await to_model(s, run, project)
+    ctx.hub.wake(*(("runs", "jobs") if run.dirty else ("jobs",)))
+    # Built from the rows just written (nothing else can have changed them yet): no reads.
+    return run_model(run, jobs, project_name=project.name, user_name=user.name, fleet=None)
 
 
 async def _request_replacement(
@@ -203,9 +207,10 @@ async def submit_replacement(s: AsyncSession, old: t.Run, now: datetime) -> t.Ru
         # old run end rather than fail its final write on every pass.
         events.run_event(s, old, f"Run replacement not submitted: {e}", now)
         return None
-    return await _insert_run(
+    run, _ = await _insert_run(
         s, user, old.project_id, spec, conf, now, f"Run submitted, replacing run {old.id}"
     )
+    return run
 
 
 def check_fresh(name: str, plan: ApplyRunPlanInput, active: t.Run | None) -> None:
@@ -331,7 +336,9 @@ async def _insert_run(
     conf: Any,
     now: datetime,
     message: str,
-) -> t.Run:
+    specs: list[JobSpec] | None = None,
+) -> tuple[t.Run, list[t.Job]]:
+    """The run and its jobs (`specs`: built already by the caller, else built here)."""
     run = t.Run(
         id=str(uuid.uuid4()),
         project_id=project_id,
@@ -351,14 +358,22 @@ async def _insert_run(
         run.status = RunStatus.PENDING.value
         run.next_triggered_at = next_fire(schedule.cron, now)
         message += f"; waiting for the schedule: next start {run.next_triggered_at}"
+    if schedule:
+        specs = []
+    elif specs is None:
+        specs = build_job_specs(spec.run_name, conf, spec.repo_code_hash)
+    # A task or dev environment with its jobs submitted has nothing for the run reconciler to
+    # decide until a job moves (each job status change marks its run due): no pass now.
+    run.dirty = not specs or conf.type == "service"
     s.add(run)
     await s.flush()
-    for js in [] if schedule else build_job_specs(spec.run_name, conf, spec.repo_code_hash):
-        s.add(
-            new_job_row(run, js.model_dump_json(), js.replica_num, js.job_num, js.job_name, 0, now)
-        )
+    jobs = [
+        new_job_row(run, js.model_dump_json(), js.replica_num, js.job_num, js.job_name, 0, now)
+        for js in specs
+    ]
+    s.add_all(jobs)
     events.run_event(s, run, message, now, actor=user.name)
-    return run
+    return run, jobs
 
 
 def new_job_row(

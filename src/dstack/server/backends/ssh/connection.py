@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any
-
-import asyncssh
+from typing import TYPE_CHECKING, Any
 
 from dstack.server.backends.base import BackendError
+
+# asyncssh (~0.1 s to import) is imported by the functions that talk SSH: every server start
+# builds the SSH backend, and most starts open no SSH connection before their first answer.
+if TYPE_CHECKING:
+    import asyncssh
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,8 @@ def same_key(a: str, b: str) -> bool:
 
 
 def fingerprint(public_key: str) -> str:
+    import asyncssh
+
     try:
         return asyncssh.import_public_key(public_key).get_fingerprint()
     except (asyncssh.KeyImportError, ValueError):
@@ -71,6 +76,8 @@ def fingerprint(public_key: str) -> str:
 
 
 def _keys(params: HostParams) -> list[asyncssh.SSHKey]:
+    import asyncssh
+
     keys = []
     for text in params.private_keys:
         try:
@@ -103,6 +110,8 @@ async def _open(
     on_lost: Any,
     tunnel: asyncssh.SSHClientConnection | None,
 ) -> tuple[asyncssh.SSHClientConnection, str]:
+    import asyncssh
+
     known_hosts: Any = None
     if known_key:
         known_hosts = ([asyncssh.import_public_key(known_key)], [], [])
@@ -189,6 +198,8 @@ class SSHPool:
     ) -> int:
         """A local port that reaches `remote_port` on the host's loopback, or on `dest` as the
         host reaches it (a Slurm compute node seen from the login node)."""
+        import asyncssh
+
         conn, _ = await self.connect(params, known_key)
         entry = self._entries[params.key]
         async with entry.lock:
@@ -210,6 +221,8 @@ class SSHPool:
         """A direct-tcpip channel to `port` on the host's loopback (or on `dest` as the host
         reaches it) over the pooled connection (so through the proxy jump too): one channel
         per stream, closed with its writer."""
+        import asyncssh
+
         conn, _ = await self.connect(params, known_key)
         try:
             return await conn.open_connection(dest, port)
@@ -225,6 +238,8 @@ class SSHPool:
         stdin: bytes | str | None = None,
         timeout: float = 60.0,
     ) -> tuple[int, str, str]:
+        import asyncssh
+
         conn, _ = await self.connect(params, known_key)
         try:
             result = await asyncio.wait_for(
