@@ -23,6 +23,7 @@ from dstack.server.routers.deps import (
     project_access,
     require_project,
 )
+from dstack.server.routers.fast_json import json_response
 from dstack.server.services import run_apply, runs_page
 from dstack.server.services import runs as svc
 from dstack.server.services.context import ServerContext
