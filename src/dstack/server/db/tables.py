@@ -8,6 +8,7 @@ does not churn with every configuration field.
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime, timezone
 
 from sqlalchemy import (
@@ -48,6 +49,23 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 class Base(DeclarativeBase):
     pass
+
+
+def new_change_tag() -> int:
+    """A fresh random tag for a written row (`change_tag`): random rather than counted, so
+    server replicas need not agree on a sequence, and applied by SQLAlchemy to every ORM flush
+    and Core/ORM `update()`, bulk ones included (only a statement that sets the column itself
+    would keep it: none does)."""
+    return secrets.randbits(63)
+
+
+def change_tag_column() -> Mapped[int]:
+    """Changes on every insert and update of the row: the runs/list cache
+    (services/runs_page.py) reuses a run's serialized JSON only while its run and job rows
+    carry the tags it was built from (migration 0020)."""
+    return mapped_column(
+        BigInteger, default=new_change_tag, onupdate=new_change_tag, server_default="0"
+    )
 
 
 def _id() -> Mapped[str]:
@@ -211,8 +229,11 @@ class Run(LeaseMixin, Base):
     # `version` counts every write): a plan made against an older generation is refused at
     # apply (409), never applied over a change its author did not see.
     generation: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    change_tag: Mapped[int] = change_tag_column()
 
     __table_args__ = (
+        # runs/list: a project's live runs in submission order, read a page at a time.
+        Index("ix_runs_list", "project_id", "deleted", "submitted_at", "id"),
         # One active run per (project, name): enforced by the database, not the code.
         Index(
             "ix_runs_active_name",
@@ -272,6 +293,7 @@ class Job(LeaseMixin, Base):
     # Offers whose new instance failed before the job started, JSON list of
     # models.runs.TriedOffer (migration 0011): placement skips them.
     tried_offers: Mapped[str | None] = mapped_column(Text)
+    change_tag: Mapped[int] = change_tag_column()
 
     __table_args__ = (claim_index("jobs"),)
 

@@ -34,7 +34,9 @@ class AuthError(Exception):
         self.code = code
 
 
-def get_ctx(request: HTTPConnection) -> ServerContext:
+# The small dependencies are `async def` although they never wait: FastAPI runs a plain `def`
+# dependency in its thread pool, a thread hop per dependency per request (three on runs/list).
+async def get_ctx(request: HTTPConnection) -> ServerContext:
     return request.app.state.ctx
 
 
@@ -146,14 +148,14 @@ def _raise_unless_allowed(
     raise AuthError("Requires the global admin role", code="forbidden")
 
 
-def get_access(conn: HTTPConnection) -> Access:
+async def get_access(conn: HTTPConnection) -> Access:
     access = getattr(conn.state, "access", None)
     if access is None:  # the app is built without `enforce`: refuse rather than guess
         raise AuthError("Access was not checked", code="forbidden")
     return access
 
 
-def get_user(access: Access = Depends(get_access)) -> t.User:
+async def get_user(access: Access = Depends(get_access)) -> t.User:
     if access.user is None:
         raise AuthError(MISSING_TOKEN)
     return access.user

@@ -24,7 +24,7 @@ from dstack.server.routers.deps import (
     require_project,
 )
 from dstack.server.routers.fast_json import json_response
-from dstack.server.services import run_apply
+from dstack.server.services import run_apply, runs_page
 from dstack.server.services import runs as svc
 from dstack.server.services.context import ServerContext
 from dstack.server.services.users import list_projects
@@ -84,9 +84,8 @@ async def list_runs(
         projects = [await require_project(s, user, body.project_name, Need.PROJECT_USER)]
     else:
         projects = await list_projects(s, user)
-    runs = await svc.list_runs(
+    body_bytes = await runs_page.list_page(
         s,
-        user,
         {p.id: p for p in projects},
         only_active=body.only_active,
         limit=body.limit,
@@ -95,4 +94,4 @@ async def list_runs(
         prev_submitted_at=body.prev_submitted_at,
         prev_run_id=body.prev_run_id,
     )
-    return json_response(list[Run], runs)
+    return Response(content=body_bytes, media_type="application/json")

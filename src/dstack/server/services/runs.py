@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import BindParameter, Select, and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dstack.errors import (
@@ -348,6 +348,38 @@ async def delete_runs(s: AsyncSession, project: t.Project, names: list[str]) -> 
     await s.commit()
 
 
+def page_query(
+    q: Select[Any],
+    project_ids: list[str] | BindParameter[Any],
+    *,
+    only_active: bool,
+    limit: int | BindParameter[Any],
+    ascending: bool,
+    prev_submitted_at: datetime | BindParameter[Any] | None,
+    prev_run_id: str | BindParameter[Any] | None,
+) -> Select[Any]:
+    """`q` (over runs) narrowed to one runs/list page: the projects' live runs in submission
+    order, `id` breaking ties, after the cursor (`prev_submitted_at`, `prev_run_id`: the last
+    run of the previous page). The `ix_runs_list` index serves the range and the order. The
+    values may be bind parameters: `runs_page` builds one statement per shape of page."""
+    q = q.where(t.Run.project_id.in_(project_ids), t.Run.deleted == False)  # noqa: E712
+    if only_active:
+        q = q.where(t.Run.status.in_(ACTIVE_RUN_STATUSES))
+    if prev_submitted_at is not None:
+        at, rid = t.Run.submitted_at, t.Run.id
+        if prev_run_id is None:
+            q = q.where(at > prev_submitted_at if ascending else at < prev_submitted_at)
+        else:
+            # The inclusive bound is implied by the OR; stated, it is the index range.
+            past = rid > prev_run_id if ascending else rid < prev_run_id
+            beyond = at > prev_submitted_at if ascending else at < prev_submitted_at
+            bound = at >= prev_submitted_at if ascending else at <= prev_submitted_at
+            q = q.where(bound, or_(beyond, and_(at == prev_submitted_at, past)))
+    if ascending:
+        return q.order_by(t.Run.submitted_at.asc(), t.Run.id.asc()).limit(limit)
+    return q.order_by(t.Run.submitted_at.desc(), t.Run.id.desc()).limit(limit)
+
+
 async def list_runs(
     s: AsyncSession,
     user: t.User,
@@ -360,16 +392,16 @@ async def list_runs(
     prev_submitted_at: datetime | None,
     prev_run_id: str | None,
 ) -> list[Run]:
-    q = select(t.Run).where(t.Run.project_id.in_(list(project_ids)), t.Run.deleted.is_(False))
-    if only_active:
-        q = q.where(t.Run.status.in_(ACTIVE_RUN_STATUSES))
-    if prev_submitted_at is not None:
-        cmp = (
-            t.Run.submitted_at > prev_submitted_at
-            if ascending
-            else t.Run.submitted_at < prev_submitted_at
-        )
-        q = q.where(cmp)
-    order = t.Run.submitted_at.asc() if ascending else t.Run.submitted_at.desc()
-    rows = list((await s.execute(q.order_by(order, t.Run.id).limit(limit))).scalars())
+    """One page as models, every run built afresh (runs/list serves the same page from
+    `runs_page.list_page`, which reuses unchanged runs' JSON)."""
+    q = page_query(
+        select(t.Run),
+        list(project_ids),
+        only_active=only_active,
+        limit=limit,
+        ascending=ascending,
+        prev_submitted_at=prev_submitted_at,
+        prev_run_id=prev_run_id,
+    )
+    rows = list((await s.execute(q)).scalars())
     return await to_models(s, rows, project_ids, job_submissions_limit)
