@@ -4,6 +4,7 @@ database, bootstraps the first user and starts the reconcilers."""
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
@@ -242,6 +243,33 @@ def create_proxy(ctx: ServerContext) -> Proxy:
     )
 
 
+# How long one step of the shutdown may take. A step that hangs must not keep the server (or a
+# test's client) from stopping; the log names it and, for a task, where it was stuck.
+SHUTDOWN_STEP_SECONDS = 10.0
+
+
+async def _bounded(what: str, step: Awaitable[object]) -> None:
+    try:
+        await asyncio.wait_for(step, SHUTDOWN_STEP_SECONDS)
+    except TimeoutError:
+        log.warning("shutdown: %s did not finish within %.0f s", what, SHUTDOWN_STEP_SECONDS)
+    except Exception:
+        log.exception("shutdown: %s failed", what)
+
+
+async def _stop_tasks(tasks: list[asyncio.Task[object]]) -> None:
+    for task in tasks:
+        task.cancel()
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_STEP_SECONDS)
+    for task in pending:
+        where = io.StringIO()
+        task.print_stack(file=where)
+        name = task.get_name()
+        log.warning("shutdown: task %s ignored its cancellation:\n%s", name, where.getvalue())
+
+
 class _Served:
     """Whether the server has answered a request since its lifespan began."""
 
@@ -291,21 +319,17 @@ def create_app(
         try:
             yield
         finally:
-            await proxy.stop()
+            await _bounded("the service proxy", proxy.stop())
             with suppress(Exception):
-                await probes.release()  # another replica probes from now on
+                await _bounded("the probes lease", probes.release())  # another replica probes
             if wakes is not None:
-                await wakes.stop()
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with suppress(asyncio.CancelledError):
-                    await task
-            await ctx.agents.close()  # type: ignore[attr-defined]
+                await _bounded("the cross-replica wakes", wakes.stop())
+            await _stop_tasks(tasks)
+            await _bounded("the agent connections", ctx.agents.close())  # type: ignore[attr-defined]
             for backend in ctx.backends.all():
-                await backend.close()
+                await _bounded(f"backend {type(backend).__name__}", backend.close())
             upstream.install(None)
-            await ctx.db.close()
+            await _bounded("the database engine", ctx.db.close())
 
     app = FastAPI(
         title="dstack server",
