@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
 
+from dstack.errors import ServerClientError
 from dstack.models.requests import (
     ApplyRunPlanRequest,
     DeleteRunsRequest,
@@ -73,6 +74,20 @@ async def delete(body: DeleteRunsRequest, a: ProjectAccess = Depends(project_acc
     return {}
 
 
+def _refuse_unsupported_filters(body: ListRunsRequest) -> None:
+    """The reference's request has these; this server does not filter by them yet, and an
+    ignored filter would show runs the caller asked not to see."""
+    if body.repo_id is not None:
+        raise ServerClientError("`repo_id`: runs are not filtered by repository", field="repo_id")
+    if body.username is not None:
+        raise ServerClientError("`username`: runs are not filtered by user", field="username")
+    if not body.include_jobs:
+        raise ServerClientError(
+            "`include_jobs: false` is not supported: runs are listed with their jobs",
+            field="include_jobs",
+        )
+
+
 @router.post("/api/runs/list", response_model=list[Run])
 async def list_runs(
     body: ListRunsRequest | None = None,
@@ -80,6 +95,7 @@ async def list_runs(
     s=Depends(get_session),  # noqa: ANN001
 ) -> Response:
     body = body or ListRunsRequest()
+    _refuse_unsupported_filters(body)
     if body.project_name:
         projects = [await require_project(s, user, body.project_name, Need.PROJECT_USER)]
     else:
