@@ -19,7 +19,7 @@ from dstack.server.services.job_volumes import named_mounts
 from dstack.server.services.pool import PoolRows
 
 if TYPE_CHECKING:
-    from dstack.server.reconcilers.job_snapshots import Snapshot
+    from dstack.server.reconcilers.job_snapshot import Snapshot
 
 
 def _key(snap: Snapshot) -> tuple[int, Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -22,31 +21,11 @@ from dstack.server.db import tables as t
 from dstack.server.reconcilers.job_facts import inactivity_duration, utilization_check
 from dstack.server.reconcilers.job_placement import Placer
 from dstack.server.reconcilers.job_precedence import check_precedence
+from dstack.server.reconcilers.job_snapshot import Snapshot
 from dstack.server.reconcilers.job_volumes import VolumeSteps
-from dstack.server.scheduler.placement import Candidate
-from dstack.server.scheduler.precedence import Rival
 from dstack.server.services.context import ServerContext
-from dstack.server.services.job_volumes import Mounts, volume_locations
+from dstack.server.services.job_volumes import volume_locations
 from dstack.server.services.pool import PoolRows, load_pool_rows
-
-
-@dataclass
-class Snapshot:
-    job: t.Job
-    run: t.Run
-    project: t.Project
-    instance: t.Instance | None
-    spec: JobSpec
-    placement: Candidate | None = None
-    queued: bool = False
-    no_capacity: str | None = None
-    inactivity_duration: int | None = None
-    utilization_violation: str | None = None
-    mounts: Mounts = ()
-    volume_error: str | None = None
-    volumes_held: bool = False
-    # A queued job ahead of this one could take the host it was placed on, and why it waits.
-    outranked: tuple[Rival, str] | None = None
 
 
 class SnapshotLoader:
