@@ -197,6 +197,14 @@ def test_agent_killed_on_host_is_restarted_and_fleets_filter(
         return pid != first and pid in h.user_processes()
 
     wait_until(restarted, timeout=20, what="the restart loop to start a new agent")
+    # The server may have seen the dead agent first (the host is then `unreachable`, and a run
+    # without a retry policy submitted now fails at once, naming it); its next check sees the
+    # new agent.
+    wait_until(
+        lambda: not fleet(srv, "loop")["instances"][0]["unreachable"],
+        timeout=60,
+        what="the server to reach the restarted agent",
+    )
     write_config(project_dir, "t.dstack.yml", task("after-restart", "echo still-here"))
     r = srv.cli("apply", "-f", "t.dstack.yml", "-y", cwd=project_dir)
     assert r.returncode == 0 and "still-here" in r.stdout, r.stdout + r.stderr
