@@ -5,7 +5,6 @@ at its file and line, and by the server's plan naming the field."""
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,17 +13,12 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
+from app_client import TestClient, app_client
 from dstack.errors import ConfigurationError
 from dstack.models import field_support as fs
 from dstack.models.configurations import CONFIGURATION_TYPES
 from dstack.models.loading import load_for_apply
-from dstack.server.app import create_app
 from dstack.server.backends.base import Capabilities
-from dstack.server.settings import Settings
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from starlette.testclient import TestClient
 
 TOKEN = "admin-token-for-field-support"
 
@@ -158,13 +152,7 @@ def test_defaults_and_harmless_values_are_not_refused(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    tmp = tmp_path_factory.mktemp("field-support")
-    settings = Settings(
-        server_dir=tmp, database_url=f"sqlite+aiosqlite:///{tmp / 'db.sqlite'}",
-        admin_token=TOKEN, local_backend_enabled=False, inventory_sweep_seconds=3600,
-    )  # fmt: skip
-    with TestClient(create_app(settings)) as c:
-        c.headers["Authorization"] = f"Bearer {TOKEN}"
+    with app_client(tmp_path_factory.mktemp("field-support"), TOKEN) as c:
         yield c
 
 

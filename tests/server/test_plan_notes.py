@@ -3,22 +3,16 @@ reached through several fleets is one offer."""
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from app_client import TestClient, app_client
 from dstack.models.instances import InstanceType, Resources
 from dstack.models.offers import InstanceOfferWithAvailability
-from dstack.server.app import create_app
 from dstack.server.scheduler.placement import Candidate
 from dstack.server.services.plan_notes import unique_offers
-from dstack.server.settings import Settings
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from starlette.testclient import TestClient
 
 TOKEN = "admin-token-for-plan-notes"
 
@@ -46,13 +40,7 @@ def test_two_existing_instances_of_one_type_stay_two() -> None:
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    tmp = tmp_path_factory.mktemp("plan-notes")
-    settings = Settings(
-        server_dir=tmp, database_url=f"sqlite+aiosqlite:///{tmp / 'db.sqlite'}",
-        admin_token=TOKEN, local_backend_enabled=False, inventory_sweep_seconds=3600,
-    )  # fmt: skip
-    with TestClient(create_app(settings)) as c:
-        c.headers["Authorization"] = f"Bearer {TOKEN}"
+    with app_client(tmp_path_factory.mktemp("plan-notes"), TOKEN) as c:
         yield c
 
 

@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from dstack.server.app import create_app
-from dstack.server.settings import Settings
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from starlette.testclient import TestClient
+from app_client import TestClient, app_client
 
 TOKEN = "admin-token-for-list-filters"
 
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    tmp = tmp_path_factory.mktemp("list-filters")
-    settings = Settings(
-        server_dir=tmp, database_url=f"sqlite+aiosqlite:///{tmp / 'db.sqlite'}",
-        admin_token=TOKEN, local_backend_enabled=False, inventory_sweep_seconds=3600,
-    )  # fmt: skip
-    with TestClient(create_app(settings)) as c:
-        c.headers["Authorization"] = f"Bearer {TOKEN}"
+    with app_client(tmp_path_factory.mktemp("list-filters"), TOKEN) as c:
         yield c
 
 
