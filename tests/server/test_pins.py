@@ -4,22 +4,16 @@ one; a selector that matches nothing in the project is refused at plan and apply
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from dstack.server.app import create_app
+from app_client import TestClient, app_client
 from dstack.server.scheduler.pins import InstancePin, unmatched
 from dstack.server.scheduler.ranking import rank
-from dstack.server.settings import Settings
 
 from .test_scheduler import cap, inst, offer, req
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from starlette.testclient import TestClient
 
 
 def _pool() -> list[Any]:
@@ -61,12 +55,7 @@ TOKEN = "admin-token-for-pins"
 
 @pytest.fixture
 def client(tmp_path: Any) -> Iterator[TestClient]:
-    settings = Settings(
-        server_dir=tmp_path, database_url=f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}",
-        admin_token=TOKEN, local_backend_enabled=False, inventory_sweep_seconds=3600,
-    )  # fmt: skip
-    with TestClient(create_app(settings)) as c:
-        c.headers["Authorization"] = f"Bearer {TOKEN}"
+    with app_client(tmp_path, TOKEN) as c:
         yield c
 
 

@@ -3,18 +3,12 @@ run (and its place in the queue's age order) and changes the order jobs are clai
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from dstack.server.app import create_app
-from dstack.server.settings import Settings
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from starlette.testclient import TestClient
+from app_client import TestClient, app_client
 
 TOKEN = "admin-token-for-priority"
 BASE = "/api/project/main/runs"
@@ -25,12 +19,7 @@ QUEUED = {"type": "task", "commands": ["sleep 1"], "retry": {"on_events": ["no-c
 
 @pytest.fixture
 def client(tmp_path: Any) -> Iterator[TestClient]:
-    settings = Settings(
-        server_dir=tmp_path, database_url=f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}",
-        admin_token=TOKEN, local_backend_enabled=False, inventory_sweep_seconds=3600,
-    )  # fmt: skip
-    with TestClient(create_app(settings)) as c:
-        c.headers["Authorization"] = f"Bearer {TOKEN}"
+    with app_client(tmp_path, TOKEN) as c:
         yield c
 
 
