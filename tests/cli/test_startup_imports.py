@@ -77,3 +77,26 @@ def test_server_app_imports_no_migration_or_ssh_machinery(tmp_path) -> None:
     code = "import dstack.cli.main, dstack.server.main, dstack.server.app\n"
     loaded, _ = _loaded(code, NOT_FOR_SERVER_START, env)
     assert loaded == []
+
+
+def test_ps_reads_a_written_config_without_yaml(tmp_path) -> None:
+    """`~/.dstack/config.yml` as the server or `dstack project add` writes it is read without
+    PyYAML (client_config.quick_load); logging is loaded only to report a broken file."""
+    state = StubState()
+    server, url = serve(state)
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DSTACK_")}
+        env.update(HOME=str(tmp_path), COLUMNS="200")
+        code = (
+            "from dstack import client_config as cc\n"
+            f"cc.add_project('main', {url!r}, 'tok-' + 'x' * 40)\n"
+            "import sys\n"
+            "for m in [m for m in sys.modules if m == 'yaml' or m.startswith('yaml.')]:\n"
+            "    del sys.modules[m]\n"
+            "from dstack.cli.main import main\nassert main(['ps']) == 0\n"
+        )
+        loaded, output = _loaded(code, ("yaml", "logging"), env)
+    finally:
+        server.shutdown()
+    assert "NAME" in output
+    assert loaded == []
