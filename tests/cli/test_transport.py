@@ -166,3 +166,43 @@ def test_busy_server_is_asked_again() -> None:
     with sock, APIClient(url, "t", "main") as api:
         assert api.request("/api/server/get_info") == {"ok": True}
     assert time.monotonic() - start < 5
+
+
+CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "first, later, content",
+    [
+        (b'HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{"ok": 1}', b"", b'{"ok": 1}'),
+        (CHUNKED + b'5\r\n{"ok"\r\n4\r\n: 1}\r\n0\r\n\r\n', b"", b'{"ok": 1}'),
+        # chunk data that ends as the last chunk does; the rest comes a moment later
+        (CHUNKED + b"5\r\n0\r\n\r\n", b"\r\n0\r\n\r\n", b"0\r\n\r\n"),
+    ],
+)
+def test_a_complete_answer_is_taken_without_waiting_for_the_close(
+    first: bytes, later: bytes, content: bytes
+) -> None:
+    """A server (or proxy) may keep the connection open despite `Connection: close`."""
+    sock, url = _silent_server()
+    done = threading.Event()
+
+    def serve() -> None:
+        conn, _ = sock.accept()
+        conn.recv(65536)
+        conn.sendall(first)
+        if later:
+            time.sleep(0.3)
+            conn.sendall(later)
+        done.wait(10)
+        conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    start = time.monotonic()
+    try:
+        reply = PlainHTTP(urlsplit(url), {}, 5).send("POST", "/x")
+    finally:
+        done.set()
+        sock.close()
+    assert time.monotonic() - start < 3
+    assert reply.status_code == 200 and reply.content == content

@@ -110,12 +110,43 @@ class PlainHTTP:
 
 
 def _read_all(sock: socket.socket) -> bytes:
-    chunks = []
+    """Until the answer is complete by its own framing, else until the server closes: a
+    server or proxy that keeps the connection open despite `Connection: close` must not
+    leave the command waiting for its timeout."""
+    buf = bytearray()
+    body_start, length, chunked = -1, None, False
     while True:
         data = sock.recv(65536)
         if not data:
-            return b"".join(chunks)
-        chunks.append(data)
+            return bytes(buf)
+        buf += data
+        if body_start < 0:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                continue
+            body_start = end + 4
+            length, chunked = _framing(bytes(buf[:end]))
+        if length is not None and len(buf) - body_start >= length:
+            return bytes(buf)
+        if chunked and buf.endswith(b"0\r\n\r\n"):
+            try:
+                _dechunk(bytes(buf[body_start:]))
+            except TransportFailed:
+                continue  # the marker was chunk data; the last chunk is still to come
+            return bytes(buf)
+
+
+def _framing(head: bytes) -> tuple[int | None, bool]:
+    """(Content-Length, chunked?) of an answer's head."""
+    length, chunked = None, False
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        name, value = name.strip().lower(), value.strip()
+        if name == "transfer-encoding" and "chunked" in value.lower():
+            chunked = True
+        elif name == "content-length" and value.isdigit():
+            length = int(value)
+    return (None, True) if chunked else (length, False)
 
 
 def _parse_reply(raw: bytes, url: str) -> Reply:
