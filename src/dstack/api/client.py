@@ -14,14 +14,7 @@ from urllib.parse import quote
 
 # ServerError is imported from here by the CLI and SDK users.
 from dstack.api.http_errors import ServerError, _retry_after, error_from_response  # noqa: F401
-from dstack.api.transport import (
-    ConnectFailed,
-    HttpxTransport,
-    PlainHTTP,
-    TimedOut,
-    TransportFailed,
-    plain_target,
-)
+from dstack.api.transport import ConnectFailed, TimedOut, TransportFailed, Transports
 from dstack.errors import ClientError
 from dstack.version import __version__
 
@@ -68,11 +61,7 @@ class APIClient:
         }
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        self._headers = headers
-        self._timeout = timeout
-        target = plain_target(self.base_url)
-        self._plain = PlainHTTP(target, headers, timeout) if target is not None else None
-        self._full: HttpxTransport | None = None
+        self._transports = Transports(self.base_url, headers, timeout)
 
     @classmethod
     def from_config(cls, project: str | None = None, **kwargs: Any) -> APIClient:
@@ -83,8 +72,16 @@ class APIClient:
         return cls(cfg.url, cfg.token, cfg.name, **kwargs)
 
     def close(self) -> None:
-        if self._full is not None:
-            self._full.close()
+        self._transports.close()
+
+    @property
+    def _http(self) -> Any:
+        """The httpx client; assigning one (e.g. a TestClient) sends every call through it."""
+        return self._transports.httpx()._http
+
+    @_http.setter
+    def _http(self, client: Any) -> None:
+        self._transports.use_client(client)
 
     def __enter__(self) -> APIClient:
         return self
@@ -98,7 +95,7 @@ class APIClient:
         """Send one call; retry only when the server could not be reached at all."""
         for attempt in range(CONNECT_TRIES):
             try:
-                response = self._send(method, path, body, kw)
+                response = self._transports.send(method, path, body, kw)
                 wait = _retry_after(response)
                 if wait is None or attempt == CONNECT_TRIES - 1:
                     break
@@ -120,14 +117,6 @@ class APIClient:
             return response.json()
         except ValueError as e:
             raise ClientError(f"Unexpected answer from {response.url}") from e
-
-    def _send(self, method: str, path: str, body: Any, kw: dict[str, Any]) -> Any:
-        """JSON calls go over a plain socket when the server allows (transport.py)."""
-        if self._plain is not None and not kw:
-            return self._plain.send(method, path, body)
-        if self._full is None:
-            self._full = HttpxTransport(self.base_url, self._headers, self._timeout)
-        return self._full.send(method, path, body, **dict(kw))
 
     def _p(self, path: str, project: str | None = None) -> str:
         name = project or self.project

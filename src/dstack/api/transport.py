@@ -194,12 +194,46 @@ def _dechunk(data: bytes) -> bytes:
         pos = start + size + 2
 
 
+class Transports:
+    """The plain transport where it serves, httpx (made on first need) for the rest."""
+
+    def __init__(self, base_url: str, headers: dict[str, str], timeout: float) -> None:
+        self.base_url, self.headers, self.timeout = base_url, headers, timeout
+        target = plain_target(base_url)
+        self.plain = PlainHTTP(target, headers, timeout) if target is not None else None
+        self.full: HttpxTransport | None = None
+
+    def send(self, method: str, path: str, body: Any, kw: dict[str, Any]) -> Any:
+        if self.plain is not None and not kw:
+            return self.plain.send(method, path, body)
+        return self.httpx().send(method, path, body, **dict(kw))
+
+    def httpx(self) -> HttpxTransport:
+        if self.full is None:
+            self.full = HttpxTransport(self.base_url, self.headers, self.timeout)
+        return self.full
+
+    def use_client(self, client: Any) -> None:
+        """Send every call through `client`, an httpx.Client or alike (a FastAPI TestClient)."""
+        self.full = HttpxTransport(self.base_url, self.headers, self.timeout, client=client)
+        self.plain = None
+
+    def close(self) -> None:
+        if self.full is not None:
+            self.full.close()
+
+
 class HttpxTransport:
     """Everything `PlainHTTP` does not do, with httpx's exceptions mapped to the three above."""
 
-    def __init__(self, base_url: str, headers: dict[str, str], timeout: float) -> None:
+    def __init__(
+        self, base_url: str, headers: dict[str, str], timeout: float, client: Any = None
+    ) -> None:
         import httpx
 
+        if client is not None:
+            self._http = client
+            return
         # httpx builds a verifying TLS context (certifi's bundle, ~40 ms) for its default
         # transport even when the server is plain http://. Requests here are always relative
         # to `base_url`, so a plain-http server never needs it; proxies from the environment
