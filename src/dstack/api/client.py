@@ -12,10 +12,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
-import httpx
-
 # ServerError is imported from here by the CLI and SDK users.
 from dstack.api.http_errors import ServerError, _retry_after, error_from_response  # noqa: F401
+from dstack.api.transport import ConnectFailed, TimedOut, TransportFailed, Transports
 from dstack.errors import ClientError
 from dstack.version import __version__
 
@@ -62,15 +61,7 @@ class APIClient:
         }
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        # httpx builds a verifying TLS context (certifi's bundle, ~40 ms) for its default
-        # transport even when the server is plain http://, on every CLI command. Requests here
-        # are always relative to `base_url`, so a plain-http server never needs it; proxies from
-        # the environment keep their own verifying transports.
-        plain = self.base_url.startswith("http://")
-        transport = httpx.HTTPTransport(verify=False) if plain else None
-        self._http = httpx.Client(
-            base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
-        )
+        self._transports = Transports(self.base_url, headers, timeout)
 
     @classmethod
     def from_config(cls, project: str | None = None, **kwargs: Any) -> APIClient:
@@ -81,7 +72,16 @@ class APIClient:
         return cls(cfg.url, cfg.token, cfg.name, **kwargs)
 
     def close(self) -> None:
-        self._http.close()
+        self._transports.close()
+
+    @property
+    def _http(self) -> Any:
+        """The httpx client; assigning one (e.g. a TestClient) sends every call through it."""
+        return self._transports.httpx()._http
+
+    @_http.setter
+    def _http(self, client: Any) -> None:
+        self._transports.use_client(client)
 
     def __enter__(self) -> APIClient:
         return self
@@ -93,23 +93,21 @@ class APIClient:
 
     def request(self, path: str, body: Any = None, *, method: str = "POST", **kw: Any) -> Any:
         """Send one call; retry only when the server could not be reached at all."""
-        if body is not None and "files" not in kw:
-            kw["json"] = body
         for attempt in range(CONNECT_TRIES):
             try:
-                response = self._http.request(method, path, **kw)
+                response = self._transports.send(method, path, body, kw)
                 wait = _retry_after(response)
                 if wait is None or attempt == CONNECT_TRIES - 1:
                     break
                 time.sleep(wait)  # busy database: nothing was written, so asking again is safe
                 continue
-            except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            except ConnectFailed as e:
                 if attempt == CONNECT_TRIES - 1:
                     raise ClientError(f"Failed to connect to dstack server {self.base_url}") from e
                 time.sleep(self.retry_delay)
-            except httpx.TimeoutException as e:
+            except TimedOut as e:
                 raise ClientError(f"Request to dstack server {self.base_url} timed out") from e
-            except httpx.HTTPError as e:
+            except TransportFailed as e:
                 raise ClientError(f"Failed to talk to dstack server {self.base_url}: {e}") from e
         if response.status_code >= 400:
             raise error_from_response(response)
@@ -118,7 +116,7 @@ class APIClient:
         try:
             return response.json()
         except ValueError as e:
-            raise ClientError(f"Unexpected answer from {response.request.url}") from e
+            raise ClientError(f"Unexpected answer from {response.url}") from e
 
     def _p(self, path: str, project: str | None = None) -> str:
         name = project or self.project

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
-
 from dstack.errors import ClientError
+
+# `response` below is an httpx.Response or a transport.Reply: status_code, headers (read with
+# lower-case names), text, json() and url are all this module reads.
+Response = Any
 
 
 class ServerError(ClientError):
@@ -21,7 +23,7 @@ class ServerError(ClientError):
         self.field = field
 
 
-def _detail_items(response: httpx.Response) -> list[dict[str, Any]]:
+def _detail_items(response: Response) -> list[dict[str, Any]]:
     try:
         body = response.json()
     except ValueError:
@@ -45,7 +47,7 @@ def _validation_text(items: list[dict[str, Any]], fallback: str) -> str:
     return "; ".join(p for p in parts if p) or fallback
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(response: Response) -> float | None:
     """Seconds to wait before asking again, for a 503 that says (capped: a user waits)."""
     raw = response.headers.get("retry-after", "")
     if response.status_code != 503 or not raw.isdigit():
@@ -53,10 +55,10 @@ def _retry_after(response: httpx.Response) -> float | None:
     return min(float(raw), 5.0)
 
 
-def error_from_response(response: httpx.Response) -> ClientError:
+def error_from_response(response: Response) -> ClientError:
     """Map an HTTP error to the user-facing message of cli.md §1."""
     status = response.status_code
-    url = str(response.request.url) if response.request is not None else ""
+    url = str(response.url)
     items = _detail_items(response)
     first = items[0] if items else {}
     if status == 403:

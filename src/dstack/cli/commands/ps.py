@@ -54,9 +54,12 @@ def _shown_raw(api, args: argparse.Namespace) -> list[dict]:  # noqa: ANN001
 
 
 def _table(api, args: argparse.Namespace):  # noqa: ANN001, ANN202
+    # Plain views of the JSON rather than the pydantic models: pydantic alone would cost
+    # `ps` more than its whole time budget (issue 16; api/run_views.py).
+    from dstack.api.run_views import parse_run_views
     from dstack.cli.render.runs import runs_table
 
-    return runs_table(api.parse_runs(_shown_raw(api, args)), verbose=args.verbose)
+    return runs_table(parse_run_views(_shown_raw(api, args)), verbose=args.verbose)
 
 
 def _print_json(api, args: argparse.Namespace) -> int:  # noqa: ANN001
