@@ -33,7 +33,7 @@ NOT_FOR_SERVER_START = (
     "dstack.server.reconcilers.run_worker", "dstack.server.reconcilers.job_worker",
     "dstack.server.reconcilers.instance_worker", "dstack.server.reconcilers.fleets",
     "dstack.server.reconcilers.volumes", "dstack.server.reconcilers.sweeper",
-    "cryptography.hazmat.primitives.serialization.ssh",
+    "cryptography.hazmat.primitives.serialization.ssh", "pydantic.v1",
 )  # fmt: skip
 
 # Models build their validators when first used (`defer_build`): answering `get_my_user` after
@@ -81,9 +81,14 @@ def test_ps_imports_only_what_it_renders(tmp_path) -> None:
 def test_server_app_imports_no_migration_or_ssh_machinery(tmp_path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DSTACK_")}
     env["HOME"] = str(tmp_path)
-    # As `dstack server` runs: through the CLI's entry point, which keeps httpx's own
-    # command-line client (click, pygments, rich) from loading.
-    code = "import dstack.cli.main, dstack.server.main, dstack.server.app\n"
+    # As `dstack server` runs, up to serving: through the CLI's entry point, which keeps httpx's
+    # own command-line client (click, pygments, rich) and pydantic.v1 from loading.
+    code = (
+        "import uvicorn\n"
+        "uvicorn.run = lambda app, **kwargs: None\n"
+        "from dstack.cli.main import main\n"
+        "main(['server', '--port', '1'])\n"
+    )
     loaded, _ = _loaded(code, NOT_FOR_SERVER_START, env)
     assert loaded == []
 
