@@ -61,7 +61,8 @@ RunBackendType = Annotated[
 class ConfigModel(BaseModel):
     """Base of every configuration model: strict keys, YAML numbers accepted as strings."""
 
-    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
+    # Built when first used (see `WireModel`).
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, defer_build=True)
 
 
 def field_error(field: str | None, message: str) -> PydanticCustomError:
@@ -248,7 +249,7 @@ def split_range(value: Any) -> dict[str, Any]:
 class Range(BaseModel, Generic[T]):
     """A closed, half-open or exact range; `None` on a side means unbounded."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     min: T | None = None
     max: T | None = None

@@ -56,7 +56,7 @@ _WINDSURF_VERSION_RE = re.compile(r"^.+@[0-9a-fA-F]+$")
 
 
 class RegistryAuth(BaseModel):
-    model_config = {"extra": "forbid", "coerce_numbers_to_str": True}
+    model_config = {"extra": "forbid", "coerce_numbers_to_str": True, "defer_build": True}
 
     username: str
     password: str
@@ -143,7 +143,7 @@ class DevEnvironmentConfiguration(BaseRunConfiguration):
 class NodeGroup(BaseModel):
     """Nodes of one kind in a heterogeneous task; resources are not inherited."""
 
-    model_config = {"extra": "forbid", "coerce_numbers_to_str": True}
+    model_config = {"extra": "forbid", "coerce_numbers_to_str": True, "defer_build": True}
 
     name: str | None = None
     nodes: int = Field(default=1, ge=1)

@@ -13,7 +13,7 @@ from dstack.models.runs import ApplyRunPlanInput, RunSpec
 
 
 class Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built when first used
 
 
 class GetRunPlanRequest(Request):

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 
 from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
+from pydantic.warnings import UnsupportedFieldAttributeWarning
 from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket
 
@@ -32,12 +34,6 @@ from dstack.server.http_errors import install_fault_handlers, short
 from dstack.server.proxy import upstream
 from dstack.server.proxy.handler import MODELS, SERVICES, Proxy, ProxyConfig
 from dstack.server.reconcilers.agents import AgentRegistry
-from dstack.server.reconcilers.fleets import FleetReconciler
-from dstack.server.reconcilers.instance_worker import InstanceReconciler
-from dstack.server.reconcilers.job_worker import JobReconciler
-from dstack.server.reconcilers.run_worker import RunReconciler
-from dstack.server.reconcilers.sweeper import InventorySweeper, MetricsSweeper
-from dstack.server.reconcilers.volumes import VolumeReconciler
 from dstack.server.routers import backends as backends_router
 from dstack.server.routers import (
     events,
@@ -136,6 +132,40 @@ async def _after(gate: asyncio.Event, loop: Callable[[], Awaitable[None]]) -> No
     await loop()
 
 
+def _background_loops(
+    ctx: ServerContext, agents: AgentRegistry
+) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+    """The reconcilers and sweepers, by name. Imported here, once the gate opens: their modules
+    (~25 ms of imports) are not needed for the first answer. A reconciler's first pass claims
+    all due work, so it misses nothing that was woken before it existed."""
+    from dstack.server.reconcilers.fleets import FleetReconciler
+    from dstack.server.reconcilers.instance_worker import InstanceReconciler
+    from dstack.server.reconcilers.job_worker import JobReconciler
+    from dstack.server.reconcilers.run_worker import RunReconciler
+    from dstack.server.reconcilers.sweeper import InventorySweeper, MetricsSweeper
+    from dstack.server.reconcilers.volumes import VolumeReconciler
+
+    reconcilers = [
+        RunReconciler(ctx),
+        JobReconciler(ctx, agents),
+        InstanceReconciler(ctx, agents),
+        FleetReconciler(ctx),
+        VolumeReconciler(ctx, agents),
+    ]
+    loops = [(r.kind, r.run_forever) for r in reconcilers]
+    loops += [("inventory", InventorySweeper(ctx).run_forever),
+              ("metrics", MetricsSweeper(ctx).run_forever)]  # fmt: skip
+    return loops
+
+
+async def _start_loops(
+    ctx: ServerContext, agents: AgentRegistry, tasks: list[asyncio.Task[None]]
+) -> None:
+    """Each loop as a task of its own, added to `tasks` (the ones the shutdown cancels)."""
+    for name, loop in _background_loops(ctx, agents):
+        tasks.append(asyncio.create_task(loop(), name=name))
+
+
 async def start(
     ctx: ServerContext,
     server_config: ServerConfig | None = None,
@@ -176,21 +206,12 @@ async def start(
     upstream.install(lambda inst, port: host_upstream(ctx, inst, port))
     agents = AgentRegistry(ctx)
     ctx.agents = agents  # type: ignore[attr-defined]
-    reconcilers = [
-        RunReconciler(ctx),
-        JobReconciler(ctx, agents),
-        InstanceReconciler(ctx, agents),
-        FleetReconciler(ctx),
-        VolumeReconciler(ctx, agents),
-    ]
-    loops = [(r.kind, r.run_forever) for r in reconcilers]
-    loops += [("inventory", InventorySweeper(ctx).run_forever),
-              ("metrics", MetricsSweeper(ctx).run_forever)]  # fmt: skip
     if served is None:
         served = asyncio.Event()
         served.set()
     tasks = [asyncio.create_task(_open_after_grace(served), name="grace")]
-    tasks += [asyncio.create_task(_after(served, loop), name=name) for name, loop in loops]
+    start_loops = lambda: _start_loops(ctx, agents, tasks)  # noqa: E731
+    tasks.append(asyncio.create_task(_after(served, start_loops), name="background"))
     if ctx.settings.metrics_address:  # bound now: a bad or taken address stops the start
         listener = await metrics_listener.start(ctx.db, ctx.settings.metrics_address)
         tasks.append(asyncio.create_task(metrics_listener.serve(listener), name="prometheus"))
@@ -287,6 +308,11 @@ class _Served:
 def create_app(
     settings: Settings, on_ready: object = None, server_config: ServerConfig | None = None
 ) -> FastAPI:
+    # Models build their validators when first used (`defer_build`, models/wire.py), so
+    # FastAPI's validator of a route's body (the model annotated with the parameter's
+    # `Field(alias=...)`) is built at the route's first request, where pydantic warns that the
+    # alias does nothing; FastAPI silences that warning when it builds one at registration.
+    warnings.filterwarnings("ignore", category=UnsupportedFieldAttributeWarning)
     ctx = ServerContext(
         settings=settings,
         db=Database(settings.database_url),

@@ -79,6 +79,8 @@ def _server_config(server_dir: Path):  # noqa: ANN202 - a models.server_config.S
 
 
 def run_server(host: str, port: int, log_level: str = "INFO", token: str | None = None) -> None:
+    import gc
+
     import uvicorn
 
     from dstack.server.app import asgi_entry, create_app
@@ -96,6 +98,10 @@ def run_server(host: str, port: int, log_level: str = "INFO", token: str | None 
     app = create_app(
         settings, on_ready=lambda result: _announce(url, result), server_config=server_config
     )
+    # What is loaded now (modules, classes, the app) lives as long as the process: no
+    # collection needs to scan it again. The CLI turned the collector off while it loaded.
+    gc.freeze()
+    gc.enable()
     uvicorn.run(
         asgi_entry(app), host=host, port=port, log_level=log_level.lower(), access_log=False
     )

@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from sqlalchemy import update
 
 from dstack.models.wire import utcnow
@@ -114,18 +113,11 @@ class Proxy:
         self.outstanding: dict[str, int] = defaultdict(int)
         self._refused: dict[str, float] = {}  # job id -> until when to prefer other replicas
         self.wake_runs = wake_runs
-        self.client: httpx.AsyncClient | None = None  # probes
         self.pool = Pool()  # the hot path
         self._flush_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        self.client = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=2000, max_keepalive_connections=500),
-            follow_redirects=False,
-            trust_env=False,
-        )
-        self.prober.client = self.client
         self._tasks = [
             asyncio.create_task(self._flush_loop(), name="proxy-stats"),
             asyncio.create_task(self.prober.run_forever(), name="proxy-probes"),
@@ -139,8 +131,7 @@ class Proxy:
                 await task
         with contextlib.suppress(Exception):
             await self.stats.flush()
-        if self.client is not None:
-            await self.client.aclose()
+        await self.prober.aclose()
         await self.pool.close()
 
     async def _flush_loop(self) -> None:

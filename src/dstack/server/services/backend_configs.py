@@ -13,7 +13,7 @@ import uuid
 from typing import Any
 
 import yaml
-from pydantic import TypeAdapter
+from pydantic import ConfigDict, TypeAdapter
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -41,7 +41,10 @@ EDIT_THE_FILE = (
 Configured = tuple[str, str, AnyBackendConfig]
 
 
-_ADAPTER: TypeAdapter[AnyBackendConfig] = TypeAdapter(AnyBackendConfig)
+# Built when a stored backend is first read (none are on a server without cloud backends).
+_ADAPTER: TypeAdapter[AnyBackendConfig] = TypeAdapter(
+    AnyBackendConfig, config=ConfigDict(defer_build=True)
+)
 
 
 def _split(conf: AnyBackendConfig) -> tuple[str, str]:

@@ -4,8 +4,6 @@ private key is stored encrypted."""
 
 from __future__ import annotations
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dstack.server.db import tables as t
@@ -14,6 +12,10 @@ from dstack.server.services.crypto import Box
 
 def generate_keypair(comment: str) -> tuple[str, str]:
     """(private key in OpenSSH PEM, public key line `ssh-ed25519 AAAA... comment`)."""
+    # Imported here: key serialization (~15 ms of imports) is not needed to start the server.
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
     key = ed25519.Ed25519PrivateKey.generate()
     private = key.private_bytes(
         serialization.Encoding.PEM,
