@@ -10,6 +10,9 @@ server's CPU for it. Here one call does the whole statement (the rows are fetche
 the stock adapter does too), and a commit or rollback with no transaction open is skipped,
 exactly as sqlite3 itself would skip it, without the hop.
 
+The connection also calls back the write gate (`on_end`) once its COMMIT or ROLLBACK has run:
+SQLAlchemy's own events fire before it, and a writer let in then meets SQLite's lock.
+
 Server-side cursors, connecting, closing and errors are the stock adapter's. The adapter's
 internals are pinned by the SQLAlchemy version (2.1) this was written against; the tests of
 the database layer run through it.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import aiosqlite
@@ -32,9 +36,9 @@ from sqlalchemy.util import EMPTY_DICT
 _Outcome = tuple[Any, list[Any] | None, int, int | None]
 
 
-def _run(conn: aiosqlite.Connection, operation: str, parameters: Any, many: bool) -> _Outcome:
+def _run(conn: sqlite3.Connection, operation: str, parameters: Any, many: bool) -> _Outcome:
     """On the connection's thread: the statement, start to end, in one call."""
-    cur = conn._conn.cursor()
+    cur = conn.cursor()
     try:
         if many:
             cur.executemany(operation, parameters)
@@ -93,7 +97,7 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
     async def _hop(self, operation: Any, parameters: Any, many: bool) -> None:
         async with self._adapt_connection._execute_mutex:
             outcome = await self._connection._execute(
-                _run, self._connection, operation, parameters, many
+                _run, self._connection._conn, operation, parameters, many
             )
         self._description, rows, self._rowcount, self._lastrowid = outcome
         self._rows = deque(rows) if rows else deque()
@@ -106,8 +110,19 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
 
 
 class OneHopConnection(AsyncAdapt_aiosqlite_connection):
-    __slots__ = ()
+    __slots__ = ("on_end",)
     _cursor_cls = OneHopCursor
+
+    def __init__(self, dbapi: Any, connection: aiosqlite.Connection) -> None:
+        super().__init__(dbapi, connection)
+        # Called once the transaction's COMMIT or ROLLBACK has run (write_gate.py: the next
+        # writer must not start while this one still holds SQLite's lock).
+        self.on_end: Callable[[], None] | None = None
+
+    def _ended(self) -> None:
+        callback, self.on_end = self.on_end, None
+        if callback is not None:
+            callback()
 
     def _in_transaction(self) -> bool:
         # A plain read of sqlite3_get_autocommit: nothing runs on this connection meanwhile
@@ -116,12 +131,18 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         return conn is not None and conn.in_transaction
 
     def rollback(self) -> None:
-        if self._in_transaction():
-            super().rollback()
+        try:
+            if self._in_transaction():
+                super().rollback()
+        finally:
+            self._ended()
 
     def commit(self) -> None:
-        if self._in_transaction():
-            super().commit()
+        try:
+            if self._in_transaction():
+                super().commit()
+        finally:
+            self._ended()
 
 
 class OneHopDBAPI(AsyncAdapt_aiosqlite_dbapi):
