@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 
+from dstack.server.db.sqlite_driver import one_hop_dbapi
 from dstack.server.db.write_gate import WriteGate
 
 STRICT_ENV = "DSTACK_DB_STRICT"
@@ -121,8 +122,14 @@ class Database:
             path = url.split(":///", 1)[1]
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
+            # One thread hop per statement (sqlite_driver.py says why).
+            driver = {"module": one_hop_dbapi()} if url.startswith("sqlite+aiosqlite") else {}
             self.engine: AsyncEngine = create_async_engine(
-                url, connect_args={"timeout": busy_timeout_seconds()}, pool_size=5, max_overflow=10
+                url,
+                **driver,
+                connect_args={"timeout": busy_timeout_seconds()},
+                pool_size=5,
+                max_overflow=10,
             )
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
             WriteGate(busy_timeout_seconds()).attach(self.engine)

@@ -18,6 +18,7 @@ still meet SQLite's own lock and busy handler.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 from typing import Any
 
@@ -30,6 +31,7 @@ from sqlalchemy.util import await_only
 
 _WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
 _HELD = "dstack_write_gate"
+_AFTER_END = "dstack_write_gate_after_end"
 
 
 class WriteGate:
@@ -75,9 +77,17 @@ class WriteGate:
         if not statement.lstrip()[:7].upper().startswith(_WRITES):
             return
         info[_HELD] = await_only(self._acquire(statement))
+        driver = conn.connection.dbapi_connection
+        if hasattr(driver, "on_end"):
+            # SQLAlchemy's commit/rollback events fire before the COMMIT runs: released then,
+            # the next writer's first statement would meet SQLite's lock still held and nap in
+            # the busy handler. The driver (sqlite_driver.py) calls back once it has run.
+            info[_AFTER_END] = True
+            driver.on_end = functools.partial(self._release_info, info)
 
     @staticmethod
     def _release_info(info: dict[Any, Any]) -> None:
+        info.pop(_AFTER_END, None)
         lock = info.pop(_HELD, None)
         if lock is not None and lock.locked():
             lock.release()
@@ -87,7 +97,8 @@ class WriteGate:
             info = conn.info
         except Exception:  # noqa: BLE001 - an invalidated connection: its check-in releases
             return
-        self._release_info(info)
+        if not info.get(_AFTER_END):
+            self._release_info(info)
 
     def _release_record(self, _dbapi_conn: Any, record: ConnectionPoolEntry) -> None:
         self._release_info(record.info)

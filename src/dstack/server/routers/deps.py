@@ -17,7 +17,7 @@ from dstack.server import authz
 from dstack.server.authz import AuthLimiter
 from dstack.server.db import tables as t
 from dstack.server.services.context import ServerContext
-from dstack.server.services.users import get_project, user_by_token
+from dstack.server.services.users import get_project, project_and_role, user_by_token
 
 MISSING_TOKEN = authz.MISSING_TOKEN
 BAD_TOKEN = authz.BAD_TOKEN
@@ -119,10 +119,7 @@ async def _decide(conn: HTTPConnection, s: AsyncSession, rule: authz.Rule) -> Ac
     project_name = conn.path_params.get("project_name")
     project = role = None
     if project_name is not None and rule.need in authz.PROJECT_NEEDS:
-        project = await get_project(s, project_name)
-        if project is not None:
-            member = await s.get(t.Member, (project.id, user.id))
-            role = member.project_role if member else None
+        project, role = await project_and_role(s, project_name, user.id)
     caller = authz.Caller(
         global_admin=user.global_role == "admin",
         project_role=role,

@@ -56,6 +56,23 @@ async def get_project(session: AsyncSession, name: str) -> t.Project | None:
     ).scalar_one_or_none()
 
 
+async def project_and_role(
+    session: AsyncSession, name: str, user_id: str
+) -> tuple[t.Project | None, str | None]:
+    """The project and the user's role in it (None: not a member), in one query: the access
+    check of every project route needs both."""
+    row = (
+        await session.execute(
+            select(t.Project, t.Member.project_role)
+            .outerjoin(
+                t.Member, (t.Member.project_id == t.Project.id) & (t.Member.user_id == user_id)
+            )
+            .where(t.Project.name == name, t.Project.deleted.is_(False))
+        )
+    ).first()
+    return (None, None) if row is None else (row[0], row[1])
+
+
 async def create_project(session: AsyncSession, owner: t.User, name: str) -> t.Project:
     project = t.Project(
         id=str(uuid.uuid4()), name=name, owner_id=owner.id, is_public=False, created_at=utcnow()
