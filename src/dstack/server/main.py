@@ -81,6 +81,7 @@ def _server_config(server_dir: Path):  # noqa: ANN202 - a models.server_config.S
 def run_server(host: str, port: int, log_level: str = "INFO", token: str | None = None) -> None:
     import uvicorn
 
+    from dstack.server import heap
     from dstack.server.app import asgi_entry, create_app
 
     if token:
@@ -93,9 +94,12 @@ def run_server(host: str, port: int, log_level: str = "INFO", token: str | None 
     settings = load_settings(host=host, port=port)
     server_config = _server_config(settings.server_dir)
     url = f"http://{host}:{port}"
-    app = create_app(
-        settings, on_ready=lambda result: _announce(url, result), server_config=server_config
-    )
+
+    def on_ready(result: BootstrapResult) -> None:
+        _announce(url, result)
+        heap.freeze_now_and_later()
+
+    app = create_app(settings, on_ready=on_ready, server_config=server_config)
     uvicorn.run(
         asgi_entry(app), host=host, port=port, log_level=log_level.lower(), access_log=False
     )

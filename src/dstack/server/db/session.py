@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import traceback
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from sqlalchemy import event
@@ -29,6 +31,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 
+from dstack.server.db import sqlite_hops
 from dstack.server.db.write_gate import WriteGate
 
 STRICT_ENV = "DSTACK_DB_STRICT"
@@ -75,7 +78,11 @@ class _TrackedSession(Session):
     during which the database holds this session's write locks."""
 
     wrote: bool = False
-    opened_at: str = ""
+    # Where the session was opened: (file, line, function) of its opener and that one's caller,
+    # formatted only when a nesting is refused (`traceback.format_stack` on every session, with
+    # its source-line reads, was ~10% of the server's CPU on runs/list under the tests' strict
+    # mode).
+    opened_at: tuple[tuple[str, int, str], ...] = ()
 
 
 def _on_flush(session: Session, _ctx: Any) -> None:
@@ -121,10 +128,14 @@ class Database:
             path = url.split(":///", 1)[1]
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
+            # Pooled connections kept: 8 concurrent API requests plus the reconcilers' passes
+            # outnumbered 5, and each connection over the pool size is closed on return, so a
+            # busy server opened a connection (a thread, four PRAGMAs) for every tenth request.
             self.engine: AsyncEngine = create_async_engine(
-                url, connect_args={"timeout": busy_timeout_seconds()}, pool_size=5, max_overflow=10
+                url, connect_args={"timeout": busy_timeout_seconds()}, pool_size=20, max_overflow=10
             )
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine.sync_engine, "connect", _one_hop)
             WriteGate(busy_timeout_seconds()).attach(self.engine)
         else:
             self.engine = create_async_engine(url, pool_size=20, max_overflow=20)
@@ -148,13 +159,13 @@ class Database:
             if other.wrote:
                 raise SessionNesting(
                     "a new session was opened while this task's session opened at\n"
-                    f"{other.opened_at}holds uncommitted writes (on SQLite: the write lock); "
-                    "commit it first, or do the work in that session"
+                    f"{_format_frames(other.opened_at)}holds uncommitted writes (on SQLite: the "
+                    "write lock); commit it first, or do the work in that session"
                 )
         async with self.sessionmaker() as s:
             sync = s.sync_session
             assert isinstance(sync, _TrackedSession)
-            sync.opened_at = "".join(traceback.format_stack(limit=4)[:-2])
+            sync.opened_at = _opener(sys._getframe(2))
             mine.append(sync)
             try:
                 yield s
@@ -165,12 +176,29 @@ class Database:
         await self.engine.dispose()
 
 
+def _opener(frame: FrameType | None) -> tuple[tuple[str, int, str], ...]:
+    """`frame` (the code that entered `session()`) and its caller, outermost first."""
+    found = []
+    while frame is not None and len(found) < 2:
+        found.append((frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name))
+        frame = frame.f_back
+    return tuple(reversed(found))
+
+
+def _format_frames(frames: tuple[tuple[str, int, str], ...]) -> str:
+    return "".join(traceback.StackSummary.from_list([(*f, None) for f in frames]).format())
+
+
 def sqlite_file(url: str) -> Path | None:
     """The file of a SQLite URL; None for Postgres or an in-memory database."""
     if not url.startswith("sqlite"):
         return None
     path = url.split(":///", 1)[1] if ":///" in url else ""
     return Path(path) if path and path != ":memory:" else None
+
+
+def _one_hop(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    sqlite_hops.install(dbapi_conn.driver_connection)
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
