@@ -129,8 +129,8 @@ class Database:
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             # Pooled connections kept: 8 concurrent API requests plus the reconcilers' passes
-            # outnumbered 5, and each connection over the pool size is closed on return, so a
-            # busy server opened a connection (a thread, four PRAGMAs) for every tenth request.
+            # outnumbered 5, and a connection over the pool size is closed on return, so a busy
+            # server opened a new one (a thread, four PRAGMAs) about every hundredth request.
             self.engine: AsyncEngine = create_async_engine(
                 url, connect_args={"timeout": busy_timeout_seconds()}, pool_size=20, max_overflow=10
             )

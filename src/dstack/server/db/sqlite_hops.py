@@ -24,7 +24,7 @@ connection keeps aiosqlite's own methods.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import AsyncIterator, Generator, Iterable, Sequence
 from typing import Any
 
 Row = tuple[Any, ...]
@@ -103,6 +103,13 @@ class OneHopCursor:
 
     async def __aexit__(self, *_exc: object) -> None:
         await self.close()
+
+    def __aiter__(self) -> AsyncIterator[Row]:
+        return self._each()
+
+    async def _each(self) -> AsyncIterator[Row]:
+        while self._rows:
+            yield self._rows.pop(0)
 
 
 class _Opening:
