@@ -1,6 +1,6 @@
 """Whole-process API figures of one real server (issue "Fast at every size"):
 
-    python bench/bench_api.py [--runs 1000] [--rounds 3] [--seconds 5] [--only apply]
+    python bench/bench_api.py [--runs 1000] [--rounds 3] [--seconds 5] [--only apply|list]
 
 - submissions: `runs/apply` through the API, 8 requests in flight, runs per second (the runs ask
   for 8 GPUs the local backend does not have, so they end as "no capacity" without starting
@@ -9,6 +9,9 @@
   once every submitted run has ended, driven by `wrk`;
 - `dstack ps` against the running server, whole process;
 - cold start: `dstack server` launched until its first authenticated answer.
+
+`--only list`: the submissions (to have the runs) and runs/list, nothing else; with the server's
+CPU per page (what a shared machine's load changes least).
 
 The other clients run in this process (asyncio + httpx), on the same cores as the server: the
 figures are what one machine does, client included. Medians over `--rounds`.
@@ -218,17 +221,28 @@ def line(name: str, samples: list[float], unit: str, target: str) -> str:
     return f"{name:<34} median {statistics.median(samples):9.3f} {unit:<6} {target}  {samples}"
 
 
+def print_list(runs: int, lists: list[float], p99s: list[float], cpu_ms: list[float]) -> None:
+    client = "wrk" if shutil.which("wrk") else "httpx in-process: install wrk for a fair figure"
+    print(line(f"runs/list page 100 of {runs}", lists, "req/s", f"(target >= 150) [{client}]"))
+    print(line("runs/list p99", p99s, "ms", "(target <= 50)"))
+    print(line("runs/list server CPU a page", cpu_ms, "ms", "(all its threads)"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--only", choices=["apply"], help="only the submissions (and their settling)")
+    ap.add_argument(
+        "--only",
+        choices=["apply", "list"],
+        help="apply: the submissions (and their settling) only; list: submissions and runs/list",
+    )
     args = ap.parse_args()
     home = Path(tempfile.mkdtemp(prefix="bench-api-"))
     server = Server(home, extra_env=PRODUCTION)
     server.start()
-    rates, lists, p99s, ps, cpus = [], [], [], [], []
+    rates, lists, p99s, ps, cpus, cpu_ms = [], [], [], [], [], []
     try:
         per_round = max(1, args.runs // args.rounds)
         settles = []
@@ -244,20 +258,24 @@ def main() -> None:
             print(line(ended, settles, "s", "(from the first apply)"))
             return
         for _ in range(args.rounds):
+            used = server_cpu_seconds(server)
             rps, p99 = list_pages(server, args.seconds)
+            used = server_cpu_seconds(server) - used
+            cpu_ms.append(round(used * 1000 / (rps * args.seconds), 2))
             lists.append(round(rps, 1))
             p99s.append(round(p99 * 1000, 1))
-        for _ in range(max(5, args.rounds)):
+        for _ in range(0 if args.only else max(5, args.rounds)):
             ps.append(round(ps_time(server), 3))
     finally:
         server.stop()
+    if args.only:
+        print_list(args.runs, lists, p99s, cpu_ms)
+        return
     colds = [round(cold_start(home), 3) for _ in range(args.rounds)]
     print(line("runs/apply, 8 in flight", rates, "runs/s", "(target >= 100)"))
     print(line("  server CPU per submission", cpus, "ms", "(while submitting)"))
     print(line(f"{per_round} runs submitted, all ended", settles, "s", "(from the first apply)"))
-    client = "wrk" if shutil.which("wrk") else "httpx in-process: install wrk for a fair figure"
-    print(line(f"runs/list page 100 of {args.runs}", lists, "req/s", f"(target >= 150) [{client}]"))
-    print(line("runs/list p99", p99s, "ms", "(target <= 50)"))
+    print_list(args.runs, lists, p99s, cpu_ms)
     print(line("dstack ps", ps, "s", "(target <= 0.15)"))
     print(line("cold start to first answer", colds, "s", "(target <= 0.7)"))
     print(bytecode_note())

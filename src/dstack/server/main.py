@@ -83,6 +83,7 @@ def run_server(host: str, port: int, log_level: str = "INFO", token: str | None 
 
     import uvicorn
 
+    from dstack.server import heap
     from dstack.server.app import asgi_entry, create_app
 
     if token:
@@ -95,9 +96,12 @@ def run_server(host: str, port: int, log_level: str = "INFO", token: str | None 
     settings = load_settings(host=host, port=port)
     server_config = _server_config(settings.server_dir)
     url = f"http://{host}:{port}"
-    app = create_app(
-        settings, on_ready=lambda result: _announce(url, result), server_config=server_config
-    )
+
+    def on_ready(result: BootstrapResult) -> None:
+        _announce(url, result)
+        heap.freeze_now_and_later()
+
+    app = create_app(settings, on_ready=on_ready, server_config=server_config)
     # What is loaded now (modules, classes, the app) lives as long as the process: no
     # collection needs to scan it again. The CLI turned the collector off while it loaded.
     gc.freeze()

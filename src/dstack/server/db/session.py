@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import traceback
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from sqlalchemy import event
@@ -76,7 +78,11 @@ class _TrackedSession(Session):
     during which the database holds this session's write locks."""
 
     wrote: bool = False
-    opened_at: str = ""
+    # Where the session was opened: (file, line, function) of its opener and that one's caller,
+    # formatted only when a nesting is refused (`traceback.format_stack` on every session, with
+    # its source-line reads, was ~10% of the server's CPU on runs/list under the tests' strict
+    # mode).
+    opened_at: tuple[tuple[str, int, str], ...] = ()
 
 
 def _on_flush(session: Session, _ctx: Any) -> None:
@@ -122,13 +128,16 @@ class Database:
             path = url.split(":///", 1)[1]
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-            # One thread hop per statement (sqlite_driver.py says why).
+            # One thread hop per statement (sqlite_driver.py says why). Pooled connections
+            # kept: 8 concurrent API requests plus the reconcilers' passes outnumbered 5, and a
+            # connection over the pool size is closed on return, so a busy server opened a new
+            # one (a thread, four PRAGMAs) about every hundredth request.
             driver = {"module": one_hop_dbapi()} if url.startswith("sqlite+aiosqlite") else {}
             self.engine: AsyncEngine = create_async_engine(
                 url,
                 **driver,
                 connect_args={"timeout": busy_timeout_seconds()},
-                pool_size=5,
+                pool_size=20,
                 max_overflow=10,
             )
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
@@ -155,13 +164,13 @@ class Database:
             if other.wrote:
                 raise SessionNesting(
                     "a new session was opened while this task's session opened at\n"
-                    f"{other.opened_at}holds uncommitted writes (on SQLite: the write lock); "
-                    "commit it first, or do the work in that session"
+                    f"{_format_frames(other.opened_at)}holds uncommitted writes (on SQLite: the "
+                    "write lock); commit it first, or do the work in that session"
                 )
         async with self.sessionmaker() as s:
             sync = s.sync_session
             assert isinstance(sync, _TrackedSession)
-            sync.opened_at = "".join(traceback.format_stack(limit=4)[:-2])
+            sync.opened_at = _opener(sys._getframe(2))
             mine.append(sync)
             try:
                 yield s
@@ -170,6 +179,19 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+def _opener(frame: FrameType | None) -> tuple[tuple[str, int, str], ...]:
+    """`frame` (the code that entered `session()`) and its caller, outermost first."""
+    found = []
+    while frame is not None and len(found) < 2:
+        found.append((frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name))
+        frame = frame.f_back
+    return tuple(reversed(found))
+
+
+def _format_frames(frames: tuple[tuple[str, int, str], ...]) -> str:
+    return "".join(traceback.StackSummary.from_list([(*f, None) for f in frames]).format())
 
 
 def sqlite_file(url: str) -> Path | None:

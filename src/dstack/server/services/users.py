@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dstack.models.users import Member, Project, User, UserTokenCreds
@@ -17,11 +17,18 @@ from dstack.models.wire import utcnow
 from dstack.server.db import tables as t
 from dstack.server.services.crypto import hash_token, new_token
 
+# The statements every authenticated request runs, built once: building one and its cache key
+# cost SQLAlchemy about as much as running it.
+_BY_TOKEN = select(t.User).where(t.User.token_hash == bindparam("token_hash"))
+_ALL_PROJECTS = select(t.Project).where(t.Project.deleted.is_(False)).order_by(t.Project.created_at)
+_MEMBER_PROJECTS = _ALL_PROJECTS.join(t.Member, t.Member.project_id == t.Project.id).where(
+    t.Member.user_id == bindparam("user_id")
+)
+
 
 async def user_by_token(session: AsyncSession, token: str) -> t.User | None:
-    row = (
-        await session.execute(select(t.User).where(t.User.token_hash == hash_token(token)))
-    ).scalar_one_or_none()
+    found = await session.execute(_BY_TOKEN, {"token_hash": hash_token(token)})
+    row = found.scalar_one_or_none()
     if row is None or not row.active:
         return None
     return row
@@ -116,7 +123,6 @@ async def project_model(session: AsyncSession, project: t.Project) -> Project:
 
 async def list_projects(session: AsyncSession, user: t.User) -> list[t.Project]:
     """The projects `user` is a member of (every project for a global admin)."""
-    q = select(t.Project).where(t.Project.deleted.is_(False)).order_by(t.Project.created_at)
-    if user.global_role != "admin":
-        q = q.join(t.Member, t.Member.project_id == t.Project.id).where(t.Member.user_id == user.id)
-    return list((await session.execute(q)).scalars())
+    if user.global_role == "admin":
+        return list((await session.execute(_ALL_PROJECTS)).scalars())
+    return list((await session.execute(_MEMBER_PROJECTS, {"user_id": user.id})).scalars())
