@@ -367,8 +367,12 @@ class Reconciler(ABC):
                 log.exception("%s %s: processing failed; will retry", self.kind, row_id)
             try:
                 await self.release(row_id, token)
-            except Exception:
-                log.exception("%s %s: release failed", self.kind, row_id)
+            except Exception as e:
+                if db_fault(e):  # still busy: the lease lapses instead, and the row is retried
+                    log.warning("%s %s: database %s; lease left to lapse", self.kind, row_id,
+                                db_fault(e))  # fmt: skip
+                else:
+                    log.exception("%s %s: release failed", self.kind, row_id)
         finally:
             p.stop.set()
             await asyncio.gather(beat, return_exceptions=True)
