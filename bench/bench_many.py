@@ -144,9 +144,18 @@ class CpuAccount:
         return out
 
     def close(self) -> None:
-        if self.group is not None:
+        """Remove the group once the processes in it (the agent stops after the server) are
+        gone."""
+        if self.group is None:
+            return
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
             with contextlib.suppress(OSError):
-                self.group.rmdir()
+                if not (self.group / "cgroup.procs").read_text().strip():
+                    break
+            time.sleep(0.1)
+        with contextlib.suppress(OSError):
+            self.group.rmdir()
 
 
 def one_round(server: Server, n: int, prefix: str) -> float:
