@@ -5,14 +5,22 @@ backend, from the first submission until every run is finished, in jobs per seco
 
 The runs are submitted through the API (`runs/apply`, 8 requests in flight) by this process,
 which then watches `runs/list` (every 0.2 s) until none is left unfinished. One real server and
-agent; the first, untimed run creates the local instance. Target: >= 20 jobs/s (median of the
-rounds). A round fails loudly if any run ends other than `done`.
+agent, as users run them (without the tests' strict session checks); the first, untimed run
+creates the local instance. Target: >= 20 jobs/s (median of the rounds). A round fails loudly
+if any run ends other than `done`.
+
+Each round also prints the CPU seconds spent per round by the server, the agent, and (where a
+cgroup v2 hierarchy is writable, as root) everything else the server started: the spawner, the
+supervisors, the jobs' SSH servers and the jobs themselves. CPU seconds, unlike jobs/s, hardly
+move when other work shares the machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import signal
 import statistics
 import subprocess
@@ -92,6 +100,64 @@ def passes(server: Server) -> dict[str, float]:
     return out
 
 
+CGROUP_ROOT = Path("/sys/fs/cgroup/unified")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system) of one live process itself, children left out."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+class CpuAccount:
+    """CPU seconds of the server, its agent, and all they started (a cgroup of its own, when
+    one can be made: processes that ended, as supervisors and jobs do, still count there)."""
+
+    def __init__(self) -> None:
+        self.group: Path | None = CGROUP_ROOT / f"bench-many-{os.getpid()}"
+        try:
+            self.group.mkdir()
+        except OSError:
+            self.group = None
+
+    def prefix(self) -> list[str]:
+        """Wraps the server's command line so that it starts inside the group."""
+        if self.group is None:
+            return []
+        procs = self.group / "cgroup.procs"
+        return ["sh", "-c", f'echo $$ > {procs} && exec "$@"', "sh"]
+
+    def sample(self, server: Server) -> dict[str, float]:
+        out = {"server": _proc_cpu(server.proc.pid if server.proc else None),
+               "agent": _proc_cpu(server.agent_pid())}
+        if self.group is not None:
+            for line in (self.group / "cpu.stat").read_text().splitlines():
+                if line.startswith("usage_usec "):
+                    total = int(line.split()[1]) / 1e6
+                    out["others"] = total - out["server"] - out["agent"]
+        return out
+
+    def close(self) -> None:
+        """Remove the group once the processes in it (the agent stops after the server) are
+        gone."""
+        if self.group is None:
+            return
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                if not (self.group / "cgroup.procs").read_text().strip():
+                    break
+            time.sleep(0.1)
+        with contextlib.suppress(OSError):
+            self.group.rmdir()
+
+
 def one_round(server: Server, n: int, prefix: str) -> float:
     names = [f"{prefix}-{i}" for i in range(n)]
     start = time.perf_counter()
@@ -111,39 +177,53 @@ def one_round(server: Server, n: int, prefix: str) -> float:
     return n / elapsed
 
 
+def _spy(pid: int | None, out: str) -> subprocess.Popen[bytes] | None:
+    if pid is None:
+        return None
+    return subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-f", "raw",
+                             "-r", "100", "-o", out, "-p", str(pid)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--profile", metavar="FILE", help="py-spy raw profile of the server")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="py-spy raw profiles: FILE (the server) and FILE.agent")
     args = parser.parse_args()
-    spy = None
+    spies: list[subprocess.Popen[bytes]] = []
     rates: list[float] = []
+    cpus: list[float] = []
+    account = CpuAccount()
     with tempfile.TemporaryDirectory() as tmp:
-        server = Server(home=Path(tmp), extra_env={"DSTACK_ENABLE_PROMETHEUS_METRICS": "1"})
+        env = {"DSTACK_ENABLE_PROMETHEUS_METRICS": "1", "DSTACK_DB_STRICT": "0"}
+        server = Server(home=Path(tmp), extra_env=env, argv_prefix=account.prefix())
         server.start()
         try:
             one_round(server, 1, "warm")  # creates the local instance
-            if args.profile:  # py-spy on the server for the rounds (a raw file per process)
-                spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record",
-                                        "-f", "raw", "-r", "100", "-o", args.profile,
-                                        "-p", str(server.proc.pid)],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if args.profile:  # py-spy on the server and the agent for the rounds
+                spies = [p for p in (_spy(server.proc.pid, args.profile),
+                                     _spy(server.agent_pid(), f"{args.profile}.agent")) if p]
             for r in range(args.rounds):
-                before = passes(server)
+                before, cpu0 = passes(server), account.sample(server)
                 rates.append(one_round(server, args.jobs, f"many{r}"))
-                after = passes(server)
+                after, cpu1 = passes(server), account.sample(server)
                 per_job = ", ".join(f"{k} {(v - before.get(k, 0)) / args.jobs:.1f}"
                                     for k, v in sorted(after.items()))
-                print(f"round {r + 1}: {rates[-1]:.1f} jobs/s (passes per job: {per_job})",
-                      flush=True)
+                used = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
+                cpus.append(used["server"] + used["agent"])
+                cpu = ", ".join(f"{k} {v:.1f}" for k, v in used.items())
+                print(f"round {r + 1}: {rates[-1]:.1f} jobs/s (passes per job: {per_job}; "
+                      f"CPU s: {cpu})", flush=True)
         finally:
-            if spy is not None:
+            for spy in spies:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(30)
             server.cleanup()
+            account.close()
     print(f"{args.jobs} echo tasks on one host: median {statistics.median(rates):.1f} jobs/s "
-          f"(target >= {TARGET:.0f})")
+          f"(target >= {TARGET:.0f}); server+agent CPU {statistics.median(cpus):.1f} s a round")
 
 
 if __name__ == "__main__":

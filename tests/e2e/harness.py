@@ -224,17 +224,22 @@ class Server:
 
     def _kill_leftover_jobs(self) -> None:
         """Job supervisors run in sessions of their own so that jobs outlive the agent; a test
-        that failed before its runs stopped would leave them running after the suite. Their
-        command line names this server's home: end each one's session."""
+        that failed before its runs stopped would leave them running after the suite. Each one
+        names its job's directory under this server's home: in its command line when started
+        alone, as its working directory when forked by the agent's spawner (whose command line
+        it keeps). End each one's session."""
         marker = f"{self.home}/.dstack/server/local-agent/jobs/".encode()
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit():
                 continue
             try:
                 cmdline = (proc / "cmdline").read_bytes()
+                if b"dstack.agent.spawner" in cmdline:
+                    cmdline += os.readlink(proc / "cwd").encode()
             except OSError:
                 continue
-            if b"dstack.agent.supervisor" in cmdline and marker in cmdline:
+            supervisor = b"dstack.agent.supervisor" in cmdline or b"dstack.agent.spawner" in cmdline
+            if supervisor and marker in cmdline:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(int(proc.name), signal.SIGTERM)
 

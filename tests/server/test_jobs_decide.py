@@ -902,6 +902,25 @@ def test_a_job_that_holds_nothing_is_settled_in_the_same_pass() -> None:
     assert then is not None and then.status == "terminated"
 
 
+def test_a_job_its_agent_reports_ended_is_settled_in_the_same_pass() -> None:
+    """Running, and the agent says the job exited: terminating, then at once the final step
+    (nothing left to stop); the worker drains the logs and removes the job in that pass."""
+    exited = {"status": "failed", "termination_reason": EXIT, "exit_status": 3}
+    for agent_job, final in ((DONE_STATE, "done"), (exited, "failed")):
+        v = view(agent_job=agent_job)
+        d = decide(v, NOW)
+        assert (d.action, d.status) == ("copy_logs", "terminating")
+        then = settled_at_once(v, d, NOW)
+        assert then is not None and (then.action, then.status) == ("finalize", final)
+    # A stop request that arrives as the job exits: the job's own end still wins, at once.
+    asked = view(agent_job=DONE_STATE, stop_requested=True, stop_reason="terminated_by_user")
+    then = settled_at_once(asked, decide(asked, NOW), NOW)
+    assert then is not None and then.status == "done"
+    # Still holding a volume: detached first, in later passes.
+    held = view(agent_job=DONE_STATE, volumes_held=True)
+    assert settled_at_once(held, decide(held, NOW), NOW) is None
+
+
 def test_a_job_with_an_instance_is_not_settled_at_once() -> None:
     """A job on an instance has something to stop: its terminating step is another pass."""
     v = view(status="provisioning", instance_status="terminated", instance_message="gone")

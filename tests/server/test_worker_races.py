@@ -104,6 +104,67 @@ def test_two_jobs_placed_on_the_same_free_blocks_never_both_take_them(
     asyncio.run(scenario())
 
 
+def test_jobs_placed_together_on_a_shared_instance_all_reserve_it(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Four jobs of one claim placed on the same instance from the same snapshot reserve it
+    at once, as `_write` does (reserve, take the blocks, commit), all interleaved: every one
+    gets its place while the blocks last. (A compare-and-swap on a version read before the
+    write lock let the first through and sent the others back to the queue, again and again.)
+    The fifth finds the blocks gone and places again."""
+
+    async def scenario() -> None:
+        ctx = make_ctx(db_url, tmp_path)
+        o = await seed_owners(ctx.db)
+        now = utcnow()
+        run = run_row(o)
+        inst = t.Instance(
+            id=str(uuid.uuid4()), project_id=o.project_id, name="f-0", backend="fake",
+            status="idle", total_blocks=4, created_at=now, last_processed_at=now,
+        )  # fmt: skip
+        jobs = [
+            t.Job(
+                id=str(uuid.uuid4()), project_id=o.project_id, run_id=run.id,
+                run_name=run.run_name, job_name=f"j{i}", job_spec="{}", status="submitted",
+                submitted_at=now, last_processed_at=now, lock_token=f"tok{i}",
+            )  # fmt: skip
+            for i in range(5)
+        ]
+        async with ctx.db.session() as s:
+            s.add_all([run, inst])
+            await s.flush()
+            s.add_all(jobs)
+            await s.commit()
+        worker = JobReconciler(ctx, agents=None)  # type: ignore[arg-type]
+        place = Candidate(offer(backend="fake"), "fleet-id", "fleet", inst.id, 1)
+
+        async def reserve(i: int) -> bool:
+            job = jobs[i]
+            snap = Snapshot(job, run, SimpleNamespace(id=o.project_id), None, None, place)  # type: ignore[arg-type]
+            async with ctx.db.session() as s:
+                try:
+                    await worker._reserve(s, snap, {}, now, f"tok{i}")
+                except Requeued:
+                    return False
+                await s.execute(
+                    t.Job.__table__.update()
+                    .where(t.Job.id == job.id)
+                    .values(instance_id=inst.id, used_blocks=1, status="provisioning")
+                )
+                await s.commit()
+            return True
+
+        placed = await asyncio.gather(*(reserve(i) for i in range(5)))
+        assert sorted(placed) == [False, True, True, True, True]
+        async with ctx.db.session() as s:
+            rows = (await s.execute(select(t.Job))).scalars().all()
+            assert sum(j.instance_id == inst.id for j in rows) == 4
+            assert sum(j.used_blocks or 0 for j in rows) == 4
+        await ctx.db.close()
+
+    asyncio.run(scenario())
+
+
 class Broken(Counting):
     async def create_instance(self, host: Any, offer: Any) -> Any:
         raise KeyError("hostname")  # a bug, not a BackendError

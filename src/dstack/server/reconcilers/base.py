@@ -285,26 +285,25 @@ class Reconciler(ABC):
         now: datetime,
         *,
         due_in: tuple[str, float] | None = None,
+        keep_lease: bool = False,
     ) -> None:
         """Apply `values` and drop the lease, only if we still hold it. `due_in` (status,
-        seconds): the decision says when to look again, sooner than the status's interval."""
-        p = self._finishing(row_id, token)
+        seconds): the decision says when to look again, sooner than the status's interval.
+        `keep_lease`: the pass goes on to the row's next step at once (its own later
+        `guarded_update` drops the lease); a crash in between leaves the lease to expire."""
+        p = None if keep_lease else self._finishing(row_id, token)
         tbl = self.table
         processed = now
         if due_in is not None:
             early = max(0.0, self.interval(due_in[0]) - due_in[1])
             processed = now - timedelta(seconds=early)
+        lease: dict[str, Any] = {}
+        if not keep_lease:
+            lease = {"lock_token": None, "lock_owner": None, "lock_expires_at": None}
         res = await s.execute(
             update(tbl)
             .where(tbl.id == row_id, tbl.lock_token == token)
-            .values(
-                **values,
-                version=tbl.version + 1,
-                lock_token=None,
-                lock_owner=None,
-                lock_expires_at=None,
-                last_processed_at=processed,
-            )
+            .values(**values, **lease, version=tbl.version + 1, last_processed_at=processed)
             .returning(tbl.dirty)
         )
         row = res.first()
@@ -368,8 +367,12 @@ class Reconciler(ABC):
                 log.exception("%s %s: processing failed; will retry", self.kind, row_id)
             try:
                 await self.release(row_id, token)
-            except Exception:
-                log.exception("%s %s: release failed", self.kind, row_id)
+            except Exception as e:
+                if db_fault(e):  # still busy: the lease lapses instead, and the row is retried
+                    log.warning("%s %s: database %s; lease left to lapse", self.kind, row_id,
+                                db_fault(e))  # fmt: skip
+                else:
+                    log.exception("%s %s: release failed", self.kind, row_id)
         finally:
             p.stop.set()
             await asyncio.gather(beat, return_exceptions=True)

@@ -16,7 +16,6 @@ from dstack.models.runs import JobStatus, RunSpec, TriedOffer
 from dstack.server.db import tables as t
 from dstack.server.reconcilers.utilization import GpuSample, utilization_violation
 from dstack.server.services import events
-from dstack.server.services.context import ServerContext
 from dstack.server.services.fleet_nodes import total_blocks
 from dstack.server.services.metrics import gpu_utils
 
@@ -204,18 +203,23 @@ def lost_as(inst: t.Instance | None) -> str | None:
     return value if isinstance(value, str) else None
 
 
-async def wake_queue(ctx: ServerContext, project_id: str) -> None:
+_QUEUE_MARKED = "jobs.queue_marked"  # session.info: projects whose queue this session marked
+
+
+async def mark_queue_due(s: Any, project_id: str) -> None:
     """A job released its blocks: queued jobs of the project try to place again now (rows
-    already due are not written again)."""
-    async with ctx.db.session() as s:
-        await s.execute(
-            update(t.Job)
-            .where(
-                t.Job.project_id == project_id,
-                t.Job.status == JobStatus.SUBMITTED.value,
-                t.Job.dirty.is_(False),
-            )
-            .values(dirty=True)
+    already due are not written again). Written in the transaction that ends the job, once
+    per project and transaction; the caller wakes the job loop after the commit."""
+    marked = s.info.setdefault(_QUEUE_MARKED, set())
+    if project_id in marked:
+        return
+    marked.add(project_id)
+    await s.execute(
+        update(t.Job)
+        .where(
+            t.Job.project_id == project_id,
+            t.Job.status == JobStatus.SUBMITTED.value,
+            t.Job.dirty.is_(False),
         )
-        await s.commit()
-    ctx.hub.wake("jobs")
+        .values(dirty=True)
+    )

@@ -19,7 +19,6 @@ from dstack.models.instances import InstanceStatus
 from dstack.models.runs import JobSpec, JobStatus
 from dstack.models.wire import utcnow
 from dstack.server.agent_client import (
-    AgentClient,
     AgentClientError,
     AgentError,
     AgentUnreachableError,
@@ -34,13 +33,14 @@ from dstack.server.reconcilers.job_facts import (
     idle_duration,
     is_spot,
     lost_as,
+    mark_queue_due,
     new_instance_offer,
     next_instance_num,
     note_status,
     total_blocks,
     tried_offers,
-    wake_queue,
 )
+from dstack.server.reconcilers.job_logs import copy_logs
 from dstack.server.reconcilers.job_placement import Placer, placement_values
 from dstack.server.reconcilers.job_snapshots import Snapshot, SnapshotLoader
 from dstack.server.reconcilers.job_start import (
@@ -73,9 +73,6 @@ from dstack.server.services.pool import (
     live_backend_types,
 )
 from dstack.server.services.ssh_keys import project_keypair
-
-LOG_PAGES_PER_PASS = 16
-
 
 _FINISHED = tuple(s.value for s in JobStatus if s.is_finished())
 
@@ -115,16 +112,23 @@ class JobReconciler(Reconciler):
         return self.ctx.settings.resync_seconds
 
     async def process(self, row_id: str, token: str) -> None:
-        snap = await self._load(row_id, token)
-        if snap is None:
-            return
-        agent_job, reachable = await self._observe(snap)
-        view = self._view(snap, agent_job, reachable)
-        now = utcnow()
-        d = decide(view, now)
-        d, extra = await self._act(snap, d, agent_job)
-        then = None if snap.job.volumes else settled_at_once(view, d, now)
-        await self._apply(snap, d, extra, token, now, then)
+        # A job just assigned to an instance that is up goes on to its start in the same pass,
+        # under the same lease: nothing outside is awaited in between.
+        for first in (True, False):
+            snap = await self._load(row_id, token)
+            if snap is None:
+                return
+            agent_job, reachable = await self._observe(snap)
+            view = self._view(snap, agent_job, reachable)
+            now = utcnow()
+            d = decide(view, now)
+            # Before the act, which then does the final step (starts and detaches never settle).
+            then = None if snap.job.volumes else settled_at_once(view, d, now)
+            d, extra = await self._act(snap, d, agent_job, then)
+            onward = first and d.action == "assign"
+            await self._apply(snap, d, extra, token, now, then, onward)
+            if not onward:
+                return
 
     # -- load and observe -----------------------------------------------------------------
 
@@ -206,10 +210,10 @@ class JobReconciler(Reconciler):
     # -- act ------------------------------------------------------------------------------
 
     async def _act(
-        self, snap: Snapshot, d: Decision, agent_job: JobState | None
+        self, snap: Snapshot, d: Decision, agent_job: JobState | None, then: Decision | None = None
     ) -> tuple[Decision, dict[str, Any]]:
-        """Carry out `d`; returns the decision to apply (a start's outcome decides its own,
-        `after_start()`) and extra column values."""
+        """Carry out `d` (and `then`, the final step written with it); returns the decision to
+        apply (a start's outcome decides its own, `after_start()`) and extra column values."""
         if d.action == "start":
             outcome, extra = await self._start(snap)
             return after_start(outcome), extra
@@ -225,31 +229,22 @@ class JobReconciler(Reconciler):
         client = self.agents.client(snap.instance) if snap.instance else None
         if client is None:
             return d, extra
+        action = then.action if then is not None else d.action
         try:
-            if d.action in ("stop", "abort"):
+            if action in ("stop", "abort"):
                 await client.stop_job(
-                    snap.job.id, abort=d.action == "abort", reason=snap.job.termination_reason
+                    snap.job.id, abort=action == "abort", reason=snap.job.termination_reason
                 )
-            if d.action in ("copy_logs", "finalize", "stop", "abort"):
-                await self._copy_logs(snap, client, drain=d.action == "finalize")
-            if d.action == "finalize" and agent_job is not None:
+            if action in ("copy_logs", "finalize", "stop", "abort"):
+                path = logs.log_path(
+                    self.ctx.settings.logs_dir, snap.project.name, snap.job.run_name, snap.job.id
+                )
+                await copy_logs(path, client, snap.job.id, agent_job, action == "finalize")
+            if action == "finalize" and agent_job is not None:
                 await client.remove_job(snap.job.id)
         except AgentClientError:
             pass  # observed again on the next pass; finalize still completes
         return d, extra
-
-    async def _copy_logs(self, snap: Snapshot, client: AgentClient, drain: bool) -> None:
-        path = logs.log_path(
-            self.ctx.settings.logs_dir, snap.project.name, snap.job.run_name, snap.job.id
-        )
-        offset = logs.agent_offset(path)
-        for _ in range(LOG_PAGES_PER_PASS * (8 if drain else 1)):
-            page = await client.poll_logs(snap.job.id, offset)
-            entries = page.get("entries") or []
-            logs.append(path, entries, int(page.get("next_offset", offset)))
-            offset = int(page.get("next_offset", offset))
-            if not entries:
-                break
 
     async def _start(self, snap: Snapshot) -> tuple[StartOutcome, dict[str, Any]]:
         """Send the job, its spec and code in one idempotent call (a start repeated after a
@@ -316,8 +311,10 @@ class JobReconciler(Reconciler):
         token: str,
         now: datetime,
         then: Decision | None = None,
+        onward: bool = False,
     ) -> None:
-        """`then`: the final step `settled_at_once` decided after `d`, written with it."""
+        """`then`: the final step `settled_at_once` decided after `d`, written with it.
+        `onward`: the pass keeps the lease and takes the next step itself (no wake-ups)."""
         job = snap.job
         values: dict[str, Any] = dict(d.values)
         values.update(extra)
@@ -332,7 +329,7 @@ class JobReconciler(Reconciler):
                 values["running_at"] = now
             if d.status in _FINISHED:
                 values["finished_at"] = now
-            else:
+            elif not onward:
                 values["dirty"] = True  # the next step of a new status is due at once
         if then is not None:
             values.update(then.values, status=then.status, finished_at=now)
@@ -342,19 +339,18 @@ class JobReconciler(Reconciler):
             and capabilities(self.ctx, snap.placement.offer.backend, job.project_id).single_instance
         )
         async with self._single_lock if single else contextlib.nullcontext():
-            await self._write(snap, d, values, token, now, via=d.status if then else None)
+            await self._write(snap, d, values, token, now, d.status if then else None, onward)
         if values.get("status") in _FINISHED and job.instance_id is not None:
-            # Only a job that held an instance frees blocks for the queue.
-            await wake_queue(self.ctx, job.project_id)
+            self.ctx.hub.wake("jobs")  # its queue was marked due in the write
         elif d.action == "wait" and snap.queued and snap.no_capacity and snap.mounts:
             await self.volumes.note_waiting(job, snap.no_capacity, now)
         elif d.action == "yield" and snap.outranked and d.message:
             await self._yield(snap.outranked[0], job, d.message, now)
-        if "status" in values:
-            self.ctx.hub.wake("runs")
+        if "status" in values and not onward:
+            self.ctx.hub.wake("runs")  # (after an onward step: the next one's write wakes it)
         if d.action == "create_instance":
             self.ctx.hub.wake("instances")
-        if d.action == "assign":
+        if d.action == "assign" and not onward:
             self.ctx.hub.wake("jobs")
 
     async def _yield(self, rival: Rival, job: t.Job, message: str, now: datetime) -> None:
@@ -372,14 +368,18 @@ class JobReconciler(Reconciler):
         token: str,
         now: datetime,
         via: str | None = None,
+        onward: bool = False,
     ) -> None:
         async def write(s: Any) -> None:
             fleet_id = values.pop("_fleet_id", None)
-            await self.guarded_update(s, snap.job.id, token, values, now)
+            await self.guarded_update(s, snap.job.id, token, values, now, keep_lease=onward)
             if "status" in values:
                 await note_status(s, snap.job, values, now, fleet_id, d.event, via=via)
             if values.get("status") in _FINISHED and snap.job.volumes:
                 await self.volumes.last_used(s, snap.job, now)
+            if values.get("status") in _FINISHED and snap.job.instance_id is not None:
+                # Only a job that held an instance frees blocks for the queue.
+                await mark_queue_due(s, snap.job.project_id)
 
         if d.action not in ("assign", "create_instance"):
             # Only this row's own columns (and its run's mark and events): shared with the
@@ -397,15 +397,18 @@ class JobReconciler(Reconciler):
     async def _reserve(
         self, s: Any, snap: Snapshot, values: dict[str, Any], now: datetime, token: str
     ) -> None:
-        """Take blocks on an existing instance: a compare-and-swap on its version, so two jobs
-        never take the same blocks and an idle-timeout termination in flight loses."""
+        """Take blocks on an existing instance. The instance's row is written first (its
+        version bumped, while it is still idle): that write waits for the database's write
+        lock (Postgres: the row's lock), so every reservation of this instance, and an
+        idle-timeout termination's compare-and-swap on its version, is ordered after the
+        ones before it, and the blocks are counted below only once the earlier reservations
+        are committed. (A compare-and-swap on a version read before that lock let one pass of
+        a claim's batch through and sent every other one placed there back to the queue.)"""
         c = snap.placement
-        inst = await s.get(t.Instance, c.instance_id)
         res = await s.execute(
             update(t.Instance)
             .where(
                 t.Instance.id == c.instance_id,
-                t.Instance.version == inst.version,
                 t.Instance.status == InstanceStatus.IDLE.value,
             )
             .values(version=t.Instance.version + 1)
@@ -413,9 +416,9 @@ class JobReconciler(Reconciler):
         if res.rowcount != 1:
             await self._release_for_replacement(s, snap.job.id, token)
             raise Requeued("instance changed under the job; retrying placement")
+        inst = await s.get(t.Instance, c.instance_id)
         if c.blocks:
-            # The version is the one read now, in this write transaction, so it cannot tell
-            # that another job reserved blocks since this one was placed: count them again.
+            # Placement saw the blocks free in an older snapshot: count them again.
             busy = (await busy_blocks(s, [inst.id])).get(inst.id, 0)
             if busy + c.blocks > inst.total_blocks:
                 await self._release_for_replacement(s, snap.job.id, token)

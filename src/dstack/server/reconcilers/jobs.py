@@ -26,7 +26,8 @@
 |              |                                       | interrupted_by_no_capacity, else      |
 |              |                                       | instance_unreachable                  |
 | running      | agent: still running                  | (copy logs)                           |
-| running      | agent: finished                       | terminating, the agent's reason       |
+| running      | agent: finished                       | terminating, the agent's reason; the  |
+|              |                                       | final step in the same pass (7)       |
 | running      | agent unreachable                     | disconnected_at; after the grace:     |
 |              |                                       | terminating: instance_unreachable     |
 |              |                                       | (spot: interrupted_by_no_capacity)    |
@@ -52,6 +53,9 @@ stays `detaching` with a message, the job finishes). `after_detach()` turns it i
 step once no volume is held.
 
 (1) failed_to_start_due_to_no_capacity, (2) waiting_instance_limit_exceeded.
+(7) `settled_at_once`: nothing is left to stop (the agent says the job ended), so the pass
+copies the rest of the logs, removes the job from the agent and writes both steps, one event
+each (a no-capacity job, which holds nothing, ends the same way).
 (6) scheduler/precedence.py: only a job ahead that fits the host now and would not fit beside
 this one; a job ahead that fits nowhere blocks nobody.
 (4) Offers are tried one after another: placement skips every offer the job tried (same
@@ -194,13 +198,15 @@ def decide(v: JobView, now: datetime) -> Decision:
 
 
 def settled_at_once(v: JobView, d: Decision, now: datetime) -> Decision | None:
-    """The step after `d`, decided now on the same table, when `d` sends a job that holds
-    nothing (no instance; the caller checks it has no volume) to `terminating`: there is
-    nothing to stop, wait for or detach, so the pass writes both steps, each with its event,
-    instead of leaving the second to another pass (a no-capacity job ends in one pass). None
+    """The step after `d`, decided now on the same table, when `d` sends a job to
+    `terminating` that has nothing left to stop, wait for or detach: it holds no instance (a
+    no-capacity job), or its agent already reports it finished (a job that ran and exited),
+    and it holds no volume. The pass then writes both steps, each with its event, instead of
+    leaving the second to another pass: such a job ends in the pass that sees it end. None
     when the next step is anything but the final one."""
     leaving = d.status == JobStatus.TERMINATING.value and v.status != JobStatus.TERMINATING.value
-    if not leaving or v.instance_id is not None or v.volumes_held:
+    ended = v.agent_reachable and _agent_finished(v.agent_job)
+    if not leaving or v.instance_id is not None and not ended or v.volumes_held:
         return None
     reason = d.reason if d.reason else v.termination_reason
     then = decide(replace(v, status=JobStatus.TERMINATING.value, termination_reason=reason), now)
