@@ -101,11 +101,20 @@ class RequestGuard:
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             await respond(send, 413, too_large_message(limit), "body_too_large")
             return
-        if scope["path"] not in PUBLIC_PATHS:
-            refusal = await self.refusal(scope, headers.get(b"authorization", b""))
-            if refusal:
-                await respond(send, *refusal)
-                return
+        is_json = headers.get(b"content-type", b"").startswith(b"application/json")
+        try:
+            if scope["path"] not in PUBLIC_PATHS:
+                refusal = await self.refusal(scope, headers.get(b"authorization", b""), is_json)
+                if refusal:
+                    await respond(send, *refusal)
+                    return
+            await self._serve(scope, receive, send, limit, is_json)
+        finally:
+            await close_handed_session(scope)
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, limit: int, is_json: bool
+    ) -> None:
         started = False
 
         async def tracked_send(message: Message) -> None:
@@ -113,7 +122,6 @@ class RequestGuard:
             started = started or message["type"] == "http.response.start"
             await send(message)
 
-        is_json = headers.get(b"content-type", b"").startswith(b"application/json")
         try:
             if is_json:
                 body = await read_capped(receive, limit)
@@ -130,10 +138,15 @@ class RequestGuard:
             await respond(send, 413, str(e.detail), "body_too_large")
 
     async def refusal(
-        self, scope: Scope, header: bytes
+        self, scope: Scope, header: bytes, hand_over: bool = False
     ) -> tuple[int, str, str, list[tuple[bytes, bytes]]] | None:
         """The gate's answer to a missing, unknown or rate-limited token (routers/deps.py),
-        given before the body is read: the same words, and the same failure count."""
+        given before the body is read: the same words, and the same failure count.
+
+        `hand_over`: an accepted token's session stays open for the route (`get_session`
+        takes it and closes it as it would its own), one session a request instead of two.
+        Only for a JSON body, which is read at once and bounded by `max_body`: an upload
+        streams for as long as its sender takes, and must not hold a connection meanwhile."""
         limiter = _limiter(scope)
         address = (scope.get("client") or ("unknown", 0))[0]
         wait = limiter.blocked_for(address) if limiter else 0
@@ -143,16 +156,32 @@ class RequestGuard:
         scheme, _, token = header.decode("latin-1").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return 403, authz.MISSING_TOKEN, "not_authenticated", []
-        async with self.db.session() as s:
+        cm = self.db.session()
+        s = await cm.__aenter__()
+        try:
             user = await user_by_token(s, token.strip())
-            if user is None:
-                if limiter:
-                    limiter.failed(address)
-                return 403, authz.BAD_TOKEN, "not_authenticated", []
+        except BaseException:
+            await cm.__aexit__(None, None, None)
+            raise
+        if user is None or not hand_over:
+            await cm.__aexit__(None, None, None)
+        else:
+            scope[authz.GUARD_SESSION] = (cm, s)
+        if user is None:
+            if limiter:
+                limiter.failed(address)
+            return 403, authz.BAD_TOKEN, "not_authenticated", []
         # The gate (routers/deps.authenticate) takes the user found here for the same token
         # instead of looking it up again.
         scope[authz.AUTHENTICATED] = (token.strip(), user)
         return None
+
+
+async def close_handed_session(scope: Scope) -> None:
+    """Close the guard's session if no route took it (a 404, a body FastAPI refused)."""
+    handed = scope.pop(authz.GUARD_SESSION, None)
+    if handed is not None:
+        await handed[0].__aexit__(None, None, None)
 
 
 def _limiter(scope: Scope) -> authz.AuthLimiter | None:

@@ -287,7 +287,14 @@ class Reconciler(ABC):
         due_in: tuple[str, float] | None = None,
     ) -> None:
         """Apply `values` and drop the lease, only if we still hold it. `due_in` (status,
-        seconds): the decision says when to look again, sooner than the status's interval."""
+        seconds): the decision says when to look again, sooner than the status's interval.
+
+        The row's object, where the session holds it, keeps the values it was read with
+        (`synchronize_session=False`): SQLAlchemy's evaluation of the UPDATE against the
+        session's objects was the largest single cost of a pass, and the callers want the
+        values from before the write anyway (the "X -> Y" of their events; jobs, fleets,
+        instances and volumes hold the row from an earlier, closed session; the run worker
+        reads only its run's unchanged identity columns afterwards)."""
         p = self._finishing(row_id, token)
         tbl = self.table
         processed = now
@@ -306,6 +313,7 @@ class Reconciler(ABC):
                 last_processed_at=processed,
             )
             .returning(tbl.dirty)
+            .execution_options(synchronize_session=False)
         )
         row = res.first()
         if row is None:
@@ -368,8 +376,15 @@ class Reconciler(ABC):
                 log.exception("%s %s: processing failed; will retry", self.kind, row_id)
             try:
                 await self.release(row_id, token)
-            except Exception:
-                log.exception("%s %s: release failed", self.kind, row_id)
+            except Exception as released:
+                if db_fault(released):
+                    # Still busy or full: the lease lapses on its own and the row is retried.
+                    log.warning(
+                        "%s %s: database %s; release left to the lease's expiry",
+                        self.kind, row_id, db_fault(released),
+                    )  # fmt: skip
+                else:
+                    log.exception("%s %s: release failed", self.kind, row_id)
         finally:
             p.stop.set()
             await asyncio.gather(beat, return_exceptions=True)

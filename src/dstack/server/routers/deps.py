@@ -40,9 +40,21 @@ async def get_ctx(request: HTTPConnection) -> ServerContext:
     return request.app.state.ctx
 
 
-async def get_session(ctx: ServerContext = Depends(get_ctx)) -> AsyncIterator[AsyncSession]:
-    async with ctx.db.session() as s:
+async def get_session(
+    conn: HTTPConnection, ctx: ServerContext = Depends(get_ctx)
+) -> AsyncIterator[AsyncSession]:
+    """The request's one session: the one the request guard looked the token up in, when it
+    handed it over (guard.py), else a new one; closed when the request is done with it."""
+    handed = conn.scope.pop(authz.GUARD_SESSION, None)
+    if handed is None:
+        async with ctx.db.session() as s:
+            yield s
+        return
+    cm, s = handed
+    try:
         yield s
+    finally:
+        await cm.__aexit__(None, None, None)
 
 
 @dataclass
