@@ -26,8 +26,9 @@ from typing import Any
 from starlette.exceptions import HTTPException
 
 from dstack.server import authz
+from dstack.server.db import tables as t
 from dstack.server.db.session import Database
-from dstack.server.services.users import user_by_token
+from dstack.server.services.users import user_by_token, user_with_project
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -41,6 +42,8 @@ UPLOAD_SUFFIX = "/repos/upload_code"
 MULTIPART_OVERHEAD = 64 * 1024
 # `\u0000` not itself escaped (preceded by an even number of backslashes).
 _NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+# The project a path names, as the routes' `{project_name}` parameter matches it.
+_PROJECT_PATH = re.compile(r"^/api/projects?/([^/]+)/")
 
 
 class BodyTooLarge(HTTPException):
@@ -156,10 +159,20 @@ class RequestGuard:
         scheme, _, token = header.decode("latin-1").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return 403, authz.MISSING_TOKEN, "not_authenticated", []
+        token = token.strip()
+        # A path naming a project: its row and the caller's role come with the token's user,
+        # one query, for the gate to use in the same session (not when it is not handed on).
+        named = _PROJECT_PATH.match(scope["path"]) if hand_over else None
+        project: tuple[str, t.Project | None, str | None] | None = None
         cm = self.db.session()
         s = await cm.__aenter__()
         try:
-            user = await user_by_token(s, token.strip())
+            if named is None:
+                user = await user_by_token(s, token)
+            else:
+                found = await user_with_project(s, token, named.group(1))
+                user = found[0] if found else None
+                project = (named.group(1), found[1], found[2]) if found else None
         except BaseException:
             await cm.__aexit__(None, None, None)
             raise
@@ -172,8 +185,8 @@ class RequestGuard:
                 limiter.failed(address)
             return 403, authz.BAD_TOKEN, "not_authenticated", []
         # The gate (routers/deps.authenticate) takes the user found here for the same token
-        # instead of looking it up again.
-        scope[authz.AUTHENTICATED] = (token.strip(), user)
+        # instead of looking it up again (and the project, for the same name).
+        scope[authz.AUTHENTICATED] = (token, user, project)
         return None
 
 

@@ -27,6 +27,28 @@ async def user_by_token(session: AsyncSession, token: str) -> t.User | None:
     return row
 
 
+async def user_with_project(
+    session: AsyncSession, token: str, project_name: str
+) -> tuple[t.User, t.Project | None, str | None] | None:
+    """`user_by_token` and `project_and_role` in one query (the request guard's, for a path
+    that names a project): the token's active user, the project of that name (None: none)
+    and the user's role in it (None: not a member). None when the token is refused."""
+    project = (t.Project.name == project_name) & t.Project.deleted.is_(False)
+    member = (t.Member.project_id == t.Project.id) & (t.Member.user_id == t.User.id)
+    row = (
+        await session.execute(
+            select(t.User, t.Project, t.Member.project_role)
+            .select_from(t.User)
+            .outerjoin(t.Project, project)
+            .outerjoin(t.Member, member)
+            .where(t.User.token_hash == hash_token(token))
+        )
+    ).first()
+    if row is None or not row[0].active:
+        return None
+    return row[0], row[1], row[2]
+
+
 async def create_user(
     session: AsyncSession, name: str, global_role: str = "user", token: str | None = None
 ) -> tuple[t.User, str]:
