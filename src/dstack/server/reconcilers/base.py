@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import operators
-from sqlalchemy.sql.elements import UnaryExpression
+from sqlalchemy.sql.elements import ClauseElement, UnaryExpression
 
 from dstack.models.wire import utcnow
 from dstack.server.db.session import db_fault
@@ -94,6 +94,40 @@ def _order_terms(order: tuple[Any, ...]) -> list[tuple[Any, bool]]:
 
 def _null_last(value: Any) -> tuple[bool, Any]:
     return (value is None, value)
+
+
+# Guarded UPDATEs by (table, the columns a decision sets): built once each, since building
+# the expression cost about as much as running it, on every pass. A few dozen at most.
+_GUARDED: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+
+def _guarded_statement(
+    tbl: Any, keys: tuple[str, ...], literal: dict[str, Any] | None = None
+) -> Any:
+    """`guarded_update`'s statement: `keys` bound as `v_<key>` (or, with `literal`, these
+    values as they are: SQL expressions, not cached); the row, token and processed time as
+    `g_id`, `g_token`, `g_processed`. The row's object in the session keeps the values it
+    was read with (`synchronize_session=False`; `guarded_update` says why)."""
+    if literal is None and (tbl, keys) in _GUARDED:
+        return _GUARDED[(tbl, keys)]
+    sets = literal if literal is not None else {k: bindparam(f"v_{k}") for k in keys}
+    stmt = (
+        update(tbl)
+        .where(tbl.id == bindparam("g_id"), tbl.lock_token == bindparam("g_token"))
+        .values(
+            **sets,
+            version=tbl.version + 1,
+            lock_token=None,
+            lock_owner=None,
+            lock_expires_at=None,
+            last_processed_at=bindparam("g_processed"),
+        )
+        .returning(tbl.dirty)
+        .execution_options(synchronize_session=False)
+    )
+    if literal is None:
+        _GUARDED[(tbl, keys)] = stmt
+    return stmt
 
 
 class Reconciler(ABC):
@@ -301,21 +335,14 @@ class Reconciler(ABC):
         if due_in is not None:
             early = max(0.0, self.interval(due_in[0]) - due_in[1])
             processed = now - timedelta(seconds=early)
-        res = await s.execute(
-            update(tbl)
-            .where(tbl.id == row_id, tbl.lock_token == token)
-            .values(
-                **values,
-                version=tbl.version + 1,
-                lock_token=None,
-                lock_owner=None,
-                lock_expires_at=None,
-                last_processed_at=processed,
-            )
-            .returning(tbl.dirty)
-            .execution_options(synchronize_session=False)
-        )
-        row = res.first()
+        if any(isinstance(v, ClauseElement) for v in values.values()):
+            stmt = _guarded_statement(tbl, tuple(values), literal=values)
+            params = {"g_id": row_id, "g_token": token, "g_processed": processed}
+        else:
+            stmt = _guarded_statement(tbl, tuple(sorted(values)))
+            params = {f"v_{k}": v for k, v in values.items()}
+            params.update(g_id=row_id, g_token=token, g_processed=processed)
+        row = (await s.execute(stmt, params)).first()
         if row is None:
             raise LeaseLost(f"{self.kind} {row_id}")
         if row[0] and p is not None:
