@@ -2,8 +2,8 @@
 
 A run submission inserts a run, its jobs and an event, and nothing reads them back in that
 session. Added to the session, the three objects cost a flush (change tracking, the unit of
-work's ordering, identity-map bookkeeping, defaults fetched back onto each object) that was
-a tenth of the server's CPU for a submission (docs/performance.md, "runs/apply").
+work's ordering, identity-map bookkeeping, defaults fetched back onto each object) on the
+path whose throughput is an open figure (docs/performance.md, "runs/apply").
 
 The row written is the same: every column the object has a value for, the column's Python
 default otherwise (`change_tag`, `version`, ... evaluated here, once), NULL for the rest, as
