@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -258,6 +259,20 @@ def test_unknown_machine_type_and_no_downloader_only_warn(tmp_path: Path, files:
     assert not (home / ".vscode-server" / "bin" / COMMIT).exists()
 
 
+def _wait_group_gone(pgid: int, timeout: float = 30.0) -> None:
+    """The command is `sh -c '<script>' NAME`: the outer shell, when dash does not exec the
+    inner one, dies of the SIGTERM at once while the inner one is still in its trap; the
+    job's process group is gone only once the trap has cleaned up."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"process group {pgid} still alive {timeout:g}s after SIGTERM")
+
+
 def test_stopped_midway_leaves_nothing_behind(tmp_path: Path) -> None:
     """SIGTERM to the job's process group while the download hangs: no temporary folder or
     half-written archive stays in the IDE's folder."""
@@ -295,6 +310,7 @@ def test_stopped_midway_leaves_nothing_behind(tmp_path: Path) -> None:
         assert any(p.name.startswith(".dstack-") for p in folder.iterdir())
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
+        _wait_group_gone(proc.pid)
     finally:
         release.set()
         httpd.shutdown()

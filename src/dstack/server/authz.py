@@ -237,6 +237,9 @@ WINDOW_SECONDS = 60.0
 # The ASGI scope key under which the request guard (guard.py) leaves (token, user row) for a
 # token it accepted, so the gate (routers/deps.py) does not look the same token up again.
 AUTHENTICATED = "dstack.authenticated"
+# Where the request guard hands the session it looked the token up in to the request's
+# `get_session` (routers/deps.py): (the entered context manager, the session), one per request.
+GUARD_SESSION = "dstack.guard_session"
 MISSING_TOKEN = "Missing bearer token: send `Authorization: Bearer <token>`"
 BAD_TOKEN = "Invalid token"
 MAX_ADDRESSES = 10_000  # memory bound: the oldest address is forgotten first

@@ -26,8 +26,9 @@ from typing import Any
 from starlette.exceptions import HTTPException
 
 from dstack.server import authz
+from dstack.server.db import tables as t
 from dstack.server.db.session import Database
-from dstack.server.services.users import user_by_token
+from dstack.server.services.users import user_by_token, user_with_project
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -41,6 +42,8 @@ UPLOAD_SUFFIX = "/repos/upload_code"
 MULTIPART_OVERHEAD = 64 * 1024
 # `\u0000` not itself escaped (preceded by an even number of backslashes).
 _NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+# The project a path names, as the routes' `{project_name}` parameter matches it.
+_PROJECT_PATH = re.compile(r"^/api/projects?/([^/]+)/")
 
 
 class BodyTooLarge(HTTPException):
@@ -101,11 +104,20 @@ class RequestGuard:
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             await respond(send, 413, too_large_message(limit), "body_too_large")
             return
-        if scope["path"] not in PUBLIC_PATHS:
-            refusal = await self.refusal(scope, headers.get(b"authorization", b""))
-            if refusal:
-                await respond(send, *refusal)
-                return
+        is_json = headers.get(b"content-type", b"").startswith(b"application/json")
+        try:
+            if scope["path"] not in PUBLIC_PATHS:
+                refusal = await self.refusal(scope, headers.get(b"authorization", b""), is_json)
+                if refusal:
+                    await respond(send, *refusal)
+                    return
+            await self._serve(scope, receive, send, limit, is_json)
+        finally:
+            await close_handed_session(scope)
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, limit: int, is_json: bool
+    ) -> None:
         started = False
 
         async def tracked_send(message: Message) -> None:
@@ -113,7 +125,6 @@ class RequestGuard:
             started = started or message["type"] == "http.response.start"
             await send(message)
 
-        is_json = headers.get(b"content-type", b"").startswith(b"application/json")
         try:
             if is_json:
                 body = await read_capped(receive, limit)
@@ -130,10 +141,15 @@ class RequestGuard:
             await respond(send, 413, str(e.detail), "body_too_large")
 
     async def refusal(
-        self, scope: Scope, header: bytes
+        self, scope: Scope, header: bytes, hand_over: bool = False
     ) -> tuple[int, str, str, list[tuple[bytes, bytes]]] | None:
         """The gate's answer to a missing, unknown or rate-limited token (routers/deps.py),
-        given before the body is read: the same words, and the same failure count."""
+        given before the body is read: the same words, and the same failure count.
+
+        `hand_over`: an accepted token's session stays open for the route (`get_session`
+        takes it and closes it as it would its own), one session a request instead of two.
+        Only for a JSON body, which is read at once and bounded by `max_body`: an upload
+        streams for as long as its sender takes, and must not hold a connection meanwhile."""
         limiter = _limiter(scope)
         address = (scope.get("client") or ("unknown", 0))[0]
         wait = limiter.blocked_for(address) if limiter else 0
@@ -143,16 +159,42 @@ class RequestGuard:
         scheme, _, token = header.decode("latin-1").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return 403, authz.MISSING_TOKEN, "not_authenticated", []
-        async with self.db.session() as s:
-            user = await user_by_token(s, token.strip())
-            if user is None:
-                if limiter:
-                    limiter.failed(address)
-                return 403, authz.BAD_TOKEN, "not_authenticated", []
+        token = token.strip()
+        # A path naming a project: its row and the caller's role come with the token's user,
+        # one query, for the gate to use in the same session (not when it is not handed on).
+        named = _PROJECT_PATH.match(scope["path"]) if hand_over else None
+        project: tuple[str, t.Project | None, str | None] | None = None
+        cm = self.db.session()
+        s = await cm.__aenter__()
+        try:
+            if named is None:
+                user = await user_by_token(s, token)
+            else:
+                found = await user_with_project(s, token, named.group(1))
+                user = found[0] if found else None
+                project = (named.group(1), found[1], found[2]) if found else None
+        except BaseException:
+            await cm.__aexit__(None, None, None)
+            raise
+        if user is None or not hand_over:
+            await cm.__aexit__(None, None, None)
+        else:
+            scope[authz.GUARD_SESSION] = (cm, s)
+        if user is None:
+            if limiter:
+                limiter.failed(address)
+            return 403, authz.BAD_TOKEN, "not_authenticated", []
         # The gate (routers/deps.authenticate) takes the user found here for the same token
-        # instead of looking it up again.
-        scope[authz.AUTHENTICATED] = (token.strip(), user)
+        # instead of looking it up again (and the project, for the same name).
+        scope[authz.AUTHENTICATED] = (token, user, project)
         return None
+
+
+async def close_handed_session(scope: Scope) -> None:
+    """Close the guard's session if no route took it (a 404, a body FastAPI refused)."""
+    handed = scope.pop(authz.GUARD_SESSION, None)
+    if handed is not None:
+        await handed[0].__aexit__(None, None, None)
 
 
 def _limiter(scope: Scope) -> authz.AuthLimiter | None:

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import operators
-from sqlalchemy.sql.elements import UnaryExpression
+from sqlalchemy.sql.elements import ClauseElement, UnaryExpression
 
 from dstack.models.wire import utcnow
 from dstack.server.db.session import db_fault
@@ -94,6 +94,43 @@ def _order_terms(order: tuple[Any, ...]) -> list[tuple[Any, bool]]:
 
 def _null_last(value: Any) -> tuple[bool, Any]:
     return (value is None, value)
+
+
+# Guarded UPDATEs by (table, the columns a decision sets): built once each, since building
+# the expression cost about as much as running it, on every pass. A few dozen at most.
+_GUARDED: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+
+def _guarded_statement(
+    tbl: Any,
+    keys: tuple[str, ...],
+    literal: dict[str, Any] | None = None,
+    keep_lease: bool = False,
+) -> Any:
+    """`guarded_update`'s statement: `keys` bound as `v_<key>` (or, with `literal`, these
+    values as they are: SQL expressions, not cached); the row, token and processed time as
+    `g_id`, `g_token`, `g_processed`; the lease dropped unless `keep_lease`. The row's object
+    in the session keeps the values it was read with (`synchronize_session=False`;
+    `guarded_update` says why)."""
+    cache_key = (tbl, keys, keep_lease)
+    if literal is None and cache_key in _GUARDED:
+        return _GUARDED[cache_key]
+    sets = literal if literal is not None else {k: bindparam(f"v_{k}") for k in keys}
+    lease: dict[str, Any] = {}
+    if not keep_lease:
+        lease = {"lock_token": None, "lock_owner": None, "lock_expires_at": None}
+    stmt = (
+        update(tbl)
+        .where(tbl.id == bindparam("g_id"), tbl.lock_token == bindparam("g_token"))
+        .values(
+            **sets, **lease, version=tbl.version + 1, last_processed_at=bindparam("g_processed")
+        )
+        .returning(tbl.dirty)
+        .execution_options(synchronize_session=False)
+    )
+    if literal is None:
+        _GUARDED[cache_key] = stmt
+    return stmt
 
 
 class Reconciler(ABC):
@@ -290,23 +327,28 @@ class Reconciler(ABC):
         """Apply `values` and drop the lease, only if we still hold it. `due_in` (status,
         seconds): the decision says when to look again, sooner than the status's interval.
         `keep_lease`: the pass goes on to the row's next step at once (its own later
-        `guarded_update` drops the lease); a crash in between leaves the lease to expire."""
+        `guarded_update` drops the lease); a crash in between leaves the lease to expire.
+
+        The row's object, where the session holds it, keeps the values it was read with
+        (`synchronize_session=False`): SQLAlchemy's evaluation of the UPDATE against the
+        session's objects was the largest single cost of a pass, and the callers want the
+        values from before the write anyway (the "X -> Y" of their events; jobs, fleets,
+        instances and volumes hold the row from an earlier, closed session; the run worker
+        reads only its run's unchanged identity columns afterwards)."""
         p = None if keep_lease else self._finishing(row_id, token)
         tbl = self.table
         processed = now
         if due_in is not None:
             early = max(0.0, self.interval(due_in[0]) - due_in[1])
             processed = now - timedelta(seconds=early)
-        lease: dict[str, Any] = {}
-        if not keep_lease:
-            lease = {"lock_token": None, "lock_owner": None, "lock_expires_at": None}
-        res = await s.execute(
-            update(tbl)
-            .where(tbl.id == row_id, tbl.lock_token == token)
-            .values(**values, **lease, version=tbl.version + 1, last_processed_at=processed)
-            .returning(tbl.dirty)
-        )
-        row = res.first()
+        if any(isinstance(v, ClauseElement) for v in values.values()):
+            stmt = _guarded_statement(tbl, tuple(values), literal=values, keep_lease=keep_lease)
+            params = {"g_id": row_id, "g_token": token, "g_processed": processed}
+        else:
+            stmt = _guarded_statement(tbl, tuple(sorted(values)), keep_lease=keep_lease)
+            params = {f"v_{k}": v for k, v in values.items()}
+            params.update(g_id=row_id, g_token=token, g_processed=processed)
+        row = (await s.execute(stmt, params)).first()
         if row is None:
             raise LeaseLost(f"{self.kind} {row_id}")
         if row[0] and p is not None:
@@ -367,10 +409,13 @@ class Reconciler(ABC):
                 log.exception("%s %s: processing failed; will retry", self.kind, row_id)
             try:
                 await self.release(row_id, token)
-            except Exception as e:
-                if db_fault(e):  # still busy: the lease lapses instead, and the row is retried
-                    log.warning("%s %s: database %s; lease left to lapse", self.kind, row_id,
-                                db_fault(e))  # fmt: skip
+            except Exception as released:
+                if db_fault(released):
+                    # Still busy or full: the lease lapses on its own and the row is retried.
+                    log.warning(
+                        "%s %s: database %s; release left to the lease's expiry",
+                        self.kind, row_id, db_fault(released),
+                    )  # fmt: skip
                 else:
                     log.exception("%s %s: release failed", self.kind, row_id)
         finally:

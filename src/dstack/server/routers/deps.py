@@ -40,9 +40,21 @@ async def get_ctx(request: HTTPConnection) -> ServerContext:
     return request.app.state.ctx
 
 
-async def get_session(ctx: ServerContext = Depends(get_ctx)) -> AsyncIterator[AsyncSession]:
-    async with ctx.db.session() as s:
+async def get_session(
+    conn: HTTPConnection, ctx: ServerContext = Depends(get_ctx)
+) -> AsyncIterator[AsyncSession]:
+    """The request's one session: the one the request guard looked the token up in, when it
+    handed it over (guard.py), else a new one; closed when the request is done with it."""
+    handed = conn.scope.pop(authz.GUARD_SESSION, None)
+    if handed is None:
+        async with ctx.db.session() as s:
+            yield s
+        return
+    cm, s = handed
+    try:
         yield s
+    finally:
+        await cm.__aexit__(None, None, None)
 
 
 @dataclass
@@ -88,8 +100,22 @@ def _guard_user(conn: HTTPConnection, s: AsyncSession, token: str) -> t.User | N
     if not found or found[0] != token:
         return None
     user = found[1]
-    s.add(user)  # detached from the guard's closed session: no query, just attached
+    s.add(user)  # the guard's session handed on, or detached from its closed one: no query
     return user
+
+
+def _guard_project(
+    conn: HTTPConnection, s: AsyncSession, name: str
+) -> tuple[t.Project | None, str | None] | None:
+    """The project and role RequestGuard read with the token, for this very name and in this
+    session (the one it handed on: the same transaction as everything the route reads)."""
+    found = conn.scope.get(authz.AUTHENTICATED)
+    named = found[2] if found else None
+    if named is None or named[0] != name or (named[1] is not None and named[1] not in s):
+        return None
+    if found[1] not in s:
+        return None
+    return named[1], named[2]
 
 
 def _route_key(conn: HTTPConnection) -> tuple[str, str]:
@@ -119,7 +145,8 @@ async def _decide(conn: HTTPConnection, s: AsyncSession, rule: authz.Rule) -> Ac
     project_name = conn.path_params.get("project_name")
     project = role = None
     if project_name is not None and rule.need in authz.PROJECT_NEEDS:
-        project, role = await project_and_role(s, project_name, user.id)
+        found = _guard_project(conn, s, project_name)
+        project, role = found or await project_and_role(s, project_name, user.id)
     caller = authz.Caller(
         global_admin=user.global_role == "admin",
         project_role=role,

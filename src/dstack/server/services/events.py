@@ -26,26 +26,47 @@ def record(
     within_run_id: str | None = None,
 ) -> None:
     session.add(
-        t.Event(
-            id=str(uuid.uuid4()),
+        event_row(
             project_id=project_id,
-            recorded_at=now,
-            actor_user=actor,
             target_type=target_type,
             target_id=target_id,
             target_name=target_name,
-            within_run_id=within_run_id,
             message=message,
+            now=now,
+            actor=actor,
+            within_run_id=within_run_id,
         )
     )
 
 
-def run_event(
-    session: AsyncSession, run: t.Run, message: str, now: datetime, actor: str | None = None
-) -> None:
-    """An event about a run, shown with the run's own events (`event --within-run`)."""
-    record(
-        session,
+def event_row(
+    *,
+    project_id: str | None,
+    target_type: str,
+    target_id: str,
+    target_name: str,
+    message: str,
+    now: datetime,
+    actor: str | None = None,
+    within_run_id: str | None = None,
+) -> t.Event:
+    """The row `record` adds, for a caller that inserts it itself (db/core_rows.py)."""
+    return t.Event(
+        id=str(uuid.uuid4()),
+        project_id=project_id,
+        recorded_at=now,
+        actor_user=actor,
+        target_type=target_type,
+        target_id=target_id,
+        target_name=target_name,
+        within_run_id=within_run_id,
+        message=message,
+    )
+
+
+def run_event_row(run: t.Run, message: str, now: datetime, actor: str | None = None) -> t.Event:
+    """`run_event`'s row, for a caller that inserts it itself."""
+    return event_row(
         project_id=run.project_id,
         target_type="run",
         target_id=run.id,
@@ -55,6 +76,13 @@ def run_event(
         actor=actor,
         within_run_id=run.id,
     )
+
+
+def run_event(
+    session: AsyncSession, run: t.Run, message: str, now: datetime, actor: str | None = None
+) -> None:
+    """An event about a run, shown with the run's own events (`event --within-run`)."""
+    session.add(run_event_row(run, message, now, actor))
 
 
 async def list_events(

@@ -28,6 +28,7 @@ from dstack.models.cron import next_fire
 from dstack.models.runs import ApplyRunPlanInput, JobSpec, JobStatus, Run, RunSpec, RunStatus
 from dstack.models.wire import utcnow
 from dstack.server.db import tables as t
+from dstack.server.db.core_rows import insert_rows, row_values
 from dstack.server.services import events
 from dstack.server.services.context import ServerContext
 from dstack.server.services.job_volumes import check_run_volumes
@@ -365,14 +366,14 @@ async def _insert_run(
     # A task or dev environment with its jobs submitted has nothing for the run reconciler to
     # decide until a job moves (each job status change marks its run due): no pass now.
     run.dirty = not specs or conf.type == "service"
-    s.add(run)
-    await s.flush()
+    row_values(run)  # its defaults on it now: each job copies its `deployment_num`
     jobs = [
         new_job_row(run, js.model_dump_json(), js.replica_num, js.job_num, js.job_name, 0, now)
         for js in specs
     ]
-    s.add_all(jobs)
-    events.run_event(s, run, message, now, actor=user.name)
+    # Core INSERTs (db/core_rows.py): the same rows, without the ORM's flush; the objects
+    # stay out of the session, nothing in it reads them back.
+    await insert_rows(s, [run, *jobs, events.run_event_row(run, message, now, actor=user.name)])
     return run, jobs
 
 

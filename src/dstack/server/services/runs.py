@@ -7,10 +7,11 @@ User actions are requests, not mutations of a running state machine: `stop` reco
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BindParameter, Select, and_, or_, select, update
+from sqlalchemy import BindParameter, Select, and_, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dstack.errors import (
@@ -100,17 +101,21 @@ def check_name(name: str | None) -> None:
         raise ServerClientError(invalid_name_message("run", name), field="run_spec.run_name")
 
 
+@functools.cache
+def _active_run_query() -> Select[Any]:
+    """Built once (on first use, not at import): building the expression took as long as
+    running it, on every `runs/apply`."""
+    return select(t.Run).where(
+        t.Run.project_id == bindparam("project_id"),
+        t.Run.run_name == bindparam("name"),
+        t.Run.deleted.is_(False),
+        t.Run.status.in_(ACTIVE_RUN_STATUSES),
+    )
+
+
 async def active_run(s: AsyncSession, project_id: str, name: str) -> t.Run | None:
-    return (
-        await s.execute(
-            select(t.Run).where(
-                t.Run.project_id == project_id,
-                t.Run.run_name == name,
-                t.Run.deleted.is_(False),
-                t.Run.status.in_(ACTIVE_RUN_STATUSES),
-            )
-        )
-    ).scalar_one_or_none()
+    params = {"project_id": project_id, "name": name}
+    return (await s.execute(_active_run_query(), params)).scalar_one_or_none()
 
 
 async def latest_run(s: AsyncSession, project_id: str, name: str) -> t.Run | None:

@@ -7,9 +7,11 @@ created it and in the user's client config.
 
 from __future__ import annotations
 
+import functools
 import uuid
+from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dstack.models.users import Member, Project, User, UserTokenCreds
@@ -32,6 +34,34 @@ async def user_by_token(session: AsyncSession, token: str) -> t.User | None:
     if row is None or not row.active:
         return None
     return row
+
+
+async def user_with_project(
+    session: AsyncSession, token: str, project_name: str
+) -> tuple[t.User, t.Project | None, str | None] | None:
+    """`user_by_token` and `project_and_role` in one query (the request guard's, for a path
+    that names a project): the token's active user, the project of that name (None: none)
+    and the user's role in it (None: not a member). None when the token is refused."""
+    params = {"token_hash": hash_token(token), "project_name": project_name}
+    row = (await session.execute(_user_with_project_query(), params)).first()
+    if row is None or not row[0].active:
+        return None
+    return row[0], row[1], row[2]
+
+
+@functools.cache
+def _user_with_project_query() -> Select[Any]:
+    """Built once (on first use, not at import): building the expression cost more than
+    running it, on every request to a project's routes."""
+    project = (t.Project.name == bindparam("project_name")) & t.Project.deleted.is_(False)
+    member = (t.Member.project_id == t.Project.id) & (t.Member.user_id == t.User.id)
+    return (
+        select(t.User, t.Project, t.Member.project_role)
+        .select_from(t.User)
+        .outerjoin(t.Project, project)
+        .outerjoin(t.Member, member)
+        .where(t.User.token_hash == bindparam("token_hash"))
+    )
 
 
 async def create_user(
