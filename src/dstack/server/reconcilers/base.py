@@ -28,7 +28,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import and_, case, func, not_, null, or_, select, update
@@ -50,6 +50,8 @@ NUDGE_BATCH = 500
 # A row that only a change moves (`Reconciler.lazy`) is still resynced, as a safety net, after
 # this many resync periods.
 LAZY_RESYNCS = 15
+# The expiry `release` leaves: a lease that lapsed (see `Reconciler._stale`).
+LAPSED = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 class LeaseLost(Exception):
@@ -261,8 +263,8 @@ class Reconciler(ABC):
 
     async def release(self, row_id: str, token: str) -> None:
         """Give a lease back without applying anything (e.g. after an error), due again soon:
-        the lease is left lapsed (expired now), which keeps even a `lazy` row on its status's
-        interval."""
+        the lease is left lapsed (expired long ago: free to every claimer whatever its clock),
+        which keeps even a `lazy` row on its status's interval."""
         self._finishing(row_id, token)
         now = self.now()
         async with self.ctx.db.session() as s:
@@ -272,7 +274,7 @@ class Reconciler(ABC):
                 .values(
                     lock_token=None,
                     lock_owner=None,
-                    lock_expires_at=now,
+                    lock_expires_at=LAPSED,
                     last_processed_at=now,
                 )
             )
