@@ -12,9 +12,11 @@ import dataclasses
 from datetime import timedelta
 from pathlib import Path
 
+from dstack.models.configurations import parse_configuration
+from dstack.models.runs import RunSpec
 from dstack.models.wire import utcnow
 from dstack.server.reconcilers.base import LAZY_RESYNCS
-from dstack.server.reconcilers.run_worker import RunReconciler
+from dstack.server.reconcilers.run_worker import _SERVICE_MARK, RunReconciler
 
 from .test_claim import add_runs, db_url, make_ctx, pg_cluster, seed_owners  # noqa: F401
 
@@ -100,3 +102,15 @@ def test_the_idle_wait_neither_spins_on_a_lazy_run_nor_oversleeps_a_service(
         await db.close()
 
     asyncio.run(scenario())
+
+
+def test_a_service_spec_as_stored_carries_the_mark_the_claim_reads() -> None:
+    """The claim tells services by their stored spec's text: as runs/apply writes it, raw and
+    normalised (`conf.model_dump`, as an update writes it)."""
+    raw = {"type": "service", "port": 8000, "commands": ["python -m http.server"]}
+    conf = parse_configuration(raw).model_dump(mode="json")
+    for configuration in (raw, conf):
+        stored = RunSpec(run_name="s", configuration=configuration).model_dump_json()
+        assert _SERVICE_MARK in stored
+    task = {"type": "task", "commands": ["echo"]}
+    assert _SERVICE_MARK not in RunSpec(run_name="t", configuration=task).model_dump_json()
