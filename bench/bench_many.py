@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -50,7 +51,7 @@ def run_spec(name: str) -> dict:
     return {"run_name": name, "configuration": conf}
 
 
-async def _submit(server: Server, names: list[str]) -> None:
+async def _submit(server: Server, names: list[str], spec: Callable[[str], dict] = run_spec) -> None:
     headers = {"Authorization": f"Bearer {server.token}"}
     url = f"{server.url}/api/project/main/runs/apply"
     pending = iter(names)
@@ -59,7 +60,7 @@ async def _submit(server: Server, names: list[str]) -> None:
 
         async def worker() -> None:
             for name in pending:
-                body = {"plan": {"run_spec": run_spec(name), "current_resource": None}}
+                body = {"plan": {"run_spec": spec(name), "current_resource": None}}
                 r = await client.post(url, json=body, headers=headers)
                 while r.status_code == 503 and "retry-after" in r.headers:
                     # Busy database, nothing written: ask again, as the CLI's client does.

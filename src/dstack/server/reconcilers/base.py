@@ -28,10 +28,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, not_, null, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import ClauseElement, UnaryExpression
@@ -47,6 +47,11 @@ log = logging.getLogger(__name__)
 # A row marked due in memory stays so this long at most, and one claim looks at this many.
 NUDGE_SECONDS = 10.0
 NUDGE_BATCH = 500
+# A row that only a change moves (`Reconciler.lazy`) is still resynced, as a safety net, after
+# this many resync periods.
+LAZY_RESYNCS = 15
+# The expiry `release` leaves: a lease that lapsed (see `Reconciler._stale`).
+LAPSED = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 class LeaseLost(Exception):
@@ -186,18 +191,37 @@ class Reconciler(ABC):
         """The clock of claims and leases (a test replaces it to expire leases at will)."""
         return utcnow()
 
+    def lazy(self) -> Any | None:
+        """A condition on the rows that nothing but a change moves: every change that could
+        alter their decision marks them due in the same transaction (`dirty`) or in memory
+        (`mark_due`), so the status's periodic resync would find nothing to do. They are
+        resynced only every `lazy_interval` (a safety net). None: no such rows."""
+        return None
+
+    def lazy_interval(self, status: str) -> float:
+        return max(self.interval(status), LAZY_RESYNCS * self.ctx.settings.resync_seconds)
+
+    def _stale(self, status: str, now: datetime, lazy: Any | None) -> Any:
+        """Rows in `status` due again by the clock (the periodic resync)."""
+        tbl = self.table
+        stale = tbl.last_processed_at <= now - timedelta(seconds=self.interval(status))
+        if lazy is None:
+            return stale
+        slow = tbl.last_processed_at <= now - timedelta(seconds=self.lazy_interval(status))
+        # A lapsed lease (left by a crash, a pass whose shared write was rolled back, or
+        # `release` after an error) marks a pass that ended without its result: the claim
+        # cleared `dirty`, so the row is due again on the status's interval.
+        interrupted = tbl.lock_expires_at.is_not(None)
+        return or_(and_(or_(not_(lazy), interrupted), stale), slow)
+
     def _due(self, now: datetime, nudged: list[str] | None = None) -> Any:
         tbl = self.table
         conds = [tbl.dirty.is_(True)]
         if nudged:
             conds.append(tbl.id.in_(nudged))
+        lazy = self.lazy()
         for status in self.active_statuses:
-            conds.append(
-                and_(
-                    tbl.status == status,
-                    tbl.last_processed_at <= now - timedelta(seconds=self.interval(status)),
-                )
-            )
+            conds.append(and_(tbl.status == status, self._stale(status, now, lazy)))
         scope = self.scope()
         base = and_(tbl.status.in_(self.active_statuses), or_(*conds), self._free(now))
         return base if scope is None else and_(base, scope)
@@ -275,8 +299,11 @@ class Reconciler(ABC):
         return p is not None and p.lost
 
     async def release(self, row_id: str, token: str) -> None:
-        """Give a lease back without applying anything (e.g. after an error), due again soon."""
+        """Give a lease back without applying anything (e.g. after an error), due again soon:
+        the lease is left lapsed (expired long ago: free to every claimer whatever its clock),
+        which keeps even a `lazy` row on its status's interval."""
         self._finishing(row_id, token)
+        now = self.now()
         async with self.ctx.db.session() as s:
             await s.execute(
                 update(self.table)
@@ -284,8 +311,8 @@ class Reconciler(ABC):
                 .values(
                     lock_token=None,
                     lock_owner=None,
-                    lock_expires_at=None,
-                    last_processed_at=self.now(),
+                    lock_expires_at=LAPSED,
+                    last_processed_at=now,
                 )
             )
             await s.commit()
@@ -536,18 +563,28 @@ class Reconciler(ABC):
         tbl = self.table
         now = self.now()
         scope = self.scope()
-        q = select(tbl.status, func.min(tbl.last_processed_at)).where(
-            tbl.status.in_(self.active_statuses), self._free(now)
-        )
+        lazy = self.lazy()
+        last = tbl.last_processed_at
+        # Per status, the oldest row resynced on the status's interval and the oldest lazy one.
+        if lazy is None:
+            cols = [func.min(last), null()]
+        else:
+            lazy = and_(lazy, tbl.lock_expires_at.is_(None))  # a lapsed lease: see `_stale`
+            cols = [
+                func.min(case((lazy, None), else_=last), type_=last.type),
+                func.min(case((lazy, last), else_=None), type_=last.type),
+            ]
+        q = select(tbl.status, *cols).where(tbl.status.in_(self.active_statuses), self._free(now))
         if scope is not None:
             q = q.where(scope)
         async with self.ctx.db.session() as s:
-            rows = await s.execute(q.group_by(tbl.status))
-            due = [
-                (last + timedelta(seconds=self.interval(status)) - now).total_seconds()
-                for status, last in rows.all()
-                if last is not None
-            ]
+            rows = (await s.execute(q.group_by(tbl.status))).all()
+        due = [
+            (at + timedelta(seconds=every(status)) - now).total_seconds()
+            for status, oldest, oldest_lazy in rows
+            for at, every in ((oldest, self.interval), (oldest_lazy, self.lazy_interval))
+            if at is not None
+        ]
         return max(0.01, min([resync, *due]))
 
     async def drain(self) -> None:

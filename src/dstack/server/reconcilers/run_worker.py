@@ -9,7 +9,7 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, not_, select, update
 
 from dstack.models.configurations import parse_configuration
 from dstack.models.readiness import ReplicaFacts, is_ready
@@ -35,6 +35,10 @@ from dstack.server.services.jobspecs import build_job_specs, replica_spec
 from dstack.server.services.run_apply import new_job_row, submit_replacement
 from dstack.server.services.service_stats import request_rate
 
+# A service's spec as stored (`RunSpec.model_dump_json`: compact JSON). Text elsewhere in a
+# spec that reads the same (a nested mapping of that type) only makes the run resynced.
+_SERVICE_MARK = '"type":"service"'
+_LAZY_STATUSES = tuple(s.value for s in RunStatus if not s.is_finished() and s != RunStatus.PENDING)
 _PREFETCHED = "runs.prefetched"  # session.info key: (runs by id, jobs by run id)
 
 
@@ -54,6 +58,17 @@ class RunReconciler(Reconciler):
 
     def interval(self, status: str) -> float:
         return self.ctx.settings.resync_seconds if status != RunStatus.PENDING.value else 1.0
+
+    def lazy(self) -> Any:
+        """Runs that are not services, past `pending`: their decision reads only their jobs
+        (each job status change marks its run `dirty` in the same write: job_facts.
+        note_status) and their own stop or replacement request (written with `dirty`), never
+        the clock. A service's scaling reads request rates and readiness, a pending run its
+        backoff or schedule: those keep the status's interval."""
+        return and_(
+            t.Run.status.in_(_LAZY_STATUSES),
+            not_(t.Run.run_spec.contains(_SERVICE_MARK, autoescape=True)),
+        )
 
     def __init__(self, ctx: ServerContext) -> None:
         super().__init__(ctx)
