@@ -29,6 +29,9 @@ DECLINED_FILE = "include-declined"
 PUBLISH_WAIT = 30.0  # the agent gives the job's SSH server 10 s, then reports why it has none
 END_WAIT = 3.0  # after a failed connect: how long the server may take to see the job ended
 POLL = 0.3
+# The first looks come sooner: a trivial job often ends, or its SSH server listens, within
+# tens of milliseconds of the run turning `running` (a fixed 0.3 s added that to the run).
+FIRST_POLL = 0.02
 
 
 class JobEnded(CLIError):
@@ -229,10 +232,12 @@ def _when_ready(run: Run, job: Job, reload: Callable[[], Run] | None) -> Job:
     import time
 
     deadline = time.monotonic() + PUBLISH_WAIT
+    delay = FIRST_POLL
     while reload is not None and (_missing_ports(job) or _ssh_starting(job)):
         if _ended(job) or time.monotonic() > deadline:
             break
-        time.sleep(POLL)
+        time.sleep(delay)
+        delay = min(POLL, delay * 1.5)
         job = _fresh(job, reload)
     if _ended(job):
         raise JobEnded(f"Run {run.run_spec.run_name} ended before SSH was up")
@@ -246,6 +251,7 @@ def _ends_soon(job: Job, reload: Callable[[], Run]) -> bool:
     import time
 
     deadline = time.monotonic() + END_WAIT
+    delay = FIRST_POLL
     while True:
         try:
             job = _fresh(job, reload)
@@ -255,7 +261,8 @@ def _ends_soon(job: Job, reload: Callable[[], Run]) -> bool:
             return True
         if time.monotonic() > deadline:
             return False
-        time.sleep(POLL)
+        time.sleep(delay)
+        delay = min(POLL, delay * 1.5)
 
 
 def _held_path(alias: str) -> Path:

@@ -31,13 +31,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, func, not_, null, or_, select, update
+from sqlalchemy import and_, case, func, not_, null, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql import operators
-from sqlalchemy.sql.elements import ClauseElement, UnaryExpression
+from sqlalchemy.sql.elements import ClauseElement
 
 from dstack.models.wire import utcnow
 from dstack.server.db.session import db_fault
+from dstack.server.reconcilers.lease_sql import guarded_statement, null_last, order_terms
 from dstack.server.services import log_follow, telemetry
 from dstack.server.services.context import ServerContext
 
@@ -80,62 +80,6 @@ class _Pass:
 
 # Task-local (each pass runs in its own task): which pass the current code belongs to.
 _current_pass: ContextVar[_Pass | None] = ContextVar("reconciler_pass", default=None)
-
-
-def _order_terms(order: tuple[Any, ...]) -> list[tuple[Any, bool]]:
-    """(expression, descending) for each ORDER BY term, to sort the claimed rows the same way
-    in Python: RETURNING gives rows in no particular order."""
-    terms = []
-    for term in order:
-        if isinstance(term, UnaryExpression) and term.modifier in (
-            operators.desc_op,
-            operators.asc_op,
-        ):
-            terms.append((term.element, term.modifier is operators.desc_op))
-        else:
-            terms.append((term, False))
-    return terms
-
-
-def _null_last(value: Any) -> tuple[bool, Any]:
-    return (value is None, value)
-
-
-# Guarded UPDATEs by (table, the columns a decision sets): built once each, since building
-# the expression cost about as much as running it, on every pass. A few dozen at most.
-_GUARDED: dict[tuple[Any, tuple[str, ...]], Any] = {}
-
-
-def _guarded_statement(
-    tbl: Any,
-    keys: tuple[str, ...],
-    literal: dict[str, Any] | None = None,
-    keep_lease: bool = False,
-) -> Any:
-    """`guarded_update`'s statement: `keys` bound as `v_<key>` (or, with `literal`, these
-    values as they are: SQL expressions, not cached); the row, token and processed time as
-    `g_id`, `g_token`, `g_processed`; the lease dropped unless `keep_lease`. The row's object
-    in the session keeps the values it was read with (`synchronize_session=False`;
-    `guarded_update` says why)."""
-    cache_key = (tbl, keys, keep_lease)
-    if literal is None and cache_key in _GUARDED:
-        return _GUARDED[cache_key]
-    sets = literal if literal is not None else {k: bindparam(f"v_{k}") for k in keys}
-    lease: dict[str, Any] = {}
-    if not keep_lease:
-        lease = {"lock_token": None, "lock_owner": None, "lock_expires_at": None}
-    stmt = (
-        update(tbl)
-        .where(tbl.id == bindparam("g_id"), tbl.lock_token == bindparam("g_token"))
-        .values(
-            **sets, **lease, version=tbl.version + 1, last_processed_at=bindparam("g_processed")
-        )
-        .returning(tbl.dirty)
-        .execution_options(synchronize_session=False)
-    )
-    if literal is None:
-        _GUARDED[cache_key] = stmt
-    return stmt
 
 
 class Reconciler(ABC):
@@ -241,7 +185,7 @@ class Reconciler(ABC):
         expires = now + timedelta(seconds=self.ctx.settings.lease_seconds)
         tbl = self.table
         order = self.claim_order()
-        terms = _order_terms(order)
+        terms = order_terms(order)
         nudged = self._nudged_ids()
         pick = select(tbl.id).where(self._due(now, nudged)).order_by(*order).limit(n)
         if self._inflight:
@@ -266,7 +210,7 @@ class Reconciler(ABC):
             rows = [tuple(r) for r in (await s.execute(stmt)).all()]
             await s.commit()
         for i in reversed(range(len(terms))):  # stable sorts, last key first
-            rows.sort(key=lambda r, i=i: _null_last(r[i + 1]), reverse=terms[i][1])
+            rows.sort(key=lambda r, i=i: null_last(r[i + 1]), reverse=terms[i][1])
         for r in rows:
             self._nudged.pop(r[0], None)
         return [(r[0], token) for r in rows]
@@ -369,10 +313,10 @@ class Reconciler(ABC):
             early = max(0.0, self.interval(due_in[0]) - due_in[1])
             processed = now - timedelta(seconds=early)
         if any(isinstance(v, ClauseElement) for v in values.values()):
-            stmt = _guarded_statement(tbl, tuple(values), literal=values, keep_lease=keep_lease)
+            stmt = guarded_statement(tbl, tuple(values), literal=values, keep_lease=keep_lease)
             params = {"g_id": row_id, "g_token": token, "g_processed": processed}
         else:
-            stmt = _guarded_statement(tbl, tuple(sorted(values)), keep_lease=keep_lease)
+            stmt = guarded_statement(tbl, tuple(sorted(values)), keep_lease=keep_lease)
             params = {f"v_{k}": v for k, v in values.items()}
             params.update(g_id=row_id, g_token=token, g_processed=processed)
         row = (await s.execute(stmt, params)).first()
