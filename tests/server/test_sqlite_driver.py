@@ -126,3 +126,46 @@ def test_the_gate_hands_over_once_the_commit_has_run(db: Database) -> None:
             assert (await s.execute(text("SELECT count(*) FROM t"))).scalar() == 90
 
     asyncio.run(go())
+
+
+# An UPDATE that keeps SQLite busy for a while (a recursive count), to be cancelled midway.
+_SLOW_WRITE = (
+    "UPDATE t SET name = (WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c "
+    "WHERE i < 2000000) SELECT 'slow' || max(i) FROM c) WHERE id = 1"
+)
+
+
+@pytest.mark.parametrize("pause", [0.0, 1.5])
+def test_a_cancelled_write_is_never_committed_by_the_next_user(db: Database, pause: float) -> None:
+    """A task cancelled while its statement runs on the connection's thread (a timeout, a
+    shutdown) leaves the statement running there; the connection goes back to the pool. Its
+    write must be rolled back, not committed by whichever session takes the connection next,
+    and must not keep SQLite's write lock."""
+
+    async def go() -> None:
+        await _schema(db)
+        async with db.engine.begin() as conn:
+            await conn.execute(text("INSERT INTO t (name) VALUES ('one'), ('two')"))
+
+        async def slow() -> None:
+            async with db.session() as s:
+                await s.execute(text(_SLOW_WRITE))
+                await s.commit()
+
+        task = asyncio.create_task(slow())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(pause)
+        for _ in range(3):  # each pooled connection in turn
+            async with db.session() as s:
+                await asyncio.wait_for(
+                    s.execute(text("UPDATE t SET name = name || '.' WHERE id = 2")), 10
+                )
+                await s.commit()
+        async with db.session() as s:
+            names = (await s.execute(text("SELECT name FROM t ORDER BY id"))).scalars().all()
+        assert names == ["one", "two..."]
+
+    asyncio.run(go())
