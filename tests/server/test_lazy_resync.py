@@ -15,7 +15,7 @@ from pathlib import Path
 from dstack.models.configurations import parse_configuration
 from dstack.models.runs import RunSpec
 from dstack.models.wire import utcnow
-from dstack.server.reconcilers.base import LAZY_RESYNCS
+from dstack.server.reconcilers.due_rows import LAZY_RESYNCS
 from dstack.server.reconcilers.run_worker import _SERVICE_MARK, RunReconciler
 
 from .test_claim import add_runs, db_url, make_ctx, pg_cluster, seed_owners  # noqa: F401
