@@ -186,12 +186,15 @@ def test_a_job_waiting_in_slurm_says_why(slurm_server: Any) -> None:
 
     def waiting() -> Any:
         sub = srv.run("queued")["jobs"][0]["job_submissions"][-1]
-        return "pending in Slurm" in (sub.get("status_message") or "") and sub
+        message = sub.get("status_message") or ""
+        # Slurm says `Resources`, or `Priority` for a job queued behind another waiting one;
+        # a job its scheduler has not looked at yet has no reason (shown as such) until then,
+        # and the message must follow Slurm's as it changes.
+        reason = "(Resources)" in message or "(Priority)" in message
+        return "pending in Slurm" in message and reason and sub
 
     sub = wait_until(waiting, timeout=90, what="the queued job to show Slurm's reason")
     assert sub["status"] == "provisioning", sub
-    # Slurm says `Resources`, or `Priority` for a job queued behind another waiting one.
-    assert "(Resources)" in sub["status_message"] or "(Priority)" in sub["status_message"], sub
     assert "pending in Slurm" in srv.cli("ps", "-v").stdout
     for name in names:
         srv.cli("stop", name, "-x", "-y")
