@@ -36,6 +36,8 @@ import httpx
 # The tests folder itself: gpuhunt installs a top-level `tests` package that shadows ours.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from bench_cold import cpu_seconds, launch  # noqa: E402 - this folder, first on sys.path
+
 from e2e.harness import Server  # noqa: E402
 
 CONCURRENCY = 8
@@ -82,11 +84,10 @@ def submissions(server: Server, n: int, prefix: str) -> float:
 
 
 def server_cpu_seconds(server: Server) -> float:
-    """User + system CPU time of the server process so far (Linux /proc): on a shared machine
-    the CPU a batch cost the server is steadier than its wall-clock rate."""
+    """User + system CPU time of the server process so far: on a shared machine the CPU a
+    batch cost the server is steadier than its wall-clock rate."""
     assert server.proc is not None
-    fields = Path(f"/proc/{server.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return cpu_seconds(server.proc.pid)
 
 
 def settled_after(server: Server, since: float) -> float:
@@ -173,42 +174,10 @@ def ps_time(server: Server) -> float:
     return time.perf_counter() - start
 
 
-def cold_start(home: Path) -> float:
-    """From launching `dstack server` on an existing state directory until an authenticated
-    `get_my_user` answers 200.
-
-    One client polls: `httpx.post` per try builds a client and its TLS context each time
-    (~30 ms of CPU), which on 2 cores took CPU from the server being timed."""
-    server = Server(home)
-    token = server.token
-    client = httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=1)
-    start = time.perf_counter()
-    log = open(home / "server.log", "ab")  # noqa: SIM115
-    server.proc = subprocess.Popen(
-        [sys.executable, "-m", "dstack.cli.main", "server", "--port", str(server.port)],
-        env=server.env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-    )
-    try:
-        while True:
-            try:
-                r = client.post(f"{server.url}/api/users/get_my_user")
-                if r.status_code == 200:
-                    return time.perf_counter() - start
-            except httpx.HTTPError:
-                pass
-            if server.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {server.log_tail()}")
-            time.sleep(0.005)
-    finally:
-        client.close()
-        server.stop()
-
-
 def bytecode_note() -> str:
     """`dstack ps` and the cold start differ by whether the package is byte-compiled (an
     editable install is not; README's set-up line does it), so the figures say which ran."""
     import importlib.util
-    import os
 
     import dstack.cli.main as probe
 
@@ -271,7 +240,7 @@ def main() -> None:
     if args.only:
         print_list(args.runs, lists, p99s, cpu_ms)
         return
-    colds = [round(cold_start(home), 3) for _ in range(args.rounds)]
+    colds = [round(launch(home, None)[0], 3) for _ in range(args.rounds)]
     print(line("runs/apply, 8 in flight", rates, "runs/s", "(target >= 100)"))
     print(line("  server CPU per submission", cpus, "ms", "(while submitting)"))
     print(line(f"{per_round} runs submitted, all ended", settles, "s", "(from the first apply)"))
