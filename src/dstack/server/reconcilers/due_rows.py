@@ -5,6 +5,7 @@ apart so the loop's file reads as the loop."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -20,13 +21,14 @@ LAZY_RESYNCS = 15
 LAPSED = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-class DueRows:
+class DueRows(ABC):
     ctx: ServerContext
     table: Any  # a tables class with LeaseMixin columns
     active_statuses: tuple[str, ...]
 
+    @abstractmethod
     def interval(self, status: str) -> float:
-        raise NotImplementedError
+        """Seconds between passes over a row in `status` (`Reconciler.interval`)."""
 
     def claim_order(self) -> tuple[Any, ...]:
         """ORDER BY terms for picking due rows: expressions over the row (columns, correlated
