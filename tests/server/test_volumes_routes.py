@@ -4,22 +4,16 @@ reconciler running, a real SQLite); project main's AWS backend is the volume tes
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from app_client import TestClient, app_client
 from dstack.server import backends
-from dstack.server.app import create_app
-from dstack.server.settings import Settings
 
 from .test_volumes import VolumeCloud
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from starlette.testclient import TestClient
 
 TOKEN = "admin-token-for-volume-tests"
 CONFIG = """\
@@ -39,12 +33,7 @@ def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClie
     cloud = VolumeCloud()
     monkeypatch.setitem(backends.FACTORIES, "aws", lambda: lambda *_: cloud)
     (tmp_path / "config.yml").write_text(CONFIG)
-    settings = Settings(
-        server_dir=tmp_path, database_url=f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}",
-        admin_token=TOKEN, local_backend_enabled=False, inventory_sweep_seconds=3600,
-    )  # fmt: skip
-    with TestClient(create_app(settings)) as c:
-        c.headers["Authorization"] = f"Bearer {TOKEN}"
+    with app_client(tmp_path, TOKEN) as c:
         c.cloud = cloud  # type: ignore[attr-defined]
         yield c
 
